@@ -1,0 +1,203 @@
+//! Money is an integer count of a currency's minor unit plus an ISO 4217 code. No floats.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ValueError;
+
+/// Active ISO 4217 alphabetic codes (fund and precious-metal codes left out).
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
+    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
+    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
+    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
+    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
+    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
+    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR",
+    "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB",
+    "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS",
+    "VES", "VND", "VUV", "WST", "XAF", "XCD", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
+];
+
+/// An ISO 4217 currency code such as `EUR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    pub fn parse(code: &str) -> Result<Self, ValueError> {
+        match ISO_4217.iter().find(|known| **known == code) {
+            Some(known) => {
+                let b = known.as_bytes();
+                Ok(Self([b[0], b[1], b[2]]))
+            }
+            None => Err(ValueError::new(format!(
+                "`{code}` is not an ISO 4217 currency code (three upper-case letters, e.g. EUR)"
+            ))),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from the ASCII table above.
+        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        Self::parse(&code).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A non-negative amount in a currency's minor unit (cents for EUR, yen for JPY).
+///
+/// Arithmetic is checked: an overflow is an error, never a wrap or a saturation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct Amount(i64);
+
+impl Amount {
+    pub const ZERO: Amount = Amount(0);
+
+    pub fn new(minor_units: i64) -> Result<Self, ValueError> {
+        if minor_units < 0 {
+            return Err(ValueError::new("must not be negative"));
+        }
+        Ok(Self(minor_units))
+    }
+
+    /// A strictly positive amount, for captures, refunds and payments.
+    pub fn positive(minor_units: i64) -> Result<Self, ValueError> {
+        if minor_units <= 0 {
+            return Err(ValueError::new("must be greater than zero"));
+        }
+        Ok(Self(minor_units))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        self.0.checked_add(other.0).map(Amount)
+    }
+
+    /// `None` when the result would be negative.
+    pub fn checked_sub(self, other: Amount) -> Option<Amount> {
+        self.0
+            .checked_sub(other.0)
+            .filter(|v| *v >= 0)
+            .map(Amount)
+    }
+
+    pub fn checked_mul(self, factor: u32) -> Option<Amount> {
+        self.0.checked_mul(i64::from(factor)).map(Amount)
+    }
+
+    /// Sum of amounts; `None` on overflow.
+    pub fn checked_sum(amounts: impl IntoIterator<Item = Amount>) -> Option<Amount> {
+        amounts
+            .into_iter()
+            .try_fold(Amount::ZERO, |acc, a| acc.checked_add(a))
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        Self::new(v).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn known_codes_parse_and_unknown_codes_do_not() {
+        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Ok("EUR".into()));
+        assert!(Currency::parse("JPY").is_ok());
+        for bad in ["eur", "EURO", "", "XXX", "E1R", "ABC"] {
+            assert!(Currency::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn currency_round_trips_through_json() {
+        let c = Currency::parse("GBP").unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, "\"GBP\"");
+        assert_eq!(serde_json::from_str::<Currency>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<Currency>("\"usd\"").is_err());
+    }
+
+    #[test]
+    fn negative_amounts_cannot_exist() {
+        assert!(Amount::new(-1).is_err());
+        assert!(Amount::positive(0).is_err());
+        assert!(serde_json::from_str::<Amount>("-5").is_err());
+        assert_eq!(Amount::new(0).unwrap(), Amount::ZERO);
+    }
+
+    #[test]
+    fn subtraction_below_zero_is_none() {
+        let a = Amount::new(5).unwrap();
+        let b = Amount::new(7).unwrap();
+        assert_eq!(a.checked_sub(b), None);
+        assert_eq!(b.checked_sub(a), Some(Amount::new(2).unwrap()));
+    }
+
+    proptest! {
+        #[test]
+        fn addition_is_exact_or_reports_overflow(a in 0i64..=i64::MAX, b in 0i64..=i64::MAX) {
+            let sum = Amount::new(a).unwrap().checked_add(Amount::new(b).unwrap());
+            match a.checked_add(b) {
+                Some(expected) => prop_assert_eq!(sum.map(Amount::get), Some(expected)),
+                None => prop_assert_eq!(sum, None),
+            }
+        }
+
+        #[test]
+        fn multiplication_is_exact_or_reports_overflow(a in 0i64..=i64::MAX, q in 0u32..=u32::MAX) {
+            let product = Amount::new(a).unwrap().checked_mul(q);
+            match a.checked_mul(i64::from(q)) {
+                Some(expected) => prop_assert_eq!(product.map(Amount::get), Some(expected)),
+                None => prop_assert_eq!(product, None),
+            }
+        }
+
+        #[test]
+        fn amounts_never_go_negative(a in 0i64..1_000_000_000, b in 0i64..1_000_000_000) {
+            let diff = Amount::new(a).unwrap().checked_sub(Amount::new(b).unwrap());
+            prop_assert_eq!(diff.is_some(), a >= b);
+            if let Some(d) = diff { prop_assert!(d.get() >= 0); }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Value objects: private fields, a parsing constructor, and so no invalid value exists.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::ValueError;
+
+macro_rules! string_value {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_value!(
+    /// A stock-keeping unit: 1–64 characters of letters, digits, `-`, `_` or `.`.
+    Sku
+);
+string_value!(
+    /// An e-mail address, trimmed and with its domain in lower case.
+    Email
+);
+string_value!(
+    /// Free text that is neither empty nor blank, at most [`Text::MAX_LEN`] characters.
+    Text
+);
+
+impl Sku {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if raw.is_empty() || raw.len() > 64 || !raw.chars().all(valid_char) {
+            return Err(ValueError::new(
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        let trimmed = raw.trim();
+        let invalid = || ValueError::new("must be an e-mail address such as ada@example.com");
+        let (local, domain) = trimmed.rsplit_once('@').ok_or_else(invalid)?;
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.contains(char::is_whitespace)
+            && !local.contains('@');
+        if !domain_ok || !local_ok || trimmed.len() > 254 {
+            return Err(invalid());
+        }
+        Ok(Self(format!("{local}@{}", domain.to_lowercase())))
+    }
+}
+
+impl Text {
+    pub const MAX_LEN: usize = 2000;
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        Self::parse_bounded(raw, Self::MAX_LEN)
+    }
+
+    /// Trimmed text of 1 to `max` characters.
+    pub fn parse_bounded(raw: &str, max: usize) -> Result<Self, ValueError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(ValueError::new("must not be empty"));
+        }
+        if trimmed.chars().count() > max {
+            return Err(ValueError::new(format!("must be at most {max} characters")));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+}
+
+/// How many units of a line: at least one, at most a million.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    pub const MAX: u32 = 1_000_000;
+
+    pub fn new(n: i64) -> Result<Self, ValueError> {
+        match u32::try_from(n) {
+            Ok(q) if (1..=Self::MAX).contains(&q) => Ok(Self(q)),
+            _ => Err(ValueError::new(format!(
+                "must be a whole number from 1 to {}",
+                Self::MAX
+            ))),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        Self::new(n).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A postal address; `country` is an ISO 3166-1 alpha-2 code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub line1: Text,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<Text>,
+    pub city: Text,
+    pub postal_code: Text,
+    pub country: CountryCode,
+}
+
+/// ISO 3166-1 alpha-2: two upper-case ASCII letters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CountryCode(String);
+
+impl CountryCode {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        if raw.len() == 2 && raw.chars().all(|c| c.is_ascii_uppercase()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValueError::new(
+                "must be an ISO 3166-1 alpha-2 country code such as DE",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for CountryCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn skus_are_short_and_plain() {
+        assert!(Sku::parse("SKU-1").is_ok());
+        assert!(Sku::parse("mug.blue_2").is_ok());
+        for bad in ["", "has space", "ü", &"x".repeat(65)] {
+            assert!(Sku::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_their_domain_lowercased() {
+        assert_eq!(
+            Email::parse("  Ada@Example.COM ").unwrap().as_str(),
+            "Ada@example.com"
+        );
+        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@.com"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text_must_have_content_and_a_bound() {
+        assert!(Text::parse("   ").is_err());
+        assert_eq!(Text::parse(" hi ").unwrap().as_str(), "hi");
+        assert!(Text::parse_bounded("abcd", 3).is_err());
+    }
+
+    #[test]
+    fn quantities_are_between_one_and_a_million() {
+        assert!(Quantity::new(0).is_err());
+        assert!(Quantity::new(-3).is_err());
+        assert!(Quantity::new(1_000_001).is_err());
+        assert_eq!(Quantity::new(7).unwrap().get(), 7);
+        assert!(serde_json::from_str::<Quantity>("0").is_err());
+    }
+
+    #[test]
+    fn country_codes_are_two_upper_case_letters() {
+        assert!(CountryCode::parse("DE").is_ok());
+        assert!(CountryCode::parse("de").is_err());
+        assert!(CountryCode::parse("DEU").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_parsed_sku_round_trips(raw in "[A-Za-z0-9._-]{1,64}") {
+            let sku = Sku::parse(&raw).unwrap();
+            let json = serde_json::to_string(&sku).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Sku>(&json).unwrap(), sku);
+        }
+
+        #[test]
+        fn quantity_accepts_exactly_its_range(n in any::<i64>()) {
+            prop_assert_eq!(Quantity::new(n).is_ok(), (1..=1_000_000).contains(&n));
+        }
+    }
+}

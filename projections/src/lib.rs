@@ -1,0 +1,1 @@
+//! Read models built from the gap-free event feed (the projections issue).

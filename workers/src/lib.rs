@@ -1,0 +1,1 @@
+//! The NATS relay, workers and process manager (the NATS issue).
