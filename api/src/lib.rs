@@ -1,0 +1,102 @@
+//! The HTTP API (DESIGN.md §4): commands, audit reads, health. Every error is an RFC 9457
+//! problem; every response carries `x-request-id`.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod respond;
+pub mod routes;
+pub mod validate;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
+use axum::Router;
+use ordo_commands::Commands;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use auth::{create_key, Caller, KeyCache, Role};
+pub use error::ApiError;
+
+/// Settings the API needs at run time.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit: usize,
+    /// Test-only fault injection: abort the process right after a command with an
+    /// `Idempotency-Key` committed, before its answer is stored or sent.
+    pub crash_after_commit: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+            crash_after_commit: false,
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database: the event store's tables and `auth.api_keys`.
+    pub pool: PgPool,
+    /// Executes commands against the event store.
+    pub commands: Arc<Commands>,
+    /// API keys recently seen.
+    pub keys: KeyCache,
+    pub config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, config: ApiConfig) -> Self {
+        Self {
+            commands: Arc::new(Commands::new(pool.clone())),
+            pool,
+            keys: KeyCache::default(),
+            config: Arc::new(config),
+        }
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API with its middleware.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit;
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+        let request_id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request.id = %request_id)
+    });
+    Router::new()
+        .merge(routes::health::router())
+        .merge(routes::orders::router())
+        .merge(routes::payments::router())
+        .merge(routes::customers::router())
+        .merge(routes::audit::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal("handler panicked".into()).into_response()
+                })),
+        )
+}

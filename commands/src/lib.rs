@@ -1,0 +1,18 @@
+//! Executing commands: cqrs-es in event-store mode over postgres-es on
+//! `event_store.events`, with metadata on every event, optimistic concurrency
+//! (`If-Match` and bounded internal retries) and exactly-once `Idempotency-Key`s.
+//!
+//! This crate owns the `event_store` schema; nothing else writes it.
+
+pub mod db;
+pub mod error;
+pub mod history;
+pub mod idempotency;
+pub mod metadata;
+pub mod service;
+pub mod store;
+
+pub use error::CommandError;
+pub use metadata::{Actor, CommandMetadata};
+pub use service::Commands;
+pub use store::{Committed, EventStore, Versioned};

@@ -200,17 +200,15 @@ impl Payment {
         self.status != PaymentStatus::None
     }
 
-    /// How much of its order this payment covers for shipping: what is authorized (captured
-    /// or not) less what was refunded. Pending, failed and voided payments cover nothing.
+    /// How much of its order this payment covers for shipping: what is still collectable.
+    /// While captures are possible that is the authorization less refunds; once refunds
+    /// close the payment to captures, only what was captured and kept counts. Pending,
+    /// failed and voided payments cover nothing.
     pub fn coverage(&self) -> Amount {
+        let kept = |from: Amount| from.checked_sub(self.refunded).unwrap_or(Amount::ZERO);
         match self.status {
-            PaymentStatus::Authorized
-            | PaymentStatus::Captured
-            | PaymentStatus::PartiallyRefunded
-            | PaymentStatus::Refunded => self
-                .authorized
-                .checked_sub(self.refunded)
-                .unwrap_or(Amount::ZERO),
+            PaymentStatus::Authorized | PaymentStatus::Captured => kept(self.authorized),
+            PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded => kept(self.captured),
             _ => Amount::ZERO,
         }
     }
@@ -490,4 +488,40 @@ fn not_authorized() -> DomainError {
         "payment-not-authorized",
         "the payment has not been authorized",
     )
+}
+
+/// The payment status an order shows, from its payments (DESIGN.md §5): `unpaid`,
+/// `authorized`, `paid`, `partially_refunded` or `refunded`.
+pub fn order_payment_status<'a>(
+    order_total: Amount,
+    payments: impl IntoIterator<Item = &'a Payment>,
+) -> &'static str {
+    let (mut authorized, mut captured, mut refunded) = (0i128, 0i128, 0i128);
+    for p in payments {
+        if matches!(
+            p.status,
+            PaymentStatus::Authorized
+                | PaymentStatus::Captured
+                | PaymentStatus::PartiallyRefunded
+                | PaymentStatus::Refunded
+        ) {
+            authorized += i128::from(p.authorized.get());
+            captured += i128::from(p.captured.get());
+            refunded += i128::from(p.refunded.get());
+        }
+    }
+    let total = i128::from(order_total.get());
+    if refunded > 0 {
+        if refunded >= captured {
+            "refunded"
+        } else {
+            "partially_refunded"
+        }
+    } else if captured >= total && (captured > 0 || total == 0) {
+        "paid"
+    } else if authorized >= total && authorized > 0 {
+        "authorized"
+    } else {
+        "unpaid"
+    }
 }

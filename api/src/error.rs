@@ -1,0 +1,305 @@
+//! One error type for every handler, one status mapping, one RFC 9457 body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ordo_commands::CommandError;
+use ordo_domain::DomainError;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Seconds a client should wait before retrying when the store is unavailable.
+pub const RETRY_AFTER_SECS: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden { role: &'static str },
+    NotFound(String),
+    MethodNotAllowed,
+    MalformedJson(String),
+    Validation(Vec<FieldError>),
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    BadHeader { header: &'static str, detail: String },
+    BadQuery { param: &'static str, detail: String },
+    IdempotencyMismatch,
+    IdempotencyInFlight,
+    Command(CommandError),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl From<CommandError> for ApiError {
+    fn from(err: CommandError) -> Self {
+        Self::Command(err)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(err: DomainError) -> Self {
+        Self::Command(CommandError::Domain(err))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Command(CommandError::from(err))
+    }
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// Whether a stored idempotent answer should replay this error, or forget the key so
+    /// that a retry runs the command again.
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            Self::Command(CommandError::Conflict)
+                | Self::Command(CommandError::Unavailable(_))
+                | Self::Command(CommandError::Internal(_))
+                | Self::Unavailable(_)
+                | Self::Internal(_)
+                | Self::IdempotencyInFlight
+        )
+    }
+
+    /// Status and RFC 9457 body.
+    pub fn problem(&self) -> (StatusCode, Value) {
+        let (status, slug, title, detail, errors): (StatusCode, &str, String, String, Option<&[FieldError]>) = match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized".into(),
+                "send a valid API key as `Authorization: Bearer <key>`".into(),
+                None,
+            ),
+            Self::Forbidden { role } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden".into(),
+                format!("the `{role}` role may not do this"),
+                None,
+            ),
+            Self::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found".into(),
+                what.clone(),
+                None,
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed".into(),
+                "this resource does not accept that method".into(),
+                None,
+            ),
+            Self::MalformedJson(detail) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON".into(),
+                detail.clone(),
+                None,
+            ),
+            Self::Validation(errors) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request".into(),
+                "the request body has invalid fields".into(),
+                Some(errors),
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type".into(),
+                "send the body as `Content-Type: application/json`".into(),
+                None,
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large".into(),
+                "the request body is larger than this server accepts".into(),
+                None,
+            ),
+            Self::BadHeader { header, detail } => (
+                StatusCode::BAD_REQUEST,
+                "bad-header",
+                "Bad header".into(),
+                format!("{header}: {detail}"),
+                None,
+            ),
+            Self::BadQuery { param, detail } => (
+                StatusCode::BAD_REQUEST,
+                "bad-query",
+                "Bad query parameter".into(),
+                format!("{param}: {detail}"),
+                None,
+            ),
+            Self::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused".into(),
+                "this Idempotency-Key was used with a different request".into(),
+                None,
+            ),
+            Self::IdempotencyInFlight => (
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in flight".into(),
+                "a request with this Idempotency-Key is still being processed; retry later".into(),
+                None,
+            ),
+            Self::Command(err) => return command_problem(err),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable".into(),
+                "the event store cannot be reached; retry later".into(),
+                None,
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error".into(),
+                "something went wrong on our side; it has been logged".into(),
+                None,
+            ),
+        };
+        (status, problem_body(status, slug, &title, &detail, errors))
+    }
+}
+
+fn command_problem(err: &CommandError) -> (StatusCode, Value) {
+    let (status, slug, title, detail): (StatusCode, &str, String, String) = match err {
+        CommandError::Domain(DomainError::NotFound { aggregate }) => (
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found".into(),
+            format!("no {aggregate} has this id"),
+        ),
+        CommandError::Domain(DomainError::AlreadyExists { aggregate }) => (
+            StatusCode::CONFLICT,
+            "already-exists",
+            "Already exists".into(),
+            format!("a {aggregate} with this id already exists"),
+        ),
+        CommandError::Domain(DomainError::Refused { rule, detail }) => {
+            (StatusCode::CONFLICT, rule, title_of(rule), detail.clone())
+        }
+        CommandError::Domain(DomainError::Invalid { field, message }) => {
+            let errors = [FieldError {
+                field: field.clone(),
+                message: message.clone(),
+            }];
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            let body = problem_body(
+                status,
+                "validation",
+                "Invalid request",
+                "the request body has invalid fields",
+                Some(&errors),
+            );
+            return (status, body);
+        }
+        CommandError::VersionMismatch { expected, actual } => (
+            StatusCode::PRECONDITION_FAILED,
+            "stale-version",
+            "Stale version".into(),
+            format!("If-Match named version {expected}; the stream is at version {actual}"),
+        ),
+        CommandError::Conflict => (
+            StatusCode::CONFLICT,
+            "write-conflict",
+            "Write conflict".into(),
+            "concurrent commands kept changing this stream; retry".into(),
+        ),
+        CommandError::Unavailable(_) => {
+            return ApiError::Unavailable(String::new()).problem();
+        }
+        CommandError::Internal(_) => return ApiError::Internal(String::new()).problem(),
+    };
+    (status, problem_body(status, slug, &title, &detail, None))
+}
+
+/// `order-not-paid` → `Order not paid`.
+fn title_of(rule: &str) -> String {
+    let words = rule.replace('-', " ");
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => words,
+    }
+}
+
+pub fn problem_type(slug: &str) -> String {
+    format!("urn:ordo:problem:{slug}")
+}
+
+fn problem_body(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: &str,
+    errors: Option<&[FieldError]>,
+) -> Value {
+    let mut body = json!({
+        "type": problem_type(slug),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(errors) = errors {
+        body["errors"] = json!(errors);
+    }
+    body
+}
+
+/// A problem body as a response (also used to replay stored problems).
+pub fn problem_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_JSON),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(detail) | Self::Command(CommandError::Internal(detail)) => {
+                tracing::error!(error = %detail, "request failed");
+            }
+            Self::Unavailable(detail) | Self::Command(CommandError::Unavailable(detail)) => {
+                tracing::warn!(error = %detail, "event store unavailable");
+            }
+            _ => {}
+        }
+        let (status, body) = self.problem();
+        problem_response(status, &body)
+    }
+}

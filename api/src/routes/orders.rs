@@ -1,0 +1,222 @@
+//! `/v1/orders`: place, confirm, cancel, ship, deliver; read one.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use ordo_commands::service::ShipRequest;
+use ordo_domain::order::{NewLine, Order, OrderCommand, PlaceOrder, ShipmentLine};
+use ordo_domain::payment::order_payment_status;
+use ordo_domain::values::{Address, Text};
+use ordo_domain::Currency;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::{self, Allowed};
+use crate::extract::{CommandBody, CommandHeaders, PathId};
+use crate::respond::{run_command, Success};
+use crate::validate::Validation;
+use crate::{views, ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/orders", post(place))
+        .route("/v1/orders/{id}", get(show))
+        .route("/v1/orders/{id}/confirm", post(confirm))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/orders/{id}/ship", post(ship))
+        .route("/v1/orders/{id}/deliver", post(deliver))
+}
+
+async fn place(
+    State(app): State<AppState>,
+    Allowed(caller, _): Allowed<auth::Commands>,
+    headers: CommandHeaders,
+    body: CommandBody,
+) -> Response {
+    let success = Success::Created {
+        collection: "/v1/orders",
+    };
+    let (json, commands) = (&body.json, &app.commands);
+    run_command(&app, &caller, &headers, &body, success, |meta| async move {
+        let cmd = parse_place(json)?;
+        Ok(commands.place_order(cmd, &meta).await?)
+    })
+    .await
+}
+
+fn parse_place(json: &Value) -> Result<PlaceOrder, ApiError> {
+    let mut v = Validation::new();
+    let Some(o) = v.object(json, "") else {
+        return v.finish(|| None);
+    };
+    let order_id = v.optional::<Uuid>(o, "", "order_id");
+    let customer_id = v.required::<Uuid>(o, "", "customer_id");
+    let currency = v.required::<Currency>(o, "", "currency");
+    let lines = v.array(o, "", "lines", |v, item, path| {
+        let line = v.object(item, path)?;
+        let sku = v.required(line, path, "sku");
+        let name = v.required(line, path, "name");
+        let quantity = v.required(line, path, "quantity");
+        let unit_price = v.required(line, path, "unit_price");
+        Some(NewLine {
+            sku: sku?,
+            name: name?,
+            quantity: quantity?,
+            unit_price: unit_price?,
+        })
+    });
+    let shipping_address = v.optional::<Address>(o, "", "shipping_address");
+    v.finish(|| {
+        Some(PlaceOrder {
+            order_id: order_id.unwrap_or_else(Uuid::now_v7),
+            customer_id: customer_id?,
+            currency: currency?,
+            lines: lines?,
+            shipping_address,
+            placed_at: Utc::now(),
+        })
+    })
+}
+
+/// Run a lifecycle command on an existing order.
+async fn lifecycle(
+    app: AppState,
+    caller: auth::Caller,
+    id: Uuid,
+    headers: CommandHeaders,
+    body: CommandBody,
+    parse: impl FnOnce(&Value) -> Result<OrderCommand, ApiError>,
+) -> Response {
+    let (json, commands) = (&body.json, &app.commands);
+    run_command(&app, &caller, &headers, &body, Success::Ok, |meta| async move {
+        let cmd = parse(json)?;
+        Ok(commands.order(id, headers.if_match, cmd, &meta).await?)
+    })
+    .await
+}
+
+/// `{}`: a command whose body carries nothing.
+fn empty(json: &Value) -> Result<(), ApiError> {
+    let mut v = Validation::new();
+    v.object(json, "");
+    v.finish(|| Some(()))
+}
+
+async fn confirm(
+    State(app): State<AppState>,
+    Allowed(caller, _): Allowed<auth::Commands>,
+    PathId(id): PathId,
+    headers: CommandHeaders,
+    body: CommandBody,
+) -> Response {
+    lifecycle(app, caller, id, headers, body, |json| {
+        empty(json)?;
+        Ok(OrderCommand::Confirm { at: Utc::now() })
+    })
+    .await
+}
+
+async fn cancel(
+    State(app): State<AppState>,
+    Allowed(caller, _): Allowed<auth::Cancel>,
+    PathId(id): PathId,
+    headers: CommandHeaders,
+    body: CommandBody,
+) -> Response {
+    lifecycle(app, caller, id, headers, body, |json| {
+        let mut v = Validation::new();
+        let Some(o) = v.object(json, "") else {
+            return v.finish(|| None);
+        };
+        let reason = v.required::<Text>(o, "", "reason");
+        v.finish(|| {
+            Some(OrderCommand::Cancel {
+                reason: reason?,
+                at: Utc::now(),
+            })
+        })
+    })
+    .await
+}
+
+async fn deliver(
+    State(app): State<AppState>,
+    Allowed(caller, _): Allowed<auth::Commands>,
+    PathId(id): PathId,
+    headers: CommandHeaders,
+    body: CommandBody,
+) -> Response {
+    lifecycle(app, caller, id, headers, body, |json| {
+        empty(json)?;
+        Ok(OrderCommand::Deliver { at: Utc::now() })
+    })
+    .await
+}
+
+async fn ship(
+    State(app): State<AppState>,
+    Allowed(caller, _): Allowed<auth::Commands>,
+    PathId(id): PathId,
+    headers: CommandHeaders,
+    body: CommandBody,
+) -> Response {
+    let (json, commands) = (&body.json, &app.commands);
+    run_command(&app, &caller, &headers, &body, Success::Ok, |meta| async move {
+        let request = parse_ship(json)?;
+        Ok(commands
+            .ship_order(id, headers.if_match, request, &meta)
+            .await?)
+    })
+    .await
+}
+
+fn parse_ship(json: &Value) -> Result<ShipRequest, ApiError> {
+    let mut v = Validation::new();
+    let Some(o) = v.object(json, "") else {
+        return v.finish(|| None);
+    };
+    let carrier = v.required::<Text>(o, "", "carrier");
+    let tracking_number = v.required::<Text>(o, "", "tracking_number");
+    let lines = match o.get("lines") {
+        None | Some(Value::Null) => Some(None),
+        Some(_) => v
+            .array(o, "", "lines", |v, item, path| {
+                let line = v.object(item, path)?;
+                let sku = v.required(line, path, "sku");
+                let quantity = v.required(line, path, "quantity");
+                Some(ShipmentLine {
+                    sku: sku?,
+                    quantity: quantity?,
+                })
+            })
+            .map(Some),
+    };
+    v.finish(|| {
+        Some(ShipRequest {
+            carrier: carrier?,
+            tracking_number: tracking_number?,
+            lines: lines?,
+            at: Utc::now(),
+        })
+    })
+}
+
+async fn show(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::Readers>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let order = app.commands.store().load::<Order>(&id.to_string()).await?;
+    if !order.state.exists() {
+        return Err(ApiError::NotFound("no order has this id".into()));
+    }
+    let payments = app.commands.payments_of_order(id).await?;
+    let payment_status =
+        order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
+    Ok(super::versioned_json(
+        order.version,
+        views::order(&order.state, order.version, Some(payment_status)),
+    ))
+}

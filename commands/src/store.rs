@@ -1,0 +1,195 @@
+//! The PostgreSQL event store: cqrs-es's `PersistedEventStore` in event-store mode over
+//! postgres-es, one per aggregate, all on `event_store.events`.
+
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore};
+use cqrs_es::{Aggregate, EventStore as _};
+use ordo_domain::customer::Customer;
+use ordo_domain::order::Order;
+use ordo_domain::payment::Payment;
+use ordo_domain::DomainError;
+use postgres_es::PostgresEventRepository;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::{CommandError, CommandMetadata};
+
+pub const EVENTS_TABLE: &str = "event_store.events";
+const SNAPSHOTS_TABLE: &str = "event_store.snapshots";
+
+/// How often a command is re-decided after losing a write race, when the caller did not
+/// pin a version with `If-Match`.
+const MAX_ATTEMPTS: u32 = 5;
+
+type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+
+/// The result of a command: the stream version after it and the global position of its
+/// last event. This is the body of every command response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Committed {
+    pub id: String,
+    pub version: u64,
+    pub position: i64,
+}
+
+/// An aggregate's state with the version (last sequence) it was folded to.
+#[derive(Debug, Clone)]
+pub struct Versioned<A> {
+    pub state: A,
+    pub version: u64,
+}
+
+/// The aggregates this store holds, and where each one's cqrs-es store is.
+pub trait Stored: Aggregate<Error = DomainError, Services = ()>
+where
+    Self::Command: Clone,
+{
+    fn store(store: &EventStore) -> &Store<Self>;
+}
+
+impl Stored for Order {
+    fn store(store: &EventStore) -> &Store<Self> {
+        &store.orders
+    }
+}
+
+impl Stored for Payment {
+    fn store(store: &EventStore) -> &Store<Self> {
+        &store.payments
+    }
+}
+
+impl Stored for Customer {
+    fn store(store: &EventStore) -> &Store<Self> {
+        &store.customers
+    }
+}
+
+pub struct EventStore {
+    pool: PgPool,
+    orders: Store<Order>,
+    payments: Store<Payment>,
+    customers: Store<Customer>,
+}
+
+/// Upcasters for stored events of older schema versions, applied on every read. Empty
+/// while every event type is at version 1.
+pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+    Vec::new()
+}
+
+fn cqrs_store<A: Aggregate>(pool: &PgPool) -> Store<A> {
+    let repo = PostgresEventRepository::new(pool.clone()).with_tables(EVENTS_TABLE, SNAPSHOTS_TABLE);
+    PersistedEventStore::new_event_store(repo).with_upcasters(upcasters())
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            orders: cqrs_store(&pool),
+            payments: cqrs_store(&pool),
+            customers: cqrs_store(&pool),
+            pool,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The current state of a stream; a stream with no events folds to `A::default()` at
+    /// version 0.
+    pub async fn load<A: Stored>(&self, id: &str) -> Result<Versioned<A>, CommandError>
+    where
+        A::Command: Clone,
+    {
+        let context = A::store(self).load_aggregate(id).await?;
+        Ok(Versioned {
+            state: context.aggregate,
+            version: context.current_sequence as u64,
+        })
+    }
+
+    /// Decide `command` against the stream's current state and append the events.
+    ///
+    /// With `expected` (from `If-Match`) the stream must be at exactly that version, and a
+    /// lost race is reported as a version mismatch. Without it, a lost race is re-decided
+    /// against the new state a few times before giving up with [`CommandError::Conflict`].
+    pub async fn execute<A: Stored>(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        command: A::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<Committed, CommandError>
+    where
+        A::Command: Clone,
+    {
+        let store = A::store(self);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut context = store.load_aggregate(id).await?;
+            let version = context.current_sequence as u64;
+            if let Some(expected) = expected {
+                if expected != version {
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        actual: version,
+                    });
+                }
+            }
+            let sink = EventSink::default();
+            context
+                .aggregate
+                .handle(command.clone(), &(), &sink)
+                .await
+                .map_err(CommandError::Domain)?;
+            let events = sink.collect().await;
+            let produced = events.len() as u64;
+            match store.commit(events, context, metadata.to_map()).await {
+                Ok(_) => {
+                    let new_version = version + produced;
+                    let position = self.position_of(A::TYPE, id, new_version).await?;
+                    return Ok(Committed {
+                        id: id.to_owned(),
+                        version: new_version,
+                        position,
+                    });
+                }
+                Err(cqrs_es::AggregateError::AggregateConflict) => {
+                    if let Some(expected) = expected {
+                        let actual = self.load::<A>(id).await?.version;
+                        return Err(CommandError::VersionMismatch { expected, actual });
+                    }
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(CommandError::Conflict);
+                    }
+                    tracing::debug!(aggregate.id = id, attempt, "write conflict, retrying");
+                    tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    async fn position_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        sequence: u64,
+    ) -> Result<i64, CommandError> {
+        let position: i64 = sqlx::query_scalar(
+            "SELECT global_position FROM event_store.events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(sequence as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(position)
+    }
+}
