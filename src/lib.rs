@@ -1,0 +1,126 @@
+//! Ordo's composition root: configuration, start-up (database, migrations, roles) and the
+//! CLI. `main.rs` only calls [`cli::run`].
+
+pub mod cli;
+pub mod config;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use ordo_api::{ApiConfig, AppState};
+use ordo_commands::db::{self, PoolSettings};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Every module's migrations, one sequence (each file names the schema it belongs to).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Create the database if it is missing, then apply pending migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
+    db::ensure_database(&config.database_url)
+        .await
+        .context("cannot reach PostgreSQL to create the database")?;
+    let pool = db::pool(
+        &config.database_url,
+        &PoolSettings {
+            max_connections: config.db_max_connections,
+            acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
+        },
+    )?;
+    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    Ok(pool)
+}
+
+/// The HTTP API bound to its address, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = migrate(config).await?;
+        Self::with_pool(config, pool).await
+    }
+
+    /// Build on an existing, migrated pool (tests point it through a proxy).
+    pub async fn with_pool(config: &Config, pool: PgPool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+        let api = ApiConfig {
+            body_limit: config.body_limit,
+            crash_after_commit: config.crash_after_commit,
+        };
+        Ok(Self {
+            listener,
+            state: AppState::new(pool, api),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
+        let app = ordo_api::router(self.state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        purge.abort();
+        served
+    }
+}
+
+/// Forget idempotency keys past their retention, every ten minutes.
+async fn purge_idempotency_keys(pool: PgPool) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        every.tick().await;
+        match ordo_commands::idempotency::purge_expired(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "purged expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

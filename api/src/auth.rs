@@ -51,7 +51,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}`: one of storefront, support, analyst, admin"))
+            .ok_or_else(|| {
+                format!("unknown role `{s}`: one of storefront, support, analyst, admin")
+            })
     }
 }
 
@@ -84,10 +86,13 @@ pub async fn create_key(pool: &PgPool, role: Role, name: &str) -> Result<String,
     Ok(secret)
 }
 
+/// A key's hash → who it is and when that was looked up.
+type KeyEntries = HashMap<Vec<u8>, (Caller, Instant)>;
+
 /// Looked-up keys, kept briefly so that a busy client does not cost a query per request.
 #[derive(Clone, Default)]
 pub struct KeyCache {
-    entries: Arc<RwLock<HashMap<Vec<u8>, (Caller, Instant)>>>,
+    entries: Arc<RwLock<KeyEntries>>,
 }
 
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);

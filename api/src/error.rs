@@ -20,15 +20,23 @@ pub struct FieldError {
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
-    Forbidden { role: &'static str },
+    Forbidden {
+        role: &'static str,
+    },
     NotFound(String),
     MethodNotAllowed,
     MalformedJson(String),
     Validation(Vec<FieldError>),
     UnsupportedMediaType,
     PayloadTooLarge,
-    BadHeader { header: &'static str, detail: String },
-    BadQuery { param: &'static str, detail: String },
+    BadHeader {
+        header: &'static str,
+        detail: String,
+    },
+    BadQuery {
+        param: &'static str,
+        detail: String,
+    },
     IdempotencyMismatch,
     IdempotencyInFlight,
     Command(CommandError),
@@ -78,7 +86,13 @@ impl ApiError {
 
     /// Status and RFC 9457 body.
     pub fn problem(&self) -> (StatusCode, Value) {
-        let (status, slug, title, detail, errors): (StatusCode, &str, String, String, Option<&[FieldError]>) = match self {
+        let (status, slug, title, detail, errors): (
+            StatusCode,
+            &str,
+            String,
+            String,
+            Option<&[FieldError]>,
+        ) = match self {
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -271,10 +285,9 @@ fn problem_body(
 /// A problem body as a response (also used to replay stored problems).
 pub fn problem_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_JSON),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()

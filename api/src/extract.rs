@@ -27,10 +27,13 @@ pub struct CommandHeaders {
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| ApiError::BadHeader {
-            header: name,
-            detail: "must be visible ASCII".into(),
-        }),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ApiError::BadHeader {
+                header: name,
+                detail: "must be visible ASCII".into(),
+            }),
     }
 }
 
@@ -51,7 +54,11 @@ fn parse_if_match(raw: &str) -> Result<Option<u64>, ApiError> {
 /// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
 pub fn valid_traceparent(raw: &str) -> bool {
     let parts: Vec<&str> = raw.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -125,20 +132,26 @@ impl<S: Send + Sync> FromRequest<S> for CommandBody {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection: BytesRejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::MalformedJson(rejection.body_text())
-                }
-            })?;
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::PayloadTooLarge
+                    } else {
+                        ApiError::MalformedJson(rejection.body_text())
+                    }
+                })?;
         let json = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
             let is_json = content_type.as_deref().is_some_and(|ct| {
-                let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let essence = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 essence == "application/json" || essence.ends_with("+json")
             });
             if !is_json {

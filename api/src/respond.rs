@@ -49,7 +49,9 @@ impl Success {
                 headers.insert(header::ETAG, etag);
             }
         }
-        if let (Self::Created { collection }, Some(id)) = (self, body.get("id").and_then(Value::as_str)) {
+        if let (Self::Created { collection }, Some(id)) =
+            (self, body.get("id").and_then(Value::as_str))
+        {
             if let Ok(location) = HeaderValue::from_str(&format!("{collection}/{id}")) {
                 headers.insert(header::LOCATION, location);
             }

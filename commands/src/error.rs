@@ -39,8 +39,10 @@ impl From<sqlx::Error> for CommandError {
 
 pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
+        // A connection cut mid-handshake surfaces as a protocol error.
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,

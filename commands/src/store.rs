@@ -81,7 +81,8 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
 }
 
 fn cqrs_store<A: Aggregate>(pool: &PgPool) -> Store<A> {
-    let repo = PostgresEventRepository::new(pool.clone()).with_tables(EVENTS_TABLE, SNAPSHOTS_TABLE);
+    let repo =
+        PostgresEventRepository::new(pool.clone()).with_tables(EVENTS_TABLE, SNAPSHOTS_TABLE);
     PersistedEventStore::new_event_store(repo).with_upcasters(upcasters())
 }
 

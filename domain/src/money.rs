@@ -103,10 +103,7 @@ impl Amount {
 
     /// `None` when the result would be negative.
     pub fn checked_sub(self, other: Amount) -> Option<Amount> {
-        self.0
-            .checked_sub(other.0)
-            .filter(|v| *v >= 0)
-            .map(Amount)
+        self.0.checked_sub(other.0).filter(|v| *v >= 0).map(Amount)
     }
 
     pub fn checked_mul(self, factor: u32) -> Option<Amount> {
@@ -142,7 +139,10 @@ mod tests {
 
     #[test]
     fn known_codes_parse_and_unknown_codes_do_not() {
-        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Ok("EUR".into()));
+        assert_eq!(
+            Currency::parse("EUR").map(|c| c.to_string()),
+            Ok("EUR".into())
+        );
         assert!(Currency::parse("JPY").is_ok());
         for bad in ["eur", "EURO", "", "XXX", "E1R", "ABC"] {
             assert!(Currency::parse(bad).is_err(), "{bad} should be refused");

@@ -189,7 +189,15 @@ mod tests {
             Email::parse("  Ada@Example.COM ").unwrap().as_str(),
             "Ada@example.com"
         );
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@.com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
     }

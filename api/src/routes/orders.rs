@@ -90,10 +90,17 @@ async fn lifecycle(
     parse: impl FnOnce(&Value) -> Result<OrderCommand, ApiError>,
 ) -> Response {
     let (json, commands) = (&body.json, &app.commands);
-    run_command(&app, &caller, &headers, &body, Success::Ok, |meta| async move {
-        let cmd = parse(json)?;
-        Ok(commands.order(id, headers.if_match, cmd, &meta).await?)
-    })
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        Success::Ok,
+        |meta| async move {
+            let cmd = parse(json)?;
+            Ok(commands.order(id, headers.if_match, cmd, &meta).await?)
+        },
+    )
     .await
 }
 
@@ -163,12 +170,19 @@ async fn ship(
     body: CommandBody,
 ) -> Response {
     let (json, commands) = (&body.json, &app.commands);
-    run_command(&app, &caller, &headers, &body, Success::Ok, |meta| async move {
-        let request = parse_ship(json)?;
-        Ok(commands
-            .ship_order(id, headers.if_match, request, &meta)
-            .await?)
-    })
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        Success::Ok,
+        |meta| async move {
+            let request = parse_ship(json)?;
+            Ok(commands
+                .ship_order(id, headers.if_match, request, &meta)
+                .await?)
+        },
+    )
     .await
 }
 
@@ -213,8 +227,7 @@ async fn show(
         return Err(ApiError::NotFound("no order has this id".into()));
     }
     let payments = app.commands.payments_of_order(id).await?;
-    let payment_status =
-        order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
+    let payment_status = order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
     Ok(super::versioned_json(
         order.version,
         views::order(&order.state, order.version, Some(payment_status)),

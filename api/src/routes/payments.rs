@@ -37,7 +37,9 @@ struct Positive(Amount);
 impl<'de> Deserialize<'de> for Positive {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = i64::deserialize(d)?;
-        Amount::positive(raw).map(Positive).map_err(D::Error::custom)
+        Amount::positive(raw)
+            .map(Positive)
+            .map_err(D::Error::custom)
     }
 }
 
@@ -90,15 +92,22 @@ async fn lifecycle(
     parse: impl FnOnce(&mut Validation, &serde_json::Map<String, Value>) -> Option<PaymentCommand>,
 ) -> Response {
     let (json, commands) = (&body.json, &app.commands);
-    run_command(&app, &caller, &headers, &body, Success::Ok, |meta| async move {
-        let mut v = Validation::new();
-        let cmd = match v.object(json, "") {
-            Some(o) => parse(&mut v, o),
-            None => None,
-        };
-        let cmd = v.finish(|| cmd)?;
-        Ok(commands.payment(id, headers.if_match, cmd, &meta).await?)
-    })
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        Success::Ok,
+        |meta| async move {
+            let mut v = Validation::new();
+            let cmd = match v.object(json, "") {
+                Some(o) => parse(&mut v, o),
+                None => None,
+            };
+            let cmd = v.finish(|| cmd)?;
+            Ok(commands.payment(id, headers.if_match, cmd, &meta).await?)
+        },
+    )
     .await
 }
 
@@ -159,7 +168,11 @@ async fn show(
     Allowed(_, _): Allowed<auth::Readers>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    let payment = app.commands.store().load::<Payment>(&id.to_string()).await?;
+    let payment = app
+        .commands
+        .store()
+        .load::<Payment>(&id.to_string())
+        .await?;
     if !payment.state.exists() {
         return Err(ApiError::NotFound("no payment has this id".into()));
     }

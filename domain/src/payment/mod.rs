@@ -26,10 +26,22 @@ pub enum PaymentCommand {
         amount: Option<Amount>,
         at: DateTime<Utc>,
     },
-    Capture { amount: Amount, at: DateTime<Utc> },
-    Refund { amount: Amount, reason: Text, at: DateTime<Utc> },
-    Void { at: DateTime<Utc> },
-    Fail { reason: Text, at: DateTime<Utc> },
+    Capture {
+        amount: Amount,
+        at: DateTime<Utc>,
+    },
+    Refund {
+        amount: Amount,
+        reason: Text,
+        at: DateTime<Utc>,
+    },
+    Void {
+        at: DateTime<Utc>,
+    },
+    Fail {
+        reason: Text,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,7 +234,11 @@ impl Payment {
                 at,
             } => {
                 let (payment_id, order_id, currency) = self.ids()?;
-                self.require(PaymentStatus::Pending, "payment-not-pending", "only a pending payment can be authorized")?;
+                self.require(
+                    PaymentStatus::Pending,
+                    "payment-not-pending",
+                    "only a pending payment can be authorized",
+                )?;
                 let amount = amount.unwrap_or(self.amount);
                 if amount.is_zero() {
                     return Err(DomainError::invalid("amount", "must be greater than zero"));
@@ -317,7 +333,9 @@ impl Payment {
                 match self.status {
                     PaymentStatus::Authorized => {}
                     PaymentStatus::Pending => return Err(not_authorized()),
-                    PaymentStatus::Captured | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded => {
+                    PaymentStatus::Captured
+                    | PaymentStatus::PartiallyRefunded
+                    | PaymentStatus::Refunded => {
                         return Err(DomainError::refused(
                             "payment-already-captured",
                             "a payment with captures cannot be voided; refund it instead",
@@ -333,7 +351,11 @@ impl Payment {
             }
             PaymentCommand::Fail { reason, at } => {
                 let (payment_id, order_id, _) = self.ids()?;
-                self.require(PaymentStatus::Pending, "payment-not-pending", "only a pending payment can fail")?;
+                self.require(
+                    PaymentStatus::Pending,
+                    "payment-not-pending",
+                    "only a pending payment can fail",
+                )?;
                 PaymentEvent::Failed(PaymentFailed {
                     payment_id,
                     order_id,
@@ -347,7 +369,9 @@ impl Payment {
 
     fn create(&self, cmd: CreatePayment) -> Result<Vec<PaymentEvent>, DomainError> {
         if self.exists() {
-            return Err(DomainError::AlreadyExists { aggregate: "payment" });
+            return Err(DomainError::AlreadyExists {
+                aggregate: "payment",
+            });
         }
         positive(cmd.amount)?;
         if cmd.currency != cmd.order.currency {
@@ -388,7 +412,9 @@ impl Payment {
     fn ids(&self) -> Result<(Uuid, Uuid, Currency), DomainError> {
         match (self.id, self.order_id, self.currency) {
             (Some(id), Some(order_id), Some(currency)) => Ok((id, order_id, currency)),
-            _ => Err(DomainError::NotFound { aggregate: "payment" }),
+            _ => Err(DomainError::NotFound {
+                aggregate: "payment",
+            }),
         }
     }
 

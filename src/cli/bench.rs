@@ -1,0 +1,166 @@
+//! A load harness: concurrent HTTP clients placing orders against a running server.
+//!
+//! Each client registers nothing itself: the harness first registers a pool of customers,
+//! then every client places orders in a loop for the duration. Latency is measured per
+//! request, from send to the complete response.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The server's base URL.
+    #[arg(long, env = "ORDO_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A storefront or admin API key (`ordo keys create --role storefront --name bench`).
+    #[arg(long, env = "ORDO_API_KEY")]
+    key: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Seconds of unmeasured warm-up before it.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Target rate in requests per second across all clients; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Customers to spread orders over.
+    #[arg(long, default_value_t = 200)]
+    customers: usize,
+}
+
+struct Totals {
+    latency: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let auth = format!("Bearer {}", args.key);
+
+    let mut customers = Vec::with_capacity(args.customers);
+    for i in 0..args.customers {
+        let resp = client
+            .post(format!("{base}/v1/customers"))
+            .header("authorization", &auth)
+            .json(&json!({"email": format!("bench{i}@example.com"), "name": format!("Bench {i}")}))
+            .send()
+            .await
+            .context("cannot reach the server")?;
+        if !resp.status().is_success() {
+            bail!(
+                "registering a customer answered {}: {}",
+                resp.status(),
+                resp.text().await?
+            );
+        }
+        let body: Value = resp.json().await?;
+        customers.push(body["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let customers = Arc::new(customers);
+
+    let totals = Arc::new(Mutex::new(Totals {
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        ok: 0,
+        failed: 0,
+    }));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.duration);
+    // With a target rate, each client sends on its own fixed schedule.
+    let interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
+
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency {
+        let (client, base, auth) = (client.clone(), base.clone(), auth.clone());
+        let (customers, totals) = (customers.clone(), totals.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut n = worker;
+            let mut next = Instant::now();
+            while Instant::now() < end {
+                if let Some(every) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += every;
+                }
+                let customer = &customers[n % customers.len()];
+                n += 1;
+                let body = json!({
+                    "customer_id": customer,
+                    "currency": "EUR",
+                    "lines": [
+                        {"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1250},
+                        {"sku": "TEE-2", "name": "T-shirt", "quantity": 1, "unit_price": 1999}
+                    ]
+                });
+                let sent = Instant::now();
+                let result = client
+                    .post(format!("{base}/v1/orders"))
+                    .header("authorization", &auth)
+                    .json(&body)
+                    .send()
+                    .await;
+                let success = match result {
+                    Ok(resp) => resp.status().as_u16() == 201 && resp.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if sent >= measure_from && Instant::now() <= end {
+                    local.record(sent.elapsed().as_micros().max(1) as u64)?;
+                    if success {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
+                }
+            }
+            let mut t = totals.lock().await;
+            t.latency.add(&local)?;
+            t.ok += ok;
+            t.failed += failed;
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let t = totals.lock().await;
+    let secs = args.duration as f64;
+    let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
+    let report = format!(
+        "place-order: {} ok, {} failed in {secs:.0} s with {} clients{}\n\
+         throughput: {:.0} commands/s\n\
+         latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        t.ok,
+        t.failed,
+        args.concurrency,
+        if args.rate > 0 {
+            format!(" at a target of {}/s", args.rate)
+        } else {
+            String::new()
+        },
+        t.ok as f64 / secs,
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        t.latency.max() as f64 / 1000.0,
+    );
+    #[allow(clippy::print_stdout)] // the report is this command's output
+    {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `ordo` subcommands (DESIGN.md §7).
+
+mod bench;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use ordo_api::Role;
+
+use crate::{telemetry, Application, Config};
+
+#[derive(Debug, Parser)]
+#[command(name = "ordo", version, about = "Event-sourced order processing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Ordo's roles in this process.
+    Serve {
+        #[command(flatten)]
+        config: Config,
+        /// Roles to run, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "api")]
+        roles: Vec<ServeRole>,
+    },
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Drive a running server with concurrent clients placing orders; print throughput
+    /// and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it, alone, on stdout. Only its hash is stored.
+    Create {
+        #[command(flatten)]
+        config: Config,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServeRole {
+    /// The HTTP API: commands, reads, admin.
+    Api,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    match execute(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "ordo failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config, roles } => {
+            tracing::info!(roles = ?roles, "starting");
+            let app = Application::build(&config).await?;
+            tracing::info!(addr = %app.local_addr()?, "listening");
+            app.run_until_stopped(crate::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Migrate { config } => {
+            let pool = crate::migrate(&config).await?;
+            pool.close().await;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Create { config, role, name },
+        } => {
+            let pool = crate::migrate(&config).await?;
+            let key = ordo_api::create_key(&pool, role, &name)
+                .await
+                .context("cannot store the key")?;
+            pool.close().await;
+            #[allow(clippy::print_stdout)] // the key is this command's output
+            {
+                println!("{key}");
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -1,0 +1,204 @@
+//! Support's audit trail: history with metadata and paging, state at a version or time.
+
+use ordo_api::Role::{Storefront, Support};
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn history_lists_every_event_with_its_metadata() {
+    let app = spawn_app().await;
+    let customer = app.register_customer().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let placed = app
+        .post_with(
+            Storefront,
+            "/v1/orders",
+            crate::helpers::order_body(&customer),
+            &[
+                ("traceparent", traceparent),
+                ("idempotency-key", "audit-1"),
+                ("x-request-id", "req-audit-1"),
+            ],
+        )
+        .await;
+    let order = placed.id();
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{order}/confirm"),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    app.post(
+        Support,
+        &format!("/v1/orders/{order}/cancel"),
+        json!({"reason": "duplicate"}),
+    )
+    .await
+    .assert_status(200);
+
+    let history = app
+        .get(Support, &format!("/v1/orders/{order}/history"))
+        .await;
+    history.assert_status(200);
+    let items = history.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(history.body["next_cursor"], serde_json::Value::Null);
+    let first = &items[0];
+    assert_eq!(first["sequence"], 1);
+    assert_eq!(first["type"], "order.placed");
+    assert_eq!(first["schema_version"], 1);
+    assert_eq!(first["position"], placed.body["position"]);
+    assert!(first["event_id"]
+        .as_str()
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    assert!(first["recorded_at"].is_string());
+    assert_eq!(first["data"]["total"], 2999);
+    assert_eq!(first["data"]["lines"][0]["line_total"], 2500);
+    assert!(
+        first["data"].get("type").is_none(),
+        "data holds the event's fields only"
+    );
+    let meta = &first["metadata"];
+    assert_eq!(
+        meta["actor"],
+        json!({"name": "test-storefront", "role": "storefront"})
+    );
+    assert_eq!(meta["traceparent"], traceparent);
+    assert_eq!(meta["idempotency_key"], "audit-1");
+    assert_eq!(meta["request_id"], "req-audit-1");
+    assert!(meta["correlation_id"].is_string() && meta["causation_id"].is_string());
+    assert_eq!(items[2]["metadata"]["actor"]["role"], "support");
+    assert_eq!(items[2]["data"]["reason"], "duplicate");
+    let positions: Vec<i64> = items
+        .iter()
+        .map(|i| i["position"].as_i64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn history_pages_with_a_cursor() {
+    let app = spawn_app().await;
+    let order = app.confirmed_order().await;
+    let payment = app.authorized_payment(&order, 2999).await;
+    for _ in 0..3 {
+        app.post(
+            Storefront,
+            &format!("/v1/payments/{payment}/capture"),
+            json!({"amount": 100}),
+        )
+        .await
+        .assert_status(200);
+    }
+    // created, authorized, 3 × captured
+    let page1 = app
+        .get(Support, &format!("/v1/payments/{payment}/history?limit=2"))
+        .await;
+    assert_eq!(page1.body["items"].as_array().unwrap().len(), 2);
+    let cursor = page1.body["next_cursor"].as_str().unwrap().to_owned();
+    let page2 = app
+        .get(
+            Support,
+            &format!("/v1/payments/{payment}/history?limit=2&after={cursor}"),
+        )
+        .await;
+    let page3_cursor = page2.body["next_cursor"].as_str().unwrap().to_owned();
+    let page3 = app
+        .get(
+            Support,
+            &format!("/v1/payments/{payment}/history?limit=2&after={page3_cursor}"),
+        )
+        .await;
+    let sequences: Vec<i64> = [&page1, &page2, &page3]
+        .iter()
+        .flat_map(|p| {
+            p.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["sequence"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert_eq!(page3.body["next_cursor"], serde_json::Value::Null);
+
+    app.get(Support, &format!("/v1/payments/{payment}/history?limit=0"))
+        .await
+        .assert_problem(400, "bad-query");
+    app.get(Support, &format!("/v1/payments/{payment}/history?after=x"))
+        .await
+        .assert_problem(400, "bad-query");
+    app.get(
+        Support,
+        &format!("/v1/payments/{}/history", uuid::Uuid::new_v4()),
+    )
+    .await
+    .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn state_is_folded_at_a_version_or_an_instant() {
+    let app = spawn_app().await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{order}/confirm"),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{order}/cancel"),
+        json!({"reason": "r"}),
+    )
+    .await
+    .assert_status(200);
+
+    let v1 = app
+        .get(Support, &format!("/v1/orders/{order}/state?version=1"))
+        .await;
+    v1.assert_status(200);
+    assert_eq!(v1.body["status"], "placed");
+    assert_eq!(v1.body["version"], 1);
+    assert_eq!(v1.header("etag"), Some("\"1\""));
+
+    let at = between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let then = app
+        .get(
+            Support,
+            &format!("/v1/orders/{order}/state?at={}", at.replace('+', "%2B")),
+        )
+        .await;
+    then.assert_status(200);
+    assert_eq!(then.body["status"], "confirmed");
+    assert_eq!(then.body["version"], 2);
+
+    let now = app.get(Support, &format!("/v1/orders/{order}/state")).await;
+    assert_eq!(now.body["status"], "cancelled");
+
+    app.get(Support, &format!("/v1/orders/{order}/state?version=9"))
+        .await
+        .assert_problem(404, "not-found");
+    app.get(
+        Support,
+        &format!("/v1/orders/{order}/state?at=2000-01-01T00:00:00Z"),
+    )
+    .await
+    .assert_problem(404, "not-found");
+    app.get(Support, &format!("/v1/orders/{order}/state?at=yesterday"))
+        .await
+        .assert_problem(400, "bad-query");
+    let customer_state = app
+        .get(
+            Support,
+            &format!("/v1/customers/{customer}/state?version=1"),
+        )
+        .await;
+    assert_eq!(customer_state.body["name"], "Ada Lovelace");
+}

@@ -1,0 +1,364 @@
+//! `spawn_app()`: the real application on port 0 against a fresh database, with one API key
+//! per role and a typed client. The database is dropped when the `TestApp` is.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use ordo::{Application, Config};
+use ordo_api::Role;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_base() -> String {
+    std::env::var("ORDO_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn fresh_database_url() -> String {
+    format!("{}/ordo_test_{}", postgres_base(), Uuid::new_v4().simple())
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    /// A direct pool on the test database (not through any proxy).
+    pub pool: PgPool,
+    pub database_url: String,
+    keys: HashMap<Role, String>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn id(&self) -> String {
+        self.body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {:?}", self))
+            .to_owned()
+    }
+
+    /// The problem `type` without its `urn:ordo:problem:` prefix.
+    pub fn problem(&self) -> &str {
+        self.body["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("urn:ordo:problem:"))
+            .unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected response: {:#?}",
+            self.body
+        );
+        self
+    }
+
+    /// Asserts an RFC 9457 problem with this status.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, problem: &str) -> &Self {
+        self.assert_status(status);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(self.body["status"], json!(status));
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        assert_eq!(self.problem(), problem, "problem body: {:#?}", self.body);
+        self
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        ordo::telemetry::init();
+    }
+    let database_url = fresh_database_url();
+    let mut config = Config::defaults();
+    config.database_url = database_url.clone();
+    config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.db_max_connections = 20;
+    tweak(&mut config);
+    let app = Application::build(&config)
+        .await
+        .expect("application builds");
+    let pool = app.pool().clone();
+    start(app, pool, database_url).await
+}
+
+/// Start a built application and mint one key per role.
+pub async fn start(app: Application, pool: PgPool, database_url: String) -> TestApp {
+    let addr = app.local_addr().expect("bound");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let mut keys = HashMap::new();
+    for role in Role::ALL {
+        let key = ordo_api::create_key(&pool, role, &format!("test-{role}"))
+            .await
+            .expect("key created");
+        keys.insert(role, key);
+    }
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        pool,
+        database_url,
+        keys,
+        shutdown: Some(tx),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let url = self.database_url.clone();
+        // The test's runtime may be gone; drop the database from a runtime of our own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(ordo_commands::db::drop_database(&url));
+            }
+        })
+        .join();
+    }
+}
+
+pub async fn read(resp: reqwest::Response) -> Resp {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl TestApp {
+    pub fn key(&self, role: Role) -> &str {
+        &self.keys[&role]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST JSON as `role`.
+    pub async fn post(&self, role: Role, path: &str, body: Value) -> Resp {
+        self.post_with(role, path, body, &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        role: Role,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(self.key(role))
+            .json(&body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        read(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, role: Role, path: &str) -> Resp {
+        read(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(self.key(role))
+                .send()
+                .await
+                .expect("request sent"),
+        )
+        .await
+    }
+
+    // ---------------------------------------------------------------- fixtures
+
+    pub async fn register_customer(&self) -> String {
+        let email = format!("c{}@example.com", Uuid::new_v4().simple());
+        self.post(
+            Role::Storefront,
+            "/v1/customers",
+            json!({"email": email, "name": "Ada Lovelace"}),
+        )
+        .await
+        .assert_status(201)
+        .id()
+    }
+
+    /// An order of 2 × 1250 + 1 × 499 = 2999 EUR.
+    pub async fn place_order(&self, customer_id: &str) -> String {
+        self.post(Role::Storefront, "/v1/orders", order_body(customer_id))
+            .await
+            .assert_status(201)
+            .id()
+    }
+
+    pub async fn confirmed_order(&self) -> String {
+        let customer = self.register_customer().await;
+        let order = self.place_order(&customer).await;
+        self.post(
+            Role::Storefront,
+            &format!("/v1/orders/{order}/confirm"),
+            json!({}),
+        )
+        .await
+        .assert_status(200);
+        order
+    }
+
+    /// A pending payment for `amount` on `order`.
+    pub async fn payment(&self, order: &str, amount: i64) -> String {
+        self.post(
+            Role::Storefront,
+            "/v1/payments",
+            json!({"order_id": order, "amount": amount, "currency": "EUR", "method": "card"}),
+        )
+        .await
+        .assert_status(201)
+        .id()
+    }
+
+    pub async fn authorized_payment(&self, order: &str, amount: i64) -> String {
+        let payment = self.payment(order, amount).await;
+        self.post(
+            Role::Storefront,
+            &format!("/v1/payments/{payment}/authorize"),
+            json!({"provider_reference": "psp-1"}),
+        )
+        .await
+        .assert_status(200);
+        payment
+    }
+
+    /// The stored sequences of a stream, in order.
+    pub async fn sequences(&self, aggregate_type: &str, id: &str) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT sequence FROM event_store.events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("query")
+    }
+
+    pub async fn event_types(&self, aggregate_type: &str, id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT event_type FROM event_store.events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("query")
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("query")
+    }
+}
+
+pub fn order_body(customer_id: &str) -> Value {
+    json!({
+        "customer_id": customer_id,
+        "currency": "EUR",
+        "lines": [
+            {"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1250},
+            {"sku": "PEN-2", "name": "Pen", "quantity": 1, "unit_price": 499}
+        ],
+        "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
+    })
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to make the store
+/// unreachable for one application without touching the real server.
+pub struct DbProxy {
+    pub port: u16,
+    cut: Arc<Mutex<bool>>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl DbProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(Mutex::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let upstream = upstream.to_owned();
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *cut2.lock().unwrap() {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { port, cut, conns }
+    }
+
+    /// Refuse new connections and break the open ones.
+    pub fn cut(&self) {
+        *self.cut.lock().unwrap() = true;
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        *self.cut.lock().unwrap() = false;
+    }
+}

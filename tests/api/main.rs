@@ -1,0 +1,15 @@
+//! End-to-end tests of the HTTP API against real PostgreSQL: one fresh database per test.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod audit;
+mod auth;
+mod concurrency;
+mod crash;
+mod errors;
+mod idempotency;
+mod lifecycle;
+mod store;
