@@ -37,7 +37,8 @@ impl From<sqlx::Error> for CommandError {
     }
 }
 
-pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
+/// Whether a database error means PostgreSQL could not be reached (rather than a bug or bad data).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         // A connection cut mid-handshake surfaces as a protocol error.
         sqlx::Error::Io(_)

@@ -1,1 +1,18 @@
-//! Read models built from the gap-free event feed (the projections issue).
+//! Read models built from the gap-free event feed: orders, payments and the CRM customer
+//! 360, each kept by a runner that one process at a time leads, rebuilt without downtime.
+//!
+//! This crate owns the `projections` and `projections_rebuild` schemas; the API reads them
+//! only through [`queries`].
+
+pub mod check;
+pub mod customers;
+pub mod feed;
+pub mod model;
+pub mod orders;
+pub mod payments;
+pub mod queries;
+pub mod runner;
+pub mod status;
+
+pub use model::{ApplyError, Projection};
+pub use runner::{Runner, RunnerConfig, Step};

@@ -1,0 +1,236 @@
+//! The consistency check: fold the whole log with the domain's own `apply` and compare
+//! the result with the read-model tables, field by field. Used by tests and by
+//! `ordo projections check`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ordo_domain::customer::{Customer, CustomerEvent};
+use ordo_domain::order::{Order, OrderEvent, OrderStatus};
+use ordo_domain::payment::{order_payment_status, Payment, PaymentEvent};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::feed::{self, Checkpoint};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    pub table: &'static str,
+    pub id: String,
+    pub field: String,
+    pub expected: Value,
+    pub actual: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Decode(#[from] feed::DecodeError),
+}
+
+/// Every difference between the folded log and the read models. Only meaningful when the
+/// projections have caught up with the log.
+pub async fn check(pool: &PgPool) -> Result<Vec<Mismatch>, CheckError> {
+    let mut orders: BTreeMap<String, (Order, i64)> = BTreeMap::new();
+    let mut payments: BTreeMap<String, (Payment, i64)> = BTreeMap::new();
+    let mut customers: BTreeMap<String, Customer> = BTreeMap::new();
+    let mut after = Checkpoint::default();
+    let mut conn = pool.acquire().await?;
+    loop {
+        let batch = feed::read_batch(&mut conn, after, 10_000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.checkpoint;
+        for e in &batch {
+            match e.aggregate_type.as_str() {
+                "order" => {
+                    let entry = orders.entry(e.aggregate_id.clone()).or_default();
+                    entry.0.apply(e.decode::<OrderEvent>()?);
+                    entry.1 = e.sequence;
+                }
+                "payment" => {
+                    let entry = payments.entry(e.aggregate_id.clone()).or_default();
+                    entry.0.apply(e.decode::<PaymentEvent>()?);
+                    entry.1 = e.sequence;
+                }
+                "customer" => customers
+                    .entry(e.aggregate_id.clone())
+                    .or_default()
+                    .apply(e.decode::<CustomerEvent>()?),
+                _ => {}
+            }
+        }
+    }
+
+    let mut expected_orders = BTreeMap::new();
+    for (id, (order, version)) in &orders {
+        let of_order: Vec<&Payment> = payments
+            .values()
+            .map(|(p, _)| p)
+            .filter(|p| p.order_id.map(|o| o.to_string()).as_deref() == Some(id.as_str()))
+            .collect();
+        expected_orders.insert(
+            id.clone(),
+            json!({
+                "customer_id": order.customer_id, "status": order.status.as_str(),
+                "payment_status": order_payment_status(order.total, of_order),
+                "fulfillment_status": order.fulfillment_status(), "currency": order.currency,
+                "total": order.total, "line_count": order.lines.len(), "version": version,
+            }),
+        );
+    }
+    let expected_payments: BTreeMap<String, Value> = payments
+        .iter()
+        .map(|(id, (p, version))| {
+            (
+                id.clone(),
+                json!({
+                    "order_id": p.order_id, "customer_id": p.customer_id, "status": p.status.as_str(),
+                    "currency": p.currency, "amount": p.amount, "authorized": p.authorized,
+                    "captured": p.captured, "refunded": p.refunded, "version": version,
+                }),
+            )
+        })
+        .collect();
+
+    // The 360 view, computed from folded states rather than event by event.
+    let mut expected_customers: BTreeMap<String, Value> = BTreeMap::new();
+    let mut expected_spend: BTreeMap<String, Value> = BTreeMap::new();
+    let mut spend: HashMap<(String, String), (i64, i64, i64)> = HashMap::new();
+    for (id, c) in &customers {
+        let mine: Vec<&Order> = orders
+            .values()
+            .map(|(o, _)| o)
+            .filter(|o| o.customer_id.map(|c| c.to_string()).as_deref() == Some(id.as_str()))
+            .collect();
+        let placed_times = mine.iter().filter_map(|o| o.placed_at);
+        expected_customers.insert(
+            id.clone(),
+            json!({
+                "email": c.email, "name": c.name, "order_count": mine.len(),
+                "cancelled_count": mine.iter().filter(|o| o.status == OrderStatus::Cancelled).count(),
+                "open_orders": mine.iter().filter(|o| !matches!(o.status, OrderStatus::Cancelled | OrderStatus::Delivered)).count(),
+                "notes_count": c.notes.len(),
+                "first_order_at": placed_times.clone().min(), "last_order_at": placed_times.max(),
+            }),
+        );
+        for o in mine.iter().filter(|o| o.status != OrderStatus::Cancelled) {
+            let key = (
+                id.clone(),
+                o.currency.map(|c| c.to_string()).unwrap_or_default(),
+            );
+            let s = spend.entry(key).or_default();
+            s.0 += o.total.get();
+            s.2 += 1;
+        }
+    }
+    for (p, _) in payments.values() {
+        if let (Some(customer), Some(currency)) = (p.customer_id, p.currency) {
+            if !p.refunded.is_zero() {
+                spend
+                    .entry((customer.to_string(), currency.to_string()))
+                    .or_default()
+                    .1 += p.refunded.get();
+            }
+        }
+    }
+    for ((customer, currency), (gross, refunded, count)) in spend {
+        expected_spend.insert(
+            format!("{customer}/{currency}"),
+            json!({"gross": gross, "refunded": refunded, "orders": count}),
+        );
+    }
+
+    let mut mismatches = Vec::new();
+    compare(
+        pool,
+        "orders",
+        "SELECT id::text, to_jsonb(t) FROM projections.orders t",
+        &expected_orders,
+        &mut mismatches,
+    )
+    .await?;
+    compare(
+        pool,
+        "payments",
+        "SELECT id::text, to_jsonb(t) FROM projections.payments t",
+        &expected_payments,
+        &mut mismatches,
+    )
+    .await?;
+    compare(
+        pool,
+        "customers",
+        "SELECT id::text, to_jsonb(t) FROM projections.customers t",
+        &expected_customers,
+        &mut mismatches,
+    )
+    .await?;
+    compare(
+        pool,
+        "customer_spend",
+        "SELECT customer_id::text || '/' || currency, to_jsonb(t) FROM projections.customer_spend t
+          WHERE gross <> 0 OR refunded <> 0 OR orders <> 0",
+        &expected_spend,
+        &mut mismatches,
+    )
+    .await?;
+    Ok(mismatches)
+}
+
+/// Normalise a value for comparison: timestamps to their instant, numbers as numbers.
+fn normal(v: &Value) -> Value {
+    if let Some(s) = v.as_str() {
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            return json!(t.timestamp_micros());
+        }
+    }
+    v.clone()
+}
+
+async fn compare(
+    pool: &PgPool,
+    table: &'static str,
+    sql: &str,
+    expected: &BTreeMap<String, Value>,
+    out: &mut Vec<Mismatch>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(String, Value)> = sqlx::query_as(sql).fetch_all(pool).await?;
+    let actual: BTreeMap<String, Value> = rows.into_iter().collect();
+    for (id, want) in expected {
+        let Some(have) = actual.get(id) else {
+            out.push(Mismatch {
+                table,
+                id: id.clone(),
+                field: "*".into(),
+                expected: want.clone(),
+                actual: Value::Null,
+            });
+            continue;
+        };
+        for (field, value) in want.as_object().into_iter().flatten() {
+            let got = have.get(field).cloned().unwrap_or(Value::Null);
+            if normal(value) != normal(&got) {
+                out.push(Mismatch {
+                    table,
+                    id: id.clone(),
+                    field: field.clone(),
+                    expected: value.clone(),
+                    actual: got,
+                });
+            }
+        }
+    }
+    for (id, have) in &actual {
+        if !expected.contains_key(id) {
+            out.push(Mismatch {
+                table,
+                id: id.clone(),
+                field: "*".into(),
+                expected: Value::Null,
+                actual: have.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The CRM customer 360: counts and spending per customer, from customer, order and
+//! payment events.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use ordo_domain::customer::CustomerEvent;
+use ordo_domain::order::OrderEvent;
+use ordo_domain::payment::PaymentEvent;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::feed::FeedEvent;
+use crate::model::ApplyError;
+
+pub const TABLES: &[&str] = &["customers", "customer_spend"];
+
+#[derive(Debug, Clone, Default)]
+struct CustomerRow {
+    email: Option<String>,
+    name: Option<String>,
+    order_count: i64,
+    cancelled_count: i64,
+    open_orders: i64,
+    notes_count: i64,
+    first_order_at: Option<DateTime<Utc>>,
+    last_order_at: Option<DateTime<Utc>>,
+    registered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SpendRow {
+    gross: i64,
+    refunded: i64,
+    orders: i64,
+}
+
+/// What one event changes for a customer.
+enum Change {
+    Registered {
+        email: String,
+        name: String,
+        at: DateTime<Utc>,
+    },
+    Note,
+    Placed {
+        currency: String,
+        total: i64,
+        at: DateTime<Utc>,
+    },
+    Cancelled {
+        currency: String,
+        total: i64,
+    },
+    Delivered,
+    Refunded {
+        currency: String,
+        amount: i64,
+    },
+}
+
+fn change_of(event: &FeedEvent) -> Result<Option<(Uuid, Change)>, ApplyError> {
+    Ok(match event.aggregate_type.as_str() {
+        "customer" => match event.decode::<CustomerEvent>()? {
+            CustomerEvent::Registered(r) => Some((
+                r.customer_id,
+                Change::Registered {
+                    email: r.email.to_string(),
+                    name: r.name.to_string(),
+                    at: r.registered_at,
+                },
+            )),
+            CustomerEvent::NoteAdded(n) => Some((n.customer_id, Change::Note)),
+        },
+        "order" => match event.decode::<OrderEvent>()? {
+            OrderEvent::Placed(p) => Some((
+                p.customer_id,
+                Change::Placed {
+                    currency: p.currency.to_string(),
+                    total: p.total.get(),
+                    at: p.placed_at,
+                },
+            )),
+            OrderEvent::Cancelled(c) => Some((
+                c.customer_id,
+                Change::Cancelled {
+                    currency: c.currency.to_string(),
+                    total: c.total.get(),
+                },
+            )),
+            OrderEvent::Delivered(d) => Some((d.customer_id, Change::Delivered)),
+            OrderEvent::Confirmed(_) | OrderEvent::Shipped(_) => None,
+        },
+        "payment" => match event.decode::<PaymentEvent>()? {
+            PaymentEvent::Refunded(r) => Some((
+                r.customer_id,
+                Change::Refunded {
+                    currency: r.currency.to_string(),
+                    amount: r.amount.get(),
+                },
+            )),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+pub async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[FeedEvent],
+) -> Result<(), ApplyError> {
+    let mut changes = Vec::new();
+    for event in events {
+        if let Some(change) = change_of(event)? {
+            changes.push(change);
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut customers = load_customers(conn, schema, &ids).await?;
+    let mut spend = load_spend(conn, schema, &ids).await?;
+    let mut touched_spend = Vec::new();
+
+    for (id, change) in changes {
+        let customer = customers.entry(id).or_default();
+        match change {
+            Change::Registered { email, name, at } => {
+                customer.email = Some(email);
+                customer.name = Some(name);
+                customer.registered_at = Some(at);
+            }
+            Change::Note => customer.notes_count += 1,
+            Change::Placed {
+                currency,
+                total,
+                at,
+            } => {
+                customer.order_count += 1;
+                customer.open_orders += 1;
+                customer.first_order_at = Some(customer.first_order_at.map_or(at, |f| f.min(at)));
+                customer.last_order_at = Some(customer.last_order_at.map_or(at, |l| l.max(at)));
+                let s = spend.entry((id, currency.clone())).or_default();
+                s.gross += total;
+                s.orders += 1;
+                touched_spend.push((id, currency));
+            }
+            Change::Cancelled { currency, total } => {
+                customer.cancelled_count += 1;
+                customer.open_orders -= 1;
+                let s = spend.entry((id, currency.clone())).or_default();
+                s.gross -= total;
+                s.orders -= 1;
+                touched_spend.push((id, currency));
+            }
+            Change::Delivered => customer.open_orders -= 1,
+            Change::Refunded { currency, amount } => {
+                spend.entry((id, currency.clone())).or_default().refunded += amount;
+                touched_spend.push((id, currency));
+            }
+        }
+    }
+    touched_spend.sort_unstable();
+    touched_spend.dedup();
+    save_customers(conn, schema, &ids, &customers).await?;
+    save_spend(conn, schema, &touched_spend, &spend).await?;
+    Ok(())
+}
+
+async fn load_customers(
+    conn: &mut PgConnection,
+    schema: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, CustomerRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT id, email, name, order_count, cancelled_count, open_orders, notes_count,
+                first_order_at, last_order_at, registered_at
+           FROM {schema}.customers WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                CustomerRow {
+                    email: r.try_get("email")?,
+                    name: r.try_get("name")?,
+                    order_count: r.try_get("order_count")?,
+                    cancelled_count: r.try_get("cancelled_count")?,
+                    open_orders: r.try_get("open_orders")?,
+                    notes_count: r.try_get("notes_count")?,
+                    first_order_at: r.try_get("first_order_at")?,
+                    last_order_at: r.try_get("last_order_at")?,
+                    registered_at: r.try_get("registered_at")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+async fn load_spend(
+    conn: &mut PgConnection,
+    schema: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<(Uuid, String), SpendRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT customer_id, currency, gross, refunded, orders
+           FROM {schema}.customer_spend WHERE customer_id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                (r.try_get("customer_id")?, r.try_get("currency")?),
+                SpendRow {
+                    gross: r.try_get("gross")?,
+                    refunded: r.try_get("refunded")?,
+                    orders: r.try_get("orders")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+async fn save_customers(
+    conn: &mut PgConnection,
+    schema: &str,
+    ids: &[Uuid],
+    rows: &HashMap<Uuid, CustomerRow>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Uuid, &CustomerRow)> = ids
+        .iter()
+        .filter_map(|id| rows.get(id).map(|r| (*id, r)))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.customers (id, email, name, order_count, cancelled_count,
+                open_orders, notes_count, first_order_at, last_order_at, registered_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                $6::bigint[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+         ON CONFLICT (id) DO UPDATE SET
+             email = EXCLUDED.email, name = EXCLUDED.name, order_count = EXCLUDED.order_count,
+             cancelled_count = EXCLUDED.cancelled_count, open_orders = EXCLUDED.open_orders,
+             notes_count = EXCLUDED.notes_count, first_order_at = EXCLUDED.first_order_at,
+             last_order_at = EXCLUDED.last_order_at, registered_at = EXCLUDED.registered_at"
+    ))
+    .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.email.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.name.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.order_count).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.cancelled_count).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.open_orders).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.notes_count).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.first_order_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.last_order_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.registered_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn save_spend(
+    conn: &mut PgConnection,
+    schema: &str,
+    keys: &[(Uuid, String)],
+    rows: &HashMap<(Uuid, String), SpendRow>,
+) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(&(Uuid, String), &SpendRow)> = keys
+        .iter()
+        .filter_map(|k| rows.get(k).map(|r| (k, r)))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.customer_spend (customer_id, currency, gross, refunded, orders)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+         ON CONFLICT (customer_id, currency) DO UPDATE SET
+             gross = EXCLUDED.gross, refunded = EXCLUDED.refunded, orders = EXCLUDED.orders"
+    ))
+    .bind(rows.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(k, _)| k.1.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.gross).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.refunded).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.orders).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}

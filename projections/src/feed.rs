@@ -1,0 +1,200 @@
+//! The gap-free event feed: every event of the log, once, in commit order.
+//!
+//! `global_position` is insertion order, not commit order: a transaction that took position
+//! 10 may commit after one that took 11. The feed therefore reads only rows whose writing
+//! transaction is older than every transaction still running
+//! (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`): no row can ever appear below that
+//! line again. It orders by `(tx_id, global_position)` and readers checkpoint on that pair.
+//! Projections, the relay and the process manager all read through here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+/// Where a reader is in the feed: the last event it has processed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Checkpoint {
+    /// The writing transaction (`xid8`), as a number.
+    pub tx_id: u64,
+    pub global_position: i64,
+}
+
+/// One event as the feed delivers it.
+#[derive(Debug, Clone)]
+pub struct FeedEvent {
+    pub checkpoint: Checkpoint,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub recorded_at: DateTime<Utc>,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("event {position} ({event_type}) cannot be read: {reason}")]
+pub struct DecodeError {
+    pub position: i64,
+    pub event_type: String,
+    pub reason: String,
+}
+
+impl FeedEvent {
+    /// The payload as a domain event, upcast from older schema versions first.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, DecodeError> {
+        let mut serialized = cqrs_es::persist::SerializedEvent::new(
+            self.aggregate_id.clone(),
+            self.sequence as usize,
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.payload.clone(),
+            Value::Null,
+        );
+        for upcaster in ordo_commands::store::upcasters() {
+            if upcaster.can_upcast(&serialized.event_type, &serialized.event_version) {
+                serialized = upcaster.upcast(serialized);
+            }
+        }
+        serde_json::from_value(serialized.payload).map_err(|e| DecodeError {
+            position: self.checkpoint.global_position,
+            event_type: self.event_type.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Up to `limit` final events after `after`, in commit order.
+pub async fn read_batch(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, global_position, event_id, aggregate_type,
+                aggregate_id, sequence, event_type, event_version, recorded_at, payload, metadata
+           FROM event_store.events
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY tx_id, global_position
+          LIMIT $3",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let tx: i64 = row.try_get("tx")?;
+            Ok(FeedEvent {
+                checkpoint: Checkpoint {
+                    tx_id: tx as u64,
+                    global_position: row.try_get("global_position")?,
+                },
+                event_id: row.try_get("event_id")?,
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: row.try_get("sequence")?,
+                event_type: row.try_get("event_type")?,
+                event_version: row.try_get("event_version")?,
+                recorded_at: row.try_get("recorded_at")?,
+                payload: row.try_get("payload")?,
+                metadata: row.try_get("metadata")?,
+            })
+        })
+        .collect()
+}
+
+/// The checkpoint of the event at `global_position`, if it exists.
+pub async fn checkpoint_of(
+    pool: &PgPool,
+    global_position: i64,
+) -> Result<Option<Checkpoint>, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT tx_id::text::bigint FROM event_store.events WHERE global_position = $1",
+    )
+    .bind(global_position)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(tx,)| Checkpoint {
+        tx_id: tx as u64,
+        global_position,
+    }))
+}
+
+/// How far behind the head a reader at `after` is: events not yet read, and the age of the
+/// oldest of them.
+pub async fn lag(pool: &PgPool, after: Checkpoint) -> Result<(i64, f64), sqlx::Error> {
+    let (events, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT count(*), min(recorded_at) FROM event_store.events
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .fetch_one(pool)
+    .await?;
+    let seconds = oldest.map_or(0.0, |t| {
+        (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+    });
+    Ok((events, seconds))
+}
+
+/// Wakes a reader when new events commit. Notifications may be missed (a dropped
+/// connection), so waiting also ends after `poll`: polling is the fallback.
+pub struct Wakeup {
+    listener: Option<PgListener>,
+    pool: PgPool,
+}
+
+pub const CHANNEL: &str = "ordo_events";
+
+impl Wakeup {
+    pub async fn new(pool: &PgPool) -> Self {
+        let mut this = Self {
+            listener: None,
+            pool: pool.clone(),
+        };
+        this.connect().await;
+        this
+    }
+
+    async fn connect(&mut self) {
+        self.listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot LISTEN; polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot LISTEN; polling");
+                None
+            }
+        };
+    }
+
+    /// Wait for a notification or `poll`, whichever comes first.
+    pub async fn wait(&mut self, poll: Duration) {
+        match &mut self.listener {
+            Some(listener) => match tokio::time::timeout(poll, listener.try_recv()).await {
+                Ok(Ok(Some(_))) | Err(_) => {}
+                // Connection lost: reconnect next time; this wait is over.
+                Ok(Ok(None)) | Ok(Err(_)) => self.listener = None,
+            },
+            None => {
+                tokio::time::sleep(poll).await;
+                self.connect().await;
+            }
+        }
+    }
+}

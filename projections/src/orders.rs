@@ -1,0 +1,461 @@
+//! The orders read model: one row per order, plus what each payment contributes to the
+//! order's payment status.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use ordo_domain::order::OrderEvent;
+use ordo_domain::payment::{order_payment_status, Payment, PaymentEvent, PaymentStatus};
+use ordo_domain::Amount;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::feed::FeedEvent;
+use crate::model::ApplyError;
+
+pub const TABLES: &[&str] = &["orders", "order_payments"];
+
+#[derive(Debug, Clone)]
+struct OrderRow {
+    id: Uuid,
+    customer_id: Uuid,
+    status: String,
+    payment_status: String,
+    fulfillment_status: String,
+    currency: String,
+    total: i64,
+    lines: Value,
+    placed_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+#[derive(Debug, Clone)]
+struct PaymentRow {
+    payment_id: Uuid,
+    order_id: Uuid,
+    status: PaymentStatus,
+    authorized: i64,
+    captured: i64,
+    refunded: i64,
+    version: i64,
+}
+
+fn uuid_of(event: &FeedEvent) -> Result<Uuid, ApplyError> {
+    Uuid::parse_str(&event.aggregate_id)
+        .map_err(|_| ApplyError::inconsistent(event, "aggregate id is not a uuid"))
+}
+
+enum Decoded {
+    Order(OrderEvent),
+    Payment(PaymentEvent),
+}
+
+/// An event of the batch, decoded, with what the fold needs of its envelope.
+struct Item {
+    id: Uuid,
+    sequence: i64,
+    position: i64,
+    recorded_at: DateTime<Utc>,
+    event: Decoded,
+}
+
+impl Item {
+    fn inconsistent(&self, reason: &str) -> ApplyError {
+        ApplyError::Inconsistent {
+            position: self.position,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Every payment event names its order.
+fn payment_order(event: &PaymentEvent) -> Uuid {
+    match event {
+        PaymentEvent::Created(e) => e.order_id,
+        PaymentEvent::Authorized(e) => e.order_id,
+        PaymentEvent::Captured(e) => e.order_id,
+        PaymentEvent::Refunded(e) => e.order_id,
+        PaymentEvent::Voided(e) => e.order_id,
+        PaymentEvent::Failed(e) => e.order_id,
+    }
+}
+
+/// A batch decoded: its items, and the orders and payments they touch.
+struct Batch {
+    items: Vec<Item>,
+    order_ids: Vec<Uuid>,
+    payment_ids: Vec<Uuid>,
+}
+
+/// Decode the batch's order and payment events.
+fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
+    let mut items = Vec::with_capacity(events.len());
+    let mut order_ids = HashSet::new();
+    let mut payment_ids = Vec::new();
+    for event in events {
+        let decoded = match event.aggregate_type.as_str() {
+            "order" => {
+                order_ids.insert(uuid_of(event)?);
+                Decoded::Order(event.decode()?)
+            }
+            "payment" => {
+                let payment: PaymentEvent = event.decode()?;
+                order_ids.insert(payment_order(&payment));
+                payment_ids.push(uuid_of(event)?);
+                Decoded::Payment(payment)
+            }
+            _ => continue,
+        };
+        items.push(Item {
+            id: uuid_of(event)?,
+            sequence: event.sequence,
+            position: event.checkpoint.global_position,
+            recorded_at: event.recorded_at,
+            event: decoded,
+        });
+    }
+    Ok(Batch {
+        items,
+        order_ids: order_ids.into_iter().collect(),
+        payment_ids,
+    })
+}
+
+pub async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[FeedEvent],
+) -> Result<(), ApplyError> {
+    let Batch {
+        items,
+        order_ids,
+        payment_ids,
+    } = decode(events)?;
+    if items.is_empty() {
+        return Ok(());
+    }
+    let orders = load_orders(conn, schema, &order_ids).await?;
+    let payments = load_payments(conn, schema, &order_ids, &payment_ids).await?;
+    let (orders, payments) = fold(items, orders, payments)?;
+    save_orders(conn, schema, &orders).await?;
+    save_payments(conn, schema, &payments).await?;
+    Ok(())
+}
+
+/// Apply the batch in memory; returns the rows it changed.
+fn fold(
+    items: Vec<Item>,
+    mut orders: HashMap<Uuid, OrderRow>,
+    mut payments: HashMap<Uuid, PaymentRow>,
+) -> Result<(Vec<OrderRow>, Vec<PaymentRow>), ApplyError> {
+    let mut touched_orders = HashSet::new();
+    let mut touched_payments = HashSet::new();
+
+    for item in items {
+        let id = item.id;
+        match item.event {
+            Decoded::Order(ref e) => {
+                if let OrderEvent::Placed(p) = e {
+                    if orders.get(&id).is_none_or(|o| o.version < item.sequence) {
+                        let lines: Vec<Value> = p
+                            .lines
+                            .iter()
+                            .map(|l| json!({"sku": l.sku, "name": l.name, "quantity": l.quantity,
+                                            "unit_price": l.unit_price, "line_total": l.line_total, "shipped": 0}))
+                            .collect();
+                        orders.insert(
+                            id,
+                            OrderRow {
+                                id,
+                                customer_id: p.customer_id,
+                                status: "placed".into(),
+                                payment_status: "unpaid".into(),
+                                fulfillment_status: "unfulfilled".into(),
+                                currency: p.currency.to_string(),
+                                total: p.total.get(),
+                                lines: Value::Array(lines),
+                                placed_at: p.placed_at,
+                                updated_at: p.placed_at,
+                                version: item.sequence,
+                            },
+                        );
+                        touched_orders.insert(id);
+                    }
+                    continue;
+                }
+                let Some(order) = orders.get_mut(&id) else {
+                    return Err(item.inconsistent("order event before order.placed"));
+                };
+                if order.version >= item.sequence {
+                    continue;
+                }
+                apply_order(order, e.clone());
+                order.version = item.sequence;
+                touched_orders.insert(id);
+            }
+            Decoded::Payment(ref e) => {
+                if let PaymentEvent::Created(c) = e {
+                    if payments.get(&id).is_none_or(|p| p.version < item.sequence) {
+                        payments.insert(
+                            id,
+                            PaymentRow {
+                                payment_id: id,
+                                order_id: c.order_id,
+                                status: PaymentStatus::Pending,
+                                authorized: 0,
+                                captured: 0,
+                                refunded: 0,
+                                version: item.sequence,
+                            },
+                        );
+                        touched_payments.insert(id);
+                    }
+                    continue;
+                }
+                let Some(payment) = payments.get_mut(&id) else {
+                    return Err(item.inconsistent("payment event before payment.created"));
+                };
+                if payment.version >= item.sequence {
+                    continue;
+                }
+                match e {
+                    PaymentEvent::Created(_) => {}
+                    PaymentEvent::Authorized(a) => {
+                        payment.status = PaymentStatus::Authorized;
+                        payment.authorized = a.amount.get();
+                    }
+                    PaymentEvent::Captured(c) => {
+                        payment.status = PaymentStatus::Captured;
+                        payment.captured = c.captured_total.get();
+                    }
+                    PaymentEvent::Refunded(r) => {
+                        payment.status = if r.fully_refunded {
+                            PaymentStatus::Refunded
+                        } else {
+                            PaymentStatus::PartiallyRefunded
+                        };
+                        payment.refunded = r.refunded_total.get();
+                    }
+                    PaymentEvent::Voided(_) => payment.status = PaymentStatus::Voided,
+                    PaymentEvent::Failed(_) => payment.status = PaymentStatus::Failed,
+                }
+                payment.version = item.sequence;
+                touched_payments.insert(id);
+                if let Some(order) = orders.get_mut(&payment.order_id) {
+                    order.updated_at = item.recorded_at.max(order.updated_at);
+                    touched_orders.insert(payment.order_id);
+                }
+            }
+        }
+    }
+
+    // Payment status from every payment of each touched order.
+    for order_id in &touched_orders {
+        if let Some(order) = orders.get_mut(order_id) {
+            let of_order: Vec<Payment> = payments
+                .values()
+                .filter(|p| p.order_id == *order_id)
+                .map(|p| Payment {
+                    status: p.status,
+                    authorized: Amount::new(p.authorized).unwrap_or_default(),
+                    captured: Amount::new(p.captured).unwrap_or_default(),
+                    refunded: Amount::new(p.refunded).unwrap_or_default(),
+                    ..Payment::default()
+                })
+                .collect();
+            let total = Amount::new(order.total).unwrap_or_default();
+            order.payment_status = order_payment_status(total, &of_order).to_owned();
+        }
+    }
+    let orders = touched_orders
+        .iter()
+        .filter_map(|id| orders.remove(id))
+        .collect();
+    let payments = touched_payments
+        .iter()
+        .filter_map(|id| payments.remove(id))
+        .collect();
+    Ok((orders, payments))
+}
+
+fn apply_order(order: &mut OrderRow, event: OrderEvent) {
+    match event {
+        OrderEvent::Placed(_) => {}
+        OrderEvent::Confirmed(e) => {
+            order.status = "confirmed".into();
+            order.updated_at = e.confirmed_at;
+        }
+        OrderEvent::Cancelled(e) => {
+            order.status = "cancelled".into();
+            order.updated_at = e.cancelled_at;
+        }
+        OrderEvent::Shipped(e) => {
+            order.status = "shipped".into();
+            order.fulfillment_status = if e.fully_shipped {
+                "shipped".into()
+            } else {
+                "partially_shipped".into()
+            };
+            if let Some(lines) = order.lines.as_array_mut() {
+                for shipped in &e.lines {
+                    if let Some(line) = lines.iter_mut().find(|l| l["sku"] == shipped.sku.as_str())
+                    {
+                        let before = line["shipped"].as_u64().unwrap_or(0);
+                        line["shipped"] = json!(before + u64::from(shipped.quantity.get()));
+                    }
+                }
+            }
+            order.updated_at = e.shipped_at;
+        }
+        OrderEvent::Delivered(e) => {
+            order.status = "delivered".into();
+            order.fulfillment_status = "delivered".into();
+            order.updated_at = e.delivered_at;
+        }
+    }
+}
+
+async fn load_orders(
+    conn: &mut PgConnection,
+    schema: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT id, customer_id, status, payment_status, fulfillment_status, currency, total,
+                lines, placed_at, updated_at, version
+           FROM {schema}.orders WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                OrderRow {
+                    id: r.try_get("id")?,
+                    customer_id: r.try_get("customer_id")?,
+                    status: r.try_get("status")?,
+                    payment_status: r.try_get("payment_status")?,
+                    fulfillment_status: r.try_get("fulfillment_status")?,
+                    currency: r.try_get("currency")?,
+                    total: r.try_get("total")?,
+                    lines: r.try_get("lines")?,
+                    placed_at: r.try_get("placed_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    version: r.try_get("version")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+async fn load_payments(
+    conn: &mut PgConnection,
+    schema: &str,
+    order_ids: &[Uuid],
+    payment_ids: &[Uuid],
+) -> Result<HashMap<Uuid, PaymentRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT payment_id, order_id, status, authorized, captured, refunded, version
+           FROM {schema}.order_payments WHERE order_id = ANY($1) OR payment_id = ANY($2)"
+    ))
+    .bind(order_ids)
+    .bind(payment_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let status: String = r.try_get("status")?;
+            Ok((
+                r.try_get("payment_id")?,
+                PaymentRow {
+                    payment_id: r.try_get("payment_id")?,
+                    order_id: r.try_get("order_id")?,
+                    status: serde_json::from_value(Value::String(status)).unwrap_or_default(),
+                    authorized: r.try_get("authorized")?,
+                    captured: r.try_get("captured")?,
+                    refunded: r.try_get("refunded")?,
+                    version: r.try_get("version")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+async fn save_orders(
+    conn: &mut PgConnection,
+    schema: &str,
+    rows: &[OrderRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let line_counts: Vec<i32> = rows
+        .iter()
+        .map(|r| r.lines.as_array().map_or(0, |l| l.len() as i32))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.orders (id, customer_id, status, payment_status, fulfillment_status,
+                currency, total, line_count, lines, placed_at, updated_at, version)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                $6::text[], $7::bigint[], $8::int[], $9::jsonb[], $10::timestamptz[],
+                $11::timestamptz[], $12::bigint[])
+         ON CONFLICT (id) DO UPDATE SET
+             status = EXCLUDED.status, payment_status = EXCLUDED.payment_status,
+             fulfillment_status = EXCLUDED.fulfillment_status, lines = EXCLUDED.lines,
+             updated_at = EXCLUDED.updated_at, version = EXCLUDED.version"
+    ))
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.payment_status.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.fulfillment_status.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total).collect::<Vec<_>>())
+    .bind(line_counts)
+    .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn save_payments(
+    conn: &mut PgConnection,
+    schema: &str,
+    rows: &[PaymentRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.order_payments (payment_id, order_id, status, authorized, captured, refunded, version)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+         ON CONFLICT (payment_id) DO UPDATE SET
+             status = EXCLUDED.status, authorized = EXCLUDED.authorized,
+             captured = EXCLUDED.captured, refunded = EXCLUDED.refunded, version = EXCLUDED.version"
+    ))
+    .bind(rows.iter().map(|r| r.payment_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.authorized).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.captured).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.refunded).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The projection runner: one active per projection across processes, checkpoint in the
+//! same transaction as the read-model rows, stop-and-retry on a poison event, and rebuilds
+//! into shadow tables that are swapped in once they have caught up.
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use tokio::sync::watch;
+
+use crate::feed::{self, Checkpoint, FeedEvent, Wakeup};
+use crate::model::{ApplyError, Projection, LIVE, SHADOW};
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Events per live batch.
+    pub batch_size: i64,
+    /// Events per rebuild batch.
+    pub rebuild_batch_size: i64,
+    /// Longest wait for a notification before reading anyway.
+    pub poll: Duration,
+    /// How often a standby tries to take over, and the leader proves it still leads.
+    pub heartbeat: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            rebuild_batch_size: 5000,
+            poll: Duration::from_millis(500),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Applied(usize),
+    /// Nothing final to read.
+    Idle,
+    /// An event could not be applied; the error and position are recorded.
+    Failed(String),
+}
+
+pub struct Runner {
+    pool: PgPool,
+    projection: Projection,
+    config: RunnerConfig,
+    id: String,
+}
+
+/// Create the live tables and the checkpoint row if they are missing.
+pub async fn prepare(pool: &PgPool, projection: Projection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(&projection.ddl(LIVE)).execute(pool).await?;
+    sqlx::query("INSERT INTO projections.checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(projection.name())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn lock_checkpoint(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: Projection,
+    rebuild: bool,
+) -> Result<Checkpoint, sqlx::Error> {
+    let sql = if rebuild {
+        "SELECT rebuild_tx_id::text::bigint, rebuild_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT tx_id::text::bigint, global_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
+    };
+    let (tx_id, global_position): (i64, i64) = sqlx::query_as(sql)
+        .bind(projection.name())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Checkpoint {
+        tx_id: tx_id as u64,
+        global_position,
+    })
+}
+
+fn last_checkpoint(events: &[FeedEvent]) -> Checkpoint {
+    events.last().map(|e| e.checkpoint).unwrap_or_default()
+}
+
+impl Runner {
+    pub fn new(pool: PgPool, projection: Projection, config: RunnerConfig) -> Self {
+        Self {
+            pool,
+            projection,
+            config,
+            id: format!(
+                "{}:{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+                std::process::id()
+            ),
+        }
+    }
+
+    /// Name this runner in status (default `host:pid`).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    pub fn projection(&self) -> Projection {
+        self.projection
+    }
+
+    /// Apply the next batch (at most `limit` events) to the live tables.
+    pub async fn step(&self, limit: i64) -> Result<Step, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let checkpoint = lock_checkpoint(&mut tx, self.projection, false).await?;
+        let events = feed::read_batch(&mut tx, checkpoint, limit).await?;
+        if events.is_empty() {
+            return Ok(Step::Idle);
+        }
+        match self.projection.apply(&mut tx, LIVE, &events).await {
+            Ok(()) => {
+                let to = last_checkpoint(&events);
+                sqlx::query(
+                    "UPDATE projections.checkpoints
+                        SET tx_id = $2::text::xid8, global_position = $3, updated_at = now(),
+                            last_error = NULL, error_position = NULL
+                      WHERE name = $1",
+                )
+                .bind(self.projection.name())
+                .bind(to.tx_id.to_string())
+                .bind(to.global_position)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Step::Applied(events.len()))
+            }
+            Err(e) => {
+                drop(tx);
+                self.record_error(&e, &events, false).await
+            }
+        }
+    }
+
+    async fn record_error(
+        &self,
+        error: &ApplyError,
+        events: &[FeedEvent],
+        rebuild: bool,
+    ) -> Result<Step, sqlx::Error> {
+        if let ApplyError::Db(db) = error {
+            if ordo_commands::error::is_unavailable(db) {
+                return Err(sqlx::Error::PoolTimedOut);
+            }
+        }
+        let position = error
+            .position()
+            .or_else(|| events.first().map(|e| e.checkpoint.global_position));
+        let message = if rebuild {
+            format!("rebuild: {error}")
+        } else {
+            error.to_string()
+        };
+        tracing::error!(projection = self.projection.name(), position, error = %message, "projection stopped");
+        sqlx::query(
+            "UPDATE projections.checkpoints SET last_error = $2, error_position = $3 WHERE name = $1",
+        )
+        .bind(self.projection.name())
+        .bind(&message)
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        Ok(Step::Failed(message))
+    }
+
+    /// Start a requested rebuild: fresh shadow tables, progress reset.
+    async fn start_rebuild(&self) -> Result<(), sqlx::Error> {
+        for table in self.projection.tables() {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW}.{table}"))
+                .execute(&self.pool)
+                .await?;
+        }
+        // On the pool, not in a transaction: `raw_sql` on a connection trips a
+        // higher-ranked lifetime bound in sqlx 0.8, and the DDL needs no atomicity.
+        sqlx::raw_sql(&self.projection.ddl(SHADOW))
+            .execute(&self.pool)
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE projections.checkpoints
+                SET rebuild_state = 'running', rebuild_tx_id = '0', rebuild_position = 0,
+                    rebuild_done = 0, rebuild_eps = 0, rebuild_started_at = now(),
+                    rebuild_total = (SELECT count(*) FROM event_store.events)
+              WHERE name = $1",
+        )
+        .bind(self.projection.name())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(projection = self.projection.name(), "rebuild started");
+        Ok(())
+    }
+
+    /// Apply the next batch to the shadow tables; once they have caught up with the log,
+    /// swap them in for the live ones in one transaction.
+    pub async fn rebuild_step(&self) -> Result<Step, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT rebuild_state FROM projections.checkpoints WHERE name = $1")
+                .bind(self.projection.name())
+                .fetch_one(&mut *tx)
+                .await?;
+        match state.as_deref() {
+            Some("requested") => {
+                drop(tx);
+                self.start_rebuild().await?;
+                return Ok(Step::Applied(0));
+            }
+            Some("running") => {}
+            _ => return Ok(Step::Idle),
+        }
+        let checkpoint = lock_checkpoint(&mut tx, self.projection, true).await?;
+        let events = feed::read_batch(&mut tx, checkpoint, self.config.rebuild_batch_size).await?;
+        if events.is_empty() {
+            self.swap(&mut tx).await?;
+            tx.commit().await?;
+            tracing::info!(projection = self.projection.name(), "rebuild swapped in");
+            return Ok(Step::Applied(0));
+        }
+        match self.projection.apply(&mut tx, SHADOW, &events).await {
+            Ok(()) => {
+                let to = last_checkpoint(&events);
+                sqlx::query(
+                    "UPDATE projections.checkpoints
+                        SET rebuild_tx_id = $2::text::xid8, rebuild_position = $3,
+                            rebuild_done = rebuild_done + $4,
+                            rebuild_total = greatest(rebuild_total, rebuild_done + $4),
+                            rebuild_eps = (rebuild_done + $4) / greatest(extract(epoch FROM now() - rebuild_started_at), 0.001)
+                      WHERE name = $1",
+                )
+                .bind(self.projection.name())
+                .bind(to.tx_id.to_string())
+                .bind(to.global_position)
+                .bind(events.len() as i64)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Step::Applied(events.len()))
+            }
+            Err(e) => {
+                drop(tx);
+                self.record_error(&e, &events, true).await
+            }
+        }
+    }
+
+    /// Replace the live tables with the shadow ones and adopt the shadow checkpoint.
+    async fn swap(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        for table in self.projection.tables() {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {LIVE}.{table}"))
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(&format!("ALTER TABLE {SHADOW}.{table} SET SCHEMA {LIVE}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE projections.checkpoints
+                SET tx_id = rebuild_tx_id, global_position = rebuild_position, updated_at = now(),
+                    rebuild_state = NULL, last_error = NULL, error_position = NULL,
+                    rebuild_total = rebuild_done
+              WHERE name = $1",
+        )
+        .bind(self.projection.name())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Run until `shutdown` turns true: stand by until this process holds the projection's
+    /// advisory lock, then lead until the lock is lost.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = prepare(&self.pool, self.projection).await {
+            tracing::warn!(projection = self.projection.name(), error = %e, "cannot prepare projection tables yet");
+        }
+        while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+            match self.try_lead(&mut shutdown).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.heartbeat) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lead if the lock is free: returns `Ok(false)` when another process holds it.
+    async fn try_lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<bool, sqlx::Error> {
+        let options: PgConnectOptions = (*self.pool.connect_options()).clone();
+        let mut lock = PgConnection::connect_with(&options).await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(self.projection.lock_key())
+            .fetch_one(&mut lock)
+            .await?;
+        if !got {
+            let _ = lock.close().await;
+            return Ok(false);
+        }
+        prepare(&self.pool, self.projection).await?;
+        tracing::info!(projection = self.projection.name(), runner = %self.id, "leading projection");
+        let result = self.lead(&mut lock, shutdown).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.projection.lock_key())
+            .execute(&mut lock)
+            .await;
+        let _ = lock.close().await;
+        result.map(|()| true)
+    }
+
+    async fn lead(
+        &self,
+        lock: &mut PgConnection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), sqlx::Error> {
+        let mut wakeup = Wakeup::new(&self.pool).await;
+        let mut last_beat = Instant::now() - self.config.heartbeat;
+        let mut limit = self.config.batch_size;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() || shutdown.has_changed().is_err() {
+                return Ok(());
+            }
+            if last_beat.elapsed() >= self.config.heartbeat {
+                // Proves the lock's session is alive; if it is not, leadership is lost.
+                sqlx::query(
+                    "UPDATE projections.checkpoints SET runner = $2, heartbeat_at = now() WHERE name = $1",
+                )
+                .bind(self.projection.name())
+                .bind(&self.id)
+                .execute(&mut *lock)
+                .await?;
+                last_beat = Instant::now();
+            }
+            let live = match self.step(limit).await {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::warn!(projection = self.projection.name(), error = %e, "projection step failed");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            let rebuilding = match self.rebuild_step().await {
+                Ok(Step::Applied(_)) => true,
+                Ok(Step::Failed(_)) => {
+                    tokio::time::sleep(backoff).await;
+                    false
+                }
+                Ok(Step::Idle) => false,
+                Err(e) => {
+                    tracing::warn!(projection = self.projection.name(), error = %e, "rebuild step failed");
+                    false
+                }
+            };
+            match live {
+                Step::Applied(_) => {
+                    limit = self.config.batch_size;
+                    backoff = Duration::from_millis(200);
+                }
+                Step::Failed(_) => {
+                    // Retry one event at a time, so the recorded position is exact.
+                    limit = 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Step::Idle if !rebuilding => {
+                    tokio::select! {
+                        _ = self.idle_wait(&mut wakeup) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Step::Idle => {}
+            }
+        }
+    }
+
+    /// Wait for new events: briefly if some are written but not yet final (an older
+    /// transaction is still open), else until notified or the poll interval passes.
+    async fn idle_wait(&self, wakeup: &mut Wakeup) {
+        let pending = async {
+            let (tx, gp) = sqlx::query_as::<_, (i64, i64)>(
+                "SELECT tx_id::text::bigint, global_position FROM projections.checkpoints WHERE name = $1",
+            )
+            .bind(self.projection.name())
+            .fetch_one(&self.pool)
+            .await?;
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM event_store.events
+                                 WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
+            )
+            .bind(tx.to_string())
+            .bind(gp)
+            .fetch_one(&self.pool)
+            .await
+        };
+        match pending.await {
+            Ok(true) => tokio::time::sleep(Duration::from_millis(5)).await,
+            _ => wakeup.wait(self.config.poll).await,
+        }
+    }
+}

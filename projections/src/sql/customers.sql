@@ -1,0 +1,25 @@
+-- CRM customer 360. `{schema}` is `projections` (live) or `projections_rebuild`.
+CREATE TABLE IF NOT EXISTS {schema}.customers (
+    id              uuid        PRIMARY KEY,
+    email           text,
+    name            text,
+    order_count     bigint      NOT NULL,
+    cancelled_count bigint      NOT NULL,
+    open_orders     bigint      NOT NULL,
+    notes_count     bigint      NOT NULL,
+    first_order_at  timestamptz,
+    last_order_at   timestamptz,
+    registered_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS customers_by_email ON {schema}.customers (lower(email), id);
+
+-- Spending per customer and currency. net and average order value are derived on read:
+-- net = gross - refunded, average = gross / orders (orders not cancelled).
+CREATE TABLE IF NOT EXISTS {schema}.customer_spend (
+    customer_id uuid   NOT NULL,
+    currency    text   NOT NULL,
+    gross       bigint NOT NULL,
+    refunded    bigint NOT NULL,
+    orders      bigint NOT NULL,
+    PRIMARY KEY (customer_id, currency)
+);

@@ -1,0 +1,29 @@
+-- Orders read model. `{schema}` is `projections` (live) or `projections_rebuild`.
+CREATE TABLE IF NOT EXISTS {schema}.orders (
+    id                 uuid        PRIMARY KEY,
+    customer_id        uuid        NOT NULL,
+    status             text        NOT NULL,
+    payment_status     text        NOT NULL,
+    fulfillment_status text        NOT NULL,
+    currency           text        NOT NULL,
+    total              bigint      NOT NULL,
+    line_count         integer     NOT NULL,
+    lines              jsonb       NOT NULL,
+    placed_at          timestamptz NOT NULL,
+    updated_at         timestamptz NOT NULL,
+    version            bigint      NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_customer ON {schema}.orders (customer_id, id);
+CREATE INDEX IF NOT EXISTS orders_by_status ON {schema}.orders (status, id);
+
+-- What each payment contributes to its order's payment status.
+CREATE TABLE IF NOT EXISTS {schema}.order_payments (
+    payment_id uuid   PRIMARY KEY,
+    order_id   uuid   NOT NULL,
+    status     text   NOT NULL,
+    authorized bigint NOT NULL,
+    captured   bigint NOT NULL,
+    refunded   bigint NOT NULL,
+    version    bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_payments_by_order ON {schema}.order_payments (order_id);

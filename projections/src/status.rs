@@ -1,0 +1,184 @@
+//! Projection status and lag, read-your-writes waits, and rebuild requests.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::feed::{self, Checkpoint};
+use crate::model::Projection;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildStatus {
+    pub state: String,
+    pub done: i64,
+    pub total: i64,
+    pub events_per_second: f64,
+    /// Seconds left at the current rate, when it can be told.
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// `running`, `standby` (no active runner heard from lately), `failed` or `rebuilding`.
+    pub state: String,
+    /// Global position of the last applied event.
+    pub position: i64,
+    pub lag_events: i64,
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+    pub error_position: Option<i64>,
+    pub runner: Option<String>,
+    pub rebuild: Option<RebuildStatus>,
+}
+
+type Row = (
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+    f64,
+    Option<String>,
+    bool,
+);
+
+/// The status of every projection (those never started show as `standby` at 0).
+pub async fn all(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
+    let mut out = Vec::new();
+    for projection in Projection::ALL {
+        out.push(one(pool, projection).await?);
+    }
+    Ok(out)
+}
+
+pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStatus, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT name, tx_id::text::bigint, global_position, last_error, error_position,
+                rebuild_state, rebuild_done, rebuild_total, rebuild_eps, runner,
+                coalesce(heartbeat_at > now() - interval '10 seconds', false)
+           FROM projections.checkpoints WHERE name = $1",
+    )
+    .bind(projection.name())
+    .fetch_optional(pool)
+    .await?;
+    let Some((
+        name,
+        tx,
+        position,
+        last_error,
+        error_position,
+        rebuild_state,
+        done,
+        total,
+        eps,
+        runner,
+        alive,
+    )) = row
+    else {
+        let (lag_events, lag_seconds) = feed::lag(pool, Checkpoint::default()).await?;
+        return Ok(ProjectionStatus {
+            name: projection.name().into(),
+            state: "standby".into(),
+            position: 0,
+            lag_events,
+            lag_seconds,
+            last_error: None,
+            error_position: None,
+            runner: None,
+            rebuild: None,
+        });
+    };
+    let (lag_events, lag_seconds) = feed::lag(
+        pool,
+        Checkpoint {
+            tx_id: tx as u64,
+            global_position: position,
+        },
+    )
+    .await?;
+    let state = if last_error.is_some() {
+        "failed"
+    } else if rebuild_state.is_some() {
+        "rebuilding"
+    } else if alive {
+        "running"
+    } else {
+        "standby"
+    };
+    let rebuild = rebuild_state.map(|state| RebuildStatus {
+        state,
+        done,
+        total,
+        events_per_second: eps,
+        eta_seconds: (eps > 0.0).then(|| (total - done).max(0) as f64 / eps),
+    });
+    Ok(ProjectionStatus {
+        name,
+        state: state.into(),
+        position,
+        lag_events,
+        lag_seconds,
+        last_error,
+        error_position,
+        runner,
+        rebuild,
+    })
+}
+
+/// Whether `projection` has applied the event at `global_position` (and all before it in
+/// commit order). A position no event has yet is not reached.
+pub async fn reached(
+    pool: &PgPool,
+    projection: Projection,
+    global_position: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(bool_or((c.tx_id, c.global_position) >= (e.tx_id, e.global_position)), false)
+           FROM projections.checkpoints c, event_store.events e
+          WHERE c.name = $1 AND e.global_position = $2",
+    )
+    .bind(projection.name())
+    .bind(global_position)
+    .fetch_one(pool)
+    .await
+}
+
+/// Wait until `projection` has reached `global_position`, for at most `timeout`.
+pub async fn wait_for(
+    pool: &PgPool,
+    projection: Projection,
+    global_position: i64,
+    timeout: Duration,
+) -> Result<bool, sqlx::Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if reached(pool, projection, global_position).await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ask the active runner to rebuild `projection`. `false` if one is already under way.
+pub async fn request_rebuild(pool: &PgPool, projection: Projection) -> Result<bool, sqlx::Error> {
+    sqlx::query("INSERT INTO projections.checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(projection.name())
+        .execute(pool)
+        .await?;
+    let done = sqlx::query(
+        "UPDATE projections.checkpoints SET rebuild_state = 'requested'
+          WHERE name = $1 AND rebuild_state IS NULL",
+    )
+    .bind(projection.name())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
