@@ -2,6 +2,15 @@
 
 use std::net::SocketAddr;
 
+/// What a process runs (DESIGN.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeRole {
+    /// The HTTP API: commands, reads, admin.
+    Api,
+    /// The projection runners (one active per projection across processes).
+    Projector,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL; the database is created and migrated on start.
@@ -32,6 +41,19 @@ pub struct Config {
     #[arg(long, env = "ORDO_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
 
+    /// Roles `ordo serve` runs, comma separated.
+    #[arg(
+        long,
+        env = "ORDO_ROLES",
+        value_delimiter = ',',
+        default_value = "api,projector"
+    )]
+    pub roles: Vec<ServeRole>,
+
+    /// Seconds a read with `min_position` waits for its projection before answering 503.
+    #[arg(long, env = "ORDO_READ_WAIT_SECS", default_value_t = 5)]
+    pub read_wait_secs: u64,
+
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
     /// commits, before its answer is stored or sent.
     #[arg(
@@ -53,6 +75,8 @@ impl Config {
             db_max_connections: 32,
             db_acquire_timeout_secs: 3,
             body_limit: 64 * 1024,
+            roles: vec![ServeRole::Api, ServeRole::Projector],
+            read_wait_secs: 5,
             crash_after_commit: false,
         }
     }

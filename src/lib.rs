@@ -12,10 +12,12 @@ use std::time::Duration;
 use anyhow::Context;
 use ordo_api::{ApiConfig, AppState};
 use ordo_commands::db::{self, PoolSettings};
+use ordo_projections::{Projection, Runner, RunnerConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-pub use config::Config;
+pub use config::{Config, ServeRole};
 
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -36,10 +38,13 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// The HTTP API bound to its address, ready to serve.
+/// Ordo's roles in one process: the HTTP API bound to its address, and the projection
+/// runners, ready to run.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    roles: Vec<ServeRole>,
+    runner: RunnerConfig,
 }
 
 impl Application {
@@ -56,10 +61,13 @@ impl Application {
         let api = ApiConfig {
             body_limit: config.body_limit,
             crash_after_commit: config.crash_after_commit,
+            read_wait: Duration::from_secs(config.read_wait_secs),
         };
         Ok(Self {
             listener,
             state: AppState::new(pool, api),
+            roles: config.roles.clone(),
+            runner: RunnerConfig::default(),
         })
     }
 
@@ -71,17 +79,41 @@ impl Application {
         &self.state.pool
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    /// Runner settings (tests make them faster).
+    pub fn with_runner_config(mut self, runner: RunnerConfig) -> Self {
+        self.runner = runner;
+        self
+    }
+
+    /// Run the roles until `shutdown` resolves; then in-flight requests and batches finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if self.roles.contains(&ServeRole::Projector) {
+            for projection in Projection::ALL {
+                let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
+                tasks.push(tokio::spawn(runner.run(stopped.clone())));
+            }
+        }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
-        let app = ordo_api::router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = if self.roles.contains(&ServeRole::Api) {
+            let app = ordo_api::router(self.state);
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        } else {
+            drop(self.listener);
+            shutdown.await;
+            Ok(())
+        };
         purge.abort();
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
         served
     }
 }

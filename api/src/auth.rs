@@ -201,3 +201,11 @@ policy!(
     /// The audit trail: history and state at a point.
     Auditors: Support, Admin
 );
+policy!(
+    /// Projection status: analysts, support (all reads) and admins.
+    ProjectionReaders: Support, Analyst, Admin
+);
+policy!(
+    /// Rebuilding a projection.
+    Rebuilders: Analyst, Admin
+);

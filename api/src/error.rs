@@ -38,6 +38,11 @@ pub enum ApiError {
         detail: String,
     },
     IdempotencyMismatch,
+    /// A read asked for `min_position` and the projection did not get there in time.
+    ProjectionBehind {
+        projection: &'static str,
+        position: i64,
+    },
     IdempotencyInFlight,
     Command(CommandError),
     Unavailable(String),
@@ -161,6 +166,13 @@ impl ApiError {
                 "bad-query",
                 "Bad query parameter".into(),
                 format!("{param}: {detail}"),
+                None,
+            ),
+            Self::ProjectionBehind { projection, position } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projection-behind",
+                "Read model behind".into(),
+                format!("the {projection} read model has not reached position {position} yet; retry shortly"),
                 None,
             ),
             Self::IdempotencyMismatch => (

@@ -33,6 +33,8 @@ pub struct ApiConfig {
     /// Test-only fault injection: abort the process right after a command with an
     /// `Idempotency-Key` committed, before its answer is stored or sent.
     pub crash_after_commit: bool,
+    /// How long a read with `min_position` waits for its projection before answering 503.
+    pub read_wait: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +42,7 @@ impl Default for ApiConfig {
         Self {
             body_limit: 64 * 1024,
             crash_after_commit: false,
+            read_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::payments::router())
         .merge(routes::customers::router())
         .merge(routes::audit::router())
+        .merge(routes::projections::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,11 +1,12 @@
 //! `ordo` subcommands (DESIGN.md §7).
 
 mod bench;
+mod projections;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ordo_api::Role;
 
 use crate::{telemetry, Application, Config};
@@ -19,13 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Ordo's roles in this process.
+    /// Run Ordo's roles in this process (`--roles api,projector`; all by default).
     Serve {
         #[command(flatten)]
         config: Config,
-        /// Roles to run, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "api")]
-        roles: Vec<ServeRole>,
     },
     /// Create the database if needed and apply migrations, then exit.
     Migrate {
@@ -36,6 +34,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Read models: status, rebuild, consistency check.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
     },
     /// Drive a running server with concurrent clients placing orders; print throughput
     /// and latency percentiles.
@@ -53,12 +56,6 @@ enum KeysCommand {
         #[arg(long)]
         name: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ServeRole {
-    /// The HTTP API: commands, reads, admin.
-    Api,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -80,8 +77,8 @@ pub async fn run() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config, roles } => {
-            tracing::info!(roles = ?roles, "starting");
+        Command::Serve { config } => {
+            tracing::info!(roles = ?config.roles, "starting");
             let app = Application::build(&config).await?;
             tracing::info!(addr = %app.local_addr()?, "listening");
             app.run_until_stopped(crate::shutdown_signal()).await?;
@@ -107,6 +104,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Projections { command } => projections::run(command).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -58,7 +58,9 @@ async fn fifty_concurrent_shipments_of_one_order_apply_each_at_most_once() {
     assert_eq!(sequences, expected, "sequences are contiguous");
     assert_eq!(sequences.len(), 2 + ok, "one event per successful shipment");
 
-    let view = app.get(Storefront, &format!("/v1/orders/{order}")).await;
+    let view = app
+        .get_fresh(Storefront, &format!("/v1/orders/{order}"))
+        .await;
     assert_eq!(
         view.body["lines"][0]["shipped"], ok,
         "shipped units equal successful commands"
@@ -107,7 +109,7 @@ async fn concurrent_captures_never_exceed_the_authorization() {
         assert!(["write-conflict", "capture-exceeds-authorized"].contains(&r.problem()));
     }
     let view = app
-        .get(Storefront, &format!("/v1/payments/{payment}"))
+        .get_fresh(Storefront, &format!("/v1/payments/{payment}"))
         .await;
     assert_eq!(view.body["captured"], ok * 10);
     assert!(ok * 10 <= 300);

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ordo::{Application, Config};
@@ -33,6 +34,8 @@ pub struct TestApp {
     pub database_url: String,
     keys: HashMap<Role, String>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The highest global position any command answered with.
+    last_position: AtomicI64,
 }
 
 /// A response, read whole.
@@ -131,6 +134,7 @@ pub async fn start(app: Application, pool: PgPool, database_url: String) -> Test
         database_url,
         keys,
         shutdown: Some(tx),
+        last_position: AtomicI64::new(0),
     }
 }
 
@@ -199,7 +203,24 @@ impl TestApp {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        read(req.send().await.expect("request sent")).await
+        let resp = read(req.send().await.expect("request sent")).await;
+        if let Some(position) = resp.body.get("position").and_then(Value::as_i64) {
+            self.last_position.fetch_max(position, Ordering::SeqCst);
+        }
+        resp
+    }
+
+    /// GET a read model after it has caught up with every command this test sent
+    /// (`min_position`, read your writes).
+    pub async fn get_fresh(&self, role: Role, path: &str) -> Resp {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let position = self.last_position.load(Ordering::SeqCst);
+        self.get(role, &format!("{path}{sep}min_position={position}"))
+            .await
+    }
+
+    pub fn last_position(&self) -> i64 {
+        self.last_position.load(Ordering::SeqCst)
     }
 
     pub async fn get(&self, role: Role, path: &str) -> Resp {

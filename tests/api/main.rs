@@ -12,4 +12,6 @@ mod crash;
 mod errors;
 mod idempotency;
 mod lifecycle;
+mod projector;
+mod read_models;
 mod store;

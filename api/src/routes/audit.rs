@@ -14,6 +14,7 @@ use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
 use serde_json::{json, Map, Value};
 
+use super::int_param;
 use crate::auth::{self, Allowed};
 use crate::extract::PathId;
 use crate::{views, ApiError, AppState};
@@ -70,20 +71,6 @@ pub fn router() -> Router<AppState> {
             );
     }
     router
-}
-
-fn int_param(q: &HashMap<String, String>, param: &'static str) -> Result<Option<i64>, ApiError> {
-    q.get(param)
-        .map(|raw| {
-            raw.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or(ApiError::BadQuery {
-                    param,
-                    detail: "must be a non-negative integer".into(),
-                })
-        })
-        .transpose()
 }
 
 async fn history(

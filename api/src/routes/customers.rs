@@ -1,24 +1,26 @@
 //! `/v1/customers`: register, add a support note; read one.
 
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
-use ordo_domain::customer::{Customer, CustomerCommand, RegisterCustomer};
+use ordo_domain::customer::{CustomerCommand, RegisterCustomer};
 use ordo_domain::values::{Email, Text};
+use ordo_projections::{queries, Projection};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
-use crate::{views, ApiError, AppState};
+use crate::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/customers", post(register))
+        .route("/v1/customers", post(register).get(list))
         .route("/v1/customers/{id}", get(show))
         .route("/v1/customers/{id}/notes", post(add_note))
 }
@@ -92,17 +94,27 @@ async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
     PathId(id): PathId,
+    Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let customer = app
-        .commands
-        .store()
-        .load::<Customer>(&id.to_string())
-        .await?;
-    if !customer.state.exists() {
-        return Err(ApiError::NotFound("no customer has this id".into()));
-    }
-    Ok(super::versioned_json(
-        customer.version,
-        views::customer(&customer.state, customer.version),
-    ))
+    wait_for_position(&app, Projection::Customers, &q).await?;
+    let customer = queries::customer(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no customer has this id".into()))?;
+    Ok(axum::Json(customer).into_response())
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::Readers>,
+    Query(q): Query<Params>,
+) -> Result<Response, ApiError> {
+    wait_for_position(&app, Projection::Customers, &q).await?;
+    let page = queries::customers(
+        &app.pool,
+        q.get("email").map(String::as_str),
+        uuid_param(&q, "cursor")?,
+        limit_param(&q)?,
+    )
+    .await?;
+    Ok(page_json(page))
 }

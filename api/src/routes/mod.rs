@@ -5,6 +5,7 @@ pub mod customers;
 pub mod health;
 pub mod orders;
 pub mod payments;
+pub mod projections;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -18,4 +19,79 @@ pub(crate) fn versioned_json(version: u64, body: Value) -> Response {
         response.headers_mut().insert(header::ETAG, etag);
     }
     response
+}
+
+use std::collections::HashMap;
+
+use ordo_projections::status;
+use ordo_projections::Projection;
+use uuid::Uuid;
+
+use crate::{ApiError, AppState};
+
+pub(crate) type Params = HashMap<String, String>;
+
+pub(crate) fn int_param(q: &Params, param: &'static str) -> Result<Option<i64>, ApiError> {
+    q.get(param)
+        .map(|raw| {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or(ApiError::BadQuery {
+                    param,
+                    detail: "must be a non-negative integer".into(),
+                })
+        })
+        .transpose()
+}
+
+pub(crate) fn uuid_param(q: &Params, param: &'static str) -> Result<Option<Uuid>, ApiError> {
+    q.get(param)
+        .map(|raw| {
+            Uuid::parse_str(raw).map_err(|_| ApiError::BadQuery {
+                param,
+                detail: "must be a uuid".into(),
+            })
+        })
+        .transpose()
+}
+
+pub(crate) const DEFAULT_PAGE: i64 = 50;
+pub(crate) const MAX_PAGE: i64 = 500;
+
+pub(crate) fn limit_param(q: &Params) -> Result<i64, ApiError> {
+    let limit = int_param(q, "limit")?.unwrap_or(DEFAULT_PAGE);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadQuery {
+            param: "limit",
+            detail: format!("must be from 1 to {MAX_PAGE}"),
+        })
+    }
+}
+
+/// Read your writes: with `min_position=N`, wait until `projection` has applied the event at
+/// N; past the configured wait, 503 rather than older data.
+pub(crate) async fn wait_for_position(
+    app: &AppState,
+    projection: Projection,
+    q: &Params,
+) -> Result<(), ApiError> {
+    let Some(position) = int_param(q, "min_position")? else {
+        return Ok(());
+    };
+    if status::wait_for(&app.pool, projection, position, app.config.read_wait).await? {
+        Ok(())
+    } else {
+        Err(ApiError::ProjectionBehind {
+            projection: projection.name(),
+            position,
+        })
+    }
+}
+
+/// A list page as `{items, next_cursor}`.
+pub(crate) fn page_json(page: ordo_projections::queries::Page) -> Response {
+    Json(serde_json::json!({"items": page.items, "next_cursor": page.next_cursor})).into_response()
 }

@@ -1,27 +1,28 @@
 //! `/v1/orders`: place, confirm, cancel, ship, deliver; read one.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use ordo_commands::service::ShipRequest;
-use ordo_domain::order::{NewLine, Order, OrderCommand, PlaceOrder, ShipmentLine};
-use ordo_domain::payment::order_payment_status;
+use ordo_domain::order::{NewLine, OrderCommand, PlaceOrder, ShipmentLine};
 use ordo_domain::values::{Address, Text};
 use ordo_domain::Currency;
+use ordo_projections::{queries, Projection};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
-use crate::{views, ApiError, AppState};
+use crate::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/orders", post(place))
+        .route("/v1/orders", post(place).get(list))
         .route("/v1/orders/{id}", get(show))
         .route("/v1/orders/{id}/confirm", post(confirm))
         .route("/v1/orders/{id}/cancel", post(cancel))
@@ -221,15 +222,38 @@ async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
     PathId(id): PathId,
+    Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let order = app.commands.store().load::<Order>(&id.to_string()).await?;
-    if !order.state.exists() {
-        return Err(ApiError::NotFound("no order has this id".into()));
+    wait_for_position(&app, Projection::Orders, &q).await?;
+    let order = queries::order(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no order has this id".into()))?;
+    let version = order["version"].as_u64().unwrap_or_default();
+    Ok(super::versioned_json(version, order))
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::Readers>,
+    Query(q): Query<Params>,
+) -> Result<Response, ApiError> {
+    wait_for_position(&app, Projection::Orders, &q).await?;
+    let status = q.get("status").map(String::as_str);
+    if let Some(s) = status {
+        if !["placed", "confirmed", "shipped", "delivered", "cancelled"].contains(&s) {
+            return Err(ApiError::BadQuery {
+                param: "status",
+                detail: "must be one of placed, confirmed, shipped, delivered, cancelled".into(),
+            });
+        }
     }
-    let payments = app.commands.payments_of_order(id).await?;
-    let payment_status = order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
-    Ok(super::versioned_json(
-        order.version,
-        views::order(&order.state, order.version, Some(payment_status)),
-    ))
+    let page = queries::orders(
+        &app.pool,
+        uuid_param(&q, "customer_id")?,
+        status,
+        uuid_param(&q, "cursor")?,
+        limit_param(&q)?,
+    )
+    .await?;
+    Ok(page_json(page))
 }

@@ -1,28 +1,30 @@
 //! `/v1/payments`: create, authorize, capture, refund, void, fail; read one.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use ordo_commands::service::NewPayment;
-use ordo_domain::payment::{Payment, PaymentCommand};
+use ordo_domain::payment::PaymentCommand;
 use ordo_domain::values::Text;
 use ordo_domain::{Amount, Currency};
+use ordo_projections::{queries, Projection};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
-use crate::{views, ApiError, AppState};
+use crate::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/payments", post(create))
+        .route("/v1/payments", post(create).get(list))
         .route("/v1/payments/{id}", get(show))
         .route("/v1/payments/{id}/authorize", post(authorize))
         .route("/v1/payments/{id}/capture", post(capture))
@@ -167,17 +169,28 @@ async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
     PathId(id): PathId,
+    Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let payment = app
-        .commands
-        .store()
-        .load::<Payment>(&id.to_string())
-        .await?;
-    if !payment.state.exists() {
-        return Err(ApiError::NotFound("no payment has this id".into()));
-    }
-    Ok(super::versioned_json(
-        payment.version,
-        views::payment(&payment.state, payment.version),
-    ))
+    wait_for_position(&app, Projection::Payments, &q).await?;
+    let payment = queries::payment(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no payment has this id".into()))?;
+    let version = payment["version"].as_u64().unwrap_or_default();
+    Ok(super::versioned_json(version, payment))
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::Readers>,
+    Query(q): Query<Params>,
+) -> Result<Response, ApiError> {
+    wait_for_position(&app, Projection::Payments, &q).await?;
+    let page = queries::payments(
+        &app.pool,
+        uuid_param(&q, "order_id")?,
+        uuid_param(&q, "cursor")?,
+        limit_param(&q)?,
+    )
+    .await?;
+    Ok(page_json(page))
 }

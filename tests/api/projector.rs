@@ -1,0 +1,446 @@
+//! The feed and the projection runner against real PostgreSQL: late commits never skipped,
+//! crashes mid-batch, one active runner with failover, rebuilds under load, poison events.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use ordo::ServeRole;
+use ordo_api::Role::{Analyst, Storefront};
+use ordo_projections::feed::{self, Checkpoint};
+use ordo_projections::{check, status, Projection, Runner, RunnerConfig};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+
+/// Append a bare event of a type no projection reads, inside `tx`.
+async fn append_raw(tx: &mut sqlx::PgConnection, stream: &str, sequence: i64) {
+    sqlx::query(
+        "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('probe', $1, $2, 'probe.written', '1', '{}', '{}')",
+    )
+    .bind(stream)
+    .bind(sequence)
+    .execute(tx)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_feed_never_skips_an_event_that_commits_late() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let pool = app.pool.clone();
+
+    // A transaction takes its position first but commits last.
+    let mut slow = pool.begin().await.unwrap();
+    append_raw(&mut slow, "slow", 1).await;
+    let mut fast = pool.begin().await.unwrap();
+    append_raw(&mut fast, "fast", 1).await;
+    fast.commit().await.unwrap();
+
+    let mut conn = pool.acquire().await.unwrap();
+    let seen = feed::read_batch(&mut conn, Checkpoint::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        seen.is_empty(),
+        "nothing is final while the older transaction is open"
+    );
+    slow.commit().await.unwrap();
+    // Transactions of other databases on the same server also hold the horizon back for a
+    // moment, so wait for both to become final.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        let seen = feed::read_batch(&mut conn, Checkpoint::default(), 100)
+            .await
+            .unwrap();
+        if seen.len() == 2 || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let streams: Vec<&str> = seen.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(
+        streams,
+        ["slow", "fast"],
+        "commit order: the slow one's transaction is older"
+    );
+    assert!(seen[0].checkpoint < seen[1].checkpoint);
+}
+
+#[tokio::test]
+async fn interleaved_delayed_writers_are_read_once_each_in_commit_order() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let pool = app.pool.clone();
+    let writers = 12;
+    let per_writer = 8;
+
+    let reader = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut after = Checkpoint::default();
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen.len() < writers * per_writer {
+                assert!(
+                    Instant::now() < deadline,
+                    "reader starved at {}",
+                    seen.len()
+                );
+                for e in feed::read_batch(&mut conn, after, 7).await.unwrap() {
+                    assert!(e.checkpoint > after, "strictly increasing checkpoints");
+                    after = e.checkpoint;
+                    seen.push((e.aggregate_id.clone(), e.sequence));
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            seen
+        })
+    };
+    let writes = (0..writers).map(|w| {
+        let pool = pool.clone();
+        async move {
+            for seq in 1..=per_writer as i64 {
+                let mut tx = pool.begin().await.unwrap();
+                append_raw(&mut tx, &format!("w{w}"), seq).await;
+                // Hold some transactions open while others commit.
+                tokio::time::sleep(Duration::from_millis(
+                    ((w * 7 + seq as usize * 13) % 40) as u64,
+                ))
+                .await;
+                tx.commit().await.unwrap();
+            }
+        }
+    });
+    join_all(writes).await;
+    let seen = reader.await.unwrap();
+
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        writers * per_writer,
+        "no event skipped or repeated"
+    );
+    assert_eq!(seen.len(), writers * per_writer);
+    for w in 0..writers {
+        let mine: Vec<i64> = seen
+            .iter()
+            .filter(|(s, _)| *s == format!("w{w}"))
+            .map(|(_, q)| *q)
+            .collect();
+        assert_eq!(
+            mine,
+            (1..=per_writer as i64).collect::<Vec<_>>(),
+            "a stream's events in order"
+        );
+    }
+}
+
+/// A scenario of orders and payments, written over HTTP.
+async fn write_scenario(app: &TestApp, orders: usize) {
+    let customer = app.register_customer().await;
+    for i in 0..orders {
+        let order = app.place_order(&customer).await;
+        app.post(
+            Storefront,
+            &format!("/v1/orders/{order}/confirm"),
+            json!({}),
+        )
+        .await
+        .assert_status(200);
+        let payment = app.authorized_payment(&order, 2999).await;
+        if i % 3 == 0 {
+            app.post(
+                Storefront,
+                &format!("/v1/orders/{order}/cancel"),
+                json!({"reason": "r"}),
+            )
+            .await
+            .assert_status(200);
+            app.post(
+                Storefront,
+                &format!("/v1/payments/{payment}/void"),
+                json!({}),
+            )
+            .await
+            .assert_status(200);
+        } else {
+            app.post(
+                Storefront,
+                &format!("/v1/payments/{payment}/capture"),
+                json!({"amount": 2999}),
+            )
+            .await
+            .assert_status(200);
+            if i % 3 == 1 {
+                app.post(
+                    Storefront,
+                    &format!("/v1/payments/{payment}/refund"),
+                    json!({"amount": 99, "reason": "r"}),
+                )
+                .await
+                .assert_status(200);
+            }
+        }
+    }
+}
+
+fn fast() -> RunnerConfig {
+    RunnerConfig {
+        batch_size: 3,
+        rebuild_batch_size: 5,
+        poll: Duration::from_millis(50),
+        heartbeat: Duration::from_millis(100),
+    }
+}
+
+async fn wait_until_caught_up(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for projection in Projection::ALL {
+        let position = app.last_position();
+        while !status::reached(&app.pool, projection, position)
+            .await
+            .unwrap()
+        {
+            assert!(Instant::now() < deadline, "{projection:?} did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn runners_killed_mid_batch_leave_read_models_equal_to_the_fold() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    write_scenario(&app, 9).await;
+
+    // Start and kill runners at arbitrary moments, many times.
+    for round in 0..12u64 {
+        let (_stop, stopped) = watch::channel(false);
+        let tasks: Vec<_> = Projection::ALL
+            .into_iter()
+            .map(|p| tokio::spawn(Runner::new(app.pool.clone(), p, fast()).run(stopped.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5 + round * 7 % 30)).await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+    let (stop, stopped) = watch::channel(false);
+    let tasks: Vec<_> = Projection::ALL
+        .into_iter()
+        .map(|p| tokio::spawn(Runner::new(app.pool.clone(), p, fast()).run(stopped.clone())))
+        .collect();
+    wait_until_caught_up(&app).await;
+    let mismatches = check::check(&app.pool).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    stop.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn only_one_runner_leads_and_a_standby_takes_over_when_it_dies() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let (_stop, stopped) = watch::channel(false);
+    let first = tokio::spawn(
+        Runner::new(app.pool.clone(), Projection::Orders, fast())
+            .with_id("first")
+            .run(stopped.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = tokio::spawn(
+        Runner::new(app.pool.clone(), Projection::Orders, fast())
+            .with_id("second")
+            .run(stopped.clone()),
+    );
+
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    app.get_fresh(Storefront, &format!("/v1/orders/{order}"))
+        .await
+        .assert_status(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = status::one(&app.pool, Projection::Orders).await.unwrap();
+    assert_eq!(
+        s.runner.as_deref(),
+        Some("first"),
+        "the first runner leads; the second stands by"
+    );
+
+    first.abort();
+    let _ = first.await;
+    let order2 = app.place_order(&customer).await;
+    let read = app
+        .get_fresh(Storefront, &format!("/v1/orders/{order2}"))
+        .await;
+    read.assert_status(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = status::one(&app.pool, Projection::Orders).await.unwrap();
+    assert_eq!(s.runner.as_deref(), Some("second"), "the standby took over");
+    second.abort();
+}
+
+#[tokio::test]
+async fn a_rebuild_under_concurrent_writes_ends_identical_to_the_fold() {
+    let app = spawn_app().await;
+    write_scenario(&app, 12).await;
+    wait_until_caught_up(&app).await;
+
+    let resp = app
+        .post(Analyst, "/v1/projections/customers/rebuild", json!({}))
+        .await;
+    resp.assert_status(202);
+    assert_eq!(resp.body["requested"], true);
+    for name in ["orders", "payments"] {
+        app.post(
+            Analyst,
+            &format!("/v1/projections/{name}/rebuild"),
+            json!({}),
+        )
+        .await
+        .assert_status(202);
+    }
+    // Writes go on while the copies are built; reads keep being served.
+    let customer = app.register_customer().await;
+    let mut saw_rebuilding = false;
+    for _ in 0..6 {
+        let order = app.place_order(&customer).await;
+        app.get_fresh(Storefront, &format!("/v1/orders/{order}"))
+            .await
+            .assert_status(200);
+        let status = app.get(Analyst, "/v1/projections").await;
+        saw_rebuilding |= status.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| !i["rebuild"].is_null());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = status::all(&app.pool).await.unwrap();
+        if all.iter().all(|s| s.rebuild.is_none()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuild did not finish: {all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = saw_rebuilding; // fast machines may finish before the first status read
+    wait_until_caught_up(&app).await;
+    let mismatches = check::check(&app.pool).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    let view = app
+        .get_fresh(Storefront, &format!("/v1/customers/{customer}"))
+        .await;
+    assert_eq!(view.body["order_count"], 6);
+}
+
+#[tokio::test]
+async fn a_poison_event_stops_only_its_projection_at_its_position() {
+    let app = spawn_app().await;
+    let order = app.confirmed_order().await;
+    // An event the orders projection cannot place: a confirmation for an order never placed.
+    let ghost = uuid::Uuid::new_v4();
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('order', $1, 2, 'order.confirmed', '1', $2, '{}') RETURNING global_position",
+    )
+    .bind(ghost.to_string())
+    .bind(json!({"type": "order.confirmed", "order_id": ghost, "customer_id": ghost, "confirmed_at": "2026-01-01T00:00:00Z"}))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    // The other projections go on.
+    let payment = app.payment(&order, 2999).await;
+    app.get_fresh(Storefront, &format!("/v1/payments/{payment}"))
+        .await
+        .assert_status(200);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let orders = loop {
+        let s = status::one(&app.pool, Projection::Orders).await.unwrap();
+        if s.error_position == Some(position) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders did not stop at the poison event: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(orders.state, "failed");
+    assert!(orders
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("before order.placed"));
+    assert!(
+        orders.position < position,
+        "it did not advance past the poison event"
+    );
+    let api = app.get(Analyst, "/v1/projections").await;
+    assert_eq!(api.body["items"][0]["state"], "failed");
+    assert_eq!(api.body["items"][1]["state"], "running");
+}
+
+#[tokio::test]
+async fn a_stopped_projection_resumes_once_the_cause_is_fixed() {
+    let app = spawn_app().await;
+    let order = app.confirmed_order().await;
+    app.get_fresh(Storefront, &format!("/v1/orders/{order}"))
+        .await
+        .assert_status(200);
+    // Break the payments read model so that it cannot take a payment of 2999.
+    sqlx::query("ALTER TABLE projections.payments ADD CONSTRAINT small CHECK (amount < 1000)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let payment = app.payment(&order, 2999).await;
+    let position = app.last_position();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status::one(&app.pool, Projection::Payments).await.unwrap();
+        if s.last_error.is_some() {
+            assert_eq!(s.error_position, Some(position));
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The orders projection took the same event.
+    app.get_fresh(Storefront, &format!("/v1/orders/{order}"))
+        .await
+        .assert_status(200);
+
+    sqlx::query("ALTER TABLE projections.payments DROP CONSTRAINT small")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let read = app
+        .get_fresh(Storefront, &format!("/v1/payments/{payment}"))
+        .await;
+    read.assert_status(200);
+    assert_eq!(read.body["amount"], 2999);
+    let s = status::one(&app.pool, Projection::Payments).await.unwrap();
+    assert_eq!(s.last_error, None);
+}
+
+#[tokio::test]
+async fn the_consistency_check_finds_a_tampered_read_model() {
+    let app = spawn_app().await;
+    let order = app.confirmed_order().await;
+    wait_until_caught_up(&app).await;
+    assert!(check::check(&app.pool).await.unwrap().is_empty());
+    sqlx::query("UPDATE projections.orders SET total = 1 WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&order).unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mismatches = check::check(&app.pool).await.unwrap();
+    assert_eq!(mismatches.len(), 1, "{mismatches:#?}");
+    assert_eq!(mismatches[0].table, "orders");
+    assert_eq!(mismatches[0].field, "total");
+}
