@@ -113,10 +113,11 @@ where
         };
     };
     let scope = meta.idempotency_scope();
-    let claim = match idempotency::claim(&app.pool, &scope, key, &body.request_hash).await {
-        Ok(claim) => claim,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+    let claim =
+        match idempotency::claim(&app.idempotency_pool, &scope, key, &body.request_hash).await {
+            Ok(claim) => claim,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
     match claim {
         Claim::Mismatch => ApiError::IdempotencyMismatch.into_response(),
         Claim::InFlight => ApiError::IdempotencyInFlight.into_response(),

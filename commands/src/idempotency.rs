@@ -7,6 +7,10 @@
 //! drops the lock with the connection; the next retry takes the lock, sees no stored response,
 //! and asks the event store whether events carrying this key were committed. If so, it rebuilds
 //! the response from them instead of running the command again.
+//!
+//! Call [`claim`] with a pool of its own: a request holds its lock connection while its
+//! command waits for another, so sharing one pool lets enough concurrent keyed requests take
+//! every connection and wait for ever on each other.
 
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -105,15 +109,18 @@ pub async fn claim(
         scope: scope.to_owned(),
         key: key.to_owned(),
     };
-    match committed_with_key(pool, scope, key).await? {
+    let mut guard = guard;
+    match committed_with_key(&mut guard.tx, scope, key).await? {
         Some(committed) => Ok(Claim::Recovered(guard, committed)),
         None => Ok(Claim::Execute(guard)),
     }
 }
 
-/// What events committed under this key say the command's result was.
+/// What events committed under this key say the command's result was. Runs on the
+/// guard's own connection: a second one could wait on a pool this request is starving. Only
+/// events within the retention period count, so a key reused after it expired is new.
 async fn committed_with_key(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     scope: &str,
     key: &str,
 ) -> Result<Option<Committed>, CommandError> {
@@ -123,13 +130,15 @@ async fn committed_with_key(
           WHERE metadata ? 'idempotency_key'
             AND metadata ->> 'idempotency_scope' = $1
             AND metadata ->> 'idempotency_key' = $2
+            AND recorded_at > now() - make_interval(hours => $3)
           GROUP BY aggregate_id
           ORDER BY max(global_position) DESC
           LIMIT 1",
     )
     .bind(scope)
     .bind(key)
-    .fetch_optional(pool)
+    .bind(RETENTION_HOURS)
+    .fetch_optional(conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let version: i64 = row.try_get("version")?;

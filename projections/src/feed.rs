@@ -35,8 +35,20 @@ pub struct FeedEvent {
     pub event_type: String,
     pub event_version: String,
     pub recorded_at: DateTime<Utc>,
-    pub payload: Value,
-    pub metadata: Value,
+    /// The event's JSON as stored, unparsed (parsing is the reader's cost to pay, once, into
+    /// its own type). Empty when the reader asked for other event types only.
+    pub payload: String,
+    /// The metadata's JSON as stored, unparsed; empty unless asked for.
+    pub metadata: String,
+}
+
+/// What a reader wants of each event: the payload only of the event types it handles (the
+/// others still pass by, so its checkpoint advances over them), and the metadata or not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want<'a> {
+    /// `None`: every payload.
+    pub event_types: Option<&'a [&'a str]>,
+    pub metadata: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,37 +62,67 @@ pub struct DecodeError {
 impl FeedEvent {
     /// The payload as a domain event, upcast from older schema versions first.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, DecodeError> {
+        let error = |reason: String| DecodeError {
+            position: self.checkpoint.global_position,
+            event_type: self.event_type.clone(),
+            reason,
+        };
+        let upcasters = ordo_commands::store::upcasters();
+        if !upcasters
+            .iter()
+            .any(|u| u.can_upcast(&self.event_type, &self.event_version))
+        {
+            // The common case: the stored version is current; parse straight into `E`.
+            return serde_json::from_str(&self.payload).map_err(|e| error(e.to_string()));
+        }
+        let payload: Value =
+            serde_json::from_str(&self.payload).map_err(|e| error(e.to_string()))?;
         let mut serialized = cqrs_es::persist::SerializedEvent::new(
             self.aggregate_id.clone(),
             self.sequence as usize,
             self.aggregate_type.clone(),
             self.event_type.clone(),
             self.event_version.clone(),
-            self.payload.clone(),
+            payload,
             Value::Null,
         );
-        for upcaster in ordo_commands::store::upcasters() {
+        for upcaster in &upcasters {
             if upcaster.can_upcast(&serialized.event_type, &serialized.event_version) {
                 serialized = upcaster.upcast(serialized);
             }
         }
-        serde_json::from_value(serialized.payload).map_err(|e| DecodeError {
-            position: self.checkpoint.global_position,
-            event_type: self.event_type.clone(),
-            reason: e.to_string(),
-        })
+        serde_json::from_value(serialized.payload).map_err(|e| error(e.to_string()))
     }
 }
 
-/// Up to `limit` final events after `after`, in commit order.
+/// Up to `limit` final events after `after`, in commit order, with everything.
 pub async fn read_batch(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    let everything = Want {
+        event_types: None,
+        metadata: true,
+    };
+    read(conn, after, limit, everything).await
+}
+
+/// Up to `limit` final events after `after`, in commit order, with what `want` asks for.
+pub async fn read(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+    want: Want<'_>,
+) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    let types: Option<Vec<String>> = want
+        .event_types
+        .map(|t| t.iter().map(|s| (*s).to_owned()).collect());
     let rows = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, global_position, event_id, aggregate_type,
-                aggregate_id, sequence, event_type, event_version, recorded_at, payload, metadata
+                aggregate_id, sequence, event_type, event_version, recorded_at,
+                CASE WHEN $4::text[] IS NULL OR event_type = ANY($4) THEN payload::text ELSE '' END AS payload,
+                CASE WHEN $5 THEN metadata::text ELSE '' END AS metadata
            FROM event_store.events
           WHERE (tx_id, global_position) > ($1::text::xid8, $2)
             AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -90,6 +132,8 @@ pub async fn read_batch(
     .bind(after.tx_id.to_string())
     .bind(after.global_position)
     .bind(limit)
+    .bind(types)
+    .bind(want.metadata)
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()

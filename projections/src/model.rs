@@ -71,6 +71,41 @@ impl Projection {
         }
     }
 
+    /// The event types this projection reads; the feed leaves the others' payloads out.
+    pub fn event_types(self) -> &'static [&'static str] {
+        match self {
+            Self::Orders => &[
+                "order.placed",
+                "order.confirmed",
+                "order.cancelled",
+                "order.shipped",
+                "order.delivered",
+                "payment.created",
+                "payment.authorized",
+                "payment.captured",
+                "payment.refunded",
+                "payment.voided",
+                "payment.failed",
+            ],
+            Self::Payments => &[
+                "payment.created",
+                "payment.authorized",
+                "payment.captured",
+                "payment.refunded",
+                "payment.voided",
+                "payment.failed",
+            ],
+            Self::Customers => &[
+                "customer.registered",
+                "customer.note_added",
+                "order.placed",
+                "order.cancelled",
+                "order.delivered",
+                "payment.refunded",
+            ],
+        }
+    }
+
     pub fn ddl(self, schema: &str) -> String {
         let template = match self {
             Self::Orders => include_str!("sql/orders.sql"),

@@ -29,6 +29,12 @@ struct OrderRow {
     placed_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     version: i64,
+    /// The stored lines, unparsed until a shipment needs them.
+    lines_json: Option<String>,
+    line_count: i32,
+    /// Whether `lines` must be written (placed or shipped in this batch); most events
+    /// leave them alone, and not sending them saves the database re-parsing the JSON.
+    lines_changed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,14 +92,12 @@ fn payment_order(event: &PaymentEvent) -> Uuid {
 struct Batch {
     items: Vec<Item>,
     order_ids: Vec<Uuid>,
-    payment_ids: Vec<Uuid>,
 }
 
 /// Decode the batch's order and payment events.
 fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
     let mut items = Vec::with_capacity(events.len());
     let mut order_ids = HashSet::new();
-    let mut payment_ids = Vec::new();
     for event in events {
         let decoded = match event.aggregate_type.as_str() {
             "order" => {
@@ -103,7 +107,6 @@ fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
             "payment" => {
                 let payment: PaymentEvent = event.decode()?;
                 order_ids.insert(payment_order(&payment));
-                payment_ids.push(uuid_of(event)?);
                 Decoded::Payment(payment)
             }
             _ => continue,
@@ -119,7 +122,6 @@ fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
     Ok(Batch {
         items,
         order_ids: order_ids.into_iter().collect(),
-        payment_ids,
     })
 }
 
@@ -128,16 +130,12 @@ pub async fn apply(
     schema: &str,
     events: &[FeedEvent],
 ) -> Result<(), ApplyError> {
-    let Batch {
-        items,
-        order_ids,
-        payment_ids,
-    } = decode(events)?;
+    let Batch { items, order_ids } = decode(events)?;
     if items.is_empty() {
         return Ok(());
     }
     let orders = load_orders(conn, schema, &order_ids).await?;
-    let payments = load_payments(conn, schema, &order_ids, &payment_ids).await?;
+    let payments = load_payments(conn, schema, &order_ids).await?;
     let (orders, payments) = fold(items, orders, payments)?;
     save_orders(conn, schema, &orders).await?;
     save_payments(conn, schema, &payments).await?;
@@ -179,6 +177,9 @@ fn fold(
                                 placed_at: p.placed_at,
                                 updated_at: p.placed_at,
                                 version: item.sequence,
+                                lines_changed: true,
+                                lines_json: None,
+                                line_count: p.lines.len() as i32,
                             },
                         );
                         touched_orders.insert(id);
@@ -292,6 +293,14 @@ fn apply_order(order: &mut OrderRow, event: OrderEvent) {
             order.updated_at = e.cancelled_at;
         }
         OrderEvent::Shipped(e) => {
+            if !order.lines_changed {
+                order.lines = order
+                    .lines_json
+                    .as_deref()
+                    .and_then(|raw| serde_json::from_str(raw).ok())
+                    .unwrap_or(Value::Array(Vec::new()));
+            }
+            order.lines_changed = true;
             order.status = "shipped".into();
             order.fulfillment_status = if e.fully_shipped {
                 "shipped".into()
@@ -324,7 +333,7 @@ async fn load_orders(
 ) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT id, customer_id, status, payment_status, fulfillment_status, currency, total,
-                lines, placed_at, updated_at, version
+                lines::text AS lines, line_count, placed_at, updated_at, version
            FROM {schema}.orders WHERE id = ANY($1)"
     ))
     .bind(ids)
@@ -342,28 +351,31 @@ async fn load_orders(
                     fulfillment_status: r.try_get("fulfillment_status")?,
                     currency: r.try_get("currency")?,
                     total: r.try_get("total")?,
-                    lines: r.try_get("lines")?,
+                    lines: Value::Null,
+                    lines_json: r.try_get("lines")?,
                     placed_at: r.try_get("placed_at")?,
                     updated_at: r.try_get("updated_at")?,
                     version: r.try_get("version")?,
+                    lines_changed: false,
+                    line_count: r.try_get("line_count")?,
                 },
             ))
         })
         .collect()
 }
 
+/// Every payment of the given orders (each payment event names its order, so this holds
+/// every payment the batch touches).
 async fn load_payments(
     conn: &mut PgConnection,
     schema: &str,
     order_ids: &[Uuid],
-    payment_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, PaymentRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT payment_id, order_id, status, authorized, captured, refunded, version
-           FROM {schema}.order_payments WHERE order_id = ANY($1) OR payment_id = ANY($2)"
+           FROM {schema}.order_payments WHERE order_id = ANY($1)"
     ))
     .bind(order_ids)
-    .bind(payment_ids)
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
@@ -393,10 +405,7 @@ async fn save_orders(
     if rows.is_empty() {
         return Ok(());
     }
-    let line_counts: Vec<i32> = rows
-        .iter()
-        .map(|r| r.lines.as_array().map_or(0, |l| l.len() as i32))
-        .collect();
+    let line_counts: Vec<i32> = rows.iter().map(|r| r.line_count).collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.orders (id, customer_id, status, payment_status, fulfillment_status,
                 currency, total, line_count, lines, placed_at, updated_at, version)
@@ -405,7 +414,8 @@ async fn save_orders(
                 $11::timestamptz[], $12::bigint[])
          ON CONFLICT (id) DO UPDATE SET
              status = EXCLUDED.status, payment_status = EXCLUDED.payment_status,
-             fulfillment_status = EXCLUDED.fulfillment_status, lines = EXCLUDED.lines,
+             fulfillment_status = EXCLUDED.fulfillment_status,
+             lines = coalesce(EXCLUDED.lines, orders.lines),
              updated_at = EXCLUDED.updated_at, version = EXCLUDED.version"
     ))
     .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -424,7 +434,11 @@ async fn save_orders(
     .bind(rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.total).collect::<Vec<_>>())
     .bind(line_counts)
-    .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.lines_changed.then(|| r.lines.clone()))
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())

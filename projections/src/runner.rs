@@ -109,11 +109,18 @@ impl Runner {
         self.projection
     }
 
+    fn want(&self) -> feed::Want<'static> {
+        feed::Want {
+            event_types: Some(self.projection.event_types()),
+            metadata: false,
+        }
+    }
+
     /// Apply the next batch (at most `limit` events) to the live tables.
     pub async fn step(&self, limit: i64) -> Result<Step, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let checkpoint = lock_checkpoint(&mut tx, self.projection, false).await?;
-        let events = feed::read_batch(&mut tx, checkpoint, limit).await?;
+        let events = feed::read(&mut tx, checkpoint, limit, self.want()).await?;
         if events.is_empty() {
             return Ok(Step::Idle);
         }
@@ -219,7 +226,13 @@ impl Runner {
             _ => return Ok(Step::Idle),
         }
         let checkpoint = lock_checkpoint(&mut tx, self.projection, true).await?;
-        let events = feed::read_batch(&mut tx, checkpoint, self.config.rebuild_batch_size).await?;
+        let events = feed::read(
+            &mut tx,
+            checkpoint,
+            self.config.rebuild_batch_size,
+            self.want(),
+        )
+        .await?;
         if events.is_empty() {
             self.swap(&mut tx).await?;
             tx.commit().await?;

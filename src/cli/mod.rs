@@ -1,6 +1,7 @@
 //! `ordo` subcommands (DESIGN.md §7).
 
 mod bench;
+mod bench_rebuild;
 mod projections;
 
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     /// Drive a running server with concurrent clients placing orders; print throughput
     /// and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Seed a log (default 1,000,000 events) and time a rebuild of all three read models.
+    BenchRebuild(bench_rebuild::RebuildBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,5 +109,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchRebuild(args) => bench_rebuild::run_bench(args).await,
     }
 }

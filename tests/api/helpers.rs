@@ -104,7 +104,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::defaults();
     config.database_url = database_url.clone();
     config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.db_max_connections = 20;
+    config.db_max_connections = 12;
     tweak(&mut config);
     let app = Application::build(&config)
         .await

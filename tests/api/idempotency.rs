@@ -203,3 +203,27 @@ async fn events_record_the_idempotency_key_in_their_metadata() {
     assert_eq!(meta["idempotency_key"], "meta-1");
     assert_eq!(meta["actor_role"], "storefront");
 }
+
+#[tokio::test]
+async fn many_concurrent_keyed_commands_do_not_starve_the_pool() {
+    // More keyed requests at once than the pool has connections: each holds a lock
+    // connection while its command needs another, which must not deadlock into 503s.
+    let app = spawn_app().await;
+    let customer = app.register_customer().await;
+    let keys: Vec<String> = (0..60).map(|i| format!("many-{i}")).collect();
+    let headers: Vec<[(&str, &str); 1]> = keys
+        .iter()
+        .map(|k| [("idempotency-key", k.as_str())])
+        .collect();
+    let responses = join_all(
+        headers
+            .iter()
+            .map(|h| app.post_with(Storefront, "/v1/orders", order_body(&customer), h)),
+    )
+    .await;
+    for r in &responses {
+        r.assert_status(201);
+    }
+    let ids: std::collections::HashSet<_> = responses.iter().map(|r| r.id()).collect();
+    assert_eq!(ids.len(), 60);
+}

@@ -8,7 +8,8 @@ CREATE TABLE IF NOT EXISTS {schema}.orders (
     currency           text        NOT NULL,
     total              bigint      NOT NULL,
     line_count         integer     NOT NULL,
-    lines              jsonb       NOT NULL,
+    -- Written only when it changes (the upsert sends NULL otherwise); never NULL at rest.
+    lines              jsonb,
     placed_at          timestamptz NOT NULL,
     updated_at         timestamptz NOT NULL,
     version            bigint      NOT NULL

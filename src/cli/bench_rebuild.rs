@@ -1,0 +1,412 @@
+//! The rebuild benchmark: seed a log of realistic events (made by the domain's own
+//! `decide`, so every stream is valid), bring the read models up to date, then rebuild all
+//! three at once and report events per second.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{TimeZone, Utc};
+use ordo_domain::customer::{Customer, CustomerCommand, RegisterCustomer};
+use ordo_domain::event::EventName;
+use ordo_domain::order::{NewLine, Order, OrderCommand, PlaceOrder, ShipOrder};
+use ordo_domain::payment::{CreatePayment, OrderFacts, Payment, PaymentCommand};
+use ordo_domain::values::{Email, Quantity, Sku, Text};
+use ordo_domain::{Amount, Currency};
+use ordo_projections::{status, Projection, Runner, RunnerConfig};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct RebuildBenchArgs {
+    #[command(flatten)]
+    config: Config,
+    /// Seed the log up to at least this many events first.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: i64,
+    /// Events per rebuild batch.
+    #[arg(long, default_value_t = 5000)]
+    batch: i64,
+}
+
+/// Rows waiting to be inserted.
+#[derive(Default)]
+struct Rows {
+    aggregate_type: Vec<&'static str>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<&'static str>,
+    payload: Vec<serde_json::Value>,
+}
+
+impl Rows {
+    fn push<E: Serialize + EventName>(
+        &mut self,
+        aggregate_type: &'static str,
+        id: Uuid,
+        sequence: i64,
+        event: &E,
+    ) -> anyhow::Result<()> {
+        self.aggregate_type.push(aggregate_type);
+        self.aggregate_id.push(id.to_string());
+        self.sequence.push(sequence);
+        self.event_type.push(event.name());
+        self.payload.push(serde_json::to_value(event)?);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.sequence.len()
+    }
+
+    async fn flush(&mut self, pool: &PgPool) -> anyhow::Result<()> {
+        if self.len() == 0 {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT t, i, s, e, '1', p, '{\"actor_name\": \"seed\", \"actor_role\": \"admin\"}'::jsonb
+               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[]) AS u(t, i, s, e, p)",
+        )
+        .bind(&self.aggregate_type)
+        .bind(&self.aggregate_id)
+        .bind(&self.sequence)
+        .bind(&self.event_type)
+        .bind(&self.payload)
+        .execute(pool)
+        .await?;
+        *self = Rows::default();
+        Ok(())
+    }
+}
+
+/// Decide `cmd`, apply and record the events of one stream.
+fn run<S, C, E>(
+    rows: &mut Rows,
+    kind: &'static str,
+    id: Uuid,
+    state: &mut S,
+    version: &mut i64,
+    cmd: C,
+    decide: fn(&S, C) -> Result<Vec<E>, ordo_domain::DomainError>,
+    apply: fn(&mut S, E),
+) -> anyhow::Result<()>
+where
+    E: Serialize + EventName + Clone,
+{
+    for event in decide(state, cmd)? {
+        *version += 1;
+        rows.push(kind, id, *version, &event)?;
+        apply(state, event);
+    }
+    Ok(())
+}
+
+async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
+    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(pool)
+        .await?;
+    if existing >= target {
+        tracing::info!(events = existing, "log already seeded");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let eur = Currency::parse("EUR")?;
+    let at = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .context("time")?;
+    let mut rows = Rows::default();
+    let mut written = existing;
+    let mut customer_id = Uuid::nil();
+    let mut n: u64 = 0;
+    while written < target {
+        if n % 5 == 0 {
+            customer_id = Uuid::now_v7();
+            let (mut c, mut v) = (Customer::default(), 0);
+            let cmd = CustomerCommand::Register(RegisterCustomer {
+                customer_id,
+                email: Email::parse(&format!("seed{n}@example.com"))?,
+                name: Text::parse("Seed Customer")?,
+                phone: None,
+                registered_at: at,
+            });
+            run(
+                &mut rows,
+                "customer",
+                customer_id,
+                &mut c,
+                &mut v,
+                cmd,
+                Customer::decide,
+                Customer::apply,
+            )?;
+        }
+        let order_id = Uuid::now_v7();
+        let (mut o, mut ov) = (Order::default(), 0);
+        let place = OrderCommand::Place(PlaceOrder {
+            order_id,
+            customer_id,
+            currency: eur,
+            lines: vec![
+                NewLine {
+                    sku: Sku::parse("MUG-1")?,
+                    name: Text::parse("Mug")?,
+                    quantity: Quantity::new(2)?,
+                    unit_price: Amount::new(1250)?,
+                },
+                NewLine {
+                    sku: Sku::parse("PEN-2")?,
+                    name: Text::parse("Pen")?,
+                    quantity: Quantity::new(1)?,
+                    unit_price: Amount::new(499)?,
+                },
+            ],
+            shipping_address: None,
+            placed_at: at,
+        });
+        run(
+            &mut rows,
+            "order",
+            order_id,
+            &mut o,
+            &mut ov,
+            place,
+            Order::decide,
+            Order::apply,
+        )?;
+        run(
+            &mut rows,
+            "order",
+            order_id,
+            &mut o,
+            &mut ov,
+            OrderCommand::Confirm { at },
+            Order::decide,
+            Order::apply,
+        )?;
+        let payment_id = Uuid::now_v7();
+        let (mut p, mut pv) = (Payment::default(), 0);
+        let create = PaymentCommand::Create(CreatePayment {
+            payment_id,
+            amount: o.total,
+            currency: eur,
+            method: Text::parse("card")?,
+            order: OrderFacts {
+                order_id,
+                customer_id,
+                currency: eur,
+                status: o.status,
+            },
+            created_at: at,
+        });
+        run(
+            &mut rows,
+            "payment",
+            payment_id,
+            &mut p,
+            &mut pv,
+            create,
+            Payment::decide,
+            Payment::apply,
+        )?;
+        let authorize = PaymentCommand::Authorize {
+            provider_reference: Text::parse("psp")?,
+            amount: None,
+            at,
+        };
+        run(
+            &mut rows,
+            "payment",
+            payment_id,
+            &mut p,
+            &mut pv,
+            authorize,
+            Payment::decide,
+            Payment::apply,
+        )?;
+        if n % 10 == 0 {
+            let cancel = OrderCommand::Cancel {
+                reason: Text::parse("changed mind")?,
+                at,
+            };
+            run(
+                &mut rows,
+                "order",
+                order_id,
+                &mut o,
+                &mut ov,
+                cancel,
+                Order::decide,
+                Order::apply,
+            )?;
+            run(
+                &mut rows,
+                "payment",
+                payment_id,
+                &mut p,
+                &mut pv,
+                PaymentCommand::Void { at },
+                Payment::decide,
+                Payment::apply,
+            )?;
+        } else {
+            let capture = PaymentCommand::Capture {
+                amount: o.total,
+                at,
+            };
+            run(
+                &mut rows,
+                "payment",
+                payment_id,
+                &mut p,
+                &mut pv,
+                capture,
+                Payment::decide,
+                Payment::apply,
+            )?;
+            let ship = OrderCommand::Ship(ShipOrder {
+                carrier: Text::parse("DHL")?,
+                tracking_number: Text::parse("T")?,
+                lines: None,
+                covered: p.coverage(),
+                at,
+            });
+            run(
+                &mut rows,
+                "order",
+                order_id,
+                &mut o,
+                &mut ov,
+                ship,
+                Order::decide,
+                Order::apply,
+            )?;
+            run(
+                &mut rows,
+                "order",
+                order_id,
+                &mut o,
+                &mut ov,
+                OrderCommand::Deliver { at },
+                Order::decide,
+                Order::apply,
+            )?;
+            if n % 10 == 1 {
+                let refund = PaymentCommand::Refund {
+                    amount: Amount::new(499)?,
+                    reason: Text::parse("pen broke")?,
+                    at,
+                };
+                run(
+                    &mut rows,
+                    "payment",
+                    payment_id,
+                    &mut p,
+                    &mut pv,
+                    refund,
+                    Payment::decide,
+                    Payment::apply,
+                )?;
+            }
+        }
+        n += 1;
+        if rows.len() >= 10_000 {
+            written += rows.len() as i64;
+            rows.flush(pool).await?;
+        }
+    }
+    written += rows.len() as i64;
+    rows.flush(pool).await?;
+    tracing::info!(
+        events = written,
+        orders = n,
+        seconds = started.elapsed().as_secs_f64(),
+        "seeded"
+    );
+    Ok(())
+}
+
+/// Run every projection's runner until `done` says so; returns the wall time.
+async fn run_until(
+    pool: &PgPool,
+    config: &RunnerConfig,
+    done: impl AsyncFn() -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let (stop, stopped) = watch::channel(false);
+    let tasks: Vec<_> = Projection::ALL
+        .into_iter()
+        .map(|p| tokio::spawn(Runner::new(pool.clone(), p, config.clone()).run(stopped.clone())))
+        .collect();
+    while !done().await? {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(elapsed)
+}
+
+pub async fn run_bench(args: RebuildBenchArgs) -> anyhow::Result<()> {
+    let pool = crate::migrate(&args.config).await?;
+    seed(&pool, args.events).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(&pool)
+        .await?;
+    let head: i64 = sqlx::query_scalar("SELECT max(global_position) FROM event_store.events")
+        .fetch_one(&pool)
+        .await?;
+    let config = RunnerConfig {
+        batch_size: args.batch,
+        rebuild_batch_size: args.batch,
+        ..RunnerConfig::default()
+    };
+
+    let caught_up = || async {
+        for p in Projection::ALL {
+            if !status::reached(&pool, p, head).await? {
+                return Ok(false);
+            }
+        }
+        anyhow::Ok(true)
+    };
+    let live = if caught_up().await? {
+        None
+    } else {
+        Some(run_until(&pool, &config, caught_up).await?)
+    };
+
+    for p in Projection::ALL {
+        status::request_rebuild(&pool, p).await?;
+    }
+    let rebuilt = || async {
+        let all = status::all(&pool).await?;
+        anyhow::Ok(all.iter().all(|s| s.rebuild.is_none()))
+    };
+    let rebuild = run_until(&pool, &config, rebuilt).await?;
+
+    let mut report = format!("log: {events} events\n");
+    if let Some(live) = live {
+        report += &format!(
+            "projecting from zero (three projections at once): {:.1} s, {:.0} events/s\n",
+            live.as_secs_f64(),
+            events as f64 / live.as_secs_f64()
+        );
+    }
+    report += &format!(
+        "rebuild of orders, payments, customers at once: {:.1} s, {:.0} events/s through each read model",
+        rebuild.as_secs_f64(),
+        events as f64 / rebuild.as_secs_f64()
+    );
+    #[allow(clippy::print_stdout)] // the report is this command's output
+    {
+        println!("{report}");
+    }
+    Ok(())
+}
