@@ -83,26 +83,42 @@ impl Rows {
     }
 }
 
-/// Decide `cmd`, apply and record the events of one stream.
-fn run<S, C, E>(
-    rows: &mut Rows,
+/// One stream being written: its state and version.
+struct Stream<S> {
     kind: &'static str,
     id: Uuid,
-    state: &mut S,
-    version: &mut i64,
-    cmd: C,
-    decide: fn(&S, C) -> Result<Vec<E>, ordo_domain::DomainError>,
-    apply: fn(&mut S, E),
-) -> anyhow::Result<()>
-where
-    E: Serialize + EventName + Clone,
-{
-    for event in decide(state, cmd)? {
-        *version += 1;
-        rows.push(kind, id, *version, &event)?;
-        apply(state, event);
+    state: S,
+    version: i64,
+}
+
+impl<S: Default> Stream<S> {
+    fn new(kind: &'static str, id: Uuid) -> Self {
+        Self {
+            kind,
+            id,
+            state: S::default(),
+            version: 0,
+        }
     }
-    Ok(())
+
+    /// Decide `cmd`, apply and record the events.
+    fn exec<C, E>(
+        &mut self,
+        rows: &mut Rows,
+        cmd: C,
+        decide: fn(&S, C) -> Result<Vec<E>, ordo_domain::DomainError>,
+        apply: fn(&mut S, E),
+    ) -> anyhow::Result<()>
+    where
+        E: Serialize + EventName + Clone,
+    {
+        for event in decide(&self.state, cmd)? {
+            self.version += 1;
+            rows.push(self.kind, self.id, self.version, &event)?;
+            apply(&mut self.state, event);
+        }
+        Ok(())
+    }
 }
 
 async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
@@ -126,7 +142,7 @@ async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
     while written < target {
         if n % 5 == 0 {
             customer_id = Uuid::now_v7();
-            let (mut c, mut v) = (Customer::default(), 0);
+            let mut c = Stream::<Customer>::new("customer", customer_id);
             let cmd = CustomerCommand::Register(RegisterCustomer {
                 customer_id,
                 email: Email::parse(&format!("seed{n}@example.com"))?,
@@ -134,19 +150,10 @@ async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
                 phone: None,
                 registered_at: at,
             });
-            run(
-                &mut rows,
-                "customer",
-                customer_id,
-                &mut c,
-                &mut v,
-                cmd,
-                Customer::decide,
-                Customer::apply,
-            )?;
+            c.exec(&mut rows, cmd, Customer::decide, Customer::apply)?;
         }
         let order_id = Uuid::now_v7();
-        let (mut o, mut ov) = (Order::default(), 0);
+        let mut o = Stream::<Order>::new("order", order_id);
         let place = OrderCommand::Place(PlaceOrder {
             order_id,
             customer_id,
@@ -168,129 +175,63 @@ async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
             shipping_address: None,
             placed_at: at,
         });
-        run(
+        o.exec(&mut rows, place, Order::decide, Order::apply)?;
+        o.exec(
             &mut rows,
-            "order",
-            order_id,
-            &mut o,
-            &mut ov,
-            place,
-            Order::decide,
-            Order::apply,
-        )?;
-        run(
-            &mut rows,
-            "order",
-            order_id,
-            &mut o,
-            &mut ov,
             OrderCommand::Confirm { at },
             Order::decide,
             Order::apply,
         )?;
         let payment_id = Uuid::now_v7();
-        let (mut p, mut pv) = (Payment::default(), 0);
+        let mut p = Stream::<Payment>::new("payment", payment_id);
         let create = PaymentCommand::Create(CreatePayment {
             payment_id,
-            amount: o.total,
+            amount: o.state.total,
             currency: eur,
             method: Text::parse("card")?,
             order: OrderFacts {
                 order_id,
                 customer_id,
                 currency: eur,
-                status: o.status,
+                status: o.state.status,
             },
             created_at: at,
         });
-        run(
-            &mut rows,
-            "payment",
-            payment_id,
-            &mut p,
-            &mut pv,
-            create,
-            Payment::decide,
-            Payment::apply,
-        )?;
+        p.exec(&mut rows, create, Payment::decide, Payment::apply)?;
         let authorize = PaymentCommand::Authorize {
             provider_reference: Text::parse("psp")?,
             amount: None,
             at,
         };
-        run(
-            &mut rows,
-            "payment",
-            payment_id,
-            &mut p,
-            &mut pv,
-            authorize,
-            Payment::decide,
-            Payment::apply,
-        )?;
+        p.exec(&mut rows, authorize, Payment::decide, Payment::apply)?;
         if n % 10 == 0 {
             let cancel = OrderCommand::Cancel {
                 reason: Text::parse("changed mind")?,
                 at,
             };
-            run(
+            o.exec(&mut rows, cancel, Order::decide, Order::apply)?;
+            p.exec(
                 &mut rows,
-                "order",
-                order_id,
-                &mut o,
-                &mut ov,
-                cancel,
-                Order::decide,
-                Order::apply,
-            )?;
-            run(
-                &mut rows,
-                "payment",
-                payment_id,
-                &mut p,
-                &mut pv,
                 PaymentCommand::Void { at },
                 Payment::decide,
                 Payment::apply,
             )?;
         } else {
             let capture = PaymentCommand::Capture {
-                amount: o.total,
+                amount: o.state.total,
                 at,
             };
-            run(
-                &mut rows,
-                "payment",
-                payment_id,
-                &mut p,
-                &mut pv,
-                capture,
-                Payment::decide,
-                Payment::apply,
-            )?;
+            p.exec(&mut rows, capture, Payment::decide, Payment::apply)?;
             let ship = OrderCommand::Ship(ShipOrder {
                 carrier: Text::parse("DHL")?,
                 tracking_number: Text::parse("T")?,
                 lines: None,
-                covered: p.coverage(),
+                covered: p.state.coverage(),
                 at,
             });
-            run(
+            o.exec(&mut rows, ship, Order::decide, Order::apply)?;
+            o.exec(
                 &mut rows,
-                "order",
-                order_id,
-                &mut o,
-                &mut ov,
-                ship,
-                Order::decide,
-                Order::apply,
-            )?;
-            run(
-                &mut rows,
-                "order",
-                order_id,
-                &mut o,
-                &mut ov,
                 OrderCommand::Deliver { at },
                 Order::decide,
                 Order::apply,
@@ -301,16 +242,7 @@ async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
                     reason: Text::parse("pen broke")?,
                     at,
                 };
-                run(
-                    &mut rows,
-                    "payment",
-                    payment_id,
-                    &mut p,
-                    &mut pv,
-                    refund,
-                    Payment::decide,
-                    Payment::apply,
-                )?;
+                p.exec(&mut rows, refund, Payment::decide, Payment::apply)?;
             }
         }
         n += 1;
