@@ -9,6 +9,8 @@ pub enum ServeRole {
     Api,
     /// The projection runners (one active per projection across processes).
     Projector,
+    /// The order ⇄ payment process manager (processes take turns on its checkpoint).
+    ProcessManager,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -75,7 +77,11 @@ impl Config {
             db_max_connections: 32,
             db_acquire_timeout_secs: 3,
             body_limit: 64 * 1024,
-            roles: vec![ServeRole::Api, ServeRole::Projector],
+            roles: vec![
+                ServeRole::Api,
+                ServeRole::Projector,
+                ServeRole::ProcessManager,
+            ],
             read_wait_secs: 5,
             crash_after_commit: false,
         }

@@ -13,6 +13,7 @@ use anyhow::Context;
 use ordo_api::{ApiConfig, AppState};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_workers::ProcessManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -97,6 +98,10 @@ impl Application {
                 let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
                 tasks.push(tokio::spawn(runner.run(stopped.clone())));
             }
+        }
+        if self.roles.contains(&ServeRole::ProcessManager) {
+            let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
+            tasks.push(tokio::spawn(pm.run(stopped.clone())));
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
         let served = if self.roles.contains(&ServeRole::Api) {

@@ -130,3 +130,23 @@ pub async fn fold_until<A: cqrs_es::Aggregate>(
     }
     Ok(Versioned { state, version })
 }
+
+/// Whether the stream already holds an event caused by `causation_id` (an event id): how
+/// the process manager stays idempotent when it reacts to the same event twice.
+pub async fn caused_by(
+    pool: &sqlx::PgPool,
+    aggregate_type: &str,
+    id: &str,
+    causation_id: Uuid,
+) -> Result<bool, CommandError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM event_store.events
+                         WHERE aggregate_type = $1 AND aggregate_id = $2
+                           AND metadata ->> 'causation_id' = $3)",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .bind(causation_id.to_string())
+    .fetch_one(pool)
+    .await?)
+}

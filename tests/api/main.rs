@@ -12,6 +12,7 @@ mod crash;
 mod errors;
 mod idempotency;
 mod lifecycle;
+mod process_manager;
 mod projector;
 mod read_models;
 mod store;

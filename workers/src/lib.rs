@@ -1,1 +1,10 @@
-//! The NATS relay, workers and process manager (the NATS issue).
+//! Feed consumers with side effects. Today: the order ⇄ payment process manager. Next (the
+//! NATS issue): the relay to JetStream and the notification, analytics and integration
+//! workers.
+//!
+//! Unlike read models, these are never replayed by a rebuild: their effects (commands,
+//! e-mails, webhooks) happen once, guarded by their own checkpoints and idempotency records.
+
+pub mod process_manager;
+
+pub use process_manager::ProcessManager;
