@@ -13,7 +13,7 @@ use anyhow::Context;
 use ordo_api::{ApiConfig, AppState};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
-use ordo_workers::ProcessManager;
+use ordo_workers::{ProcessManager, Relay, RelayConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,10 +42,12 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
 /// Ordo's roles in one process: the HTTP API bound to its address, and the projection
 /// runners, ready to run.
 pub struct Application {
-    listener: TcpListener,
+    /// Bound only when this process runs the API role.
+    listener: Option<TcpListener>,
     state: AppState,
     roles: Vec<ServeRole>,
     runner: RunnerConfig,
+    relay: RelayConfig,
 }
 
 impl Application {
@@ -56,9 +58,14 @@ impl Application {
 
     /// Build on an existing, migrated pool (tests point it through a proxy).
     pub async fn with_pool(config: &Config, pool: PgPool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+        let listener = if config.roles.contains(&ServeRole::Api) {
+            let listener = TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+            Some(listener)
+        } else {
+            None
+        };
         let api = ApiConfig {
             body_limit: config.body_limit,
             crash_after_commit: config.crash_after_commit,
@@ -69,11 +76,23 @@ impl Application {
             state: AppState::new(pool, api),
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
+            relay: RelayConfig {
+                stream: config.nats_stream.clone(),
+                subject_prefix: config.nats_subject_prefix.clone(),
+                ..RelayConfig::new(config.nats_url.clone())
+            },
         })
     }
 
+    /// Where the API listens; an error when this process does not run the API role.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "this process does not run the api role",
+            )),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -103,16 +122,28 @@ impl Application {
             let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
             tasks.push(tokio::spawn(pm.run(stopped.clone())));
         }
+        if self.roles.contains(&ServeRole::Relay) {
+            let (pool, config, stopped) =
+                (self.state.pool.clone(), self.relay.clone(), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                match Relay::connect(pool, config).await {
+                    Ok(relay) => relay.run(stopped).await,
+                    Err(e) => tracing::error!(error = %e, "relay cannot start"),
+                }
+            }));
+        }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
-        let served = if self.roles.contains(&ServeRole::Api) {
-            let app = ordo_api::router(self.state);
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        } else {
-            drop(self.listener);
-            shutdown.await;
-            Ok(())
+        let served = match self.listener {
+            Some(listener) => {
+                let app = ordo_api::router(self.state);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                shutdown.await;
+                Ok(())
+            }
         };
         purge.abort();
         let _ = stop.send(true);

@@ -1,5 +1,5 @@
-//! JSON shapes of the resources, flat and snake_case as DESIGN.md §4 describes. Until the
-//! projections land these are folded from the streams.
+//! JSON shapes of a stream's state folded from the log, for `GET .../state` (the audit
+//! view: every field the aggregate holds, richer than the read models).
 
 use ordo_domain::customer::Customer;
 use ordo_domain::order::Order;

@@ -339,6 +339,9 @@ impl Runner {
         let mut wakeup = Wakeup::new(&self.pool).await;
         let mut last_beat = Instant::now() - self.config.heartbeat;
         let mut limit = self.config.batch_size;
+        // After a failure, events go one at a time through what was the failed batch, so
+        // the error lands on the exact event; then full batches again.
+        let mut single_steps_left: i64 = 0;
         let mut backoff = Duration::from_millis(200);
         loop {
             if *shutdown.borrow() || shutdown.has_changed().is_err() {
@@ -377,12 +380,15 @@ impl Runner {
             };
             match live {
                 Step::Applied(_) => {
-                    limit = self.config.batch_size;
+                    single_steps_left = (single_steps_left - 1).max(0);
+                    if single_steps_left <= 0 {
+                        limit = self.config.batch_size;
+                    }
                     backoff = Duration::from_millis(200);
                 }
                 Step::Failed(_) => {
-                    // Retry one event at a time, so the recorded position is exact.
                     limit = 1;
+                    single_steps_left = self.config.batch_size;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}

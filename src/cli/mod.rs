@@ -83,7 +83,9 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => {
             tracing::info!(roles = ?config.roles, "starting");
             let app = Application::build(&config).await?;
-            tracing::info!(addr = %app.local_addr()?, "listening");
+            if let Ok(addr) = app.local_addr() {
+                tracing::info!(addr = %addr, "listening");
+            }
             app.run_until_stopped(crate::shutdown_signal()).await?;
             Ok(())
         }
