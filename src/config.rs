@@ -11,6 +11,8 @@ pub enum ServeRole {
     Projector,
     /// The order ⇄ payment process manager (processes take turns on its checkpoint).
     ProcessManager,
+    /// The relay from the event log to JetStream.
+    Relay,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -27,11 +29,20 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// The JetStream stream the relay publishes to.
+    #[arg(long, env = "ORDO_NATS_STREAM", default_value = "ORDO_EVENTS")]
+    pub nats_stream: String,
+
+    /// Subjects are `<prefix>.<aggregate>.<event>`.
+    #[arg(long, env = "ORDO_NATS_SUBJECT_PREFIX", default_value = "ordo.events")]
+    pub nats_subject_prefix: String,
+
     /// Where the HTTP API listens.
     #[arg(long, env = "ORDO_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
-    /// Most PostgreSQL connections this process opens.
+    /// Size of the main PostgreSQL pool (commands, reads, runners). The idempotency-lock
+    /// pool adds half as many, and each led projection one more for its lock.
     #[arg(long, env = "ORDO_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
 
@@ -48,7 +59,7 @@ pub struct Config {
         long,
         env = "ORDO_ROLES",
         value_delimiter = ',',
-        default_value = "api,projector"
+        default_value = "api,projector,process-manager,relay"
     )]
     pub roles: Vec<ServeRole>,
 
@@ -81,7 +92,10 @@ impl Config {
                 ServeRole::Api,
                 ServeRole::Projector,
                 ServeRole::ProcessManager,
+                ServeRole::Relay,
             ],
+            nats_stream: "ORDO_EVENTS".into(),
+            nats_subject_prefix: "ordo.events".into(),
             read_wait_secs: 5,
             crash_after_commit: false,
         }

@@ -6,7 +6,7 @@ use ordo::Application;
 use ordo_api::Role::Storefront;
 use serde_json::json;
 
-use crate::helpers::{read, spawn_app, spawn_app_with, start, DbProxy, Resp};
+use crate::helpers::{read, spawn_app, spawn_app_with, start, Resp, TcpProxy};
 
 async fn raw_post(
     app: &crate::helpers::TestApp,
@@ -236,7 +236,7 @@ async fn every_response_carries_a_request_id_and_an_incoming_one_is_kept() {
 async fn an_unreachable_store_is_503_with_retry_after_and_recovers() {
     // The application reaches PostgreSQL only through a proxy the test can cut.
     let direct = crate::helpers::spawn_app().await;
-    let proxy = DbProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
     let proxied_url = direct
         .database_url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ordo::{Application, Config};
+use ordo::{Application, Config, ServeRole};
 use ordo_api::Role;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -105,6 +105,12 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.database_url = database_url.clone();
     config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.db_max_connections = 12;
+    // The relay publishes to a shared NATS server; relay tests run it on streams of their own.
+    config.roles = vec![
+        ServeRole::Api,
+        ServeRole::Projector,
+        ServeRole::ProcessManager,
+    ];
     tweak(&mut config);
     let app = Application::build(&config)
         .await
@@ -337,15 +343,15 @@ pub fn order_body(customer_id: &str) -> Value {
     })
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to make the store
-/// unreachable for one application without touching the real server.
-pub struct DbProxy {
+/// A TCP proxy a test can cut and restore, to make PostgreSQL or NATS unreachable for one
+/// component without touching the real server.
+pub struct TcpProxy {
     pub port: u16,
     cut: Arc<Mutex<bool>>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
-impl DbProxy {
+impl TcpProxy {
     pub async fn start(upstream: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();

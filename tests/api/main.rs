@@ -15,4 +15,5 @@ mod lifecycle;
 mod process_manager;
 mod projector;
 mod read_models;
+mod relay;
 mod store;

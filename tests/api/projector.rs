@@ -152,17 +152,18 @@ async fn write_scenario(app: &TestApp, orders: usize) {
         .assert_status(200);
         let payment = app.authorized_payment(&order, 2999).await;
         if i % 3 == 0 {
+            // Void first: cancelling would have the process manager void it, racing us.
             app.post(
                 Storefront,
-                &format!("/v1/orders/{order}/cancel"),
-                json!({"reason": "r"}),
+                &format!("/v1/payments/{payment}/void"),
+                json!({}),
             )
             .await
             .assert_status(200);
             app.post(
                 Storefront,
-                &format!("/v1/payments/{payment}/void"),
-                json!({}),
+                &format!("/v1/orders/{order}/cancel"),
+                json!({"reason": "r"}),
             )
             .await
             .assert_status(200);

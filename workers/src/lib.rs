@@ -6,5 +6,7 @@
 //! e-mails, webhooks) happen once, guarded by their own checkpoints and idempotency records.
 
 pub mod process_manager;
+pub mod relay;
 
 pub use process_manager::ProcessManager;
+pub use relay::{Relay, RelayConfig};
