@@ -69,6 +69,8 @@ impl Stored for Customer {
 
 pub struct EventStore {
     pool: PgPool,
+    /// Wakes the feed's readers after commits (see [`Wake`]).
+    wake: Wake,
     orders: Store<Order>,
     payments: Store<Payment>,
     customers: Store<Customer>,
@@ -89,6 +91,7 @@ fn cqrs_store<A: Aggregate>(pool: &PgPool) -> Store<A> {
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
+            wake: Wake::start(&pool),
             orders: cqrs_store(&pool),
             payments: cqrs_store(&pool),
             customers: cqrs_store(&pool),
@@ -152,6 +155,7 @@ impl EventStore {
             let produced = events.len() as u64;
             match store.commit(events, context, metadata.to_map()).await {
                 Ok(_) => {
+                    self.wake.notify();
                     let new_version = version + produced;
                     let position = self.position_of(A::TYPE, id, new_version).await?;
                     return Ok(Committed {
@@ -192,5 +196,68 @@ impl EventStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(position)
+    }
+}
+
+/// Tells the feed's readers (`LISTEN ordo_events`) that events were committed.
+///
+/// Not from inside the appending transaction: a transaction that sends NOTIFY holds a
+/// database-wide lock through its commit, which would queue every command's commit behind
+/// the previous one. Instead one task sends NOTIFY after commits, one at a time; commits
+/// made while one is in flight share the next. Readers also poll, so a lost wake-up only
+/// delays.
+pub struct Wake {
+    shared: Option<std::sync::Arc<WakeShared>>,
+}
+
+struct WakeShared {
+    signal: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    fn start(pool: &PgPool) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Self { shared: None };
+        };
+        let shared = std::sync::Arc::new(WakeShared {
+            signal: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (pool, task) = (pool.clone(), shared.clone());
+        runtime.spawn(async move {
+            loop {
+                task.signal.notified().await;
+                if task.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = sqlx::query("SELECT pg_notify('ordo_events', '')")
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not wake feed readers; they will poll");
+                }
+            }
+        });
+        Self {
+            shared: Some(shared),
+        }
+    }
+
+    fn notify(&self) {
+        if let Some(shared) = &self.shared {
+            shared.signal.notify_one();
+        }
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            shared.signal.notify_one();
+        }
     }
 }
