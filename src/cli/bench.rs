@@ -83,6 +83,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let interval = (args.rate > 0)
         .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
 
+    // Beside the load, a probe measures how long a committed order takes to show in the
+    // orders read model: it places an order, then reads it with `min_position` (the server
+    // answers once the projection has applied that event) — ten times a second.
+    let probe = {
+        let (client, base, auth, customers) = (
+            client.clone(),
+            base.clone(),
+            auth.clone(),
+            customers.clone(),
+        );
+        tokio::spawn(async move {
+            let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while Instant::now() < end {
+                tick.tick().await;
+                let body = json!({"customer_id": customers[0], "currency": "EUR",
+                                  "lines": [{"sku": "PROBE", "name": "Probe", "quantity": 1, "unit_price": 1}]});
+                let Ok(resp) = client
+                    .post(format!("{base}/v1/orders"))
+                    .header("authorization", &auth)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let Ok(placed) = resp.json::<Value>().await else {
+                    continue;
+                };
+                let (Some(id), Some(position)) =
+                    (placed["id"].as_str(), placed["position"].as_i64())
+                else {
+                    continue;
+                };
+                let committed = Instant::now();
+                let read = client
+                    .get(format!("{base}/v1/orders/{id}?min_position={position}"))
+                    .header("authorization", &auth)
+                    .send()
+                    .await;
+                if matches!(&read, Ok(r) if r.status().is_success()) && committed >= measure_from {
+                    lag.record(committed.elapsed().as_micros().max(1) as u64)?;
+                }
+            }
+            anyhow::Ok(lag)
+        })
+    };
+
     let mut tasks = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let (client, base, auth) = (client.clone(), base.clone(), auth.clone());
@@ -137,13 +185,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for task in tasks {
         task.await??;
     }
+    let lag = probe.await??;
     let t = totals.lock().await;
     let secs = args.duration as f64;
     let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
     let report = format!(
         "place-order: {} ok, {} failed in {secs:.0} s with {} clients{}\n\
          throughput: {:.0} commands/s\n\
-         latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+         latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n\
+         read-model lag ms (commit -> visible in orders, {} probes): p50 {:.2}  p99 {:.2}",
         t.ok,
         t.failed,
         args.concurrency,
@@ -157,6 +207,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ms(0.9),
         ms(0.99),
         t.latency.max() as f64 / 1000.0,
+        lag.len(),
+        lag.value_at_quantile(0.5) as f64 / 1000.0,
+        lag.value_at_quantile(0.99) as f64 / 1000.0,
     );
     #[allow(clippy::print_stdout)] // the report is this command's output
     {
