@@ -13,6 +13,8 @@ pub enum ServeRole {
     ProcessManager,
     /// The relay from the event log to JetStream.
     Relay,
+    /// The JetStream workers (today: analytics).
+    Workers,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -59,7 +61,7 @@ pub struct Config {
         long,
         env = "ORDO_ROLES",
         value_delimiter = ',',
-        default_value = "api,projector,process-manager,relay"
+        default_value = "api,projector,process-manager,relay,workers"
     )]
     pub roles: Vec<ServeRole>,
 
@@ -93,6 +95,7 @@ impl Config {
                 ServeRole::Projector,
                 ServeRole::ProcessManager,
                 ServeRole::Relay,
+                ServeRole::Workers,
             ],
             nats_stream: "ORDO_EVENTS".into(),
             nats_subject_prefix: "ordo.events".into(),

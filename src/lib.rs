@@ -14,7 +14,7 @@ use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
-use ordo_workers::{ProcessManager, Relay, RelayConfig};
+use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -133,6 +133,16 @@ impl Application {
                 }
             }));
         }
+        if self.roles.contains(&ServeRole::Workers) {
+            let (pool, relay, stopped) =
+                (self.state.pool.clone(), self.relay.clone(), stopped.clone());
+            tasks.push(tokio::spawn(run_worker(
+                pool,
+                Worker::Analytics,
+                relay,
+                stopped,
+            )));
+        }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
         let served = match self.listener {
             Some(listener) => {
@@ -159,6 +169,31 @@ impl Application {
             let _ = task.await;
         }
         served
+    }
+}
+
+/// Run a worker, connecting again (the stream may not exist before the relay made it)
+/// until it is up or the process stops.
+async fn run_worker(
+    pool: PgPool,
+    worker: Worker,
+    relay: RelayConfig,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let config = WorkerConfig {
+        stream: relay.stream,
+        subject_prefix: relay.subject_prefix,
+        ..WorkerConfig::new(relay.nats_url)
+    };
+    while !*stopped.borrow() {
+        match WorkerRunner::connect(pool.clone(), worker, config.clone()).await {
+            Ok(runner) => return runner.run(stopped).await,
+            Err(e) => tracing::warn!(worker = worker.name(), error = %e, "worker cannot start yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stopped.changed() => return,
+        }
     }
 }
 

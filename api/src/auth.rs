@@ -209,3 +209,7 @@ policy!(
     /// Rebuilding a projection.
     Rebuilders: Analyst, Admin
 );
+policy!(
+    /// Analytics: analysts and admins.
+    Analysts: Analyst, Admin
+);

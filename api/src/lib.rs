@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::customers::router())
         .merge(routes::audit::router())
         .merge(routes::projections::router())
+        .merge(routes::analytics::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -17,3 +17,4 @@ mod projector;
 mod read_models;
 mod relay;
 mod store;
+mod workers;

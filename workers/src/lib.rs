@@ -5,8 +5,11 @@
 //! Unlike read models, these are never replayed by a rebuild: their effects (commands,
 //! e-mails, webhooks) happen once, guarded by their own checkpoints and idempotency records.
 
+pub mod analytics;
+pub mod consumer;
 pub mod process_manager;
 pub mod relay;
 
+pub use consumer::{Worker, WorkerConfig, WorkerRunner};
 pub use process_manager::ProcessManager;
 pub use relay::{Relay, RelayConfig};

@@ -1,5 +1,6 @@
 //! One module per resource, each with its `router()`.
 
+pub mod analytics;
 pub mod audit;
 pub mod customers;
 pub mod health;

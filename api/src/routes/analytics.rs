@@ -1,0 +1,64 @@
+//! `/v1/analytics`: sales per hour or day per currency, and the order funnel, from the
+//! analytics worker's tables.
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, TimeDelta, Utc};
+use ordo_workers::analytics;
+
+use super::Params;
+use crate::auth::{self, Allowed};
+use crate::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/analytics/sales", get(sales))
+        .route("/v1/analytics/funnel", get(funnel))
+}
+
+fn time_param(q: &Params, param: &'static str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    q.get(param)
+        .map(|raw| {
+            DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ApiError::BadQuery {
+                    param,
+                    detail: "must be an RFC 3339 time such as 2026-01-31T00:00:00Z".into(),
+                })
+        })
+        .transpose()
+}
+
+/// `from` defaults to seven days before `to`, `to` to now; granularity to `day`.
+async fn sales(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::Analysts>,
+    Query(q): Query<Params>,
+) -> Result<Response, ApiError> {
+    let granularity = q.get("granularity").map_or("day", String::as_str);
+    if !["hour", "day"].contains(&granularity) {
+        return Err(ApiError::BadQuery {
+            param: "granularity",
+            detail: "must be hour or day".into(),
+        });
+    }
+    let to = time_param(&q, "to")?.unwrap_or_else(Utc::now);
+    let from = time_param(&q, "from")?.unwrap_or(to - TimeDelta::days(7));
+    if from > to {
+        return Err(ApiError::BadQuery {
+            param: "from",
+            detail: "must not be after `to`".into(),
+        });
+    }
+    let report = analytics::sales_report(&app.pool, from, to, granularity).await?;
+    Ok(Json(report).into_response())
+}
+
+async fn funnel(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::Analysts>,
+) -> Result<Response, ApiError> {
+    Ok(Json(analytics::funnel(&app.pool).await?).into_response())
+}

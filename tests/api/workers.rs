@@ -1,0 +1,297 @@
+//! Workers on real JetStream: the analytics worker through the relay, once in effect even
+//! when everything is delivered again; failures redelivered with backoff, then dead-lettered
+//! while the other messages go on. Streams, prefixes and consumers are the test's own.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use ordo::ServeRole;
+use ordo_api::Role::{Analyst, Storefront, Support};
+use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use serde_json::json;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+struct Setup {
+    relay: Relay,
+    relay_config: RelayConfig,
+    worker_config: WorkerConfig,
+    js: jetstream::Context,
+}
+
+async fn setup(app: &TestApp) -> Setup {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let relay_config = RelayConfig {
+        stream: format!("ORDO_TEST_{id}"),
+        subject_prefix: format!("t{id}.events"),
+        ..RelayConfig::new(NATS)
+    };
+    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
+        .await
+        .unwrap();
+    relay.ensure_stream().await.unwrap();
+    let worker_config = WorkerConfig {
+        stream: relay_config.stream.clone(),
+        subject_prefix: relay_config.subject_prefix.clone(),
+        dlq_stream: format!("ORDO_TEST_DLQ_{id}"),
+        dlq_prefix: format!("t{id}.dlq"),
+        max_deliver: 3,
+        backoff: vec![Duration::from_millis(100)],
+        ..WorkerConfig::new(NATS)
+    };
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    Setup {
+        relay,
+        relay_config,
+        worker_config,
+        js,
+    }
+}
+
+impl Setup {
+    async fn publish_all(&self, app: &TestApp) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
+                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
+            )
+            .bind(&self.relay_config.stream)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if behind == 0 {
+                return;
+            }
+            let _ = self.relay.step().await;
+            assert!(Instant::now() < deadline, "relay did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn cleanup(&self) {
+        let _ = self.js.delete_stream(&self.relay_config.stream).await;
+        let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
+    }
+}
+
+/// Step the worker until `done` holds.
+async fn work_until(runner: &WorkerRunner, app: &TestApp, sql: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+        if n >= expected {
+            assert_eq!(n, expected, "{sql}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
+        runner.step(50, Duration::from_millis(200)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn analytics_counts_sales_and_the_funnel_once_even_when_everything_is_delivered_again() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let customer = app.register_customer().await;
+    let paid = app.place_order(&customer).await;
+    let cancelled = app.place_order(&customer).await;
+    app.post(Storefront, &format!("/v1/orders/{paid}/confirm"), json!({}))
+        .await
+        .assert_status(200);
+    let payment = app.authorized_payment(&paid, 2999).await;
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/capture"),
+        json!({"amount": 2999}),
+    )
+    .await
+    .assert_status(200);
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/refund"),
+        json!({"amount": 500, "reason": "r"}),
+    )
+    .await
+    .assert_status(200);
+    app.post(
+        Support,
+        &format!("/v1/orders/{cancelled}/cancel"),
+        json!({"reason": "r"}),
+    )
+    .await
+    .assert_status(200);
+    let events = app.event_count().await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner =
+        WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
+            .await
+            .unwrap();
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM analytics.processed",
+        events,
+    )
+    .await;
+
+    let today = chrono::Utc::now().format("%Y-%m-%dT00:00:00Z").to_string();
+    let sales = app
+        .get(Analyst, "/v1/analytics/sales?granularity=day")
+        .await;
+    sales.assert_status(200);
+    let expected_day = json!({"bucket": today, "currency": "EUR", "orders": 2, "gross": 5998, "paid": 2999, "refunded": 500});
+    let normalise = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        let t = chrono::DateTime::parse_from_rfc3339(v["bucket"].as_str().unwrap()).unwrap();
+        v["bucket"] = json!(t
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string());
+        v
+    };
+    assert_eq!(
+        sales.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(normalise)
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&expected_day)
+    );
+    let hourly = app
+        .get(Analyst, "/v1/analytics/sales?granularity=hour")
+        .await;
+    let hour_total: i64 = hourly.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["gross"].as_i64().unwrap())
+        .sum();
+    assert_eq!(hour_total, 5998);
+    let funnel = app.get(Analyst, "/v1/analytics/funnel").await;
+    assert_eq!(
+        funnel.body,
+        json!({"placed": 2, "confirmed": 1, "paid": 1, "shipped": 0, "delivered": 0, "cancelled": 1,
+               "refunded": 1, "cancellation_rate": 0.5, "refund_rate": 1.0})
+    );
+    app.get(Storefront, "/v1/analytics/funnel")
+        .await
+        .assert_problem(403, "forbidden");
+    app.get(Analyst, "/v1/analytics/sales?granularity=week")
+        .await
+        .assert_problem(400, "bad-query");
+
+    // Replay: a new consumer delivers every message again; nothing is counted twice.
+    drop(runner);
+    s.js.get_stream(&s.relay_config.stream)
+        .await
+        .unwrap()
+        .delete_consumer("analytics")
+        .await
+        .unwrap();
+    let runner =
+        WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
+            .await
+            .unwrap();
+    let mut redelivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redelivered < events as usize {
+        redelivered += runner.step(50, Duration::from_millis(200)).await.unwrap();
+        assert!(Instant::now() < deadline, "only {redelivered} redelivered");
+    }
+    let again = app
+        .get(Analyst, "/v1/analytics/sales?granularity=day")
+        .await;
+    assert_eq!(
+        again.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(normalise)
+            .collect::<Vec<_>>(),
+        [expected_day]
+    );
+    assert_eq!(
+        app.get(Analyst, "/v1/analytics/funnel").await.body,
+        funnel.body
+    );
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failing_message_is_retried_then_dead_lettered_while_the_others_go_on() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let customer = app.register_customer().await;
+    let s = setup(&app).await;
+    let runner =
+        WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
+            .await
+            .unwrap();
+
+    // The analytics tables refuse big orders: every delivery of this one fails.
+    sqlx::query("ALTER TABLE analytics.sales ADD CONSTRAINT small CHECK (gross < 100000)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut big = crate::helpers::order_body(&customer);
+    big["lines"] = json!([{"sku": "BIG", "name": "Big", "quantity": 1, "unit_price": 200000}]);
+    app.post(Storefront, "/v1/orders", big)
+        .await
+        .assert_status(201);
+    app.place_order(&customer).await;
+    s.publish_all(&app).await;
+
+    // A message that can never be read goes straight to the dead letters.
+    s.js.publish_with_headers(
+        format!("{}.order.placed", s.relay_config.subject_prefix),
+        {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("ce-id", uuid::Uuid::new_v4().to_string().as_str());
+            h
+        },
+        "{\"not\": \"an order\"}".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM workers.dead_letters",
+        2,
+    )
+    .await;
+    let letters: Vec<(i64, String)> =
+        sqlx::query_as("SELECT attempts, error FROM workers.dead_letters ORDER BY attempts")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(letters[0].0, 1, "the unreadable one is not retried");
+    assert!(letters[0].1.contains("unreadable"));
+    assert_eq!(
+        letters[1].0, 3,
+        "the failing one had every allowed delivery"
+    );
+    assert!(letters[1].1.contains("small"));
+
+    let dlq =
+        s.js.get_stream(&s.worker_config.dlq_stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+    assert_eq!(dlq, 2);
+    // The other order was counted.
+    let funnel = app.get(Analyst, "/v1/analytics/funnel").await;
+    assert_eq!(funnel.body["placed"], 1);
+    s.cleanup().await;
+}

@@ -1,0 +1,344 @@
+//! Workers: durable JetStream pull consumers with explicit acks, bounded redelivery with
+//! backoff, an idempotency record per worker, and a dead-letter path.
+//!
+//! A message is handled in one PostgreSQL transaction that also inserts its event id into
+//! the worker's `processed` table: a redelivery of a handled message finds the id and is only
+//! acknowledged. A failure is negatively acknowledged with the next backoff delay; on the last
+//! allowed delivery the message is published to the dead-letter stream (`ORDO_DLQ`, subject
+//! `ordo.dlq.<worker>`), recorded in `workers.dead_letters`, and terminated. The worker
+//! publishes the dead letter itself rather than relying on the server's advisories, because
+//! nats-server 2.9 drops a termination's reason.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, stream, Message};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::analytics;
+
+/// The workers (DESIGN.md §6). A closed set; each has its own schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worker {
+    Analytics,
+}
+
+impl Worker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Analytics => "analytics",
+        }
+    }
+
+    fn processed_table(self) -> &'static str {
+        match self {
+            Self::Analytics => "analytics.processed",
+        }
+    }
+
+    async fn handle(self, tx: &mut PgConnection, event: &Delivered) -> Result<(), HandleError> {
+        match self {
+            Self::Analytics => analytics::handle(tx, event).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub nats_url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub dlq_stream: String,
+    pub dlq_prefix: String,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliver: i64,
+    /// Delay before each redelivery (the last one repeats).
+    pub backoff: Vec<Duration>,
+}
+
+impl WorkerConfig {
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            stream: "ORDO_EVENTS".into(),
+            subject_prefix: "ordo.events".into(),
+            dlq_stream: "ORDO_DLQ".into(),
+            dlq_prefix: "ordo.dlq".into(),
+            max_deliver: 5,
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(120),
+            ],
+        }
+    }
+}
+
+/// An event as a worker receives it, from the message's headers and body.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub position: i64,
+    pub body: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// This message can never be handled: straight to the dead letters.
+    #[error("{0}")]
+    Poison(String),
+    /// Perhaps later (the database is away, say): redeliver after the backoff.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+fn nats(e: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Nats(e.to_string())
+}
+
+fn delivered(
+    headers: Option<&HeaderMap>,
+    subject: &str,
+    prefix: &str,
+    payload: &[u8],
+) -> Result<Delivered, String> {
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let event_id = header("ce-id")
+        .and_then(|id| Uuid::parse_str(&id).ok())
+        .ok_or("no ce-id header with an event id")?;
+    let event_type = subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix('.'))
+        .ok_or("subject outside the event stream")?
+        .to_owned();
+    let body = serde_json::from_slice(payload).map_err(|e| format!("body is not JSON: {e}"))?;
+    Ok(Delivered {
+        event_id,
+        event_type,
+        aggregate_id: header("ce-subject").unwrap_or_default(),
+        position: header("ordo-position")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        body,
+    })
+}
+
+pub struct WorkerRunner {
+    pool: PgPool,
+    worker: Worker,
+    config: WorkerConfig,
+    js: jetstream::Context,
+    consumer: Consumer<pull::Config>,
+}
+
+impl WorkerRunner {
+    /// Connect, and create or update the worker's durable consumer and the dead-letter
+    /// stream. The server's answer is checked: nats-server 2.9 ignores fields it does not
+    /// know, which must not silently widen the consumer's filter.
+    pub async fn connect(
+        pool: PgPool,
+        worker: Worker,
+        config: WorkerConfig,
+    ) -> Result<Self, WorkerError> {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(nats)?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: config.dlq_stream.clone(),
+            subjects: vec![format!("{}.>", config.dlq_prefix)],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+        let events = js.get_stream(&config.stream).await.map_err(nats)?;
+        let filter = format!("{}.>", config.subject_prefix);
+        let mut consumer: Consumer<pull::Config> = events
+            .get_or_create_consumer(
+                worker.name(),
+                pull::Config {
+                    durable_name: Some(worker.name().into()),
+                    filter_subject: filter.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_deliver: config.max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nats)?;
+        let info = consumer.info().await.map_err(nats)?;
+        if info.config.filter_subject != filter {
+            return Err(WorkerError::Nats(format!(
+                "consumer {} filters `{}`, not `{filter}`",
+                worker.name(),
+                info.config.filter_subject
+            )));
+        }
+        Ok(Self {
+            pool,
+            worker,
+            config,
+            js,
+            consumer,
+        })
+    }
+
+    /// Handle what is waiting (up to `max` messages, waiting at most `wait`); returns how
+    /// many messages were settled.
+    pub async fn step(&self, max: usize, wait: Duration) -> Result<usize, WorkerError> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(nats)?;
+        let mut settled = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(nats)?;
+            self.settle(&message).await?;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
+    async fn settle(&self, message: &Message) -> Result<(), WorkerError> {
+        let attempts = message.info().map(|i| i.delivered).unwrap_or(1);
+        let outcome = match delivered(
+            message.headers.as_ref(),
+            message.subject.as_str(),
+            &self.config.subject_prefix,
+            &message.payload,
+        ) {
+            Ok(event) => self.handle(&event).await,
+            Err(reason) => Err(HandleError::Poison(reason)),
+        };
+        match outcome {
+            Ok(()) => message.ack().await.map_err(nats)?,
+            Err(HandleError::Poison(reason)) => {
+                self.dead_letter(message, attempts, &reason).await?
+            }
+            Err(e) if attempts >= self.config.max_deliver => {
+                self.dead_letter(message, attempts, &e.to_string()).await?
+            }
+            Err(e) => {
+                let delay = self
+                    .config
+                    .backoff
+                    .get((attempts - 1).max(0) as usize)
+                    .or(self.config.backoff.last())
+                    .copied();
+                tracing::warn!(worker = self.worker.name(), attempts, error = %e, "handler failed; redelivering");
+                message.ack_with(AckKind::Nak(delay)).await.map_err(nats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle once: the processed record and the effects commit together.
+    async fn handle(&self, event: &Delivered) -> Result<(), HandleError> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = sqlx::query(&format!(
+            "INSERT INTO {} (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            self.worker.processed_table()
+        ))
+        .bind(event.event_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if fresh {
+            self.worker.handle(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        attempts: i64,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
+        let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert("ordo-dead-letter-reason", reason);
+        headers.insert("ordo-original-subject", message.subject.as_str());
+        headers.insert("ordo-attempts", attempts.to_string().as_str());
+        // A dead letter is its own message: not deduplicated against the original.
+        headers.insert("Nats-Msg-Id", format!("dlq-{}", Uuid::now_v7()).as_str());
+        let subject = format!("{}.{}", self.config.dlq_prefix, self.worker.name());
+        self.js
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(nats)?;
+        let event_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("ce-id"))
+            .and_then(|v| Uuid::parse_str(v.as_str()).ok());
+        sqlx::query(
+            "INSERT INTO workers.dead_letters (id, worker, event_id, subject, stream_sequence, attempts, error, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(self.worker.name())
+        .bind(event_id)
+        .bind(message.subject.as_str())
+        .bind(stream_sequence as i64)
+        .bind(attempts)
+        .bind(reason)
+        .bind(String::from_utf8_lossy(&message.payload).into_owned())
+        .execute(&self.pool)
+        .await?;
+        tracing::error!(
+            worker = self.worker.name(),
+            stream_sequence,
+            reason,
+            "message dead-lettered"
+        );
+        message.ack_with(AckKind::Term).await.map_err(nats)?;
+        Ok(())
+    }
+
+    /// Handle messages until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+            if let Err(e) = self.step(100, Duration::from_secs(1)).await {
+                tracing::warn!(worker = self.worker.name(), error = %e, "worker step failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
