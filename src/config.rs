@@ -69,6 +69,15 @@ pub struct Config {
     #[arg(long, env = "ORDO_READ_WAIT_SECS", default_value_t = 5)]
     pub read_wait_secs: u64,
 
+    /// SMTP server the notification worker sends through, like `smtp://127.0.0.1:2525`
+    /// (plain SMTP); without it notifications are only recorded.
+    #[arg(long, env = "ORDO_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// Sender of the notification e-mails.
+    #[arg(long, env = "ORDO_SMTP_FROM", default_value = "orders@ordo.invalid")]
+    pub smtp_from: String,
+
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
     /// commits, before its answer is stored or sent.
     #[arg(
@@ -100,6 +109,8 @@ impl Config {
             nats_stream: "ORDO_EVENTS".into(),
             nats_subject_prefix: "ordo.events".into(),
             read_wait_secs: 5,
+            smtp_url: None,
+            smtp_from: "orders@ordo.invalid".into(),
             crash_after_commit: false,
         }
     }

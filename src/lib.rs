@@ -14,6 +14,7 @@ use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_workers::notification::Mailer;
 use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -49,6 +50,8 @@ pub struct Application {
     roles: Vec<ServeRole>,
     runner: RunnerConfig,
     relay: RelayConfig,
+    /// The notification worker's SMTP client, when `smtp_url` is set.
+    mailer: Option<Mailer>,
 }
 
 impl Application {
@@ -71,8 +74,20 @@ impl Application {
             body_limit: config.body_limit,
             crash_after_commit: config.crash_after_commit,
             read_wait: Duration::from_secs(config.read_wait_secs),
+            workers: WorkerConfig {
+                stream: config.nats_stream.clone(),
+                subject_prefix: config.nats_subject_prefix.clone(),
+                ..WorkerConfig::new(config.nats_url.clone())
+            },
         };
+        let mailer = config
+            .smtp_url
+            .as_deref()
+            .map(|url| Mailer::new(url, &config.smtp_from))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("smtp: {e}"))?;
         Ok(Self {
+            mailer,
             listener,
             state: AppState::new(pool, api),
             roles: config.roles.clone(),
@@ -137,10 +152,25 @@ impl Application {
             let (pool, relay, stopped) =
                 (self.state.pool.clone(), self.relay.clone(), stopped.clone());
             tasks.push(tokio::spawn(run_worker(
-                pool,
+                pool.clone(),
+                Worker::Integration,
+                relay.clone(),
+                stopped.clone(),
+                None,
+            )));
+            tasks.push(tokio::spawn(run_worker(
+                pool.clone(),
                 Worker::Analytics,
+                relay.clone(),
+                stopped.clone(),
+                None,
+            )));
+            tasks.push(tokio::spawn(run_worker(
+                pool,
+                Worker::Notification,
                 relay,
                 stopped,
+                self.mailer.clone(),
             )));
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
@@ -179,6 +209,7 @@ async fn run_worker(
     worker: Worker,
     relay: RelayConfig,
     mut stopped: watch::Receiver<bool>,
+    mailer: Option<Mailer>,
 ) {
     let config = WorkerConfig {
         stream: relay.stream,
@@ -187,7 +218,7 @@ async fn run_worker(
     };
     while !*stopped.borrow() {
         match WorkerRunner::connect(pool.clone(), worker, config.clone()).await {
-            Ok(runner) => return runner.run(stopped).await,
+            Ok(runner) => return runner.with_mailer(mailer).run(stopped).await,
             Err(e) => tracing::warn!(worker = worker.name(), error = %e, "worker cannot start yet"),
         }
         tokio::select! {

@@ -213,3 +213,15 @@ policy!(
     /// Analytics: analysts and admins.
     Analysts: Analyst, Admin
 );
+policy!(
+    /// Notifications sent or recorded: support and admins.
+    NotificationReaders: Support, Admin
+);
+policy!(
+    /// Workers, dead letters, keys: admins only.
+    Admins: Admin
+);
+policy!(
+    /// Webhook endpoints: admins only.
+    WebhookAdmins: Admin
+);

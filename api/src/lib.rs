@@ -35,6 +35,8 @@ pub struct ApiConfig {
     pub crash_after_commit: bool,
     /// How long a read with `min_position` waits for its projection before answering 503.
     pub read_wait: std::time::Duration,
+    /// Where the workers' streams are, for the operations routes.
+    pub workers: ordo_workers::WorkerConfig,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +45,7 @@ impl Default for ApiConfig {
             body_limit: 64 * 1024,
             crash_after_commit: false,
             read_wait: std::time::Duration::from_secs(5),
+            workers: ordo_workers::WorkerConfig::new("nats://127.0.0.1:4222"),
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct AppState {
     pub commands: Arc<Commands>,
     /// API keys recently seen.
     pub keys: KeyCache,
+    /// Worker status, replay and dead letters (connects to NATS on first use).
+    pub workers: Arc<ordo_workers::ops::WorkersAdmin>,
     pub config: Arc<ApiConfig>,
 }
 
@@ -73,6 +78,7 @@ impl AppState {
             commands: Arc::new(Commands::new(pool.clone())),
             pool,
             keys: KeyCache::default(),
+            workers: Arc::new(ordo_workers::ops::WorkersAdmin::new(config.workers.clone())),
             config: Arc::new(config),
         }
     }
@@ -99,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::audit::router())
         .merge(routes::projections::router())
         .merge(routes::analytics::router())
+        .merge(routes::webhooks::router())
+        .merge(routes::workers::router())
+        .merge(routes::notifications::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_rebuild;
 mod projections;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,11 @@ enum Command {
     Projections {
         #[command(subcommand)]
         command: projections::ProjectionsCommand,
+    },
+    /// Workers on JetStream: status, replay.
+    Workers {
+        #[command(subcommand)]
+        command: workers::WorkersCommand,
     },
     /// Drive a running server with concurrent clients placing orders; print throughput
     /// and latency percentiles.
@@ -110,6 +116,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { command } => projections::run(command).await,
+        Command::Workers { command } => workers::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchRebuild(args) => bench_rebuild::run_bench(args).await,
     }

@@ -22,29 +22,47 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::analytics;
+use crate::integration;
+use crate::notification::{self, Mailer};
 
 /// The workers (DESIGN.md §6). A closed set; each has its own schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Worker {
     Analytics,
+    Integration,
+    Notification,
 }
 
 impl Worker {
     pub fn name(self) -> &'static str {
         match self {
             Self::Analytics => "analytics",
+            Self::Integration => "integration",
+            Self::Notification => "notification",
         }
     }
 
     fn processed_table(self) -> &'static str {
         match self {
             Self::Analytics => "analytics.processed",
+            Self::Integration => "integration.processed",
+            Self::Notification => "notification.processed",
         }
     }
 
-    async fn handle(self, tx: &mut PgConnection, event: &Delivered) -> Result<(), HandleError> {
+    /// `pool` is for effects that must outlive a rolled-back `tx` (the integration worker's
+    /// delivery attempts).
+    async fn handle(
+        self,
+        pool: &PgPool,
+        tx: &mut PgConnection,
+        event: &Delivered,
+        mailer: Option<&Mailer>,
+    ) -> Result<(), HandleError> {
         match self {
             Self::Analytics => analytics::handle(tx, event).await,
+            Self::Integration => integration::handle(pool, event).await,
+            Self::Notification => notification::handle(tx, event, mailer).await,
         }
     }
 }
@@ -99,6 +117,9 @@ pub enum HandleError {
     /// Perhaps later (the database is away, say): redeliver after the backoff.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A side effect failed (a webhook answered non-2xx, say): redeliver after the backoff.
+    #[error("{0}")]
+    Retry(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +171,7 @@ pub struct WorkerRunner {
     config: WorkerConfig,
     js: jetstream::Context,
     consumer: Consumer<pull::Config>,
+    mailer: Option<Mailer>,
 }
 
 impl WorkerRunner {
@@ -205,7 +227,14 @@ impl WorkerRunner {
             config,
             js,
             consumer,
+            mailer: None,
         })
+    }
+
+    /// The SMTP client the notification worker sends with; without one it only records.
+    pub fn with_mailer(mut self, mailer: Option<Mailer>) -> Self {
+        self.mailer = mailer;
+        self
     }
 
     /// Handle what is waiting (up to `max` messages, waiting at most `wait`); returns how
@@ -274,7 +303,9 @@ impl WorkerRunner {
         .rows_affected()
             == 1;
         if fresh {
-            self.worker.handle(&mut tx, event).await?;
+            self.worker
+                .handle(&self.pool, &mut tx, event, self.mailer.as_ref())
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -306,8 +337,8 @@ impl WorkerRunner {
             .and_then(|h| h.get("ce-id"))
             .and_then(|v| Uuid::parse_str(v.as_str()).ok());
         sqlx::query(
-            "INSERT INTO workers.dead_letters (id, worker, event_id, subject, stream_sequence, attempts, error, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO workers.dead_letters (id, worker, event_id, subject, stream_sequence, attempts, error, body, headers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(Uuid::now_v7())
         .bind(self.worker.name())
@@ -317,6 +348,7 @@ impl WorkerRunner {
         .bind(attempts)
         .bind(reason)
         .bind(String::from_utf8_lossy(&message.payload).into_owned())
+        .bind(crate::ops::headers_json(message.headers.as_ref()))
         .execute(&self.pool)
         .await?;
         tracing::error!(

@@ -7,6 +7,9 @@
 
 pub mod analytics;
 pub mod consumer;
+pub mod integration;
+pub mod notification;
+pub mod ops;
 pub mod process_manager;
 pub mod relay;
 

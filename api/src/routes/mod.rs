@@ -4,9 +4,12 @@ pub mod analytics;
 pub mod audit;
 pub mod customers;
 pub mod health;
+pub mod notifications;
 pub mod orders;
 pub mod payments;
 pub mod projections;
+pub mod webhooks;
+pub mod workers;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};

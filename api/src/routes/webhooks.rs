@@ -1,0 +1,144 @@
+//! `/v1/webhooks`: register a webhook endpoint (admins) and read its delivery attempts. The
+//! integration worker sends the events.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ordo_workers::integration;
+use serde_json::{json, Value};
+
+use super::{limit_param, Params};
+use crate::auth::{self, Allowed};
+use crate::extract::{CommandBody, PathId};
+use crate::validate::Validation;
+use crate::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks", post(register))
+        .route("/v1/webhooks/{id}/deliveries", get(deliveries))
+}
+
+const MAX_URL: usize = 2048;
+
+/// `http://` or `https://`, then a host, no spaces or control characters.
+fn url_problem(url: &str) -> Option<&'static str> {
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
+    match rest {
+        None => Some("must be an http:// or https:// URL"),
+        Some(rest) if rest.is_empty() || rest.starts_with(['/', '?', '#', ':']) => {
+            Some("must name a host")
+        }
+        Some(_) if url.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Some("must not contain spaces or control characters")
+        }
+        Some(_) if url.len() > MAX_URL => Some("must be at most 2048 characters"),
+        Some(_) => None,
+    }
+}
+
+fn parse_register(json: &Value) -> Result<(String, Vec<String>), ApiError> {
+    let mut v = Validation::new();
+    let Some(o) = v.object(json, "") else {
+        return v.finish(|| None);
+    };
+    let url = v
+        .required::<String>(o, "", "url")
+        .and_then(|url| match url_problem(&url) {
+            Some(message) => {
+                v.error("url", message);
+                None
+            }
+            None => Some(url),
+        });
+    let event_types = v.array(o, "", "event_types", |v, item, path| {
+        let Some(pattern) = item.as_str() else {
+            v.error(path, "must be a string");
+            return None;
+        };
+        if integration::valid_event_type(pattern) {
+            Some(pattern.to_owned())
+        } else {
+            v.error(
+                path,
+                "must be an event type (`order.placed`), a prefix (`payment.*`) or `*`",
+            );
+            None
+        }
+    });
+    if event_types.as_ref().is_some_and(Vec::is_empty) {
+        v.error("event_types", "must not be empty");
+    }
+    v.finish(|| Some((url?, event_types?)))
+}
+
+/// 201 `{"id", "secret"}` with `Location: /v1/webhooks/{id}`. The secret is shown once.
+async fn register(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let (url, event_types) = parse_register(&body.json)?;
+    let (id, secret) = integration::register(&app.pool, &url, &event_types).await?;
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "secret": secret})),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `{"items": [...]}`, newest first (`limit`, default 50).
+async fn deliveries(
+    State(app): State<AppState>,
+    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    PathId(id): PathId,
+    Query(q): Query<Params>,
+) -> Result<Response, ApiError> {
+    let limit = limit_param(&q)?;
+    let page = integration::deliveries(&app.pool, id, limit)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no webhook endpoint has this id".into()))?;
+    Ok(Json(page).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_http_or_https_with_a_host() {
+        assert_eq!(url_problem("http://127.0.0.1:8080/hook"), None);
+        assert_eq!(url_problem("HTTPS://example.com"), None);
+        assert!(url_problem("ftp://example.com").is_some());
+        assert!(url_problem("http://").is_some());
+        assert!(url_problem("https:///path").is_some());
+        assert!(url_problem("http://exa mple.com").is_some());
+        assert!(url_problem("example.com").is_some());
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let err = parse_register(&json!({"url": "nope", "event_types": ["order.placed", 3, "x*"]}));
+        let Err(ApiError::Validation(errors)) = err else {
+            panic!("expected validation errors");
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["url", "event_types[1]", "event_types[2]"]);
+        let Err(ApiError::Validation(errors)) =
+            parse_register(&json!({"url": "http://h", "event_types": []}))
+        else {
+            panic!("expected validation errors");
+        };
+        assert_eq!(errors[0].field, "event_types");
+        assert!(parse_register(&json!({"url": "http://h", "event_types": ["*"]})).is_ok());
+    }
+}

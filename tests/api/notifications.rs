@@ -1,0 +1,499 @@
+//! The notification worker on real JetStream (streams, prefixes and consumers of the test's
+//! own) and a local SMTP sink: one e-mail per placed, shipped, cancelled and refunded, each
+//! recorded; recorded only without SMTP; nothing sent twice when everything is delivered
+//! again; an SMTP server that is away leads to retries, then a dead letter, nothing recorded.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use ordo::ServeRole;
+use ordo_api::Role::{Admin, Analyst, Storefront, Support};
+use ordo_workers::notification::Mailer;
+use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+// ---------------------------------------------------------------- an SMTP sink
+
+#[derive(Debug, Clone)]
+struct Mail {
+    from: String,
+    to: Vec<String>,
+    data: String,
+}
+
+impl Mail {
+    /// A header's value, unfolded.
+    fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next().unwrap_or_default();
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", "\t");
+        unfolded.split("\r\n").find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+}
+
+/// A minimal SMTP server on 127.0.0.1: accepts every message and keeps it.
+struct SmtpSink {
+    url: String,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpSink {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("smtp://{}", listener.local_addr().unwrap());
+        let mails = Arc::new(Mutex::new(Vec::new()));
+        let kept = mails.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(session(socket, kept.clone()));
+            }
+        });
+        Self { url, mails, task }
+    }
+
+    fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn session(socket: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) {
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read);
+    let send = |text: &str| format!("{text}\r\n").into_bytes();
+    if write.write_all(&send("220 sink ESMTP")).await.is_err() {
+        return;
+    }
+    let (mut from, mut to) = (String::new(), Vec::new());
+    loop {
+        let mut line = String::new();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let command = line.trim_end().to_owned();
+        let verb = command
+            .split([' ', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let answer = match verb.as_str() {
+            "EHLO" | "HELO" => "250 sink",
+            "MAIL" => {
+                from = command.get(10..).unwrap_or_default().trim().to_owned();
+                "250 OK"
+            }
+            "RCPT" => {
+                to.push(command.get(8..).unwrap_or_default().trim().to_owned());
+                "250 OK"
+            }
+            "DATA" => {
+                if write.write_all(&send("354 go ahead")).await.is_err() {
+                    return;
+                }
+                let mut data = String::new();
+                loop {
+                    let mut l = String::new();
+                    match lines.read_line(&mut l).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if l == ".\r\n" {
+                        break;
+                    }
+                    data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                }
+                mails.lock().unwrap().push(Mail {
+                    from: std::mem::take(&mut from),
+                    to: std::mem::take(&mut to),
+                    data,
+                });
+                "250 OK queued"
+            }
+            "RSET" => {
+                (from, to) = (String::new(), Vec::new());
+                "250 OK"
+            }
+            "NOOP" => "250 OK",
+            "QUIT" => {
+                let _ = write.write_all(&send("221 bye")).await;
+                return;
+            }
+            _ => "502 not implemented",
+        };
+        if write.write_all(&send(answer)).await.is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- NATS set-up
+
+struct Setup {
+    relay: Relay,
+    relay_config: RelayConfig,
+    worker_config: WorkerConfig,
+    js: jetstream::Context,
+}
+
+async fn setup(app: &TestApp) -> Setup {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let relay_config = RelayConfig {
+        stream: format!("ORDO_TEST_{id}"),
+        subject_prefix: format!("t{id}.events"),
+        ..RelayConfig::new(NATS)
+    };
+    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
+        .await
+        .unwrap();
+    relay.ensure_stream().await.unwrap();
+    let worker_config = WorkerConfig {
+        stream: relay_config.stream.clone(),
+        subject_prefix: relay_config.subject_prefix.clone(),
+        dlq_stream: format!("ORDO_TEST_DLQ_{id}"),
+        dlq_prefix: format!("t{id}.dlq"),
+        max_deliver: 3,
+        backoff: vec![Duration::from_millis(100)],
+        ..WorkerConfig::new(NATS)
+    };
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    Setup {
+        relay,
+        relay_config,
+        worker_config,
+        js,
+    }
+}
+
+impl Setup {
+    async fn publish_all(&self, app: &TestApp) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
+                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
+            )
+            .bind(&self.relay_config.stream)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if behind == 0 {
+                return;
+            }
+            let _ = self.relay.step().await;
+            assert!(Instant::now() < deadline, "relay did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> WorkerRunner {
+        WorkerRunner::connect(
+            app.pool.clone(),
+            Worker::Notification,
+            self.worker_config.clone(),
+        )
+        .await
+        .unwrap()
+        .with_mailer(mailer)
+    }
+
+    async fn cleanup(&self) {
+        let _ = self.js.delete_stream(&self.relay_config.stream).await;
+        let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
+    }
+}
+
+/// Step the worker until `sql` counts `expected`.
+async fn work_until(runner: &WorkerRunner, app: &TestApp, sql: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+        if n >= expected {
+            assert_eq!(n, expected, "{sql}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
+        runner.step(50, Duration::from_millis(200)).await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// A registered customer: (id, e-mail).
+async fn customer(app: &TestApp) -> (String, String) {
+    let email = format!("n{}@example.com", uuid::Uuid::new_v4().simple());
+    let id = app
+        .post(
+            Storefront,
+            "/v1/customers",
+            json!({"email": email, "name": "Ada Lovelace"}),
+        )
+        .await
+        .assert_status(201)
+        .id();
+    (id, email)
+}
+
+/// An order of 29.99 EUR, confirmed, paid (captured), shipped, then refunded 5.00 EUR;
+/// and a second order, cancelled. Returns (shipped order, cancelled order).
+async fn orders(app: &TestApp, customer: &str) -> (String, String) {
+    let shipped = app.place_order(customer).await;
+    let cancelled = app.place_order(customer).await;
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{shipped}/confirm"),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    let payment = app.authorized_payment(&shipped, 2999).await;
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/capture"),
+        json!({"amount": 2999}),
+    )
+    .await
+    .assert_status(200);
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{shipped}/ship"),
+        json!({"carrier": "DHL", "tracking_number": "JD0001"}),
+    )
+    .await
+    .assert_status(200);
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/refund"),
+        json!({"amount": 500, "reason": "dented mug"}),
+    )
+    .await
+    .assert_status(200);
+    app.post(
+        Support,
+        &format!("/v1/orders/{cancelled}/cancel"),
+        json!({"reason": "changed my mind"}),
+    )
+    .await
+    .assert_status(200);
+    (shipped, cancelled)
+}
+
+fn field<'a>(items: &'a Value, name: &str) -> Vec<&'a str> {
+    items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[name].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even_when_everything_is_delivered_again(
+) {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let sink = SmtpSink::start().await;
+    let (customer, email) = customer(&app).await;
+    let (shipped, cancelled) = orders(&app, &customer).await;
+    let events = app.event_count().await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let mailer = Mailer::new(&sink.url, "Ordo <orders@ordo.invalid>").unwrap();
+    let runner = s.runner(&app, Some(mailer.clone())).await;
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM notification.processed",
+        events,
+    )
+    .await;
+
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 5, "{mails:#?}");
+    for mail in &mails {
+        assert_eq!(mail.to, [format!("<{email}>")]);
+        assert_eq!(mail.from, "<orders@ordo.invalid>");
+        assert!(mail.header("To").unwrap().contains(&email));
+    }
+    let mut subjects: Vec<String> = mails.iter().map(|m| m.header("Subject").unwrap()).collect();
+    subjects.sort();
+    let mut expected = vec![
+        format!("Refund of 5.00 EUR for your order {shipped}"),
+        format!("Your order {cancelled} has been cancelled"),
+        format!("Your order {cancelled} has been placed"),
+        format!("Your order {shipped} has been placed"),
+        format!("Your order {shipped} has shipped"),
+    ];
+    expected.sort();
+    assert_eq!(subjects, expected);
+    let placed = mails
+        .iter()
+        .find(|m| m.header("Subject").unwrap() == format!("Your order {shipped} has been placed"))
+        .unwrap();
+    assert!(placed.data.contains("Total: 29.99 EUR"), "{}", placed.data);
+    assert!(
+        placed.data.contains("Hello Ada Lovelace"),
+        "{}",
+        placed.data
+    );
+
+    // The API lists them, newest first, for support and admins only.
+    let listed = app
+        .get(Support, &format!("/v1/notifications?order_id={shipped}"))
+        .await;
+    listed.assert_status(200);
+    assert_eq!(
+        field(&listed.body, "kind"),
+        ["payment_refunded", "order_shipped", "order_placed"]
+    );
+    assert_eq!(field(&listed.body, "status"), ["sent"; 3]);
+    assert_eq!(field(&listed.body, "recipient"), [email.as_str(); 3]);
+    let by_customer = app
+        .get(Admin, &format!("/v1/notifications?customer_id={customer}"))
+        .await;
+    by_customer.assert_status(200);
+    assert_eq!(by_customer.body["items"].as_array().unwrap().len(), 5);
+    let cancelled_items = app
+        .get(Support, &format!("/v1/notifications?order_id={cancelled}"))
+        .await;
+    assert_eq!(
+        field(&cancelled_items.body, "kind"),
+        ["order_cancelled", "order_placed"]
+    );
+    app.get(Storefront, "/v1/notifications")
+        .await
+        .assert_problem(403, "forbidden");
+    app.get(Analyst, "/v1/notifications")
+        .await
+        .assert_problem(403, "forbidden");
+    app.get(Support, "/v1/notifications?order_id=nope")
+        .await
+        .assert_problem(400, "bad-query");
+
+    // Replay: a new consumer delivers every message again; nothing is sent twice.
+    drop(runner);
+    s.js.get_stream(&s.relay_config.stream)
+        .await
+        .unwrap()
+        .delete_consumer("notification")
+        .await
+        .unwrap();
+    let runner = s.runner(&app, Some(mailer)).await;
+    let mut redelivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redelivered < events as usize {
+        redelivered += runner.step(50, Duration::from_millis(200)).await.unwrap();
+        assert!(Instant::now() < deadline, "only {redelivered} redelivered");
+    }
+    assert_eq!(sink.mails().len(), 5);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.notifications")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 5);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_smtp_notifications_are_only_recorded() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let (customer, email) = customer(&app).await;
+    let (shipped, _) = orders(&app, &customer).await;
+    let events = app.event_count().await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.runner(&app, None).await;
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM notification.processed",
+        events,
+    )
+    .await;
+
+    let listed = app
+        .get(Support, &format!("/v1/notifications?order_id={shipped}"))
+        .await;
+    listed.assert_status(200);
+    assert_eq!(
+        field(&listed.body, "kind"),
+        ["payment_refunded", "order_shipped", "order_placed"]
+    );
+    assert_eq!(field(&listed.body, "status"), ["recorded"; 3]);
+    assert_eq!(field(&listed.body, "recipient"), [email.as_str(); 3]);
+    let item = &listed.body["items"][0];
+    assert_eq!(
+        item["subject"],
+        format!("Refund of 5.00 EUR for your order {shipped}")
+    );
+    assert!(item["body"].as_str().unwrap().contains("dented mug"));
+    assert_eq!(item["customer_id"], customer.as_str());
+    assert!(item["error"].is_null());
+    let all = app
+        .get(
+            Support,
+            &format!("/v1/notifications?customer_id={customer}"),
+        )
+        .await;
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 5);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_smtp_server_that_is_away_means_retries_then_a_dead_letter_and_nothing_recorded() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let (customer, _) = customer(&app).await;
+    let order = app.place_order(&customer).await;
+
+    // A port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let mailer = Mailer::new(&format!("smtp://127.0.0.1:{port}"), "orders@ordo.invalid").unwrap();
+    let runner = s.runner(&app, Some(mailer)).await;
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM workers.dead_letters WHERE worker = 'notification'",
+        1,
+    )
+    .await;
+    let (attempts, error): (i64, String) =
+        sqlx::query_as("SELECT attempts, error FROM workers.dead_letters")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 3, "every allowed delivery");
+    assert!(error.contains("smtp"), "{error}");
+    let listed = app
+        .get(Support, &format!("/v1/notifications?order_id={order}"))
+        .await;
+    assert_eq!(listed.body, json!({"items": []}));
+    // The customer was learnt; the order's event is not marked processed.
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.processed")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(processed, 1);
+    s.cleanup().await;
+}

@@ -1,0 +1,443 @@
+//! Webhooks: endpoints registered through the API, events signed the Standard Webhooks way
+//! and POSTed by the integration worker on real JetStream (streams and consumers of the
+//! test's own), every attempt recorded, failures retried with backoff, then dead-lettered.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use ordo::ServeRole;
+use ordo_api::Role::{Admin, Storefront};
+use ordo_workers::integration::sign;
+use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::helpers::{read, spawn_app_with, TestApp};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+#[test]
+fn the_signature_matches_the_standard_webhooks_test_vector() {
+    let signature = sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        r#"{"test": 2432232314}"#,
+    )
+    .unwrap();
+    assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+}
+
+/// A webhook receiver on 127.0.0.1: records every request, answers `answer(n)` to the n-th
+/// (from 1).
+struct Receiver {
+    url: String,
+    log: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+}
+
+impl Receiver {
+    async fn start(answer: fn(usize) -> u16) -> Self {
+        let log: Arc<Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
+        let seen = log.clone();
+        let router = Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: String| {
+                let seen = seen.clone();
+                async move {
+                    let n = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push((headers, body));
+                        seen.len()
+                    };
+                    StatusCode::from_u16(answer(n)).unwrap()
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            url: format!("http://{addr}/hook"),
+            log,
+        }
+    }
+
+    fn received(&self) -> Vec<(HeaderMap, String)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+struct Setup {
+    relay: Relay,
+    relay_config: RelayConfig,
+    worker_config: WorkerConfig,
+    js: jetstream::Context,
+}
+
+async fn setup(app: &TestApp) -> Setup {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let relay_config = RelayConfig {
+        stream: format!("ORDO_TEST_{id}"),
+        subject_prefix: format!("t{id}.events"),
+        ..RelayConfig::new(NATS)
+    };
+    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
+        .await
+        .unwrap();
+    relay.ensure_stream().await.unwrap();
+    let worker_config = WorkerConfig {
+        stream: relay_config.stream.clone(),
+        subject_prefix: relay_config.subject_prefix.clone(),
+        dlq_stream: format!("ORDO_TEST_DLQ_{id}"),
+        dlq_prefix: format!("t{id}.dlq"),
+        max_deliver: 3,
+        backoff: vec![Duration::from_millis(100)],
+        ..WorkerConfig::new(NATS)
+    };
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    Setup {
+        relay,
+        relay_config,
+        worker_config,
+        js,
+    }
+}
+
+impl Setup {
+    async fn publish_all(&self, app: &TestApp) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
+                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
+            )
+            .bind(&self.relay_config.stream)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if behind == 0 {
+                return;
+            }
+            let _ = self.relay.step().await;
+            assert!(Instant::now() < deadline, "relay did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn worker(&self, app: &TestApp) -> WorkerRunner {
+        WorkerRunner::connect(
+            app.pool.clone(),
+            Worker::Integration,
+            self.worker_config.clone(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn cleanup(&self) {
+        let _ = self.js.delete_stream(&self.relay_config.stream).await;
+        let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
+    }
+}
+
+/// Step the worker until `sql` counts `expected`.
+async fn work_until(runner: &WorkerRunner, app: &TestApp, sql: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+        if n >= expected {
+            assert_eq!(n, expected, "{sql}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
+        runner.step(50, Duration::from_millis(200)).await.unwrap();
+    }
+}
+
+/// Register an endpoint as admin; its id and secret.
+async fn register(app: &TestApp, url: &str, event_types: Value) -> (String, String) {
+    let created = app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": url, "event_types": event_types}),
+        )
+        .await;
+    created.assert_status(201);
+    let id = created.id();
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/v1/webhooks/{id}").as_str())
+    );
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    (id, secret)
+}
+
+async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
+    let resp = app
+        .get(Admin, &format!("/v1/webhooks/{endpoint}/deliveries"))
+        .await;
+    resp.assert_status(200);
+    resp.body["items"].as_array().unwrap().clone()
+}
+
+async fn placed_event_id(app: &TestApp, order: &str) -> String {
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "SELECT event_id FROM event_store.events WHERE aggregate_id = $1 AND event_type = 'order.placed'",
+    )
+    .bind(order)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+#[tokio::test]
+async fn webhook_registration_is_admin_only_and_validated() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let body = json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.placed", "payment.*", "*"]});
+    app.post(Storefront, "/v1/webhooks", body.clone())
+        .await
+        .assert_problem(403, "forbidden");
+    let bad = app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": "ftp://example.com", "event_types": ["order.placed", "order*", 7]}),
+        )
+        .await;
+    bad.assert_problem(422, "validation");
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["url", "event_types[1]", "event_types[2]"]);
+    app.post(
+        Admin,
+        "/v1/webhooks",
+        json!({"url": "https://example.com/h", "event_types": []}),
+    )
+    .await
+    .assert_problem(422, "validation");
+    let raw = |content_type: &'static str, body: &'static str| {
+        app.client
+            .post(app.url("/v1/webhooks"))
+            .bearer_auth(app.key(Admin))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    read(raw("text/plain", "{}").await.unwrap())
+        .await
+        .assert_problem(415, "unsupported-media-type");
+    read(raw("application/json", "{\"url\":").await.unwrap())
+        .await
+        .assert_problem(400, "malformed-json");
+
+    let (id, _) = register(&app, "http://127.0.0.1:9/hook", body["event_types"].clone()).await;
+    assert_eq!(deliveries(&app, &id).await, Vec::<Value>::new());
+    app.get(
+        Admin,
+        &format!("/v1/webhooks/{}/deliveries", uuid::Uuid::new_v4()),
+    )
+    .await
+    .assert_problem(404, "not-found");
+    app.get(Storefront, &format!("/v1/webhooks/{id}/deliveries"))
+        .await
+        .assert_problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn an_order_placed_is_posted_signed_to_a_subscribed_endpoint() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let hook = Receiver::start(|_| 200).await;
+    let (endpoint, secret) = register(&app, &hook.url, json!(["order.*"])).await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    let events = app.event_count().await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.worker(&app).await;
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM integration.processed",
+        events,
+    )
+    .await;
+
+    // Only the order's event: the customer's is not subscribed to.
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let (headers, body) = &received[0];
+    let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let event_id = placed_event_id(&app, &order).await;
+    assert_eq!(header("webhook-id"), event_id);
+    assert_eq!(header("content-type"), "application/json");
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 60);
+    assert_eq!(
+        header("webhook-signature"),
+        sign(&secret, &event_id, timestamp, body).unwrap()
+    );
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["type"], "order.placed");
+    assert!(payload["timestamp"].is_string());
+    assert_eq!(payload["data"]["order_id"], json!(order));
+
+    let items = deliveries(&app, &endpoint).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["event_id"], json!(event_id));
+    assert_eq!(items[0]["event_type"], "order.placed");
+    assert_eq!(items[0]["attempt"], 1);
+    assert_eq!(items[0]["status_code"], 200);
+    assert_eq!(items[0]["ok"], true);
+    assert!(items[0]["duration_ms"].is_i64());
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried_with_backoff_and_every_attempt_is_recorded() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let hook = Receiver::start(|n| if n == 1 { 500 } else { 200 }).await;
+    let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    let events = app.event_count().await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.worker(&app).await;
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM integration.processed",
+        events,
+    )
+    .await;
+
+    let event_id = placed_event_id(&app, &order).await;
+    let received = hook.received();
+    assert_eq!(received.len(), 2);
+    for (headers, _) in &received {
+        assert_eq!(headers["webhook-id"].to_str().unwrap(), event_id);
+    }
+    let items = deliveries(&app, &endpoint).await;
+    let summary: Vec<(Value, Value, Value)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["attempt"].clone(),
+                i["status_code"].clone(),
+                i["ok"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!(2), json!(200), json!(true)),
+            (json!(1), json!(500), json!(false)),
+        ],
+        "newest first"
+    );
+    assert!(items[1]["error"].as_str().unwrap().contains("500"));
+    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM workers.dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(letters, 0);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_that_always_fails_dead_letters_the_event_without_resending_to_the_others() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let failing = Receiver::start(|_| 503).await;
+    let healthy = Receiver::start(|_| 204).await;
+    let (failing_id, _) = register(&app, &failing.url, json!(["order.placed"])).await;
+    let (healthy_id, _) = register(&app, &healthy.url, json!(["*"])).await;
+    // Nothing listens here: a connection error, recorded without a status.
+    let (refused_id, _) = register(&app, "http://127.0.0.1:9/hook", json!(["order.*"])).await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.worker(&app).await;
+    work_until(
+        &runner,
+        &app,
+        "SELECT count(*) FROM workers.dead_letters",
+        1,
+    )
+    .await;
+
+    let event_id = placed_event_id(&app, &order).await;
+    let (worker, dead_event, attempts): (String, uuid::Uuid, i64) =
+        sqlx::query_as("SELECT worker, event_id, attempts FROM workers.dead_letters")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(worker, "integration");
+    assert_eq!(dead_event.to_string(), event_id);
+    assert_eq!(attempts, 3);
+    let dlq =
+        s.js.get_stream(&s.worker_config.dlq_stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+    assert_eq!(dlq, 1);
+    let processed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM integration.processed WHERE event_id = $1::uuid)",
+    )
+    .bind(&event_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(!processed, "a dead-lettered event is not marked processed");
+
+    // The failing endpoint got every delivery; the healthy one the order once (and the
+    // customer's event), though the message was delivered three times.
+    assert_eq!(failing.received().len(), 3);
+    let healthy_ids: Vec<String> = healthy
+        .received()
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(healthy_ids.len(), 2, "{healthy_ids:?}");
+    assert_eq!(healthy_ids.iter().filter(|id| **id == event_id).count(), 1);
+    let attempts: Vec<Value> = deliveries(&app, &failing_id)
+        .await
+        .iter()
+        .map(|i| {
+            assert_eq!(i["ok"], false);
+            assert_eq!(i["status_code"], 503);
+            i["attempt"].clone()
+        })
+        .collect();
+    assert_eq!(attempts, [json!(3), json!(2), json!(1)]);
+    let refused = deliveries(&app, &refused_id).await;
+    assert_eq!(refused.len(), 3);
+    assert!(refused.iter().all(|i| i["status_code"].is_null()
+        && i["ok"] == false
+        && i["error"].as_str().is_some_and(|e| !e.is_empty())));
+    let healthy_items = deliveries(&app, &healthy_id).await;
+    assert_eq!(healthy_items.len(), 2);
+    assert!(healthy_items
+        .iter()
+        .all(|i| i["ok"] == true && i["status_code"] == 204));
+    s.cleanup().await;
+}

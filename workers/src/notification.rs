@@ -1,0 +1,411 @@
+//! The notification worker: e-mails the customer when an order is placed, shipped or
+//! cancelled and when a payment is refunded, over SMTP when one is configured, and records
+//! every notification in `notification.notifications` either way (DESIGN.md §6).
+//!
+//! The order and payment events do not carry the e-mail address, so the worker keeps the
+//! recipients it learns from `customer.registered` in `notification.customers`. An event
+//! about a customer it does not know yet (redeliveries can reorder messages) is retried.
+//!
+//! # Once in effect
+//!
+//! A message is handled in the transaction that also writes its event id into
+//! `notification.processed` (see [`crate::consumer`]). The e-mail is sent inside that
+//! transaction, after the notification row is written and before the commit: a failed send
+//! is a retryable error, the transaction rolls back and nothing is recorded, so the message
+//! is redelivered with backoff and finally dead-lettered. A redelivery of a handled message
+//! finds its processed record and sends nothing.
+//!
+//! The one window left is at-least-once: the SMTP server accepted the mail and then the
+//! commit failed (the database went away, the process died in between). The message is then
+//! redelivered and the mail sent again. Without an idempotency key honoured by the mail
+//! provider this is the smallest window possible: sending after the commit would turn it
+//! into at-most-once (a lost mail), which is worse for an order confirmation.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use ordo_domain::customer::CustomerRegistered;
+use ordo_domain::order::{OrderCancelled, OrderPlaced, OrderShipped};
+use ordo_domain::payment::PaymentRefunded;
+use ordo_domain::{Amount, Currency};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::consumer::{Delivered, HandleError};
+
+/// The sender used when `ORDO_SMTP_FROM` is not set.
+pub const DEFAULT_FROM: &str = "orders@ordo.invalid";
+
+/// An SMTP client: plain SMTP (no TLS) to `smtp://host[:port]`, one connection per mail.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    /// `url` like `smtp://127.0.0.1:2525` (port 25 when absent); `from` an e-mail address,
+    /// optionally with a name (`Ordo <orders@example.com>`).
+    pub fn new(url: &str, from: &str) -> Result<Self, String> {
+        let (host, port) = parse_smtp_url(url)?;
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e| format!("`{from}` is not a sender address: {e}"))?;
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(Duration::from_secs(10)))
+            .build();
+        Ok(Self { transport, from })
+    }
+
+    async fn send(&self, to: Mailbox, subject: &str, body: &str) -> Result<(), String> {
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body.to_owned())
+            .map_err(|e| format!("cannot build the message: {e}"))?;
+        self.transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("smtp: {e}"))
+    }
+}
+
+fn parse_smtp_url(url: &str) -> Result<(String, u16), String> {
+    let invalid = || format!("`{url}` is not an SMTP URL such as smtp://127.0.0.1:2525");
+    let rest = url.strip_prefix("smtp://").ok_or_else(invalid)?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(invalid());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // `[::1]:25`, `host:25`; a bare IPv6 address needs brackets.
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => {
+            (host, port.parse::<u16>().map_err(|_| invalid())?)
+        }
+        _ => (authority, 25),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Decimal places of a currency's minor unit (ISO 4217); 2 unless listed.
+fn minor_digits(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// `2999` EUR → `29.99 EUR`, `500` JPY → `500 JPY`; integers only.
+pub fn format_money(amount: i64, currency: &str) -> String {
+    let digits = minor_digits(currency);
+    if digits == 0 {
+        return format!("{amount} {currency}");
+    }
+    let scale = 10u64.pow(digits);
+    let sign = if amount < 0 { "-" } else { "" };
+    let abs = amount.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$} {currency}",
+        abs / scale,
+        abs % scale,
+        width = digits as usize
+    )
+}
+
+fn money(amount: Amount, currency: &Currency) -> String {
+    format_money(amount.get(), currency.as_str())
+}
+
+fn data<T: DeserializeOwned>(event: &Delivered) -> Result<T, HandleError> {
+    serde_json::from_value(event.body.clone())
+        .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", event.event_type)))
+}
+
+/// One e-mail to write, before the recipient is known.
+struct Draft {
+    kind: &'static str,
+    order_id: Uuid,
+    customer_id: Uuid,
+    subject: String,
+    /// The text after the greeting.
+    text: String,
+}
+
+fn placed(e: &OrderPlaced) -> Draft {
+    let lines: String = e
+        .lines
+        .iter()
+        .map(|l| {
+            format!(
+                "  {} x {} ({}): {}\n",
+                l.quantity.get(),
+                l.name.as_str(),
+                l.sku.as_str(),
+                money(l.line_total, &e.currency)
+            )
+        })
+        .collect();
+    Draft {
+        kind: "order_placed",
+        order_id: e.order_id,
+        customer_id: e.customer_id,
+        subject: format!("Your order {} has been placed", e.order_id),
+        text: format!(
+            "thank you for your order {}.\n\n{lines}\nTotal: {}\n",
+            e.order_id,
+            money(e.total, &e.currency)
+        ),
+    }
+}
+
+fn shipped(e: &OrderShipped) -> Draft {
+    let what = if e.fully_shipped {
+        "The rest of your order is on its way."
+    } else {
+        "Part of your order is on its way; we will tell you when the rest ships."
+    };
+    Draft {
+        kind: "order_shipped",
+        order_id: e.order_id,
+        customer_id: e.customer_id,
+        subject: format!("Your order {} has shipped", e.order_id),
+        text: format!(
+            "shipment {} of your order {} has left us with {}, tracking number {}.\n{what}\n",
+            e.shipment_number,
+            e.order_id,
+            e.carrier.as_str(),
+            e.tracking_number.as_str()
+        ),
+    }
+}
+
+fn cancelled(e: &OrderCancelled) -> Draft {
+    Draft {
+        kind: "order_cancelled",
+        order_id: e.order_id,
+        customer_id: e.customer_id,
+        subject: format!("Your order {} has been cancelled", e.order_id),
+        text: format!(
+            "your order {} ({}) has been cancelled: {}.\nAnything you paid will be refunded.\n",
+            e.order_id,
+            money(e.total, &e.currency),
+            e.reason.as_str()
+        ),
+    }
+}
+
+fn refunded(e: &PaymentRefunded) -> Draft {
+    Draft {
+        kind: "payment_refunded",
+        order_id: e.order_id,
+        customer_id: e.customer_id,
+        subject: format!(
+            "Refund of {} for your order {}",
+            money(e.amount, &e.currency),
+            e.order_id
+        ),
+        text: format!(
+            "we have refunded {} for your order {}: {}.\nRefunded on this payment so far: {}.\n",
+            money(e.amount, &e.currency),
+            e.order_id,
+            e.reason.as_str(),
+            money(e.refunded_total, &e.currency)
+        ),
+    }
+}
+
+/// Handle one event, inside the transaction that also records it as processed.
+pub async fn handle(
+    tx: &mut PgConnection,
+    event: &Delivered,
+    smtp: Option<&Mailer>,
+) -> Result<(), HandleError> {
+    let draft = match event.event_type.as_str() {
+        "customer.registered" => {
+            let e: CustomerRegistered = data(event)?;
+            sqlx::query(
+                "INSERT INTO notification.customers (customer_id, email, name) VALUES ($1, $2, $3)
+                 ON CONFLICT (customer_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name",
+            )
+            .bind(e.customer_id)
+            .bind(e.email.as_str())
+            .bind(e.name.as_str())
+            .execute(&mut *tx)
+            .await?;
+            return Ok(());
+        }
+        "order.placed" => placed(&data(event)?),
+        "order.shipped" => shipped(&data(event)?),
+        "order.cancelled" => cancelled(&data(event)?),
+        "payment.refunded" => refunded(&data(event)?),
+        _ => return Ok(()),
+    };
+    notify(tx, event, draft, smtp).await
+}
+
+async fn notify(
+    tx: &mut PgConnection,
+    event: &Delivered,
+    draft: Draft,
+    smtp: Option<&Mailer>,
+) -> Result<(), HandleError> {
+    let customer: Option<(String, String)> =
+        sqlx::query_as("SELECT email, name FROM notification.customers WHERE customer_id = $1")
+            .bind(draft.customer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((email, name)) = customer else {
+        return Err(HandleError::Retry(format!(
+            "customer {} not registered yet (customer.registered not handled)",
+            draft.customer_id
+        )));
+    };
+    let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
+    // An address the SMTP client refuses will be refused on every delivery: recorded as
+    // failed rather than retried.
+    let recipient = email
+        .parse::<Address>()
+        .map(|address| Mailbox::new(Some(name.clone()), address))
+        .map_err(|e| format!("recipient `{email}` refused: {e}"));
+    let (status, error) = match (smtp, &recipient) {
+        (None, _) => ("recorded", None),
+        (Some(_), Ok(_)) => ("sent", None),
+        (Some(_), Err(e)) => ("failed", Some(e.clone())),
+    };
+    // The row first, so a database error never follows a sent mail within this handler.
+    sqlx::query(
+        "INSERT INTO notification.notifications
+             (id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event.event_id)
+    .bind(draft.kind)
+    .bind(draft.order_id)
+    .bind(draft.customer_id)
+    .bind(&email)
+    .bind(&draft.subject)
+    .bind(&body)
+    .bind(status)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    if let (Some(mailer), Ok(to)) = (smtp, recipient) {
+        mailer
+            .send(to, &draft.subject, &body)
+            .await
+            .map_err(HandleError::Retry)?;
+    }
+    Ok(())
+}
+
+/// `GET /v1/notifications?order_id=&customer_id=`: newest first, at most `limit`.
+pub async fn list(
+    pool: &PgPool,
+    order_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Value, sqlx::Error> {
+    type Row = (
+        Uuid,
+        Uuid,
+        String,
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error, created_at
+           FROM notification.notifications
+          WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)
+          ORDER BY created_at DESC, id DESC
+          LIMIT $3",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(
+            |(
+                id,
+                event_id,
+                kind,
+                order_id,
+                customer_id,
+                recipient,
+                subject,
+                body,
+                status,
+                error,
+                created_at,
+            )| {
+                json!({"id": id, "event_id": event_id, "kind": kind, "order_id": order_id,
+                       "customer_id": customer_id, "recipient": recipient, "subject": subject,
+                       "body": body, "status": status, "error": error, "created_at": created_at})
+            },
+        )
+        .collect();
+    Ok(json!({ "items": items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_formatted_with_the_currency_s_minor_unit() {
+        assert_eq!(format_money(2999, "EUR"), "29.99 EUR");
+        assert_eq!(format_money(5, "EUR"), "0.05 EUR");
+        assert_eq!(format_money(-150, "USD"), "-1.50 USD");
+        assert_eq!(format_money(500, "JPY"), "500 JPY");
+        assert_eq!(format_money(1234, "KWD"), "1.234 KWD");
+        assert_eq!(format_money(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
+    }
+
+    #[test]
+    fn smtp_urls_give_host_and_port() {
+        assert_eq!(
+            parse_smtp_url("smtp://127.0.0.1:2525"),
+            Ok(("127.0.0.1".into(), 2525))
+        );
+        assert_eq!(
+            parse_smtp_url("smtp://mail.example.com"),
+            Ok(("mail.example.com".into(), 25))
+        );
+        assert_eq!(parse_smtp_url("smtp://[::1]:25"), Ok(("::1".into(), 25)));
+        assert!(parse_smtp_url("http://x:25").is_err());
+        assert!(parse_smtp_url("smtp://x:port").is_err());
+        assert!(parse_smtp_url("smtp://").is_err());
+    }
+}

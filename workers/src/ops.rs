@@ -1,0 +1,282 @@
+//! Operating the workers: status and lag, replay from a position or a time, dead letters and
+//! their redrive. Used by the admin API and the CLI.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self};
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sqlx::PgPool;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::consumer::WorkerConfig;
+
+/// Every worker, by the name of its durable consumer.
+pub const WORKERS: &[&str] = &["notification", "analytics", "integration"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("no worker is called `{0}`")]
+    UnknownWorker(String),
+    #[error("no event has position {0}")]
+    UnknownPosition(i64),
+}
+
+fn nats(e: impl std::fmt::Display) -> OpsError {
+    OpsError::Nats(e.to_string())
+}
+
+/// A message's headers as a JSON object (one string per header, the first value).
+pub fn headers_json(headers: Option<&HeaderMap>) -> Value {
+    let mut out = Map::new();
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            if let Some(value) = values.first() {
+                out.insert(name.to_string(), Value::String(value.as_str().to_owned()));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    /// Messages not yet delivered to the worker; `null` when its consumer does not exist.
+    pub pending: Option<u64>,
+    /// Delivered, not yet acknowledged.
+    pub in_flight: Option<usize>,
+    pub redelivered: Option<usize>,
+    /// Dead letters not redriven.
+    pub dead_letters: i64,
+    pub last_error: Option<String>,
+}
+
+/// id, worker, event id, subject, stream sequence, attempts, error, created, redriven.
+type DeadLetterRow = (
+    Uuid,
+    String,
+    Option<Uuid>,
+    String,
+    i64,
+    i64,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplayFrom {
+    /// From the event at this global position (and everything published after it).
+    Position(i64),
+    Time(DateTime<Utc>),
+}
+
+pub struct WorkersAdmin {
+    config: WorkerConfig,
+    js: OnceCell<jetstream::Context>,
+}
+
+impl WorkersAdmin {
+    pub fn new(config: WorkerConfig) -> Self {
+        Self {
+            config,
+            js: OnceCell::new(),
+        }
+    }
+
+    async fn js(&self) -> Result<&jetstream::Context, OpsError> {
+        self.js
+            .get_or_try_init(|| async {
+                let client = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(self.config.nats_url.as_str())
+                    .await
+                    .map_err(nats)?;
+                Ok(jetstream::new(client))
+            })
+            .await
+    }
+
+    fn known(name: &str) -> Result<(), OpsError> {
+        if WORKERS.contains(&name) {
+            Ok(())
+        } else {
+            Err(OpsError::UnknownWorker(name.into()))
+        }
+    }
+
+    pub async fn status(&self, pool: &PgPool) -> Result<Vec<WorkerStatus>, OpsError> {
+        let letters: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT worker, count(*) FILTER (WHERE redriven_at IS NULL),
+                    (array_agg(error ORDER BY created_at DESC))[1]
+               FROM workers.dead_letters GROUP BY worker",
+        )
+        .fetch_all(pool)
+        .await?;
+        let letters: HashMap<String, (i64, Option<String>)> =
+            letters.into_iter().map(|(w, n, e)| (w, (n, e))).collect();
+        let stream = match self.js().await {
+            Ok(js) => js.get_stream(&self.config.stream).await.ok(),
+            Err(_) => None,
+        };
+        let mut out = Vec::new();
+        for name in WORKERS {
+            let info = match &stream {
+                Some(s) => s.consumer_info(*name).await.ok(),
+                None => None,
+            };
+            let (dead_letters, last_error) = letters.get(*name).cloned().unwrap_or((0, None));
+            out.push(WorkerStatus {
+                name: (*name).into(),
+                pending: info.as_ref().map(|i| i.num_pending),
+                in_flight: info.as_ref().map(|i| i.num_ack_pending),
+                redelivered: info.as_ref().map(|i| i.num_redelivered),
+                dead_letters,
+                last_error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deliver everything again from `from` on. Handlers stay idempotent (their processed
+    /// records), so effects already had are not repeated.
+    pub async fn replay(
+        &self,
+        pool: &PgPool,
+        name: &str,
+        from: ReplayFrom,
+    ) -> Result<DateTime<Utc>, OpsError> {
+        Self::known(name)?;
+        let start = match from {
+            ReplayFrom::Time(t) => t,
+            // The message of that event was published after it was recorded.
+            ReplayFrom::Position(p) => sqlx::query_scalar(
+                "SELECT recorded_at FROM event_store.events WHERE global_position = $1",
+            )
+            .bind(p)
+            .fetch_optional(pool)
+            .await?
+            .ok_or(OpsError::UnknownPosition(p))?,
+        };
+        let stream = self
+            .js()
+            .await?
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(nats)?;
+        let _ = stream.delete_consumer(name).await;
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.into()),
+                filter_subject: format!("{}.>", self.config.subject_prefix),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: self.config.max_deliver,
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        tracing::info!(worker = name, from = %start, "worker replay");
+        Ok(start)
+    }
+
+    /// Dead letters, newest first.
+    pub async fn dead_letters(
+        &self,
+        pool: &PgPool,
+        worker: Option<&str>,
+    ) -> Result<Value, OpsError> {
+        let rows: Vec<DeadLetterRow> = sqlx::query_as(
+                "SELECT id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at
+                   FROM workers.dead_letters WHERE ($1::text IS NULL OR worker = $1)
+                  ORDER BY created_at DESC LIMIT 500",
+            )
+            .bind(worker)
+            .fetch_all(pool)
+            .await?;
+        let items: Vec<Value> = rows
+            .into_iter()
+            .map(
+                |(id, worker, event_id, subject, seq, attempts, error, created_at, redriven_at)| {
+                    json!({"id": id, "worker": worker, "event_id": event_id, "subject": subject,
+                       "stream_sequence": seq, "attempts": attempts, "error": error,
+                       "created_at": created_at, "redriven_at": redriven_at})
+                },
+            )
+            .collect();
+        Ok(json!({ "items": items }))
+    }
+
+    /// Publish a dead letter again as the event it was; `false` if there is no such dead
+    /// letter waiting. Every worker sees it; those that handled it already skip it.
+    pub async fn redrive(&self, pool: &PgPool, id: Uuid) -> Result<bool, OpsError> {
+        let row: Option<(String, String, Value)> = sqlx::query_as(
+            "SELECT subject, body, headers FROM workers.dead_letters WHERE id = $1 AND redriven_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        let Some((subject, body, headers)) = row else {
+            return Ok(false);
+        };
+        let mut h = HeaderMap::new();
+        for (name, value) in headers.as_object().into_iter().flatten() {
+            if name.starts_with("ordo-dead-letter")
+                || name == "ordo-original-subject"
+                || name == "ordo-attempts"
+            {
+                continue;
+            }
+            if let Some(v) = value.as_str() {
+                h.insert(name.as_str(), v);
+            }
+        }
+        // A fresh message id: the original may still be inside the duplicate window.
+        h.insert(
+            "Nats-Msg-Id",
+            format!("redrive-{}", Uuid::now_v7()).as_str(),
+        );
+        self.js()
+            .await?
+            .publish_with_headers(subject, h, body.into_bytes().into())
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(nats)?;
+        sqlx::query("UPDATE workers.dead_letters SET redriven_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(true)
+    }
+
+    /// Redrive every waiting dead letter of `worker`; returns how many.
+    pub async fn redrive_all(&self, pool: &PgPool, worker: &str) -> Result<usize, OpsError> {
+        Self::known(worker)?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM workers.dead_letters WHERE worker = $1 AND redriven_at IS NULL ORDER BY created_at",
+        )
+        .bind(worker)
+        .fetch_all(pool)
+        .await?;
+        let mut n = 0;
+        for id in ids {
+            if self.redrive(pool, id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
