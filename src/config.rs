@@ -65,6 +65,15 @@ pub struct Config {
     )]
     pub roles: Vec<ServeRole>,
 
+    /// Which workers the `workers` role runs, comma separated.
+    #[arg(
+        long,
+        env = "ORDO_WORKERS",
+        value_delimiter = ',',
+        default_value = "notification,analytics,integration"
+    )]
+    pub workers: Vec<String>,
+
     /// Seconds a read with `min_position` waits for its projection before answering 503.
     #[arg(long, env = "ORDO_READ_WAIT_SECS", default_value_t = 5)]
     pub read_wait_secs: u64,
@@ -108,6 +117,11 @@ impl Config {
             ],
             nats_stream: "ORDO_EVENTS".into(),
             nats_subject_prefix: "ordo.events".into(),
+            workers: vec![
+                "notification".into(),
+                "analytics".into(),
+                "integration".into(),
+            ],
             read_wait_secs: 5,
             smtp_url: None,
             smtp_from: "orders@ordo.invalid".into(),

@@ -52,6 +52,8 @@ pub struct Application {
     relay: RelayConfig,
     /// The notification worker's SMTP client, when `smtp_url` is set.
     mailer: Option<Mailer>,
+    /// Which workers the `workers` role runs.
+    workers: Vec<Worker>,
 }
 
 impl Application {
@@ -86,8 +88,18 @@ impl Application {
             .map(|url| Mailer::new(url, &config.smtp_from))
             .transpose()
             .map_err(|e| anyhow::anyhow!("smtp: {e}"))?;
+        let workers = config
+            .workers
+            .iter()
+            .map(|name| {
+                Worker::from_name(name).with_context(|| {
+                    format!("no worker is called `{name}` (notification, analytics, integration)")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             mailer,
+            workers,
             listener,
             state: AppState::new(pool, api),
             roles: config.roles.clone(),
@@ -149,29 +161,18 @@ impl Application {
             }));
         }
         if self.roles.contains(&ServeRole::Workers) {
-            let (pool, relay, stopped) =
-                (self.state.pool.clone(), self.relay.clone(), stopped.clone());
-            tasks.push(tokio::spawn(run_worker(
-                pool.clone(),
-                Worker::Integration,
-                relay.clone(),
-                stopped.clone(),
-                None,
-            )));
-            tasks.push(tokio::spawn(run_worker(
-                pool.clone(),
-                Worker::Analytics,
-                relay.clone(),
-                stopped.clone(),
-                None,
-            )));
-            tasks.push(tokio::spawn(run_worker(
-                pool,
-                Worker::Notification,
-                relay,
-                stopped,
-                self.mailer.clone(),
-            )));
+            for worker in self.workers.iter().copied() {
+                let mailer = (worker == Worker::Notification)
+                    .then(|| self.mailer.clone())
+                    .flatten();
+                tasks.push(tokio::spawn(run_worker(
+                    self.state.pool.clone(),
+                    worker,
+                    self.relay.clone(),
+                    stopped.clone(),
+                    mailer,
+                )));
+            }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
         let served = match self.listener {

@@ -27,6 +27,13 @@ enum Command {
         #[command(flatten)]
         config: Config,
     },
+    /// Run one worker alone (notification, analytics or integration): the same as
+    /// `serve --roles workers --workers NAME`.
+    Worker {
+        name: String,
+        #[command(flatten)]
+        config: Config,
+    },
     /// Create the database if needed and apply migrations, then exit.
     Migrate {
         #[command(flatten)]
@@ -92,6 +99,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             if let Ok(addr) = app.local_addr() {
                 tracing::info!(addr = %addr, "listening");
             }
+            app.run_until_stopped(crate::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Worker { name, mut config } => {
+            config.roles = vec![crate::ServeRole::Workers];
+            config.workers = vec![name];
+            let app = Application::build(&config).await?;
             app.run_until_stopped(crate::shutdown_signal()).await?;
             Ok(())
         }

@@ -295,3 +295,57 @@ async fn a_failing_message_is_retried_then_dead_lettered_while_the_others_go_on(
     assert_eq!(funnel.body["placed"], 1);
     s.cleanup().await;
 }
+
+#[tokio::test]
+async fn ordo_worker_runs_one_worker_alone() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    app.confirmed_order().await;
+    let events = app.event_count().await;
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["worker", "analytics"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("ORDO_NATS_STREAM", &s.relay_config.stream)
+        .env("ORDO_NATS_SUBJECT_PREFIX", &s.relay_config.subject_prefix)
+        .env("ORDO_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.processed")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if n == events {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker process handled {n} of {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        app.get(Analyst, "/v1/analytics/funnel").await.body["confirmed"],
+        1
+    );
+
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["worker", "nobody"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("ORDO_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no worker is called `nobody`"));
+    let _ =
+        s.js.delete_consumer_from_stream("analytics", &s.relay_config.stream)
+            .await;
+    s.cleanup().await;
+}

@@ -34,6 +34,12 @@ pub enum Worker {
 }
 
 impl Worker {
+    pub const ALL: [Worker; 3] = [Worker::Notification, Worker::Analytics, Worker::Integration];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Analytics => "analytics",

@@ -19,6 +19,15 @@ use crate::consumer::WorkerConfig;
 /// Every worker, by the name of its durable consumer.
 pub const WORKERS: &[&str] = &["notification", "analytics", "integration"];
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_operations_know_every_worker() {
+        let names: Vec<&str> = crate::Worker::ALL.iter().map(|w| w.name()).collect();
+        assert_eq!(names, super::WORKERS);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     #[error("nats: {0}")]
