@@ -121,7 +121,7 @@ impl<S: Default> Stream<S> {
     }
 }
 
-async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
+pub(crate) async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
     let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
         .fetch_one(pool)
         .await?;

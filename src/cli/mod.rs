@@ -1,6 +1,7 @@
 //! `ordo` subcommands (DESIGN.md §7).
 
 mod bench;
+mod bench_pipeline;
 mod bench_rebuild;
 mod projections;
 mod workers;
@@ -59,6 +60,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Seed a log (default 1,000,000 events) and time a rebuild of all three read models.
     BenchRebuild(bench_rebuild::RebuildBenchArgs),
+    /// Relay throughput and commit -> worker-handler latency at a steady rate (needs NATS).
+    BenchPipeline(bench_pipeline::PipelineBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,5 +136,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Workers { command } => workers::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchRebuild(args) => bench_rebuild::run_bench(args).await,
+        Command::BenchPipeline(args) => bench_pipeline::run_bench(args).await,
     }
 }

@@ -1,0 +1,170 @@
+//! The pipeline benchmark: relay throughput (events published and acknowledged per second)
+//! and the latency from an event's commit to a worker's handler at a steady command rate.
+//! Needs NATS with JetStream; uses a stream and consumer of its own and deletes them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ordo_commands::{Actor, CommandMetadata, Commands};
+use ordo_domain::customer::RegisterCustomer;
+use ordo_domain::values::{Email, Text};
+use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use sqlx::PgPool;
+use tokio::sync::{watch, Semaphore};
+use uuid::Uuid;
+
+use crate::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct PipelineBenchArgs {
+    #[command(flatten)]
+    config: Config,
+    /// Events already in the log for the relay-throughput run (seeded if fewer).
+    #[arg(long, default_value_t = 100_000)]
+    events: i64,
+    /// Commands per second during the latency run (one event each).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+}
+
+async fn relayed_all(pool: &PgPool, stream: &str) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM event_store.events e WHERE NOT EXISTS (
+             SELECT 1 FROM relay.checkpoint c WHERE c.stream = $1
+                AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position)))",
+    )
+    .bind(stream)
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
+    let pool = crate::migrate(&args.config).await?;
+    super::bench_rebuild::seed(&pool, args.events).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(&pool)
+        .await?;
+    let id = Uuid::new_v4().simple().to_string();
+    let relay_config = RelayConfig {
+        stream: format!("ORDO_BENCH_{id}"),
+        subject_prefix: format!("bench{id}.events"),
+        ..RelayConfig::new(args.config.nats_url.clone())
+    };
+
+    // 1. Relay throughput over the whole log.
+    let relay = Relay::connect(pool.clone(), relay_config.clone()).await?;
+    relay.ensure_stream().await?;
+    let started = Instant::now();
+    while !relayed_all(&pool, &relay_config.stream).await? {
+        relay.step().await?;
+    }
+    let relay_secs = started.elapsed().as_secs_f64();
+
+    // 2. Commit → handler latency at a steady rate, relay and analytics worker running.
+    let worker_config = WorkerConfig {
+        stream: relay_config.stream.clone(),
+        subject_prefix: relay_config.subject_prefix.clone(),
+        dlq_stream: format!("ORDO_BENCH_DLQ_{id}"),
+        dlq_prefix: format!("bench{id}.dlq"),
+        ..WorkerConfig::new(args.config.nats_url.clone())
+    };
+    let worker = WorkerRunner::connect(pool.clone(), Worker::Analytics, worker_config).await?;
+    // The worker first works through the seeded log, untimed.
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics.processed")
+        .fetch_one(&pool)
+        .await?
+        < events
+    {
+        worker.step(500, Duration::from_millis(200)).await?;
+    }
+    let (stop, stopped) = watch::channel(false);
+    let relay_task = tokio::spawn(relay.run(stopped.clone()));
+    let worker_task = tokio::spawn(worker.run(stopped));
+    let commands = Arc::new(Commands::new(pool.clone()));
+    let meta = CommandMetadata {
+        correlation_id: Uuid::new_v4(),
+        causation_id: Uuid::new_v4(),
+        actor: Actor {
+            key_id: None,
+            name: "bench".into(),
+            role: "system".into(),
+        },
+        request_id: String::new(),
+        idempotency_key: None,
+        traceparent: None,
+    };
+    let load_start = Utc::now();
+    let in_flight = Arc::new(Semaphore::new(128));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    let end = Instant::now() + Duration::from_secs(args.duration);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (commands, meta) = (commands.clone(), meta.clone());
+        tokio::spawn(async move {
+            let n = Uuid::now_v7();
+            if let (Ok(email), Ok(name)) = (
+                Email::parse(&format!("p{}@example.com", n.simple())),
+                Text::parse("Pipeline"),
+            ) {
+                let cmd = RegisterCustomer {
+                    customer_id: n,
+                    email,
+                    name,
+                    phone: None,
+                    registered_at: Utc::now(),
+                };
+                if let Err(e) = commands.register_customer(cmd, &meta).await {
+                    tracing::warn!(error = %e, "bench command failed");
+                }
+            }
+            drop(permit);
+        });
+        sent += 1;
+    }
+    let _ = in_flight.acquire_many(128).await?;
+    let expected: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(&pool)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics.processed")
+        .fetch_one(&pool)
+        .await?
+        < expected
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    let _ = relay_task.await;
+    let _ = worker_task.await;
+    let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
+           FROM (SELECT extract(epoch FROM p.processed_at - e.recorded_at)::float8 * 1000 AS ms
+                   FROM analytics.processed p JOIN event_store.events e USING (event_id)
+                  WHERE e.recorded_at >= $1) t",
+    )
+    .bind(load_start)
+    .fetch_one(&pool)
+    .await?;
+
+    let js = async_nats::jetstream::new(async_nats::connect(args.config.nats_url.as_str()).await?);
+    let _ = js.delete_stream(&relay_config.stream).await;
+    let _ = js.delete_stream(format!("ORDO_BENCH_DLQ_{id}")).await;
+    #[allow(clippy::print_stdout)] // the report is this command's output
+    {
+        println!(
+            "relay: {events} events published and acknowledged in {relay_secs:.1} s: {:.0} events/s\n\
+             commit -> analytics handler at {} commands/s for {} s ({sent} sent): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+            events as f64 / relay_secs,
+            args.rate,
+            args.duration
+        );
+    }
+    Ok(())
+}
