@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod helpers;
+mod nats;
 
 mod audit;
 mod auth;

@@ -3,22 +3,19 @@
 //! test's own), every attempt recorded, failures retried with backoff, then dead-lettered.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use ordo::ServeRole;
 use ordo_api::Role::{Admin, Storefront};
 use ordo_workers::integration::sign;
-use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use ordo_workers::{Worker, WorkerRunner};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::helpers::{read, spawn_app_with, TestApp};
-
-const NATS: &str = "nats://127.0.0.1:4222";
+use crate::nats::{setup, work_until, Setup};
 
 #[test]
 fn the_signature_matches_the_standard_webhooks_test_vector() {
@@ -71,63 +68,7 @@ impl Receiver {
     }
 }
 
-struct Setup {
-    relay: Relay,
-    relay_config: RelayConfig,
-    worker_config: WorkerConfig,
-    js: jetstream::Context,
-}
-
-async fn setup(app: &TestApp) -> Setup {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let relay_config = RelayConfig {
-        stream: format!("ORDO_TEST_{id}"),
-        subject_prefix: format!("t{id}.events"),
-        ..RelayConfig::new(NATS)
-    };
-    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
-        .await
-        .unwrap();
-    relay.ensure_stream().await.unwrap();
-    let worker_config = WorkerConfig {
-        stream: relay_config.stream.clone(),
-        subject_prefix: relay_config.subject_prefix.clone(),
-        dlq_stream: format!("ORDO_TEST_DLQ_{id}"),
-        dlq_prefix: format!("t{id}.dlq"),
-        max_deliver: 3,
-        backoff: vec![Duration::from_millis(100)],
-        ..WorkerConfig::new(NATS)
-    };
-    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
-    Setup {
-        relay,
-        relay_config,
-        worker_config,
-        js,
-    }
-}
-
 impl Setup {
-    async fn publish_all(&self, app: &TestApp) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
-                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
-            )
-            .bind(&self.relay_config.stream)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            if behind == 0 {
-                return;
-            }
-            let _ = self.relay.step().await;
-            assert!(Instant::now() < deadline, "relay did not catch up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     async fn worker(&self, app: &TestApp) -> WorkerRunner {
         WorkerRunner::connect(
             app.pool.clone(),
@@ -136,25 +77,6 @@ impl Setup {
         )
         .await
         .unwrap()
-    }
-
-    async fn cleanup(&self) {
-        let _ = self.js.delete_stream(&self.relay_config.stream).await;
-        let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
-    }
-}
-
-/// Step the worker until `sql` counts `expected`.
-async fn work_until(runner: &WorkerRunner, app: &TestApp, sql: &str, expected: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
-        if n >= expected {
-            assert_eq!(n, expected, "{sql}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
-        runner.step(50, Duration::from_millis(200)).await.unwrap();
     }
 }
 

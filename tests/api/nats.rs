@@ -1,0 +1,88 @@
+//! Shared set-up for tests against real NATS JetStream: a relay and a worker configuration
+//! on a stream, subject prefix and dead-letter stream of the test's own.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use ordo_workers::{Relay, RelayConfig, WorkerConfig, WorkerRunner};
+
+use crate::helpers::TestApp;
+
+pub const NATS: &str = "nats://127.0.0.1:4222";
+
+pub struct Setup {
+    pub relay: Relay,
+    pub relay_config: RelayConfig,
+    pub worker_config: WorkerConfig,
+    pub js: jetstream::Context,
+}
+
+pub async fn setup(app: &TestApp) -> Setup {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let relay_config = RelayConfig {
+        stream: format!("ORDO_TEST_{id}"),
+        subject_prefix: format!("t{id}.events"),
+        ..RelayConfig::new(NATS)
+    };
+    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
+        .await
+        .unwrap();
+    relay.ensure_stream().await.unwrap();
+    let worker_config = WorkerConfig {
+        stream: relay_config.stream.clone(),
+        subject_prefix: relay_config.subject_prefix.clone(),
+        dlq_stream: format!("ORDO_TEST_DLQ_{id}"),
+        dlq_prefix: format!("t{id}.dlq"),
+        max_deliver: 3,
+        backoff: vec![Duration::from_millis(100)],
+        ..WorkerConfig::new(NATS)
+    };
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    Setup {
+        relay,
+        relay_config,
+        worker_config,
+        js,
+    }
+}
+
+impl Setup {
+    pub async fn publish_all(&self, app: &TestApp) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
+                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
+            )
+            .bind(&self.relay_config.stream)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if behind == 0 {
+                return;
+            }
+            let _ = self.relay.step().await;
+            assert!(Instant::now() < deadline, "relay did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn cleanup(&self) {
+        let _ = self.js.delete_stream(&self.relay_config.stream).await;
+        let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
+    }
+}
+
+/// Step the worker until `done` holds.
+pub async fn work_until(runner: &WorkerRunner, app: &TestApp, sql: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+        if n >= expected {
+            assert_eq!(n, expected, "{sql}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
+        runner.step(50, Duration::from_millis(200)).await.unwrap();
+    }
+}
