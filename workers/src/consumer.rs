@@ -209,7 +209,13 @@ impl WorkerRunner {
         })
         .await
         .map_err(nats)?;
-        let events = js.get_stream(&config.stream).await.map_err(nats)?;
+        let events = js
+            .get_or_create_stream(crate::relay::events_stream(
+                &config.stream,
+                &config.subject_prefix,
+            ))
+            .await
+            .map_err(nats)?;
         let filter = format!("{}.>", config.subject_prefix);
         let mut consumer: Consumer<pull::Config> = events
             .get_or_create_consumer(

@@ -60,6 +60,19 @@ pub struct Relay {
     js: jetstream::Context,
 }
 
+/// The event stream's configuration: file storage, one subject tree, a two-minute window
+/// in which a repeated `Nats-Msg-Id` is dropped. The relay and the workers both create it
+/// if it is missing, whichever starts first.
+pub fn events_stream(name: &str, subject_prefix: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{subject_prefix}.>")],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
 /// The headers of one event's message.
 pub fn headers(event: &FeedEvent) -> HeaderMap {
     let meta: Value = serde_json::from_str(&event.metadata).unwrap_or(Value::Null);
@@ -130,13 +143,10 @@ impl Relay {
     /// Create the stream if it is missing (file storage, one subject tree).
     pub async fn ensure_stream(&self) -> Result<(), RelayError> {
         self.js
-            .get_or_create_stream(stream::Config {
-                name: self.config.stream.clone(),
-                subjects: vec![format!("{}.>", self.config.subject_prefix)],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
+            .get_or_create_stream(events_stream(
+                &self.config.stream,
+                &self.config.subject_prefix,
+            ))
             .await
             .map_err(nats)?;
         Ok(())
