@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::store::{upcasters, Versioned};
+use crate::store::{upcast, Versioned};
 use crate::CommandError;
 
 /// One stored event, as support staff read it.
@@ -103,12 +103,11 @@ pub async fn fold_until<A: cqrs_es::Aggregate>(
     .bind(max_time)
     .fetch_all(pool)
     .await?;
-    let upcasters = upcasters();
     let mut state = A::default();
     let mut version = 0;
     for row in rows {
         let sequence: i64 = row.try_get("sequence")?;
-        let mut event = SerializedEvent::new(
+        let event = SerializedEvent::new(
             id.to_owned(),
             sequence as usize,
             A::TYPE.to_owned(),
@@ -117,11 +116,7 @@ pub async fn fold_until<A: cqrs_es::Aggregate>(
             row.try_get("payload")?,
             row.try_get("metadata")?,
         );
-        for upcaster in &upcasters {
-            if upcaster.can_upcast(&event.event_type, &event.event_version) {
-                event = upcaster.upcast(event);
-            }
-        }
+        let event = upcast(event);
         let payload: A::Event = serde_json::from_value(event.payload).map_err(|e| {
             CommandError::Internal(format!("event {id}/{sequence} unreadable: {e}"))
         })?;

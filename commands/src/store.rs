@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventUpcaster, PersistedEventStore};
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, EventStore as _};
 use ordo_domain::customer::Customer;
 use ordo_domain::order::Order;
@@ -80,6 +80,24 @@ pub struct EventStore {
 /// while every event type is at version 1.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     Vec::new()
+}
+
+/// Bring a stored event up to the current schema version of its type. Every read that
+/// does not go through cqrs-es (history folds, the feed) calls this.
+pub fn upcast(mut event: SerializedEvent) -> SerializedEvent {
+    for upcaster in upcasters() {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            event = upcaster.upcast(event);
+        }
+    }
+    event
+}
+
+/// Whether an event of this type and version needs [`upcast`] before it is read.
+pub fn needs_upcast(event_type: &str, event_version: &str) -> bool {
+    upcasters()
+        .iter()
+        .any(|u| u.can_upcast(event_type, event_version))
 }
 
 fn cqrs_store<A: Aggregate>(pool: &PgPool) -> Store<A> {
