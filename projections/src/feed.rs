@@ -67,17 +67,13 @@ impl FeedEvent {
             event_type: self.event_type.clone(),
             reason,
         };
-        let upcasters = ordo_commands::store::upcasters();
-        if !upcasters
-            .iter()
-            .any(|u| u.can_upcast(&self.event_type, &self.event_version))
-        {
+        if !ordo_commands::store::needs_upcast(&self.event_type, &self.event_version) {
             // The common case: the stored version is current; parse straight into `E`.
             return serde_json::from_str(&self.payload).map_err(|e| error(e.to_string()));
         }
         let payload: Value =
             serde_json::from_str(&self.payload).map_err(|e| error(e.to_string()))?;
-        let mut serialized = cqrs_es::persist::SerializedEvent::new(
+        let serialized = cqrs_es::persist::SerializedEvent::new(
             self.aggregate_id.clone(),
             self.sequence as usize,
             self.aggregate_type.clone(),
@@ -86,11 +82,7 @@ impl FeedEvent {
             payload,
             Value::Null,
         );
-        for upcaster in &upcasters {
-            if upcaster.can_upcast(&serialized.event_type, &serialized.event_version) {
-                serialized = upcaster.upcast(serialized);
-            }
-        }
+        let serialized = ordo_commands::store::upcast(serialized);
         serde_json::from_value(serialized.payload).map_err(|e| error(e.to_string()))
     }
 }
@@ -156,23 +148,6 @@ pub async fn read(
             })
         })
         .collect()
-}
-
-/// The checkpoint of the event at `global_position`, if it exists.
-pub async fn checkpoint_of(
-    pool: &PgPool,
-    global_position: i64,
-) -> Result<Option<Checkpoint>, sqlx::Error> {
-    let row: Option<(i64,)> = sqlx::query_as(
-        "SELECT tx_id::text::bigint FROM event_store.events WHERE global_position = $1",
-    )
-    .bind(global_position)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(tx,)| Checkpoint {
-        tx_id: tx as u64,
-        global_position,
-    }))
 }
 
 /// How far behind the head a reader at `after` is: events not yet read, and the age of the

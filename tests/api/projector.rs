@@ -306,18 +306,12 @@ async fn a_rebuild_under_concurrent_writes_ends_identical_to_the_fold() {
     }
     // Writes go on while the copies are built; reads keep being served.
     let customer = app.register_customer().await;
-    let mut saw_rebuilding = false;
     for _ in 0..6 {
         let order = app.place_order(&customer).await;
         app.get_fresh(Storefront, &format!("/v1/orders/{order}"))
             .await
             .assert_status(200);
-        let status = app.get(Analyst, "/v1/projections").await;
-        saw_rebuilding |= status.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| !i["rebuild"].is_null());
+        app.get(Analyst, "/v1/projections").await.assert_status(200);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -328,7 +322,6 @@ async fn a_rebuild_under_concurrent_writes_ends_identical_to_the_fold() {
         assert!(Instant::now() < deadline, "rebuild did not finish: {all:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = saw_rebuilding; // fast machines may finish before the first status read
     wait_until_caught_up(&app).await;
     let mismatches = check::check(&app.pool).await.unwrap();
     assert!(mismatches.is_empty(), "{mismatches:#?}");
