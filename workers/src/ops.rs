@@ -14,19 +14,7 @@ use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::consumer::WorkerConfig;
-
-/// Every worker, by the name of its durable consumer.
-pub const WORKERS: &[&str] = &["notification", "analytics", "integration"];
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_operations_know_every_worker() {
-        let names: Vec<&str> = crate::Worker::ALL.iter().map(|w| w.name()).collect();
-        assert_eq!(names, super::WORKERS);
-    }
-}
+use crate::consumer::{Worker, WorkerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -118,7 +106,7 @@ impl WorkersAdmin {
     }
 
     fn known(name: &str) -> Result<(), OpsError> {
-        if WORKERS.contains(&name) {
+        if Worker::from_name(name).is_some() {
             Ok(())
         } else {
             Err(OpsError::UnknownWorker(name.into()))
@@ -140,14 +128,14 @@ impl WorkersAdmin {
             Err(_) => None,
         };
         let mut out = Vec::new();
-        for name in WORKERS {
+        for name in Worker::ALL.map(Worker::name) {
             let info = match &stream {
-                Some(s) => s.consumer_info(*name).await.ok(),
+                Some(s) => s.consumer_info(name).await.ok(),
                 None => None,
             };
-            let (dead_letters, last_error) = letters.get(*name).cloned().unwrap_or((0, None));
+            let (dead_letters, last_error) = letters.get(name).cloned().unwrap_or((0, None));
             out.push(WorkerStatus {
-                name: (*name).into(),
+                name: name.into(),
                 pending: info.as_ref().map(|i| i.num_pending),
                 in_flight: info.as_ref().map(|i| i.num_ack_pending),
                 redelivered: info.as_ref().map(|i| i.num_redelivered),
