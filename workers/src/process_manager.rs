@@ -8,6 +8,7 @@
 //! event so caused is skipped; a crash between a command and the checkpoint is therefore
 //! harmless, and the domain would refuse a second void or an over-refund anyway.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,21 +50,32 @@ pub enum Step {
 pub struct ProcessManager {
     pool: PgPool,
     commands: Arc<Commands>,
+    /// Whether this process has made sure its checkpoint row exists.
+    prepared: AtomicBool,
 }
 
 impl ProcessManager {
     pub fn new(pool: PgPool, commands: Arc<Commands>) -> Self {
-        Self { pool, commands }
+        Self {
+            pool,
+            commands,
+            prepared: AtomicBool::new(false),
+        }
     }
 
     /// Handle the next batch of events and move the checkpoint past them.
     pub async fn step(&self) -> Result<Step, PmError> {
-        sqlx::query(
-            "INSERT INTO process_manager.checkpoint (name) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .bind(NAME)
-        .execute(&self.pool)
-        .await?;
+        // Once per process, not on every (mostly idle) step: even a no-op INSERT takes a
+        // transaction id, which holds the feed's horizon back for every reader.
+        if !self.prepared.load(Ordering::Relaxed) {
+            sqlx::query(
+                "INSERT INTO process_manager.checkpoint (name) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(NAME)
+            .execute(&self.pool)
+            .await?;
+            self.prepared.store(true, Ordering::Relaxed);
+        }
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT tx_id::text::bigint, global_position FROM process_manager.checkpoint

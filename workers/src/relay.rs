@@ -137,6 +137,12 @@ impl Relay {
             .max_ack_inflight(1024)
             .backpressure_on_inflight(true)
             .build(client);
+        // The checkpoint row, once here rather than on every step: even a no-op INSERT takes
+        // a transaction id, which holds the feed's horizon back for every reader.
+        sqlx::query("INSERT INTO relay.checkpoint (stream) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&config.stream)
+            .execute(&pool)
+            .await?;
         Ok(Self { pool, config, js })
     }
 
@@ -154,10 +160,6 @@ impl Relay {
 
     /// Publish the next batch; the checkpoint moves only once JetStream acknowledged all.
     pub async fn step(&self) -> Result<usize, RelayError> {
-        sqlx::query("INSERT INTO relay.checkpoint (stream) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&self.config.stream)
-            .execute(&self.pool)
-            .await?;
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT tx_id::text::bigint, global_position FROM relay.checkpoint
