@@ -65,11 +65,10 @@ impl Success {
 
 fn replay(success: Success, status: u16, body: Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let mut response = if status.is_success() {
-        success.respond(status, body, true)
-    } else {
-        problem_response(status, &body)
-    };
+    if status.is_success() {
+        return success.respond(status, body, true);
+    }
+    let mut response = problem_response(status, &body);
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
