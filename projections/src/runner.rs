@@ -143,22 +143,22 @@ impl Runner {
             }
             Err(e) => {
                 drop(tx);
-                self.record_error(&e, &events, false).await
+                self.record_error(e, &events, false).await
             }
         }
     }
 
     async fn record_error(
         &self,
-        error: &ApplyError,
+        error: ApplyError,
         events: &[FeedEvent],
         rebuild: bool,
     ) -> Result<Step, sqlx::Error> {
-        if let ApplyError::Db(db) = error {
-            if ordo_commands::error::is_unavailable(db) {
-                return Err(sqlx::Error::PoolTimedOut);
-            }
-        }
+        // The store being away is not the event's fault: no error to record, just retry.
+        let error = match error {
+            ApplyError::Db(db) if ordo_commands::error::is_unavailable(&db) => return Err(db),
+            other => other,
+        };
         let position = error
             .position()
             .or_else(|| events.first().map(|e| e.checkpoint.global_position));
@@ -261,7 +261,7 @@ impl Runner {
             }
             Err(e) => {
                 drop(tx);
-                self.record_error(&e, &events, true).await
+                self.record_error(e, &events, true).await
             }
         }
     }
