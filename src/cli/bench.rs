@@ -33,8 +33,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Customers to spread orders over.
-    #[arg(long, default_value_t = 200)]
-    customers: usize,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
+    customers: u16,
 }
 
 struct Totals {
@@ -50,7 +50,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/').to_owned();
     let auth = format!("Bearer {}", args.key);
 
-    let mut customers = Vec::with_capacity(args.customers);
+    let mut customers = Vec::with_capacity(usize::from(args.customers));
     for i in 0..args.customers {
         let resp = client
             .post(format!("{base}/v1/customers"))
