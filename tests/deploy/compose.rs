@@ -157,10 +157,7 @@ pub fn check(yaml: &str, repo: &Path) -> Result<Deployment, Vec<String>> {
         if service.entrypoint.is_some() {
             problems.push(format!("{name}: keep the image's entrypoint (ordo)"));
         }
-        match ordo_service(name, service, &mut problems) {
-            Some(parsed) => ordo.push(parsed),
-            None => continue,
-        }
+        ordo.extend(ordo_service(name, service, &mut problems));
     }
     check_together(&file, &ordo, &mut problems);
     check_files(&file, repo, &mut problems);
