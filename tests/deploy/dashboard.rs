@@ -1,38 +1,43 @@
-//! deploy/grafana/dashboards/ordo.json: every query uses only metrics Ordo exports (the
-//! names agreed in the team's briefing) and a data source Grafana is provisioned with.
+//! deploy/grafana/dashboards/ordo.json: every query uses only metrics Ordo exports and their
+//! labels (as agreed in the team's briefing), from a data source Grafana is provisioned with.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-/// Counters and gauges Ordo exports, by their Prometheus names.
+/// Counters and gauges Ordo exports, by their Prometheus names, with their labels.
 // Kept here until the metrics code holds one list that both can use.
-pub const SERIES: &[&str] = &[
-    "http_requests_total",
-    "ordo_commands_total",
-    "ordo_events_appended_total",
-    "ordo_projection_position",
-    "ordo_projection_lag_events",
-    "ordo_projection_lag_seconds",
-    "ordo_relay_published_total",
-    "ordo_relay_lag_events",
-    "ordo_worker_processed_total",
-    "ordo_worker_failed_total",
-    "ordo_worker_dead_lettered_total",
-    "ordo_db_pool_connections",
-    "ordo_db_pool_max_connections",
-    "ordo_rate_limited_total",
+pub const SERIES: &[(&str, &[&str])] = &[
+    ("http_requests_total", &["method", "route", "status"]),
+    ("ordo_commands_total", &["command", "outcome"]),
+    ("ordo_events_appended_total", &["aggregate", "event_type"]),
+    ("ordo_projection_position", &["projection"]),
+    ("ordo_projection_lag_events", &["projection"]),
+    ("ordo_projection_lag_seconds", &["projection"]),
+    ("ordo_relay_published_total", &[]),
+    ("ordo_relay_lag_events", &[]),
+    ("ordo_worker_processed_total", &["worker"]),
+    ("ordo_worker_failed_total", &["worker"]),
+    ("ordo_worker_dead_lettered_total", &["worker"]),
+    ("ordo_db_pool_connections", &["pool", "state"]),
+    ("ordo_db_pool_max_connections", &["pool"]),
+    ("ordo_rate_limited_total", &[]),
+    // Written by Prometheus itself for every target.
+    ("up", &[]),
 ];
 
-/// Histograms: queried through their `_bucket`, `_sum` and `_count` series.
-pub const HISTOGRAMS: &[&str] = &[
-    "http_request_duration_seconds",
-    "ordo_command_duration_seconds",
-    "ordo_worker_handler_duration_seconds",
+/// Histograms: queried through their `_bucket` (plus `le`), `_sum` and `_count` series.
+pub const HISTOGRAMS: &[(&str, &[&str])] = &[
+    (
+        "http_request_duration_seconds",
+        &["method", "route", "status"],
+    ),
+    ("ordo_command_duration_seconds", &["command"]),
+    ("ordo_worker_handler_duration_seconds", &["worker"]),
 ];
 
-/// Series Prometheus itself writes for every target.
-const PROMETHEUS_SERIES: &[&str] = &["up"];
+/// Labels Prometheus adds to every series of a target (`role`: deploy/prometheus).
+const TARGET_LABELS: &[&str] = &["instance", "job", "role", "__name__"];
 
 /// Words of PromQL that are followed by a parenthesised list of label names.
 const GROUPING: &[&str] = &[
@@ -97,11 +102,21 @@ pub fn check(json: &str, datasource_uids: &[&str]) -> Result<BTreeSet<String>, V
             }
         }
         for expr in targets.iter().filter_map(|t| t["expr"].as_str()) {
-            for metric in metric_names(expr) {
-                if let Some(problem) = unknown(&metric) {
-                    problems.push(format!("panel {title:?}: {problem}"));
+            let selected = parse(expr);
+            let mut known_labels: BTreeSet<&str> = TARGET_LABELS.iter().copied().collect();
+            for metric in &selected.metrics {
+                match labels_of(metric) {
+                    Ok(labels) => known_labels.extend(labels),
+                    Err(problem) => problems.push(format!("panel {title:?}: {problem}")),
                 }
-                used.insert(metric);
+                used.insert(metric.clone());
+            }
+            for label in &selected.labels {
+                if !known_labels.contains(label.as_str()) {
+                    problems.push(format!(
+                        "panel {title:?}: no series of `{expr}` has the label {label}"
+                    ));
+                }
             }
         }
     }
@@ -119,29 +134,55 @@ fn collect_panels<'a>(node: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn unknown(metric: &str) -> Option<String> {
-    if SERIES.contains(&metric) || PROMETHEUS_SERIES.contains(&metric) {
-        return None;
+/// The labels of a series Ordo exports, or why it is not one.
+fn labels_of(metric: &str) -> Result<Vec<&'static str>, String> {
+    let find = |table: &[(&'static str, &'static [&'static str])], name: &str| {
+        table
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, l)| l.to_vec())
+    };
+    if let Some(labels) = find(SERIES, metric) {
+        return Ok(labels);
     }
-    if HISTOGRAMS.contains(&metric) {
-        return Some(format!(
+    if find(HISTOGRAMS, metric).is_some() {
+        return Err(format!(
             "{metric} is a histogram: query its _bucket, _sum or _count series"
         ));
     }
-    let histogram_series = ["_bucket", "_sum", "_count"]
-        .iter()
-        .filter_map(|suffix| metric.strip_suffix(suffix))
-        .any(|base| HISTOGRAMS.contains(&base));
-    (!histogram_series).then(|| format!("{metric} is not a metric Ordo exports"))
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(mut labels) = metric
+            .strip_suffix(suffix)
+            .and_then(|base| find(HISTOGRAMS, base))
+        {
+            if suffix == "_bucket" {
+                labels.push("le");
+            }
+            return Ok(labels);
+        }
+    }
+    Err(format!("{metric} is not a metric Ordo exports"))
 }
 
-/// The metric names a PromQL expression selects: identifiers that are not functions,
-/// keywords, label names, label values, durations or Grafana variables.
-pub fn metric_names(expr: &str) -> Vec<String> {
+/// What a PromQL expression refers to.
+#[derive(Debug, Default, PartialEq)]
+pub struct Selected {
+    /// Identifiers that are not functions, keywords, label names or values, durations or
+    /// Grafana variables.
+    pub metrics: Vec<String>,
+    /// Label names in matchers (`{route="/x"}`) and in `by`, `without`, `on`, … lists.
+    pub labels: Vec<String>,
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// A small PromQL lexer: enough to find metric and label names, not to validate syntax.
+pub fn parse(expr: &str) -> Selected {
     let chars: Vec<char> = expr.chars().collect();
-    let mut names = Vec::new();
-    let mut i = 0;
-    // Skips to just after the string starting at `i`.
+    let mut selected = Selected::default();
+    // Just after the string starting at `i`.
     let skip_string = |mut i: usize| {
         let quote = chars[i];
         i += 1;
@@ -150,34 +191,46 @@ pub fn metric_names(expr: &str) -> Vec<String> {
         }
         i + 1
     };
-    // Skips to just after the `close` matching the `open` at `i`.
-    let skip_group = |mut i: usize, open: char, close: char| {
-        let mut depth = 0;
+    // Just after the `close` matching the `open` at `i`, with the words inside it that
+    // are not in strings.
+    let group = |mut i: usize, open: char, close: char| {
+        let (mut depth, mut words) = (0, Vec::new());
         while i < chars.len() {
             match chars[i] {
                 c if c == open => depth += 1,
                 c if c == close => {
                     depth -= 1;
                     if depth == 0 {
-                        return i + 1;
+                        return (i + 1, words);
                     }
                 }
                 '"' | '\'' | '`' => {
                     i = skip_string(i);
                     continue;
                 }
+                c if is_word_char(c) => {
+                    let start = i;
+                    while i < chars.len() && is_word_char(chars[i]) {
+                        i += 1;
+                    }
+                    words.push(chars[start..i].iter().collect::<String>());
+                    continue;
+                }
                 _ => {}
             }
             i += 1;
         }
-        i
+        (i, words)
     };
+    let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
         if c == '{' {
-            i = skip_group(i, '{', '}');
+            let (end, labels) = group(i, '{', '}');
+            selected.labels.extend(labels);
+            i = end;
         } else if c == '[' {
-            i = skip_group(i, '[', ']');
+            i = group(i, '[', ']').0;
         } else if c == '"' || c == '\'' || c == '`' {
             i = skip_string(i);
         } else if c == '$' || c.is_ascii_digit() {
@@ -187,9 +240,7 @@ pub fn metric_names(expr: &str) -> Vec<String> {
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-            {
+            while i < chars.len() && is_word_char(chars[i]) {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -199,28 +250,35 @@ pub fn metric_names(expr: &str) -> Vec<String> {
             }
             let call = chars.get(next) == Some(&'(') || AGGREGATIONS.contains(&word.as_str());
             if GROUPING.contains(&word.as_str()) {
-                if call {
-                    i = skip_group(next, '(', ')');
+                if chars.get(next) == Some(&'(') {
+                    let (end, labels) = group(next, '(', ')');
+                    selected.labels.extend(labels);
+                    i = end;
                 }
             } else if !call && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
-                names.push(word);
+                selected.metrics.push(word);
             }
         } else {
             i += 1;
         }
     }
-    names
+    selected
 }
 
 #[test]
-fn metric_names_are_told_apart_from_functions_labels_and_durations() {
+fn the_lexer_tells_metrics_from_functions_labels_and_durations() {
     let expr = r#"max by (projection) (ordo_projection_lag_events) + histogram_quantile(0.99, sum by (le, route) (rate(http_request_duration_seconds_bucket{route!="/x", job=~"a|b"}[$__rate_interval]))) / on(instance) group_left up offset 5m"#;
+    let selected = parse(expr);
     assert_eq!(
-        metric_names(expr),
+        selected.metrics,
         [
             "ordo_projection_lag_events",
             "http_request_duration_seconds_bucket",
             "up"
         ]
+    );
+    assert_eq!(
+        selected.labels,
+        ["projection", "le", "route", "route", "job", "instance"]
     );
 }

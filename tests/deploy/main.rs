@@ -274,3 +274,14 @@ fn the_dashboard_checker_rejects_an_unknown_metric_and_a_bare_histogram() {
         &["ordo_worker_handler_duration_seconds", "histogram"],
     );
 }
+
+#[test]
+fn the_dashboard_checker_rejects_a_label_the_metric_does_not_have() {
+    let json = read("deploy/grafana/dashboards/ordo.json").replacen(
+        "sum by (command, outcome) (rate(ordo_commands_total",
+        "sum by (command, route) (rate(ordo_commands_total",
+        1,
+    );
+    let problems = dashboard::check(&json, &["prometheus"]).unwrap_err();
+    assert_problem(&problems, &["ordo_commands_total", "route"]);
+}
