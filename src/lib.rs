@@ -103,8 +103,8 @@ impl Application {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut state = AppState::new(pool, api);
-        let needs_nats = config.roles.contains(&ServeRole::Relay)
-            || config.roles.contains(&ServeRole::Workers);
+        let needs_nats =
+            config.roles.contains(&ServeRole::Relay) || config.roles.contains(&ServeRole::Workers);
         match NatsProbe::start(&config.nats_url, needs_nats).await {
             Ok(probe) => state.readiness.nats = Some(probe),
             Err(e) if needs_nats => return Err(e).context("bad NATS_URL"),
@@ -169,7 +169,12 @@ impl Application {
                 let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
                 let name = format!("projector.{}", projection.name());
                 roles.set(&name, RoleState::Running);
-                tasks.push(supervise(&roles, name, &stopped, runner.run(stopped.clone())));
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    runner.run(stopped.clone()),
+                ));
             }
         }
         if self.roles.contains(&ServeRole::ProcessManager) {
@@ -263,7 +268,10 @@ impl Application {
         })
         .await;
         if joined.is_err() {
-            tracing::warn!(?timeout, "roles did not finish their batch in time; stopping them");
+            tracing::warn!(
+                ?timeout,
+                "roles did not finish their batch in time; stopping them"
+            );
             for role in aborts {
                 role.abort();
             }

@@ -89,9 +89,8 @@ impl RateLimiter {
             Err(poisoned) => poisoned.into_inner(),
         };
         if buckets.len() > PRUNE_ABOVE {
-            buckets.retain(|_, b| {
-                b.tokens + refill(now.saturating_duration_since(b.at)) < capacity
-            });
+            buckets
+                .retain(|_, b| b.tokens + refill(now.saturating_duration_since(b.at)) < capacity);
         }
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: capacity,
@@ -225,7 +224,14 @@ mod tests {
 
     #[test]
     fn operations_endpoints_are_exempt() {
-        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/x"] {
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/docs",
+            "/docs/x",
+        ] {
             assert!(exempt(path), "{path}");
         }
         for path in ["/v1/orders", "/docsx", "/"] {
