@@ -232,11 +232,6 @@ async fn sigterm_under_load_exits_zero_and_loses_no_acknowledged_command() {
         drained >= 1,
         "no request in flight at the signal was answered"
     );
-    eprintln!(
-        "STATS acked={} drained={drained} total={}",
-        acked.len(),
-        outcomes.len()
-    );
 
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
     let placed: std::collections::HashMap<String, i64> = sqlx::query_as(
