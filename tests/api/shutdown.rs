@@ -22,6 +22,19 @@ impl Server {
     /// `ordo serve` with every role but the workers (their dead-letter stream is shared),
     /// the relay on a stream of this test's own.
     async fn start(database_url: &str, stream: &str, prefix: &str) -> Self {
+        Self::start_with(
+            database_url,
+            &[
+                ("ORDO_ROLES", "api,projector,process-manager,relay"),
+                ("ORDO_NATS_STREAM", stream),
+                ("ORDO_NATS_SUBJECT_PREFIX", prefix),
+                ("ORDO_SHUTDOWN_TIMEOUT_SECS", "30"),
+            ],
+        )
+        .await
+    }
+
+    async fn start_with(database_url: &str, env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,12 +44,9 @@ impl Server {
             .arg("serve")
             .env("DATABASE_URL", database_url)
             .env("ORDO_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("ORDO_ROLES", "api,projector,process-manager,relay")
             .env("NATS_URL", NATS)
-            .env("ORDO_NATS_STREAM", stream)
-            .env("ORDO_NATS_SUBJECT_PREFIX", prefix)
-            .env("ORDO_SHUTDOWN_TIMEOUT_SECS", "30")
             .env("ORDO_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -275,6 +285,86 @@ async fn sigterm_under_load_exits_zero_and_loses_no_acknowledged_command() {
 
     let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
     let _ = js.delete_stream(&stream).await;
+    pool.close().await;
+    ordo_commands::db::drop_database(&database_url)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_that_outlasts_the_shutdown_timeout_does_not_keep_the_process_alive() {
+    let database_url = fresh_database_url();
+    let key = create_key(&database_url);
+    let mut server = Server::start_with(
+        &database_url,
+        &[("ORDO_ROLES", "api"), ("ORDO_SHUTDOWN_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let customer = read(
+        client
+            .post(format!("{}/v1/customers", server.base))
+            .bearer_auth(&key)
+            .json(&json!({"email": "slow@example.com", "name": "Slow"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    customer.assert_status(201);
+
+    // Arrange: a command stuck behind a lock this test holds on the event store (nothing
+    // in Ordo times a statement out, so without the shutdown timeout it would wait for ever).
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE event_store.events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let stuck = tokio::spawn(
+        client
+            .post(format!("{}/v1/orders", server.base))
+            .bearer_auth(&key)
+            .json(&order_body(&customer.id()))
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND c.relname = 'events' AND NOT l.granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Act
+    let signalled = Instant::now();
+    server.terminate();
+    let status = server.exited(Duration::from_secs(30)).await;
+
+    // Assert: out soon after the 1 s timeout, not after the command; the command unanswered.
+    assert!(status.success(), "exit status: {status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the stuck command gets no answer, so nothing is acknowledged"
+    );
+    blocker.rollback().await.unwrap();
     pool.close().await;
     ordo_commands::db::drop_database(&database_url)
         .await
