@@ -102,6 +102,15 @@ impl Application {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if config.roles.contains(&ServeRole::Api) || config.roles.contains(&ServeRole::Projector) {
+            // The read models' tables, before the first read: a read must not find them
+            // missing (a 500) because no runner has started yet.
+            for projection in Projection::ALL {
+                if let Err(e) = ordo_projections::runner::prepare(&pool, projection).await {
+                    tracing::warn!(projection = projection.name(), error = %e, "cannot prepare read model tables yet");
+                }
+            }
+        }
         let mut state = AppState::new(pool, api);
         let needs_nats =
             config.roles.contains(&ServeRole::Relay) || config.roles.contains(&ServeRole::Workers);
