@@ -65,7 +65,11 @@ pub fn tracer_provider(endpoint: Option<&str>) -> anyhow::Result<SdkTracerProvid
     let exporter = builder.build()?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(service_name()).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name())
+                .build(),
+        )
         .build())
 }
 

@@ -73,23 +73,71 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 /// Help texts, and the families without labels at zero so they show before anything happens.
 fn describe() {
-    describe_counter!("http_requests_total", "HTTP requests answered, by route template and status.");
-    describe_histogram!("http_request_duration_seconds", Unit::Seconds, "HTTP request latency.");
-    describe_counter!("ordo_commands_total", "Commands executed, by command and outcome.");
-    describe_histogram!("ordo_command_duration_seconds", Unit::Seconds, "Command latency, decide and append.");
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by route template and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency."
+    );
+    describe_counter!(
+        "ordo_commands_total",
+        "Commands executed, by command and outcome."
+    );
+    describe_histogram!(
+        "ordo_command_duration_seconds",
+        Unit::Seconds,
+        "Command latency, decide and append."
+    );
     describe_counter!("ordo_events_appended_total", "Events appended to the log.");
-    describe_gauge!("ordo_projection_position", "Global position of the last event a projection applied.");
-    describe_gauge!("ordo_projection_lag_events", "Events in the log a projection has not applied.");
-    describe_gauge!("ordo_projection_lag_seconds", "Age of the oldest event a projection has not applied.");
-    describe_counter!("ordo_relay_published_total", "Events the relay published to JetStream (acknowledged).");
-    describe_gauge!("ordo_relay_lag_events", "Events in the log the relay has not published.");
-    describe_counter!("ordo_worker_processed_total", "Messages a worker handled and acknowledged.");
-    describe_counter!("ordo_worker_failed_total", "Handler failures (each one redelivered or dead-lettered).");
-    describe_counter!("ordo_worker_dead_lettered_total", "Messages moved to the dead-letter stream.");
-    describe_histogram!("ordo_worker_handler_duration_seconds", Unit::Seconds, "Worker handler latency.");
-    describe_gauge!("ordo_db_pool_connections", "Open database connections, idle or in use.");
+    describe_gauge!(
+        "ordo_projection_position",
+        "Global position of the last event a projection applied."
+    );
+    describe_gauge!(
+        "ordo_projection_lag_events",
+        "Events in the log a projection has not applied."
+    );
+    describe_gauge!(
+        "ordo_projection_lag_seconds",
+        "Age of the oldest event a projection has not applied."
+    );
+    describe_counter!(
+        "ordo_relay_published_total",
+        "Events the relay published to JetStream (acknowledged)."
+    );
+    describe_gauge!(
+        "ordo_relay_lag_events",
+        "Events in the log the relay has not published."
+    );
+    describe_counter!(
+        "ordo_worker_processed_total",
+        "Messages a worker handled and acknowledged."
+    );
+    describe_counter!(
+        "ordo_worker_failed_total",
+        "Handler failures (each one redelivered or dead-lettered)."
+    );
+    describe_counter!(
+        "ordo_worker_dead_lettered_total",
+        "Messages moved to the dead-letter stream."
+    );
+    describe_histogram!(
+        "ordo_worker_handler_duration_seconds",
+        Unit::Seconds,
+        "Worker handler latency."
+    );
+    describe_gauge!(
+        "ordo_db_pool_connections",
+        "Open database connections, idle or in use."
+    );
     describe_gauge!("ordo_db_pool_max_connections", "Database pool size limit.");
-    describe_counter!("ordo_rate_limited_total", "Requests refused by rate limiting.");
+    describe_counter!(
+        "ordo_rate_limited_total",
+        "Requests refused by rate limiting."
+    );
     metrics::counter!("ordo_relay_published_total").absolute(0);
     metrics::counter!("ordo_rate_limited_total").absolute(0);
 }
@@ -144,7 +192,10 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
     // A slow or unreachable database must not make the scrape fail: the gauges keep their
     // last values and the rest is still served.
     let lag = sample_lag(&app.pool, &app.config.workers.stream);
-    if tokio::time::timeout(Duration::from_secs(2), lag).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), lag)
+        .await
+        .is_err()
+    {
         tracing::debug!("projection and relay lag not sampled in time");
     }
     handle.run_upkeep();
@@ -159,7 +210,8 @@ fn sample_pool(name: &'static str, pool: &PgPool) {
     let open = f64::from(pool.size());
     let idle = pool.num_idle() as f64;
     gauge!("ordo_db_pool_connections", "pool" => name, "state" => "idle").set(idle);
-    gauge!("ordo_db_pool_connections", "pool" => name, "state" => "in_use").set((open - idle).max(0.0));
+    gauge!("ordo_db_pool_connections", "pool" => name, "state" => "in_use")
+        .set((open - idle).max(0.0));
     gauge!("ordo_db_pool_max_connections", "pool" => name)
         .set(f64::from(pool.options().get_max_connections()));
 }

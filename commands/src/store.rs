@@ -194,9 +194,11 @@ impl EventStore {
             outcome = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result =
-            tracing::Instrument::instrument(self.decide_and_append::<A>(id, expected, command, metadata), span.clone())
-                .await;
+        let result = tracing::Instrument::instrument(
+            self.decide_and_append::<A>(id, expected, command, metadata),
+            span.clone(),
+        )
+        .await;
         let outcome = match &result {
             Ok(_) => "accepted",
             Err(e) => e.outcome(),

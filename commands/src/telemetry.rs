@@ -121,7 +121,10 @@ mod tests {
     fn an_outgoing_call_keeps_the_trace_id_with_a_new_parent() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let out = outgoing_traceparent(Some(incoming)).unwrap_or_default();
-        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
         assert!(out.ends_with("-01"));
         assert_ne!(out, incoming);
         assert_eq!(outgoing_traceparent(Some("garbage")), None);

@@ -395,7 +395,12 @@ impl WorkerRunner {
                     .or(self.config.backoff.last())
                     .copied();
                 let error = telemetry::redact(&e.to_string()).into_owned();
-                tracing::warn!(worker = self.worker.name(), attempts, error, "handler failed; redelivering");
+                tracing::warn!(
+                    worker = self.worker.name(),
+                    attempts,
+                    error,
+                    "handler failed; redelivering"
+                );
                 message.ack_with(AckKind::Nak(delay)).await.map_err(nats)?;
             }
         }
@@ -422,6 +427,7 @@ impl WorkerRunner {
             self.observe_duration(started);
         }
         tx.commit().await?;
+        tracing::debug!(fresh, "message handled");
         Ok(())
     }
 

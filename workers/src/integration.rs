@@ -266,7 +266,8 @@ pub async fn handle(pool: &PgPool, event: &Delivered) -> Result<(), HandleError>
         .map(|(id, url, _, secret)| Endpoint { id, url, secret })
         .collect();
     let outcomes = futures::future::join_all(endpoints.iter().map(|e| {
-        let span = tracing::info_span!("webhook.deliver", endpoint.id = %e.id, event.id = %event.event_id);
+        let span =
+            tracing::info_span!("webhook.deliver", endpoint.id = %e.id, event.id = %event.event_id);
         deliver(pool, e, event).instrument(span)
     }))
     .await;
