@@ -100,7 +100,15 @@ impl ProcessManager {
             return Ok(Step::Idle);
         };
         for event in events.iter().filter(|e| e.event_type == "order.cancelled") {
-            self.order_cancelled(event).await?;
+            let span = tracing::info_span!(
+                "process_manager.handle",
+                event.id = %event.event_id,
+                event.r#type = %event.event_type,
+            );
+            if let Some(traceparent) = metadata_caused_by(event).traceparent {
+                ordo_commands::telemetry::continue_trace(&span, &traceparent);
+            }
+            tracing::Instrument::instrument(self.order_cancelled(event), span).await?;
         }
         sqlx::query(
             "UPDATE process_manager.checkpoint
@@ -224,6 +232,9 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         },
         request_id: String::new(),
         idempotency_key: None,
-        traceparent: text("traceparent"),
+        // The handler span's own when traces are exported: the commands it issues chain
+        // under the request that cancelled the order.
+        traceparent: text("traceparent")
+            .map(|tp| ordo_commands::telemetry::current_traceparent(&tp)),
     }
 }
