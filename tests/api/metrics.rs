@@ -143,7 +143,11 @@ async fn metrics_expose_every_family_after_a_short_scenario() {
     }
 
     let text = scrape(&app).await;
-    let confirm = [r#"method="POST""#, r#"route="/v1/orders/{id}/confirm""#];
+    let confirm = [
+        r#"method="POST""#,
+        r#"route="/v1/orders/{id}/confirm""#,
+        r#"status="200""#,
+    ];
     assert!(has(&text, "http_requests_total", &confirm) >= confirms_before + 1.0);
     has(&text, "http_request_duration_seconds_bucket", &confirm);
     has(&text, "http_request_duration_seconds_count", &confirm);

@@ -8,7 +8,7 @@
 //! see nor disturb the tests running beside them.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -28,6 +28,19 @@ use crate::nats::NATS;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
+
+/// tracing-core caches each callsite's interest when it is first hit. While a single
+/// dispatcher is registered it asks only the hitting thread's default, so a callsite first hit
+/// on another test's thread would be cached as of no interest to this test's subscriber. An
+/// idle second dispatcher, alive for the whole process, makes it ask every dispatcher.
+fn share_callsite_interest() {
+    static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
+    IDLE.get_or_init(|| {
+        tracing::Dispatch::new(
+            tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::OFF),
+        )
+    });
+}
 
 fn incoming_traceparent() -> String {
     format!("00-{TRACE_ID}-{PARENT_ID}-01")
@@ -309,6 +322,7 @@ async fn spans_are_exported_over_otlp_in_the_requests_trace() {
             .with_tracer(provider.tracer("ordo-test"))
             .with_filter(tracing_subscriber::EnvFilter::new("info")),
     );
+    share_callsite_interest();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let app = spawn_app_with(|c| c.roles = vec![ordo::ServeRole::Api]).await;
@@ -367,6 +381,7 @@ async fn a_scenarios_logs_hold_no_email_name_or_address() {
         .with_writer(move || writer.clone())
         .json()
         .finish();
+    share_callsite_interest();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let p = Pipeline::start().await;
