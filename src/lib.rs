@@ -46,7 +46,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
 /// Ordo's roles in one process: the HTTP API bound to its address, and the projection
 /// runners, ready to run.
 pub struct Application {
-    /// Bound only when this process runs the API role.
+    /// The HTTP address: the whole API with the API role, else the operations routes.
     listener: Option<TcpListener>,
     state: AppState,
     roles: Vec<ServeRole>,
@@ -68,14 +68,21 @@ impl Application {
 
     /// Build on an existing, migrated pool (tests point it through a proxy).
     pub async fn with_pool(config: &Config, pool: PgPool) -> anyhow::Result<Self> {
-        let listener = if config.roles.contains(&ServeRole::Api) {
-            let listener = TcpListener::bind(config.http_addr)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-            Some(listener)
-        } else {
-            None
+        // Every process listens: with the API role for the whole API, without it for the
+        // operations routes (/healthz, /readyz, /metrics) so each service can be scraped.
+        // Only the API role insists; a worker started beside a server on the same address
+        // runs without its operations routes rather than not at all.
+        let listener = match TcpListener::bind(config.http_addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) if config.roles.contains(&ServeRole::Api) => {
+                return Err(e).with_context(|| format!("cannot listen on {}", config.http_addr))
+            }
+            Err(e) => {
+                tracing::warn!(addr = %config.http_addr, error = %e, "cannot listen; no /metrics or /readyz in this process");
+                None
+            }
         };
+        ordo_api::metrics::install();
         let api = ApiConfig {
             body_limit: config.body_limit,
             crash_after_commit: config.crash_after_commit,
@@ -135,13 +142,14 @@ impl Application {
         })
     }
 
-    /// Where the API listens; an error when this process does not run the API role.
+    /// Where this process listens (the API, or only the operations routes without the API
+    /// role); an error when it could not bind its address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match &self.listener {
             Some(listener) => listener.local_addr(),
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
-                "this process does not run the api role",
+                "this process has no HTTP listener",
             )),
         }
     }
@@ -240,7 +248,11 @@ impl Application {
         };
         let served = match self.listener {
             Some(listener) => {
-                let app = ordo_api::router(self.state);
+                let app = if self.roles.contains(&ServeRole::Api) {
+                    ordo_api::router(self.state)
+                } else {
+                    ordo_api::ops_router(self.state)
+                };
                 // Without TCP_NODELAY a response written in two parts waits for the
                 // client's delayed ACK: ~40 ms added to every request.
                 let listener = listener.tap_io(|tcp| {

@@ -328,10 +328,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(detail) | Self::Command(CommandError::Internal(detail)) => {
-                tracing::error!(error = %detail, "request failed");
+                let error = ordo_commands::telemetry::redact(detail);
+                tracing::error!(error = %error, "request failed");
             }
             Self::Unavailable(detail) | Self::Command(CommandError::Unavailable(detail)) => {
-                tracing::warn!(error = %detail, "event store unavailable");
+                let error = ordo_commands::telemetry::redact(detail);
+                tracing::warn!(error = %error, "event store unavailable");
             }
             _ => {}
         }

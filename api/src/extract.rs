@@ -97,9 +97,12 @@ impl<S: Send + Sync> FromRequestParts<S> for CommandHeaders {
         let request_id = header(headers, "x-request-id")?
             .unwrap_or_default()
             .to_owned();
-        let traceparent = header(headers, "traceparent")?
+        // The request span's own traceparent when traces are exported (it is the incoming
+        // one's child); else the incoming one as it came, or a new trace.
+        let incoming = header(headers, "traceparent")?
             .filter(|tp| valid_traceparent(tp))
             .map_or_else(new_traceparent, str::to_owned);
+        let traceparent = ordo_commands::telemetry::current_traceparent(&incoming);
         let correlation_id = header(headers, "x-correlation-id")?
             .and_then(|c| Uuid::parse_str(c).ok())
             .unwrap_or_else(Uuid::new_v4);

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod rate_limit;
 pub mod readiness;
 pub mod respond;
@@ -99,19 +100,59 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole API with its middleware.
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.body_limit;
-    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-        let request_id = req
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request.id = %request_id)
-    });
+/// The span of one request: a child of the caller's `traceparent` when it sent a valid one.
+/// Only the path is recorded, never the query (`?email=` is personal data); the route
+/// template is added once routing has matched.
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http",
+        method = %req.method(),
+        path = %req.uri().path(),
+        http.route = tracing::field::Empty,
+        request.id = %request_id,
+    );
+    if let Some(traceparent) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|tp| extract::valid_traceparent(tp))
+    {
+        ordo_commands::telemetry::continue_trace(&span, traceparent);
+    }
+    span
+}
+
+/// The operations routes alone — `/healthz`, `/readyz`, `/metrics` — for a process that runs
+/// no API role, so every process can be probed and scraped on its HTTP address.
+pub fn ops_router(state: AppState) -> Router {
+    metrics::install();
     Router::new()
         .merge(routes::health::router())
+        .route("/metrics", axum::routing::get(metrics::scrape))
+        .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
+}
+
+/// The whole API with its middleware.
+pub fn router(state: AppState) -> Router {
+    metrics::install();
+    let body_limit = state.config.body_limit;
+    let trace = TraceLayer::new_for_http().make_span_with(request_span);
+    Router::new()
+        .merge(routes::health::router())
+        .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(routes::orders::router())
         .merge(routes::payments::router())
         .merge(routes::customers::router())
@@ -123,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::notifications::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

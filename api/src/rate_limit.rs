@@ -148,6 +148,7 @@ pub async fn limit(State(app): State<AppState>, request: Request, next: Next) ->
         next.run(Request::from_parts(parts, body)).await
     } else {
         tracing::debug!(retry_after = decision.retry_after_secs, "rate limited");
+        ::metrics::counter!("ordo_rate_limited_total").increment(1);
         let mut response = ApiError::RateLimited.into_response();
         response.headers_mut().insert(
             header::RETRY_AFTER,

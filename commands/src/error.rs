@@ -21,6 +21,17 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// The `outcome` label of `ordo_commands_total` for a command that failed this way.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Domain(DomainError::Invalid { .. }) => "invalid",
+            Self::Domain(_) => "rejected",
+            Self::VersionMismatch { .. } | Self::Conflict => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "error",
+        }
+    }
+
     /// Classify a database error: lost connections and pool time-outs are `Unavailable`.
     pub fn from_sqlx(err: &sqlx::Error) -> Self {
         if is_unavailable(err) {

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod metadata;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use error::CommandError;
 pub use metadata::{Actor, CommandMetadata};

@@ -1,14 +1,14 @@
 //! The PostgreSQL event store: cqrs-es's `PersistedEventStore` in event-store mode over
 //! postgres-es, one per aggregate, all on `event_store.events`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
-use cqrs_es::{Aggregate, EventStore as _};
-use ordo_domain::customer::Customer;
-use ordo_domain::order::Order;
-use ordo_domain::payment::Payment;
+use cqrs_es::{Aggregate, DomainEvent, EventStore as _};
+use ordo_domain::customer::{Customer, CustomerCommand};
+use ordo_domain::order::{Order, OrderCommand};
+use ordo_domain::payment::{Payment, PaymentCommand};
 use ordo_domain::DomainError;
 use postgres_es::PostgresEventRepository;
 use serde::Serialize;
@@ -47,11 +47,26 @@ where
     Self::Command: Clone,
 {
     fn store(store: &EventStore) -> &Store<Self>;
+
+    /// The command's name in metrics and spans (`place_order`): a closed set, so a bounded
+    /// label.
+    fn command_name(command: &Self::Command) -> &'static str;
 }
 
 impl Stored for Order {
     fn store(store: &EventStore) -> &Store<Self> {
         &store.orders
+    }
+
+    fn command_name(command: &OrderCommand) -> &'static str {
+        match command {
+            OrderCommand::Place(_) => "place_order",
+            OrderCommand::Confirm { .. } => "confirm_order",
+            OrderCommand::Cancel { .. } => "cancel_order",
+            OrderCommand::Ship(_) => "ship_order",
+            OrderCommand::Deliver { .. } => "deliver_order",
+            OrderCommand::RecordPaymentStatus { .. } => "record_order_payment_status",
+        }
     }
 }
 
@@ -59,11 +74,29 @@ impl Stored for Payment {
     fn store(store: &EventStore) -> &Store<Self> {
         &store.payments
     }
+
+    fn command_name(command: &PaymentCommand) -> &'static str {
+        match command {
+            PaymentCommand::Create(_) => "create_payment",
+            PaymentCommand::Authorize { .. } => "authorize_payment",
+            PaymentCommand::Capture { .. } => "capture_payment",
+            PaymentCommand::Refund { .. } => "refund_payment",
+            PaymentCommand::Void { .. } => "void_payment",
+            PaymentCommand::Fail { .. } => "fail_payment",
+        }
+    }
 }
 
 impl Stored for Customer {
     fn store(store: &EventStore) -> &Store<Self> {
         &store.customers
+    }
+
+    fn command_name(command: &CustomerCommand) -> &'static str {
+        match command {
+            CustomerCommand::Register(_) => "register_customer",
+            CustomerCommand::AddNote { .. } => "add_customer_note",
+        }
     }
 }
 
@@ -139,7 +172,47 @@ impl EventStore {
     /// With `expected` (from `If-Match`) the stream must be at exactly that version, and a
     /// lost race is reported as a version mismatch. Without it, a lost race is re-decided
     /// against the new state a few times before giving up with [`CommandError::Conflict`].
+    ///
+    /// Counted in `ordo_commands_total{command,outcome}` and timed in
+    /// `ordo_command_duration_seconds{command}`; appended events are counted in
+    /// `ordo_events_appended_total{aggregate,event_type}`.
     pub async fn execute<A: Stored>(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        command: A::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<Committed, CommandError>
+    where
+        A::Command: Clone,
+    {
+        let name = A::command_name(&command);
+        let span = tracing::info_span!(
+            "command",
+            command = name,
+            aggregate = A::TYPE,
+            aggregate.id = id,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = tracing::Instrument::instrument(
+            self.decide_and_append::<A>(id, expected, command, metadata),
+            span.clone(),
+        )
+        .await;
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(e) => e.outcome(),
+        };
+        span.record("outcome", outcome);
+        metrics::counter!("ordo_commands_total", "command" => name, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("ordo_command_duration_seconds", "command" => name)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn decide_and_append<A: Stored>(
         &self,
         id: &str,
         expected: Option<u64>,
@@ -171,9 +244,18 @@ impl EventStore {
                 .map_err(CommandError::Domain)?;
             let events = sink.collect().await;
             let produced = events.len() as u64;
+            let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
             match store.commit(events, context, metadata.to_map()).await {
                 Ok(_) => {
                     self.wake.notify();
+                    for event_type in event_types {
+                        metrics::counter!(
+                            "ordo_events_appended_total",
+                            "aggregate" => A::TYPE,
+                            "event_type" => event_type
+                        )
+                        .increment(1);
+                    }
                     let new_version = version + produced;
                     let position = self.position_of(A::TYPE, id, new_version).await?;
                     return Ok(Committed {

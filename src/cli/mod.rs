@@ -86,14 +86,17 @@ fn parse_role(s: &str) -> Result<Role, String> {
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
-    match execute(cli.command).await {
+    let code = match execute(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "ordo failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The batch exporter blocks while it sends: not on a runtime worker.
+    let _ = tokio::task::spawn_blocking(telemetry::shutdown).await;
+    code
 }
 
 async fn execute(command: Command) -> anyhow::Result<()> {

@@ -9,16 +9,18 @@
 //! publishes the dead letter itself rather than relying on the server's advisories, because
 //! nats-server 2.9 drops a termination's reason.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, Message};
 use async_nats::HeaderMap;
 use futures::StreamExt;
+use ordo_commands::telemetry;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::analytics;
@@ -125,6 +127,27 @@ pub struct Delivered {
     pub aggregate_id: String,
     pub position: i64,
     pub body: Value,
+    /// The W3C trace context the event was recorded under (the `traceparent` header).
+    pub traceparent: Option<String>,
+}
+
+impl Delivered {
+    /// The span a handler runs in: a child of the request that recorded the event, so one
+    /// trace runs from that request to this handler's effects.
+    fn span(&self, worker: Worker) -> tracing::Span {
+        let span = tracing::info_span!(
+            "worker.handle",
+            worker = worker.name(),
+            event.id = %self.event_id,
+            event.r#type = %self.event_type,
+            event.position = self.position,
+            attempt = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &self.traceparent {
+            telemetry::continue_trace(&span, traceparent);
+        }
+        span
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +203,7 @@ fn delivered(
             .and_then(|p| p.parse().ok())
             .unwrap_or_default(),
         body,
+        traceparent: header("traceparent"),
     })
 }
 
@@ -286,10 +310,12 @@ impl WorkerRunner {
                     for message in &messages {
                         message.ack().await.map_err(nats)?;
                     }
+                    metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
+                        .increment(messages.len() as u64);
                     return Ok(messages.len());
                 }
                 Err(e) => {
-                    tracing::debug!(worker = self.worker.name(), error = %e, "batch failed; settling one by one")
+                    tracing::debug!(worker = self.worker.name(), error = %telemetry::redact(&e.to_string()), "batch failed; settling one by one")
                 }
             }
         }
@@ -319,13 +345,21 @@ impl WorkerRunner {
             .rows_affected()
                 == 1;
             if fresh {
+                let started = Instant::now();
                 self.worker
                     .handle(&self.pool, &mut tx, &event, self.mailer.as_ref())
+                    .instrument(event.span(self.worker))
                     .await?;
+                self.observe_duration(started);
             }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    fn observe_duration(&self, started: Instant) {
+        metrics::histogram!("ordo_worker_handler_duration_seconds", "worker" => self.worker.name())
+            .record(started.elapsed().as_secs_f64());
     }
 
     async fn settle(&self, message: &Message) -> Result<(), WorkerError> {
@@ -336,11 +370,23 @@ impl WorkerRunner {
             &self.config.subject_prefix,
             &message.payload,
         ) {
-            Ok(event) => self.handle(&event).await,
+            Ok(event) => {
+                let span = event.span(self.worker);
+                span.record("attempt", attempts);
+                self.handle(&event).instrument(span).await
+            }
             Err(reason) => Err(HandleError::Poison(reason)),
         };
+        if outcome.is_err() {
+            metrics::counter!("ordo_worker_failed_total", "worker" => self.worker.name())
+                .increment(1);
+        }
         match outcome {
-            Ok(()) => message.ack().await.map_err(nats)?,
+            Ok(()) => {
+                message.ack().await.map_err(nats)?;
+                metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
+                    .increment(1);
+            }
             Err(HandleError::Poison(reason)) => {
                 self.dead_letter(message, attempts, &reason).await?
             }
@@ -354,7 +400,13 @@ impl WorkerRunner {
                     .get((attempts - 1).max(0) as usize)
                     .or(self.config.backoff.last())
                     .copied();
-                tracing::warn!(worker = self.worker.name(), attempts, error = %e, "handler failed; redelivering");
+                let error = telemetry::redact(&e.to_string()).into_owned();
+                tracing::warn!(
+                    worker = self.worker.name(),
+                    attempts,
+                    error,
+                    "handler failed; redelivering"
+                );
                 message.ack_with(AckKind::Nak(delay)).await.map_err(nats)?;
             }
         }
@@ -374,11 +426,14 @@ impl WorkerRunner {
         .rows_affected()
             == 1;
         if fresh {
+            let started = Instant::now();
             self.worker
                 .handle(&self.pool, &mut tx, event, self.mailer.as_ref())
                 .await?;
+            self.observe_duration(started);
         }
         tx.commit().await?;
+        tracing::debug!(fresh, "message handled");
         Ok(())
     }
 
@@ -422,10 +477,12 @@ impl WorkerRunner {
         .bind(crate::ops::headers_json(message.headers.as_ref()))
         .execute(&self.pool)
         .await?;
+        metrics::counter!("ordo_worker_dead_lettered_total", "worker" => self.worker.name())
+            .increment(1);
         tracing::error!(
             worker = self.worker.name(),
             stream_sequence,
-            reason,
+            reason = %telemetry::redact(reason),
             "message dead-lettered"
         );
         message.ack_with(AckKind::Term).await.map_err(nats)?;

@@ -14,9 +14,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
+use ordo_commands::telemetry;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::consumer::{Delivered, HandleError};
@@ -196,15 +198,17 @@ async fn deliver(pool: &PgPool, endpoint: &Endpoint, event: &Delivered) -> Resul
     let signature = sign(&endpoint.secret, &id, timestamp, &body)
         .map_err(|e| HandleError::Retry(format!("endpoint {}: {e}", endpoint.id)))?;
     let started = Instant::now();
-    let sent = client()
+    let mut request = client()
         .post(&endpoint.url)
         .header("content-type", "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
+        .header("webhook-signature", signature);
+    // The receiver may continue the trace that began with the storefront's request.
+    if let Some(traceparent) = telemetry::outgoing_traceparent(event.traceparent.as_deref()) {
+        request = request.header("traceparent", traceparent);
+    }
+    let sent = request.body(body).send().await;
     let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
     let (status_code, error) = match &sent {
         Ok(response) if response.status().is_success() => (Some(response.status().as_u16()), None),
@@ -261,8 +265,12 @@ pub async fn handle(pool: &PgPool, event: &Delivered) -> Result<(), HandleError>
         .filter(|(_, _, types, _)| types.iter().any(|p| matches(p, &event.event_type)))
         .map(|(id, url, _, secret)| Endpoint { id, url, secret })
         .collect();
-    let outcomes =
-        futures::future::join_all(endpoints.iter().map(|e| deliver(pool, e, event))).await;
+    let outcomes = futures::future::join_all(endpoints.iter().map(|e| {
+        let span =
+            tracing::info_span!("webhook.deliver", endpoint.id = %e.id, event.id = %event.event_id);
+        deliver(pool, e, event).instrument(span)
+    }))
+    .await;
     let mut failures = Vec::new();
     for outcome in outcomes {
         match outcome {

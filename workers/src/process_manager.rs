@@ -14,6 +14,7 @@
 //! state, so handling a payment event again (or an older one) records nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,11 +132,11 @@ impl ProcessManager {
         for (i, (event, paid)) in events.iter().zip(&orders_paid).enumerate() {
             match paid {
                 Some(order_id) if last_payment_event.get(order_id) == Some(&i) => {
-                    self.record_payment_status(*order_id, event).await?
+                    handled(event, self.record_payment_status(*order_id, event)).await?
                 }
                 Some(_) => {}
                 None if event.event_type == "order.cancelled" => {
-                    self.order_cancelled(event).await?
+                    handled(event, self.order_cancelled(event)).await?
                 }
                 None => {}
             }
@@ -284,6 +285,19 @@ impl ProcessManager {
     }
 }
 
+/// Run `handling` in a span that continues the trace of the event that caused it.
+async fn handled<T>(event: &FeedEvent, handling: impl Future<Output = T>) -> T {
+    let span = tracing::info_span!(
+        "process_manager.handle",
+        event.id = %event.event_id,
+        event.r#type = %event.event_type,
+    );
+    if let Some(traceparent) = metadata_caused_by(event).traceparent {
+        ordo_commands::telemetry::continue_trace(&span, &traceparent);
+    }
+    tracing::Instrument::instrument(handling, span).await
+}
+
 /// The order a payment event belongs to.
 fn order_of_payment(event: &FeedEvent) -> Result<Uuid, PmError> {
     Ok(match event.decode::<PaymentEvent>()? {
@@ -312,6 +326,9 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         },
         request_id: String::new(),
         idempotency_key: None,
-        traceparent: text("traceparent"),
+        // The handler span's own when traces are exported: the commands it issues chain
+        // under the request that cancelled the order.
+        traceparent: text("traceparent")
+            .map(|tp| ordo_commands::telemetry::current_traceparent(&tp)),
     }
 }

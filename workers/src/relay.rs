@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
+use ordo_commands::telemetry;
 use ordo_projections::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -113,6 +114,28 @@ pub fn headers(event: &FeedEvent) -> HeaderMap {
     h
 }
 
+/// [`headers`], with the trace carried on: when traces are exported, a `relay.publish` span
+/// (a child of the request that recorded the event) stands between the request and the
+/// workers, and the message names it as the parent; otherwise the stored traceparent goes on
+/// unchanged.
+fn traced_headers(event: &FeedEvent, subject: &str) -> HeaderMap {
+    let mut headers = headers(event);
+    let Some(stored) = headers.get("traceparent").map(|v| v.as_str().to_owned()) else {
+        return headers;
+    };
+    let span = tracing::info_span!(
+        "relay.publish",
+        event.id = %event.event_id,
+        event.r#type = %event.event_type,
+        messaging.destination = subject,
+    );
+    telemetry::continue_trace(&span, &stored);
+    if let Some(own) = telemetry::traceparent_of(&span) {
+        headers.insert("traceparent", own.as_str());
+    }
+    headers
+}
+
 /// The message body: the event's fields (the stored serde tag repeats `ce-type`).
 pub fn body(event: &FeedEvent) -> Vec<u8> {
     match serde_json::from_str::<Value>(&event.payload) {
@@ -186,9 +209,10 @@ impl Relay {
         let mut acks = Vec::with_capacity(events.len());
         for event in &events {
             let subject = format!("{}.{}", self.config.subject_prefix, event.event_type);
+            let headers = traced_headers(event, &subject);
             let ack = self
                 .js
-                .publish_with_headers(subject, headers(event), body(event).into())
+                .publish_with_headers(subject, headers, body(event).into())
                 .await
                 .map_err(nats)?;
             acks.push(ack);
@@ -210,6 +234,7 @@ impl Relay {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        metrics::counter!("ordo_relay_published_total").increment(events.len() as u64);
         Ok(events.len())
     }
 
