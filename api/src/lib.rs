@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod respond;
 pub mod routes;
 pub mod validate;
@@ -21,6 +22,9 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{create_key, Caller, KeyCache, Role};
 pub use error::ApiError;
@@ -86,6 +90,25 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every route with its OpenAPI description: one list, so the two cannot diverge.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(routes::health::router())
+        .merge(routes::orders::router())
+        .merge(routes::payments::router())
+        .merge(routes::customers::router())
+        .merge(routes::audit::router())
+        .merge(routes::projections::router())
+        .merge(routes::analytics::router())
+        .merge(routes::webhooks::router())
+        .merge(routes::workers::router())
+        .merge(routes::notifications::router())
+        .routes(routes!(openapi::openapi_json))
+        .split_for_parts();
+    openapi::finish(&mut spec);
+    (router.merge(openapi::docs_router()), spec)
+}
+
 /// The whole API with its middleware.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
@@ -97,17 +120,8 @@ pub fn router(state: AppState) -> Router {
             .unwrap_or_default();
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request.id = %request_id)
     });
-    Router::new()
-        .merge(routes::health::router())
-        .merge(routes::orders::router())
-        .merge(routes::payments::router())
-        .merge(routes::customers::router())
-        .merge(routes::audit::router())
-        .merge(routes::projections::router())
-        .merge(routes::analytics::router())
-        .merge(routes::webhooks::router())
-        .merge(routes::workers::router())
-        .merge(routes::notifications::router())
+    api()
+        .0
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(body_limit))
