@@ -14,6 +14,7 @@ mod errors;
 mod idempotency;
 mod lifecycle;
 mod notifications;
+mod openapi;
 mod process_manager;
 mod projector;
 mod read_models;

@@ -99,12 +99,22 @@ pub struct Funnel {
 #[derive(ToSchema)]
 pub struct RegisterWebhook {
     /// `http://` or `https://` with a host, at most 2048 characters.
-    #[schema(example = "https://shop.example.com/hooks/ordo", max_length = 2048)]
+    #[schema(
+        example = "https://shop.example.com/hooks/ordo",
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#:\s\x00-\x1f\x7f-\x9f][^\s\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub url: String,
     /// Event types (`order.placed`), prefixes (`payment.*`) or `*`.
     #[schema(min_items = 1, example = json!(["order.placed", "payment.*"]))]
-    pub event_types: Vec<String>,
+    pub event_types: Vec<EventTypePattern>,
 }
+
+/// `*`, an event type (`order.placed`) or a prefix (`payment.*`): dot-separated segments of
+/// lower-case letters, digits, `_` or `-`.
+#[derive(ToSchema)]
+#[schema(example = "order.placed")]
+pub struct EventTypePattern(String);
 
 #[derive(ToSchema)]
 pub struct WebhookCreated {

@@ -24,7 +24,7 @@ pub struct ReadOne {
 pub struct OrderList {
     #[param(nullable = false)]
     customer_id: Option<Uuid>,
-    #[param(nullable = false)]
+    #[param(nullable = false, inline)]
     status: Option<OrderStatus>,
     /// `next_cursor` of the previous page.
     #[param(nullable = false)]
@@ -103,7 +103,7 @@ pub struct Sales {
     #[param(nullable = false)]
     to: Option<DateTime<Utc>>,
     /// Default: `day`.
-    #[param(nullable = false)]
+    #[param(nullable = false, inline)]
     granularity: Option<Granularity>,
 }
 

@@ -101,7 +101,11 @@ pub struct Empty {}
 pub struct RegisterCustomer {
     /// Generated when absent.
     pub customer_id: Option<Uuid>,
-    #[schema(example = "ada@example.com", max_length = 254)]
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^[^\s@\x00]{1,64}@[A-Za-z0-9-][A-Za-z0-9.-]*\.[A-Za-z0-9.-]*[A-Za-z0-9-]$"
+    )]
     pub email: String,
     pub name: Text,
     pub phone: Option<Text>,
@@ -118,6 +122,7 @@ pub struct PlaceOrder {
     pub order_id: Option<Uuid>,
     pub customer_id: Uuid,
     pub currency: Currency,
+    #[schema(min_items = 1, max_items = 200)]
     pub lines: Vec<NewLine>,
     pub shipping_address: Option<Address>,
 }
@@ -154,6 +159,7 @@ pub struct ShipOrder {
     pub carrier: Text,
     pub tracking_number: Text,
     /// What this shipment holds; everything not yet shipped when absent.
+    #[schema(min_items = 1)]
     pub lines: Option<Vec<ShipmentLine>>,
 }
 

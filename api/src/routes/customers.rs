@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
+use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
@@ -126,7 +126,7 @@ async fn list(
     wait_for_position(&app, Projection::Customers, &q).await?;
     let page = queries::customers(
         &app.pool,
-        q.get("email").map(String::as_str),
+        text_param(&q, "email")?,
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )

@@ -102,7 +102,7 @@ async fn dead_letters(
 ) -> Result<Response, ApiError> {
     let list = app
         .workers
-        .dead_letters(&app.pool, q.get("worker").map(String::as_str))
+        .dead_letters(&app.pool, super::text_param(&q, "worker")?)
         .await?;
     Ok(Json(list).into_response())
 }
