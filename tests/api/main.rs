@@ -11,6 +11,7 @@ mod auth;
 mod concurrency;
 mod crash;
 mod errors;
+mod fuzz_findings;
 mod idempotency;
 mod lifecycle;
 mod notifications;

@@ -110,7 +110,8 @@ async fn show(
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Customers, &q).await?;
     let customer = queries::customer(&app.pool, id)
-        .await?
+        .await
+        .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no customer has this id".into()))?;
     Ok(axum::Json(customer).into_response())
 }
@@ -130,6 +131,7 @@ async fn list(
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
-    .await?;
+    .await
+    .map_err(super::read_error)?;
     Ok(page_json(page))
 }

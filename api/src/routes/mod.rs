@@ -111,6 +111,18 @@ pub(crate) async fn wait_for_position(
     }
 }
 
+/// A failed read of a read model. Until the projector has created a read model's tables
+/// (just after a first start) the read is a retry-later 503, not a 500.
+pub(crate) fn read_error(err: sqlx::Error) -> ApiError {
+    let undefined_table =
+        matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
+    if undefined_table {
+        ApiError::Unavailable(format!("read model not created yet: {err}"))
+    } else {
+        err.into()
+    }
+}
+
 /// A list page as `{items, next_cursor}`.
 pub(crate) fn page_json(page: ordo_projections::queries::Page) -> Response {
     Json(serde_json::json!({"items": page.items, "next_cursor": page.next_cursor})).into_response()

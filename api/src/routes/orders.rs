@@ -249,7 +249,8 @@ async fn show(
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Orders, &q).await?;
     let order = queries::order(&app.pool, id)
-        .await?
+        .await
+        .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no order has this id".into()))?;
     let version = order["version"].as_u64().unwrap_or_default();
     Ok(super::versioned_json(version, order))
@@ -280,6 +281,7 @@ async fn list(
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
-    .await?;
+    .await
+    .map_err(super::read_error)?;
     Ok(page_json(page))
 }

@@ -198,7 +198,8 @@ async fn show(
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Payments, &q).await?;
     let payment = queries::payment(&app.pool, id)
-        .await?
+        .await
+        .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no payment has this id".into()))?;
     let version = payment["version"].as_u64().unwrap_or_default();
     Ok(super::versioned_json(version, payment))
@@ -219,6 +220,7 @@ async fn list(
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
-    .await?;
+    .await
+    .map_err(super::read_error)?;
     Ok(page_json(page))
 }
