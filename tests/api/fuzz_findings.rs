@@ -65,3 +65,21 @@ async fn min_position_zero_is_already_reached_even_before_any_event() {
     resp.assert_status(200);
     assert_eq!(resp.body["items"], json!([]));
 }
+
+/// The whole schemathesis run, bounded: 10 examples per operation and a fixed seed, about
+/// two minutes. Not in the default run because it needs python3 and, on first use, PyPI:
+/// `cargo test --test api -- --ignored schemathesis`.
+#[test]
+#[ignore = "needs python3 and PyPI; runs scripts/fuzz-api"]
+fn schemathesis_finds_no_failure_in_a_bounded_run() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fuzz-api");
+
+    let status = std::process::Command::new(script)
+        .env("ORDO_BIN", env!("CARGO_BIN_EXE_ordo"))
+        .env("FUZZ_MAX_EXAMPLES", "10")
+        .args(["--seed", "1"])
+        .status()
+        .expect("scripts/fuzz-api starts");
+
+    assert!(status.success(), "schemathesis reported failures: {status}");
+}
