@@ -5,7 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 #[derive(ToSchema)]
@@ -111,10 +113,20 @@ pub struct RegisterWebhook {
 }
 
 /// `*`, an event type (`order.placed`) or a prefix (`payment.*`): dot-separated segments of
-/// lower-case letters, digits, `_` or `-`.
-#[derive(ToSchema)]
-#[schema(example = "order.placed")]
-pub struct EventTypePattern(String);
+/// lower-case letters, digits, `_` or `-` (`integration::valid_event_type`).
+pub struct EventTypePattern;
+
+impl PartialSchema for EventTypePattern {
+    fn schema() -> RefOr<Schema> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^(\*|[a-z0-9_-]+(\.[a-z0-9_-]+)*(\.\*)?)$"))
+            .examples(["order.placed"]);
+        RefOr::T(Schema::Object(schema.build()))
+    }
+}
+
+impl ToSchema for EventTypePattern {}
 
 #[derive(ToSchema)]
 pub struct WebhookCreated {
