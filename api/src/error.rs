@@ -197,7 +197,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable".into(),
-                "the event store cannot be reached; retry later".into(),
+                "the event store or the message broker cannot be reached; retry later".into(),
                 None,
             ),
             Self::RateLimited => (

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod rate_limit;
 pub mod readiness;
 pub mod respond;
@@ -24,6 +25,9 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{create_key, Caller, KeyCache, Role};
 pub use error::ApiError;
@@ -132,8 +136,13 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
 pub fn ops_router(state: AppState) -> Router {
     metrics::install();
     Router::new()
-        .merge(routes::health::router())
-        .route("/metrics", axum::routing::get(metrics::scrape))
+        .merge(routes::health::router().split_for_parts().0)
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(metrics::scrape))
+                .split_for_parts()
+                .0,
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
@@ -145,14 +154,10 @@ pub fn ops_router(state: AppState) -> Router {
         )
 }
 
-/// The whole API with its middleware.
-pub fn router(state: AppState) -> Router {
-    metrics::install();
-    let body_limit = state.config.body_limit;
-    let trace = TraceLayer::new_for_http().make_span_with(request_span);
-    Router::new()
+/// Every route with its OpenAPI description: one list, so the two cannot diverge.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
-        .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(routes::orders::router())
         .merge(routes::payments::router())
         .merge(routes::customers::router())
@@ -162,6 +167,20 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::webhooks::router())
         .merge(routes::workers::router())
         .merge(routes::notifications::router())
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(openapi::openapi_json))
+        .split_for_parts();
+    openapi::finish(&mut spec);
+    (router.merge(openapi::docs_router()), spec)
+}
+
+/// The whole API with its middleware.
+pub fn router(state: AppState) -> Router {
+    metrics::install();
+    let body_limit = state.config.body_limit;
+    let trace = TraceLayer::new_for_http().make_span_with(request_span);
+    api()
+        .0
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(axum::middleware::from_fn(metrics::track))

@@ -179,6 +179,9 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn scrape(State(app): State<AppState>) -> Response {
     let Some(handle) = install() else {
         return (

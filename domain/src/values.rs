@@ -71,7 +71,7 @@ impl Email {
         let local_ok = !local.is_empty()
             && local.len() <= 64
             && !local.contains(char::is_whitespace)
-            && !local.contains('@');
+            && !local.contains(['@', '\0']);
         if !domain_ok || !local_ok || trimmed.len() > 254 {
             return Err(invalid());
         }
@@ -91,6 +91,10 @@ impl Text {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Err(ValueError::new("must not be empty"));
+        }
+        // Events are stored as jsonb, which cannot hold U+0000.
+        if trimmed.contains('\0') {
+            return Err(ValueError::new("must not contain NUL characters"));
         }
         if trimmed.chars().count() > max {
             return Err(ValueError::new(format!("must be at most {max} characters")));
@@ -207,6 +211,13 @@ mod tests {
         assert!(Text::parse("   ").is_err());
         assert_eq!(Text::parse(" hi ").unwrap().as_str(), "hi");
         assert!(Text::parse_bounded("abcd", 3).is_err());
+    }
+
+    /// jsonb cannot store U+0000; such text used to fail the command with a 500.
+    #[test]
+    fn text_and_emails_refuse_nul_characters() {
+        assert!(Text::parse("a\0b").is_err());
+        assert!(Email::parse("a\0b@example.com").is_err());
     }
 
     #[test]

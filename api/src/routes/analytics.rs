@@ -3,19 +3,21 @@
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use ordo_workers::analytics;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Params;
 use crate::auth::{self, Allowed};
+use crate::openapi::{admin, params, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/analytics/sales", get(sales))
-        .route("/v1/analytics/funnel", get(funnel))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sales))
+        .routes(routes!(funnel))
 }
 
 fn time_param(q: &Params, param: &'static str) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -31,7 +33,11 @@ fn time_param(q: &Params, param: &'static str) -> Result<Option<DateTime<Utc>>, 
         .transpose()
 }
 
-/// `from` defaults to seven days before `to`, `to` to now; granularity to `day`.
+/// Sales per hour or day per currency (analyst, admin). `from` defaults to seven days
+/// before `to`, `to` to now; granularity to `day`.
+#[utoipa::path(get, path = "/v1/analytics/sales", tag = "analytics", params(params::Sales),
+    responses((status = 200, description = "Buckets", body = admin::SalesReport),
+        RestrictedReadProblems))]
 async fn sales(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Analysts>,
@@ -56,6 +62,10 @@ async fn sales(
     Ok(Json(report).into_response())
 }
 
+/// Orders reaching each stage, and the cancellation and refund rates (analyst, admin).
+#[utoipa::path(get, path = "/v1/analytics/funnel", tag = "analytics",
+    responses((status = 200, description = "The funnel", body = admin::Funnel),
+        RestrictedReadProblems))]
 async fn funnel(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Analysts>,

@@ -5,18 +5,20 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use ordo_commands::history::{self, RecordedEvent, Until};
 use ordo_domain::customer::Customer;
 use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
 use serde_json::{json, Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::int_param;
 use crate::auth::{self, Allowed};
 use crate::extract::PathId;
+use crate::openapi::{params, schemas as body, RestrictedReadOneProblems};
 use crate::{views, ApiError, AppState};
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -39,39 +41,56 @@ impl Kind {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    let mut router = Router::new();
-    for (collection, kind) in [
-        ("orders", Kind::Order),
-        ("payments", Kind::Payment),
-        ("customers", Kind::Customer),
-    ] {
-        router = router
-            .route(
-                &format!("/v1/{collection}/{{id}}/history"),
-                get(
-                    move |State(app): State<AppState>,
-                          _: Allowed<auth::Auditors>,
-                          PathId(id): PathId,
-                          Query(q): Query<HashMap<String, String>>| async move {
-                        history(app, kind, id.to_string(), q).await
-                    },
-                ),
-            )
-            .route(
-                &format!("/v1/{collection}/{{id}}/state"),
-                get(
-                    move |State(app): State<AppState>,
-                          _: Allowed<auth::Auditors>,
-                          PathId(id): PathId,
-                          Query(q): Query<HashMap<String, String>>| async move {
-                        state(app, kind, id.to_string(), q).await
-                    },
-                ),
-            );
-    }
-    router
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(order_history))
+        .routes(routes!(order_state))
+        .routes(routes!(payment_history))
+        .routes(routes!(payment_state))
+        .routes(routes!(customer_history))
+        .routes(routes!(customer_state))
 }
+
+/// The two audit reads of one kind of stream, as handlers with their OpenAPI descriptions.
+macro_rules! audit_routes {
+    ($kind:expr, $history:ident: $history_path:literal, $state:ident: $state_path:literal) => {
+        /// The stream's events with their metadata, oldest first (support, admin).
+        #[utoipa::path(get, path = $history_path, tag = "audit",
+            params(("id" = Uuid, Path, description = "The stream's id"), params::History),
+            responses((status = 200, description = "A page of events", body = body::Page<body::HistoryItem>),
+                RestrictedReadOneProblems))]
+        async fn $history(
+            State(app): State<AppState>,
+            _: Allowed<auth::Auditors>,
+            PathId(id): PathId,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> Result<Json<Value>, ApiError> {
+            history(app, $kind, id.to_string(), q).await
+        }
+
+        /// The state folded from the log at a version or an instant (support, admin).
+        #[utoipa::path(get, path = $state_path, tag = "audit",
+            params(("id" = Uuid, Path, description = "The stream's id"), params::State),
+            responses((status = 200, description = "The state", body = body::StreamState,
+                headers(("ETag" = String, description = "`\"<version>\"` folded"))),
+                RestrictedReadOneProblems))]
+        async fn $state(
+            State(app): State<AppState>,
+            _: Allowed<auth::Auditors>,
+            PathId(id): PathId,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> Result<Response, ApiError> {
+            state(app, $kind, id.to_string(), q).await
+        }
+    };
+}
+
+audit_routes!(Kind::Order,
+    order_history: "/v1/orders/{id}/history", order_state: "/v1/orders/{id}/state");
+audit_routes!(Kind::Payment,
+    payment_history: "/v1/payments/{id}/history", payment_state: "/v1/payments/{id}/state");
+audit_routes!(Kind::Customer,
+    customer_history: "/v1/customers/{id}/history", customer_state: "/v1/customers/{id}/state");
 
 async fn history(
     app: AppState,

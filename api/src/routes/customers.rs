@@ -2,29 +2,35 @@
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::Utc;
 use ordo_domain::customer::{CustomerCommand, RegisterCustomer};
 use ordo_domain::values::{Email, Text};
 use ordo_projections::{queries, Projection};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
+use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
+use crate::openapi::schemas as body;
+use crate::openapi::{params, Added, CommandHeaderParams, CommandProblems, Created};
+use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/customers", post(register).get(list))
-        .route("/v1/customers/{id}", get(show))
-        .route("/v1/customers/{id}/notes", post(add_note))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, list))
+        .routes(routes!(show))
+        .routes(routes!(add_note))
 }
 
+/// Register a customer (storefront, admin). `customer_id` is generated when absent.
+#[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = body::RegisterCustomer,
+    params(CommandHeaderParams), responses(Created, CreateProblems))]
 async fn register(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -62,6 +68,9 @@ fn parse_register(json: &Value) -> Result<RegisterCustomer, ApiError> {
     })
 }
 
+/// Add a support note to a customer (support, admin).
+#[utoipa::path(post, path = "/v1/customers/{id}/notes", tag = "customers", request_body = body::AddNote,
+    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Added, CommandProblems))]
 async fn add_note(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Notes>,
@@ -90,6 +99,9 @@ async fn add_note(
     .await
 }
 
+/// One customer's 360 view from the CRM read model (every role).
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path, description = "The customer's id"), params::ReadOne),
+    responses((status = 200, description = "The customer", body = body::Customer), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -98,11 +110,15 @@ async fn show(
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Customers, &q).await?;
     let customer = queries::customer(&app.pool, id)
-        .await?
+        .await
+        .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no customer has this id".into()))?;
     Ok(axum::Json(customer).into_response())
 }
 
+/// Customers, oldest id first, cursor-paginated (every role).
+#[utoipa::path(get, path = "/v1/customers", tag = "customers", params(params::CustomerList),
+    responses((status = 200, description = "A page of customers", body = body::Page<body::Customer>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -111,10 +127,11 @@ async fn list(
     wait_for_position(&app, Projection::Customers, &q).await?;
     let page = queries::customers(
         &app.pool,
-        q.get("email").map(String::as_str),
+        text_param(&q, "email")?,
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
-    .await?;
+    .await
+    .map_err(super::read_error)?;
     Ok(page_json(page))
 }

@@ -5,17 +5,26 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::openapi::admin;
 use crate::readiness::RoleState;
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(live))
+        .routes(routes!(ready))
+}
+
+/// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = admin::Health)))]
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
 }
 
 /// How long PostgreSQL gets to answer `SELECT 1`.
@@ -23,6 +32,9 @@ const POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// 200 when PostgreSQL answers, NATS is connected (if this process needs it) and every role
 /// is running; otherwise 503 with the same body saying what is not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = admin::Readiness),
+        (status = 503, description = "Not ready: the same body says what is not", body = admin::Readiness)))]
 async fn ready(State(app): State<AppState>) -> Response {
     let (postgres_up, postgres) = postgres(&app).await;
     let (nats_up, nats) = match &app.readiness.nats {

@@ -60,6 +60,21 @@ pub(crate) fn uuid_param(q: &Params, param: &'static str) -> Result<Option<Uuid>
         .transpose()
 }
 
+/// A free-text query parameter. PostgreSQL cannot hold a NUL character in text, so one
+/// is a bad parameter rather than a failed query.
+pub(crate) fn text_param<'q>(
+    q: &'q Params,
+    param: &'static str,
+) -> Result<Option<&'q str>, ApiError> {
+    match q.get(param) {
+        Some(raw) if raw.contains('\0') => Err(ApiError::BadQuery {
+            param,
+            detail: "must not contain NUL characters".into(),
+        }),
+        raw => Ok(raw.map(String::as_str)),
+    }
+}
+
 pub(crate) const DEFAULT_PAGE: i64 = 50;
 pub(crate) const MAX_PAGE: i64 = 500;
 
@@ -82,7 +97,8 @@ pub(crate) async fn wait_for_position(
     projection: Projection,
     q: &Params,
 ) -> Result<(), ApiError> {
-    let Some(position) = int_param(q, "min_position")? else {
+    // Position 0 is before every event: nothing to wait for.
+    let Some(position) = int_param(q, "min_position")?.filter(|p| *p > 0) else {
         return Ok(());
     };
     if status::wait_for(&app.pool, projection, position, app.config.read_wait).await? {
@@ -92,6 +108,18 @@ pub(crate) async fn wait_for_position(
             projection: projection.name(),
             position,
         })
+    }
+}
+
+/// A failed read of a read model. Until the projector has created a read model's tables
+/// (just after a first start) the read is a retry-later 503, not a 500.
+pub(crate) fn read_error(err: sqlx::Error) -> ApiError {
+    let undefined_table =
+        matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
+    if undefined_table {
+        ApiError::Unavailable(format!("read model not created yet: {err}"))
+    } else {
+        err.into()
     }
 }
 

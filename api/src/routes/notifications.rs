@@ -3,22 +3,27 @@
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use ordo_workers::notification;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{uuid_param, Params};
 use crate::auth::{self, Allowed};
+use crate::openapi::{admin, params, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
 /// The most a list returns.
 const LIMIT: i64 = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/notifications", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
-/// `?order_id=&customer_id=` (both optional): newest first, at most 100.
+/// Notifications sent or recorded, newest first, at most 100 (support, admin).
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(params::Notifications),
+    responses((status = 200, description = "Notifications", body = admin::NotificationList),
+        RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::NotificationReaders>,

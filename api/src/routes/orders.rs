@@ -2,8 +2,6 @@
 
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::Utc;
 use ordo_commands::service::ShipRequest;
 use ordo_domain::order::{NewLine, OrderCommand, PlaceOrder, ShipmentLine};
@@ -11,25 +9,34 @@ use ordo_domain::values::{Address, Text};
 use ordo_domain::Currency;
 use ordo_projections::{queries, Projection};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
+use crate::openapi::schemas as body;
+use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
+use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orders", post(place).get(list))
-        .route("/v1/orders/{id}", get(show))
-        .route("/v1/orders/{id}/confirm", post(confirm))
-        .route("/v1/orders/{id}/cancel", post(cancel))
-        .route("/v1/orders/{id}/ship", post(ship))
-        .route("/v1/orders/{id}/deliver", post(deliver))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(place, list))
+        .routes(routes!(show))
+        .routes(routes!(confirm))
+        .routes(routes!(cancel))
+        .routes(routes!(ship))
+        .routes(routes!(deliver))
 }
 
+/// Place an order (storefront, admin). `order_id` is generated when absent; totals are
+/// computed by the server.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = body::PlaceOrder,
+    params(CommandHeaderParams), responses(Created, CreateProblems))]
 async fn place(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -112,6 +119,9 @@ fn empty(json: &Value) -> Result<(), ApiError> {
     v.finish(|| Some(()))
 }
 
+/// Confirm a placed order (storefront, admin).
+#[utoipa::path(post, path = "/v1/orders/{id}/confirm", tag = "orders", request_body = body::Empty,
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn confirm(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -126,6 +136,9 @@ async fn confirm(
     .await
 }
 
+/// Cancel an order while nothing has shipped (storefront, support, admin).
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = body::CancelOrder,
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn cancel(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Cancel>,
@@ -149,6 +162,9 @@ async fn cancel(
     .await
 }
 
+/// Mark a shipped order delivered (storefront, admin).
+#[utoipa::path(post, path = "/v1/orders/{id}/deliver", tag = "orders", request_body = body::Empty,
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn deliver(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -163,6 +179,9 @@ async fn deliver(
     .await
 }
 
+/// Ship a confirmed, paid order, in full or in part (storefront, admin).
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", request_body = body::ShipOrder,
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn ship(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -218,6 +237,10 @@ fn parse_ship(json: &Value) -> Result<ShipRequest, ApiError> {
     })
 }
 
+/// One order from the orders read model (every role).
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = Uuid, Path, description = "The order's id"), params::ReadOne),
+    responses((status = 200, description = "The order", body = body::Order,
+        headers(("ETag" = String, description = "`\"<version>\"` of the order"))), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -226,12 +249,16 @@ async fn show(
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Orders, &q).await?;
     let order = queries::order(&app.pool, id)
-        .await?
+        .await
+        .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no order has this id".into()))?;
     let version = order["version"].as_u64().unwrap_or_default();
     Ok(super::versioned_json(version, order))
 }
 
+/// Orders, oldest id first, cursor-paginated (every role).
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(params::OrderList),
+    responses((status = 200, description = "A page of orders", body = body::Page<body::Order>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -254,6 +281,7 @@ async fn list(
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
-    .await?;
+    .await
+    .map_err(super::read_error)?;
     Ok(page_json(page))
 }

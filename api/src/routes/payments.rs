@@ -2,8 +2,6 @@
 
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::Utc;
 use ordo_commands::service::NewPayment;
 use ordo_domain::payment::PaymentCommand;
@@ -13,24 +11,29 @@ use ordo_projections::{queries, Projection};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
+use crate::openapi::schemas as body;
+use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
+use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/payments", post(create).get(list))
-        .route("/v1/payments/{id}", get(show))
-        .route("/v1/payments/{id}/authorize", post(authorize))
-        .route("/v1/payments/{id}/capture", post(capture))
-        .route("/v1/payments/{id}/refund", post(refund))
-        .route("/v1/payments/{id}/void", post(void))
-        .route("/v1/payments/{id}/fail", post(fail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show))
+        .routes(routes!(authorize))
+        .routes(routes!(capture))
+        .routes(routes!(refund))
+        .routes(routes!(void))
+        .routes(routes!(fail))
 }
 
 /// An amount that must be above zero.
@@ -45,6 +48,9 @@ impl<'de> Deserialize<'de> for Positive {
     }
 }
 
+/// Create a pending payment for an order, in the order's currency (storefront, admin).
+#[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = body::CreatePayment,
+    params(CommandHeaderParams), responses(Created, CreateProblems))]
 async fn create(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -114,7 +120,11 @@ async fn lifecycle(
 }
 
 macro_rules! payment_route {
-    ($name:ident, |$v:ident, $o:ident| $parse:expr) => {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $body:ty, |$v:ident, $o:ident| $parse:expr) => {
+        $(#[$doc])*
+        #[utoipa::path(post, path = $path, tag = "payments", request_body = $body,
+            params(("id" = Uuid, Path, description = "The payment's id"), CommandHeaderParams),
+            responses(Applied, CommandProblems))]
         async fn $name(
             State(app): State<AppState>,
             Allowed(caller, _): Allowed<auth::Commands>,
@@ -127,7 +137,9 @@ macro_rules! payment_route {
     };
 }
 
-payment_route!(authorize, |v, o| {
+payment_route!(
+    /// Authorize a pending payment, for its amount unless `amount` says less (storefront, admin).
+    authorize, "/v1/payments/{id}/authorize", body::AuthorizePayment, |v, o| {
     let provider_reference = v.required::<Text>(o, "", "provider_reference");
     let amount = v.optional::<Positive>(o, "", "amount");
     Some(PaymentCommand::Authorize {
@@ -137,7 +149,9 @@ payment_route!(authorize, |v, o| {
     })
 });
 
-payment_route!(capture, |v, o| {
+payment_route!(
+    /// Capture (part of) what is authorized (storefront, admin).
+    capture, "/v1/payments/{id}/capture", body::CapturePayment, |v, o| {
     let amount = v.required::<Positive>(o, "", "amount");
     Some(PaymentCommand::Capture {
         amount: amount?.0,
@@ -145,7 +159,9 @@ payment_route!(capture, |v, o| {
     })
 });
 
-payment_route!(refund, |v, o| {
+payment_route!(
+    /// Refund (part of) what is captured (storefront, admin).
+    refund, "/v1/payments/{id}/refund", body::RefundPayment, |v, o| {
     let amount = v.required::<Positive>(o, "", "amount");
     let reason = v.required::<Text>(o, "", "reason");
     Some(PaymentCommand::Refund {
@@ -155,9 +171,13 @@ payment_route!(refund, |v, o| {
     })
 });
 
-payment_route!(void, |_v, _o| Some(PaymentCommand::Void { at: Utc::now() }));
+payment_route!(
+    /// Void an authorized payment while nothing is captured (storefront, admin).
+    void, "/v1/payments/{id}/void", body::Empty, |_v, _o| Some(PaymentCommand::Void { at: Utc::now() }));
 
-payment_route!(fail, |v, o| {
+payment_route!(
+    /// Record that a pending payment failed (storefront, admin).
+    fail, "/v1/payments/{id}/fail", body::FailPayment, |v, o| {
     let reason = v.required::<Text>(o, "", "reason");
     Some(PaymentCommand::Fail {
         reason: reason?,
@@ -165,6 +185,11 @@ payment_route!(fail, |v, o| {
     })
 });
 
+/// One payment from the payments read model (every role).
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
+    params(("id" = Uuid, Path, description = "The payment's id"), params::ReadOne),
+    responses((status = 200, description = "The payment", body = body::Payment,
+        headers(("ETag" = String, description = "`\"<version>\"` of the payment"))), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -173,12 +198,16 @@ async fn show(
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Payments, &q).await?;
     let payment = queries::payment(&app.pool, id)
-        .await?
+        .await
+        .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no payment has this id".into()))?;
     let version = payment["version"].as_u64().unwrap_or_default();
     Ok(super::versioned_json(version, payment))
 }
 
+/// Payments, oldest id first, cursor-paginated (every role).
+#[utoipa::path(get, path = "/v1/payments", tag = "payments", params(params::PaymentList),
+    responses((status = 200, description = "A page of payments", body = body::Page<body::Payment>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -191,6 +220,7 @@ async fn list(
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
-    .await?;
+    .await
+    .map_err(super::read_error)?;
     Ok(page_json(page))
 }

@@ -3,20 +3,26 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use ordo_projections::{status, Projection};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{self, Allowed};
+use crate::openapi::{admin, AdminBodyProblems, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/projections", get(list))
-        .route("/v1/projections/{name}/rebuild", post(rebuild))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(rebuild))
 }
 
+/// Status and lag of each read model (support, analyst, admin).
+#[utoipa::path(get, path = "/v1/projections", tag = "projections",
+    responses((status = 200, description = "Every projection", body = admin::ProjectionList),
+        RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::ProjectionReaders>,
@@ -27,6 +33,10 @@ async fn list(
 
 /// 202: the active runner builds a fresh copy from position zero and swaps it in once it
 /// has caught up; progress shows in `GET /v1/projections`.
+#[utoipa::path(post, path = "/v1/projections/{name}/rebuild", tag = "projections",
+    params(("name" = String, Path, description = "`orders`, `payments` or `customers`")),
+    responses((status = 202, description = "Requested", body = admin::RebuildAccepted),
+        AdminBodyProblems))]
 async fn rebuild(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Rebuilders>,

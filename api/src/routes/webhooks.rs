@@ -4,21 +4,23 @@
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use ordo_workers::integration;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{limit_param, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, PathId};
+use crate::openapi::{admin, params, AdminBodyProblems, RestrictedReadOneProblems};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/webhooks", post(register))
-        .route("/v1/webhooks/{id}/deliveries", get(deliveries))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(deliveries))
 }
 
 const MAX_URL: usize = 2048;
@@ -77,7 +79,11 @@ fn parse_register(json: &Value) -> Result<(String, Vec<String>), ApiError> {
     v.finish(|| Some((url?, event_types?)))
 }
 
-/// 201 `{"id", "secret"}` with `Location: /v1/webhooks/{id}`. The secret is shown once.
+/// Register a webhook endpoint (admin). 201 `{"id", "secret"}` with
+/// `Location: /v1/webhooks/{id}`; the secret is shown once.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = admin::RegisterWebhook,
+    responses((status = 201, description = "Registered", body = admin::WebhookCreated,
+        headers(("Location" = String, description = "The new endpoint"))), AdminBodyProblems))]
 async fn register(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::WebhookAdmins>,
@@ -96,7 +102,11 @@ async fn register(
     Ok(response)
 }
 
-/// `{"items": [...]}`, newest first (`limit`, default 50).
+/// An endpoint's delivery attempts, newest first (admin).
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id"), params::Limit),
+    responses((status = 200, description = "Attempts", body = admin::DeliveryList),
+        RestrictedReadOneProblems))]
 async fn deliveries(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::WebhookAdmins>,

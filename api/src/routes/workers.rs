@@ -3,25 +3,27 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use ordo_workers::ops::{OpsError, ReplayFrom};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Params;
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, PathId};
+use crate::openapi::{admin, params, AdminBodyProblems, RestrictedReadProblems};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/workers", get(status))
-        .route("/v1/workers/{name}/replay", post(replay))
-        .route("/v1/dead-letters", get(dead_letters))
-        .route("/v1/dead-letters/redrive", post(redrive_all))
-        .route("/v1/dead-letters/{id}/redrive", post(redrive))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(replay))
+        .routes(routes!(dead_letters))
+        .routes(routes!(redrive_all))
+        .routes(routes!(redrive))
 }
 
 impl From<OpsError> for ApiError {
@@ -40,6 +42,10 @@ impl From<OpsError> for ApiError {
     }
 }
 
+/// Each worker's lag and dead letters (admin).
+#[utoipa::path(get, path = "/v1/workers", tag = "workers",
+    responses((status = 200, description = "Every worker", body = admin::WorkerList),
+        RestrictedReadProblems))]
 async fn status(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,
@@ -51,6 +57,11 @@ async fn status(
 /// Body: `{"from_position": N}` or `{"from_time": "RFC 3339"}`, and `"reprocess": true` to
 /// repeat side effects (e-mails, webhooks) from there. 202: the worker's consumer starts
 /// again from there; without `reprocess` handlers skip what they already did.
+#[utoipa::path(post, path = "/v1/workers/{name}/replay", tag = "workers",
+    request_body = admin::Replay,
+    params(("name" = String, Path, description = "`notification`, `analytics` or `integration`")),
+    responses((status = 202, description = "Replaying", body = admin::ReplayAccepted),
+        AdminBodyProblems))]
 async fn replay(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,
@@ -92,6 +103,10 @@ async fn replay(
         .into_response())
 }
 
+/// Dead letters, newest first, at most 500 (admin).
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "workers", params(params::DeadLetters),
+    responses((status = 200, description = "Dead letters", body = admin::DeadLetterList),
+        RestrictedReadProblems))]
 async fn dead_letters(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,
@@ -99,11 +114,16 @@ async fn dead_letters(
 ) -> Result<Response, ApiError> {
     let list = app
         .workers
-        .dead_letters(&app.pool, q.get("worker").map(String::as_str))
+        .dead_letters(&app.pool, super::text_param(&q, "worker")?)
         .await?;
     Ok(Json(list).into_response())
 }
 
+/// Publish one dead letter again (admin).
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "workers",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter's id")),
+    responses((status = 202, description = "Published again", body = admin::Redriven),
+        AdminBodyProblems))]
 async fn redrive(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,
@@ -123,6 +143,10 @@ async fn redrive(
 }
 
 /// Body: `{"worker": NAME}`: redrive every waiting dead letter of that worker.
+#[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "workers",
+    request_body = admin::RedriveAll,
+    responses((status = 202, description = "Published again", body = admin::RedrivenAll),
+        AdminBodyProblems))]
 async fn redrive_all(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,

@@ -1,0 +1,133 @@
+//! Query parameters, for the OpenAPI document only: handlers read them from a map
+//! (`routes::int_param` and friends), which ignores names it does not know.
+
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::schemas::OrderStatus;
+
+/// Read your own writes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadOne {
+    /// Wait until the read model has applied the event at this global position (a command's
+    /// `position`); 503 if it does not get there within a few seconds.
+    #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    min_position: Option<i64>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderList {
+    #[param(nullable = false)]
+    customer_id: Option<Uuid>,
+    #[param(nullable = false, inline)]
+    status: Option<OrderStatus>,
+    /// `next_cursor` of the previous page.
+    #[param(nullable = false)]
+    cursor: Option<Uuid>,
+    /// Page size, 50 by default.
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+    #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    min_position: Option<i64>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PaymentList {
+    #[param(nullable = false)]
+    order_id: Option<Uuid>,
+    #[param(nullable = false)]
+    cursor: Option<Uuid>,
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+    #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    min_position: Option<i64>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CustomerList {
+    /// Exact e-mail address, case-insensitive.
+    #[param(nullable = false)]
+    email: Option<String>,
+    #[param(nullable = false)]
+    cursor: Option<Uuid>,
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+    #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    min_position: Option<i64>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct History {
+    /// Events after this sequence number (`next_cursor` of the previous page).
+    #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    after: Option<i64>,
+    /// Page size, 100 by default.
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// Give at most one of the two; neither means the current state.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct State {
+    /// The state right after the event with this sequence number.
+    #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    version: Option<i64>,
+    /// The state as it was at this instant (RFC 3339).
+    #[param(nullable = false)]
+    at: Option<DateTime<Utc>>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Granularity {
+    Hour,
+    Day,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Sales {
+    /// Default: seven days before `to`.
+    #[param(nullable = false)]
+    from: Option<DateTime<Utc>>,
+    /// Default: now.
+    #[param(nullable = false)]
+    to: Option<DateTime<Utc>>,
+    /// Default: `day`.
+    #[param(nullable = false, inline)]
+    granularity: Option<Granularity>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Notifications {
+    #[param(nullable = false)]
+    order_id: Option<Uuid>,
+    #[param(nullable = false)]
+    customer_id: Option<Uuid>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetters {
+    /// Only this worker's dead letters.
+    #[param(nullable = false)]
+    worker: Option<String>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Limit {
+    /// Page size, 50 by default.
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+}

@@ -1,0 +1,329 @@
+//! The shapes of request and response bodies, for the OpenAPI document only. Handlers read
+//! bodies field by field (`validate.rs`) and answer with JSON built by the read models, so
+//! these types describe that JSON; schemathesis (`scripts/fuzz-api`) checks that they match
+//! what the server really accepts and answers.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
+use uuid::Uuid;
+
+// ------------------------------------------------------------------ value objects
+
+/// A named schema for a value object: a string or integer with the constraints its parsing
+/// constructor in `ordo_domain` enforces.
+macro_rules! value_schema {
+    ($(#[$doc:meta])* $name:ident: $kind:ident, |$b:ident| $build:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                let $b = ObjectBuilder::new().schema_type(Type::$kind);
+                RefOr::T(Schema::Object($build.build()))
+            }
+        }
+
+        impl ToSchema for $name {}
+    };
+}
+
+value_schema!(
+    /// Free text: not blank, at most 2000 characters after trimming.
+    Text: String, |b| b
+        .min_length(Some(1))
+        .max_length(Some(2000))
+        .pattern(Some(r"\S"))
+        .examples(["called about delivery"])
+);
+value_schema!(
+    /// An active ISO 4217 currency code.
+    Currency: String, |b| b
+        .enum_values(Some(ordo_domain::money::ISO_4217.iter().copied()))
+        .examples(["EUR"])
+);
+value_schema!(
+    /// A stock-keeping unit: 1–64 letters, digits, `-`, `_` or `.`.
+    Sku: String, |b| b.pattern(Some("^[A-Za-z0-9._-]{1,64}$")).examples(["SKU-1"])
+);
+value_schema!(
+    /// An amount in the currency's minor unit (cents for EUR), above zero.
+    PositiveAmount: Integer, |b| b.format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(1))
+        .examples([2999])
+);
+
+// ------------------------------------------------------------------ problems
+
+/// An RFC 9457 problem. `type` is `urn:ordo:problem:<slug>`; a refused command names the
+/// broken rule in its slug (e.g. `urn:ordo:problem:order-not-paid`).
+#[derive(ToSchema)]
+pub struct Problem {
+    #[schema(rename = "type", example = "urn:ordo:problem:validation")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Present on validation problems (422): one entry per invalid field.
+    #[schema(nullable = false)]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+#[derive(ToSchema)]
+pub struct FieldError {
+    /// Path of the field, e.g. `lines[1].quantity`; `body` for the whole body.
+    pub field: String,
+    pub message: String,
+}
+
+// ------------------------------------------------------------------ commands
+
+/// What every command answers: the stream, its version after the command (also the
+/// `ETag`), and the global position of its last event (usable as `min_position`).
+#[derive(ToSchema)]
+pub struct CommandResult {
+    pub id: Uuid,
+    pub version: u64,
+    pub position: u64,
+}
+
+/// A body with nothing to say: `{}` (or no body at all).
+#[derive(ToSchema)]
+pub struct Empty {}
+
+#[derive(ToSchema)]
+pub struct RegisterCustomer {
+    /// Generated when absent.
+    pub customer_id: Option<Uuid>,
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^[^\s@\x00]{1,64}@[A-Za-z0-9-][A-Za-z0-9.-]*\.[A-Za-z0-9.-]*[A-Za-z0-9-]$"
+    )]
+    pub email: String,
+    pub name: Text,
+    pub phone: Option<Text>,
+}
+
+#[derive(ToSchema)]
+pub struct AddNote {
+    pub text: Text,
+}
+
+#[derive(ToSchema)]
+pub struct PlaceOrder {
+    /// Generated when absent.
+    pub order_id: Option<Uuid>,
+    pub customer_id: Uuid,
+    pub currency: Currency,
+    #[schema(min_items = 1, max_items = 200)]
+    pub lines: Vec<NewLine>,
+    pub shipping_address: Option<Address>,
+}
+
+#[derive(ToSchema)]
+pub struct NewLine {
+    pub sku: Sku,
+    pub name: Text,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub quantity: u32,
+    /// Minor units, zero or more.
+    #[schema(minimum = 0)]
+    pub unit_price: i64,
+}
+
+#[derive(ToSchema)]
+pub struct Address {
+    pub line1: Text,
+    pub line2: Option<Text>,
+    pub city: Text,
+    pub postal_code: Text,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Z]{2}$", example = "DE")]
+    pub country: String,
+}
+
+#[derive(ToSchema)]
+pub struct CancelOrder {
+    pub reason: Text,
+}
+
+#[derive(ToSchema)]
+pub struct ShipOrder {
+    pub carrier: Text,
+    pub tracking_number: Text,
+    /// What this shipment holds; everything not yet shipped when absent.
+    #[schema(min_items = 1)]
+    pub lines: Option<Vec<ShipmentLine>>,
+}
+
+#[derive(ToSchema)]
+pub struct ShipmentLine {
+    pub sku: Sku,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub quantity: u32,
+}
+
+#[derive(ToSchema)]
+pub struct CreatePayment {
+    /// Generated when absent.
+    pub payment_id: Option<Uuid>,
+    pub order_id: Uuid,
+    pub amount: PositiveAmount,
+    pub currency: Currency,
+    #[schema(example = "card")]
+    pub method: Text,
+}
+
+#[derive(ToSchema)]
+pub struct AuthorizePayment {
+    pub provider_reference: Text,
+    /// Defaults to the payment's amount.
+    pub amount: Option<PositiveAmount>,
+}
+
+#[derive(ToSchema)]
+pub struct CapturePayment {
+    pub amount: PositiveAmount,
+}
+
+#[derive(ToSchema)]
+pub struct RefundPayment {
+    pub amount: PositiveAmount,
+    pub reason: Text,
+}
+
+#[derive(ToSchema)]
+pub struct FailPayment {
+    pub reason: Text,
+}
+
+// ------------------------------------------------------------------ read models
+
+/// A page of a list; `next_cursor` is the `cursor` for the next page, null on the last.
+#[derive(ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Placed,
+    Confirmed,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+/// The orders read model.
+#[derive(ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub status: OrderStatus,
+    /// `unpaid`, `authorized`, `paid`, `partially_refunded` or `refunded`.
+    pub payment_status: String,
+    pub fulfillment_status: String,
+    pub currency: String,
+    pub total: i64,
+    pub line_count: i64,
+    pub lines: Vec<BTreeMap<String, Value>>,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// The payments read model.
+#[derive(ToSchema)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    /// `pending`, `authorized`, `captured`, `refunded`, `voided` or `failed`.
+    pub status: String,
+    pub currency: String,
+    pub amount: i64,
+    pub authorized: i64,
+    pub captured: i64,
+    pub refunded: i64,
+    pub method: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// The CRM customer 360.
+#[derive(ToSchema)]
+pub struct Customer {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub order_count: i64,
+    pub cancelled_count: i64,
+    pub open_orders: i64,
+    pub notes_count: i64,
+    pub first_order_at: Option<DateTime<Utc>>,
+    pub last_order_at: Option<DateTime<Utc>>,
+    pub registered_at: Option<DateTime<Utc>>,
+    /// Per currency code.
+    pub spent: BTreeMap<String, Spent>,
+}
+
+#[derive(ToSchema)]
+pub struct Spent {
+    pub gross: i64,
+    pub refunded: i64,
+    pub net: i64,
+    pub average_order_value: i64,
+}
+
+// ------------------------------------------------------------------ audit
+
+/// One event of a stream with its metadata.
+#[derive(ToSchema)]
+pub struct HistoryItem {
+    pub sequence: i64,
+    pub position: i64,
+    pub event_id: Option<Uuid>,
+    /// The event type, e.g. `OrderPlaced`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// A number (a string only for versions recorded before versions were numbers).
+    pub schema_version: Value,
+    pub recorded_at: Option<DateTime<Utc>>,
+    /// The event's payload; its shape per type and version is in `schemas/events/`.
+    pub data: BTreeMap<String, Value>,
+    pub metadata: HistoryMetadata,
+}
+
+#[derive(ToSchema)]
+pub struct HistoryMetadata {
+    pub actor: Actor,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct Actor {
+    pub name: Option<String>,
+    pub role: Option<String>,
+}
+
+/// A stream's state folded from the log: every field the aggregate holds (richer than the
+/// read model), with `id` and `version`.
+#[derive(ToSchema)]
+pub struct StreamState {
+    pub id: Uuid,
+    pub version: u64,
+}

@@ -1,0 +1,136 @@
+//! The checked-in document is the generated one, and it says what the contract says.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::spec_json;
+
+fn checked_in() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json")
+}
+
+/// `ORDO_BLESS=1 cargo test -p ordo-api openapi` rewrites the file instead.
+#[test]
+fn the_checked_in_openapi_document_matches_the_code() {
+    let generated = spec_json();
+    let path = checked_in();
+    if std::env::var_os("ORDO_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("schemas/ has a parent")).expect("mkdir");
+        std::fs::write(&path, &generated).expect("write schemas/openapi.json");
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "schemas/openapi.json is out of date with the code; regenerate it with \
+         `ORDO_BLESS=1 cargo test -p ordo-api openapi` and review the diff"
+    );
+}
+
+fn document() -> Value {
+    serde_json::from_str(&spec_json()).expect("the document is JSON")
+}
+
+const METHODS: [&str; 4] = ["get", "post", "put", "delete"];
+
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            if item.get(method).is_some() {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_document_is_openapi_3_1_with_every_route_of_the_contract() {
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let expected: BTreeSet<(String, String)> = CONTRACT
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(operations(&doc), expected);
+}
+
+#[test]
+fn only_the_operations_routes_are_exempt_from_the_api_key() {
+    let doc = document();
+    assert_eq!(doc["security"], serde_json::json!([{"api_key": []}]));
+    for (method, path) in operations(&doc) {
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        let exempt = op.get("security") == Some(&serde_json::json!([]));
+        assert_eq!(exempt, !path.starts_with("/v1/"), "{method} {path}");
+        let responses = op["responses"].as_object().expect("responses");
+        if !exempt {
+            assert!(
+                responses.contains_key("401"),
+                "{method} {path} documents 401"
+            );
+        }
+        for (status, response) in responses {
+            // Not ready is a readiness report (what is down), not a problem.
+            if path == "/readyz" && status == "503" {
+                continue;
+            }
+            if status.starts_with('4') || status.starts_with('5') {
+                let reference = response["$ref"].as_str().unwrap_or_default();
+                assert!(
+                    reference.starts_with("#/components/responses/"),
+                    "{method} {path} {status} is a problem component"
+                );
+            }
+        }
+    }
+}
+
+/// DESIGN.md §4, as the router serves it today.
+const CONTRACT: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("POST", "/v1/orders"),
+    ("GET", "/v1/orders"),
+    ("GET", "/v1/orders/{id}"),
+    ("POST", "/v1/orders/{id}/confirm"),
+    ("POST", "/v1/orders/{id}/cancel"),
+    ("POST", "/v1/orders/{id}/ship"),
+    ("POST", "/v1/orders/{id}/deliver"),
+    ("GET", "/v1/orders/{id}/history"),
+    ("GET", "/v1/orders/{id}/state"),
+    ("POST", "/v1/payments"),
+    ("GET", "/v1/payments"),
+    ("GET", "/v1/payments/{id}"),
+    ("POST", "/v1/payments/{id}/authorize"),
+    ("POST", "/v1/payments/{id}/capture"),
+    ("POST", "/v1/payments/{id}/refund"),
+    ("POST", "/v1/payments/{id}/void"),
+    ("POST", "/v1/payments/{id}/fail"),
+    ("GET", "/v1/payments/{id}/history"),
+    ("GET", "/v1/payments/{id}/state"),
+    ("POST", "/v1/customers"),
+    ("GET", "/v1/customers"),
+    ("GET", "/v1/customers/{id}"),
+    ("POST", "/v1/customers/{id}/notes"),
+    ("GET", "/v1/customers/{id}/history"),
+    ("GET", "/v1/customers/{id}/state"),
+    ("GET", "/v1/projections"),
+    ("POST", "/v1/projections/{name}/rebuild"),
+    ("GET", "/v1/workers"),
+    ("POST", "/v1/workers/{name}/replay"),
+    ("GET", "/v1/dead-letters"),
+    ("POST", "/v1/dead-letters/redrive"),
+    ("POST", "/v1/dead-letters/{id}/redrive"),
+    ("GET", "/v1/notifications"),
+    ("GET", "/v1/analytics/sales"),
+    ("GET", "/v1/analytics/funnel"),
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{id}/deliveries"),
+];
