@@ -18,6 +18,7 @@ mod process_manager;
 mod projector;
 mod read_models;
 mod relay;
+mod schemas;
 mod store;
 mod webhooks;
 mod worker_ops;
