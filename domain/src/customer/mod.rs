@@ -31,6 +31,8 @@ pub struct RegisterCustomer {
     pub registered_at: DateTime<Utc>,
 }
 
+// The shapes and doc comments of the event types are the released JSON Schemas in
+// schemas/events/: changing either is a new schema version (README, "Schemas").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum CustomerEvent {

@@ -65,6 +65,9 @@ pub struct ShipmentLine {
 }
 
 // ---------------------------------------------------------------- events
+//
+// The shapes and doc comments of these types are the released JSON Schemas in
+// schemas/events/: changing either is a new schema version (README, "Schemas").
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]

@@ -66,6 +66,9 @@ pub struct OrderFacts {
 }
 
 // ---------------------------------------------------------------- events
+//
+// The shapes and doc comments of these types are the released JSON Schemas in
+// schemas/events/: changing either is a new schema version (README, "Schemas").
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
