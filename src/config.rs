@@ -87,6 +87,20 @@ pub struct Config {
     #[arg(long, env = "ORDO_SMTP_FROM", default_value = "orders@ordo.invalid")]
     pub smtp_from: String,
 
+    /// Requests each API key may make per window (a token bucket refilled continuously);
+    /// 0 disables limiting. Per process: each API replica counts on its own.
+    #[arg(long, env = "ORDO_RATE_LIMIT", default_value_t = 600_000)]
+    pub rate_limit: u32,
+
+    /// The rate limit's window in seconds; 0 disables limiting.
+    #[arg(long, env = "ORDO_RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
+    pub rate_limit_window_secs: u64,
+
+    /// Seconds a SIGTERM or Ctrl-C gives in-flight requests and batches to finish before
+    /// the process exits anyway.
+    #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
     /// commits, before its answer is stored or sent.
     #[arg(
@@ -125,6 +139,9 @@ impl Config {
             read_wait_secs: 5,
             smtp_url: None,
             smtp_from: "orders@ordo.invalid".into(),
+            rate_limit: 600_000,
+            rate_limit_window_secs: 60,
+            shutdown_timeout_secs: 30,
             crash_after_commit: false,
         }
     }

@@ -5,13 +5,13 @@ pub mod cli;
 pub mod config;
 pub mod telemetry;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use ordo_api::{ApiConfig, AppState};
+use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
 use ordo_workers::notification::Mailer;
@@ -19,6 +19,8 @@ use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, Wor
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
 
 pub use config::{Config, ServeRole};
 
@@ -54,6 +56,8 @@ pub struct Application {
     mailer: Option<Mailer>,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
+    /// How long a shutdown may take before the process stops waiting.
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -81,6 +85,7 @@ impl Application {
                 subject_prefix: config.nats_subject_prefix.clone(),
                 ..WorkerConfig::new(config.nats_url.clone())
             },
+            rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
         };
         let mailer = config
             .smtp_url
@@ -97,11 +102,29 @@ impl Application {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if config.roles.contains(&ServeRole::Api) || config.roles.contains(&ServeRole::Projector) {
+            // The read models' tables, before the first read: a read must not find them
+            // missing (a 500) because no runner has started yet.
+            for projection in Projection::ALL {
+                if let Err(e) = ordo_projections::runner::prepare(&pool, projection).await {
+                    tracing::warn!(projection = projection.name(), error = %e, "cannot prepare read model tables yet");
+                }
+            }
+        }
+        let mut state = AppState::new(pool, api);
+        let needs_nats =
+            config.roles.contains(&ServeRole::Relay) || config.roles.contains(&ServeRole::Workers);
+        match NatsProbe::start(&config.nats_url, needs_nats).await {
+            Ok(probe) => state.readiness.nats = Some(probe),
+            Err(e) if needs_nats => return Err(e).context("bad NATS_URL"),
+            Err(e) => tracing::warn!(error = %e, "NATS readiness probe off"),
+        }
         Ok(Self {
             mailer,
             workers,
             listener,
-            state: AppState::new(pool, api),
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            state,
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
             relay: RelayConfig {
@@ -133,48 +156,88 @@ impl Application {
         self
     }
 
-    /// Run the roles until `shutdown` resolves; then in-flight requests and batches finish.
+    /// Role states and the NATS probe `/readyz` reports.
+    pub fn roles(&self) -> &Roles {
+        &self.state.readiness.roles
+    }
+
+    /// Run the roles until `shutdown` resolves. Then, in order: the API stops accepting
+    /// connections and finishes its in-flight requests; the projectors, relay, process
+    /// manager and workers finish their current batch and checkpoint; and this returns.
+    /// All of that within the shutdown timeout, after which it returns anyway (whatever was
+    /// cut short was not checkpointed, so it runs again on the next start).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let roles = self.state.readiness.roles.clone();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if self.roles.contains(&ServeRole::Projector) {
             for projection in Projection::ALL {
                 let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
-                tasks.push(tokio::spawn(runner.run(stopped.clone())));
+                let name = format!("projector.{}", projection.name());
+                roles.set(&name, RoleState::Running);
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    runner.run(stopped.clone()),
+                ));
             }
         }
         if self.roles.contains(&ServeRole::ProcessManager) {
             let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
-            tasks.push(tokio::spawn(pm.run(stopped.clone())));
+            roles.set("process_manager", RoleState::Running);
+            tasks.push(supervise(
+                &roles,
+                "process_manager".into(),
+                &stopped,
+                pm.run(stopped.clone()),
+            ));
         }
         if self.roles.contains(&ServeRole::Relay) {
-            let (pool, config, stopped) =
-                (self.state.pool.clone(), self.relay.clone(), stopped.clone());
-            tasks.push(tokio::spawn(async move {
-                match Relay::connect(pool, config).await {
-                    Ok(relay) => relay.run(stopped).await,
-                    Err(e) => tracing::error!(error = %e, "relay cannot start"),
-                }
-            }));
+            roles.set("relay", RoleState::Starting);
+            let relay = run_relay(
+                self.state.pool.clone(),
+                self.relay.clone(),
+                stopped.clone(),
+                roles.clone(),
+            );
+            tasks.push(supervise(&roles, "relay".into(), &stopped, relay));
         }
         if self.roles.contains(&ServeRole::Workers) {
             for worker in self.workers.iter().copied() {
                 let mailer = (worker == Worker::Notification)
                     .then(|| self.mailer.clone())
                     .flatten();
-                tasks.push(tokio::spawn(run_worker(
+                let name = format!("worker.{}", worker.name());
+                roles.set(&name, RoleState::Starting);
+                let run = run_worker(
                     self.state.pool.clone(),
                     worker,
                     self.relay.clone(),
                     stopped.clone(),
                     mailer,
-                )));
+                    (roles.clone(), name.clone()),
+                );
+                tasks.push(supervise(&roles, name, &stopped, run));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
+
+        // The signal starts the clock: everything below must end by `deadline`.
+        let (signalled, deadline) = watch::channel(None::<Instant>);
+        let timeout = self.shutdown_timeout;
+        let shutdown = {
+            let roles = roles.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing in-flight requests and batches");
+                roles.stopping();
+                let _ = signalled.send(Some(Instant::now() + timeout));
+            }
+        };
         let served = match self.listener {
             Some(listener) => {
                 let app = ordo_api::router(self.state);
@@ -185,9 +248,17 @@ impl Application {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                roles.set("api", RoleState::Running);
+                let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+                let served = tokio::select! {
+                    served = serve.into_future() => served,
+                    () = deadline_passed(deadline.clone()) => {
+                        tracing::warn!(?timeout, "in-flight requests did not finish in time; dropping them");
+                        Ok(())
+                    }
+                };
+                roles.set("api", RoleState::Stopped);
+                served
             }
             None => {
                 shutdown.await;
@@ -195,11 +266,91 @@ impl Application {
             }
         };
         purge.abort();
+        roles.stopping();
         let _ = stop.send(true);
-        for task in tasks {
-            let _ = task.await;
+        let deadline = (*deadline.borrow()).unwrap_or_else(|| Instant::now() + timeout);
+        let aborts: Vec<AbortHandle> = tasks.iter().map(|(_, role)| role.clone()).collect();
+        let joined = tokio::time::timeout_at(deadline, async {
+            for (supervisor, _) in tasks {
+                let _ = supervisor.await;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(
+                ?timeout,
+                "roles did not finish their batch in time; stopping them"
+            );
+            for role in aborts {
+                role.abort();
+            }
         }
+        tracing::info!("stopped");
         served
+    }
+}
+
+/// Resolves when the shutdown deadline, once set, has passed.
+async fn deadline_passed(mut deadline: watch::Receiver<Option<Instant>>) {
+    let at = match deadline.wait_for(Option::is_some).await {
+        Ok(at) => *at,
+        Err(_) => None,
+    };
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawn a role's task and record how it ends: `stopped` when shutdown asked for it,
+/// `failed` when it panicked or returned on its own. Returns the supervisor to await and
+/// the role task to abort if it overstays the shutdown.
+fn supervise(
+    roles: &Roles,
+    name: String,
+    stopped: &watch::Receiver<bool>,
+    role: impl Future<Output = ()> + Send + 'static,
+) -> (JoinHandle<()>, AbortHandle) {
+    let task = tokio::spawn(role);
+    let abort = task.abort_handle();
+    let (roles, stopped) = (roles.clone(), stopped.clone());
+    let supervisor = tokio::spawn(async move {
+        let state = match task.await {
+            Ok(()) if *stopped.borrow() => RoleState::Stopped,
+            Ok(()) => {
+                tracing::error!(role = %name, "role ended without being asked to");
+                RoleState::Failed
+            }
+            Err(e) if e.is_cancelled() => RoleState::Stopped,
+            Err(e) => {
+                tracing::error!(role = %name, error = %e, "role panicked");
+                RoleState::Failed
+            }
+        };
+        roles.set(&name, state);
+    });
+    (supervisor, abort)
+}
+
+/// Run the relay, connecting again until NATS answers or the process stops.
+async fn run_relay(
+    pool: PgPool,
+    config: RelayConfig,
+    mut stopped: watch::Receiver<bool>,
+    roles: Roles,
+) {
+    while !*stopped.borrow() {
+        match Relay::connect(pool.clone(), config.clone()).await {
+            Ok(relay) => {
+                roles.set("relay", RoleState::Running);
+                return relay.run(stopped).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "relay cannot start yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stopped.changed() => return,
+        }
     }
 }
 
@@ -211,6 +362,7 @@ async fn run_worker(
     relay: RelayConfig,
     mut stopped: watch::Receiver<bool>,
     mailer: Option<Mailer>,
+    (roles, name): (Roles, String),
 ) {
     let config = WorkerConfig {
         stream: relay.stream,
@@ -219,7 +371,10 @@ async fn run_worker(
     };
     while !*stopped.borrow() {
         match WorkerRunner::connect(pool.clone(), worker, config.clone()).await {
-            Ok(runner) => return runner.with_mailer(mailer).run(stopped).await,
+            Ok(runner) => {
+                roles.set(&name, RoleState::Running);
+                return runner.with_mailer(mailer).run(stopped).await;
+            }
             Err(e) => tracing::warn!(worker = worker.name(), error = %e, "worker cannot start yet"),
         }
         tokio::select! {
@@ -265,5 +420,4 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -132,6 +132,17 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The rate limiter authenticated this request already.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        Self::authenticate(parts, state).await
+    }
+}
+
+impl Caller {
+    /// The key in `Authorization: Bearer <key>`; 401 without a known, unrevoked one.
+    pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = parts
             .headers
             .get(AUTHORIZATION)

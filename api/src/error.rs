@@ -46,6 +46,8 @@ pub enum ApiError {
     IdempotencyInFlight,
     Command(CommandError),
     Unavailable(String),
+    /// This API key used up its rate limit; the limiter adds `Retry-After`.
+    RateLimited,
     Internal(String),
 }
 
@@ -86,6 +88,7 @@ impl ApiError {
                 | Self::Unavailable(_)
                 | Self::Internal(_)
                 | Self::IdempotencyInFlight
+                | Self::RateLimited
         )
     }
 
@@ -195,6 +198,14 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable".into(),
                 "the event store cannot be reached; retry later".into(),
+                None,
+            ),
+            Self::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests".into(),
+                "this API key has used up its request quota; retry after `Retry-After` seconds"
+                    .into(),
                 None,
             ),
             Self::Internal(_) => (

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod rate_limit;
+pub mod readiness;
 pub mod respond;
 pub mod routes;
 pub mod validate;
@@ -24,6 +26,8 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{create_key, Caller, KeyCache, Role};
 pub use error::ApiError;
+pub use rate_limit::{RateLimit, RateLimiter};
+pub use readiness::{NatsProbe, Readiness, RoleState, Roles};
 
 /// Settings the API needs at run time.
 #[derive(Debug, Clone)]
@@ -37,6 +41,8 @@ pub struct ApiConfig {
     pub read_wait: std::time::Duration,
     /// Where the workers' streams are, for the operations routes.
     pub workers: ordo_workers::WorkerConfig,
+    /// Requests per API key and window; `None` disables limiting.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +52,7 @@ impl Default for ApiConfig {
             crash_after_commit: false,
             read_wait: std::time::Duration::from_secs(5),
             workers: ordo_workers::WorkerConfig::new("nats://127.0.0.1:4222"),
+            rate_limit: None,
         }
     }
 }
@@ -64,6 +71,10 @@ pub struct AppState {
     pub keys: KeyCache,
     /// Worker status, replay and dead letters (connects to NATS on first use).
     pub workers: Arc<ordo_workers::ops::WorkersAdmin>,
+    /// Token buckets per API key, when limiting is on.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Role states and the NATS probe, for `/readyz`.
+    pub readiness: Readiness,
     pub config: Arc<ApiConfig>,
 }
 
@@ -79,6 +90,8 @@ impl AppState {
             pool,
             keys: KeyCache::default(),
             workers: Arc::new(ordo_workers::ops::WorkersAdmin::new(config.workers.clone())),
+            rate_limiter: config.rate_limit.map(|l| Arc::new(RateLimiter::new(l))),
+            readiness: Readiness::default(),
             config: Arc::new(config),
         }
     }
@@ -111,6 +124,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         .with_state(state)
         .layer(
             ServiceBuilder::new()

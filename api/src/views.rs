@@ -6,12 +6,12 @@ use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
 use serde_json::{json, Value};
 
-pub fn order(order: &Order, version: u64, payment_status: Option<&str>) -> Value {
+pub fn order(order: &Order, version: u64) -> Value {
     json!({
         "id": order.id,
         "customer_id": order.customer_id,
         "status": order.status.as_str(),
-        "payment_status": payment_status,
+        "payment_status": order.payment_status.as_str(),
         "fulfillment_status": order.fulfillment_status(),
         "currency": order.currency,
         "total": order.total,

@@ -15,7 +15,10 @@ use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
 use crate::customer::{CustomerNoteAdded, CustomerRegistered};
-use crate::order::{OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderShipped};
+use crate::order::{
+    OrderCancelled, OrderConfirmed, OrderDelivered, OrderPaymentStatusChanged, OrderPlaced,
+    OrderShipped,
+};
 use crate::payment::{
     PaymentAuthorized, PaymentCaptured, PaymentCreated, PaymentFailed, PaymentRefunded,
     PaymentVoided,
@@ -74,6 +77,7 @@ pub fn event_schemas() -> Vec<EventSchema> {
         generate::<OrderCancelled>("order.cancelled", 1),
         generate::<OrderShipped>("order.shipped", 1),
         generate::<OrderDelivered>("order.delivered", 1),
+        generate::<OrderPaymentStatusChanged>("order.payment_status_changed", 1),
         generate::<PaymentCreated>("payment.created", 1),
         generate::<PaymentAuthorized>("payment.authorized", 1),
         generate::<PaymentCaptured>("payment.captured", 1),

@@ -13,7 +13,9 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use ordo_domain::customer::{Customer, CustomerCommand, CustomerEvent, RegisterCustomer};
 use ordo_domain::event::EventName;
-use ordo_domain::order::{NewLine, Order, OrderCommand, OrderEvent, PlaceOrder, ShipOrder};
+use ordo_domain::order::{
+    NewLine, Order, OrderCommand, OrderEvent, OrderPaymentStatus, PlaceOrder, ShipOrder,
+};
 use ordo_domain::payment::{CreatePayment, OrderFacts, Payment, PaymentCommand, PaymentEvent};
 use ordo_domain::schema::{event_schemas, file_text, index, EventSchema};
 use ordo_domain::values::{Address, CountryCode, Email, Quantity, Sku, Text};
@@ -496,6 +498,18 @@ fn ship_rest(covered: Amount, at: DateTime<Utc>) -> OrderCommand {
 fn deliver(_: Amount, at: DateTime<Utc>) -> OrderCommand {
     OrderCommand::Deliver { at }
 }
+fn record_paid(_: Amount, at: DateTime<Utc>) -> OrderCommand {
+    OrderCommand::RecordPaymentStatus {
+        status: OrderPaymentStatus::Paid,
+        at,
+    }
+}
+fn record_partially_refunded(_: Amount, at: DateTime<Utc>) -> OrderCommand {
+    OrderCommand::RecordPaymentStatus {
+        status: OrderPaymentStatus::PartiallyRefunded,
+        at,
+    }
+}
 fn authorize(at: DateTime<Utc>) -> PaymentCommand {
     PaymentCommand::Authorize {
         provider_reference: text("psp_123"),
@@ -532,7 +546,15 @@ fn fail(at: DateTime<Utc>) -> PaymentCommand {
     }
 }
 
-const ORDER_STEPS: [OrderStep; 5] = [confirm, cancel, ship_mug, ship_rest, deliver];
+const ORDER_STEPS: [OrderStep; 7] = [
+    confirm,
+    cancel,
+    ship_mug,
+    ship_rest,
+    deliver,
+    record_paid,
+    record_partially_refunded,
+];
 const PAYMENT_STEPS: [PaymentStep; 6] = [authorize, capture_some, capture_rest, refund, void, fail];
 
 fn step() -> impl Strategy<Value = Step> {
@@ -552,8 +574,10 @@ fn every_event_type_is_emitted_by_some_scenario_and_matches_its_schema() {
         Step::Order(ship_mug),
         Step::Payment(capture_rest),
         Step::Order(ship_rest),
+        Step::Order(record_paid),
         Step::Order(deliver),
         Step::Payment(refund),
+        Step::Order(record_partially_refunded),
     ];
     let failed = [Step::Payment(fail), Step::Order(cancel)];
     let voided = [Step::Payment(authorize), Step::Payment(void)];

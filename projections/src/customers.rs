@@ -64,6 +64,7 @@ enum Change {
 const IGNORED: &[&str] = &[
     "order.confirmed",
     "order.shipped",
+    "order.payment_status_changed",
     "payment.created",
     "payment.authorized",
     "payment.captured",
@@ -104,7 +105,9 @@ fn change_of(event: &FeedEvent) -> Result<Option<(Uuid, Change)>, ApplyError> {
                 },
             )),
             OrderEvent::Delivered(d) => Some((d.customer_id, Change::Delivered)),
-            OrderEvent::Confirmed(_) | OrderEvent::Shipped(_) => None,
+            OrderEvent::Confirmed(_)
+            | OrderEvent::Shipped(_)
+            | OrderEvent::PaymentStatusChanged(_) => None,
         },
         "payment" => match event.decode::<PaymentEvent>()? {
             PaymentEvent::Refunded(r) => Some((

@@ -80,6 +80,7 @@ impl Projection {
                 "order.cancelled",
                 "order.shipped",
                 "order.delivered",
+                "order.payment_status_changed",
                 "payment.created",
                 "payment.authorized",
                 "payment.captured",

@@ -267,7 +267,7 @@ fn fold(
                 })
                 .collect();
             let total = Amount::new(order.total).unwrap_or_default();
-            order.payment_status = order_payment_status(total, &of_order).to_owned();
+            order.payment_status = order_payment_status(total, &of_order).as_str().to_owned();
         }
     }
     let orders = touched_orders
@@ -323,6 +323,9 @@ fn apply_order(order: &mut OrderRow, event: OrderEvent) {
             order.fulfillment_status = "delivered".into();
             order.updated_at = e.delivered_at;
         }
+        // The view derives the payment status from the payment events themselves, which it
+        // sees first (ADR 0003); the order's own record only moves its version.
+        OrderEvent::PaymentStatusChanged(_) => {}
     }
 }
 

@@ -14,9 +14,11 @@ use ordo_api::Role;
 
 use crate::{telemetry, Application, Config};
 
+/// The whole command line. Public so that tests can check deployment files (the
+/// docker-compose commands and environment) against the real parser.
 #[derive(Debug, Parser)]
 #[command(name = "ordo", version, about = "Event-sourced order processing")]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }

@@ -1,4 +1,4 @@
-//! `ordo workers status | replay NAME --from-position N | --from-time T`.
+//! `ordo workers status | replay NAME --from-position N | --from-time T [--reprocess]`.
 
 use anyhow::bail;
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ pub enum WorkersCommand {
         config: Config,
     },
     /// Deliver a worker's messages again from an event position or a time. Handlers skip
-    /// what they already did, so effects are not repeated.
+    /// what they already did, so effects are not repeated unless `--reprocess`.
     Replay {
         #[command(flatten)]
         config: Config,
@@ -26,6 +26,10 @@ pub enum WorkersCommand {
         /// RFC 3339, e.g. 2026-11-21T00:00:00Z.
         #[arg(long)]
         from_time: Option<DateTime<Utc>>,
+        /// Repeat the side effects from there: e-mails and webhooks go out again
+        /// (notification and integration only; analytics would count twice).
+        #[arg(long)]
+        reprocess: bool,
     },
 }
 
@@ -66,6 +70,7 @@ pub async fn run(command: WorkersCommand) -> anyhow::Result<()> {
             name,
             from_position,
             from_time,
+            reprocess,
         } => {
             let from = match (from_position, from_time) {
                 (Some(p), None) => ReplayFrom::Position(p),
@@ -73,8 +78,12 @@ pub async fn run(command: WorkersCommand) -> anyhow::Result<()> {
                 _ => bail!("give --from-position N or --from-time T"),
             };
             let pool = crate::migrate(&config).await?;
-            let start = admin(&config).replay(&pool, &name, from).await?;
-            println!("{name} replays messages published since {start}");
+            let (start, forgotten) = admin(&config).replay(&pool, &name, from, reprocess).await?;
+            if reprocess {
+                println!("{name} replays messages published since {start}, repeating the effects of {forgotten} events");
+            } else {
+                println!("{name} replays messages published since {start}");
+            }
             Ok(())
         }
     }

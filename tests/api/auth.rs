@@ -117,7 +117,7 @@ async fn health_and_readiness_need_no_key() {
     health.assert_status(200);
     let ready = read(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
     ready.assert_status(200);
-    assert_eq!(ready.body["checks"]["postgres"], "ok");
+    assert_eq!(ready.body["checks"]["postgres"]["status"], "up");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use futures::future::join_all;
 use ordo_api::Role::Storefront;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_without_process_manager};
 
 /// An order of 50 units of one SKU, confirmed and fully authorized.
 async fn order_of_fifty(app: &crate::helpers::TestApp) -> String {
@@ -33,7 +33,7 @@ async fn order_of_fifty(app: &crate::helpers::TestApp) -> String {
 
 #[tokio::test]
 async fn fifty_concurrent_shipments_of_one_order_apply_each_at_most_once() {
-    let app = spawn_app().await;
+    let app = spawn_app_without_process_manager().await;
     let order = order_of_fifty(&app).await;
     let path = format!("/v1/orders/{order}/ship");
     let body = json!({"carrier": "DHL", "tracking_number": "T", "lines": [{"sku": "BOLT", "quantity": 1}]});
@@ -75,7 +75,7 @@ async fn fifty_concurrent_shipments_of_one_order_apply_each_at_most_once() {
 
 #[tokio::test]
 async fn fifty_concurrent_commands_pinned_to_one_version_let_exactly_one_through() {
-    let app = spawn_app().await;
+    let app = spawn_app_without_process_manager().await;
     let order = order_of_fifty(&app).await;
     let path = format!("/v1/orders/{order}/ship");
     let body = json!({"carrier": "DHL", "tracking_number": "T", "lines": [{"sku": "BOLT", "quantity": 1}]});

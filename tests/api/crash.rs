@@ -59,7 +59,7 @@ impl Drop for Server {
     }
 }
 
-fn create_key(database_url: &str) -> String {
+pub(crate) fn create_key(database_url: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ordo"))
         .args([
             "keys",

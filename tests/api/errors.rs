@@ -271,7 +271,9 @@ async fn an_unreachable_store_is_503_with_retry_after_and_recovers() {
     resp.assert_problem(503, "unavailable");
     assert_eq!(resp.header("retry-after"), Some("2"));
     let ready = read(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
-    ready.assert_problem(503, "unavailable");
+    ready.assert_status(503);
+    assert_eq!(ready.body["status"], "not_ready");
+    assert_eq!(ready.body["checks"]["postgres"]["status"], "down");
 
     proxy.restore();
     let mut placed = None;

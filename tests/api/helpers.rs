@@ -22,6 +22,13 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// The API and the projector, without the process manager: for tests that pin an order's
+/// stream versions, which the process manager's `order.payment_status_changed` events would
+/// interleave with (tests/api/process_manager.rs covers those).
+pub async fn spawn_app_without_process_manager() -> TestApp {
+    spawn_app_with(|c| c.roles = vec![ServeRole::Api, ServeRole::Projector]).await
+}
+
 pub fn fresh_database_url() -> String {
     format!("{}/ordo_test_{}", postgres_base(), Uuid::new_v4().simple())
 }

@@ -3,11 +3,11 @@
 use ordo_api::Role::{Storefront, Support};
 use serde_json::json;
 
-use crate::helpers::{order_body, spawn_app};
+use crate::helpers::{order_body, spawn_app, spawn_app_without_process_manager};
 
 #[tokio::test]
 async fn an_order_goes_from_placement_to_delivery() {
-    let app = spawn_app().await;
+    let app = spawn_app_without_process_manager().await;
     let customer = app.register_customer().await;
 
     let placed = app

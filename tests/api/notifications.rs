@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ordo::ServeRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
 use ordo_workers::notification::Mailer;
+use ordo_workers::ops::{OpsError, ReplayFrom, WorkersAdmin};
 use ordo_workers::{Worker, WorkerRunner};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -416,5 +417,113 @@ async fn an_smtp_server_that_is_away_means_retries_then_a_dead_letter_and_nothin
         .await
         .unwrap();
     assert_eq!(processed, 1);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let sink = SmtpSink::start().await;
+    let (customer, _) = customer(&app).await;
+    let (shipped, cancelled) = orders(&app, &customer).await;
+    let events = app.event_count().await;
+
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let mailer = Mailer::new(&sink.url, "orders@ordo.invalid").unwrap();
+    let runner = s.runner(&app, Some(mailer.clone())).await;
+    let processed = "SELECT count(*) FROM notification.processed";
+    work_until(&runner, &app, processed, events).await;
+    assert_eq!(sink.mails().len(), 5);
+    drop(runner);
+
+    // From the refund on: the refund and the cancellation after it are mailed again.
+    let refund: i64 = sqlx::query_scalar(
+        "SELECT global_position FROM event_store.events WHERE event_type = 'payment.refunded'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let admin = WorkersAdmin::new(s.worker_config.clone());
+    let (_, forgotten) = admin
+        .replay(
+            &app.pool,
+            "notification",
+            ReplayFrom::Position(refund),
+            true,
+        )
+        .await
+        .unwrap();
+    let after_refund: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_store.events WHERE global_position >= $1")
+            .bind(refund)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        forgotten as i64, after_refund,
+        "the events from the refund on"
+    );
+    let runner = s.runner(&app, Some(mailer)).await;
+    work_until(&runner, &app, processed, events).await;
+
+    let mails = sink.mails();
+    let mut again: Vec<String> = mails[5..]
+        .iter()
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    again.sort();
+    assert_eq!(
+        again,
+        [
+            format!("Refund of 5.00 EUR for your order {shipped}"),
+            format!("Your order {cancelled} has been cancelled"),
+        ]
+    );
+    let listed = app
+        .get(Support, &format!("/v1/notifications?order_id={shipped}"))
+        .await;
+    assert_eq!(
+        field(&listed.body, "kind"),
+        [
+            "payment_refunded",
+            "payment_refunded",
+            "order_shipped",
+            "order_placed"
+        ],
+        "each sending is recorded"
+    );
+
+    // A plain replay afterwards still repeats nothing.
+    drop(runner);
+    admin
+        .replay(&app.pool, "notification", ReplayFrom::Position(1), false)
+        .await
+        .unwrap();
+    let runner = s.runner(&app, None).await;
+    let mut redelivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redelivered < events as usize {
+        redelivered += runner.step(50, Duration::from_millis(200)).await.unwrap();
+        assert!(Instant::now() < deadline, "only {redelivered} redelivered");
+    }
+    assert_eq!(sink.mails().len(), 7);
+
+    // Analytics' effects are sums: repeating them is refused, over HTTP too.
+    assert!(matches!(
+        admin
+            .replay(&app.pool, "analytics", ReplayFrom::Position(1), true)
+            .await,
+        Err(OpsError::CannotReprocess(_))
+    ));
+    let refused = app
+        .post(
+            Admin,
+            "/v1/workers/analytics/replay",
+            json!({"from_position": 1, "reprocess": true}),
+        )
+        .await;
+    refused.assert_problem(422, "validation");
+    assert_eq!(refused.body["errors"][0]["field"], "reprocess");
     s.cleanup().await;
 }

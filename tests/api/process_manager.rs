@@ -34,6 +34,182 @@ async fn wait_for_status(app: &TestApp, payment: &str, status: &str) -> serde_js
     }
 }
 
+async fn order_payment_status(app: &TestApp, order: &str) -> String {
+    app.get(Support, &format!("/v1/orders/{order}/state"))
+        .await
+        .body["payment_status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Wait until the order's own stream records `status`.
+async fn wait_for_order_payment_status(app: &TestApp, order: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = order_payment_status(app, order).await;
+        if now == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order payment status stayed {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_order_records_the_payment_status_its_payments_amount_to() {
+    let app = spawn_app().await;
+    let order = app.confirmed_order().await;
+    let total = app
+        .get(Support, &format!("/v1/orders/{order}/state"))
+        .await
+        .body["total"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(order_payment_status(&app, &order).await, "unpaid");
+
+    let payment = app.authorized_payment(&order, total).await;
+    wait_for_order_payment_status(&app, &order, "authorized").await;
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/capture"),
+        json!({"amount": total}),
+    )
+    .await
+    .assert_status(200);
+    wait_for_order_payment_status(&app, &order, "paid").await;
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/refund"),
+        json!({"amount": 1, "reason": "scratched"}),
+    )
+    .await
+    .assert_status(200);
+    wait_for_order_payment_status(&app, &order, "partially_refunded").await;
+    let refund = app
+        .post(
+            Storefront,
+            &format!("/v1/payments/{payment}/refund"),
+            json!({"amount": total - 1, "reason": "returned"}),
+        )
+        .await;
+    refund.assert_status(200);
+    wait_for_order_payment_status(&app, &order, "refunded").await;
+
+    // Each change is an event on the order's stream, caused by the payment event, recorded
+    // by the process manager, and carrying the status it replaced.
+    let history = app
+        .get(Support, &format!("/v1/orders/{order}/history"))
+        .await;
+    let changes: Vec<&serde_json::Value> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "order.payment_status_changed")
+        .collect();
+    let statuses: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["previous"].as_str().unwrap(),
+                e["data"]["payment_status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("unpaid", "authorized"),
+            ("authorized", "paid"),
+            ("paid", "partially_refunded"),
+            ("partially_refunded", "refunded")
+        ]
+    );
+    let last = changes.last().unwrap();
+    assert_eq!(
+        last["metadata"]["actor"],
+        json!({"name": "process-manager", "role": "system"})
+    );
+    let payment_history = app
+        .get(Support, &format!("/v1/payments/{payment}/history"))
+        .await;
+    let refunded_id = payment_history.body["items"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["event_id"]
+        .clone();
+    assert_eq!(last["metadata"]["causation_id"], refunded_id);
+
+    // The read model agrees once it reaches the stream's version, payment status events
+    // included.
+    let version = history.body["items"].as_array().unwrap().len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = app.get(Support, &format!("/v1/orders/{order}")).await;
+        if view.body["version"].as_i64() == Some(version) {
+            assert_eq!(view.body["payment_status"], "refunded");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view stayed at {}",
+            view.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn recording_payment_statuses_again_records_nothing_new() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let order = app.confirmed_order().await;
+    let total = app
+        .get(Support, &format!("/v1/orders/{order}/state"))
+        .await
+        .body["total"]
+        .as_i64()
+        .unwrap();
+    let payment = app.authorized_payment(&order, total).await;
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/capture"),
+        json!({"amount": 10}),
+    )
+    .await
+    .assert_status(200);
+
+    let commands = std::sync::Arc::new(ordo_commands::Commands::new(app.pool.clone()));
+    let pm = ProcessManager::new(app.pool.clone(), commands);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while order_payment_status(&app, &order).await != "authorized" {
+        assert!(Instant::now() < deadline, "the status was never recorded");
+        pm.step().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events_before = app.event_count().await;
+
+    // As after a crash before the checkpoint: the same payment events are handled again.
+    sqlx::query("UPDATE process_manager.checkpoint SET tx_id = '0', global_position = 0")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    while pm.step().await.unwrap() != Step::Idle {}
+    assert_eq!(
+        app.event_count().await,
+        events_before,
+        "nothing recorded twice"
+    );
+    assert_eq!(
+        order_payment_status(&app, &order).await,
+        "authorized",
+        "the order shows what its payments amount to: 10 captured of the authorized total"
+    );
+}
+
 #[tokio::test]
 async fn cancelling_a_paid_order_refunds_and_voids_its_payments() {
     let app = spawn_app().await;
@@ -77,10 +253,15 @@ async fn cancelling_a_paid_order_refunds_and_voids_its_payments() {
     );
 
     // The commands name the cancellation as their cause and the process manager as actor.
-    let cancelled_id = app
+    let order_history = app
         .get(Support, &format!("/v1/orders/{order}/history"))
-        .await
-        .body["items"][2]["event_id"]
+        .await;
+    let cancelled_id = order_history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "order.cancelled")
+        .expect("the cancellation is in the order's history")["event_id"]
         .clone();
     let history = app
         .get(Support, &format!("/v1/payments/{captured}/history"))
@@ -123,7 +304,9 @@ async fn handling_the_same_cancellation_again_has_no_second_effect() {
     let commands = std::sync::Arc::new(ordo_commands::Commands::new(app.pool.clone()));
     let pm = ProcessManager::new(app.pool.clone(), commands);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while payment_state(&app, &payment).await["status"] != "refunded" {
+    while payment_state(&app, &payment).await["status"] != "refunded"
+        || order_payment_status(&app, &order).await != "refunded"
+    {
         assert!(Instant::now() < deadline);
         pm.step().await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use ordo_api::Role::{Admin, Storefront, Support};
 use serde_json::{json, Value};
@@ -132,12 +133,26 @@ async fn every_stored_event_of_a_full_lifecycle_matches_its_schema() {
     )
     .await;
 
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
-        "SELECT event_type, event_version, payload FROM event_store.events ORDER BY global_position",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    // The process manager records the orders' payment statuses on their own: wait for
+    // every event type to be stored, then read the whole log.
+    let all: BTreeSet<String> = ordo_domain::schema::event_schemas()
+        .iter()
+        .map(|s| s.event_type.to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = stored(&app).await;
+        let types: BTreeSet<String> = rows.iter().map(|(t, _, _)| t.clone()).collect();
+        if types == all {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scenario stores every event type; missing {:?}",
+            all.difference(&types).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
 
     let mut validators = BTreeMap::new();
     let mut failures = Vec::new();
@@ -155,11 +170,14 @@ async fn every_stored_event_of_a_full_lifecycle_matches_its_schema() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
 
-    let stored: BTreeSet<&str> = rows.iter().map(|(t, _, _)| t.as_str()).collect();
-    let all: BTreeSet<&str> = ordo_domain::schema::event_schemas()
-        .iter()
-        .map(|s| s.event_type)
-        .collect();
-    assert_eq!(stored, all, "the scenario stores every event type");
+/// `(event_type, event_version, payload)` of every stored event, in log order.
+async fn stored(app: &TestApp) -> Vec<(String, String, Value)> {
+    sqlx::query_as(
+        "SELECT event_type, event_version, payload FROM event_store.events ORDER BY global_position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
 }

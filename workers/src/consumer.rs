@@ -42,6 +42,12 @@ impl Worker {
         matches!(self, Self::Analytics)
     }
 
+    /// Whether an operator may ask for its effects again (`replay --reprocess`): e-mails
+    /// and webhooks can be sent twice on purpose; analytics' sums cannot be counted twice.
+    pub fn effects_can_repeat(self) -> bool {
+        matches!(self, Self::Notification | Self::Integration)
+    }
+
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|w| w.name() == name)
     }
@@ -54,7 +60,7 @@ impl Worker {
         }
     }
 
-    fn processed_table(self) -> &'static str {
+    pub(crate) fn processed_table(self) -> &'static str {
         match self {
             Self::Analytics => "analytics.processed",
             Self::Integration => "integration.processed",

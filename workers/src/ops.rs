@@ -26,6 +26,8 @@ pub enum OpsError {
     UnknownWorker(String),
     #[error("no event has position {0}")]
     UnknownPosition(i64),
+    #[error("the {0} worker's effects are sums in its own tables: repeating them would count every event twice")]
+    CannotReprocess(String),
 }
 
 fn nats(e: impl std::fmt::Display) -> OpsError {
@@ -147,14 +149,20 @@ impl WorkersAdmin {
     }
 
     /// Deliver everything again from `from` on. Handlers stay idempotent (their processed
-    /// records), so effects already had are not repeated.
+    /// records), so effects already had are not repeated — unless `reprocess`: then the
+    /// worker first forgets the events recorded since the start, and their e-mails or
+    /// webhooks go out again. Answers the start time and how many events were forgotten.
     pub async fn replay(
         &self,
         pool: &PgPool,
         name: &str,
         from: ReplayFrom,
-    ) -> Result<DateTime<Utc>, OpsError> {
-        Self::known(name)?;
+        reprocess: bool,
+    ) -> Result<(DateTime<Utc>, u64), OpsError> {
+        let worker = Worker::from_name(name).ok_or_else(|| OpsError::UnknownWorker(name.into()))?;
+        if reprocess && !worker.effects_can_repeat() {
+            return Err(OpsError::CannotReprocess(name.into()));
+        }
         let start = match from {
             ReplayFrom::Time(t) => t,
             // The message of that event was published after it was recorded.
@@ -172,6 +180,20 @@ impl WorkersAdmin {
             .get_stream(&self.config.stream)
             .await
             .map_err(nats)?;
+        let forgotten = if reprocess {
+            // Every event published since `start` was recorded at or after it.
+            sqlx::query(&format!(
+                "DELETE FROM {} p USING event_store.events e
+                  WHERE e.event_id = p.event_id AND e.recorded_at >= $1",
+                worker.processed_table()
+            ))
+            .bind(start)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        } else {
+            0
+        };
         let _ = stream.delete_consumer(name).await;
         stream
             .create_consumer(pull::Config {
@@ -185,8 +207,8 @@ impl WorkersAdmin {
             })
             .await
             .map_err(nats)?;
-        tracing::info!(worker = name, from = %start, "worker replay");
-        Ok(start)
+        tracing::info!(worker = name, from = %start, reprocess, forgotten, "worker replay");
+        Ok((start, forgotten))
     }
 
     /// Dead letters, newest first.

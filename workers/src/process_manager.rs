@@ -1,13 +1,19 @@
-//! The order ⇄ payment process manager (DESIGN.md §5): when an order is cancelled, void its
-//! authorized payments and refund what was captured.
+//! The order ⇄ payment process manager (DESIGN.md §5): when a payment is authorized,
+//! captured, refunded or voided, the order records the payment status its payments now
+//! amount to; when an order is cancelled, void its authorized payments and refund what was
+//! captured.
 //!
 //! It reads the same gap-free feed as the projections and keeps its checkpoint in its own
 //! schema. A step holds the checkpoint row (`FOR UPDATE SKIP LOCKED`), so processes running
 //! it take turns, never overlap. It is idempotent by causing event: each command it issues
 //! records the cancellation's event id as `causation_id`, and a payment that already holds an
 //! event so caused is skipped; a crash between a command and the checkpoint is therefore
-//! harmless, and the domain would refuse a second void or an over-refund anyway.
+//! harmless, and the domain would refuse a second void or an over-refund anyway. Recording
+//! the payment status is idempotent by state: the order records a status only when it
+//! differs from the one it holds, and the status is always folded from the payments' current
+//! state, so handling a payment event again (or an older one) records nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +21,8 @@ use std::time::Duration;
 use chrono::Utc;
 use ordo_commands::history::caused_by;
 use ordo_commands::{Actor, CommandError, CommandMetadata, Commands};
-use ordo_domain::order::OrderEvent;
-use ordo_domain::payment::{PaymentCommand, PaymentStatus};
+use ordo_domain::order::{OrderCommand, OrderEvent};
+use ordo_domain::payment::{order_payment_status, PaymentCommand, PaymentEvent, PaymentStatus};
 use ordo_domain::values::Text;
 use ordo_projections::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use serde_json::Value;
@@ -25,7 +31,13 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 const NAME: &str = "order-payment";
-const EVENT_TYPES: &[&str] = &["order.cancelled"];
+const EVENT_TYPES: &[&str] = &[
+    "order.cancelled",
+    "payment.authorized",
+    "payment.captured",
+    "payment.refunded",
+    "payment.voided",
+];
 const BATCH: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +111,34 @@ impl ProcessManager {
         let Some(last) = events.last().map(|e| e.checkpoint) else {
             return Ok(Step::Idle);
         };
-        for event in events.iter().filter(|e| e.event_type == "order.cancelled") {
-            self.order_cancelled(event).await?;
+        // Of several payment events of one order in this batch only the last needs handling:
+        // the status is folded from the payments' current state anyway.
+        let orders_paid: Vec<Option<Uuid>> = events
+            .iter()
+            .map(|e| {
+                // The feed leaves out the payloads of types this step does not want.
+                let wanted = EVENT_TYPES.contains(&e.event_type.as_str());
+                (wanted && e.aggregate_type == "payment")
+                    .then(|| order_of_payment(e))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let last_payment_event: HashMap<Uuid, usize> = orders_paid
+            .iter()
+            .enumerate()
+            .filter_map(|(i, order)| order.map(|o| (o, i)))
+            .collect();
+        for (i, (event, paid)) in events.iter().zip(&orders_paid).enumerate() {
+            match paid {
+                Some(order_id) if last_payment_event.get(order_id) == Some(&i) => {
+                    self.record_payment_status(*order_id, event).await?
+                }
+                Some(_) => {}
+                None if event.event_type == "order.cancelled" => {
+                    self.order_cancelled(event).await?
+                }
+                None => {}
+            }
         }
         sqlx::query(
             "UPDATE process_manager.checkpoint
@@ -114,6 +152,44 @@ impl ProcessManager {
         .await?;
         tx.commit().await?;
         Ok(Step::Handled(events.len()))
+    }
+
+    /// The order records the payment status its payments amount to now, if it changed.
+    async fn record_payment_status(
+        &self,
+        order_id: Uuid,
+        event: &FeedEvent,
+    ) -> Result<(), PmError> {
+        let payments = self.commands.payments_of_order(order_id).await?;
+        let order = self
+            .commands
+            .store()
+            .load::<ordo_domain::order::Order>(&order_id.to_string())
+            .await?;
+        let status = order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
+        if status == order.state.payment_status {
+            return Ok(());
+        }
+        let command = OrderCommand::RecordPaymentStatus {
+            status,
+            at: Utc::now(),
+        };
+        match self
+            .commands
+            .order(order_id, None, command, &metadata_caused_by(event))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(order.id = %order_id, payment_status = status.as_str(), "order payment status recorded")
+            }
+            // A payment of an order that does not exist (its creation was refused?) leaves
+            // nothing to record.
+            Err(CommandError::Domain(refused)) => {
+                tracing::warn!(order.id = %order_id, reason = %refused, "payment status not recorded")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Void authorized payments and refund captured ones.
@@ -206,6 +282,18 @@ impl ProcessManager {
             }
         }
     }
+}
+
+/// The order a payment event belongs to.
+fn order_of_payment(event: &FeedEvent) -> Result<Uuid, PmError> {
+    Ok(match event.decode::<PaymentEvent>()? {
+        PaymentEvent::Created(e) => e.order_id,
+        PaymentEvent::Authorized(e) => e.order_id,
+        PaymentEvent::Captured(e) => e.order_id,
+        PaymentEvent::Refunded(e) => e.order_id,
+        PaymentEvent::Voided(e) => e.order_id,
+        PaymentEvent::Failed(e) => e.order_id,
+    })
 }
 
 /// Metadata for a command the process manager issues because of `event`.

@@ -213,11 +213,11 @@ fn yaml(document: &[(&str, Value)]) -> String {
          # Regenerate: ORDO_BLESS=1 cargo test -p ordo-workers --test asyncapi\n",
     );
     for (key, value) in document {
-        let mut section = serde_yaml_ng::Mapping::new();
-        let value: serde_yaml_ng::Value =
-            serde_yaml_ng::to_value(canonical(value.clone())).expect("JSON converts to YAML");
+        let mut section = serde_norway::Mapping::new();
+        let value: serde_norway::Value =
+            serde_norway::to_value(canonical(value.clone())).expect("JSON converts to YAML");
         section.insert((*key).into(), value);
-        text.push_str(&serde_yaml_ng::to_string(&section).unwrap());
+        text.push_str(&serde_norway::to_string(&section).unwrap());
     }
     text
 }
@@ -234,7 +234,7 @@ fn on_disk() -> String {
 }
 
 fn checked_in() -> Value {
-    serde_yaml_ng::from_str(&on_disk()).expect("schemas/asyncapi.yaml is YAML")
+    serde_norway::from_str(&on_disk()).expect("schemas/asyncapi.yaml is YAML")
 }
 
 // ---------------------------------------------------------------- tests
@@ -248,7 +248,7 @@ fn the_checked_in_asyncapi_is_what_the_code_generates() {
         "schemas/asyncapi.yaml differs from the code: run \
          `ORDO_BLESS=1 cargo test -p ordo-workers --test asyncapi`, review the diff and commit it"
     );
-    let parsed: Value = serde_yaml_ng::from_str(&on_disk).unwrap();
+    let parsed: Value = serde_norway::from_str(&on_disk).unwrap();
     let expected: Map<String, Value> = document()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

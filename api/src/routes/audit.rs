@@ -161,7 +161,7 @@ async fn state(
     let (body, folded) = match kind {
         Kind::Order => {
             let s = history::fold_until::<Order>(&app.pool, &id, until).await?;
-            (views::order(&s.state, s.version, None), s.version)
+            (views::order(&s.state, s.version), s.version)
         }
         Kind::Payment => {
             let s = history::fold_until::<Payment>(&app.pool, &id, until).await?;

@@ -1,14 +1,16 @@
-//! Liveness and readiness; no API key needed.
+//! Liveness and readiness; no API key needed, never rate limited.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::{ApiError, AppState};
+use crate::readiness::RoleState;
+use crate::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -16,12 +18,63 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(ready))
 }
 
-/// Ready when PostgreSQL answers within a second.
+/// How long PostgreSQL gets to answer `SELECT 1`.
+const POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// 200 when PostgreSQL answers, NATS is connected (if this process needs it) and every role
+/// is running; otherwise 503 with the same body saying what is not.
 async fn ready(State(app): State<AppState>) -> Response {
+    let (postgres_up, postgres) = postgres(&app).await;
+    let (nats_up, nats) = match &app.readiness.nats {
+        Some(probe) => {
+            let up = probe.connected();
+            let check = json!({
+                "status": if up { "up" } else { "down" },
+                "required": probe.required,
+            });
+            (up || !probe.required, Some(check))
+        }
+        None => (true, None),
+    };
+    let roles = app.readiness.roles.snapshot();
+    let roles_up = roles.values().all(|s| *s == RoleState::Running);
+    let ready = postgres_up && nats_up && roles_up;
+    let mut checks = json!({"postgres": postgres});
+    if let Some(nats) = nats {
+        checks["nats"] = nats;
+    }
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": checks,
+        "roles": roles,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn postgres(app: &AppState) -> (bool, Value) {
+    let started = Instant::now();
     let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.pool);
-    match tokio::time::timeout(Duration::from_secs(1), ping).await {
-        Ok(Ok(_)) => Json(json!({"status": "ready", "checks": {"postgres": "ok"}})).into_response(),
-        Ok(Err(e)) => ApiError::Unavailable(e.to_string()).into_response(),
-        Err(_) => ApiError::Unavailable("postgres did not answer in time".into()).into_response(),
+    match tokio::time::timeout(POSTGRES_TIMEOUT, ping).await {
+        Ok(Ok(_)) => (
+            true,
+            json!({"status": "up", "latency_ms": started.elapsed().as_millis() as u64}),
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: postgres unreachable");
+            (false, json!({"status": "down", "error": "query failed"}))
+        }
+        Err(_) => (
+            false,
+            json!({"status": "down", "error": format!("no answer within {POSTGRES_TIMEOUT:?}")}),
+        ),
     }
 }

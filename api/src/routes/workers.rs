@@ -33,6 +33,7 @@ impl From<OpsError> for ApiError {
             OpsError::UnknownPosition(p) => {
                 Self::field("from_position", format!("no event has position {p}"))
             }
+            err @ OpsError::CannotReprocess(_) => Self::field("reprocess", err.to_string()),
             OpsError::Db(e) => e.into(),
             OpsError::Nats(e) => Self::Unavailable(format!("nats: {e}")),
         }
@@ -47,8 +48,9 @@ async fn status(
     Ok(Json(json!({ "items": items })).into_response())
 }
 
-/// Body: `{"from_position": N}` or `{"from_time": "RFC 3339"}`. 202: the worker's consumer
-/// starts again from there; handlers skip what they already did.
+/// Body: `{"from_position": N}` or `{"from_time": "RFC 3339"}`, and `"reprocess": true` to
+/// repeat side effects (e-mails, webhooks) from there. 202: the worker's consumer starts
+/// again from there; without `reprocess` handlers skip what they already did.
 async fn replay(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,
@@ -56,8 +58,10 @@ async fn replay(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let mut v = Validation::new();
+    let mut reprocess = false;
     let from = match v.object(&body.json, "") {
         Some(o) => {
+            reprocess = v.optional::<bool>(o, "", "reprocess").unwrap_or(false);
             let position = v.optional::<i64>(o, "", "from_position");
             let time = v.optional::<DateTime<Utc>>(o, "", "from_time");
             match (position, time) {
@@ -72,10 +76,18 @@ async fn replay(
         None => None,
     };
     let from = v.finish(|| from)?;
-    let start = app.workers.replay(&app.pool, &name, from).await?;
+    let (start, forgotten) = app
+        .workers
+        .replay(&app.pool, &name, from, reprocess)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"worker": name, "from_time": start})),
+        Json(json!({
+            "worker": name,
+            "from_time": start,
+            "reprocess": reprocess,
+            "forgotten": forgotten,
+        })),
     )
         .into_response())
 }

@@ -21,10 +21,22 @@ pub const MAX_LINES: usize = 200;
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrderCommand {
     Place(PlaceOrder),
-    Confirm { at: DateTime<Utc> },
-    Cancel { reason: Text, at: DateTime<Utc> },
+    Confirm {
+        at: DateTime<Utc>,
+    },
+    Cancel {
+        reason: Text,
+        at: DateTime<Utc>,
+    },
     Ship(ShipOrder),
-    Deliver { at: DateTime<Utc> },
+    Deliver {
+        at: DateTime<Utc>,
+    },
+    /// Issued by the process manager when the order's payments change (DESIGN.md §5).
+    RecordPaymentStatus {
+        status: OrderPaymentStatus,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +94,8 @@ pub enum OrderEvent {
     Shipped(OrderShipped),
     #[serde(rename = "order.delivered")]
     Delivered(OrderDelivered),
+    #[serde(rename = "order.payment_status_changed")]
+    PaymentStatusChanged(OrderPaymentStatusChanged),
 }
 
 impl EventName for OrderEvent {
@@ -92,6 +106,7 @@ impl EventName for OrderEvent {
             Self::Cancelled(_) => "order.cancelled",
             Self::Shipped(_) => "order.shipped",
             Self::Delivered(_) => "order.delivered",
+            Self::PaymentStatusChanged(_) => "order.payment_status_changed",
         }
     }
 }
@@ -164,6 +179,16 @@ pub struct OrderDelivered {
     pub delivered_at: DateTime<Utc>,
 }
 
+/// The order's payment status moved, as derived from its payments by the process manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderPaymentStatusChanged {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub payment_status: OrderPaymentStatus,
+    pub previous: OrderPaymentStatus,
+    pub changed_at: DateTime<Utc>,
+}
+
 // ---------------------------------------------------------------- state
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +213,34 @@ impl OrderStatus {
             Self::Shipped => "shipped",
             Self::Delivered => "delivered",
             Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What the order's payments amount to (DESIGN.md §5), from
+/// [`crate::payment::order_payment_status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(
+    description = "What the order's payments amount to: unpaid, authorized (the total), paid (the total captured), partially_refunded or refunded."
+)]
+pub enum OrderPaymentStatus {
+    #[default]
+    Unpaid,
+    Authorized,
+    Paid,
+    PartiallyRefunded,
+    Refunded,
+}
+
+impl OrderPaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unpaid => "unpaid",
+            Self::Authorized => "authorized",
+            Self::Paid => "paid",
+            Self::PartiallyRefunded => "partially_refunded",
+            Self::Refunded => "refunded",
         }
     }
 }
@@ -223,6 +276,9 @@ pub struct Order {
     pub id: Option<Uuid>,
     pub customer_id: Option<Uuid>,
     pub status: OrderStatus,
+    /// As last recorded by the process manager.
+    #[serde(default)]
+    pub payment_status: OrderPaymentStatus,
     pub currency: Option<Currency>,
     pub lines: Vec<OrderLine>,
     pub total: Amount,
@@ -325,6 +381,22 @@ impl Order {
                     order_id,
                     customer_id,
                     delivered_at: at,
+                })
+            }
+            // Not a lifecycle command: payments settle after cancellation and delivery too.
+            OrderCommand::RecordPaymentStatus { status, at } => {
+                let (Some(order_id), Some(customer_id)) = (self.id, self.customer_id) else {
+                    return Err(DomainError::NotFound { aggregate: "order" });
+                };
+                if status == self.payment_status {
+                    return Ok(vec![]);
+                }
+                OrderEvent::PaymentStatusChanged(OrderPaymentStatusChanged {
+                    order_id,
+                    customer_id,
+                    payment_status: status,
+                    previous: self.payment_status,
+                    changed_at: at,
                 })
             }
         };
@@ -541,6 +613,10 @@ impl Order {
             OrderEvent::Delivered(e) => {
                 self.status = OrderStatus::Delivered;
                 self.updated_at = Some(e.delivered_at);
+            }
+            OrderEvent::PaymentStatusChanged(e) => {
+                self.payment_status = e.payment_status;
+                self.updated_at = Some(e.changed_at);
             }
         }
     }

@@ -854,6 +854,85 @@ fn unit_price() -> impl Strategy<Value = i64> {
     ]
 }
 
+// ---------------------------------------------------------------- payment status
+
+fn record_payment(status: OrderPaymentStatus) -> OrderCommand {
+    OrderCommand::RecordPaymentStatus { status, at: at(40) }
+}
+
+fn payment_status_changed(
+    previous: OrderPaymentStatus,
+    payment_status: OrderPaymentStatus,
+) -> OrderEvent {
+    OrderEvent::PaymentStatusChanged(OrderPaymentStatusChanged {
+        order_id: ORDER,
+        customer_id: CUSTOMER,
+        payment_status,
+        previous,
+        changed_at: at(40),
+    })
+}
+
+#[test]
+fn a_new_order_is_unpaid() {
+    assert_eq!(
+        given(vec![placed()]).payment_status,
+        OrderPaymentStatus::Unpaid
+    );
+}
+
+#[test]
+fn recording_a_new_payment_status_records_it_with_the_previous_one() {
+    let events = given(vec![placed(), confirmed()])
+        .decide(record_payment(OrderPaymentStatus::Paid))
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![payment_status_changed(
+            OrderPaymentStatus::Unpaid,
+            OrderPaymentStatus::Paid
+        )]
+    );
+    let order = given(vec![placed(), confirmed(), events[0].clone()]);
+    assert_eq!(order.payment_status, OrderPaymentStatus::Paid);
+    assert_eq!(
+        order.status,
+        OrderStatus::Confirmed,
+        "the lifecycle is untouched"
+    );
+}
+
+#[test]
+fn recording_the_status_the_order_already_has_changes_nothing() {
+    let paid = payment_status_changed(OrderPaymentStatus::Unpaid, OrderPaymentStatus::Paid);
+    let events = given(vec![placed(), paid])
+        .decide(record_payment(OrderPaymentStatus::Paid))
+        .unwrap();
+    assert_eq!(events, vec![]);
+}
+
+#[test]
+fn a_cancelled_or_delivered_order_still_records_its_payment_status() {
+    let cancelled_then_refunded = given(vec![placed(), cancelled()])
+        .decide(record_payment(OrderPaymentStatus::Refunded))
+        .unwrap();
+    assert_eq!(cancelled_then_refunded.len(), 1);
+    let delivered_then_refunded = given(vec![
+        placed(),
+        confirmed(),
+        shipped(1, &[("MUG", 2), ("TEE", 1)], true),
+        delivered(),
+    ])
+    .decide(record_payment(OrderPaymentStatus::PartiallyRefunded))
+    .unwrap();
+    assert_eq!(delivered_then_refunded.len(), 1);
+}
+
+#[test]
+fn recording_a_payment_status_on_an_unknown_order_is_not_found() {
+    assert_not_found(given(vec![]).decide(record_payment(OrderPaymentStatus::Paid)));
+}
+
 proptest! {
     #[test]
     fn placing_an_order_totals_exactly_or_refuses_the_overflow(

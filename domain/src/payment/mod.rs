@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::EventName;
-use crate::order::OrderStatus;
+use crate::order::{OrderPaymentStatus, OrderStatus};
 use crate::values::Text;
 use crate::{Amount, Currency, DomainError};
 
@@ -539,7 +539,7 @@ fn not_authorized() -> DomainError {
 pub fn order_payment_status<'a>(
     order_total: Amount,
     payments: impl IntoIterator<Item = &'a Payment>,
-) -> &'static str {
+) -> OrderPaymentStatus {
     let (mut authorized, mut captured, mut refunded) = (0i128, 0i128, 0i128);
     for p in payments {
         if matches!(
@@ -557,15 +557,15 @@ pub fn order_payment_status<'a>(
     let total = i128::from(order_total.get());
     if refunded > 0 {
         if refunded >= captured {
-            "refunded"
+            OrderPaymentStatus::Refunded
         } else {
-            "partially_refunded"
+            OrderPaymentStatus::PartiallyRefunded
         }
     } else if captured >= total && (captured > 0 || total == 0) {
-        "paid"
+        OrderPaymentStatus::Paid
     } else if authorized >= total && authorized > 0 {
-        "authorized"
+        OrderPaymentStatus::Authorized
     } else {
-        "unpaid"
+        OrderPaymentStatus::Unpaid
     }
 }

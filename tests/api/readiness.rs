@@ -1,0 +1,133 @@
+//! `/readyz`: PostgreSQL, NATS (when this process needs it) and each role's state; 503 with
+//! the same body when anything is not up. The PostgreSQL cut is in `errors.rs`.
+
+use std::time::{Duration, Instant};
+
+use ordo::{Application, Config, ServeRole};
+use serde_json::json;
+
+use crate::helpers::{fresh_database_url, read, spawn_app, spawn_app_with, Resp, TestApp};
+use crate::nats::NATS;
+
+async fn readyz(app: &TestApp) -> Resp {
+    read(app.client.get(app.url("/readyz")).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_ready_app_reports_postgres_and_every_role_running() {
+    let app = spawn_app().await;
+    let ready = readyz(&app).await;
+    ready.assert_status(200);
+    assert_eq!(ready.body["status"], "ready");
+    assert_eq!(ready.body["checks"]["postgres"]["status"], "up");
+    assert_eq!(ready.header("cache-control"), Some("no-store"));
+    // No relay or workers here: NATS is reported but not required.
+    assert_eq!(ready.body["checks"]["nats"]["required"], false);
+    assert_eq!(
+        ready.body["roles"],
+        json!({
+            "api": "running",
+            "process_manager": "running",
+            "projector.customers": "running",
+            "projector.orders": "running",
+            "projector.payments": "running",
+        })
+    );
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_relay_without_nats_makes_the_process_not_ready_and_says_why() {
+    let port = closed_port();
+    let app = spawn_app_with(|c| {
+        c.roles.push(ServeRole::Relay);
+        c.nats_url = format!("nats://127.0.0.1:{port}");
+    })
+    .await;
+    let ready = readyz(&app).await;
+    ready.assert_status(503);
+    assert_eq!(ready.body["status"], "not_ready");
+    assert_eq!(
+        ready.body["checks"]["nats"],
+        json!({"status": "down", "required": true})
+    );
+    assert_eq!(ready.body["checks"]["postgres"]["status"], "up");
+    // The relay itself waits for NATS in the background; the nats check is what fails.
+    let relay = ready.body["roles"]["relay"].as_str().unwrap();
+    assert!(["starting", "running"].contains(&relay), "{relay}");
+    assert_eq!(ready.body["roles"]["api"], "running");
+}
+
+#[tokio::test]
+async fn a_relay_with_nats_becomes_ready() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let stream = format!("ORDO_TEST_{id}");
+    let app = spawn_app_with(|c| {
+        c.roles.push(ServeRole::Relay);
+        c.nats_url = NATS.into();
+        c.nats_stream = stream.clone();
+        c.nats_subject_prefix = format!("t{id}.events");
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let ready = readyz(&app).await;
+        if ready.status == 200 || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+    let _ = js.delete_stream(&stream).await;
+    ready.assert_status(200);
+    assert_eq!(
+        ready.body["checks"]["nats"],
+        json!({"status": "up", "required": true})
+    );
+    assert_eq!(ready.body["roles"]["relay"], "running");
+}
+
+#[tokio::test]
+async fn after_a_shutdown_every_role_is_stopped() {
+    let database_url = fresh_database_url();
+    let mut config = Config::defaults();
+    config.database_url = database_url.clone();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.roles = vec![
+        ServeRole::Api,
+        ServeRole::Projector,
+        ServeRole::ProcessManager,
+    ];
+    let app = Application::build(&config).await.unwrap();
+    let roles = app.roles().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while roles.snapshot().get("api") != Some(&ordo_api::RoleState::Running) {
+        assert!(Instant::now() < deadline, "the api did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("shutdown within its timeout")
+        .unwrap()
+        .unwrap();
+    let states = roles.snapshot();
+    assert_eq!(states.len(), 5, "{states:?}");
+    assert!(
+        states.values().all(|s| *s == ordo_api::RoleState::Stopped),
+        "{states:?}"
+    );
+    ordo_commands::db::drop_database(&database_url)
+        .await
+        .unwrap();
+}
