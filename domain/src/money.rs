@@ -1,7 +1,9 @@
 //! Money is an integer count of a currency's minor unit plus an ISO 4217 code. No floats.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ValueError;
@@ -64,6 +66,22 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+/// A pattern rather than the list of codes: adding a currency must not change a released
+/// event schema.
+impl JsonSchema for Currency {
+    fn schema_name() -> Cow<'static, str> {
+        "Currency".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An active ISO 4217 alphabetic currency code, e.g. EUR.",
+            "type": "string",
+            "pattern": "^[A-Z]{3}$"
+        })
+    }
+}
+
 /// A non-negative amount in a currency's minor unit (cents for EUR, yen for JPY).
 ///
 /// Arithmetic is checked: an overflow is an error, never a wrap or a saturation.
@@ -122,6 +140,22 @@ impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = i64::deserialize(d)?;
         Self::new(v).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Amount {
+    fn schema_name() -> Cow<'static, str> {
+        "Amount".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A non-negative count of the currency's minor unit (cents for EUR, yen for JPY). Never a float.",
+            "type": "integer",
+            "format": "int64",
+            "minimum": 0,
+            "maximum": i64::MAX
+        })
     }
 }
 

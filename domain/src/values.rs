@@ -1,8 +1,26 @@
 //! Value objects: private fields, a parsing constructor, and so no invalid value exists.
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ValueError;
+
+/// The JSON Schema of a value object: a named definition with what its parser accepts.
+macro_rules! value_schema {
+    ($name:ident, $schema:tt) => {
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
+}
 
 macro_rules! string_value {
     ($(#[$doc:meta])* $name:ident) => {
@@ -44,6 +62,43 @@ string_value!(
     /// Free text that is neither empty nor blank, at most [`Text::MAX_LEN`] characters.
     Text
 );
+
+value_schema!(Sku, {
+    "description": "A stock-keeping unit: 1 to 64 letters, digits, '-', '_' or '.'.",
+    "type": "string",
+    "pattern": "^[A-Za-z0-9._-]{1,64}$"
+});
+
+// What `Email::parse` accepts, as near as a pattern gets: a local part without blanks or
+// '@', and a domain with a dot neither first nor last.
+value_schema!(Email, {
+    "description": "An e-mail address, trimmed, its domain in lower case.",
+    "type": "string",
+    "maxLength": 254,
+    "pattern": "^[^@\\s]{1,64}@[^.@\\s]([^@\\s]*\\.)+[^.@\\s]+$"
+});
+
+value_schema!(Text, {
+    "description": "Trimmed free text: 1 to 2000 characters, neither starting nor ending with blank space.",
+    "type": "string",
+    "minLength": 1,
+    "maxLength": Text::MAX_LEN,
+    "pattern": "^\\S([\\s\\S]*\\S)?$"
+});
+
+value_schema!(Quantity, {
+    "description": "How many units of a line: a whole number from 1 to 1000000.",
+    "type": "integer",
+    "format": "uint32",
+    "minimum": 1,
+    "maximum": Quantity::MAX
+});
+
+value_schema!(CountryCode, {
+    "description": "An ISO 3166-1 alpha-2 country code, e.g. DE.",
+    "type": "string",
+    "pattern": "^[A-Z]{2}$"
+});
 
 impl Sku {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
@@ -134,7 +189,7 @@ impl<'de> Deserialize<'de> for Quantity {
 }
 
 /// A postal address; `country` is an ISO 3166-1 alpha-2 code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Address {
     pub line1: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]

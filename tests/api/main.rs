@@ -23,6 +23,7 @@ mod rate_limits;
 mod read_models;
 mod readiness;
 mod relay;
+mod schemas;
 mod shutdown;
 mod store;
 mod trace_context;

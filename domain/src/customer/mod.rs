@@ -1,6 +1,7 @@
 //! Customer (CRM): registered with an e-mail and a name; support adds notes.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -30,7 +31,9 @@ pub struct RegisterCustomer {
     pub registered_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// The shapes and doc comments of the event types are the released JSON Schemas in
+// schemas/events/: changing either is a new schema version (README, "Schemas").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum CustomerEvent {
     #[serde(rename = "customer.registered")]
@@ -48,7 +51,8 @@ impl EventName for CustomerEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A customer was registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerRegistered {
     pub customer_id: Uuid,
     pub email: Email,
@@ -57,7 +61,8 @@ pub struct CustomerRegistered {
     pub registered_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Support added a note to the customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerNoteAdded {
     pub customer_id: Uuid,
     pub note_id: Uuid,
@@ -87,7 +92,15 @@ impl Customer {
         self.id.is_some()
     }
 
+    /// Decide what a command means for this customer, or why it is refused.
     pub fn decide(&self, command: CustomerCommand) -> Result<Vec<CustomerEvent>, DomainError> {
+        let decided = self.decide_events(command);
+        #[cfg(test)]
+        crate::schema::conformance::check(&decided);
+        decided
+    }
+
+    fn decide_events(&self, command: CustomerCommand) -> Result<Vec<CustomerEvent>, DomainError> {
         match command {
             CustomerCommand::Register(cmd) => {
                 if self.exists() {

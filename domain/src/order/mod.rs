@@ -2,6 +2,7 @@
 //! cancelled` while nothing has shipped.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -68,15 +69,19 @@ pub struct ShipOrder {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How many units of one SKU a shipment holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShipmentLine {
     pub sku: Sku,
     pub quantity: Quantity,
 }
 
 // ---------------------------------------------------------------- events
+//
+// The shapes and doc comments of these types are the released JSON Schemas in
+// schemas/events/: changing either is a new schema version (README, "Schemas").
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum OrderEvent {
     #[serde(rename = "order.placed")]
@@ -106,18 +111,21 @@ impl EventName for OrderEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A customer placed an order; line totals and the total are computed by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub order_id: Uuid,
     pub customer_id: Uuid,
     pub currency: Currency,
+    #[schemars(length(min = 1, max = MAX_LINES))]
     pub lines: Vec<PlacedLine>,
     pub total: Amount,
     pub shipping_address: Option<Address>,
     pub placed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One line of a placed order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PlacedLine {
     pub sku: Sku,
     pub name: Text,
@@ -126,15 +134,17 @@ pub struct PlacedLine {
     pub line_total: Amount,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The order was confirmed and may now be paid for and shipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConfirmed {
     pub order_id: Uuid,
     pub customer_id: Uuid,
     pub confirmed_at: DateTime<Utc>,
 }
 
-/// Carries the customer, currency and total so that views need not look the order up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The order was cancelled before anything shipped. Carries the customer, currency and
+/// total so that views need not look the order up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
     pub customer_id: Uuid,
@@ -144,21 +154,25 @@ pub struct OrderCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A shipment left with some or all of the order's units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderShipped {
     pub order_id: Uuid,
     pub customer_id: Uuid,
     /// 1 for the first shipment of this order, then 2, …
+    #[schemars(range(min = 1))]
     pub shipment_number: u32,
     pub carrier: Text,
     pub tracking_number: Text,
+    #[schemars(length(min = 1))]
     pub lines: Vec<ShipmentLine>,
     /// True when this shipment leaves nothing of the order unshipped.
     pub fully_shipped: bool,
     pub shipped_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The fully shipped order reached the customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderDelivered {
     pub order_id: Uuid,
     pub customer_id: Uuid,
@@ -166,7 +180,7 @@ pub struct OrderDelivered {
 }
 
 /// The order's payment status moved, as derived from its payments by the process manager.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPaymentStatusChanged {
     pub order_id: Uuid,
     pub customer_id: Uuid,
@@ -205,8 +219,11 @@ impl OrderStatus {
 
 /// What the order's payments amount to (DESIGN.md §5), from
 /// [`crate::payment::order_payment_status`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(
+    description = "What the order's payments amount to: unpaid, authorized (the total), paid (the total captured), partially_refunded or refunded."
+)]
 pub enum OrderPaymentStatus {
     #[default]
     Unpaid,
@@ -295,6 +312,13 @@ impl Order {
 
     /// Decide what a command means for this order, or why it is refused.
     pub fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
+        let decided = self.decide_events(command);
+        #[cfg(test)]
+        crate::schema::conformance::check(&decided);
+        decided
+    }
+
+    fn decide_events(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
         let event = match command {
             OrderCommand::Place(place) => return self.place(place),
             OrderCommand::Confirm { at } => {

@@ -4,6 +4,7 @@
 //! Invariants: `0 ≤ captured ≤ authorized ≤ amount` and `0 ≤ refunded ≤ captured`.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -65,8 +66,11 @@ pub struct OrderFacts {
 }
 
 // ---------------------------------------------------------------- events
+//
+// The shapes and doc comments of these types are the released JSON Schemas in
+// schemas/events/: changing either is a new schema version (README, "Schemas").
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum PaymentEvent {
     #[serde(rename = "payment.created")]
@@ -96,7 +100,8 @@ impl EventName for PaymentEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A payment for an order was created; it is pending until authorized or failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentCreated {
     pub payment_id: Uuid,
     pub order_id: Uuid,
@@ -107,7 +112,8 @@ pub struct PaymentCreated {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The provider authorized some or all of the payment's amount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentAuthorized {
     pub payment_id: Uuid,
     pub order_id: Uuid,
@@ -117,7 +123,8 @@ pub struct PaymentAuthorized {
     pub authorized_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Part or all of the authorization was captured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentCaptured {
     pub payment_id: Uuid,
     pub order_id: Uuid,
@@ -128,7 +135,8 @@ pub struct PaymentCaptured {
     pub captured_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Part or all of what was captured was refunded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefunded {
     pub payment_id: Uuid,
     pub order_id: Uuid,
@@ -142,14 +150,16 @@ pub struct PaymentRefunded {
     pub refunded_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The authorization was released before anything was captured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentVoided {
     pub payment_id: Uuid,
     pub order_id: Uuid,
     pub voided_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The provider refused the pending payment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentFailed {
     pub payment_id: Uuid,
     pub order_id: Uuid,
@@ -225,7 +235,15 @@ impl Payment {
         }
     }
 
+    /// Decide what a command means for this payment, or why it is refused.
     pub fn decide(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, DomainError> {
+        let decided = self.decide_events(command);
+        #[cfg(test)]
+        crate::schema::conformance::check(&decided);
+        decided
+    }
+
+    fn decide_events(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, DomainError> {
         let event = match command {
             PaymentCommand::Create(create) => return self.create(create),
             PaymentCommand::Authorize {
