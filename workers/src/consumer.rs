@@ -9,6 +9,7 @@
 //! publishes the dead letter itself rather than relying on the server's advisories, because
 //! nats-server 2.9 drops a termination's reason.
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
@@ -35,12 +36,6 @@ pub enum Worker {
 
 impl Worker {
     pub const ALL: [Worker; 3] = [Worker::Notification, Worker::Analytics, Worker::Integration];
-
-    /// Whether handling only writes this worker's own rows (no mail, no HTTP): then a
-    /// batch of messages may share one transaction.
-    fn effects_are_rows(self) -> bool {
-        matches!(self, Self::Analytics)
-    }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|w| w.name() == name)
@@ -270,54 +265,128 @@ impl WorkerRunner {
         while let Some(message) = batch.next().await {
             messages.push(message.map_err(nats)?);
         }
-        // One transaction for the whole batch where the worker's effects are only rows:
-        // a commit (and its WAL flush) per message would cap a worker at a few hundred
-        // messages a second. If anything in the batch fails, it is rolled back and each
-        // message is settled on its own, so the failure is retried or dead-lettered alone.
-        if messages.len() > 1 && self.worker.effects_are_rows() {
-            match self.handle_together(&messages).await {
-                Ok(()) => {
-                    for message in &messages {
-                        message.ack().await.map_err(nats)?;
-                    }
-                    return Ok(messages.len());
-                }
-                Err(e) => {
-                    tracing::debug!(worker = self.worker.name(), error = %e, "batch failed; settling one by one")
-                }
-            }
-        }
-        for message in &messages {
+        let alone = match self.worker {
+            // Its effects are only rows: the whole batch can share one transaction.
+            Worker::Analytics => self.step_together(&messages).await?,
+            // Mail and webhooks go out one message at a time, each in the transaction that
+            // records it; only what was handled before is settled together.
+            Worker::Notification | Worker::Integration => self.skip_processed(&messages).await?,
+        };
+        for message in alone {
             self.settle(message).await?;
         }
         Ok(messages.len())
     }
 
-    async fn handle_together(&self, messages: &[Message]) -> Result<(), HandleError> {
-        let mut tx = self.pool.begin().await?;
+    /// Handle the readable messages of a batch together, set-based: one transaction, one
+    /// statement for the processed records and one per table for the folded effects, then
+    /// the acks. A commit (and its WAL flush) and a few round trips per message would cap a
+    /// worker below the event rate. Returns the messages left to settle one by one: those
+    /// that cannot be read (poison, dead-lettered alone) and, if the batch failed, all of
+    /// them, so that a failure is retried or dead-lettered alone and never holds the others.
+    async fn step_together<'m>(
+        &self,
+        messages: &'m [Message],
+    ) -> Result<Vec<&'m Message>, WorkerError> {
+        let mut alone = Vec::new();
+        let mut readable = Vec::with_capacity(messages.len());
         for message in messages {
-            let event = delivered(
+            let read = delivered(
                 message.headers.as_ref(),
                 message.subject.as_str(),
                 &self.config.subject_prefix,
                 &message.payload,
             )
-            .map_err(HandleError::Poison)?;
-            let fresh = sqlx::query(&format!(
-                "INSERT INTO {} (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                self.worker.processed_table()
-            ))
-            .bind(event.event_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if fresh {
-                self.worker
-                    .handle(&self.pool, &mut tx, &event, self.mailer.as_ref())
-                    .await?;
+            .map_err(HandleError::Poison)
+            .and_then(|event| Ok((event.event_id, analytics::Effects::of(&event)?)));
+            match read {
+                Ok((event_id, effects)) => readable.push((message, event_id, effects)),
+                Err(_) => alone.push(message),
             }
         }
+        if readable.is_empty() {
+            return Ok(alone);
+        }
+        let events: Vec<(Uuid, &analytics::Effects)> =
+            readable.iter().map(|(_, id, fx)| (*id, fx)).collect();
+        match self.handle_together(&events).await {
+            Ok(()) => {
+                for (message, _, _) in &readable {
+                    message.ack().await.map_err(nats)?;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(worker = self.worker.name(), error = %e, "batch failed; settling one by one");
+                alone.extend(readable.iter().map(|(message, _, _)| *message));
+            }
+        }
+        Ok(alone)
+    }
+
+    /// Acknowledge the messages whose events this worker handled before (a redelivery, a
+    /// replay) with one query, and return the others.
+    async fn skip_processed<'m>(
+        &self,
+        messages: &'m [Message],
+    ) -> Result<Vec<&'m Message>, WorkerError> {
+        let id = |message: &Message| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("ce-id"))
+                .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+        };
+        let ids: Vec<Uuid> = messages.iter().filter_map(id).collect();
+        if ids.is_empty() {
+            return Ok(messages.iter().collect());
+        }
+        let done: HashSet<Uuid> = match sqlx::query_scalar(&format!(
+            "SELECT event_id FROM {} WHERE event_id = ANY($1)",
+            self.worker.processed_table()
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(done) => done.into_iter().collect(),
+            // Each message's own transaction will meet the error and back off.
+            Err(_) => return Ok(messages.iter().collect()),
+        };
+        let mut rest = Vec::with_capacity(messages.len());
+        for message in messages {
+            match id(message) {
+                Some(event_id) if done.contains(&event_id) => message.ack().await.map_err(nats)?,
+                _ => rest.push(message),
+            }
+        }
+        Ok(rest)
+    }
+
+    /// Record the events as processed and write the effects of those that were not yet,
+    /// each once even if the batch holds it twice, in one transaction.
+    async fn handle_together(
+        &self,
+        events: &[(Uuid, &analytics::Effects)],
+    ) -> Result<(), HandleError> {
+        let ids: BTreeSet<Uuid> = events.iter().map(|(id, _)| *id).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(&format!(
+            "INSERT INTO {} (event_id) SELECT * FROM UNNEST($1::uuid[])
+             ON CONFLICT DO NOTHING RETURNING event_id",
+            self.worker.processed_table()
+        ))
+        .bind(ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut effects = analytics::Effects::default();
+        for (id, event_effects) in events {
+            if fresh.remove(id) {
+                effects.absorb(event_effects);
+            }
+        }
+        effects.write(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
