@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, Message};
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -73,6 +73,9 @@ impl Worker {
         }
     }
 }
+
+/// The most messages handled as one batch.
+const BATCH: usize = 500;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -265,17 +268,24 @@ impl WorkerRunner {
         while let Some(message) = batch.next().await {
             messages.push(message.map_err(nats)?);
         }
+        self.handle_batch(&messages).await?;
+        Ok(messages.len())
+    }
+
+    /// Settle a batch of received messages: together where the worker allows it, else (and
+    /// for what fails together) one by one.
+    async fn handle_batch(&self, messages: &[Message]) -> Result<(), WorkerError> {
         let alone = match self.worker {
             // Its effects are only rows: the whole batch can share one transaction.
-            Worker::Analytics => self.step_together(&messages).await?,
+            Worker::Analytics => self.step_together(messages).await?,
             // Mail and webhooks go out one message at a time, each in the transaction that
             // records it; only what was handled before is settled together.
-            Worker::Notification | Worker::Integration => self.skip_processed(&messages).await?,
+            Worker::Notification | Worker::Integration => self.skip_processed(messages).await?,
         };
         for message in alone {
             self.settle(message).await?;
         }
-        Ok(messages.len())
+        Ok(())
     }
 
     /// Handle the readable messages of a batch together, set-based: one transaction, one
@@ -498,14 +508,59 @@ impl WorkerRunner {
     /// Handle messages until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-            // A short expiry keeps latency low at low rates; a large batch keeps up at high ones.
-            if let Err(e) = self.step(500, Duration::from_millis(50)).await {
-                tracing::warn!(worker = self.worker.name(), error = %e, "worker step failed; retrying");
+            if let Err(e) = self.consume(&mut shutdown).await {
+                tracing::warn!(worker = self.worker.name(), error = %e, "worker failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => {}
                 }
             }
         }
+    }
+
+    /// Handle the consumer's messages as they arrive, each time with all that are already
+    /// here as one batch, until `shutdown` turns true.
+    ///
+    /// A continuous pull (the client keeps a request open and renews it) rather than a
+    /// fetch per step: a fetch ends on the server's "no more messages" status, and when
+    /// nats-server 2.9 does not send one the client waits out the request plus five
+    /// seconds, which stalled every message behind it.
+    async fn consume(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let stream = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await
+            .map_err(nats)?;
+        let mut batches = stream.ready_chunks(BATCH);
+        loop {
+            let batch = tokio::select! {
+                batch = batches.next() => batch,
+                _ = shutdown.changed() => break,
+            };
+            let Some(batch) = batch else {
+                return Err(WorkerError::Nats("the message stream ended".into()));
+            };
+            let mut messages = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for message in batch {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(e) => failure = Some(nats(e)),
+                }
+            }
+            self.handle_batch(&messages).await?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        // Messages already received go back at once rather than after the ack wait.
+        while let Some(Some(batch)) = batches.next().now_or_never() {
+            for message in batch.into_iter().flatten() {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+        Ok(())
     }
 }
