@@ -270,3 +270,126 @@ async fn ordo_worker_runs_one_worker_alone() {
             .await;
     s.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_batch_counts_new_events_once_skips_handled_ones_and_dead_letters_only_the_poison() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let customer = app.register_customer().await;
+    let handled_before = app.place_order(&customer).await;
+    let twice = app.place_order(&customer).await;
+    app.place_order(&customer).await;
+    let s = setup(&app).await;
+    let runner =
+        WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
+            .await
+            .unwrap();
+    s.publish_all(&app).await;
+
+    // One order was handled before (its ack was lost, say): only its record remains.
+    let placed_event = |order: String| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT event_id FROM event_store.events
+                  WHERE aggregate_id = $1 AND event_type = 'order.placed'",
+            )
+            .bind(order)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let handled_id = placed_event(handled_before).await;
+    sqlx::query("INSERT INTO analytics.processed (event_id) VALUES ($1)")
+        .bind(handled_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // Another order's event is in the stream twice (published again after the duplicate
+    // window, say).
+    let twice_id = placed_event(twice).await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let log = ordo_projections::feed::read_batch(&mut conn, Default::default(), 100)
+        .await
+        .unwrap();
+    drop(conn);
+    let again = log.iter().find(|e| e.event_id == twice_id).unwrap();
+    let mut headers = ordo_workers::relay::headers(again);
+    headers.insert("Nats-Msg-Id", uuid::Uuid::new_v4().to_string().as_str());
+    let subject = format!("{}.order.placed", s.relay_config.subject_prefix);
+    s.js.publish_with_headers(
+        subject.clone(),
+        headers,
+        ordo_workers::relay::body(again).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // And one message can never be read.
+    let mut poison = async_nats::HeaderMap::new();
+    poison.insert("ce-id", uuid::Uuid::new_v4().to_string().as_str());
+    s.js.publish_with_headers(subject, poison, "{\"not\": \"an order\"}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The customer and three orders, the repeat and the poison: one fetch, one batch.
+    let settled = runner.step(50, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(settled, 6);
+
+    let funnel = app.get(Analyst, "/v1/analytics/funnel").await;
+    assert_eq!(funnel.body["placed"], 2, "the new orders, each once");
+    let sales = app
+        .get(Analyst, "/v1/analytics/sales?granularity=day")
+        .await;
+    let items = sales.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["orders"], 2);
+    assert_eq!(items[0]["gross"], 2 * 2999);
+    let (processed, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT processed_at) FROM analytics.processed WHERE event_id <> $1",
+    )
+    .bind(handled_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (processed, transactions),
+        (3, 1),
+        "the customer and two orders recorded in one transaction"
+    );
+    let letters: Vec<(i64, String)> =
+        sqlx::query_as("SELECT attempts, error FROM workers.dead_letters")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 1, "only the poison is dead-lettered");
+    assert_eq!(letters[0].0, 1);
+    assert!(letters[0].1.contains("unreadable"), "{}", letters[0].1);
+
+    // Everything was settled: nothing waits for an ack or a redelivery.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        s.js.get_stream(&s.relay_config.stream)
+            .await
+            .unwrap()
+            .get_consumer("analytics")
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} unacknowledged, {} pending",
+            info.num_ack_pending,
+            info.num_pending
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.cleanup().await;
+}

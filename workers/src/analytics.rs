@@ -2,6 +2,8 @@
 //! own schema. Every change is a commutative sum or a set insert, so messages may arrive in
 //! any order (redeliveries reorder them) and the result is the same.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use ordo_domain::order::{
     OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderShipped,
@@ -19,94 +21,169 @@ fn data<T: DeserializeOwned>(event: &Delivered) -> Result<T, HandleError> {
         .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", event.event_type)))
 }
 
-async fn stage(tx: &mut PgConnection, order_id: Uuid, stage: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO analytics.order_stages (order_id, stage) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(order_id)
-        .bind(stage)
-        .execute(tx)
-        .await?;
-    Ok(())
+/// Sums added to one sales row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Totals {
+    orders: i64,
+    gross: i64,
+    paid: i64,
+    refunded: i64,
 }
 
-/// Add to the hour and the day bucket of `at`.
-async fn sales(
-    tx: &mut PgConnection,
-    at: DateTime<Utc>,
-    currency: &str,
-    (orders, gross, paid, refunded): (i64, i64, i64, i64),
-) -> Result<(), HandleError> {
-    for (granularity, step) in [("hour", TimeDelta::hours(1)), ("day", TimeDelta::days(1))] {
-        let bucket = at
-            .duration_trunc(step)
-            .map_err(|e| HandleError::Poison(format!("time {at} cannot be bucketed: {e}")))?;
-        sqlx::query(
-            "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross, paid, refunded)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (granularity, bucket, currency) DO UPDATE SET
-                 orders = sales.orders + EXCLUDED.orders, gross = sales.gross + EXCLUDED.gross,
-                 paid = sales.paid + EXCLUDED.paid, refunded = sales.refunded + EXCLUDED.refunded",
-        )
-        .bind(granularity)
-        .bind(bucket)
-        .bind(currency)
-        .bind(orders)
-        .bind(gross)
-        .bind(paid)
-        .bind(refunded)
-        .execute(&mut *tx)
-        .await?;
+/// What events change in the analytics tables, folded in memory: the funnel stages reached
+/// and the sums per sales row. Both are commutative, so the events of a batch fold in any
+/// order into the same writes. Ordered maps make every transaction lock rows in the same
+/// order, so two analytics workers never deadlock on a shared bucket.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Effects {
+    stages: BTreeSet<(Uuid, &'static str)>,
+    sales: BTreeMap<(&'static str, DateTime<Utc>, String), Totals>,
+}
+
+impl Effects {
+    /// What one event changes. Fails (poison) on a body that does not read or a time that
+    /// cannot be bucketed; events of other types change nothing.
+    pub(crate) fn of(event: &Delivered) -> Result<Self, HandleError> {
+        let mut effects = Self::default();
+        match event.event_type.as_str() {
+            "order.placed" => {
+                let e: OrderPlaced = data(event)?;
+                effects.stages.insert((e.order_id, "placed"));
+                let totals = Totals {
+                    orders: 1,
+                    gross: e.total.get(),
+                    ..Totals::default()
+                };
+                effects.add_sales(e.placed_at, e.currency.as_str(), totals)?;
+            }
+            "order.confirmed" => {
+                effects
+                    .stages
+                    .insert((data::<OrderConfirmed>(event)?.order_id, "confirmed"));
+            }
+            "order.shipped" => {
+                effects
+                    .stages
+                    .insert((data::<OrderShipped>(event)?.order_id, "shipped"));
+            }
+            "order.delivered" => {
+                effects
+                    .stages
+                    .insert((data::<OrderDelivered>(event)?.order_id, "delivered"));
+            }
+            "order.cancelled" => {
+                effects
+                    .stages
+                    .insert((data::<OrderCancelled>(event)?.order_id, "cancelled"));
+            }
+            "payment.captured" => {
+                let e: PaymentCaptured = data(event)?;
+                effects.stages.insert((e.order_id, "paid"));
+                let totals = Totals {
+                    paid: e.amount.get(),
+                    ..Totals::default()
+                };
+                effects.add_sales(e.captured_at, e.currency.as_str(), totals)?;
+            }
+            "payment.refunded" => {
+                let e: PaymentRefunded = data(event)?;
+                effects.stages.insert((e.order_id, "refunded"));
+                let totals = Totals {
+                    refunded: e.amount.get(),
+                    ..Totals::default()
+                };
+                effects.add_sales(e.refunded_at, e.currency.as_str(), totals)?;
+            }
+            _ => {}
+        }
+        Ok(effects)
     }
-    Ok(())
+
+    /// Add to the hour and the day bucket of `at`.
+    fn add_sales(
+        &mut self,
+        at: DateTime<Utc>,
+        currency: &str,
+        totals: Totals,
+    ) -> Result<(), HandleError> {
+        for (granularity, step) in [("hour", TimeDelta::hours(1)), ("day", TimeDelta::days(1))] {
+            let bucket = at
+                .duration_trunc(step)
+                .map_err(|e| HandleError::Poison(format!("time {at} cannot be bucketed: {e}")))?;
+            let row = self
+                .sales
+                .entry((granularity, bucket, currency.to_owned()))
+                .or_default();
+            row.orders += totals.orders;
+            row.gross += totals.gross;
+            row.paid += totals.paid;
+            row.refunded += totals.refunded;
+        }
+        Ok(())
+    }
+
+    /// Fold another event's effects into these.
+    pub(crate) fn absorb(&mut self, other: &Effects) {
+        self.stages.extend(other.stages.iter().cloned());
+        for (key, totals) in &other.sales {
+            let row = self.sales.entry(key.clone()).or_default();
+            row.orders += totals.orders;
+            row.gross += totals.gross;
+            row.paid += totals.paid;
+            row.refunded += totals.refunded;
+        }
+    }
+
+    /// Write them: one statement per table, however many events were folded in.
+    pub(crate) async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.stages.is_empty() {
+            let (orders, stages): (Vec<Uuid>, Vec<&str>) = self.stages.iter().cloned().unzip();
+            sqlx::query(
+                "INSERT INTO analytics.order_stages (order_id, stage)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(orders)
+            .bind(stages)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.sales.is_empty() {
+            let mut columns: (Vec<&str>, Vec<DateTime<Utc>>, Vec<&str>) = Default::default();
+            let mut sums: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+            for ((granularity, bucket, currency), t) in &self.sales {
+                columns.0.push(granularity);
+                columns.1.push(*bucket);
+                columns.2.push(currency);
+                sums.0.push(t.orders);
+                sums.1.push(t.gross);
+                sums.2.push(t.paid);
+                sums.3.push(t.refunded);
+            }
+            sqlx::query(
+                "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross, paid, refunded)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[],
+                                      $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+                 ON CONFLICT (granularity, bucket, currency) DO UPDATE SET
+                     orders = sales.orders + EXCLUDED.orders, gross = sales.gross + EXCLUDED.gross,
+                     paid = sales.paid + EXCLUDED.paid, refunded = sales.refunded + EXCLUDED.refunded",
+            )
+            .bind(columns.0)
+            .bind(columns.1)
+            .bind(columns.2)
+            .bind(sums.0)
+            .bind(sums.1)
+            .bind(sums.2)
+            .bind(sums.3)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Apply one event, inside the transaction that also records it as processed.
 pub async fn handle(tx: &mut PgConnection, event: &Delivered) -> Result<(), HandleError> {
-    match event.event_type.as_str() {
-        "order.placed" => {
-            let e: OrderPlaced = data(event)?;
-            stage(tx, e.order_id, "placed").await?;
-            sales(
-                tx,
-                e.placed_at,
-                e.currency.as_str(),
-                (1, e.total.get(), 0, 0),
-            )
-            .await?;
-        }
-        "order.confirmed" => {
-            stage(tx, data::<OrderConfirmed>(event)?.order_id, "confirmed").await?
-        }
-        "order.shipped" => stage(tx, data::<OrderShipped>(event)?.order_id, "shipped").await?,
-        "order.delivered" => {
-            stage(tx, data::<OrderDelivered>(event)?.order_id, "delivered").await?
-        }
-        "order.cancelled" => {
-            stage(tx, data::<OrderCancelled>(event)?.order_id, "cancelled").await?
-        }
-        "payment.captured" => {
-            let e: PaymentCaptured = data(event)?;
-            stage(tx, e.order_id, "paid").await?;
-            sales(
-                tx,
-                e.captured_at,
-                e.currency.as_str(),
-                (0, 0, e.amount.get(), 0),
-            )
-            .await?;
-        }
-        "payment.refunded" => {
-            let e: PaymentRefunded = data(event)?;
-            stage(tx, e.order_id, "refunded").await?;
-            sales(
-                tx,
-                e.refunded_at,
-                e.currency.as_str(),
-                (0, 0, 0, e.amount.get()),
-            )
-            .await?;
-        }
-        _ => {}
-    }
+    Effects::of(event)?.write(tx).await?;
     Ok(())
 }
 
@@ -163,4 +240,50 @@ pub async fn funnel(pool: &PgPool) -> Result<Value, sqlx::Error> {
         "cancellation_rate": rate(count("cancelled"), count("placed")),
         "refund_rate": rate(count("refunded"), count("paid")),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(order_id: Uuid, amount: i64, at: &str) -> Delivered {
+        Delivered {
+            event_id: Uuid::new_v4(),
+            event_type: "payment.captured".into(),
+            aggregate_id: String::new(),
+            position: 0,
+            body: json!({"payment_id": Uuid::new_v4(), "order_id": order_id, "currency": "EUR",
+                         "amount": amount, "captured_total": amount, "captured_at": at}),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_folds_into_one_row_per_bucket_and_one_stage_per_order() {
+        let order = Uuid::new_v4();
+        let mut batch = Effects::default();
+        for event in [
+            captured(order, 100, "2026-11-21T10:05:00Z"),
+            captured(order, 20, "2026-11-21T10:55:00Z"),
+            captured(Uuid::new_v4(), 3, "2026-11-21T11:00:00Z"),
+        ] {
+            batch.absorb(&Effects::of(&event).unwrap());
+        }
+        assert_eq!(batch.stages.len(), 2);
+        let paid = |granularity: &'static str, bucket: &str| {
+            let bucket = DateTime::parse_from_rfc3339(bucket).unwrap().to_utc();
+            batch.sales[&(granularity, bucket, "EUR".to_owned())].paid
+        };
+        assert_eq!(paid("hour", "2026-11-21T10:00:00Z"), 120);
+        assert_eq!(paid("hour", "2026-11-21T11:00:00Z"), 3);
+        assert_eq!(paid("day", "2026-11-21T00:00:00Z"), 123);
+        assert_eq!(batch.sales.len(), 3);
+    }
+
+    #[test]
+    fn an_unreadable_body_is_poison() {
+        let mut event = captured(Uuid::new_v4(), 1, "2026-11-21T10:05:00Z");
+        event.body = json!({"not": "a capture"});
+        assert!(matches!(Effects::of(&event), Err(HandleError::Poison(_))));
+    }
 }

@@ -9,13 +9,14 @@
 //! publishes the dead letter itself rather than relying on the server's advisories, because
 //! nats-server 2.9 drops a termination's reason.
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, Message};
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ordo_commands::telemetry;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -37,12 +38,6 @@ pub enum Worker {
 
 impl Worker {
     pub const ALL: [Worker; 3] = [Worker::Notification, Worker::Analytics, Worker::Integration];
-
-    /// Whether handling only writes this worker's own rows (no mail, no HTTP): then a
-    /// batch of messages may share one transaction.
-    fn effects_are_rows(self) -> bool {
-        matches!(self, Self::Analytics)
-    }
 
     /// Whether an operator may ask for its effects again (`replay --reprocess`): e-mails
     /// and webhooks can be sent twice on purpose; analytics' sums cannot be counted twice.
@@ -86,6 +81,9 @@ impl Worker {
         }
     }
 }
+
+/// The most messages handled as one batch.
+const BATCH: usize = 500;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -300,59 +298,143 @@ impl WorkerRunner {
         while let Some(message) = batch.next().await {
             messages.push(message.map_err(nats)?);
         }
-        // One transaction for the whole batch where the worker's effects are only rows:
-        // a commit (and its WAL flush) per message would cap a worker at a few hundred
-        // messages a second. If anything in the batch fails, it is rolled back and each
-        // message is settled on its own, so the failure is retried or dead-lettered alone.
-        if messages.len() > 1 && self.worker.effects_are_rows() {
-            match self.handle_together(&messages).await {
-                Ok(()) => {
-                    for message in &messages {
-                        message.ack().await.map_err(nats)?;
-                    }
-                    metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
-                        .increment(messages.len() as u64);
-                    return Ok(messages.len());
-                }
-                Err(e) => {
-                    tracing::debug!(worker = self.worker.name(), error = %telemetry::redact(&e.to_string()), "batch failed; settling one by one")
-                }
-            }
-        }
-        for message in &messages {
-            self.settle(message).await?;
-        }
+        self.handle_batch(&messages).await?;
         Ok(messages.len())
     }
 
-    async fn handle_together(&self, messages: &[Message]) -> Result<(), HandleError> {
-        let mut tx = self.pool.begin().await?;
+    /// Settle a batch of received messages: together where the worker allows it, else (and
+    /// for what fails together) one by one.
+    async fn handle_batch(&self, messages: &[Message]) -> Result<(), WorkerError> {
+        let alone = match self.worker {
+            // Its effects are only rows: the whole batch can share one transaction.
+            Worker::Analytics => self.step_together(messages).await?,
+            // Mail and webhooks go out one message at a time, each in the transaction that
+            // records it; only what was handled before is settled together.
+            Worker::Notification | Worker::Integration => self.skip_processed(messages).await?,
+        };
+        for message in alone {
+            self.settle(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Handle the readable messages of a batch together, set-based: one transaction, one
+    /// statement for the processed records and one per table for the folded effects, then
+    /// the acks. A commit (and its WAL flush) and a few round trips per message would cap a
+    /// worker below the event rate. Returns the messages left to settle one by one: those
+    /// that cannot be read (poison, dead-lettered alone) and, if the batch failed, all of
+    /// them, so that a failure is retried or dead-lettered alone and never holds the others.
+    async fn step_together<'m>(
+        &self,
+        messages: &'m [Message],
+    ) -> Result<Vec<&'m Message>, WorkerError> {
+        let mut alone = Vec::new();
+        let mut readable = Vec::with_capacity(messages.len());
         for message in messages {
-            let event = delivered(
+            let read = delivered(
                 message.headers.as_ref(),
                 message.subject.as_str(),
                 &self.config.subject_prefix,
                 &message.payload,
             )
-            .map_err(HandleError::Poison)?;
-            let fresh = sqlx::query(&format!(
-                "INSERT INTO {} (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                self.worker.processed_table()
-            ))
-            .bind(event.event_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if fresh {
-                let started = Instant::now();
-                self.worker
-                    .handle(&self.pool, &mut tx, &event, self.mailer.as_ref())
-                    .instrument(event.span(self.worker))
-                    .await?;
-                self.observe_duration(started);
+            .map_err(HandleError::Poison)
+            .and_then(|event| Ok((event.event_id, analytics::Effects::of(&event)?)));
+            match read {
+                Ok((event_id, effects)) => readable.push((message, event_id, effects)),
+                Err(_) => alone.push(message),
             }
         }
+        if readable.is_empty() {
+            return Ok(alone);
+        }
+        let events: Vec<(Uuid, &analytics::Effects)> =
+            readable.iter().map(|(_, id, fx)| (*id, fx)).collect();
+        let started = Instant::now();
+        match self.handle_together(&events).await {
+            Ok(()) => {
+                self.observe_duration(started);
+                for (message, _, _) in &readable {
+                    message.ack().await.map_err(nats)?;
+                }
+                metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
+                    .increment(readable.len() as u64);
+            }
+            Err(e) => {
+                tracing::debug!(worker = self.worker.name(), error = %telemetry::redact(&e.to_string()), "batch failed; settling one by one");
+                alone.extend(readable.iter().map(|(message, _, _)| *message));
+            }
+        }
+        Ok(alone)
+    }
+
+    /// Acknowledge the messages whose events this worker handled before (a redelivery, a
+    /// replay) with one query, and return the others.
+    async fn skip_processed<'m>(
+        &self,
+        messages: &'m [Message],
+    ) -> Result<Vec<&'m Message>, WorkerError> {
+        let id = |message: &Message| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("ce-id"))
+                .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+        };
+        let ids: Vec<Uuid> = messages.iter().filter_map(id).collect();
+        if ids.is_empty() {
+            return Ok(messages.iter().collect());
+        }
+        let done: HashSet<Uuid> = match sqlx::query_scalar(&format!(
+            "SELECT event_id FROM {} WHERE event_id = ANY($1)",
+            self.worker.processed_table()
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(done) => done.into_iter().collect(),
+            // Each message's own transaction will meet the error and back off.
+            Err(_) => return Ok(messages.iter().collect()),
+        };
+        let mut rest = Vec::with_capacity(messages.len());
+        for message in messages {
+            match id(message) {
+                Some(event_id) if done.contains(&event_id) => {
+                    message.ack().await.map_err(nats)?;
+                    metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
+                        .increment(1);
+                }
+                _ => rest.push(message),
+            }
+        }
+        Ok(rest)
+    }
+
+    /// Record the events as processed and write the effects of those that were not yet,
+    /// each once even if the batch holds it twice, in one transaction.
+    async fn handle_together(
+        &self,
+        events: &[(Uuid, &analytics::Effects)],
+    ) -> Result<(), HandleError> {
+        let ids: BTreeSet<Uuid> = events.iter().map(|(id, _)| *id).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(&format!(
+            "INSERT INTO {} (event_id) SELECT * FROM UNNEST($1::uuid[])
+             ON CONFLICT DO NOTHING RETURNING event_id",
+            self.worker.processed_table()
+        ))
+        .bind(ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut effects = analytics::Effects::default();
+        for (id, event_effects) in events {
+            if fresh.remove(id) {
+                effects.absorb(event_effects);
+            }
+        }
+        effects.write(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -492,14 +574,59 @@ impl WorkerRunner {
     /// Handle messages until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-            // A short expiry keeps latency low at low rates; a large batch keeps up at high ones.
-            if let Err(e) = self.step(500, Duration::from_millis(50)).await {
-                tracing::warn!(worker = self.worker.name(), error = %e, "worker step failed; retrying");
+            if let Err(e) = self.consume(&mut shutdown).await {
+                tracing::warn!(worker = self.worker.name(), error = %e, "worker failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => {}
                 }
             }
         }
+    }
+
+    /// Handle the consumer's messages as they arrive, each time with all that are already
+    /// here as one batch, until `shutdown` turns true.
+    ///
+    /// A continuous pull (the client keeps a request open and renews it) rather than a
+    /// fetch per step: a fetch ends on the server's "no more messages" status, and when
+    /// nats-server 2.9 does not send one the client waits out the request plus five
+    /// seconds, which stalled every message behind it.
+    async fn consume(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let stream = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await
+            .map_err(nats)?;
+        let mut batches = stream.ready_chunks(BATCH);
+        loop {
+            let batch = tokio::select! {
+                batch = batches.next() => batch,
+                _ = shutdown.changed() => break,
+            };
+            let Some(batch) = batch else {
+                return Err(WorkerError::Nats("the message stream ended".into()));
+            };
+            let mut messages = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for message in batch {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(e) => failure = Some(nats(e)),
+                }
+            }
+            self.handle_batch(&messages).await?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        // Messages already received go back at once rather than after the ack wait.
+        while let Some(Some(batch)) = batches.next().now_or_never() {
+            for message in batch.into_iter().flatten() {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+        Ok(())
     }
 }

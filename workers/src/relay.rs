@@ -19,6 +19,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+/// How soon to read again when events are written but not final yet.
+const PENDING_RECHECK: Duration = Duration::from_millis(2);
+
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub nats_url: String,
@@ -183,6 +186,11 @@ impl Relay {
 
     /// Publish the next batch; the checkpoint moves only once JetStream acknowledged all.
     pub async fn step(&self) -> Result<usize, RelayError> {
+        // Locking the checkpoint row takes a transaction id, and an open transaction id
+        // holds the feed's horizon back for every reader: an empty step takes none.
+        if !self.ready().await? {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT tx_id::text::bigint, global_position FROM relay.checkpoint
@@ -238,6 +246,31 @@ impl Relay {
         Ok(events.len())
     }
 
+    /// Whether final events wait beyond the checkpoint.
+    async fn ready(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_store.events e, relay.checkpoint c
+                             WHERE c.stream = $1
+                               AND (e.tx_id, e.global_position) > (c.tx_id, c.global_position)
+                               AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()))",
+        )
+        .bind(&self.config.stream)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Whether events are written beyond the checkpoint, final or not.
+    async fn pending(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_store.events e, relay.checkpoint c
+                             WHERE c.stream = $1
+                               AND (e.tx_id, e.global_position) > (c.tx_id, c.global_position))",
+        )
+        .bind(&self.config.stream)
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// Publish until `shutdown` turns true; a NATS outage only delays (commands go on).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut wakeup = Wakeup::new(&self.pool).await;
@@ -254,8 +287,17 @@ impl Relay {
             };
             match result {
                 Ok(0) if stream_ready => {
+                    // Written but not final yet (an older transaction is still open): its
+                    // commit may send no notification of its own, so look again shortly.
+                    let pause = async {
+                        if self.pending().await.unwrap_or(false) {
+                            tokio::time::sleep(PENDING_RECHECK).await;
+                        } else {
+                            wakeup.wait(Duration::from_millis(500)).await;
+                        }
+                    };
                     tokio::select! {
-                        _ = wakeup.wait(Duration::from_millis(500)) => {}
+                        _ = pause => {}
                         _ = shutdown.changed() => {}
                     }
                 }
