@@ -34,6 +34,33 @@ async fn wait_for_status(app: &TestApp, payment: &str, status: &str) -> serde_js
     }
 }
 
+/// Step a process manager of the test's own until `done`, then, as after a crash before
+/// its checkpoint, rewind the checkpoint and handle every event again. Returns the number
+/// of events in the log before and after the second pass.
+async fn step_until_then_handle_all_again(
+    app: &TestApp,
+    mut done: impl AsyncFnMut() -> bool,
+) -> (i64, i64) {
+    let commands = std::sync::Arc::new(ordo_commands::Commands::new(app.pool.clone()));
+    let pm = ProcessManager::new(app.pool.clone(), commands);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done().await {
+        assert!(
+            Instant::now() < deadline,
+            "the process manager never got there"
+        );
+        pm.step().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = app.event_count().await;
+    sqlx::query("UPDATE process_manager.checkpoint SET tx_id = '0', global_position = 0")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    while pm.step().await.unwrap() != Step::Idle {}
+    (before, app.event_count().await)
+}
+
 async fn order_payment_status(app: &TestApp, order: &str) -> String {
     app.get(Support, &format!("/v1/orders/{order}/state"))
         .await
@@ -182,27 +209,11 @@ async fn recording_payment_statuses_again_records_nothing_new() {
     .await
     .assert_status(200);
 
-    let commands = std::sync::Arc::new(ordo_commands::Commands::new(app.pool.clone()));
-    let pm = ProcessManager::new(app.pool.clone(), commands);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while order_payment_status(&app, &order).await != "authorized" {
-        assert!(Instant::now() < deadline, "the status was never recorded");
-        pm.step().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let events_before = app.event_count().await;
-
-    // As after a crash before the checkpoint: the same payment events are handled again.
-    sqlx::query("UPDATE process_manager.checkpoint SET tx_id = '0', global_position = 0")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    while pm.step().await.unwrap() != Step::Idle {}
-    assert_eq!(
-        app.event_count().await,
-        events_before,
-        "nothing recorded twice"
-    );
+    let (before, after) = step_until_then_handle_all_again(&app, async || {
+        order_payment_status(&app, &order).await == "authorized"
+    })
+    .await;
+    assert_eq!(after, before, "nothing recorded twice");
     assert_eq!(
         order_payment_status(&app, &order).await,
         "authorized",
@@ -301,27 +312,13 @@ async fn handling_the_same_cancellation_again_has_no_second_effect() {
     .await
     .assert_status(200);
 
-    let commands = std::sync::Arc::new(ordo_commands::Commands::new(app.pool.clone()));
-    let pm = ProcessManager::new(app.pool.clone(), commands);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while payment_state(&app, &payment).await["status"] != "refunded"
-        || order_payment_status(&app, &order).await != "refunded"
-    {
-        assert!(Instant::now() < deadline);
-        pm.step().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let events_before = app.event_count().await;
-
-    // As after a crash before the checkpoint: the same events are handled again.
-    sqlx::query("UPDATE process_manager.checkpoint SET tx_id = '0', global_position = 0")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    while pm.step().await.unwrap() != Step::Idle {}
+    let (before, after) = step_until_then_handle_all_again(&app, async || {
+        payment_state(&app, &payment).await["status"] == "refunded"
+            && order_payment_status(&app, &order).await == "refunded"
+    })
+    .await;
     assert_eq!(
-        app.event_count().await,
-        events_before,
+        after, before,
         "no second refund, no refused attempt recorded"
     );
     assert_eq!(
