@@ -136,7 +136,7 @@ pub struct CommandHeaderParams {
 // ------------------------------------------------------------------ responses
 
 /// Every problem response, by status, as a named component.
-const PROBLEMS: [(u16, &str, &str); 10] = [
+const PROBLEMS: [(u16, &str, &str); 11] = [
     (400, "BadRequest", "Malformed JSON, a bad header or a bad query parameter"),
     (401, "Unauthorized", "No API key, or not a valid one"),
     (403, "Forbidden", "The key's role may not do this"),
@@ -146,6 +146,7 @@ const PROBLEMS: [(u16, &str, &str); 10] = [
     (413, "PayloadTooLarge", "The body is larger than the server accepts"),
     (415, "UnsupportedMediaType", "The body is not `application/json`"),
     (422, "UnprocessableContent", "Invalid fields (`errors` lists each), or an Idempotency-Key reused with another request"),
+    (429, "TooManyRequests", "The API key's rate limit is spent (see the `RateLimit` and `RateLimit-Policy` headers); retry after `Retry-After` seconds"),
     (503, "ServiceUnavailable", "The store or a read model is not available; retry after `Retry-After` seconds"),
 ];
 
@@ -184,19 +185,19 @@ problems! {
     /// Operations routes: only the store can fail.
     Unavailable: 503;
     /// A read open to every role.
-    ReadProblems: 400, 401, 503;
+    ReadProblems: 400, 401, 429, 503;
     /// A read of one resource open to every role.
-    ReadOneProblems: 400, 401, 404, 503;
+    ReadOneProblems: 400, 401, 404, 429, 503;
     /// A read limited to some roles.
-    RestrictedReadProblems: 400, 401, 403, 503;
+    RestrictedReadProblems: 400, 401, 403, 429, 503;
     /// A read of one resource limited to some roles.
-    RestrictedReadOneProblems: 400, 401, 403, 404, 503;
+    RestrictedReadOneProblems: 400, 401, 403, 404, 429, 503;
     /// A command that creates a stream.
-    CreateProblems: 400, 401, 403, 404, 409, 413, 415, 422, 503;
+    CreateProblems: 400, 401, 403, 404, 409, 413, 415, 422, 429, 503;
     /// A command on an existing stream.
-    CommandProblems: 400, 401, 403, 404, 409, 412, 413, 415, 422, 503;
+    CommandProblems: 400, 401, 403, 404, 409, 412, 413, 415, 422, 429, 503;
     /// An admin action with a JSON body.
-    AdminBodyProblems: 400, 401, 403, 404, 413, 415, 422, 503;
+    AdminBodyProblems: 400, 401, 403, 404, 413, 415, 422, 429, 503;
 }
 
 fn command_response(description: &str, location: bool) -> SpecResponse {

@@ -72,6 +72,10 @@ fn only_the_operations_routes_are_exempt_from_the_api_key() {
                 responses.contains_key("401"),
                 "{method} {path} documents 401"
             );
+            assert!(
+                responses.contains_key("429"),
+                "{method} {path} documents the rate limit's 429"
+            );
         }
         for (status, response) in responses {
             // Not ready is a readiness report (what is down), not a problem.
