@@ -15,7 +15,7 @@ use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::NATS;
 
 /// The scrape as text (no API key: Prometheus has none).
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -41,7 +41,7 @@ fn sample(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
 }
 
 #[track_caller]
-fn has(text: &str, family: &str, labels: &[&str]) -> f64 {
+pub(crate) fn has(text: &str, family: &str, labels: &[&str]) -> f64 {
     sample(text, family, labels)
         .unwrap_or_else(|| panic!("no {family} with {labels:?} in the scrape:\n{text}"))
 }

@@ -86,3 +86,17 @@ pub async fn work_until(runner: &WorkerRunner, app: &TestApp, sql: &str, expecte
         runner.step(50, Duration::from_millis(200)).await.unwrap();
     }
 }
+
+/// Step the worker until it has settled `events` messages again (after a replay or a new
+/// consumer), whatever it did with them.
+pub async fn redeliver_all(runner: &WorkerRunner, events: usize) {
+    let mut redelivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redelivered < events {
+        redelivered += runner.step(50, Duration::from_millis(200)).await.unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "only {redelivered} of {events} redelivered"
+        );
+    }
+}

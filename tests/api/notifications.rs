@@ -4,7 +4,6 @@
 //! again; an SMTP server that is away leads to retries, then a dead letter, nothing recorded.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use ordo::ServeRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
@@ -317,12 +316,7 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
         .await
         .unwrap();
     let runner = s.runner(&app, Some(mailer)).await;
-    let mut redelivered = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while redelivered < events as usize {
-        redelivered += runner.step(50, Duration::from_millis(200)).await.unwrap();
-        assert!(Instant::now() < deadline, "only {redelivered} redelivered");
-    }
+    crate::nats::redeliver_all(&runner, events as usize).await;
     assert_eq!(sink.mails().len(), 5);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.notifications")
         .fetch_one(&app.pool)
@@ -501,12 +495,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
         .await
         .unwrap();
     let runner = s.runner(&app, None).await;
-    let mut redelivered = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while redelivered < events as usize {
-        redelivered += runner.step(50, Duration::from_millis(200)).await.unwrap();
-        assert!(Instant::now() < deadline, "only {redelivered} redelivered");
-    }
+    crate::nats::redeliver_all(&runner, events as usize).await;
     assert_eq!(sink.mails().len(), 7);
 
     // Analytics' effects are sums: repeating them is refused, over HTTP too.
