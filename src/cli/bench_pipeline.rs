@@ -2,10 +2,12 @@
 //! and the latency from an event's commit to a worker's handler at a steady command rate.
 //! Needs NATS with JetStream; uses a stream and consumer of its own and deletes them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use ordo_commands::{Actor, CommandMetadata, Commands};
 use ordo_domain::customer::RegisterCustomer;
 use ordo_domain::values::{Email, Text};
@@ -84,7 +86,33 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     // And whatever its new consumer still holds: on a database an earlier run filled, the
     // records are all there before the first message is handled.
     while worker.step(500, Duration::from_millis(200)).await? > 0 {}
+    // Where the time goes: a plain subscriber on the stream's subjects sees each message as
+    // the relay publishes it, splitting commit -> handler into relay and worker stages.
+    let nats = async_nats::connect(args.config.nats_url.as_str()).await?;
+    let mut published = nats
+        .subscribe(format!("{}.>", relay_config.subject_prefix))
+        .await?;
     let (stop, stopped) = watch::channel(false);
+    let mut done = stopped.clone();
+    let seen = tokio::spawn(async move {
+        let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        loop {
+            let message = tokio::select! {
+                message = published.next() => message,
+                _ = done.changed() => None,
+            };
+            let Some(message) = message else { break };
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .and_then(|v| Uuid::parse_str(v.as_str()).ok());
+            if let Some(id) = id {
+                seen.insert(id, Utc::now());
+            }
+        }
+        seen
+    });
     let relay_task = tokio::spawn(relay.run(stopped.clone()));
     let worker_task = tokio::spawn(worker.run(stopped));
     let commands = Arc::new(Commands::new(pool.clone()));
@@ -146,15 +174,30 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = relay_task.await;
     let _ = worker_task.await;
-    let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
-           FROM (SELECT extract(epoch FROM p.processed_at - e.recorded_at)::float8 * 1000 AS ms
-                   FROM analytics.processed p JOIN event_store.events e USING (event_id)
-                  WHERE e.recorded_at >= $1) t",
+    let seen = seen.await?;
+    let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT e.event_id, e.recorded_at, p.processed_at
+           FROM analytics.processed p JOIN event_store.events e USING (event_id)
+          WHERE e.recorded_at >= $1",
     )
     .bind(load_start)
-    .fetch_one(&pool)
+    .fetch_all(&pool)
     .await?;
+    let ms = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+    };
+    let total = Percentiles::of(
+        rows.iter()
+            .map(|(_, recorded, processed)| ms(*recorded, *processed)),
+    );
+    let relayed = Percentiles::of(
+        rows.iter()
+            .filter_map(|(id, recorded, _)| seen.get(id).map(|at| ms(*recorded, *at))),
+    );
+    let handled = Percentiles::of(
+        rows.iter()
+            .filter_map(|(id, _, processed)| seen.get(id).map(|at| ms(*at, *processed))),
+    );
 
     let js = async_nats::jetstream::new(async_nats::connect(args.config.nats_url.as_str()).await?);
     let _ = js.delete_stream(&relay_config.stream).await;
@@ -163,11 +206,51 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     {
         println!(
             "relay: {events} events published and acknowledged in {relay_secs:.1} s: {:.0} events/s\n\
-             commit -> analytics handler at {} commands/s for {} s ({sent} sent): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+             commit -> analytics handler at {} commands/s for {} s ({sent} sent): {total}\n  \
+             of which commit -> published by the relay: {relayed}\n  \
+             and published -> handler: {handled}",
             events as f64 / relay_secs,
             args.rate,
             args.duration
         );
     }
     Ok(())
+}
+
+/// A latency distribution's p50, p99 and max, in milliseconds.
+struct Percentiles {
+    count: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(samples: impl Iterator<Item = f64>) -> Self {
+        let mut samples: Vec<f64> = samples.collect();
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let last = samples.len().saturating_sub(1);
+            samples
+                .get((q * last as f64).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Self {
+            count: samples.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)",
+            self.p50, self.p99, self.max, self.count
+        )
+    }
 }
