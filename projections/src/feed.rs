@@ -107,6 +107,53 @@ pub async fn read(
     limit: i64,
     want: Want<'_>,
 ) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    select(conn, after, &[], limit, want, true).await
+}
+
+/// The feed's horizon now: every transaction below it has ended, so every event with a
+/// smaller `tx_id` is committed (and visible to any statement that starts afterwards) or
+/// never will be.
+pub async fn horizon(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let xmin: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(conn)
+            .await?;
+    Ok(xmin as u64)
+}
+
+/// Which events a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finality {
+    /// Only final events (below the horizon): nothing can ever appear before them.
+    Final,
+    /// Every committed event, final or not.
+    Committed,
+}
+
+/// Up to `limit` events after `after` in commit order, leaving out the positions in `skip`
+/// (those the reader already has). For a reader that acts on events as soon as they commit
+/// rather than once they are final (the relay): an event that is not final yet may still be
+/// followed by one *below* it, from an older transaction that commits later, so such a
+/// reader keeps its own record of what it took beyond `after`.
+pub async fn read_beyond(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    skip: &[i64],
+    limit: i64,
+    want: Want<'_>,
+    finality: Finality,
+) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    select(conn, after, skip, limit, want, finality == Finality::Final).await
+}
+
+async fn select(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    skip: &[i64],
+    limit: i64,
+    want: Want<'_>,
+    final_only: bool,
+) -> Result<Vec<FeedEvent>, sqlx::Error> {
     let types: Option<Vec<String>> = want
         .event_types
         .map(|t| t.iter().map(|s| (*s).to_owned()).collect());
@@ -117,7 +164,8 @@ pub async fn read(
                 CASE WHEN $5 THEN metadata::text ELSE '' END AS metadata
            FROM event_store.events
           WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+            AND (NOT $6 OR tx_id < pg_snapshot_xmin(pg_current_snapshot()))
+            AND NOT (global_position = ANY($7::bigint[]))
           ORDER BY tx_id, global_position
           LIMIT $3",
     )
@@ -126,6 +174,8 @@ pub async fn read(
     .bind(limit)
     .bind(types)
     .bind(want.metadata)
+    .bind(final_only)
+    .bind(skip)
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
