@@ -140,7 +140,7 @@ pub(crate) async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
     let mut customer_id = Uuid::nil();
     let mut n: u64 = 0;
     while written < target {
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             customer_id = Uuid::now_v7();
             let mut c = Stream::<Customer>::new("customer", customer_id);
             let cmd = CustomerCommand::Register(RegisterCustomer {
@@ -204,7 +204,7 @@ pub(crate) async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
             at,
         };
         p.exec(&mut rows, authorize, Payment::decide, Payment::apply)?;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             let cancel = OrderCommand::Cancel {
                 reason: Text::parse("changed mind")?,
                 at,
