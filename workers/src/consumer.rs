@@ -96,6 +96,9 @@ pub struct WorkerConfig {
     pub max_deliver: i64,
     /// Delay before each redelivery (the last one repeats).
     pub backoff: Vec<Duration>,
+    /// How long a delivered message may stay unsettled before JetStream delivers it again
+    /// (or, after `max_deliver` deliveries, gives up and emits a max-deliveries advisory).
+    pub ack_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -113,6 +116,7 @@ impl WorkerConfig {
                 Duration::from_secs(30),
                 Duration::from_secs(120),
             ],
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -252,7 +256,7 @@ impl WorkerRunner {
                     durable_name: Some(worker.name().into()),
                     filter_subject: filter.clone(),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    ack_wait: config.ack_wait,
                     max_deliver: config.max_deliver,
                     ..Default::default()
                 },
