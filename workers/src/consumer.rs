@@ -15,7 +15,8 @@
 //! consumes its own max-deliveries advisories (a durable consumer named after it, filtered
 //! on its name) beside its messages: it reads the message back from the events stream by
 //! sequence and dead-letters it the same way, unless it handled the event after all or
-//! already has a dead letter for it; the advisory is acked once the dead letter is recorded.
+//! already has a dead letter for it (both paths check under one lock, so an event gets one);
+//! the advisory is acked once the dead letter is recorded.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -654,12 +655,69 @@ impl WorkerRunner {
             stream_sequence: message.info().map(|i| i.stream_sequence).unwrap_or(0),
             attempts,
         };
-        // A dead letter is its own message: not deduplicated against the original.
-        self.publish_dead_letter(&letter, reason, format!("dlq-{}", Uuid::now_v7()))
-            .await?;
-        self.record_dead_letter(&self.pool, &letter, reason).await?;
+        self.dead_letter_once(&letter, reason).await?;
         message.ack_with(AckKind::Term).await.map_err(nats)?;
         Ok(())
+    }
+
+    /// Publish the dead letter to `ORDO_DLQ` and record its row, unless the worker handled
+    /// the event after all or already has a dead letter for it (waiting, or for this very
+    /// delivery); `false` then. The check and the insert run under a transaction-scoped lock
+    /// on the event, so the two ways a message becomes a dead letter (the worker's last
+    /// delivery, JetStream's max-deliveries advisory) and a repeated advisory record one.
+    async fn dead_letter_once(
+        &self,
+        letter: &Letter<'_>,
+        reason: &str,
+    ) -> Result<bool, WorkerError> {
+        let event_id = letter.event_id();
+        let mut tx = self.pool.begin().await?;
+        let key = match event_id {
+            Some(id) => format!("dead-letter:{}:{id}", self.worker.name()),
+            None => format!(
+                "dead-letter:{}:#{}",
+                self.worker.name(),
+                letter.stream_sequence
+            ),
+        };
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let settled: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE event_id = $2)
+                 OR EXISTS (SELECT 1 FROM workers.dead_letters
+                             WHERE worker = $1
+                               AND ((stream_sequence = $3 AND $3 > 0)
+                                    OR (event_id = $2 AND redriven_at IS NULL)))",
+            self.worker.processed_table()
+        ))
+        .bind(self.worker.name())
+        .bind(event_id)
+        .bind(letter.stream_sequence as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        if settled {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        // A dead letter is its own message, not deduplicated against the original; one id
+        // per delivery given up on, so that a retry after a crash between this publish and
+        // the commit is dropped by the DLQ stream's duplicate window.
+        let message_id = if letter.stream_sequence > 0 {
+            format!(
+                "dlq-{}-{}-{}",
+                self.worker.name(),
+                self.config.stream,
+                letter.stream_sequence
+            )
+        } else {
+            format!("dlq-{}", Uuid::now_v7())
+        };
+        self.publish_dead_letter(letter, reason, message_id).await?;
+        self.record_dead_letter(&mut *tx, letter, reason).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Publish a dead letter to `ORDO_DLQ` (`ordo.dlq.<worker>`) and wait for its ack.
@@ -720,11 +778,8 @@ impl WorkerRunner {
     /// Handle one max-deliveries advisory (the JSON JetStream emitted): the message it
     /// names was delivered `max_deliver` times and never settled (the worker crashed, or
     /// its handler outlived the ack wait), so JetStream gave up on it without a word to the
-    /// worker. Unless the worker handled that event after all, or it is a dead letter
-    /// already (waiting, or recorded for this very delivery), the message is read back from
-    /// the events stream and dead-lettered like any other. Handling the same advisory twice
-    /// records one dead letter: the check and the insert run under a transaction-scoped
-    /// lock on the event.
+    /// worker. The message is read back from the events stream and dead-lettered like any
+    /// other (`dead_letter_once`): handling the same advisory twice records one dead letter.
     pub async fn handle_advisory(&self, payload: &[u8]) -> Result<AdvisoryOutcome, WorkerError> {
         let advisory: MaxDeliveriesAdvisory = match serde_json::from_slice(payload) {
             Ok(advisory) => advisory,
@@ -755,54 +810,15 @@ impl WorkerRunner {
             stream_sequence: advisory.stream_seq,
             attempts: advisory.deliveries,
         };
-        let event_id = letter.event_id();
-        let mut tx = self.pool.begin().await?;
-        let key = match event_id {
-            Some(id) => format!("dead-letter:{}:{id}", self.worker.name()),
-            None => format!(
-                "dead-letter:{}:#{}",
-                self.worker.name(),
-                advisory.stream_seq
-            ),
-        };
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        let settled: bool = sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE event_id = $2)
-                 OR EXISTS (SELECT 1 FROM workers.dead_letters
-                             WHERE worker = $1
-                               AND (stream_sequence = $3
-                                    OR (event_id = $2 AND redriven_at IS NULL)))",
-            self.worker.processed_table()
-        ))
-        .bind(self.worker.name())
-        .bind(event_id)
-        .bind(advisory.stream_seq as i64)
-        .fetch_one(&mut *tx)
-        .await?;
-        if settled {
-            tx.commit().await?;
-            return Ok(AdvisoryOutcome::AlreadySettled);
-        }
         let reason = format!(
             "not settled after {} deliveries (max deliveries reached)",
             advisory.deliveries
         );
-        // One message id per delivery given up on: a retry after a crash between this
-        // publish and the commit is dropped by the DLQ stream's duplicate window.
-        let message_id = format!(
-            "dlq-{}-{}-{}",
-            self.worker.name(),
-            self.config.stream,
-            advisory.stream_seq
-        );
-        self.publish_dead_letter(&letter, &reason, message_id)
-            .await?;
-        self.record_dead_letter(&mut *tx, &letter, &reason).await?;
-        tx.commit().await?;
-        Ok(AdvisoryOutcome::DeadLettered)
+        Ok(if self.dead_letter_once(&letter, &reason).await? {
+            AdvisoryOutcome::DeadLettered
+        } else {
+            AdvisoryOutcome::AlreadySettled
+        })
     }
 
     /// Settle one captured advisory: acknowledged once what it asks for is durable (or
@@ -818,25 +834,6 @@ impl WorkerRunner {
                     .map_err(nats)
             }
         }
-    }
-
-    /// Handle the captured advisories that are waiting (up to `max`, waiting at most
-    /// `wait`); returns how many were settled. The run loop does this continuously.
-    pub async fn step_advisories(&self, max: usize, wait: Duration) -> Result<usize, WorkerError> {
-        let mut batch = self
-            .advisories
-            .fetch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(nats)?;
-        let mut n = 0;
-        while let Some(message) = batch.next().await {
-            self.settle_advisory(&message.map_err(nats)?).await?;
-            n += 1;
-        }
-        Ok(n)
     }
 
     /// Handle messages until `shutdown` turns true.
