@@ -6,6 +6,7 @@
 mod helpers;
 mod nats;
 
+mod advisories;
 mod audit;
 mod auth;
 mod concurrency;

@@ -207,6 +207,7 @@ async fn metrics_expose_every_family_after_a_short_scenario() {
 
     let _ = js.delete_stream(&stream).await;
     let _ = js.delete_stream(format!("ORDO_TEST_DLQ_{id}")).await;
+    let _ = js.delete_stream(format!("{stream}_ADVISORIES")).await;
 }
 
 #[tokio::test]

@@ -70,6 +70,10 @@ impl Setup {
     pub async fn cleanup(&self) {
         let _ = self.js.delete_stream(&self.relay_config.stream).await;
         let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
+        let _ = self
+            .js
+            .delete_stream(self.worker_config.advisory_stream())
+            .await;
     }
 }
 

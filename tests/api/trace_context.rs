@@ -143,6 +143,10 @@ impl Pipeline {
     async fn cleanup(&self) {
         let _ = self.js.delete_stream(&self.stream).await;
         let _ = self.js.delete_stream(&self.worker_config.dlq_stream).await;
+        let _ = self
+            .js
+            .delete_stream(self.worker_config.advisory_stream())
+            .await;
     }
 }
 

@@ -173,4 +173,5 @@ async fn a_dead_letter_is_seen_redriven_after_the_fix_and_handled_once_and_repla
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     let _ = js.delete_stream(&stream).await;
     let _ = js.delete_stream(&worker_config.dlq_stream).await;
+    let _ = js.delete_stream(worker_config.advisory_stream()).await;
 }

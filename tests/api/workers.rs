@@ -206,6 +206,24 @@ async fn a_failing_message_is_retried_then_dead_lettered_while_the_others_go_on(
             .state
             .messages;
     assert_eq!(dlq, 2);
+    // The terminations were captured as advisories; no message was given up on unsettled.
+    let advisories =
+        s.js.get_stream(s.worker_config.advisory_stream())
+            .await
+            .unwrap();
+    let terminated = advisories
+        .get_last_raw_message_by_subject(&format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{}.analytics",
+            s.relay_config.stream
+        ))
+        .await
+        .unwrap();
+    let terminated: serde_json::Value = serde_json::from_slice(&terminated.payload).unwrap();
+    assert_eq!(terminated["consumer"], "analytics");
+    assert!(advisories
+        .get_last_raw_message_by_subject(&s.worker_config.max_deliveries_subject("analytics"))
+        .await
+        .is_err());
     // The other order was counted.
     let funnel = app.get(Analyst, "/v1/analytics/funnel").await;
     assert_eq!(funnel.body["placed"], 1);

@@ -6,8 +6,17 @@
 //! acknowledged. A failure is negatively acknowledged with the next backoff delay; on the last
 //! allowed delivery the message is published to the dead-letter stream (`ORDO_DLQ`, subject
 //! `ordo.dlq.<worker>`), recorded in `workers.dead_letters`, and terminated. The worker
-//! publishes the dead letter itself rather than relying on the server's advisories, because
-//! nats-server 2.9 drops a termination's reason.
+//! publishes that dead letter itself (nats-server 2.9 drops a termination's reason).
+//!
+//! A message the worker never settles (it crashed, or the handler outlived `ack_wait`) is
+//! given up on by JetStream after `max_deliver` deliveries with nothing but a
+//! fire-and-forget max-deliveries advisory. So the advisories are captured too, in
+//! `<events stream>_ADVISORIES` (max-deliveries and terminated ones), and each worker
+//! consumes its own max-deliveries advisories (a durable consumer named after it, filtered
+//! on its name) beside its messages: it reads the message back from the events stream by
+//! sequence and dead-letters it the same way, unless it handled the event after all or
+//! already has a dead letter for it (both paths check under one lock, so an event gets one);
+//! the advisory is acked once the dead letter is recorded.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -96,6 +105,9 @@ pub struct WorkerConfig {
     pub max_deliver: i64,
     /// Delay before each redelivery (the last one repeats).
     pub backoff: Vec<Duration>,
+    /// How long a delivered message may stay unsettled before JetStream delivers it again
+    /// (or, after `max_deliver` deliveries, gives up and emits a max-deliveries advisory).
+    pub ack_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -113,8 +125,66 @@ impl WorkerConfig {
                 Duration::from_secs(30),
                 Duration::from_secs(120),
             ],
+            ack_wait: Duration::from_secs(30),
         }
     }
+
+    /// The stream that captures the events stream's dead-letter advisories:
+    /// `<events stream>_ADVISORIES`.
+    pub fn advisory_stream(&self) -> String {
+        format!("{}_ADVISORIES", self.stream)
+    }
+
+    /// The subject of the advisory JetStream emits when `consumer` gave up on a message of
+    /// the events stream after `max_deliver` deliveries.
+    pub fn max_deliveries_subject(&self, consumer: &str) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{consumer}",
+            self.stream
+        )
+    }
+
+    fn advisory_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.advisory_stream(),
+            subjects: vec![
+                self.max_deliveries_subject("*"),
+                format!(
+                    "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{}.*",
+                    self.stream
+                ),
+            ],
+            storage: stream::StorageType::File,
+            max_age: ADVISORY_MAX_AGE,
+            ..Default::default()
+        }
+    }
+}
+
+/// How long captured advisories are kept: longer than a worker is ever expected to be down.
+const ADVISORY_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What nats-server (2.9 and later) sends on
+/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` (type
+/// `io.nats.jetstream.advisory.v1.max_deliver`), the fields used here.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct MaxDeliveriesAdvisory {
+    pub stream: String,
+    pub consumer: String,
+    pub stream_seq: u64,
+    pub deliveries: i64,
+}
+
+/// What handling a max-deliveries advisory did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdvisoryOutcome {
+    /// The message is now a dead letter.
+    DeadLettered,
+    /// Nothing to do: the worker handled the event after all, or it is a dead letter already.
+    AlreadySettled,
+    /// The advisory is not this worker's, does not parse, or its message is gone from the
+    /// events stream: nothing can be dead-lettered.
+    Ignored,
 }
 
 /// An event as a worker receives it, from the message's headers and body.
@@ -210,14 +280,36 @@ pub struct WorkerRunner {
     worker: Worker,
     config: WorkerConfig,
     js: jetstream::Context,
+    events: stream::Stream,
     consumer: Consumer<pull::Config>,
+    /// The worker's durable consumer of its own max-deliveries advisories.
+    advisories: Consumer<pull::Config>,
     mailer: Option<Mailer>,
 }
 
+/// A message about to become a dead letter: a delivered one, or one JetStream gave up on
+/// (read back from the events stream).
+struct Letter<'a> {
+    subject: &'a str,
+    headers: Option<&'a HeaderMap>,
+    payload: &'a [u8],
+    stream_sequence: u64,
+    attempts: i64,
+}
+
+impl Letter<'_> {
+    fn event_id(&self) -> Option<Uuid> {
+        self.headers
+            .and_then(|h| h.get("ce-id"))
+            .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+    }
+}
+
 impl WorkerRunner {
-    /// Connect, and create or update the worker's durable consumer and the dead-letter
-    /// stream. The server's answer is checked: nats-server 2.9 ignores fields it does not
-    /// know, which must not silently widen the consumer's filter.
+    /// Connect, and create or update the worker's durable consumer, the dead-letter stream,
+    /// the advisory stream and the worker's consumer of its advisories. The server's answer
+    /// is checked: nats-server 2.9 ignores fields it does not know, which must not silently
+    /// widen a consumer's filter.
     pub async fn connect(
         pool: PgPool,
         worker: Worker,
@@ -252,7 +344,7 @@ impl WorkerRunner {
                     durable_name: Some(worker.name().into()),
                     filter_subject: filter.clone(),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    ack_wait: config.ack_wait,
                     max_deliver: config.max_deliver,
                     ..Default::default()
                 },
@@ -267,12 +359,41 @@ impl WorkerRunner {
                 info.config.filter_subject
             )));
         }
+        js.create_or_update_stream(config.advisory_stream_config())
+            .await
+            .map_err(nats)?;
+        let advisory_filter = config.max_deliveries_subject(worker.name());
+        let mut advisories: Consumer<pull::Config> = js
+            .get_stream(config.advisory_stream())
+            .await
+            .map_err(nats)?
+            .get_or_create_consumer(
+                worker.name(),
+                pull::Config {
+                    durable_name: Some(worker.name().into()),
+                    filter_subject: advisory_filter.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nats)?;
+        let info = advisories.info().await.map_err(nats)?;
+        if info.config.filter_subject != advisory_filter {
+            return Err(WorkerError::Nats(format!(
+                "advisory consumer {} filters `{}`, not `{advisory_filter}`",
+                worker.name(),
+                info.config.filter_subject
+            )));
+        }
         Ok(Self {
             pool,
             worker,
             config,
             js,
+            events,
             consumer,
+            advisories,
             mailer: None,
         })
     }
@@ -519,56 +640,200 @@ impl WorkerRunner {
         Ok(())
     }
 
+    /// Dead-letter a delivered message on its last allowed delivery (or a poison one), then
+    /// terminate it.
     async fn dead_letter(
         &self,
         message: &Message,
         attempts: i64,
         reason: &str,
     ) -> Result<(), WorkerError> {
-        let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let mut headers = message.headers.clone().unwrap_or_default();
+        let letter = Letter {
+            subject: message.subject.as_str(),
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+            stream_sequence: message.info().map(|i| i.stream_sequence).unwrap_or(0),
+            attempts,
+        };
+        self.dead_letter_once(&letter, reason).await?;
+        message.ack_with(AckKind::Term).await.map_err(nats)?;
+        Ok(())
+    }
+
+    /// Publish the dead letter to `ORDO_DLQ` and record its row, unless the worker handled
+    /// the event after all or already has a dead letter for it (waiting, or for this very
+    /// delivery); `false` then. The check and the insert run under a transaction-scoped lock
+    /// on the event, so the two ways a message becomes a dead letter (the worker's last
+    /// delivery, JetStream's max-deliveries advisory) and a repeated advisory record one.
+    async fn dead_letter_once(
+        &self,
+        letter: &Letter<'_>,
+        reason: &str,
+    ) -> Result<bool, WorkerError> {
+        let event_id = letter.event_id();
+        let mut tx = self.pool.begin().await?;
+        let key = match event_id {
+            Some(id) => format!("dead-letter:{}:{id}", self.worker.name()),
+            None => format!(
+                "dead-letter:{}:#{}",
+                self.worker.name(),
+                letter.stream_sequence
+            ),
+        };
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let settled: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE event_id = $2)
+                 OR EXISTS (SELECT 1 FROM workers.dead_letters
+                             WHERE worker = $1
+                               AND ((stream_sequence = $3 AND $3 > 0)
+                                    OR (event_id = $2 AND redriven_at IS NULL)))",
+            self.worker.processed_table()
+        ))
+        .bind(self.worker.name())
+        .bind(event_id)
+        .bind(letter.stream_sequence as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        if settled {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        // A dead letter is its own message, not deduplicated against the original; one id
+        // per delivery given up on, so that a retry after a crash between this publish and
+        // the commit is dropped by the DLQ stream's duplicate window.
+        let message_id = if letter.stream_sequence > 0 {
+            format!(
+                "dlq-{}-{}-{}",
+                self.worker.name(),
+                self.config.stream,
+                letter.stream_sequence
+            )
+        } else {
+            format!("dlq-{}", Uuid::now_v7())
+        };
+        self.publish_dead_letter(letter, reason, message_id).await?;
+        self.record_dead_letter(&mut *tx, letter, reason).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Publish a dead letter to `ORDO_DLQ` (`ordo.dlq.<worker>`) and wait for its ack.
+    async fn publish_dead_letter(
+        &self,
+        letter: &Letter<'_>,
+        reason: &str,
+        message_id: String,
+    ) -> Result<(), WorkerError> {
+        let mut headers = letter.headers.cloned().unwrap_or_default();
         headers.insert("ordo-dead-letter-reason", reason);
-        headers.insert("ordo-original-subject", message.subject.as_str());
-        headers.insert("ordo-attempts", attempts.to_string().as_str());
-        // A dead letter is its own message: not deduplicated against the original.
-        headers.insert("Nats-Msg-Id", format!("dlq-{}", Uuid::now_v7()).as_str());
+        headers.insert("ordo-original-subject", letter.subject);
+        headers.insert("ordo-attempts", letter.attempts.to_string().as_str());
+        headers.insert("Nats-Msg-Id", message_id.as_str());
         let subject = format!("{}.{}", self.config.dlq_prefix, self.worker.name());
         self.js
-            .publish_with_headers(subject, headers, message.payload.clone())
+            .publish_with_headers(subject, headers, letter.payload.to_vec().into())
             .await
             .map_err(nats)?
             .await
             .map_err(nats)?;
-        let event_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("ce-id"))
-            .and_then(|v| Uuid::parse_str(v.as_str()).ok());
+        Ok(())
+    }
+
+    /// The dead letter's row in `workers.dead_letters`, what operators list and redrive.
+    async fn record_dead_letter(
+        &self,
+        db: impl sqlx::PgExecutor<'_>,
+        letter: &Letter<'_>,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
         sqlx::query(
             "INSERT INTO workers.dead_letters (id, worker, event_id, subject, stream_sequence, attempts, error, body, headers)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(Uuid::now_v7())
         .bind(self.worker.name())
-        .bind(event_id)
-        .bind(message.subject.as_str())
-        .bind(stream_sequence as i64)
-        .bind(attempts)
+        .bind(letter.event_id())
+        .bind(letter.subject)
+        .bind(letter.stream_sequence as i64)
+        .bind(letter.attempts)
         .bind(reason)
-        .bind(String::from_utf8_lossy(&message.payload).into_owned())
-        .bind(crate::ops::headers_json(message.headers.as_ref()))
-        .execute(&self.pool)
+        .bind(String::from_utf8_lossy(letter.payload).into_owned())
+        .bind(crate::ops::headers_json(letter.headers))
+        .execute(db)
         .await?;
         metrics::counter!("ordo_worker_dead_lettered_total", "worker" => self.worker.name())
             .increment(1);
         tracing::error!(
             worker = self.worker.name(),
-            stream_sequence,
+            stream_sequence = letter.stream_sequence,
             reason = %telemetry::redact(reason),
             "message dead-lettered"
         );
-        message.ack_with(AckKind::Term).await.map_err(nats)?;
         Ok(())
+    }
+
+    /// Handle one max-deliveries advisory (the JSON JetStream emitted): the message it
+    /// names was delivered `max_deliver` times and never settled (the worker crashed, or
+    /// its handler outlived the ack wait), so JetStream gave up on it without a word to the
+    /// worker. The message is read back from the events stream and dead-lettered like any
+    /// other (`dead_letter_once`): handling the same advisory twice records one dead letter.
+    pub async fn handle_advisory(&self, payload: &[u8]) -> Result<AdvisoryOutcome, WorkerError> {
+        let advisory: MaxDeliveriesAdvisory = match serde_json::from_slice(payload) {
+            Ok(advisory) => advisory,
+            Err(e) => {
+                tracing::warn!(worker = self.worker.name(), error = %e, "unreadable max-deliveries advisory; ignored");
+                return Ok(AdvisoryOutcome::Ignored);
+            }
+        };
+        if advisory.stream != self.config.stream || advisory.consumer != self.worker.name() {
+            return Ok(AdvisoryOutcome::Ignored);
+        }
+        let original = match self.events.get_raw_message(advisory.stream_seq).await {
+            Ok(original) => original,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                tracing::error!(
+                    worker = self.worker.name(),
+                    stream_sequence = advisory.stream_seq,
+                    "a message JetStream gave up on is no longer in the events stream; it cannot be dead-lettered"
+                );
+                return Ok(AdvisoryOutcome::Ignored);
+            }
+            Err(e) => return Err(nats(e)),
+        };
+        let letter = Letter {
+            subject: original.subject.as_str(),
+            headers: Some(&original.headers),
+            payload: &original.payload,
+            stream_sequence: advisory.stream_seq,
+            attempts: advisory.deliveries,
+        };
+        let reason = format!(
+            "not settled after {} deliveries (max deliveries reached)",
+            advisory.deliveries
+        );
+        Ok(if self.dead_letter_once(&letter, &reason).await? {
+            AdvisoryOutcome::DeadLettered
+        } else {
+            AdvisoryOutcome::AlreadySettled
+        })
+    }
+
+    /// Settle one captured advisory: acknowledged once what it asks for is durable (or
+    /// there is nothing to do), else redelivered after a pause.
+    async fn settle_advisory(&self, message: &Message) -> Result<(), WorkerError> {
+        match self.handle_advisory(&message.payload).await {
+            Ok(_) => message.ack().await.map_err(nats),
+            Err(e) => {
+                tracing::warn!(worker = self.worker.name(), error = %e, "max-deliveries advisory not handled; retrying");
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+                    .map_err(nats)
+            }
+        }
     }
 
     /// Handle messages until `shutdown` turns true.
@@ -600,9 +865,24 @@ impl WorkerRunner {
             .await
             .map_err(nats)?;
         let mut batches = stream.ready_chunks(BATCH);
+        let mut advisories = self
+            .advisories
+            .stream()
+            .max_messages_per_batch(10)
+            .messages()
+            .await
+            .map_err(nats)?;
         loop {
             let batch = tokio::select! {
                 batch = batches.next() => batch,
+                advisory = advisories.next() => {
+                    match advisory {
+                        Some(Ok(advisory)) => self.settle_advisory(&advisory).await?,
+                        Some(Err(e)) => return Err(nats(e)),
+                        None => return Err(WorkerError::Nats("the advisory stream ended".into())),
+                    }
+                    continue;
+                }
                 _ = shutdown.changed() => break,
             };
             let Some(batch) = batch else {

@@ -13,6 +13,6 @@ pub mod ops;
 pub mod process_manager;
 pub mod relay;
 
-pub use consumer::{Worker, WorkerConfig, WorkerRunner};
+pub use consumer::{AdvisoryOutcome, MaxDeliveriesAdvisory, Worker, WorkerConfig, WorkerRunner};
 pub use process_manager::ProcessManager;
 pub use relay::{Relay, RelayConfig};

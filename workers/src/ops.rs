@@ -200,7 +200,7 @@ impl WorkersAdmin {
                 durable_name: Some(name.into()),
                 filter_subject: format!("{}.>", self.config.subject_prefix),
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: self.config.ack_wait,
                 max_deliver: self.config.max_deliver,
                 deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
                 ..Default::default()
