@@ -202,6 +202,9 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(async_nats::connect(args.config.nats_url.as_str()).await?);
     let _ = js.delete_stream(&relay_config.stream).await;
     let _ = js.delete_stream(format!("ORDO_BENCH_DLQ_{id}")).await;
+    let _ = js
+        .delete_stream(format!("{}_ADVISORIES", relay_config.stream))
+        .await;
     #[allow(clippy::print_stdout)] // the report is this command's output
     {
         println!(
