@@ -110,7 +110,7 @@ fn describe() {
     );
     describe_gauge!(
         "ordo_relay_lag_events",
-        "Events in the log the relay has not published."
+        "Events in the log beyond the relay's stored checkpoint (unpublished, or published but not final yet)."
     );
     describe_counter!(
         "ordo_worker_processed_total",
