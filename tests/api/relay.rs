@@ -383,3 +383,107 @@ async fn one_relay_leads_and_a_standby_takes_over_when_it_stops() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_leading_relay_rides_out_a_nats_outage_and_publishes_everything_once() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let proxy = TcpProxy::start(NATS).await;
+    let config = config(&format!("nats://127.0.0.1:{}", proxy.port));
+    let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
+        .await
+        .unwrap());
+    some_events(&app).await;
+    let events = app.event_count().await;
+    until(&app, &config.stream, "published before the outage", |s| {
+        s.0 == events as u64
+    })
+    .await;
+
+    proxy.cut();
+    some_events(&app).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let error: Option<String> =
+            sqlx::query_scalar("SELECT last_error FROM relay.checkpoint WHERE stream = $1")
+                .bind(&config.stream)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if error.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay never met the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    proxy.restore();
+    some_events(&app).await;
+    let events = app.event_count().await;
+    let last = last_event(&app).await;
+    let (messages, _, count) = until(&app, &config.stream, "caught up after the outage", |s| {
+        s.0 == events as u64 && s.1 >= last
+    })
+    .await;
+    assert_eq!(messages, events as u64, "every event in the stream once");
+    assert_eq!(count, events, "no read counted twice");
+
+    let _ = stop.send(true);
+    task.await.unwrap();
+    jetstream()
+        .await
+        .delete_stream(&config.stream)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_whose_lock_session_ends_leads_again_and_loses_nothing() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let config = config(&format!("nats://{NATS}"));
+    let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
+        .await
+        .unwrap());
+    some_events(&app).await;
+    let events = app.event_count().await;
+    until(&app, &config.stream, "published", |s| s.0 == events as u64).await;
+
+    // The session holding the relay's advisory lock ends (a restart, a network cut).
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+          WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND granted AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, vec![true], "one session held the relay's lock");
+
+    some_events(&app).await;
+    let events = app.event_count().await;
+    let last = last_event(&app).await;
+    let (messages, _, _) = until(
+        &app,
+        &config.stream,
+        "published after the lock came back",
+        |s| s.0 == events as u64 && s.1 >= last,
+    )
+    .await;
+    assert_eq!(messages, events as u64);
+    let holders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+          WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND granted",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(holders, 1, "the relay holds its lock again");
+
+    let _ = stop.send(true);
+    task.await.unwrap();
+    jetstream()
+        .await
+        .delete_stream(&config.stream)
+        .await
+        .unwrap();
+}
