@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ordo::ServeRole;
 use ordo_api::Role::{Analyst, Storefront, Support};
-use ordo_workers::{Worker, WorkerRunner};
+use ordo_workers::{Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
 use crate::helpers::spawn_app_with;
@@ -405,4 +405,73 @@ async fn a_batch_counts_new_events_once_skips_handled_ones_and_dead_letters_only
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     s.cleanup().await;
+}
+
+#[tokio::test]
+async fn streams_and_consumers_are_updated_to_the_configuration_on_start() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let nats = setup(&app).await;
+    WorkerRunner::connect(
+        app.pool.clone(),
+        Worker::Analytics,
+        nats.worker_config.clone(),
+    )
+    .await
+    .unwrap();
+    let consumer_of = |stream: String| {
+        let js = nats.js.clone();
+        async move {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_stream(stream)
+                .await
+                .unwrap()
+                .get_consumer("analytics")
+                .await
+                .unwrap();
+            consumer.info().await.unwrap().config.clone()
+        }
+    };
+    let before = consumer_of(nats.relay_config.stream.clone()).await;
+    assert_eq!(before.max_deliver, 3);
+
+    // An operator (or an older release) left other settings behind.
+    let mut stream = nats
+        .js
+        .get_stream(&nats.relay_config.stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    stream.duplicate_window = Duration::from_secs(10);
+    nats.js.update_stream(stream).await.unwrap();
+
+    let changed = WorkerConfig {
+        max_deliver: 7,
+        ack_wait: Duration::from_secs(9),
+        ..nats.worker_config.clone()
+    };
+    WorkerRunner::connect(app.pool.clone(), Worker::Analytics, changed)
+        .await
+        .unwrap();
+    let after = consumer_of(nats.relay_config.stream.clone()).await;
+    assert_eq!(after.max_deliver, 7);
+    assert_eq!(after.ack_wait, Duration::from_secs(9));
+    assert_eq!(after.filter_subject, before.filter_subject);
+
+    nats.relay.ensure_stream().await.unwrap();
+    let window = nats
+        .js
+        .get_stream(&nats.relay_config.stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .duplicate_window;
+    assert_eq!(window, Duration::from_secs(120), "the relay's window again");
+    nats.cleanup().await;
 }

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, Message};
 use async_nats::HeaderMap;
@@ -321,7 +321,8 @@ impl WorkerRunner {
             .await
             .map_err(nats)?;
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
+        // Created or updated: a changed setting (say `max_deliver`) takes effect on start.
+        js.create_or_update_stream(stream::Config {
             name: config.dlq_stream.clone(),
             subjects: vec![format!("{}.>", config.dlq_prefix)],
             storage: stream::StorageType::File,
@@ -329,34 +330,44 @@ impl WorkerRunner {
         })
         .await
         .map_err(nats)?;
-        let events = js
-            .get_or_create_stream(crate::relay::events_stream(
-                &config.stream,
-                &config.subject_prefix,
-            ))
-            .await
-            .map_err(nats)?;
+        js.create_or_update_stream(crate::relay::events_stream(
+            &config.stream,
+            &config.subject_prefix,
+        ))
+        .await
+        .map_err(nats)?;
+        let events = js.get_stream(&config.stream).await.map_err(nats)?;
         let filter = format!("{}.>", config.subject_prefix);
+        // Where the consumer starts cannot be updated, and a replay set it: keep it.
+        let deliver_policy = match events.get_consumer::<pull::Config>(worker.name()).await {
+            Ok(existing) => existing.cached_info().config.deliver_policy,
+            Err(_) => DeliverPolicy::All,
+        };
         let mut consumer: Consumer<pull::Config> = events
-            .get_or_create_consumer(
-                worker.name(),
-                pull::Config {
-                    durable_name: Some(worker.name().into()),
-                    filter_subject: filter.clone(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: config.ack_wait,
-                    max_deliver: config.max_deliver,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(worker.name().into()),
+                filter_subject: filter.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: config.max_deliver,
+                deliver_policy,
+                ..Default::default()
+            })
             .await
             .map_err(nats)?;
         let info = consumer.info().await.map_err(nats)?;
-        if info.config.filter_subject != filter {
+        if info.config.filter_subject != filter
+            || info.config.ack_wait != config.ack_wait
+            || info.config.max_deliver != config.max_deliver
+        {
             return Err(WorkerError::Nats(format!(
-                "consumer {} filters `{}`, not `{filter}`",
+                "consumer {} is `{}` with ack wait {:?} and {} deliveries at most, not `{filter}`, {:?} and {}",
                 worker.name(),
-                info.config.filter_subject
+                info.config.filter_subject,
+                info.config.ack_wait,
+                info.config.max_deliver,
+                config.ack_wait,
+                config.max_deliver
             )));
         }
         js.create_or_update_stream(config.advisory_stream_config())
@@ -367,15 +378,12 @@ impl WorkerRunner {
             .get_stream(config.advisory_stream())
             .await
             .map_err(nats)?
-            .get_or_create_consumer(
-                worker.name(),
-                pull::Config {
-                    durable_name: Some(worker.name().into()),
-                    filter_subject: advisory_filter.clone(),
-                    ack_policy: AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(worker.name().into()),
+                filter_subject: advisory_filter.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            })
             .await
             .map_err(nats)?;
         let info = advisories.info().await.map_err(nats)?;

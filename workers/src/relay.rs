@@ -231,10 +231,11 @@ impl Relay {
         Ok(Self { pool, config, js })
     }
 
-    /// Create the stream if it is missing (file storage, one subject tree).
+    /// Create the stream, or update it to this configuration (file storage, one subject
+    /// tree, the duplicate window).
     pub async fn ensure_stream(&self) -> Result<(), RelayError> {
         self.js
-            .get_or_create_stream(events_stream(
+            .create_or_update_stream(events_stream(
                 &self.config.stream,
                 &self.config.subject_prefix,
             ))
