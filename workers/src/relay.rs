@@ -91,8 +91,8 @@ pub struct Relay {
 }
 
 /// The event stream's configuration: file storage, one subject tree, a two-minute window
-/// in which a repeated `Nats-Msg-Id` is dropped. The relay and the workers both create it
-/// if it is missing, whichever starts first.
+/// in which a repeated `Nats-Msg-Id` is dropped. The relay and the workers both create it,
+/// or update it to this, on start.
 pub fn events_stream(name: &str, subject_prefix: &str) -> stream::Config {
     stream::Config {
         name: name.to_owned(),
