@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 use crate::feed::{self, Checkpoint, FeedEvent, Wakeup};
+use crate::leader;
 use crate::model::{ApplyError, Projection, LIVE, SHADOW};
 
 #[derive(Debug, Clone)]
@@ -310,24 +310,13 @@ impl Runner {
 
     /// Lead if the lock is free: returns `Ok(false)` when another process holds it.
     async fn try_lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<bool, sqlx::Error> {
-        let options: PgConnectOptions = (*self.pool.connect_options()).clone();
-        let mut lock = PgConnection::connect_with(&options).await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(self.projection.lock_key())
-            .fetch_one(&mut lock)
-            .await?;
-        if !got {
-            let _ = lock.close().await;
+        let Some(mut lock) = leader::try_lock(&self.pool, self.projection.lock_key()).await? else {
             return Ok(false);
-        }
+        };
         prepare(&self.pool, self.projection).await?;
         tracing::info!(projection = self.projection.name(), runner = %self.id, "leading projection");
-        let result = self.lead(&mut lock, shutdown).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.projection.lock_key())
-            .execute(&mut lock)
-            .await;
-        let _ = lock.close().await;
+        let result = self.lead(&mut lock.conn, shutdown).await;
+        lock.release().await;
         result.map(|()| true)
     }
 

@@ -229,6 +229,25 @@ async fn last_event(app: &TestApp) -> (i64, i64) {
     .unwrap()
 }
 
+/// Commit some more events, then wait until the stream holds every event of the log and the
+/// line has reached the last one: (messages in the stream, publications the relay counted,
+/// events in the log).
+async fn more_events_all_published(app: &TestApp, stream: &str, what: &str) -> (u64, i64, i64) {
+    some_events(app).await;
+    let events = app.event_count().await;
+    let last = last_event(app).await;
+    let (messages, _, count) =
+        until(app, stream, what, |s| s.0 == events as u64 && s.1 >= last).await;
+    (messages, count, events)
+}
+
+/// Stop a relay started with [`run`] and delete its stream.
+async fn finish(stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>, stream: &str) {
+    let _ = stop.send(true);
+    task.await.unwrap();
+    jetstream().await.delete_stream(stream).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_committed_event_is_published_at_once_and_an_older_transactions_later_one_too() {
     early_publishing(usize::MAX).await;
@@ -330,13 +349,7 @@ async fn early_publishing(max_ahead: usize) {
         assert_eq!(late_at, Some(early as usize));
     }
 
-    let _ = stop.send(true);
-    task.await.unwrap();
-    jetstream()
-        .await
-        .delete_stream(&config.stream)
-        .await
-        .unwrap();
+    finish(stop, task, &config.stream).await;
 }
 
 #[tokio::test]
@@ -345,43 +358,22 @@ async fn one_relay_leads_and_a_standby_takes_over_when_it_stops() {
     let config = config(&format!("nats://{NATS}"));
     let connect = || Relay::connect(app.pool.clone(), config.clone());
     let (stop_first, first) = run(connect().await.unwrap());
-    some_events(&app).await;
-    let events = app.event_count().await;
-    until(&app, &config.stream, "the first relay publishes", |s| {
-        s.0 == events as u64
-    })
-    .await;
+    more_events_all_published(&app, &config.stream, "the first relay publishes").await;
 
     let (stop_second, second) = run(connect().await.unwrap());
-    some_events(&app).await;
-    let events = app.event_count().await;
-    let last = last_event(&app).await;
-    let (_, _, count) = until(&app, &config.stream, "both relays running", |s| {
-        s.0 == events as u64 && s.1 >= last
-    })
-    .await;
+    let (_, count, events) =
+        more_events_all_published(&app, &config.stream, "both relays running").await;
     assert_eq!(count, events, "only one relay published");
 
     // The leader stops; the standby takes the lock and goes on.
     let _ = stop_first.send(true);
     first.await.unwrap();
-    some_events(&app).await;
-    let events = app.event_count().await;
-    let last = last_event(&app).await;
-    let (messages, _, count) = until(&app, &config.stream, "the standby takes over", |s| {
-        s.0 == events as u64 && s.1 >= last
-    })
-    .await;
+    let (messages, count, events) =
+        more_events_all_published(&app, &config.stream, "the standby takes over").await;
     assert_eq!(messages, events as u64);
     assert_eq!(count, events, "every event published once");
 
-    let _ = stop_second.send(true);
-    second.await.unwrap();
-    jetstream()
-        .await
-        .delete_stream(&config.stream)
-        .await
-        .unwrap();
+    finish(stop_second, second, &config.stream).await;
 }
 
 #[tokio::test]
@@ -392,12 +384,7 @@ async fn the_leading_relay_rides_out_a_nats_outage_and_publishes_everything_once
     let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
         .await
         .unwrap());
-    some_events(&app).await;
-    let events = app.event_count().await;
-    until(&app, &config.stream, "published before the outage", |s| {
-        s.0 == events as u64
-    })
-    .await;
+    more_events_all_published(&app, &config.stream, "published before the outage").await;
 
     proxy.cut();
     some_events(&app).await;
@@ -417,23 +404,12 @@ async fn the_leading_relay_rides_out_a_nats_outage_and_publishes_everything_once
     }
 
     proxy.restore();
-    some_events(&app).await;
-    let events = app.event_count().await;
-    let last = last_event(&app).await;
-    let (messages, _, count) = until(&app, &config.stream, "caught up after the outage", |s| {
-        s.0 == events as u64 && s.1 >= last
-    })
-    .await;
+    let (messages, count, events) =
+        more_events_all_published(&app, &config.stream, "caught up after the outage").await;
     assert_eq!(messages, events as u64, "every event in the stream once");
     assert_eq!(count, events, "no read counted twice");
 
-    let _ = stop.send(true);
-    task.await.unwrap();
-    jetstream()
-        .await
-        .delete_stream(&config.stream)
-        .await
-        .unwrap();
+    finish(stop, task, &config.stream).await;
 }
 
 #[tokio::test]
@@ -443,9 +419,7 @@ async fn a_leader_whose_lock_session_ends_leads_again_and_loses_nothing() {
     let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
         .await
         .unwrap());
-    some_events(&app).await;
-    let events = app.event_count().await;
-    until(&app, &config.stream, "published", |s| s.0 == events as u64).await;
+    more_events_all_published(&app, &config.stream, "published").await;
 
     // The session holding the relay's advisory lock ends (a restart, a network cut).
     let terminated: Vec<bool> = sqlx::query_scalar(
@@ -458,16 +432,8 @@ async fn a_leader_whose_lock_session_ends_leads_again_and_loses_nothing() {
     .unwrap();
     assert_eq!(terminated, vec![true], "one session held the relay's lock");
 
-    some_events(&app).await;
-    let events = app.event_count().await;
-    let last = last_event(&app).await;
-    let (messages, _, _) = until(
-        &app,
-        &config.stream,
-        "published after the lock came back",
-        |s| s.0 == events as u64 && s.1 >= last,
-    )
-    .await;
+    let (messages, _, events) =
+        more_events_all_published(&app, &config.stream, "published after the lock came back").await;
     assert_eq!(messages, events as u64);
     let holders: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks
@@ -479,11 +445,5 @@ async fn a_leader_whose_lock_session_ends_leads_again_and_loses_nothing() {
     .unwrap();
     assert_eq!(holders, 1, "the relay holds its lock again");
 
-    let _ = stop.send(true);
-    task.await.unwrap();
-    jetstream()
-        .await
-        .delete_stream(&config.stream)
-        .await
-        .unwrap();
+    finish(stop, task, &config.stream).await;
 }

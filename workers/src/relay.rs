@@ -30,9 +30,9 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use ordo_commands::telemetry;
 use ordo_projections::feed::{self, Checkpoint, FeedEvent, Finality, Wakeup, Want};
+use ordo_projections::leader;
 use serde_json::Value;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 /// How long a reader waits for a wake-up (a commit's NOTIFY) before it reads anyway.
@@ -373,10 +373,10 @@ impl Relay {
     }
 
     /// The stream's advisory-lock key, the same in every process.
-    async fn lock_key(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    async fn lock_key(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT hashtextextended('ordo relay ' || $1, 0)")
             .bind(&self.config.stream)
-            .fetch_one(conn)
+            .fetch_one(&self.pool)
             .await
     }
 
@@ -402,24 +402,13 @@ impl Relay {
 
     /// Lead if the lock is free: `Ok(false)` when another process holds it.
     async fn try_lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<bool, RelayError> {
-        let options: PgConnectOptions = (*self.pool.connect_options()).clone();
-        let mut lock = PgConnection::connect_with(&options).await?;
-        let key = self.lock_key(&mut lock).await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut lock)
-            .await?;
-        if !got {
-            let _ = lock.close().await;
+        let key = self.lock_key().await?;
+        let Some(mut lock) = leader::try_lock(&self.pool, key).await? else {
             return Ok(false);
-        }
+        };
         tracing::info!(stream = %self.config.stream, "leading the relay");
-        let result = self.lead(&mut lock, shutdown).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(key)
-            .execute(&mut lock)
-            .await;
-        let _ = lock.close().await;
+        let result = self.lead(&mut lock.conn, shutdown).await;
+        lock.release().await;
         result.map(|()| true)
     }
 
