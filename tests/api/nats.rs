@@ -104,3 +104,14 @@ pub async fn redeliver_all(runner: &WorkerRunner, events: usize) {
         );
     }
 }
+
+/// A stream's configuration and state, as the server has them now.
+pub async fn stream_info(js: &jetstream::Context, stream: &str) -> jetstream::stream::Info {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}

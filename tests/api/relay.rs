@@ -179,14 +179,8 @@ fn run(relay: Relay) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
 /// Messages in the stream, and what the relay's checkpoint row says: the line and how many
 /// publications it counted.
 async fn published(app: &TestApp, stream: &str) -> (u64, (i64, i64), i64) {
-    let messages = jetstream()
+    let messages = crate::nats::stream_info(&jetstream().await, stream)
         .await
-        .get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
         .state
         .messages;
     let (tx, position, count): (i64, i64, i64) = sqlx::query_as(

@@ -312,15 +312,10 @@ async fn an_endpoint_that_always_fails_dead_letters_the_event_without_resending_
     assert_eq!(worker, "integration");
     assert_eq!(dead_event.to_string(), event_id);
     assert_eq!(attempts, 3);
-    let dlq =
-        s.js.get_stream(&s.worker_config.dlq_stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
+    let dlq = crate::nats::stream_info(&s.js, &s.worker_config.dlq_stream)
+        .await
+        .state
+        .messages;
     assert_eq!(dlq, 1);
     let processed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM integration.processed WHERE event_id = $1::uuid)",

@@ -196,15 +196,10 @@ async fn a_failing_message_is_retried_then_dead_lettered_while_the_others_go_on(
     );
     assert!(letters[1].1.contains("small"));
 
-    let dlq =
-        s.js.get_stream(&s.worker_config.dlq_stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
+    let dlq = crate::nats::stream_info(&s.js, &s.worker_config.dlq_stream)
+        .await
+        .state
+        .messages;
     assert_eq!(dlq, 2);
     // The terminations were captured as advisories; no message was given up on unsettled.
     let advisories =
@@ -435,16 +430,9 @@ async fn streams_and_consumers_are_updated_to_the_configuration_on_start() {
     assert_eq!(before.max_deliver, 3);
 
     // An operator (or an older release) left other settings behind.
-    let mut stream = nats
-        .js
-        .get_stream(&nats.relay_config.stream)
+    let mut stream = crate::nats::stream_info(&nats.js, &nats.relay_config.stream)
         .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+        .config;
     stream.duplicate_window = Duration::from_secs(10);
     nats.js.update_stream(stream).await.unwrap();
 
@@ -462,14 +450,8 @@ async fn streams_and_consumers_are_updated_to_the_configuration_on_start() {
     assert_eq!(after.filter_subject, before.filter_subject);
 
     nats.relay.ensure_stream().await.unwrap();
-    let window = nats
-        .js
-        .get_stream(&nats.relay_config.stream)
+    let window = crate::nats::stream_info(&nats.js, &nats.relay_config.stream)
         .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
         .config
         .duplicate_window;
     assert_eq!(window, Duration::from_secs(120), "the relay's window again");
