@@ -11,7 +11,9 @@ use futures::StreamExt;
 use ordo_commands::{Actor, CommandMetadata, Commands};
 use ordo_domain::customer::RegisterCustomer;
 use ordo_domain::values::{Email, Text};
-use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_workers::ops::WorkersAdmin;
+use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
@@ -31,6 +33,28 @@ pub struct PipelineBenchArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 20)]
     duration: u64,
+    /// Also run what `ordo serve` runs beside them during the latency run: the three
+    /// projection runners, the process manager, and the notification and integration
+    /// workers (on the same stream), as one process with every role would.
+    #[arg(long)]
+    all_roles: bool,
+}
+
+/// Whether the projections have applied the whole log and no worker has messages waiting.
+async fn caught_up(pool: &PgPool, admin: &WorkersAdmin) -> anyhow::Result<bool> {
+    let projections: bool = sqlx::query_scalar(
+        "SELECT count(*) = 3 AND bool_and((c.tx_id, c.global_position) >= (e.tx_id, e.global_position))
+           FROM projections.checkpoints c,
+                (SELECT tx_id, global_position FROM event_store.events
+                  ORDER BY tx_id DESC, global_position DESC LIMIT 1) e",
+    )
+    .fetch_one(pool)
+    .await?;
+    let workers = admin.status(pool).await?;
+    Ok(projections
+        && workers
+            .iter()
+            .all(|w| w.pending == Some(0) && w.in_flight == Some(0)))
 }
 
 async fn relayed_all(pool: &PgPool, stream: &str) -> anyhow::Result<bool> {
@@ -74,7 +98,23 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         dlq_prefix: format!("bench{id}.dlq"),
         ..WorkerConfig::new(args.config.nats_url.clone())
     };
-    let worker = WorkerRunner::connect(pool.clone(), Worker::Analytics, worker_config).await?;
+    let worker =
+        WorkerRunner::connect(pool.clone(), Worker::Analytics, worker_config.clone()).await?;
+    let (stop, stopped) = watch::channel(false);
+    let commands = Arc::new(Commands::new(pool.clone()));
+    let mut others = Vec::new();
+    if args.all_roles {
+        for projection in Projection::ALL {
+            let runner = Runner::new(pool.clone(), projection, RunnerConfig::default());
+            others.push(tokio::spawn(runner.run(stopped.clone())));
+        }
+        let pm = ProcessManager::new(pool.clone(), commands.clone());
+        others.push(tokio::spawn(pm.run(stopped.clone())));
+        for other in [Worker::Notification, Worker::Integration] {
+            let runner = WorkerRunner::connect(pool.clone(), other, worker_config.clone()).await?;
+            others.push(tokio::spawn(runner.run(stopped.clone())));
+        }
+    }
     // The worker first works through the seeded log, untimed.
     while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics.processed")
         .fetch_one(&pool)
@@ -86,13 +126,23 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     // And whatever its new consumer still holds: on a database an earlier run filled, the
     // records are all there before the first message is handled.
     while worker.step(500, Duration::from_millis(200)).await? > 0 {}
+    // So do the other roles: the projections up to the log's end, the workers' consumers
+    // empty.
+    let admin = WorkersAdmin::new(worker_config.clone());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while args.all_roles && !caught_up(&pool, &admin).await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the other roles did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Where the time goes: a plain subscriber on the stream's subjects sees each message as
     // the relay publishes it, splitting commit -> handler into relay and worker stages.
     let nats = async_nats::connect(args.config.nats_url.as_str()).await?;
     let mut published = nats
         .subscribe(format!("{}.>", relay_config.subject_prefix))
         .await?;
-    let (stop, stopped) = watch::channel(false);
     let mut done = stopped.clone();
     let seen = tokio::spawn(async move {
         let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
@@ -115,7 +165,6 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     });
     let relay_task = tokio::spawn(relay.run(stopped.clone()));
     let worker_task = tokio::spawn(worker.run(stopped));
-    let commands = Arc::new(Commands::new(pool.clone()));
     let meta = CommandMetadata {
         correlation_id: Uuid::new_v4(),
         causation_id: Uuid::new_v4(),
@@ -174,6 +223,9 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = relay_task.await;
     let _ = worker_task.await;
+    for task in others {
+        let _ = task.await;
+    }
     let seen = seen.await?;
     let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "SELECT e.event_id, e.recorded_at, p.processed_at
@@ -209,12 +261,13 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     {
         println!(
             "relay: {events} events published and acknowledged in {relay_secs:.1} s: {:.0} events/s\n\
-             commit -> analytics handler at {} commands/s for {} s ({sent} sent): {total}\n  \
+             commit -> analytics handler at {} commands/s for {} s ({sent} sent{}): {total}\n  \
              of which commit -> published by the relay: {relayed}\n  \
              and published -> handler: {handled}",
             events as f64 / relay_secs,
             args.rate,
-            args.duration
+            args.duration,
+            if args.all_roles { ", every role running" } else { "" }
         );
     }
     Ok(())
