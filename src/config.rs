@@ -1,6 +1,7 @@
 //! Configuration from the environment (DESIGN.md §7); every variable is also a flag.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// What a process runs (DESIGN.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +16,35 @@ pub enum ServeRole {
     Relay,
     /// The JetStream workers (today: analytics).
     Workers,
+}
+
+/// `ORDO_SMTP_URL`'s value, which may hold a password: its `Debug` masks the credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl(String);
+
+impl SmtpUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its credentials, for the SMTP client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&ordo_workers::notification::redact_url(&self.0))
+    }
+}
+
+impl std::str::FromStr for SmtpUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,10 +108,17 @@ pub struct Config {
     #[arg(long, env = "ORDO_READ_WAIT_SECS", default_value_t = 5)]
     pub read_wait_secs: u64,
 
-    /// SMTP server the notification worker sends through, like `smtp://127.0.0.1:2525`
-    /// (plain SMTP); without it notifications are only recorded.
-    #[arg(long, env = "ORDO_SMTP_URL")]
-    pub smtp_url: Option<String>,
+    /// SMTP server the notification worker sends through: `smtp://host[:port]` (plain),
+    /// `smtp://host[:port]?tls=required` (STARTTLS) or `smtps://host[:port]` (implicit
+    /// TLS), each with optional `user:password@`; without it notifications are only
+    /// recorded.
+    #[arg(long, env = "ORDO_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<SmtpUrl>,
+
+    /// A PEM file of one or more CA certificates the webhook and SMTP clients trust besides
+    /// the webpki (Mozilla) roots, for servers with a private CA.
+    #[arg(long, env = "ORDO_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 
     /// Sender of the notification e-mails.
     #[arg(long, env = "ORDO_SMTP_FROM", default_value = "orders@ordo.invalid")]
@@ -138,11 +175,28 @@ impl Config {
             ],
             read_wait_secs: 5,
             smtp_url: None,
+            tls_ca_file: None,
             smtp_from: "orders@ordo.invalid".into(),
             rate_limit: 600_000,
             rate_limit_window_secs: 60,
             shutdown_timeout_secs: 30,
             crash_after_commit: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_s_debug_output_hides_the_smtp_password() {
+        let config = Config {
+            smtp_url: Some(SmtpUrl::new("smtps://orders:hunter2@mail.example.com")),
+            ..Config::defaults()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("smtps://***@mail.example.com"), "{debug}");
     }
 }

@@ -14,7 +14,9 @@ use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_workers::integration;
 use ordo_workers::notification::Mailer;
+use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -22,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-pub use config::{Config, ServeRole};
+pub use config::{Config, ServeRole, SmtpUrl};
 
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -54,6 +56,8 @@ pub struct Application {
     relay: RelayConfig,
     /// The notification worker's SMTP client, when `smtp_url` is set.
     mailer: Option<Mailer>,
+    /// The integration worker's webhook client (trusting `tls_ca_file` too).
+    webhooks: reqwest::Client,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
     /// How long a shutdown may take before the process stops waiting.
@@ -94,12 +98,20 @@ impl Application {
             },
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
         };
+        let roots = config
+            .tls_ca_file
+            .as_deref()
+            .map(TrustRoots::from_pem_file)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("ORDO_TLS_CA_FILE: {e}"))?;
         let mailer = config
             .smtp_url
-            .as_deref()
-            .map(|url| Mailer::new(url, &config.smtp_from))
+            .as_ref()
+            .map(|url| Mailer::with_roots(url.expose(), &config.smtp_from, roots.as_ref()))
             .transpose()
             .map_err(|e| anyhow::anyhow!("smtp: {e}"))?;
+        let webhooks = integration::client_with(roots.as_ref())
+            .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         let workers = config
             .workers
             .iter()
@@ -128,6 +140,7 @@ impl Application {
         }
         Ok(Self {
             mailer,
+            webhooks,
             workers,
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
@@ -226,7 +239,7 @@ impl Application {
                     worker,
                     self.relay.clone(),
                     stopped.clone(),
-                    mailer,
+                    (mailer, self.webhooks.clone()),
                     (roles.clone(), name.clone()),
                 );
                 tasks.push(supervise(&roles, name, &stopped, run));
@@ -373,7 +386,7 @@ async fn run_worker(
     worker: Worker,
     relay: RelayConfig,
     mut stopped: watch::Receiver<bool>,
-    mailer: Option<Mailer>,
+    (mailer, webhooks): (Option<Mailer>, reqwest::Client),
     (roles, name): (Roles, String),
 ) {
     let config = WorkerConfig {
@@ -385,7 +398,8 @@ async fn run_worker(
         match WorkerRunner::connect(pool.clone(), worker, config.clone()).await {
             Ok(runner) => {
                 roles.set(&name, RoleState::Running);
-                return runner.with_mailer(mailer).run(stopped).await;
+                let run = runner.with_mailer(mailer).run(stopped);
+                return integration::with_client(webhooks, run).await;
             }
             Err(e) => tracing::warn!(worker = worker.name(), error = %e, "worker cannot start yet"),
         }

@@ -27,6 +27,7 @@ mod relay;
 mod schemas;
 mod shutdown;
 mod store;
+mod tls;
 mod trace_context;
 mod webhooks;
 mod worker_ops;

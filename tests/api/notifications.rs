@@ -11,7 +11,7 @@ use ordo_workers::notification::Mailer;
 use ordo_workers::ops::{OpsError, ReplayFrom, WorkersAdmin};
 use ordo_workers::{Worker, WorkerRunner};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::helpers::{spawn_app_with, TestApp};
@@ -20,15 +20,19 @@ use crate::nats::{setup, work_until, Setup};
 // ---------------------------------------------------------------- an SMTP sink
 
 #[derive(Debug, Clone)]
-struct Mail {
-    from: String,
-    to: Vec<String>,
-    data: String,
+pub(crate) struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+    /// The user and password of a successful AUTH in this session.
+    pub auth: Option<(String, String)>,
+    /// Whether the mail came over TLS (implicit or after STARTTLS).
+    pub tls: bool,
 }
 
 impl Mail {
     /// A header's value, unfolded.
-    fn header(&self, name: &str) -> Option<String> {
+    pub fn header(&self, name: &str) -> Option<String> {
         let head = self.data.split("\r\n\r\n").next().unwrap_or_default();
         let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", "\t");
         unfolded.split("\r\n").find_map(|line| {
@@ -39,28 +43,69 @@ impl Mail {
     }
 }
 
+/// How the sink secures its sessions.
+#[derive(Clone, Default)]
+pub(crate) enum SinkTls {
+    #[default]
+    None,
+    /// TLS from the first byte (`smtps://`).
+    Implicit(tokio_rustls::TlsAcceptor),
+    /// STARTTLS offered in the EHLO answer.
+    StartTls(tokio_rustls::TlsAcceptor),
+}
+
+#[derive(Clone)]
+pub(crate) struct SinkConfig {
+    pub tls: SinkTls,
+    /// When set, MAIL is refused before an AUTH with exactly these.
+    pub credentials: Option<(String, String)>,
+    /// The AUTH mechanisms the EHLO answer offers.
+    pub mechanisms: &'static str,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            tls: SinkTls::None,
+            credentials: None,
+            mechanisms: "PLAIN LOGIN",
+        }
+    }
+}
+
 /// A minimal SMTP server on 127.0.0.1: accepts every message and keeps it.
-struct SmtpSink {
-    url: String,
+pub(crate) struct SmtpSink {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SmtpSink {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
+        Self::start_with(SinkConfig::default()).await
+    }
+
+    pub async fn start_with(config: SinkConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("smtp://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let url = format!("smtp://{addr}");
         let mails = Arc::new(Mutex::new(Vec::new()));
         let kept = mails.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(session(socket, kept.clone()));
+                tokio::spawn(connection(socket, kept.clone(), config.clone()));
             }
         });
-        Self { url, mails, task }
+        Self {
+            url,
+            addr,
+            mails,
+            task,
+        }
     }
 
-    fn mails(&self) -> Vec<Mail> {
+    pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap().clone()
     }
 }
@@ -71,18 +116,64 @@ impl Drop for SmtpSink {
     }
 }
 
-async fn session(socket: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) {
-    let (read, mut write) = socket.into_split();
-    let mut lines = BufReader::new(read);
-    let send = |text: &str| format!("{text}\r\n").into_bytes();
-    if write.write_all(&send("220 sink ESMTP")).await.is_err() {
-        return;
+async fn connection(
+    socket: tokio::net::TcpStream,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    config: SinkConfig,
+) {
+    match config.tls.clone() {
+        SinkTls::None => {
+            session(socket, &mails, &config, true, false).await;
+        }
+        SinkTls::Implicit(acceptor) => {
+            if let Ok(tls) = acceptor.accept(socket).await {
+                session(tls, &mails, &config, true, true).await;
+            }
+        }
+        SinkTls::StartTls(acceptor) => {
+            if let Some(socket) = session(socket, &mails, &config, true, false).await {
+                if let Ok(tls) = acceptor.accept(socket).await {
+                    session(tls, &mails, &config, false, true).await;
+                }
+            }
+        }
     }
+}
+
+/// One SMTP session on `stream`; `Some(stream)` back when the client asked for STARTTLS.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    mails: &Mutex<Vec<Mail>>,
+    config: &SinkConfig,
+    greet: bool,
+    tls: bool,
+) -> Option<S> {
+    let mut lines = BufReader::new(stream);
+    let send = |text: &str| format!("{text}\r\n").into_bytes();
+    if greet
+        && lines
+            .get_mut()
+            .write_all(&send("220 sink ESMTP"))
+            .await
+            .is_err()
+    {
+        return None;
+    }
+    let offer_starttls = !tls && matches!(config.tls, SinkTls::StartTls(_));
     let (mut from, mut to) = (String::new(), Vec::new());
+    let mut auth: Option<(String, String)> = None;
+    let b64 = |text: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
+    };
     loop {
         let mut line = String::new();
         match lines.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
         let command = line.trim_end().to_owned();
@@ -91,25 +182,84 @@ async fn session(socket: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) {
             .next()
             .unwrap_or_default()
             .to_ascii_uppercase();
-        let answer = match verb.as_str() {
-            "EHLO" | "HELO" => "250 sink",
+        let answer: String = match verb.as_str() {
+            "EHLO" | "HELO" => {
+                let starttls = if offer_starttls {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
+                format!("250-sink\r\n{starttls}250 AUTH {}", config.mechanisms)
+            }
+            "STARTTLS" if offer_starttls => {
+                if lines.get_mut().write_all(&send("220 ready")).await.is_err() {
+                    return None;
+                }
+                return Some(lines.into_inner());
+            }
+            "AUTH" => {
+                let mut words = command.split(' ').skip(1);
+                let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
+                let initial = words.next().map(str::to_owned);
+                let mut ask = async |prompt: &str| {
+                    lines.get_mut().write_all(&send(prompt)).await.ok()?;
+                    let mut l = String::new();
+                    lines.read_line(&mut l).await.ok()?;
+                    Some(l)
+                };
+                let given = match mechanism.as_str() {
+                    "PLAIN" if config.mechanisms.contains("PLAIN") => {
+                        let response = match initial {
+                            Some(r) => r,
+                            None => ask("334 ").await?,
+                        };
+                        let decoded = b64(&response);
+                        let mut parts = decoded.split('\0').skip(1);
+                        parts
+                            .next()
+                            .zip(parts.next())
+                            .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                    }
+                    "LOGIN" if config.mechanisms.contains("LOGIN") => {
+                        let user = ask("334 VXNlcm5hbWU6").await?;
+                        let password = ask("334 UGFzc3dvcmQ6").await?;
+                        Some((b64(&user), b64(&password)))
+                    }
+                    _ => None,
+                };
+                match given {
+                    Some(given) if config.credentials.as_ref().is_none_or(|c| *c == given) => {
+                        auth = Some(given);
+                        "235 2.7.0 Authentication successful".into()
+                    }
+                    _ => "535 5.7.8 Authentication credentials invalid".into(),
+                }
+            }
+            "MAIL" if config.credentials.is_some() && auth.is_none() => {
+                "530 5.7.0 Authentication required".into()
+            }
             "MAIL" => {
                 from = command.get(10..).unwrap_or_default().trim().to_owned();
-                "250 OK"
+                "250 OK".into()
             }
             "RCPT" => {
                 to.push(command.get(8..).unwrap_or_default().trim().to_owned());
-                "250 OK"
+                "250 OK".into()
             }
             "DATA" => {
-                if write.write_all(&send("354 go ahead")).await.is_err() {
-                    return;
+                if lines
+                    .get_mut()
+                    .write_all(&send("354 go ahead"))
+                    .await
+                    .is_err()
+                {
+                    return None;
                 }
                 let mut data = String::new();
                 loop {
                     let mut l = String::new();
                     match lines.read_line(&mut l).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return None,
                         Ok(_) => {}
                     }
                     if l == ".\r\n" {
@@ -121,22 +271,24 @@ async fn session(socket: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) {
                     from: std::mem::take(&mut from),
                     to: std::mem::take(&mut to),
                     data,
+                    auth: auth.clone(),
+                    tls,
                 });
-                "250 OK queued"
+                "250 OK queued".into()
             }
             "RSET" => {
                 (from, to) = (String::new(), Vec::new());
-                "250 OK"
+                "250 OK".into()
             }
-            "NOOP" => "250 OK",
+            "NOOP" => "250 OK".into(),
             "QUIT" => {
-                let _ = write.write_all(&send("221 bye")).await;
-                return;
+                let _ = lines.get_mut().write_all(&send("221 bye")).await;
+                return None;
             }
-            _ => "502 not implemented",
+            _ => "502 not implemented".into(),
         };
-        if write.write_all(&send(answer)).await.is_err() {
-            return;
+        if lines.get_mut().write_all(&send(&answer)).await.is_err() {
+            return None;
         }
     }
 }
@@ -144,7 +296,7 @@ async fn session(socket: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) {
 // ---------------------------------------------------------------- NATS set-up
 
 impl Setup {
-    async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> WorkerRunner {
+    pub(crate) async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> WorkerRunner {
         WorkerRunner::connect(
             app.pool.clone(),
             Worker::Notification,
@@ -157,7 +309,7 @@ impl Setup {
 }
 
 /// A registered customer: (id, e-mail).
-async fn customer(app: &TestApp) -> (String, String) {
+pub(crate) async fn customer(app: &TestApp) -> (String, String) {
     let email = format!("n{}@example.com", uuid::Uuid::new_v4().simple());
     let id = app
         .post(

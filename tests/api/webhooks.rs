@@ -31,13 +31,48 @@ fn the_signature_matches_the_standard_webhooks_test_vector() {
 
 /// A webhook receiver on 127.0.0.1: records every request, answers `answer(n)` to the n-th
 /// (from 1).
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub url: String,
     log: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+}
+
+/// A TCP listener that hands axum only connections whose TLS handshake succeeded.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((socket, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            // A client that refuses the certificate ends here.
+            if let Ok(tls) = self.acceptor.accept(socket).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 impl Receiver {
     async fn start(answer: fn(usize) -> u16) -> Self {
+        Self::start_on(answer, None).await
+    }
+
+    /// With `tls`, an `https://` receiver presenting the acceptor's certificate.
+    pub async fn start_on(
+        answer: fn(usize) -> u16,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let log: Arc<Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
         let seen = log.clone();
         let router = Router::new().route(
@@ -56,20 +91,30 @@ impl Receiver {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        Self {
-            url: format!("http://{addr}/hook"),
-            log,
-        }
+        let url = match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, router).await });
+                format!("http://{addr}/hook")
+            }
+            Some(acceptor) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor,
+                };
+                tokio::spawn(async move { axum::serve(listener, router).await });
+                format!("https://{addr}/hook")
+            }
+        };
+        Self { url, log }
     }
 
-    fn received(&self) -> Vec<(HeaderMap, String)> {
+    pub fn received(&self) -> Vec<(HeaderMap, String)> {
         self.log.lock().unwrap().clone()
     }
 }
 
 impl Setup {
-    async fn worker(&self, app: &TestApp) -> WorkerRunner {
+    pub(crate) async fn worker(&self, app: &TestApp) -> WorkerRunner {
         WorkerRunner::connect(
             app.pool.clone(),
             Worker::Integration,
@@ -81,7 +126,7 @@ impl Setup {
 }
 
 /// Register an endpoint as admin; its id and secret.
-async fn register(app: &TestApp, url: &str, event_types: Value) -> (String, String) {
+pub(crate) async fn register(app: &TestApp, url: &str, event_types: Value) -> (String, String) {
     let created = app
         .post(
             Admin,
@@ -100,7 +145,7 @@ async fn register(app: &TestApp, url: &str, event_types: Value) -> (String, Stri
     (id, secret)
 }
 
-async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
+pub(crate) async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
     let resp = app
         .get(Admin, &format!("/v1/webhooks/{endpoint}/deliveries"))
         .await;
@@ -108,7 +153,7 @@ async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
     resp.body["items"].as_array().unwrap().clone()
 }
 
-async fn placed_event_id(app: &TestApp, order: &str) -> String {
+pub(crate) async fn placed_event_id(app: &TestApp, order: &str) -> String {
     let id: uuid::Uuid = sqlx::query_scalar(
         "SELECT event_id FROM event_store.events WHERE aggregate_id = $1 AND event_type = 'order.placed'",
     )

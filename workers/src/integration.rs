@@ -7,6 +7,7 @@
 //! dead-lettered); on a redelivery an endpoint that already answered 2xx for this event is
 //! skipped, so one failing endpoint does not make the others receive the event twice.
 
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::consumer::{Delivered, HandleError};
+use crate::tls::TrustRoots;
 
 /// How long one webhook request may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,18 +159,46 @@ pub async fn deliveries(
     Ok(Some(json!({ "items": items })))
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ordo-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "webhook client settings refused; using defaults");
-                reqwest::Client::new()
+/// The webhook client: https through rustls (webpki roots, plus `roots` when given, the
+/// certificates of `ORDO_TLS_CA_FILE`), no redirects, [`TIMEOUT`] per request.
+pub fn client_with(roots: Option<&TrustRoots>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("ordo-webhooks/", env!("CARGO_PKG_VERSION")));
+    for cert in roots.map(TrustRoots::certificates).unwrap_or_default() {
+        let cert = reqwest::Certificate::from_der(cert)
+            .map_err(|e| format!("a CA certificate refused by the webhook client: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the webhook client: {e}"))
+}
+
+tokio::task_local! {
+    /// The client of the integration worker running in this task (see [`with_client`]).
+    static CLIENT: reqwest::Client;
+}
+
+/// Run `work` (an integration worker) with `client` as its webhook client; outside such a
+/// scope webhooks go through a client trusting the webpki roots only.
+pub async fn with_client<F: Future>(client: reqwest::Client, work: F) -> F::Output {
+    CLIENT.scope(client, work).await
+}
+
+fn client() -> reqwest::Client {
+    CLIENT.try_with(reqwest::Client::clone).unwrap_or_else(|_| {
+        static DEFAULT: OnceLock<reqwest::Client> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                client_with(None).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "webhook client settings refused; using defaults");
+                    reqwest::Client::new()
+                })
             })
+            .clone()
     })
 }
 

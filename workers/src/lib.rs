@@ -12,6 +12,7 @@ pub mod notification;
 pub mod ops;
 pub mod process_manager;
 pub mod relay;
+pub mod tls;
 
 pub use consumer::{AdvisoryOutcome, MaxDeliveriesAdvisory, Worker, WorkerConfig, WorkerRunner};
 pub use process_manager::ProcessManager;
