@@ -398,8 +398,11 @@ async fn run_worker(
         match WorkerRunner::connect(pool.clone(), worker, config.clone()).await {
             Ok(runner) => {
                 roles.set(&name, RoleState::Running);
-                let run = runner.with_mailer(mailer).run(stopped);
-                return integration::with_client(webhooks, run).await;
+                return runner
+                    .with_mailer(mailer)
+                    .with_webhook_client(webhooks)
+                    .run(stopped)
+                    .await;
             }
             Err(e) => tracing::warn!(worker = worker.name(), error = %e, "worker cannot start yet"),
         }

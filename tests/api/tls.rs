@@ -5,14 +5,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ordo::{Application, Config, ServeRole};
 use ordo_api::Role::Support;
 use ordo_workers::integration::{self, sign};
 use ordo_workers::notification::Mailer;
 use ordo_workers::tls::TrustRoots;
-use ordo_workers::WorkerRunner;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 
@@ -78,29 +76,6 @@ impl Drop for Pki {
     }
 }
 
-/// Step the integration worker with `client` (as the application scopes it) until `sql`
-/// counts `expected`.
-async fn work_with_client(
-    runner: &WorkerRunner,
-    app: &TestApp,
-    client: &reqwest::Client,
-    sql: &str,
-    expected: i64,
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
-        if n >= expected {
-            assert_eq!(n, expected, "{sql}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
-        integration::with_client(client.clone(), runner.step(50, Duration::from_millis(200)))
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is_trusted() {
     let pki = Pki::new();
@@ -114,12 +89,11 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let runner = s.worker(&app).await;
     let client = integration::client_with(Some(&pki.roots())).unwrap();
-    work_with_client(
+    let runner = s.worker(&app).await.with_webhook_client(client);
+    work_until(
         &runner,
         &app,
-        &client,
         "SELECT count(*) FROM integration.processed",
         events,
     )
@@ -157,7 +131,7 @@ async fn without_the_ca_file_an_https_endpoint_of_a_private_ca_is_refused_for_it
     let s = setup(&app).await;
     s.publish_all(&app).await;
     let runner = s.worker(&app).await;
-    // The worker's own client, outside any scope: the webpki roots only.
+    // The worker's default client: the webpki roots only.
     work_until(
         &runner,
         &app,

@@ -81,12 +81,12 @@ impl Worker {
         pool: &PgPool,
         tx: &mut PgConnection,
         event: &Delivered,
-        mailer: Option<&Mailer>,
+        outbound: &Outbound,
     ) -> Result<(), HandleError> {
         match self {
             Self::Analytics => analytics::handle(tx, event).await,
-            Self::Integration => integration::handle(pool, event).await,
-            Self::Notification => notification::handle(tx, event, mailer).await,
+            Self::Integration => integration::handle(pool, &outbound.webhooks, event).await,
+            Self::Notification => notification::handle(tx, event, outbound.mailer.as_ref()).await,
         }
     }
 }
@@ -284,7 +284,14 @@ pub struct WorkerRunner {
     consumer: Consumer<pull::Config>,
     /// The worker's durable consumer of its own max-deliveries advisories.
     advisories: Consumer<pull::Config>,
+    outbound: Outbound,
+}
+
+/// What the workers send through: the notification worker's SMTP client (none: it only
+/// records) and the integration worker's webhook client.
+struct Outbound {
     mailer: Option<Mailer>,
+    webhooks: reqwest::Client,
 }
 
 /// A message about to become a dead letter: a delivered one, or one JetStream gave up on
@@ -402,13 +409,23 @@ impl WorkerRunner {
             events,
             consumer,
             advisories,
-            mailer: None,
+            outbound: Outbound {
+                mailer: None,
+                webhooks: integration::default_client(),
+            },
         })
     }
 
     /// The SMTP client the notification worker sends with; without one it only records.
     pub fn with_mailer(mut self, mailer: Option<Mailer>) -> Self {
-        self.mailer = mailer;
+        self.outbound.mailer = mailer;
+        self
+    }
+
+    /// The HTTP client the integration worker delivers webhooks with (by default one that
+    /// trusts the webpki roots only; see `integration::client_with`).
+    pub fn with_webhook_client(mut self, client: reqwest::Client) -> Self {
+        self.outbound.webhooks = client;
         self
     }
 
@@ -639,7 +656,7 @@ impl WorkerRunner {
         if fresh {
             let started = Instant::now();
             self.worker
-                .handle(&self.pool, &mut tx, event, self.mailer.as_ref())
+                .handle(&self.pool, &mut tx, event, &self.outbound)
                 .await?;
             self.observe_duration(started);
         }

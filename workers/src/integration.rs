@@ -7,7 +7,6 @@
 //! dead-lettered); on a redelivery an endpoint that already answered 2xx for this event is
 //! skipped, so one failing endpoint does not make the others receive the event twice.
 
-use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -177,29 +176,17 @@ pub fn client_with(roots: Option<&TrustRoots>) -> Result<reqwest::Client, String
         .map_err(|e| format!("cannot build the webhook client: {e}"))
 }
 
-tokio::task_local! {
-    /// The client of the integration worker running in this task (see [`with_client`]).
-    static CLIENT: reqwest::Client;
-}
-
-/// Run `work` (an integration worker) with `client` as its webhook client; outside such a
-/// scope webhooks go through a client trusting the webpki roots only.
-pub async fn with_client<F: Future>(client: reqwest::Client, work: F) -> F::Output {
-    CLIENT.scope(client, work).await
-}
-
-fn client() -> reqwest::Client {
-    CLIENT.try_with(reqwest::Client::clone).unwrap_or_else(|_| {
-        static DEFAULT: OnceLock<reqwest::Client> = OnceLock::new();
-        DEFAULT
-            .get_or_init(|| {
-                client_with(None).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "webhook client settings refused; using defaults");
-                    reqwest::Client::new()
-                })
+/// The webhook client without `ORDO_TLS_CA_FILE`: the webpki roots only.
+pub fn default_client() -> reqwest::Client {
+    static DEFAULT: OnceLock<reqwest::Client> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            client_with(None).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "webhook client settings refused; using defaults");
+                reqwest::Client::new()
             })
-            .clone()
-    })
+        })
+        .clone()
 }
 
 struct Endpoint {
@@ -210,7 +197,12 @@ struct Endpoint {
 
 /// POST the event to one endpoint unless it already has it; record the attempt. `Err` is
 /// why this endpoint failed.
-async fn deliver(pool: &PgPool, endpoint: &Endpoint, event: &Delivered) -> Result<(), HandleError> {
+async fn deliver(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    event: &Delivered,
+) -> Result<(), HandleError> {
     let (attempts, delivered): (i64, Option<bool>) = sqlx::query_as(
         "SELECT count(*), bool_or(ok) FROM integration.deliveries WHERE endpoint_id = $1 AND event_id = $2",
     )
@@ -228,7 +220,7 @@ async fn deliver(pool: &PgPool, endpoint: &Endpoint, event: &Delivered) -> Resul
     let signature = sign(&endpoint.secret, &id, timestamp, &body)
         .map_err(|e| HandleError::Retry(format!("endpoint {}: {e}", endpoint.id)))?;
     let started = Instant::now();
-    let mut request = client()
+    let mut request = client
         .post(&endpoint.url)
         .header("content-type", "application/json")
         .header("webhook-id", &id)
@@ -283,7 +275,11 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 /// Send one event to every endpoint subscribed to its type, all at once.
-pub async fn handle(pool: &PgPool, event: &Delivered) -> Result<(), HandleError> {
+pub async fn handle(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    event: &Delivered,
+) -> Result<(), HandleError> {
     let rows: Vec<(Uuid, String, Vec<String>, String)> = sqlx::query_as(
         "SELECT id, url, event_types, secret FROM integration.endpoints
           WHERE disabled_at IS NULL ORDER BY created_at, id",
@@ -298,7 +294,7 @@ pub async fn handle(pool: &PgPool, event: &Delivered) -> Result<(), HandleError>
     let outcomes = futures::future::join_all(endpoints.iter().map(|e| {
         let span =
             tracing::info_span!("webhook.deliver", endpoint.id = %e.id, event.id = %event.event_id);
-        deliver(pool, e, event).instrument(span)
+        deliver(pool, client, e, event).instrument(span)
     }))
     .await;
     let mut failures = Vec::new();
