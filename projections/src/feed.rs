@@ -200,6 +200,41 @@ async fn select(
         .collect()
 }
 
+/// Whether any committed event lies beyond `after`, final or not.
+///
+/// Not `EXISTS (...)`: under a generic plan PostgreSQL estimates a third of the table beyond
+/// any checkpoint and scans the table for the first row, which at the head of the log (the
+/// usual case) reads all of it. An ordered `LIMIT 1` walks the commit-order index instead.
+pub async fn written_after(pool: &PgPool, after: Checkpoint) -> Result<bool, sqlx::Error> {
+    first_after(pool, after, Finality::Committed).await
+}
+
+/// Whether a final event lies beyond `after`: what a reader checks, without locking or
+/// writing anything (which would take a transaction id and hold the horizon back for every
+/// reader), before it takes a step.
+pub async fn final_after(pool: &PgPool, after: Checkpoint) -> Result<bool, sqlx::Error> {
+    first_after(pool, after, Finality::Final).await
+}
+
+async fn first_after(
+    pool: &PgPool,
+    after: Checkpoint,
+    finality: Finality,
+) -> Result<bool, sqlx::Error> {
+    let first: Option<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM event_store.events
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND (NOT $3 OR tx_id < pg_snapshot_xmin(pg_current_snapshot()))
+          ORDER BY tx_id, global_position LIMIT 1",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .bind(finality == Finality::Final)
+    .fetch_optional(pool)
+    .await?;
+    Ok(first.is_some())
+}
+
 /// How far behind the head a reader at `after` is: events not yet read, and the age of the
 /// oldest of them.
 pub async fn lag(pool: &PgPool, after: Checkpoint) -> Result<(i64, f64), sqlx::Error> {

@@ -405,14 +405,11 @@ impl Runner {
             .bind(self.projection.name())
             .fetch_one(&self.pool)
             .await?;
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM event_store.events
-                                 WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
-            )
-            .bind(tx.to_string())
-            .bind(gp)
-            .fetch_one(&self.pool)
-            .await
+            let after = Checkpoint {
+                tx_id: tx as u64,
+                global_position: gp,
+            };
+            feed::written_after(&self.pool, after).await
         };
         match pending.await {
             Ok(true) => tokio::time::sleep(Duration::from_millis(5)).await,

@@ -89,6 +89,21 @@ impl ProcessManager {
             .await?;
             self.prepared.store(true, Ordering::Relaxed);
         }
+        // Locking the checkpoint row takes a transaction id, which holds the feed's horizon
+        // back for every reader: look first, without it.
+        let (tx_id, global_position): (i64, i64) = sqlx::query_as(
+            "SELECT tx_id::text::bigint, global_position FROM process_manager.checkpoint WHERE name = $1",
+        )
+        .bind(NAME)
+        .fetch_one(&self.pool)
+        .await?;
+        let seen = Checkpoint {
+            tx_id: tx_id as u64,
+            global_position,
+        };
+        if !feed::final_after(&self.pool, seen).await? {
+            return Ok(Step::Idle);
+        }
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT tx_id::text::bigint, global_position FROM process_manager.checkpoint

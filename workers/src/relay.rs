@@ -253,10 +253,10 @@ impl Relay {
             line: self.stored_line().await?,
             ahead: BTreeSet::new(),
         };
-        let advance = self.advance(&mut cursor, false).await?;
+        let mut conn = self.pool.acquire().await?;
+        let advance = self.advance(&mut conn, &mut cursor, false).await?;
         if advance.published > 0 {
-            self.store_line(&mut *self.pool.acquire().await?, &cursor, advance)
-                .await?;
+            self.store_line(&mut conn, &cursor, advance).await?;
         }
         Ok(advance.published)
     }
@@ -277,7 +277,12 @@ impl Relay {
     /// Read and publish what `cursor` does not have yet: every committed event beyond the
     /// line when `early`, else only the final ones. Reads take no transaction id, so they
     /// never hold the feed's horizon back.
-    async fn advance(&self, cursor: &mut Cursor, early: bool) -> Result<Advance, RelayError> {
+    async fn advance(
+        &self,
+        conn: &mut PgConnection,
+        cursor: &mut Cursor,
+        early: bool,
+    ) -> Result<Advance, RelayError> {
         let want = Want {
             event_types: None,
             metadata: true,
@@ -292,13 +297,10 @@ impl Relay {
             (Finality::Final, self.config.batch_size)
         };
         let skip: Vec<i64> = cursor.ahead.iter().map(|c| c.global_position).collect();
-        let mut conn = self.pool.acquire().await?;
         // The horizon before the read: every transaction below it had ended when the read
         // began, so every event below it that the read could reach, it saw.
-        let horizon = feed::horizon(&mut conn).await?;
-        let events =
-            feed::read_beyond(&mut conn, cursor.line, &skip, batch, want, finality).await?;
-        drop(conn);
+        let horizon = feed::horizon(&mut *conn).await?;
+        let events = feed::read_beyond(conn, cursor.line, &skip, batch, want, finality).await?;
         let full = events.len() as i64 >= batch;
         self.publish(&events).await?;
         cursor.ahead.extend(events.iter().map(|e| e.checkpoint));
@@ -434,7 +436,9 @@ impl Relay {
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             let stored = cursor.line;
             let result = if stream_ready {
-                self.advance(&mut cursor, true).await
+                // Reads go through the lock's session too: the pool is the commands', and
+                // waiting in its queue behind them would be on every event's path.
+                self.advance(lock, &mut cursor, true).await
             } else {
                 self.ensure_stream().await.map(|()| {
                     stream_ready = true;
@@ -446,6 +450,9 @@ impl Relay {
             };
             let advance = match result {
                 Ok(advance) => advance,
+                // The lock's session (reads go through it) may be gone, and the lock with it:
+                // take it again before anything else.
+                Err(e @ RelayError::Db(_)) => return Err(e),
                 Err(e) => {
                     self.record_error(&e).await;
                     tokio::select! {
