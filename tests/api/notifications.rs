@@ -4,6 +4,7 @@
 //! again; an SMTP server that is away leads to retries, then a dead letter, nothing recorded.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ordo::ServeRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
@@ -666,5 +667,71 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
         .await;
     refused.assert_problem(422, "validation");
     assert_eq!(refused.body["errors"][0]["field"], "reprocess");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let (first, email) = customer(&app).await;
+    customer(&app).await;
+    customer(&app).await;
+    let order = app.place_order(&first).await;
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.runner(&app, None).await;
+
+    // The three registrations and the order: one fetch, one batch.
+    assert_eq!(runner.step(50, Duration::from_secs(5)).await.unwrap(), 4);
+    let (processed, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT p.processed_at) FROM notification.processed p
+           JOIN event_store.events e USING (event_id) WHERE e.event_type = 'customer.registered'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (processed, transactions),
+        (3, 1),
+        "the registrations in one transaction"
+    );
+    let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.customers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        contacts, 3,
+        "each customer's contact details, recorded together"
+    );
+    let listed = app
+        .get(Support, &format!("/v1/notifications?order_id={order}"))
+        .await;
+    assert_eq!(field(&listed.body, "kind"), ["order_placed"]);
+    assert_eq!(field(&listed.body, "recipient"), [email.as_str()]);
+
+    // A registration that cannot be read, beside a good one: the good one is recorded, the
+    // poison is dead-lettered alone.
+    customer(&app).await;
+    s.publish_all(&app).await;
+    let subject = format!("{}.customer.registered", s.relay_config.subject_prefix);
+    let mut poison = async_nats::HeaderMap::new();
+    poison.insert("ce-id", uuid::Uuid::new_v4().to_string().as_str());
+    s.js.publish_with_headers(subject, poison, "{\"not\": \"a customer\"}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(runner.step(50, Duration::from_secs(5)).await.unwrap(), 2);
+    let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.customers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(contacts, 4);
+    let letters: Vec<String> =
+        sqlx::query_scalar("SELECT error FROM workers.dead_letters WHERE worker = 'notification'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 1, "only the poison: {letters:?}");
     s.cleanup().await;
 }

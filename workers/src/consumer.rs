@@ -455,8 +455,12 @@ impl WorkerRunner {
             // Its effects are only rows: the whole batch can share one transaction.
             Worker::Analytics => self.step_together(messages).await?,
             // Mail and webhooks go out one message at a time, each in the transaction that
-            // records it; only what was handled before is settled together.
-            Worker::Notification | Worker::Integration => self.skip_processed(messages).await?,
+            // records it. What was handled before, and what sends nothing, is settled
+            // together.
+            Worker::Notification | Worker::Integration => {
+                let fresh = self.skip_processed(messages).await?;
+                self.quiet_together(fresh).await?
+            }
         };
         for message in alone {
             self.settle(message).await?;
@@ -511,6 +515,90 @@ impl WorkerRunner {
             }
         }
         Ok(alone)
+    }
+
+    /// Handle the messages that send nothing (no mail, no webhook) in one transaction: the
+    /// processed records in one statement, and the rows some of them write (a customer's
+    /// contact details), then the acks. One commit per message would be a WAL flush per
+    /// event for each of these workers. Returns the messages to settle one by one: those
+    /// that send something, those that cannot be read, and all of them if this fails.
+    async fn quiet_together<'m>(
+        &self,
+        messages: Vec<&'m Message>,
+    ) -> Result<Vec<&'m Message>, WorkerError> {
+        let patterns = match self.worker {
+            Worker::Integration => match integration::subscribed_patterns(&self.pool).await {
+                Ok(patterns) => Some(patterns),
+                Err(_) => return Ok(messages),
+            },
+            _ => None,
+        };
+        let sends = |event_type: &str| match self.worker {
+            Worker::Notification => notification::sends_mail(event_type),
+            Worker::Integration => patterns
+                .iter()
+                .flatten()
+                .any(|p| integration::matches(p, event_type)),
+            Worker::Analytics => false,
+        };
+        let mut alone = Vec::new();
+        let mut quiet = Vec::new();
+        for message in messages {
+            match delivered(
+                message.headers.as_ref(),
+                message.subject.as_str(),
+                &self.config.subject_prefix,
+                &message.payload,
+            ) {
+                Ok(event) if !sends(&event.event_type) => quiet.push((message, event)),
+                _ => alone.push(message),
+            }
+        }
+        if quiet.is_empty() {
+            return Ok(alone);
+        }
+        let started = Instant::now();
+        match self.record_quiet(&quiet).await {
+            Ok(()) => {
+                self.observe_duration(started);
+                for (message, _) in &quiet {
+                    message.ack().await.map_err(nats)?;
+                }
+                metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
+                    .increment(quiet.len() as u64);
+            }
+            Err(e) => {
+                tracing::debug!(worker = self.worker.name(), error = %telemetry::redact(&e.to_string()), "quiet batch failed; settling one by one");
+                alone.extend(quiet.iter().map(|(message, _)| *message));
+            }
+        }
+        Ok(alone)
+    }
+
+    async fn record_quiet(&self, quiet: &[(&Message, Delivered)]) -> Result<(), HandleError> {
+        let ids: BTreeSet<Uuid> = quiet.iter().map(|(_, event)| event.event_id).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(&format!(
+            "INSERT INTO {} (event_id) SELECT * FROM UNNEST($1::uuid[])
+             ON CONFLICT DO NOTHING RETURNING event_id",
+            self.worker.processed_table()
+        ))
+        .bind(ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        // Only the notification worker writes anything for such events; the integration
+        // worker's would be a lookup of endpoints that, a moment ago, wanted none of them.
+        for (_, event) in quiet {
+            if fresh.remove(&event.event_id) && self.worker == Worker::Notification {
+                self.worker
+                    .handle(&self.pool, &mut tx, event, &self.outbound)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Acknowledge the messages whose events this worker handled before (a redelivery, a

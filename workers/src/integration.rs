@@ -90,6 +90,16 @@ pub fn matches(pattern: &str, event_type: &str) -> bool {
     }
 }
 
+/// The event-type patterns of the active endpoints: an event none of them matches is
+/// delivered nowhere.
+pub async fn subscribed_patterns(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT unnest(event_types) FROM integration.endpoints WHERE disabled_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Register an endpoint; returns its id and its signing secret.
 pub async fn register(
     pool: &PgPool,

@@ -377,6 +377,15 @@ fn refunded(e: &PaymentRefunded) -> Draft {
 }
 
 /// Handle one event, inside the transaction that also records it as processed.
+/// Whether handling `event_type` sends mail: the others only touch this worker's tables
+/// (a customer's contact details) or nothing, and can be handled many in one transaction.
+pub fn sends_mail(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "order.placed" | "order.shipped" | "order.cancelled" | "payment.refunded"
+    )
+}
+
 pub async fn handle(
     tx: &mut PgConnection,
     event: &Delivered,
