@@ -33,6 +33,11 @@ pub struct PipelineBenchArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 20)]
     duration: u64,
+    /// Seconds of load before the latency run, not measured: the connection pool fills,
+    /// the relay takes its lock and the consumers start pulling. `0` measures from the
+    /// first command.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
     /// Also run what `ordo serve` runs beside them during the latency run: the three
     /// projection runners, the process manager, and the notification and integration
     /// workers (on the same stream), as one process with every role would.
@@ -177,13 +182,18 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         idempotency_key: None,
         traceparent: None,
     };
-    let load_start = Utc::now();
     let in_flight = Arc::new(Semaphore::new(128));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
-    let end = Instant::now() + Duration::from_secs(args.duration);
+    let measured = Instant::now() + Duration::from_secs(args.warmup);
+    let end = measured + Duration::from_secs(args.duration);
+    let mut load_start = None;
     let mut sent = 0u64;
     while Instant::now() < end {
         tick.tick().await;
+        if load_start.is_none() && Instant::now() >= measured {
+            load_start = Some(Utc::now());
+            sent = 0;
+        }
         let permit = in_flight.clone().acquire_owned().await?;
         let (commands, meta) = (commands.clone(), meta.clone());
         tokio::spawn(async move {
@@ -232,7 +242,7 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
            FROM analytics.processed p JOIN event_store.events e USING (event_id)
           WHERE e.recorded_at >= $1",
     )
-    .bind(load_start)
+    .bind(load_start.unwrap_or_else(Utc::now))
     .fetch_all(&pool)
     .await?;
     let ms = |from: DateTime<Utc>, to: DateTime<Utc>| {
@@ -261,12 +271,13 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     {
         println!(
             "relay: {events} events published and acknowledged in {relay_secs:.1} s: {:.0} events/s\n\
-             commit -> analytics handler at {} commands/s for {} s ({sent} sent{}): {total}\n  \
+             commit -> analytics handler at {} commands/s for {} s after {} s of warm-up ({sent} sent{}): {total}\n  \
              of which commit -> published by the relay: {relayed}\n  \
              and published -> handler: {handled}",
             events as f64 / relay_secs,
             args.rate,
             args.duration,
+            args.warmup,
             if args.all_roles { ", every role running" } else { "" }
         );
     }
