@@ -575,10 +575,14 @@ impl WorkerRunner {
         Ok(alone)
     }
 
-    async fn record_quiet(&self, quiet: &[(&Message, Delivered)]) -> Result<(), HandleError> {
-        let ids: BTreeSet<Uuid> = quiet.iter().map(|(_, event)| event.event_id).collect();
-        let mut tx = self.pool.begin().await?;
-        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(&format!(
+    /// Insert the processed records of `ids` in one statement; returns the ids that were not
+    /// recorded before (those whose effects are still to be written).
+    async fn record_processed(
+        &self,
+        tx: &mut PgConnection,
+        ids: BTreeSet<Uuid>,
+    ) -> Result<HashSet<Uuid>, sqlx::Error> {
+        Ok(sqlx::query_scalar(&format!(
             "INSERT INTO {} (event_id) SELECT * FROM UNNEST($1::uuid[])
              ON CONFLICT DO NOTHING RETURNING event_id",
             self.worker.processed_table()
@@ -587,7 +591,13 @@ impl WorkerRunner {
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .collect();
+        .collect())
+    }
+
+    async fn record_quiet(&self, quiet: &[(&Message, Delivered)]) -> Result<(), HandleError> {
+        let ids: BTreeSet<Uuid> = quiet.iter().map(|(_, event)| event.event_id).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = self.record_processed(&mut tx, ids).await?;
         // Only the notification worker writes anything for such events; the integration
         // worker's would be a lookup of endpoints that, a moment ago, wanted none of them.
         for (_, event) in quiet {
@@ -652,16 +662,7 @@ impl WorkerRunner {
     ) -> Result<(), HandleError> {
         let ids: BTreeSet<Uuid> = events.iter().map(|(id, _)| *id).collect();
         let mut tx = self.pool.begin().await?;
-        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(&format!(
-            "INSERT INTO {} (event_id) SELECT * FROM UNNEST($1::uuid[])
-             ON CONFLICT DO NOTHING RETURNING event_id",
-            self.worker.processed_table()
-        ))
-        .bind(ids.into_iter().collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let mut fresh = self.record_processed(&mut tx, ids).await?;
         let mut effects = analytics::Effects::default();
         for (id, event_effects) in events {
             if fresh.remove(id) {
