@@ -76,18 +76,6 @@ impl Item {
     }
 }
 
-/// Every payment event names its order.
-fn payment_order(event: &PaymentEvent) -> Uuid {
-    match event {
-        PaymentEvent::Created(e) => e.order_id,
-        PaymentEvent::Authorized(e) => e.order_id,
-        PaymentEvent::Captured(e) => e.order_id,
-        PaymentEvent::Refunded(e) => e.order_id,
-        PaymentEvent::Voided(e) => e.order_id,
-        PaymentEvent::Failed(e) => e.order_id,
-    }
-}
-
 /// A batch decoded: its items, and the orders and payments they touch.
 struct Batch {
     items: Vec<Item>,
@@ -106,7 +94,7 @@ fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
             }
             "payment" => {
                 let payment: PaymentEvent = event.decode()?;
-                order_ids.insert(payment_order(&payment));
+                order_ids.insert(payment.order_id());
                 Decoded::Payment(payment)
             }
             _ => continue,

@@ -135,7 +135,7 @@ impl ProcessManager {
                 // The feed leaves out the payloads of types this step does not want.
                 let wanted = EVENT_TYPES.contains(&e.event_type.as_str());
                 (wanted && e.aggregate_type == "payment")
-                    .then(|| order_of_payment(e))
+                    .then(|| e.decode::<PaymentEvent>().map(|p| p.order_id()))
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
@@ -311,18 +311,6 @@ async fn handled<T>(event: &FeedEvent, handling: impl Future<Output = T>) -> T {
         ordo_commands::telemetry::continue_trace(&span, &traceparent);
     }
     tracing::Instrument::instrument(handling, span).await
-}
-
-/// The order a payment event belongs to.
-fn order_of_payment(event: &FeedEvent) -> Result<Uuid, PmError> {
-    Ok(match event.decode::<PaymentEvent>()? {
-        PaymentEvent::Created(e) => e.order_id,
-        PaymentEvent::Authorized(e) => e.order_id,
-        PaymentEvent::Captured(e) => e.order_id,
-        PaymentEvent::Refunded(e) => e.order_id,
-        PaymentEvent::Voided(e) => e.order_id,
-        PaymentEvent::Failed(e) => e.order_id,
-    })
 }
 
 /// Metadata for a command the process manager issues because of `event`.

@@ -87,6 +87,20 @@ pub enum PaymentEvent {
     Failed(PaymentFailed),
 }
 
+impl PaymentEvent {
+    /// The order the payment is for: every payment event names it.
+    pub fn order_id(&self) -> Uuid {
+        match self {
+            Self::Created(e) => e.order_id,
+            Self::Authorized(e) => e.order_id,
+            Self::Captured(e) => e.order_id,
+            Self::Refunded(e) => e.order_id,
+            Self::Voided(e) => e.order_id,
+            Self::Failed(e) => e.order_id,
+        }
+    }
+}
+
 impl EventName for PaymentEvent {
     fn name(&self) -> &'static str {
         match self {
