@@ -243,6 +243,13 @@ fn nats(e: impl std::fmt::Display) -> WorkerError {
     WorkerError::Nats(e.to_string())
 }
 
+/// The event id a message carries (`ce-id`).
+fn event_id_in(headers: Option<&HeaderMap>) -> Option<Uuid> {
+    headers
+        .and_then(|h| h.get("ce-id"))
+        .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+}
+
 fn delivered(
     headers: Option<&HeaderMap>,
     subject: &str,
@@ -254,9 +261,7 @@ fn delivered(
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_owned())
     };
-    let event_id = header("ce-id")
-        .and_then(|id| Uuid::parse_str(&id).ok())
-        .ok_or("no ce-id header with an event id")?;
+    let event_id = event_id_in(headers).ok_or("no ce-id header with an event id")?;
     let event_type = subject
         .strip_prefix(prefix)
         .and_then(|s| s.strip_prefix('.'))
@@ -306,9 +311,7 @@ struct Letter<'a> {
 
 impl Letter<'_> {
     fn event_id(&self) -> Option<Uuid> {
-        self.headers
-            .and_then(|h| h.get("ce-id"))
-            .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+        event_id_in(self.headers)
     }
 }
 
@@ -429,6 +432,16 @@ impl WorkerRunner {
         self
     }
 
+    /// The event a message carries, or why it cannot be read (a poison message).
+    fn read(&self, message: &Message) -> Result<Delivered, String> {
+        delivered(
+            message.headers.as_ref(),
+            message.subject.as_str(),
+            &self.config.subject_prefix,
+            &message.payload,
+        )
+    }
+
     /// Handle what is waiting (up to `max` messages, waiting at most `wait`); returns how
     /// many messages were settled.
     pub async fn step(&self, max: usize, wait: Duration) -> Result<usize, WorkerError> {
@@ -481,14 +494,10 @@ impl WorkerRunner {
         let mut alone = Vec::new();
         let mut readable = Vec::with_capacity(messages.len());
         for message in messages {
-            let read = delivered(
-                message.headers.as_ref(),
-                message.subject.as_str(),
-                &self.config.subject_prefix,
-                &message.payload,
-            )
-            .map_err(HandleError::Poison)
-            .and_then(|event| Ok((event.event_id, analytics::Effects::of(&event)?)));
+            let read = self
+                .read(message)
+                .map_err(HandleError::Poison)
+                .and_then(|event| Ok((event.event_id, analytics::Effects::of(&event)?)));
             match read {
                 Ok((event_id, effects)) => readable.push((message, event_id, effects)),
                 Err(_) => alone.push(message),
@@ -500,21 +509,37 @@ impl WorkerRunner {
         let events: Vec<(Uuid, &analytics::Effects)> =
             readable.iter().map(|(_, id, fx)| (*id, fx)).collect();
         let started = Instant::now();
-        match self.handle_together(&events).await {
+        let outcome = self.handle_together(&events).await;
+        let messages = readable.iter().map(|(message, _, _)| *message).collect();
+        self.settled_together(messages, started, outcome, &mut alone)
+            .await?;
+        Ok(alone)
+    }
+
+    /// After the transaction of a batch settled together: acknowledge its messages, or, if
+    /// it failed, add them to those to settle one by one.
+    async fn settled_together<'m>(
+        &self,
+        messages: Vec<&'m Message>,
+        started: Instant,
+        outcome: Result<(), HandleError>,
+        alone: &mut Vec<&'m Message>,
+    ) -> Result<(), WorkerError> {
+        match outcome {
             Ok(()) => {
                 self.observe_duration(started);
-                for (message, _, _) in &readable {
+                for message in &messages {
                     message.ack().await.map_err(nats)?;
                 }
                 metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
-                    .increment(readable.len() as u64);
+                    .increment(messages.len() as u64);
             }
             Err(e) => {
                 tracing::debug!(worker = self.worker.name(), error = %telemetry::redact(&e.to_string()), "batch failed; settling one by one");
-                alone.extend(readable.iter().map(|(message, _, _)| *message));
+                alone.extend(messages);
             }
         }
-        Ok(alone)
+        Ok(())
     }
 
     /// Handle the messages that send nothing (no mail, no webhook) in one transaction: the
@@ -544,12 +569,7 @@ impl WorkerRunner {
         let mut alone = Vec::new();
         let mut quiet = Vec::new();
         for message in messages {
-            match delivered(
-                message.headers.as_ref(),
-                message.subject.as_str(),
-                &self.config.subject_prefix,
-                &message.payload,
-            ) {
+            match self.read(message) {
                 Ok(event) if !sends(&event.event_type) => quiet.push((message, event)),
                 _ => alone.push(message),
             }
@@ -558,20 +578,10 @@ impl WorkerRunner {
             return Ok(alone);
         }
         let started = Instant::now();
-        match self.record_quiet(&quiet).await {
-            Ok(()) => {
-                self.observe_duration(started);
-                for (message, _) in &quiet {
-                    message.ack().await.map_err(nats)?;
-                }
-                metrics::counter!("ordo_worker_processed_total", "worker" => self.worker.name())
-                    .increment(quiet.len() as u64);
-            }
-            Err(e) => {
-                tracing::debug!(worker = self.worker.name(), error = %telemetry::redact(&e.to_string()), "quiet batch failed; settling one by one");
-                alone.extend(quiet.iter().map(|(message, _)| *message));
-            }
-        }
+        let outcome = self.record_quiet(&quiet).await;
+        let messages = quiet.iter().map(|(message, _)| *message).collect();
+        self.settled_together(messages, started, outcome, &mut alone)
+            .await?;
         Ok(alone)
     }
 
@@ -617,13 +627,7 @@ impl WorkerRunner {
         &self,
         messages: &'m [Message],
     ) -> Result<Vec<&'m Message>, WorkerError> {
-        let id = |message: &Message| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("ce-id"))
-                .and_then(|v| Uuid::parse_str(v.as_str()).ok())
-        };
+        let id = |message: &Message| event_id_in(message.headers.as_ref());
         let ids: Vec<Uuid> = messages.iter().filter_map(id).collect();
         if ids.is_empty() {
             return Ok(messages.iter().collect());
@@ -681,12 +685,7 @@ impl WorkerRunner {
 
     async fn settle(&self, message: &Message) -> Result<(), WorkerError> {
         let attempts = message.info().map(|i| i.delivered).unwrap_or(1);
-        let outcome = match delivered(
-            message.headers.as_ref(),
-            message.subject.as_str(),
-            &self.config.subject_prefix,
-            &message.payload,
-        ) {
+        let outcome = match self.read(message) {
             Ok(event) => {
                 let span = event.span(self.worker);
                 span.record("attempt", attempts);
@@ -733,15 +732,10 @@ impl WorkerRunner {
     /// Handle once: the processed record and the effects commit together.
     async fn handle(&self, event: &Delivered) -> Result<(), HandleError> {
         let mut tx = self.pool.begin().await?;
-        let fresh = sqlx::query(&format!(
-            "INSERT INTO {} (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            self.worker.processed_table()
-        ))
-        .bind(event.event_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        let fresh = !self
+            .record_processed(&mut tx, BTreeSet::from([event.event_id]))
+            .await?
+            .is_empty();
         if fresh {
             let started = Instant::now();
             self.worker
