@@ -88,23 +88,7 @@ async fn metrics_expose_every_family_after_a_short_scenario() {
     .await
     .unwrap();
     relay.ensure_stream().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
-              WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
-        )
-        .bind(&stream)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if behind == 0 {
-            break;
-        }
-        let _ = relay.step().await;
-        assert!(Instant::now() < deadline, "the relay did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::nats::relay_all(&app, &relay, &stream).await;
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     js.publish(format!("{prefix}.order.placed"), "{}".into())
         .await
@@ -123,6 +107,7 @@ async fn metrics_expose_every_family_after_a_short_scenario() {
     let runner = WorkerRunner::connect(app.pool.clone(), Worker::Notification, worker_config)
         .await
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM workers.dead_letters")
             .fetch_one(&app.pool)

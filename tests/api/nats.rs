@@ -17,6 +17,32 @@ pub struct Setup {
     pub js: jetstream::Context,
 }
 
+/// Step `relay` until every event in the log is on `stream`. (An event becomes final only
+/// once older transactions anywhere on the server have ended, so "nothing to publish right
+/// now" is not yet "done"; a failing step is tried again until the deadline.)
+pub async fn relay_all(app: &TestApp, relay: &Relay, stream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
+              WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
+        )
+        .bind(stream)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if behind == 0 {
+            return;
+        }
+        let stepped = relay.step().await;
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not catch up ({behind} behind; last step: {stepped:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn setup(app: &TestApp) -> Setup {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let relay_config = RelayConfig {
@@ -48,23 +74,7 @@ pub async fn setup(app: &TestApp) -> Setup {
 
 impl Setup {
     pub async fn publish_all(&self, app: &TestApp) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
-                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
-            )
-            .bind(&self.relay_config.stream)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            if behind == 0 {
-                return;
-            }
-            let _ = self.relay.step().await;
-            assert!(Instant::now() < deadline, "relay did not catch up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        relay_all(app, &self.relay, &self.relay_config.stream).await;
     }
 
     pub async fn cleanup(&self) {

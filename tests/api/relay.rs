@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::helpers::{spawn_app_with, TcpProxy, TestApp};
+use crate::nats::relay_all;
 
 const NATS: &str = "127.0.0.1:4222";
 
@@ -32,32 +33,6 @@ async fn jetstream() -> jetstream::Context {
             .await
             .expect("NATS with JetStream runs on 127.0.0.1:4222"),
     )
-}
-
-/// Run steps until the relay has published every event in the log. (An event becomes
-/// final only once older transactions anywhere on the server have ended, so "nothing to
-/// publish right now" is not yet "done".)
-async fn drain(app: &TestApp, relay: &Relay, stream: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM event_store.events e
-              WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c WHERE c.stream = $1
-                                 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
-        )
-        .bind(stream)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if behind == 0 {
-            return;
-        }
-        if let Err(e) = relay.step().await {
-            assert!(Instant::now() < deadline, "relay kept failing: {e}");
-        }
-        assert!(Instant::now() < deadline, "relay did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn some_events(app: &TestApp) -> String {
@@ -82,7 +57,7 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
         .await
         .unwrap();
     relay.ensure_stream().await.unwrap();
-    drain(&app, &relay, &config.stream).await;
+    relay_all(&app, &relay, &config.stream).await;
 
     let js = jetstream().await;
     let mut stream = js.get_stream(&config.stream).await.unwrap();
@@ -131,7 +106,7 @@ async fn a_nats_outage_delays_publishing_but_loses_and_duplicates_nothing() {
         .unwrap();
     relay.ensure_stream().await.unwrap();
     some_events(&app).await;
-    drain(&app, &relay, &config.stream).await;
+    relay_all(&app, &relay, &config.stream).await;
 
     // NATS becomes unreachable: commands go on, the relay cannot publish.
     proxy.cut();
@@ -151,13 +126,13 @@ async fn a_nats_outage_delays_publishing_but_loses_and_duplicates_nothing() {
     }
 
     proxy.restore();
-    drain(&app, &relay, &config.stream).await;
+    relay_all(&app, &relay, &config.stream).await;
     // As if the process died after publishing but before its checkpoint: publish again.
     sqlx::query("UPDATE relay.checkpoint SET tx_id = '0', global_position = 0")
         .execute(&app.pool)
         .await
         .unwrap();
-    drain(&app, &relay, &config.stream).await;
+    relay_all(&app, &relay, &config.stream).await;
 
     let js = jetstream().await;
     let mut stream = js.get_stream(&config.stream).await.unwrap();

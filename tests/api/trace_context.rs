@@ -99,23 +99,7 @@ impl Pipeline {
 
     /// Relay until every event in the log is on the stream.
     async fn publish_all(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
-                  WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
-            )
-            .bind(&self.stream)
-            .fetch_one(&self.app.pool)
-            .await
-            .unwrap();
-            if behind == 0 {
-                return;
-            }
-            let _ = self.relay.step().await;
-            assert!(Instant::now() < deadline, "the relay did not catch up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::nats::relay_all(&self.app, &self.relay, &self.stream).await;
     }
 
     async fn worker(&self, worker: Worker) -> WorkerRunner {

@@ -8,29 +8,9 @@ use ordo_api::Role::{Admin, Analyst, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::spawn_app_with;
 
 const NATS: &str = "nats://127.0.0.1:4222";
-
-async fn publish_all(app: &TestApp, relay: &Relay, stream: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM event_store.events e WHERE NOT EXISTS (SELECT 1 FROM relay.checkpoint c
-              WHERE c.stream = $1 AND (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
-        )
-        .bind(stream)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if behind == 0 {
-            return;
-        }
-        let _ = relay.step().await;
-        assert!(Instant::now() < deadline, "relay did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn step_until(runner: &WorkerRunner, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -82,7 +62,7 @@ async fn a_dead_letter_is_seen_redriven_after_the_fix_and_handled_once_and_repla
     .unwrap();
     let customer = app.register_customer().await;
     app.place_order(&customer).await;
-    publish_all(&app, &relay, &stream).await;
+    crate::nats::relay_all(&app, &relay, &stream).await;
     step_until(&runner, async || {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM workers.dead_letters")
             .fetch_one(&app.pool)
