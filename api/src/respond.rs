@@ -75,11 +75,14 @@ fn replay(success: Success, status: u16, body: Value) -> Response {
     response
 }
 
-/// The metadata recorded on the events of this request's command.
+/// The metadata recorded on the events of this request's command. The causation is the
+/// command itself (a fresh id per command), never anything the client sent: a client could
+/// otherwise claim its events were caused by some other event, which the process manager
+/// uses for idempotency.
 pub fn metadata(caller: &Caller, headers: &CommandHeaders) -> CommandMetadata {
     CommandMetadata {
         correlation_id: headers.correlation_id,
-        causation_id: Uuid::parse_str(&headers.request_id).unwrap_or_else(|_| Uuid::new_v4()),
+        causation_id: Uuid::now_v7(),
         actor: Actor {
             key_id: Some(caller.key_id),
             name: caller.name.clone(),
@@ -130,6 +133,8 @@ where
         }
         Claim::Execute(guard) => match command(meta).await {
             Ok(committed) => {
+                // The fault-injection hook exists in debug builds only.
+                #[cfg(debug_assertions)]
                 if app.config.crash_after_commit {
                     tracing::error!("fault injection: aborting between commit and answer");
                     std::process::abort();
