@@ -59,7 +59,8 @@ string_value!(
     Email
 );
 string_value!(
-    /// Free text that is neither empty nor blank, at most [`Text::MAX_LEN`] characters.
+    /// Free text that is neither empty nor blank, at most [`Text::MAX_LEN`] characters, and
+    /// without [invisible formatting characters](is_invisible_format).
     Text
 );
 
@@ -78,6 +79,8 @@ value_schema!(Email, {
     "pattern": "^[^@\\s]{1,64}@[^.@\\s]([^@\\s]*\\.)+[^.@\\s]+$"
 });
 
+// Frozen: released event schemas embed this one, so it cannot state the refusal of
+// invisible formatting characters that `Text::parse` adds; the OpenAPI document does.
 value_schema!(Text, {
     "description": "Trimmed free text: 1 to 2000 characters, neither starting nor ending with blank space.",
     "type": "string",
@@ -154,8 +157,24 @@ impl Text {
         if trimmed.chars().count() > max {
             return Err(ValueError::new(format!("must be at most {max} characters")));
         }
+        if trimmed.chars().any(is_invisible_format) {
+            return Err(ValueError::new(
+                "must not contain bidirectional overrides or zero-width characters",
+            ));
+        }
         Ok(Self(trimmed.to_owned()))
     }
+}
+
+/// Characters that change how text is shown without being seen: bidirectional embeddings,
+/// overrides, isolates and marks (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C) and
+/// zero-width or invisible characters (U+200B–U+200D, U+2060–U+2064, U+FEFF, U+180E). In a
+/// name, reason or note they make what support reads, and what a customer's e-mail shows,
+/// differ from what was stored ("Trojan Source", CVE-2021-42574), so free text refuses them.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// How many units of a line: at least one, at most a million.
@@ -273,6 +292,20 @@ mod tests {
     fn text_and_emails_refuse_nul_characters() {
         assert!(Text::parse("a\0b").is_err());
         assert!(Email::parse("a\0b@example.com").is_err());
+    }
+
+    #[test]
+    fn text_refuses_bidi_overrides_and_zero_width_characters() {
+        for bad in [
+            "refund \u{202E}gnp.exe",
+            "Ada\u{200B}Lovelace",
+            "a\u{2066}b\u{2069}",
+            "\u{FEFF}x y",
+            "x\u{200D}y",
+        ] {
+            assert!(Text::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Text::parse("Zoë Ørsted – ✓ 東京").is_ok());
     }
 
     #[test]
