@@ -89,7 +89,7 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let client = integration::client_with(Some(&pki.roots())).unwrap();
+    let client = integration::client_with(Some(&pki.roots()), true).unwrap();
     let runner = s.worker(&app).await.with_webhook_client(client);
     work_until(
         &runner,
@@ -326,7 +326,7 @@ async fn an_unreadable_or_invalid_ca_file_is_a_clear_startup_error() {
     let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
     let start = |ca_file: PathBuf| {
         let config = Config {
-            database_url: app.database_url.clone(),
+            database_url: app.database_url.clone().into(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             roles: vec![ServeRole::Api],
             tls_ca_file: Some(ca_file),

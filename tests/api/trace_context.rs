@@ -106,6 +106,8 @@ impl Pipeline {
         WorkerRunner::connect(self.app.pool.clone(), worker, self.worker_config.clone())
             .await
             .unwrap()
+            // The receivers run on 127.0.0.1.
+            .with_webhook_client(ordo_workers::integration::client_with(None, true).unwrap())
     }
 
     /// Step `runner` until `sql` counts at least one row.

@@ -64,7 +64,7 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl Receiver {
-    async fn start(answer: fn(usize) -> u16) -> Self {
+    pub(crate) async fn start(answer: fn(usize) -> u16) -> Self {
         Self::start_on(answer, None).await
     }
 
@@ -122,6 +122,8 @@ impl Setup {
         )
         .await
         .unwrap()
+        // The receivers run on 127.0.0.1.
+        .with_webhook_client(ordo_workers::integration::client_with(None, true).unwrap())
     }
 }
 

@@ -34,6 +34,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::analytics;
+use crate::egress::WebhookClient;
 use crate::integration;
 use crate::notification::{self, Mailer};
 
@@ -296,7 +297,7 @@ pub struct WorkerRunner {
 /// records) and the integration worker's webhook client.
 struct Outbound {
     mailer: Option<Mailer>,
-    webhooks: reqwest::Client,
+    webhooks: WebhookClient,
 }
 
 /// A message about to become a dead letter: a delivered one, or one JetStream gave up on
@@ -427,7 +428,7 @@ impl WorkerRunner {
 
     /// The HTTP client the integration worker delivers webhooks with (by default one that
     /// trusts the webpki roots only; see `integration::client_with`).
-    pub fn with_webhook_client(mut self, client: reqwest::Client) -> Self {
+    pub fn with_webhook_client(mut self, client: WebhookClient) -> Self {
         self.outbound.webhooks = client;
         self
     }

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::consumer::{Delivered, HandleError};
+use crate::egress::WebhookClient;
 use crate::tls::TrustRoots;
 
 /// How long one webhook request may take.
@@ -169,8 +170,12 @@ pub async fn deliveries(
 }
 
 /// The webhook client: https through rustls (webpki roots, plus `roots` when given, the
-/// certificates of `ORDO_TLS_CA_FILE`), no redirects, [`TIMEOUT`] per request.
-pub fn client_with(roots: Option<&TrustRoots>) -> Result<reqwest::Client, String> {
+/// certificates of `ORDO_TLS_CA_FILE`), no redirects, [`TIMEOUT`] per request, and only to
+/// public addresses unless `allow_private` (see [`crate::egress`]).
+pub fn client_with(
+    roots: Option<&TrustRoots>,
+    allow_private: bool,
+) -> Result<WebhookClient, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .timeout(TIMEOUT)
@@ -181,19 +186,21 @@ pub fn client_with(roots: Option<&TrustRoots>) -> Result<reqwest::Client, String
             .map_err(|e| format!("a CA certificate refused by the webhook client: {e}"))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder
-        .build()
+    WebhookClient::build(builder, allow_private)
         .map_err(|e| format!("cannot build the webhook client: {e}"))
 }
 
-/// The webhook client without `ORDO_TLS_CA_FILE`: the webpki roots only.
-pub fn default_client() -> reqwest::Client {
-    static DEFAULT: OnceLock<reqwest::Client> = OnceLock::new();
+/// The webhook client without `ORDO_TLS_CA_FILE`: the webpki roots only, public
+/// addresses only.
+pub fn default_client() -> WebhookClient {
+    static DEFAULT: OnceLock<WebhookClient> = OnceLock::new();
     DEFAULT
         .get_or_init(|| {
-            client_with(None).unwrap_or_else(|e| {
+            client_with(None, false).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "webhook client settings refused; using defaults");
-                reqwest::Client::new()
+                // As `reqwest::Client::new()`, which panics when no TLS backend loads.
+                WebhookClient::build(reqwest::Client::builder(), false)
+                    .expect("a TLS backend for the webhook client")
             })
         })
         .clone()
@@ -209,7 +216,7 @@ struct Endpoint {
 /// why this endpoint failed.
 async fn deliver(
     pool: &PgPool,
-    client: &reqwest::Client,
+    client: &WebhookClient,
     endpoint: &Endpoint,
     event: &Delivered,
 ) -> Result<(), HandleError> {
@@ -230,17 +237,22 @@ async fn deliver(
     let signature = sign(&endpoint.secret, &id, timestamp, &body)
         .map_err(|e| HandleError::Retry(format!("endpoint {}: {e}", endpoint.id)))?;
     let started = Instant::now();
-    let mut request = client
-        .post(&endpoint.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature);
-    // The receiver may continue the trace that began with the storefront's request.
-    if let Some(traceparent) = telemetry::outgoing_traceparent(event.traceparent.as_deref()) {
-        request = request.header("traceparent", traceparent);
-    }
-    let sent = request.body(body).send().await;
+    let sent = match client.post(&endpoint.url) {
+        Ok(request) => {
+            let mut request = request
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature);
+            // The receiver may continue the trace that began with the storefront's request.
+            if let Some(traceparent) = telemetry::outgoing_traceparent(event.traceparent.as_deref())
+            {
+                request = request.header("traceparent", traceparent);
+            }
+            request.body(body).send().await.map_err(|e| error_chain(&e))
+        }
+        Err(refused) => Err(format!("refused: {refused}")),
+    };
     let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
     let (status_code, error) = match &sent {
         Ok(response) if response.status().is_success() => (Some(response.status().as_u16()), None),
@@ -248,7 +260,7 @@ async fn deliver(
             Some(response.status().as_u16()),
             Some(format!("answered {}", response.status())),
         ),
-        Err(e) => (None, Some(error_chain(e))),
+        Err(e) => (None, Some(e.clone())),
     };
     sqlx::query(
         "INSERT INTO integration.deliveries
@@ -287,7 +299,7 @@ fn error_chain(e: &reqwest::Error) -> String {
 /// Send one event to every endpoint subscribed to its type, all at once.
 pub async fn handle(
     pool: &PgPool,
-    client: &reqwest::Client,
+    client: &WebhookClient,
     event: &Delivered,
 ) -> Result<(), HandleError> {
     let rows: Vec<(Uuid, String, Vec<String>, String)> = sqlx::query_as(

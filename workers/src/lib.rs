@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod consumer;
+pub mod egress;
 pub mod integration;
 pub mod notification;
 pub mod ops;

@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ordo_workers::integration;
+use ordo_workers::{egress, integration};
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -80,7 +80,9 @@ fn parse_register(json: &Value) -> Result<(String, Vec<String>), ApiError> {
 }
 
 /// Register a webhook endpoint (admin). 201 `{"id", "secret"}` with
-/// `Location: /v1/webhooks/{id}`; the secret is shown once.
+/// `Location: /v1/webhooks/{id}`; the secret is shown once. A URL whose host is or resolves
+/// to a non-public address (loopback, private, link-local, ULA, multicast) is a 422 unless
+/// `ORDO_WEBHOOK_ALLOW_PRIVATE=true`.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = admin::RegisterWebhook,
     responses((status = 201, description = "Registered", body = admin::WebhookCreated,
         headers(("Location" = String, description = "The new endpoint"))), AdminBodyProblems))]
@@ -90,6 +92,9 @@ async fn register(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let (url, event_types) = parse_register(&body.json)?;
+    egress::check_url(&url, app.config.webhook_allow_private)
+        .await
+        .map_err(|refused| ApiError::field("url", refused.to_string()))?;
     let (id, secret) = integration::register(&app.pool, &url, &event_types).await?;
     let mut response = (
         StatusCode::CREATED,
