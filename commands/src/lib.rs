@@ -6,6 +6,7 @@
 
 pub mod db;
 pub mod error;
+pub mod head;
 pub mod history;
 pub mod idempotency;
 pub mod metadata;

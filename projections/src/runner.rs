@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::feed::{self, Checkpoint, FeedEvent, Wakeup};
 use crate::leader;
 use crate::model::{ApplyError, Projection, LIVE, SHADOW};
+use crate::status;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -139,6 +140,7 @@ impl Runner {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                status::announce(&self.pool, self.projection).await;
                 Ok(Step::Applied(events.len()))
             }
             Err(e) => {

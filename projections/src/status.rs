@@ -1,7 +1,5 @@
 //! Projection status and lag, read-your-writes waits, and rebuild requests.
 
-use std::time::{Duration, Instant};
-
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -148,22 +146,21 @@ pub async fn reached(
     .await
 }
 
-/// Wait until `projection` has reached `global_position`, for at most `timeout`.
-pub async fn wait_for(
-    pool: &PgPool,
-    projection: Projection,
-    global_position: i64,
-    timeout: Duration,
-) -> Result<bool, sqlx::Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if reached(pool, projection, global_position).await? {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// The channel on which a runner announces that it applied a batch (the payload is the
+/// projection's name), so that reads waiting for `min_position` wake without polling.
+pub const PROJECTED_CHANNEL: &str = "ordo_projected";
+
+/// Announce on [`PROJECTED_CHANNEL`] that `projection` moved. After the batch's commit, not
+/// inside it: a NOTIFY in a transaction serialises commits database-wide. A lost
+/// announcement only delays a waiting read until its next check.
+pub async fn announce(pool: &PgPool, projection: Projection) {
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(PROJECTED_CHANNEL)
+        .bind(projection.name())
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(error = %e, "cannot announce projection progress");
     }
 }
 

@@ -242,18 +242,36 @@ async fn a_read_waits_for_its_position_and_never_answers_stale() {
     read.assert_status(200);
     assert_eq!(read.body["status"], "placed");
 
-    // A position no event has reached yet cannot be served: 503, not older data.
-    let ahead = app
-        .get(
-            Storefront,
-            &format!("/v1/orders/{order}?min_position={}", position + 1000),
-        )
-        .await;
-    ahead.assert_problem(503, "projection-behind");
-    assert_eq!(ahead.header("retry-after"), Some("2"));
+    // A position no event has could never be reached: 400 at once.
+    app.get(
+        Storefront,
+        &format!("/v1/orders/{order}?min_position={}", position + 1000),
+    )
+    .await
+    .assert_problem(400, "bad-query");
     app.get(Storefront, &format!("/v1/orders/{order}?min_position=-1"))
         .await
         .assert_problem(400, "bad-query");
+
+    // A committed event the projection has not applied (no projector runs here) cannot be
+    // served: 503, not older data.
+    let unprojected = spawn_app_with(|c| {
+        c.roles = vec![ordo::ServeRole::Api];
+        c.read_wait_secs = 1;
+    })
+    .await;
+    let customer = unprojected.register_customer().await;
+    let position = unprojected
+        .post(Storefront, "/v1/orders", order_body(&customer))
+        .await
+        .body["position"]
+        .as_i64()
+        .unwrap();
+    let behind = unprojected
+        .get(Storefront, &format!("/v1/orders?min_position={position}"))
+        .await;
+    behind.assert_problem(503, "projection-behind");
+    assert_eq!(behind.header("retry-after"), Some("2"));
 }
 
 #[tokio::test]

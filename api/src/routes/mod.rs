@@ -27,10 +27,10 @@ pub(crate) fn versioned_json(version: u64, body: Value) -> Response {
 
 use std::collections::HashMap;
 
-use ordo_projections::status;
 use ordo_projections::Projection;
 use uuid::Uuid;
 
+use crate::read_wait::Waited;
 use crate::{ApiError, AppState};
 
 pub(crate) type Params = HashMap<String, String>;
@@ -91,7 +91,8 @@ pub(crate) fn limit_param(q: &Params) -> Result<i64, ApiError> {
 }
 
 /// Read your writes: with `min_position=N`, wait until `projection` has applied the event at
-/// N; past the configured wait, 503 rather than older data.
+/// N; past the configured wait, 503 rather than older data. A position no committed event
+/// has is a 400 at once: no wait would ever reach it.
 pub(crate) async fn wait_for_position(
     app: &AppState,
     projection: Projection,
@@ -101,13 +102,20 @@ pub(crate) async fn wait_for_position(
     let Some(position) = int_param(q, "min_position")?.filter(|p| *p > 0) else {
         return Ok(());
     };
-    if status::wait_for(&app.pool, projection, position, app.config.read_wait).await? {
-        Ok(())
-    } else {
-        Err(ApiError::ProjectionBehind {
+    let waited = app
+        .progress
+        .wait_for(&app.pool, projection, position, app.config.read_wait)
+        .await?;
+    match waited {
+        Waited::Reached => Ok(()),
+        Waited::Behind => Err(ApiError::ProjectionBehind {
             projection: projection.name(),
             position,
-        })
+        }),
+        Waited::NoSuchPosition => Err(ApiError::BadQuery {
+            param: "min_position",
+            detail: format!("no committed event has position {position}; use a position a command answered with"),
+        }),
     }
 }
 
