@@ -162,6 +162,12 @@ impl Caller {
 /// Which roles a route admits (DESIGN.md §4).
 pub trait Policy: Send + Sync + 'static {
     const ROLES: &'static [Role];
+
+    /// Whether `role` is one of [`Self::ROLES`], for a route whose policy depends on its
+    /// parameters.
+    fn admits(role: Role) -> bool {
+        Self::ROLES.contains(&role)
+    }
 }
 
 /// An authenticated caller whose role `P` admits; 401 without a valid key, 403 otherwise.
@@ -223,6 +229,11 @@ policy!(
 policy!(
     /// Analytics: analysts and admins.
     Analysts: Analyst, Admin
+);
+policy!(
+    /// The whole customer list (the CRM): support and admins. Others look customers up by
+    /// exact e-mail only.
+    CustomerListers: Support, Admin
 );
 policy!(
     /// Notifications sent or recorded: support and admins.

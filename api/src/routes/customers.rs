@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, Params};
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Allowed, Policy as _};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
 use crate::openapi::{params, Added, CommandHeaderParams, CommandProblems, Created};
@@ -116,18 +116,26 @@ async fn show(
     Ok(axum::Json(customer).into_response())
 }
 
-/// Customers, oldest id first, cursor-paginated (every role).
+/// Customers, oldest id first, cursor-paginated: the CRM list, for support and admins. With
+/// `email=` it is a lookup by exact e-mail address (case-insensitive), which storefronts and
+/// analysts may make too — a storefront finds its own customer, never pages through all.
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(params::CustomerList),
     responses((status = 200, description = "A page of customers", body = body::Page<body::Customer>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Readers>,
+    Allowed(caller, _): Allowed<auth::Readers>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let email = text_param(&q, "email")?;
+    if email.is_none() && !auth::CustomerListers::admits(caller.role) {
+        return Err(ApiError::Forbidden {
+            role: caller.role.as_str(),
+        });
+    }
     wait_for_position(&app, Projection::Customers, &q).await?;
     let page = queries::customers(
         &app.pool,
-        text_param(&q, "email")?,
+        email,
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,
     )
