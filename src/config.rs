@@ -18,44 +18,73 @@ pub enum ServeRole {
     Workers,
 }
 
-/// `ORDO_SMTP_URL`'s value, which may hold a password: its `Debug` masks the credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SmtpUrl(String);
+/// A URL that may hold a password: its `Debug` masks the credentials, and only
+/// [`expose`](Self::expose) gives them, to the client that needs them.
+macro_rules! secret_url {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(String);
 
-impl SmtpUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
+        impl $name {
+            pub fn new(url: impl Into<String>) -> Self {
+                Self(url.into())
+            }
 
-    /// The URL with its credentials, for the SMTP client only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
+            /// The URL with its credentials, for the client only.
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&ordo_workers::notification::redact_url(&self.0))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self, f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok(Self(s.to_owned()))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(url: String) -> Self {
+                Self(url)
+            }
+        }
+    };
 }
 
-impl std::fmt::Debug for SmtpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&ordo_workers::notification::redact_url(&self.0))
-    }
-}
-
-impl std::str::FromStr for SmtpUrl {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
+secret_url!(
+    /// `ORDO_SMTP_URL`'s value, which may hold a password.
+    SmtpUrl
+);
+secret_url!(
+    /// `DATABASE_URL`'s value, which may hold a password.
+    DatabaseUrl
+);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// PostgreSQL; the database is created and migrated on start.
+    /// PostgreSQL; the database is created and migrated on start. `--help` never shows the
+    /// variable's value (it may hold a password).
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/ordo"
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
 
     /// NATS with JetStream (used by the relay and workers).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -120,6 +149,13 @@ pub struct Config {
     #[arg(long, env = "ORDO_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
 
+    /// Let webhooks go to loopback, private, link-local, ULA and other non-public addresses
+    /// (refused by default, at registration and at connect time: an admin key must not turn
+    /// the integration worker into a scanner of the internal network). For tests and
+    /// single-host setups whose receivers run beside Ordo.
+    #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    pub webhook_allow_private: bool,
+
     /// Sender of the notification e-mails.
     #[arg(long, env = "ORDO_SMTP_FROM", default_value = "orders@ordo.invalid")]
     pub smtp_from: String,
@@ -139,7 +175,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
 
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
-    /// commits, before its answer is stored or sent.
+    /// commits, before its answer is stored or sent. Debug builds only: a release build
+    /// has neither the setting nor the hook.
+    #[cfg(debug_assertions)]
     #[arg(
         long,
         env = "ORDO_TEST_CRASH_AFTER_COMMIT",
@@ -153,7 +191,7 @@ impl Config {
     /// The defaults, as if no variable were set (tests start from here).
     pub fn defaults() -> Self {
         Self {
-            database_url: "postgres://postgres@127.0.0.1:5432/ordo".into(),
+            database_url: DatabaseUrl::new("postgres://postgres@127.0.0.1:5432/ordo"),
             nats_url: "nats://127.0.0.1:4222".into(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             db_max_connections: 32,
@@ -177,9 +215,11 @@ impl Config {
             smtp_url: None,
             tls_ca_file: None,
             smtp_from: "orders@ordo.invalid".into(),
+            webhook_allow_private: false,
             rate_limit: 600_000,
             rate_limit_window_secs: 60,
             shutdown_timeout_secs: 30,
+            #[cfg(debug_assertions)]
             crash_after_commit: false,
         }
     }
@@ -198,5 +238,19 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("smtps://***@mail.example.com"), "{debug}");
+    }
+
+    #[test]
+    fn the_configuration_s_debug_output_hides_the_database_password() {
+        let config = Config {
+            database_url: DatabaseUrl::new("postgres://ordo:s3cret-pw@db.internal:5432/ordo"),
+            ..Config::defaults()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret-pw"), "{debug}");
+        assert!(
+            debug.contains("postgres://***@db.internal:5432/ordo"),
+            "{debug}"
+        );
     }
 }

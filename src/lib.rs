@@ -24,18 +24,18 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-pub use config::{Config, ServeRole, SmtpUrl};
+pub use config::{Config, DatabaseUrl, ServeRole, SmtpUrl};
 
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Create the database if it is missing, then apply pending migrations.
 pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
-    db::ensure_database(&config.database_url)
+    db::ensure_database(config.database_url.expose())
         .await
         .context("cannot reach PostgreSQL to create the database")?;
     let pool = db::pool(
-        &config.database_url,
+        config.database_url.expose(),
         &PoolSettings {
             max_connections: config.db_max_connections,
             acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
@@ -57,7 +57,7 @@ pub struct Application {
     /// The notification worker's SMTP client, when `smtp_url` is set.
     mailer: Option<Mailer>,
     /// The integration worker's webhook client (trusting `tls_ca_file` too).
-    webhooks: reqwest::Client,
+    webhooks: ordo_workers::egress::WebhookClient,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
     /// How long a shutdown may take before the process stops waiting.
@@ -89,7 +89,10 @@ impl Application {
         ordo_api::metrics::install();
         let api = ApiConfig {
             body_limit: config.body_limit,
+            #[cfg(debug_assertions)]
             crash_after_commit: config.crash_after_commit,
+            #[cfg(not(debug_assertions))]
+            crash_after_commit: false,
             read_wait: Duration::from_secs(config.read_wait_secs),
             workers: WorkerConfig {
                 stream: config.nats_stream.clone(),
@@ -97,6 +100,7 @@ impl Application {
                 ..WorkerConfig::new(config.nats_url.clone())
             },
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
+            webhook_allow_private: config.webhook_allow_private,
         };
         let roots = config
             .tls_ca_file
@@ -110,7 +114,7 @@ impl Application {
             .map(|url| Mailer::with_roots(url.expose(), &config.smtp_from, roots.as_ref()))
             .transpose()
             .map_err(|e| anyhow::anyhow!("smtp: {e}"))?;
-        let webhooks = integration::client_with(roots.as_ref())
+        let webhooks = integration::client_with(roots.as_ref(), config.webhook_allow_private)
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         let workers = config
             .workers
@@ -386,7 +390,7 @@ async fn run_worker(
     worker: Worker,
     relay: RelayConfig,
     mut stopped: watch::Receiver<bool>,
-    (mailer, webhooks): (Option<Mailer>, reqwest::Client),
+    (mailer, webhooks): (Option<Mailer>, ordo_workers::egress::WebhookClient),
     (roles, name): (Roles, String),
 ) {
     let config = WorkerConfig {

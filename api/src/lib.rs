@@ -7,7 +7,9 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
+pub mod read_wait;
 pub mod readiness;
+pub mod request_id;
 pub mod respond;
 pub mod routes;
 pub mod validate;
@@ -16,7 +18,7 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::Request;
 use axum::response::IntoResponse;
 use axum::Router;
 use ordo_commands::Commands;
@@ -40,7 +42,8 @@ pub struct ApiConfig {
     /// Largest request body accepted; larger ones get 413.
     pub body_limit: usize,
     /// Test-only fault injection: abort the process right after a command with an
-    /// `Idempotency-Key` committed, before its answer is stored or sent.
+    /// `Idempotency-Key` committed, before its answer is stored or sent. Ignored by release
+    /// builds, which do not contain the hook.
     pub crash_after_commit: bool,
     /// How long a read with `min_position` waits for its projection before answering 503.
     pub read_wait: std::time::Duration,
@@ -48,6 +51,8 @@ pub struct ApiConfig {
     pub workers: ordo_workers::WorkerConfig,
     /// Requests per API key and window; `None` disables limiting.
     pub rate_limit: Option<RateLimit>,
+    /// Whether webhook URLs may name non-public addresses (`ORDO_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +63,7 @@ impl Default for ApiConfig {
             read_wait: std::time::Duration::from_secs(5),
             workers: ordo_workers::WorkerConfig::new("nats://127.0.0.1:4222"),
             rate_limit: None,
+            webhook_allow_private: false,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Role states and the NATS probe, for `/readyz`.
     pub readiness: Readiness,
+    /// Wakes reads waiting for `min_position` when a projection moves.
+    pub progress: read_wait::Progress,
     pub config: Arc<ApiConfig>,
 }
 
@@ -97,12 +105,13 @@ impl AppState {
             workers: Arc::new(ordo_workers::ops::WorkersAdmin::new(config.workers.clone())),
             rate_limiter: config.rate_limit.map(|l| Arc::new(RateLimiter::new(l))),
             readiness: Readiness::default(),
+            progress: read_wait::Progress::default(),
             config: Arc::new(config),
         }
     }
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use request_id::REQUEST_ID;
 
 /// The span of one request: a child of the caller's `traceparent` when it sent a valid one.
 /// Only the path is recorded, never the query (`?email=` is personal data); the route
@@ -148,6 +157,7 @@ pub fn ops_router(state: AppState) -> Router {
         .with_state(state)
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(request_id::check))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
@@ -192,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(request_id::check))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))

@@ -241,7 +241,7 @@ async fn an_unreachable_store_is_503_with_retry_after_and_recovers() {
         .database_url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let mut config = ordo::Config::defaults();
-    config.database_url = proxied_url.clone();
+    config.database_url = proxied_url.clone().into();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.db_acquire_timeout_secs = 1;
     let pool = ordo_commands::db::pool(

@@ -109,7 +109,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     }
     let database_url = fresh_database_url();
     let mut config = Config::defaults();
-    config.database_url = database_url.clone();
+    config.database_url = database_url.clone().into();
     config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.db_max_connections = 12;
     // The relay publishes to a shared NATS server; relay tests run it on streams of their own.
@@ -118,6 +118,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         ServeRole::Projector,
         ServeRole::ProcessManager,
     ];
+    // Webhook receivers in tests run on 127.0.0.1.
+    config.webhook_allow_private = true;
     tweak(&mut config);
     let app = Application::build(&config)
         .await

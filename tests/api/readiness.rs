@@ -96,7 +96,7 @@ async fn a_relay_with_nats_becomes_ready() {
 async fn after_a_shutdown_every_role_is_stopped() {
     let database_url = fresh_database_url();
     let mut config = Config::defaults();
-    config.database_url = database_url.clone();
+    config.database_url = database_url.clone().into();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.roles = vec![
         ServeRole::Api,

@@ -137,6 +137,15 @@ impl Mailer {
             Security::Wrapper => builder.tls(Tls::Wrapper(tls()?)),
         };
         if let Some((user, password)) = &target.credentials {
+            // Opportunistic STARTTLS falls back to plain text when the server (or anyone on
+            // the path stripping its STARTTLS offer) says so: AUTH would then go in clear.
+            if target.security == Security::Opportunistic {
+                return Err(format!(
+                    "`{}`: SMTP credentials are refused with ?tls=opportunistic (a downgrade \
+                     would send them unencrypted); use ?tls=required or smtps://",
+                    redact_url(url)
+                ));
+            }
             if target.security == Security::Plain {
                 tracing::warn!(
                     server = %redact_url(url),
