@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use ordo_projections::feed::{self, Checkpoint};
+use ordo_commands::feed::{self, Checkpoint};
 use sqlx::PgPool;
 
 use crate::AppState;

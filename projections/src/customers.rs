@@ -10,7 +10,7 @@ use ordo_domain::payment::PaymentEvent;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::feed::FeedEvent;
+use ordo_commands::feed::FeedEvent;
 use crate::model::ApplyError;
 
 pub const TABLES: &[&str] = &["customers", "customer_spend"];

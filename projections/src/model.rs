@@ -3,7 +3,7 @@
 
 use sqlx::PgConnection;
 
-use crate::feed::{DecodeError, FeedEvent};
+use ordo_commands::feed::{DecodeError, FeedEvent};
 use crate::{customers, orders, payments};
 
 /// Why a batch could not be applied. The runner records it, stops advancing, and retries.

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::feed::FeedEvent;
+use ordo_commands::feed::FeedEvent;
 use crate::model::ApplyError;
 
 pub const TABLES: &[&str] = &["orders", "order_payments"];

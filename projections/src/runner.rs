@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
-use crate::feed::{self, Checkpoint, FeedEvent, Wakeup};
-use crate::leader;
+use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup};
+use ordo_commands::leader;
 use crate::model::{ApplyError, Projection, LIVE, SHADOW};
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::feed::{self, Checkpoint};
+use ordo_commands::feed::{self, Checkpoint};
 use crate::model::Projection;
 
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use ordo::ServeRole;
 use ordo_api::Role::{Analyst, Storefront};
-use ordo_projections::feed::{self, Checkpoint};
+use ordo_commands::feed::{self, Checkpoint};
 use ordo_projections::{check, status, Projection, Runner, RunnerConfig};
 use serde_json::json;
 use tokio::sync::watch;

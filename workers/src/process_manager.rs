@@ -25,7 +25,7 @@ use ordo_commands::{Actor, CommandError, CommandMetadata, Commands};
 use ordo_domain::order::{OrderCommand, OrderEvent};
 use ordo_domain::payment::{order_payment_status, PaymentCommand, PaymentEvent, PaymentStatus};
 use ordo_domain::values::Text;
-use ordo_projections::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
+use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;

@@ -67,7 +67,7 @@ impl FeedEvent {
             event_type: self.event_type.clone(),
             reason,
         };
-        if !ordo_commands::store::needs_upcast(&self.event_type, &self.event_version) {
+        if !crate::store::needs_upcast(&self.event_type, &self.event_version) {
             // The common case: the stored version is current; parse straight into `E`.
             return serde_json::from_str(&self.payload).map_err(|e| error(e.to_string()));
         }
@@ -82,7 +82,7 @@ impl FeedEvent {
             payload,
             Value::Null,
         );
-        let serialized = ordo_commands::store::upcast(serialized);
+        let serialized = crate::store::upcast(serialized);
         serde_json::from_value(serialized.payload).map_err(|e| error(e.to_string()))
     }
 }
