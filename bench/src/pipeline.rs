@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
-use crate::Config;
+use ordo::{migrate, Config};
 
 #[derive(Debug, clap::Args)]
 pub struct PipelineBenchArgs {
@@ -80,8 +80,8 @@ async fn relayed_all(pool: &PgPool, stream: &str) -> anyhow::Result<bool> {
 }
 
 pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
-    let pool = crate::migrate(&args.config).await?;
-    super::bench_rebuild::seed(&pool, args.events).await?;
+    let pool = migrate(&args.config).await?;
+    crate::rebuild::seed(&pool, args.events).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
         .fetch_one(&pool)
         .await?;
