@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproducible place-order benchmark: a release build, a fresh database, one server, one
-# load run. Prints the machine it ran on, then the `ordo bench` report.
+# load run. Prints the machine it ran on, then the `ordo-bench place-order` report.
 #
 #   scripts/bench.sh                           # 32 clients for 20 s, as fast as possible
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
-#   scripts/bench.sh --rate 2000               # extra arguments go to `ordo bench`
+#   scripts/bench.sh --rate 2000               # extra arguments go to `ordo-bench place-order`
 #
 # Uses (and drops) the database ordo_bench and port 18088.
 set -euo pipefail
@@ -15,6 +15,7 @@ readonly DB=ordo_bench
 readonly ADDR=127.0.0.1:18088
 readonly URL="http://$ADDR"
 readonly ORDO=./target/release/ordo
+readonly BENCH=./target/release/ordo-bench
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export ORDO_HTTP_ADDR=$ADDR
 export ORDO_LOG=${ORDO_LOG:-warn}
@@ -38,7 +39,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 scripts/dev-services
-cargo build --release
+cargo build --release -p ordo -p ordo-bench
 
 psql_admin -c "drop database if exists $DB with (force)"
 # Creates and migrates the database, then prints the key alone on stdout.
@@ -64,5 +65,5 @@ echo "machine: ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%
 echo "postgres: $pg"
 echo "ordo: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)'), release build"
 
-"$ORDO" bench --url "$URL" --key "$KEY" \
+"$BENCH" place-order --url "$URL" --key "$KEY" \
     --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" "$@"

@@ -6,9 +6,11 @@
 
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod head;
 pub mod history;
 pub mod idempotency;
+pub mod leader;
 pub mod metadata;
 pub mod service;
 pub mod store;

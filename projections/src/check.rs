@@ -10,7 +10,7 @@ use ordo_domain::payment::{order_payment_status, Payment, PaymentEvent};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::feed::{self, Checkpoint};
+use ordo_commands::feed::{self, Checkpoint};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mismatch {

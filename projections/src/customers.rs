@@ -10,8 +10,8 @@ use ordo_domain::payment::PaymentEvent;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::feed::FeedEvent;
 use crate::model::ApplyError;
+use ordo_commands::feed::FeedEvent;
 
 pub const TABLES: &[&str] = &["customers", "customer_spend"];
 

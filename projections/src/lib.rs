@@ -6,8 +6,6 @@
 
 pub mod check;
 pub mod customers;
-pub mod feed;
-pub mod leader;
 pub mod model;
 pub mod orders;
 pub mod payments;

@@ -3,8 +3,8 @@
 
 use sqlx::PgConnection;
 
-use crate::feed::{DecodeError, FeedEvent};
 use crate::{customers, orders, payments};
+use ordo_commands::feed::{DecodeError, FeedEvent};
 
 /// Why a batch could not be applied. The runner records it, stops advancing, and retries.
 #[derive(Debug, thiserror::Error)]

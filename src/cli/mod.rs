@@ -1,8 +1,5 @@
 //! `ordo` subcommands (DESIGN.md §7).
 
-mod bench;
-mod bench_pipeline;
-mod bench_rebuild;
 mod projections;
 mod workers;
 
@@ -57,13 +54,6 @@ enum Command {
         #[command(subcommand)]
         command: workers::WorkersCommand,
     },
-    /// Drive a running server with concurrent clients placing orders; print throughput
-    /// and latency percentiles.
-    Bench(bench::BenchArgs),
-    /// Seed a log (default 1,000,000 events) and time a rebuild of all three read models.
-    BenchRebuild(bench_rebuild::RebuildBenchArgs),
-    /// Relay throughput and commit -> worker-handler latency at a steady rate (needs NATS).
-    BenchPipeline(bench_pipeline::PipelineBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,8 +129,5 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
-        Command::Bench(args) => bench::run(args).await,
-        Command::BenchRebuild(args) => bench_rebuild::run_bench(args).await,
-        Command::BenchPipeline(args) => bench_pipeline::run_bench(args).await,
     }
 }

@@ -5,7 +5,7 @@
 
 use ordo::ServeRole;
 use ordo_api::Role::Admin;
-use ordo_workers::{integration, Worker, WorkerRunner};
+use ordo_workers::{integration, WorkerRunner};
 use serde_json::json;
 
 use crate::helpers::{spawn_app_with, TestApp};
@@ -69,14 +69,14 @@ async fn the_integration_worker_refuses_to_connect_to_a_loopback_receiver() {
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
+    let client = integration::client_with(None, false).unwrap();
     let runner = WorkerRunner::connect(
         app.pool.clone(),
-        Worker::Integration,
+        integration::Integration::new(client),
         s.worker_config.clone(),
     )
     .await
-    .unwrap()
-    .with_webhook_client(integration::client_with(None, false).unwrap());
+    .unwrap();
     work_until(
         &runner,
         &app,

@@ -103,11 +103,15 @@ impl Pipeline {
     }
 
     async fn worker(&self, worker: Worker) -> WorkerRunner {
-        WorkerRunner::connect(self.app.pool.clone(), worker, self.worker_config.clone())
+        use ordo_workers::integration::{client_with, Integration};
+        // The receivers run on 127.0.0.1.
+        let policy: std::sync::Arc<dyn ordo_workers::jetstream::Policy> = match worker {
+            Worker::Integration => Integration::new(client_with(None, true).unwrap()).into(),
+            other => other.into(),
+        };
+        WorkerRunner::connect(self.app.pool.clone(), policy, self.worker_config.clone())
             .await
             .unwrap()
-            // The receivers run on 127.0.0.1.
-            .with_webhook_client(ordo_workers::integration::client_with(None, true).unwrap())
     }
 
     /// Step `runner` until `sql` counts at least one row.

@@ -10,7 +10,7 @@ use axum::Router;
 use ordo::ServeRole;
 use ordo_api::Role::{Admin, Storefront};
 use ordo_workers::integration::sign;
-use ordo_workers::{Worker, WorkerRunner};
+use ordo_workers::WorkerRunner;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -115,15 +115,15 @@ impl Receiver {
 
 impl Setup {
     pub(crate) async fn worker(&self, app: &TestApp) -> WorkerRunner {
+        // The receivers run on 127.0.0.1.
+        let client = ordo_workers::integration::client_with(None, true).unwrap();
         WorkerRunner::connect(
             app.pool.clone(),
-            Worker::Integration,
+            ordo_workers::integration::Integration::new(client),
             self.worker_config.clone(),
         )
         .await
         .unwrap()
-        // The receivers run on 127.0.0.1.
-        .with_webhook_client(ordo_workers::integration::client_with(None, true).unwrap())
     }
 }
 

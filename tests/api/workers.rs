@@ -317,7 +317,7 @@ async fn a_batch_counts_new_events_once_skips_handled_ones_and_dead_letters_only
     // window, say).
     let twice_id = placed_event(twice).await;
     let mut conn = app.pool.acquire().await.unwrap();
-    let log = ordo_projections::feed::read_batch(&mut conn, Default::default(), 100)
+    let log = ordo_commands::feed::read_batch(&mut conn, Default::default(), 100)
         .await
         .unwrap();
     drop(conn);

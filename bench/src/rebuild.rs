@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::Config;
+use ordo::{migrate, Config};
 
 #[derive(Debug, clap::Args)]
 pub struct RebuildBenchArgs {
@@ -286,7 +286,7 @@ async fn run_until(
 }
 
 pub async fn run_bench(args: RebuildBenchArgs) -> anyhow::Result<()> {
-    let pool = crate::migrate(&args.config).await?;
+    let pool = migrate(&args.config).await?;
     seed(&pool, args.events).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
         .fetch_one(&pool)

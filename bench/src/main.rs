@@ -1,0 +1,50 @@
+//! `ordo-bench`: Ordo's benchmarks, a binary of their own so that load generators and log
+//! seeders never ship in the production `ordo` binary. Each subcommand prints its report on
+//! stdout; `scripts/bench.sh` wraps `place-order` around a fresh release server.
+
+mod pipeline;
+mod place_order;
+mod rebuild;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ordo-bench", version, about = "Ordo's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive a running server with concurrent clients placing orders; print throughput
+    /// and latency percentiles.
+    PlaceOrder(place_order::BenchArgs),
+    /// Relay throughput and commit -> worker-handler latency at a steady rate (needs NATS).
+    Pipeline(pipeline::PipelineBenchArgs),
+    /// Seed a log (default 1,000,000 events) and time a rebuild of all three read models.
+    Rebuild(rebuild::RebuildBenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ordo::telemetry::init();
+    let result = match cli.command {
+        Command::PlaceOrder(args) => place_order::run(args).await,
+        Command::Pipeline(args) => pipeline::run_bench(args).await,
+        Command::Rebuild(args) => rebuild::run_bench(args).await,
+    };
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    // The batch exporter blocks while it sends: not on a runtime worker.
+    let _ = tokio::task::spawn_blocking(ordo::telemetry::shutdown).await;
+    code
+}
