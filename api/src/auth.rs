@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -65,47 +66,76 @@ pub struct Caller {
     pub role: Role,
 }
 
-fn hash_key(key: &str) -> Vec<u8> {
+pub(crate) fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
 /// Create a key for `role` and return it; only its hash is stored.
 pub async fn create_key(pool: &PgPool, role: Role, name: &str) -> Result<String, sqlx::Error> {
-    let secret = format!(
-        "ordo_{}{}",
-        Uuid::new_v4().simple(),
-        Uuid::new_v4().simple()
-    );
-    sqlx::query("INSERT INTO auth.api_keys (id, name, role, key_hash) VALUES ($1, $2, $3, $4)")
-        .bind(Uuid::now_v7())
-        .bind(name)
-        .bind(role.as_str())
-        .bind(hash_key(&secret))
-        .execute(pool)
-        .await?;
-    Ok(secret)
+    crate::keys::create(pool, role, name)
+        .await
+        .map(|created| created.key)
 }
 
-/// A key's hash → who it is and when that was looked up.
-type KeyEntries = HashMap<Vec<u8>, (Caller, Instant)>;
+/// A key's hash → who it is (`None`: no such key, or revoked) and when that was looked up.
+type KeyEntries = HashMap<Vec<u8>, (Option<Caller>, Instant)>;
 
-/// Looked-up keys, kept briefly so that a busy client does not cost a query per request.
+/// Looked-up keys, kept briefly so that a busy client does not cost a query per request —
+/// and unknown keys too, so that a client retrying a bad key does not either. A revocation
+/// reaches every process's cache at once through a notification
+/// ([`crate::keys::REVOKED_CHANNEL`]); while this process cannot listen for them, known keys
+/// are kept for a second only.
 #[derive(Clone, Default)]
 pub struct KeyCache {
-    entries: Arc<RwLock<KeyEntries>>,
+    inner: Arc<CacheInner>,
 }
 
+#[derive(Default)]
+pub(crate) struct CacheInner {
+    entries: RwLock<KeyEntries>,
+    /// Whether revocations are being heard right now.
+    listening: AtomicBool,
+    listener: OnceLock<()>,
+}
+
+/// How long a known key is trusted while revocations are heard.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a known key is trusted while they are not.
+const UNHEARD_KEY_TTL: Duration = Duration::from_secs(1);
+/// How long an unknown key is remembered as unknown.
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
+/// Above this many entries the cache starts over.
+const MAX_ENTRIES: usize = 10_000;
 
 impl KeyCache {
+    /// The cached answer for `key` while it is fresh: `Some(None)` for a key known not to
+    /// work.
+    fn cached(&self, hash: &[u8]) -> Option<Option<Caller>> {
+        let entries = self.inner.entries.read().ok()?;
+        let (caller, at) = entries.get(hash)?;
+        let ttl = match caller {
+            None => UNKNOWN_KEY_TTL,
+            Some(_) if self.inner.listening.load(Ordering::Acquire) => KEY_CACHE_TTL,
+            Some(_) => UNHEARD_KEY_TTL,
+        };
+        (at.elapsed() < ttl).then(|| caller.clone())
+    }
+
+    /// Whether `key` is cached as a working key (so that it costs no query).
+    pub fn knows(&self, key: &str) -> bool {
+        matches!(self.cached(&hash_key(key)), Some(Some(_)))
+    }
+
     async fn lookup(&self, pool: &PgPool, key: &str) -> Result<Option<Caller>, ApiError> {
+        self.inner.listener.get_or_init(|| {
+            tokio::spawn(crate::keys::listen(
+                Arc::downgrade(&self.inner),
+                pool.clone(),
+            ));
+        });
         let hash = hash_key(key);
-        if let Ok(entries) = self.entries.read() {
-            if let Some((caller, at)) = entries.get(&hash) {
-                if at.elapsed() < KEY_CACHE_TTL {
-                    return Ok(Some(caller.clone()));
-                }
-            }
+        if let Some(caller) = self.cached(&hash) {
+            return Ok(caller);
         }
         let row: Option<(Uuid, String, String)> = sqlx::query_as(
             "SELECT id, name, role FROM auth.api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -113,18 +143,37 @@ impl KeyCache {
         .bind(&hash)
         .fetch_optional(pool)
         .await?;
-        let Some((key_id, name, role)) = row else {
-            return Ok(None);
+        let caller = match row {
+            Some((key_id, name, role)) => {
+                let role = Role::from_str(&role).map_err(ApiError::Internal)?;
+                Some(Caller { key_id, name, role })
+            }
+            None => None,
         };
-        let role = Role::from_str(&role).map_err(ApiError::Internal)?;
-        let caller = Caller { key_id, name, role };
-        if let Ok(mut entries) = self.entries.write() {
-            if entries.len() > 10_000 {
+        if let Ok(mut entries) = self.inner.entries.write() {
+            if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }
             entries.insert(hash, (caller.clone(), Instant::now()));
         }
-        Ok(Some(caller))
+        Ok(caller)
+    }
+}
+
+impl CacheInner {
+    /// Revocations are heard (again) or not; either way what was cached before may be stale.
+    pub(crate) fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Release);
+        if let Ok(mut entries) = self.entries.write() {
+            entries.retain(|_, (caller, _)| caller.is_none());
+        }
+    }
+
+    /// Forget `key_id` (revoked): its next request is looked up, and refused.
+    pub(crate) fn forget(&self, key_id: Uuid) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.retain(|_, (caller, _)| caller.as_ref().is_none_or(|c| c.key_id != key_id));
+        }
     }
 }
 
@@ -143,20 +192,30 @@ impl FromRequestParts<AppState> for Caller {
 impl Caller {
     /// The key in `Authorization: Bearer <key>`; 401 without a known, unrevoked one.
     pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 256)
-            .ok_or(ApiError::Unauthorized)?;
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
         state
             .keys
             .lookup(&state.pool, key)
             .await?
             .ok_or(ApiError::Unauthorized)
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The API key a request presents, if it presents one of a plausible size.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
 }
 
 /// Which roles a route admits (DESIGN.md §4).

@@ -67,6 +67,17 @@ enum KeysCommand {
         #[arg(long)]
         name: String,
     },
+    /// Every key: id, role, state (active or revoked), created, name. Never the key.
+    List {
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Revoke a key by its id (from `keys list`): every process refuses it within a second.
+    Revoke {
+        #[command(flatten)]
+        config: Config,
+        id: uuid::Uuid,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -126,6 +137,54 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 println!("{key}");
             }
             Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::List { config },
+        } => {
+            let pool = crate::migrate(&config).await?;
+            let keys = ordo_api::keys::list(&pool)
+                .await
+                .context("cannot read the keys")?;
+            pool.close().await;
+            #[allow(clippy::print_stdout)] // the table is this command's output
+            {
+                println!(
+                    "{:<36}  {:<10}  {:<7}  {:<20}  NAME",
+                    "ID", "ROLE", "STATE", "CREATED"
+                );
+                for key in keys {
+                    let state = if key.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<36}  {:<10}  {:<7}  {:<20}  {}",
+                        key.id,
+                        key.role,
+                        state,
+                        key.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        key.name
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { config, id },
+        } => {
+            let pool = crate::migrate(&config).await?;
+            let revoked = ordo_api::keys::revoke(&pool, id)
+                .await
+                .context("cannot revoke the key")?;
+            pool.close().await;
+            match revoked {
+                Some(key) => {
+                    tracing::info!(key.id = %key.id, key.name = %key.name, "key revoked");
+                    Ok(())
+                }
+                None => anyhow::bail!("no key has the id {id}"),
+            }
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,

@@ -55,6 +55,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         (name = "notifications", description = "Notifications sent or recorded (support, admin)"),
         (name = "webhooks", description = "Webhook endpoints and deliveries (admin)"),
         (name = "workers", description = "Worker lag, replay and dead letters (admin)"),
+        (name = "keys", description = "API keys: list, create, revoke (admin)"),
         (name = "operations", description = "Health, readiness and this document; no API key"),
     )
 )]

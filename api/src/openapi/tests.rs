@@ -136,5 +136,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/analytics/sales"),
     ("GET", "/v1/analytics/funnel"),
     ("POST", "/v1/webhooks"),
+    ("GET", "/v1/keys"),
+    ("POST", "/v1/keys"),
+    ("POST", "/v1/keys/{id}/revoke"),
     ("GET", "/v1/webhooks/{id}/deliveries"),
 ];

@@ -4,6 +4,7 @@ pub mod analytics;
 pub mod audit;
 pub mod customers;
 pub mod health;
+pub mod keys;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
