@@ -169,6 +169,29 @@ pub struct Config {
     #[arg(long, env = "ORDO_RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     pub rate_limit_window_secs: u64,
 
+    /// Requests without a valid API key each client address may make per
+    /// `ORDO_RATE_LIMIT_WINDOW_SECS` (counted before the key is looked up); 0 disables it.
+    #[arg(long, env = "ORDO_ANONYMOUS_RATE_LIMIT", default_value_t = 120)]
+    pub anonymous_rate_limit: u32,
+
+    /// Seconds a request may take, body included; then 408. Keep it above
+    /// `ORDO_READ_WAIT_SECS`.
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Requests one process handles at once; more are answered 503 at once.
+    #[arg(long, env = "ORDO_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Seconds a client may take to send a request's headers; then the connection is
+    /// closed (a client trickling them, "slowloris", cannot hold it).
+    #[arg(long, env = "ORDO_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// HTTP connections open at once; more are closed as they are accepted.
+    #[arg(long, env = "ORDO_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub http_max_connections: usize,
+
     /// Seconds a SIGTERM or Ctrl-C gives in-flight requests and batches to finish before
     /// the process exits anyway.
     #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
@@ -218,6 +241,11 @@ impl Config {
             webhook_allow_private: false,
             rate_limit: 600_000,
             rate_limit_window_secs: 60,
+            anonymous_rate_limit: 120,
+            request_timeout_secs: 30,
+            max_in_flight: 1024,
+            header_read_timeout_secs: 10,
+            http_max_connections: 4096,
             shutdown_timeout_secs: 30,
             #[cfg(debug_assertions)]
             crash_after_commit: false,

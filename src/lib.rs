@@ -5,13 +5,12 @@ pub mod cli;
 pub mod config;
 pub mod telemetry;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
@@ -64,6 +63,8 @@ pub struct Application {
     workers: Vec<Worker>,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
+    /// The HTTP server's header-read timeout and connection limit.
+    server_limits: ordo_api::server::ServerLimits,
 }
 
 impl Application {
@@ -103,6 +104,14 @@ impl Application {
             },
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
             webhook_allow_private: config.webhook_allow_private,
+            anonymous_rate_limit: RateLimit::new(
+                config.anonymous_rate_limit,
+                config.rate_limit_window_secs,
+            ),
+            limits: ordo_api::limits::RequestLimits {
+                timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+                max_in_flight: config.max_in_flight.max(1),
+            },
         };
         let roots = config
             .tls_ca_file
@@ -150,6 +159,10 @@ impl Application {
             workers,
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            server_limits: ordo_api::server::ServerLimits {
+                header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+                max_connections: config.http_max_connections.max(1),
+            },
             state,
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
@@ -273,17 +286,10 @@ impl Application {
                 } else {
                     ordo_api::ops_router(self.state)
                 };
-                // Without TCP_NODELAY a response written in two parts waits for the
-                // client's delayed ACK: ~40 ms added to every request.
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
                 roles.set("api", RoleState::Running);
-                let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+                let serve = ordo_api::server::serve(listener, app, self.server_limits, shutdown);
                 let served = tokio::select! {
-                    served = serve.into_future() => served,
+                    () = serve => Ok(()),
                     () = deadline_passed(deadline.clone()) => {
                         tracing::warn!(?timeout, "in-flight requests did not finish in time; dropping them");
                         Ok(())

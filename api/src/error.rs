@@ -46,8 +46,13 @@ pub enum ApiError {
     IdempotencyInFlight,
     Command(CommandError),
     Unavailable(String),
-    /// This API key used up its rate limit; the limiter adds `Retry-After`.
+    /// This API key (or, without a valid key, this client address) used up its rate limit;
+    /// the limiter adds `Retry-After`.
     RateLimited,
+    /// More requests in flight than the server takes; [`crate::limits`] adds `Retry-After`.
+    Overloaded,
+    /// The request took longer than the server allows (a slow body, a stuck dependency).
+    RequestTimeout,
     Internal(String),
 }
 
@@ -89,6 +94,8 @@ impl ApiError {
                 | Self::Internal(_)
                 | Self::IdempotencyInFlight
                 | Self::RateLimited
+                | Self::Overloaded
+                | Self::RequestTimeout
         )
     }
 
@@ -204,8 +211,22 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests".into(),
-                "this API key has used up its request quota; retry after `Retry-After` seconds"
+                "this API key (or, without a valid key, this client address) has used up its request quota; retry after `Retry-After` seconds"
                     .into(),
+                None,
+            ),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Overloaded".into(),
+                "the server is handling as many requests as it takes; retry after `Retry-After` seconds".into(),
+                None,
+            ),
+            Self::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout".into(),
+                "the request took longer than this server allows".into(),
                 None,
             ),
             Self::Internal(_) => (

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
@@ -12,6 +14,7 @@ pub mod readiness;
 pub mod request_id;
 pub mod respond;
 pub mod routes;
+pub mod server;
 pub mod validate;
 pub mod views;
 
@@ -53,6 +56,11 @@ pub struct ApiConfig {
     pub rate_limit: Option<RateLimit>,
     /// Whether webhook URLs may name non-public addresses (`ORDO_WEBHOOK_ALLOW_PRIVATE`).
     pub webhook_allow_private: bool,
+    /// Requests per client address and window for requests without a valid key; `None`
+    /// disables that limit.
+    pub anonymous_rate_limit: Option<RateLimit>,
+    /// The request timeout and the in-flight limit.
+    pub limits: limits::RequestLimits,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +72,8 @@ impl Default for ApiConfig {
             workers: ordo_workers::WorkerConfig::new("nats://127.0.0.1:4222"),
             rate_limit: None,
             webhook_allow_private: false,
+            anonymous_rate_limit: None,
+            limits: limits::RequestLimits::default(),
         }
     }
 }
@@ -84,6 +94,10 @@ pub struct AppState {
     pub workers: Arc<ordo_workers::ops::WorkersAdmin>,
     /// Token buckets per API key, when limiting is on.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Token buckets per client address for requests without a valid key.
+    pub anonymous_limiter: Option<Arc<rate_limit::AddressLimiter>>,
+    /// Requests in flight, and their deadline.
+    pub gate: limits::Gate,
     /// Role states and the NATS probe, for `/readyz`.
     pub readiness: Readiness,
     /// Wakes reads waiting for `min_position` when a projection moves.
@@ -104,6 +118,10 @@ impl AppState {
             keys: KeyCache::default(),
             workers: Arc::new(ordo_workers::ops::WorkersAdmin::new(config.workers.clone())),
             rate_limiter: config.rate_limit.map(|l| Arc::new(RateLimiter::new(l))),
+            anonymous_limiter: config
+                .anonymous_rate_limit
+                .map(|l| Arc::new(rate_limit::AddressLimiter::new(l))),
+            gate: limits::Gate::new(config.limits),
             readiness: Readiness::default(),
             progress: read_wait::Progress::default(),
             config: Arc::new(config),
@@ -175,6 +193,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::projections::router())
         .merge(routes::analytics::router())
         .merge(routes::webhooks::router())
+        .merge(routes::keys::router())
         .merge(routes::workers::router())
         .merge(routes::notifications::router())
         .routes(routes!(metrics::scrape))
@@ -199,13 +218,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             rate_limit::limit,
         ))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn(request_id::check))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.gate.clone(),
+                    limits::limit,
+                ))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal("handler panicked".into()).into_response()
                 })),

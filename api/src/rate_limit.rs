@@ -1,11 +1,15 @@
 //! Per-API-key rate limiting: a token bucket per key, advertised with the IETF
 //! `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) and
-//! enforced with 429 + `Retry-After`.
+//! enforced with 429 + `Retry-After`. Requests without a valid key get a bucket per client
+//! address instead, charged before their key is looked up, so that a flood of missing or
+//! made-up keys costs no database queries once the address has used its quota.
 //!
 //! The limit is per process: each API replica keeps its own buckets, so N replicas behind a
 //! load balancer admit up to N times the quota.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,17 +61,17 @@ struct Bucket {
     at: Instant,
 }
 
-/// Token buckets keyed by API key id.
-pub struct RateLimiter {
+/// Token buckets keyed by API key id (or, for unauthenticated requests, client address).
+pub struct RateLimiter<K = Uuid> {
     limit: RateLimit,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 /// Above this many keys, buckets that have refilled completely are forgotten (a full bucket
 /// and a missing one behave the same).
 const PRUNE_ABOVE: usize = 10_000;
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     pub fn new(limit: RateLimit) -> Self {
         Self {
             limit,
@@ -80,7 +84,7 @@ impl RateLimiter {
     }
 
     /// Take one token for `key` at `now`, if there is one.
-    pub fn check(&self, key: Uuid, now: Instant) -> Decision {
+    pub fn check(&self, key: K, now: Instant) -> Decision {
         let capacity = f64::from(self.limit.quota);
         let window = self.limit.window.as_secs_f64();
         let refill = |elapsed: Duration| elapsed.as_secs_f64() * capacity / window;
@@ -127,17 +131,43 @@ fn exempt(path: &str) -> bool {
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// Limits authenticated requests per API key. A request without a valid key passes through
-/// unlimited, so that its handler answers 401 (or 503 when keys cannot be looked up); the
-/// caller found here is left in the request's extensions for the handler's extractor.
+/// 429 with `Retry-After`.
+fn refused(decision: Decision) -> Response {
+    tracing::debug!(retry_after = decision.retry_after_secs, "rate limited");
+    ::metrics::counter!("ordo_rate_limited_total").increment(1);
+    let mut response = ApiError::RateLimited.into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(decision.retry_after_secs),
+    );
+    response
+}
+
+/// Limits authenticated requests per API key, and requests without a key this process
+/// knows per client address (before the key is looked up). A request without a valid key
+/// that is within its address's quota passes through, so that its handler answers 401 (or
+/// 503 when keys cannot be looked up); the caller found here is left in the request's
+/// extensions for the handler's extractor.
 pub async fn limit(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(limiter) = app.rate_limiter.clone() else {
-        return next.run(request).await;
-    };
     if exempt(request.uri().path()) {
         return next.run(request).await;
     }
     let (mut parts, body): (Parts, _) = request.into_parts();
+    if let (Some(anonymous), Some(ip)) = (
+        &app.anonymous_limiter,
+        crate::server::peer(&parts.extensions),
+    ) {
+        let known = crate::auth::bearer(&parts).is_some_and(|key| app.keys.knows(key));
+        if !known {
+            let decision = anonymous.check(ip.ip(), Instant::now());
+            if !decision.allowed {
+                return refused(decision);
+            }
+        }
+    }
+    let Some(limiter) = app.rate_limiter.clone() else {
+        return next.run(Request::from_parts(parts, body)).await;
+    };
     let caller = match Caller::authenticate(&parts, &app).await {
         Ok(caller) => caller,
         Err(_) => return next.run(Request::from_parts(parts, body)).await,
@@ -147,14 +177,7 @@ pub async fn limit(State(app): State<AppState>, request: Request, next: Next) ->
     let mut response = if decision.allowed {
         next.run(Request::from_parts(parts, body)).await
     } else {
-        tracing::debug!(retry_after = decision.retry_after_secs, "rate limited");
-        ::metrics::counter!("ordo_rate_limited_total").increment(1);
-        let mut response = ApiError::RateLimited.into_response();
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(decision.retry_after_secs),
-        );
-        response
+        refused(decision)
     };
     let headers = response.headers_mut();
     if let Ok(policy) = HeaderValue::from_str(&limiter.limit().policy()) {
@@ -170,11 +193,14 @@ pub async fn limit(State(app): State<AppState>, request: Request, next: Next) ->
     response
 }
 
+/// The per-address limiter's key type.
+pub type AddressLimiter = RateLimiter<IpAddr>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn limiter(quota: u32, window_secs: u64) -> RateLimiter {
+    fn limiter(quota: u32, window_secs: u64) -> RateLimiter<Uuid> {
         RateLimiter::new(RateLimit::new(quota, window_secs).expect("a limit"))
     }
 
