@@ -8,8 +8,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use ordo_commands::feed::FeedEvent;
 use crate::model::ApplyError;
+use ordo_commands::feed::FeedEvent;
 
 pub const TABLES: &[&str] = &["payments"];
 

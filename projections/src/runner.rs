@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
+use crate::model::{ApplyError, Projection, LIVE, SHADOW};
 use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup};
 use ordo_commands::leader;
-use crate::model::{ApplyError, Projection, LIVE, SHADOW};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {

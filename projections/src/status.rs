@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use ordo_commands::feed::{self, Checkpoint};
 use crate::model::Projection;
+use ordo_commands::feed::{self, Checkpoint};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildStatus {

@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::consumer::{Delivered, HandleError};
+use ordo_domain::event::types;
 
 fn data<T: DeserializeOwned>(event: &Delivered) -> Result<T, HandleError> {
     serde_json::from_value(event.body.clone())
@@ -46,7 +47,7 @@ impl Effects {
     pub(crate) fn of(event: &Delivered) -> Result<Self, HandleError> {
         let mut effects = Self::default();
         match event.event_type.as_str() {
-            "order.placed" => {
+            types::ORDER_PLACED => {
                 let e: OrderPlaced = data(event)?;
                 effects.stages.insert((e.order_id, "placed"));
                 let totals = Totals {
@@ -56,27 +57,27 @@ impl Effects {
                 };
                 effects.add_sales(e.placed_at, e.currency.as_str(), totals)?;
             }
-            "order.confirmed" => {
+            types::ORDER_CONFIRMED => {
                 effects
                     .stages
                     .insert((data::<OrderConfirmed>(event)?.order_id, "confirmed"));
             }
-            "order.shipped" => {
+            types::ORDER_SHIPPED => {
                 effects
                     .stages
                     .insert((data::<OrderShipped>(event)?.order_id, "shipped"));
             }
-            "order.delivered" => {
+            types::ORDER_DELIVERED => {
                 effects
                     .stages
                     .insert((data::<OrderDelivered>(event)?.order_id, "delivered"));
             }
-            "order.cancelled" => {
+            types::ORDER_CANCELLED => {
                 effects
                     .stages
                     .insert((data::<OrderCancelled>(event)?.order_id, "cancelled"));
             }
-            "payment.captured" => {
+            types::PAYMENT_CAPTURED => {
                 let e: PaymentCaptured = data(event)?;
                 effects.stages.insert((e.order_id, "paid"));
                 let totals = Totals {
@@ -85,7 +86,7 @@ impl Effects {
                 };
                 effects.add_sales(e.captured_at, e.currency.as_str(), totals)?;
             }
-            "payment.refunded" => {
+            types::PAYMENT_REFUNDED => {
                 let e: PaymentRefunded = data(event)?;
                 effects.stages.insert((e.order_id, "refunded"));
                 let totals = Totals {

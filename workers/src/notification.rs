@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use crate::consumer::{Delivered, HandleError};
 use crate::tls::TrustRoots;
+use ordo_domain::event::types;
 
 /// The sender used when `ORDO_SMTP_FROM` is not set.
 pub const DEFAULT_FROM: &str = "orders@ordo.invalid";
@@ -247,35 +248,8 @@ fn parse_smtp_url(url: &str) -> Result<SmtpTarget, String> {
     })
 }
 
-/// Decimal places of a currency's minor unit (ISO 4217); 2 unless listed.
-fn minor_digits(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
-}
-
-/// `2999` EUR → `29.99 EUR`, `500` JPY → `500 JPY`; integers only.
-pub fn format_money(amount: i64, currency: &str) -> String {
-    let digits = minor_digits(currency);
-    if digits == 0 {
-        return format!("{amount} {currency}");
-    }
-    let scale = 10u64.pow(digits);
-    let sign = if amount < 0 { "-" } else { "" };
-    let abs = amount.unsigned_abs();
-    format!(
-        "{sign}{}.{:0width$} {currency}",
-        abs / scale,
-        abs % scale,
-        width = digits as usize
-    )
-}
-
 fn money(amount: Amount, currency: &Currency) -> String {
-    format_money(amount.get(), currency.as_str())
+    currency.format_minor(amount.get())
 }
 
 fn data<T: DeserializeOwned>(event: &Delivered) -> Result<T, HandleError> {
@@ -382,7 +356,10 @@ fn refunded(e: &PaymentRefunded) -> Draft {
 pub fn sends_mail(event_type: &str) -> bool {
     matches!(
         event_type,
-        "order.placed" | "order.shipped" | "order.cancelled" | "payment.refunded"
+        types::ORDER_PLACED
+            | types::ORDER_SHIPPED
+            | types::ORDER_CANCELLED
+            | types::PAYMENT_REFUNDED
     )
 }
 
@@ -392,7 +369,7 @@ pub async fn handle(
     smtp: Option<&Mailer>,
 ) -> Result<(), HandleError> {
     let draft = match event.event_type.as_str() {
-        "customer.registered" => {
+        types::CUSTOMER_REGISTERED => {
             let e: CustomerRegistered = data(event)?;
             sqlx::query(
                 "INSERT INTO notification.customers (customer_id, email, name) VALUES ($1, $2, $3)
@@ -405,10 +382,10 @@ pub async fn handle(
             .await?;
             return Ok(());
         }
-        "order.placed" => placed(&data(event)?),
-        "order.shipped" => shipped(&data(event)?),
-        "order.cancelled" => cancelled(&data(event)?),
-        "payment.refunded" => refunded(&data(event)?),
+        types::ORDER_PLACED => placed(&data(event)?),
+        types::ORDER_SHIPPED => shipped(&data(event)?),
+        types::ORDER_CANCELLED => cancelled(&data(event)?),
+        types::PAYMENT_REFUNDED => refunded(&data(event)?),
         _ => return Ok(()),
     };
     notify(tx, event, draft, smtp).await
@@ -530,16 +507,6 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn money_is_formatted_with_the_currency_s_minor_unit() {
-        assert_eq!(format_money(2999, "EUR"), "29.99 EUR");
-        assert_eq!(format_money(5, "EUR"), "0.05 EUR");
-        assert_eq!(format_money(-150, "USD"), "-1.50 USD");
-        assert_eq!(format_money(500, "JPY"), "500 JPY");
-        assert_eq!(format_money(1234, "KWD"), "1.234 KWD");
-        assert_eq!(format_money(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
-    }
 
     fn target(
         host: &str,

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
-use ordo_commands::telemetry;
 use ordo_commands::feed::{self, Checkpoint, FeedEvent, Finality, Wakeup, Want};
 use ordo_commands::leader;
+use ordo_commands::telemetry;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;

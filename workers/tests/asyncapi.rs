@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use chrono::{TimeZone, Utc};
-use ordo_domain::schema::{canonical, event_schemas, EventSchema};
 use ordo_commands::feed::{Checkpoint, FeedEvent};
+use ordo_domain::schema::{canonical, event_schemas, EventSchema};
 use ordo_workers::relay::{self, RelayConfig};
 use ordo_workers::{Worker, WorkerConfig};
 use serde_json::{json, Map, Value};
