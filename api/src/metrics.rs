@@ -15,7 +15,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use ordo_commands::feed::{self, Checkpoint};
 use sqlx::PgPool;
 
 use crate::AppState;
@@ -233,25 +232,9 @@ async fn sample_lag(pool: &PgPool, relay_stream: &str) {
         }
         Err(e) => tracing::debug!(error = %e, "projection status not sampled"),
     }
-    // Only once the relay has a checkpoint: before that, the count would scan the whole log.
-    let checkpoint: Result<Option<(i64, i64)>, sqlx::Error> = sqlx::query_as(
-        "SELECT tx_id::text::bigint, global_position FROM relay.checkpoint WHERE stream = $1",
-    )
-    .bind(relay_stream)
-    .fetch_optional(pool)
-    .await;
-    match checkpoint {
-        Ok(Some((tx_id, global_position))) => {
-            let after = Checkpoint {
-                tx_id: tx_id as u64,
-                global_position,
-            };
-            match feed::lag(pool, after).await {
-                Ok((events, _)) => gauge!("ordo_relay_lag_events").set(events as f64),
-                Err(e) => tracing::debug!(error = %e, "relay lag not sampled"),
-            }
-        }
+    match ordo_workers::relay::lag(pool, relay_stream).await {
+        Ok(Some(events)) => gauge!("ordo_relay_lag_events").set(events as f64),
         Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "relay checkpoint not read"),
+        Err(e) => tracing::debug!(error = %e, "relay lag not sampled"),
     }
 }

@@ -48,10 +48,10 @@ pub struct PipelineBenchArgs {
 /// Whether the projections have applied the whole log and no worker has messages waiting.
 async fn caught_up(pool: &PgPool, admin: &WorkersAdmin) -> anyhow::Result<bool> {
     let projections: bool = sqlx::query_scalar(
-        "SELECT count(*) = 3 AND bool_and((c.tx_id, c.global_position) >= (e.tx_id, e.global_position))
+        "SELECT count(*) = 3 AND bool_and(c.global_position >= e.global_position)
            FROM projections.checkpoints c,
-                (SELECT tx_id, global_position FROM event_store.events
-                  ORDER BY tx_id DESC, global_position DESC LIMIT 1) e",
+                (SELECT global_position FROM event_store.events
+                  ORDER BY global_position DESC LIMIT 1) e",
     )
     .fetch_one(pool)
     .await?;
@@ -67,10 +67,10 @@ async fn caught_up(pool: &PgPool, admin: &WorkersAdmin) -> anyhow::Result<bool> 
 async fn relayed_all(pool: &PgPool, stream: &str) -> anyhow::Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT COALESCE(
-             (SELECT (c.tx_id, c.global_position) >= (e.tx_id, e.global_position)
+             (SELECT c.global_position >= e.global_position
                 FROM relay.checkpoint c,
-                     (SELECT tx_id, global_position FROM event_store.events
-                       ORDER BY tx_id DESC, global_position DESC LIMIT 1) e
+                     (SELECT global_position FROM event_store.events
+                       ORDER BY global_position DESC LIMIT 1) e
                WHERE c.stream = $1),
              NOT EXISTS (SELECT 1 FROM event_store.events))",
     )

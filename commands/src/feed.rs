@@ -1,11 +1,12 @@
-//! The gap-free event feed: every event of the log, once, in commit order.
+//! The event feed: every event of the log, once, in commit order.
 //!
-//! `global_position` is insertion order, not commit order: a transaction that took position
-//! 10 may commit after one that took 11. The feed therefore reads only rows whose writing
-//! transaction is older than every transaction still running
-//! (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`): no row can ever appear below that
-//! line again. It orders by `(tx_id, global_position)` and readers checkpoint on that pair.
-//! Projections, the relay and the process manager all read through here.
+//! The appender serializes commits (see [`crate::appender`]): it takes a transaction-level
+//! advisory lock just before it inserts and holds it through the commit, so positions are
+//! handed out in commit order. Once position N is visible, no event below N can still
+//! commit. The feed therefore reads `global_position > checkpoint` in position order and
+//! checkpoints on the position alone; no other transaction on the server (in Ordo or not,
+//! however long it stays open) holds it back. Projections, the relay and the process manager
+//! all read through here.
 
 use std::time::Duration;
 
@@ -16,12 +17,16 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-/// Where a reader is in the feed: the last event it has processed.
+/// Where a reader is in the feed: the position of the last event it has processed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Checkpoint {
-    /// The writing transaction (`xid8`), as a number.
-    pub tx_id: u64,
     pub global_position: i64,
+}
+
+impl Checkpoint {
+    pub fn at(global_position: i64) -> Self {
+        Self { global_position }
+    }
 }
 
 /// One event as the feed delivers it.
@@ -87,7 +92,7 @@ impl FeedEvent {
     }
 }
 
-/// Up to `limit` final events after `after`, in commit order, with everything.
+/// Up to `limit` events after `after`, in commit order, with everything.
 pub async fn read_batch(
     conn: &mut PgConnection,
     after: Checkpoint,
@@ -100,90 +105,27 @@ pub async fn read_batch(
     read(conn, after, limit, everything).await
 }
 
-/// Up to `limit` final events after `after`, in commit order, with what `want` asks for.
+/// Up to `limit` events after `after`, in commit order, with what `want` asks for.
 pub async fn read(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
     want: Want<'_>,
 ) -> Result<Vec<FeedEvent>, sqlx::Error> {
-    select(conn, after, &[], limit, want, true).await
-}
-
-/// The feed's horizon now: every transaction below it has ended, so every event with a
-/// smaller `tx_id` is committed (and visible to any statement that starts afterwards) or
-/// never will be.
-pub async fn horizon(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
-    let xmin: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(conn)
-            .await?;
-    Ok(xmin as u64)
-}
-
-/// Which events a read returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finality {
-    /// Only final events (below the horizon): nothing can ever appear before them.
-    Final,
-    /// Every committed event, final or not.
-    Committed,
-}
-
-/// Up to `limit` events after `after` in commit order, leaving out the positions in `skip`
-/// (those the reader already has). For a reader that acts on events as soon as they commit
-/// rather than once they are final (the relay): an event that is not final yet may still be
-/// followed by one *below* it, from an older transaction that commits later, so such a
-/// reader keeps its own record of what it took beyond `after`.
-pub async fn read_beyond(
-    conn: &mut PgConnection,
-    after: Checkpoint,
-    skip: &[i64],
-    limit: i64,
-    want: Want<'_>,
-    finality: Finality,
-) -> Result<Vec<FeedEvent>, sqlx::Error> {
-    select(conn, after, skip, limit, want, finality == Finality::Final).await
-}
-
-async fn select(
-    conn: &mut PgConnection,
-    after: Checkpoint,
-    skip: &[i64],
-    limit: i64,
-    want: Want<'_>,
-    final_only: bool,
-) -> Result<Vec<FeedEvent>, sqlx::Error> {
     let types: Option<Vec<String>> = want
         .event_types
         .map(|t| t.iter().map(|s| (*s).to_owned()).collect());
-    let rows = sqlx::query(
-        "SELECT tx_id::text::bigint AS tx, global_position, event_id, aggregate_type,
-                aggregate_id, sequence, event_type, event_version, recorded_at,
-                CASE WHEN $4::text[] IS NULL OR event_type = ANY($4) THEN payload::text ELSE '' END AS payload,
-                CASE WHEN $5 THEN metadata::text ELSE '' END AS metadata
-           FROM event_store.events
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND (NOT $6 OR tx_id < pg_snapshot_xmin(pg_current_snapshot()))
-            AND NOT (global_position = ANY($7::bigint[]))
-          ORDER BY tx_id, global_position
-          LIMIT $3",
-    )
-    .bind(after.tx_id.to_string())
-    .bind(after.global_position)
-    .bind(limit)
-    .bind(types)
-    .bind(want.metadata)
-    .bind(final_only)
-    .bind(skip)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(include_str!("sql/feed_read.sql"))
+        .bind(after.global_position)
+        .bind(limit)
+        .bind(types)
+        .bind(want.metadata)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.into_iter()
         .map(|row| {
-            let tx: i64 = row.try_get("tx")?;
             Ok(FeedEvent {
                 checkpoint: Checkpoint {
-                    tx_id: tx as u64,
                     global_position: row.try_get("global_position")?,
                 },
                 event_id: row.try_get("event_id")?,
@@ -200,49 +142,29 @@ async fn select(
         .collect()
 }
 
-/// Whether any committed event lies beyond `after`, final or not.
-///
-/// Not `EXISTS (...)`: under a generic plan PostgreSQL estimates a third of the table beyond
-/// any checkpoint and scans the table for the first row, which at the head of the log (the
-/// usual case) reads all of it. An ordered `LIMIT 1` walks the commit-order index instead.
+/// Whether any event lies beyond `after`: what a reader checks, without locking or writing
+/// anything, before it takes a step.
 pub async fn written_after(pool: &PgPool, after: Checkpoint) -> Result<bool, sqlx::Error> {
-    first_after(pool, after, Finality::Committed).await
+    Ok(head(pool).await? > after.global_position)
 }
 
-/// Whether a final event lies beyond `after`: what a reader checks, without locking or
-/// writing anything (which would take a transaction id and hold the horizon back for every
-/// reader), before it takes a step.
-pub async fn final_after(pool: &PgPool, after: Checkpoint) -> Result<bool, sqlx::Error> {
-    first_after(pool, after, Finality::Final).await
-}
-
-async fn first_after(
-    pool: &PgPool,
-    after: Checkpoint,
-    finality: Finality,
-) -> Result<bool, sqlx::Error> {
-    let first: Option<i64> = sqlx::query_scalar(
-        "SELECT global_position FROM event_store.events
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND (NOT $3 OR tx_id < pg_snapshot_xmin(pg_current_snapshot()))
-          ORDER BY tx_id, global_position LIMIT 1",
+/// The position of the last committed event (0 for an empty log). Every position up to it
+/// that will ever be visible is visible now.
+pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let head: Option<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM event_store.events ORDER BY global_position DESC LIMIT 1",
     )
-    .bind(after.tx_id.to_string())
-    .bind(after.global_position)
-    .bind(finality == Finality::Final)
     .fetch_optional(pool)
     .await?;
-    Ok(first.is_some())
+    Ok(head.unwrap_or(0))
 }
 
 /// How far behind the head a reader at `after` is: events not yet read, and the age of the
 /// oldest of them.
 pub async fn lag(pool: &PgPool, after: Checkpoint) -> Result<(i64, f64), sqlx::Error> {
     let (events, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT count(*), min(recorded_at) FROM event_store.events
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2)",
+        "SELECT count(*), min(recorded_at) FROM event_store.events WHERE global_position > $1",
     )
-    .bind(after.tx_id.to_string())
     .bind(after.global_position)
     .fetch_one(pool)
     .await?;

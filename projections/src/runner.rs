@@ -67,18 +67,15 @@ async fn lock_checkpoint(
     rebuild: bool,
 ) -> Result<Checkpoint, sqlx::Error> {
     let sql = if rebuild {
-        "SELECT rebuild_tx_id::text::bigint, rebuild_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
+        "SELECT rebuild_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
     } else {
-        "SELECT tx_id::text::bigint, global_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
+        "SELECT global_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
     };
-    let (tx_id, global_position): (i64, i64) = sqlx::query_as(sql)
+    let position: i64 = sqlx::query_scalar(sql)
         .bind(projection.name())
         .fetch_one(&mut **tx)
         .await?;
-    Ok(Checkpoint {
-        tx_id: tx_id as u64,
-        global_position,
-    })
+    Ok(Checkpoint::at(position))
 }
 
 fn last_checkpoint(events: &[FeedEvent]) -> Checkpoint {
@@ -129,12 +126,11 @@ impl Runner {
                 let to = last_checkpoint(&events);
                 sqlx::query(
                     "UPDATE projections.checkpoints
-                        SET tx_id = $2::text::xid8, global_position = $3, updated_at = now(),
+                        SET global_position = $2, updated_at = now(),
                             last_error = NULL, error_position = NULL
                       WHERE name = $1",
                 )
                 .bind(self.projection.name())
-                .bind(to.tx_id.to_string())
                 .bind(to.global_position)
                 .execute(&mut *tx)
                 .await?;
@@ -194,7 +190,7 @@ impl Runner {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE projections.checkpoints
-                SET rebuild_state = 'running', rebuild_tx_id = '0', rebuild_position = 0,
+                SET rebuild_state = 'running', rebuild_position = 0,
                     rebuild_done = 0, rebuild_eps = 0, rebuild_started_at = now(),
                     rebuild_total = (SELECT count(*) FROM event_store.events)
               WHERE name = $1",
@@ -244,14 +240,13 @@ impl Runner {
                 let to = last_checkpoint(&events);
                 sqlx::query(
                     "UPDATE projections.checkpoints
-                        SET rebuild_tx_id = $2::text::xid8, rebuild_position = $3,
-                            rebuild_done = rebuild_done + $4,
-                            rebuild_total = greatest(rebuild_total, rebuild_done + $4),
-                            rebuild_eps = (rebuild_done + $4) / greatest(extract(epoch FROM now() - rebuild_started_at), 0.001)
+                        SET rebuild_position = $2,
+                            rebuild_done = rebuild_done + $3,
+                            rebuild_total = greatest(rebuild_total, rebuild_done + $3),
+                            rebuild_eps = (rebuild_done + $3) / greatest(extract(epoch FROM now() - rebuild_started_at), 0.001)
                       WHERE name = $1",
                 )
                 .bind(self.projection.name())
-                .bind(to.tx_id.to_string())
                 .bind(to.global_position)
                 .bind(events.len() as i64)
                 .execute(&mut *tx)
@@ -278,7 +273,7 @@ impl Runner {
         }
         sqlx::query(
             "UPDATE projections.checkpoints
-                SET tx_id = rebuild_tx_id, global_position = rebuild_position, updated_at = now(),
+                SET global_position = rebuild_position, updated_at = now(),
                     rebuild_state = NULL, last_error = NULL, error_position = NULL,
                     rebuild_total = rebuild_done
               WHERE name = $1",
@@ -395,25 +390,20 @@ impl Runner {
         }
     }
 
-    /// Wait for new events: briefly if some are written but not yet final (an older
-    /// transaction is still open), else until notified or the poll interval passes.
+    /// Wait for new events: not at all if some committed since the last read, else until
+    /// notified or the poll interval passes.
     async fn idle_wait(&self, wakeup: &mut Wakeup) {
         let pending = async {
-            let (tx, gp) = sqlx::query_as::<_, (i64, i64)>(
-                "SELECT tx_id::text::bigint, global_position FROM projections.checkpoints WHERE name = $1",
+            let position: i64 = sqlx::query_scalar(
+                "SELECT global_position FROM projections.checkpoints WHERE name = $1",
             )
             .bind(self.projection.name())
             .fetch_one(&self.pool)
             .await?;
-            let after = Checkpoint {
-                tx_id: tx as u64,
-                global_position: gp,
-            };
-            feed::written_after(&self.pool, after).await
+            feed::written_after(&self.pool, Checkpoint::at(position)).await
         };
-        match pending.await {
-            Ok(true) => tokio::time::sleep(Duration::from_millis(5)).await,
-            _ => wakeup.wait(self.config.poll).await,
+        if !matches!(pending.await, Ok(true)) {
+            wakeup.wait(self.config.poll).await;
         }
     }
 }

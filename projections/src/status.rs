@@ -36,7 +36,6 @@ pub struct ProjectionStatus {
 type Row = (
     String,
     i64,
-    i64,
     Option<String>,
     Option<i64>,
     Option<String>,
@@ -58,7 +57,7 @@ pub async fn all(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
 
 pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStatus, sqlx::Error> {
     let row: Option<Row> = sqlx::query_as(
-        "SELECT name, tx_id::text::bigint, global_position, last_error, error_position,
+        "SELECT name, global_position, last_error, error_position,
                 rebuild_state, rebuild_done, rebuild_total, rebuild_eps, runner,
                 coalesce(heartbeat_at > now() - interval '10 seconds', false)
            FROM projections.checkpoints WHERE name = $1",
@@ -68,7 +67,6 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
     .await?;
     let Some((
         name,
-        tx,
         position,
         last_error,
         error_position,
@@ -93,14 +91,7 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
             rebuild: None,
         });
     };
-    let (lag_events, lag_seconds) = feed::lag(
-        pool,
-        Checkpoint {
-            tx_id: tx as u64,
-            global_position: position,
-        },
-    )
-    .await?;
+    let (lag_events, lag_seconds) = feed::lag(pool, Checkpoint::at(position)).await?;
     let state = if last_error.is_some() {
         "failed"
     } else if rebuild_state.is_some() {
@@ -130,17 +121,16 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
     })
 }
 
-/// Whether `projection` has applied the event at `global_position` (and all before it in
-/// commit order). A position no event has yet is not reached.
+/// Whether `projection` has applied the event at `global_position` and every one before it
+/// (positions are in commit order).
 pub async fn reached(
     pool: &PgPool,
     projection: Projection,
     global_position: i64,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce(bool_or((c.tx_id, c.global_position) >= (e.tx_id, e.global_position)), false)
-           FROM projections.checkpoints c, event_store.events e
-          WHERE c.name = $1 AND e.global_position = $2",
+        "SELECT coalesce(bool_or(global_position >= $2), false)
+           FROM projections.checkpoints WHERE name = $1",
     )
     .bind(projection.name())
     .bind(global_position)

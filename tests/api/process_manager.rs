@@ -53,7 +53,7 @@ async fn step_until_then_handle_all_again(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = app.event_count().await;
-    sqlx::query("UPDATE process_manager.checkpoint SET tx_id = '0', global_position = 0")
+    sqlx::query("UPDATE process_manager.checkpoint SET global_position = 0")
         .execute(&app.pool)
         .await
         .unwrap();

@@ -10,6 +10,7 @@ use ordo_api::Role::{Analyst, Storefront};
 use ordo_commands::feed::{self, Checkpoint};
 use ordo_projections::{check, status, Projection, Runner, RunnerConfig};
 use serde_json::json;
+use sqlx::Connection;
 use tokio::sync::watch;
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
@@ -27,46 +28,101 @@ async fn append_raw(tx: &mut sqlx::PgConnection, stream: &str, sequence: i64) {
     .unwrap();
 }
 
+/// Positions are handed out in commit order: a transaction that appends holds the commit
+/// point until it ends, so a second writer (here a raw INSERT, as any writer would) waits
+/// for it and takes the next position. The feed can never see a position below one it has
+/// already passed.
 #[tokio::test]
-async fn the_feed_never_skips_an_event_that_commits_late() {
+async fn a_writer_holds_the_commit_point_until_it_ends_so_positions_follow_commits() {
     let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
     let pool = app.pool.clone();
 
-    // A transaction takes its position first but commits last.
     let mut slow = pool.begin().await.unwrap();
     append_raw(&mut slow, "slow", 1).await;
-    let mut fast = pool.begin().await.unwrap();
-    append_raw(&mut fast, "fast", 1).await;
-    fast.commit().await.unwrap();
-
+    let fast = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut fast = pool.begin().await.unwrap();
+            append_raw(&mut fast, "fast", 1).await;
+            fast.commit().await.unwrap();
+        }
+    });
+    // The second writer waits on the commit point's lock (not a guess at timing: asked of
+    // PostgreSQL).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second writer never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !fast.is_finished(),
+        "the second writer went past the commit point"
+    );
     let mut conn = pool.acquire().await.unwrap();
     let seen = feed::read_batch(&mut conn, Checkpoint::default(), 100)
         .await
         .unwrap();
-    assert!(
-        seen.is_empty(),
-        "nothing is final while the older transaction is open"
-    );
+    assert!(seen.is_empty(), "nothing is committed yet");
+
     slow.commit().await.unwrap();
-    // Transactions of other databases on the same server also hold the horizon back for a
-    // moment, so wait for both to become final.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let seen = loop {
-        let seen = feed::read_batch(&mut conn, Checkpoint::default(), 100)
+    fast.await.unwrap();
+    let seen = feed::read_batch(&mut conn, Checkpoint::default(), 100)
+        .await
+        .unwrap();
+    let streams: Vec<&str> = seen.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(streams, ["slow", "fast"], "positions in commit order");
+    assert!(seen[0].checkpoint < seen[1].checkpoint);
+}
+
+/// A write transaction left open anywhere on the server (this database or another) does not
+/// hold the feed back: events committed meanwhile are read at once.
+#[tokio::test]
+async fn a_transaction_left_open_on_the_server_does_not_hold_the_feed_back() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let pool = app.pool.clone();
+    let mut other_db =
+        sqlx::PgConnection::connect(&format!("{}/postgres", crate::helpers::postgres_base()))
             .await
             .unwrap();
-        if seen.len() == 2 || Instant::now() > deadline {
-            break seen;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let streams: Vec<&str> = seen.iter().map(|e| e.aggregate_id.as_str()).collect();
+    sqlx::query("BEGIN").execute(&mut other_db).await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut other_db)
+        .await
+        .unwrap();
+    let mut here = pool.begin().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *here)
+        .await
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    append_raw(&mut tx, "committed", 1).await;
+    tx.commit().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let seen = feed::read_batch(&mut conn, Checkpoint::default(), 100)
+        .await
+        .unwrap();
     assert_eq!(
-        streams,
-        ["slow", "fast"],
-        "commit order: the slow one's transaction is older"
+        seen.len(),
+        1,
+        "the committed event is readable while others stay open"
     );
-    assert!(seen[0].checkpoint < seen[1].checkpoint);
+
+    here.rollback().await.unwrap();
+    sqlx::query("ROLLBACK")
+        .execute(&mut other_db)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

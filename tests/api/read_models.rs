@@ -218,9 +218,8 @@ async fn payments_are_listed_by_order_and_customers_found_by_email() {
 
 #[tokio::test]
 async fn a_read_waits_for_its_position_and_never_answers_stale() {
-    // The wait covers the feed's horizon too, which any long transaction on the same
-    // PostgreSQL server holds back (parallel tests dropping their databases): generous, so
-    // the fresh read never races it; the stale read below costs the full wait.
+    // Generous, so the fresh read never races a busy machine; the stale read below costs
+    // the full wait.
     let app = spawn_app_with(|c| {
         c.read_wait_secs = 5;
     })

@@ -62,7 +62,7 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
     let js = jetstream().await;
     let mut stream = js.get_stream(&config.stream).await.unwrap();
     let stored: Vec<(String, uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT event_type, event_id, global_position, sequence FROM event_store.events ORDER BY tx_id, global_position",
+        "SELECT event_type, event_id, global_position, sequence FROM event_store.events ORDER BY global_position",
     )
     .fetch_all(&app.pool)
     .await
@@ -128,7 +128,7 @@ async fn a_nats_outage_delays_publishing_but_loses_and_duplicates_nothing() {
     proxy.restore();
     relay_all(&app, &relay, &config.stream).await;
     // As if the process died after publishing but before its checkpoint: publish again.
-    sqlx::query("UPDATE relay.checkpoint SET tx_id = '0', global_position = 0")
+    sqlx::query("UPDATE relay.checkpoint SET global_position = 0")
         .execute(&app.pool)
         .await
         .unwrap();
@@ -153,19 +153,18 @@ fn run(relay: Relay) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
 
 /// Messages in the stream, and what the relay's checkpoint row says: the line and how many
 /// publications it counted.
-async fn published(app: &TestApp, stream: &str) -> (u64, (i64, i64), i64) {
+async fn published(app: &TestApp, stream: &str) -> (u64, i64, i64) {
     let messages = crate::nats::stream_info(&jetstream().await, stream)
         .await
         .state
         .messages;
-    let (tx, position, count): (i64, i64, i64) = sqlx::query_as(
-        "SELECT tx_id::text::bigint, global_position, published FROM relay.checkpoint WHERE stream = $1",
-    )
-    .bind(stream)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    (messages, (tx, position), count)
+    let (position, count): (i64, i64) =
+        sqlx::query_as("SELECT global_position, published FROM relay.checkpoint WHERE stream = $1")
+            .bind(stream)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    (messages, position, count)
 }
 
 /// Poll `published` until `done` holds (a deadline, not a guess at how long it takes).
@@ -173,8 +172,8 @@ async fn until(
     app: &TestApp,
     stream: &str,
     what: &str,
-    done: impl Fn((u64, (i64, i64), i64)) -> bool,
-) -> (u64, (i64, i64), i64) {
+    done: impl Fn((u64, i64, i64)) -> bool,
+) -> (u64, i64, i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if jetstream().await.get_stream(stream).await.is_ok() {
@@ -188,14 +187,11 @@ async fn until(
     }
 }
 
-async fn last_event(app: &TestApp) -> (i64, i64) {
-    sqlx::query_as(
-        "SELECT tx_id::text::bigint, global_position FROM event_store.events
-          ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
+async fn last_event(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT max(global_position) FROM event_store.events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
 }
 
 /// Commit some more events, then wait until the stream holds every event of the log and the
@@ -217,106 +213,31 @@ async fn finish(stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>, st
     jetstream().await.delete_stream(stream).await.unwrap();
 }
 
+/// A write transaction left open on the server (the positions are in commit order, so no
+/// older transaction can still commit an event below the ones the relay sees) holds nothing
+/// back: every event is published while it stays open.
 #[tokio::test]
-async fn a_committed_event_is_published_at_once_and_an_older_transactions_later_one_too() {
-    early_publishing(usize::MAX).await;
-}
-
-#[tokio::test]
-async fn past_its_limit_ahead_the_relay_waits_for_the_line_and_still_publishes_all_once() {
-    early_publishing(2).await;
-}
-
-/// An older transaction holds the horizon while newer ones commit events: the relay publishes
-/// up to `max_ahead` of them at once and the rest once the older one ends, then the older
-/// one's own event, each once.
-async fn early_publishing(max_ahead: usize) {
+async fn a_transaction_left_open_on_the_server_does_not_hold_the_relay_back() {
     let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
-    let config = RelayConfig {
-        max_ahead,
-        ..config(&format!("nats://{NATS}"))
-    };
-    let relay = Relay::connect(app.pool.clone(), config.clone())
+    let config = config(&format!("nats://{NATS}"));
+    let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
+        .await
+        .unwrap());
+
+    let mut open = app.pool.begin().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *open)
         .await
         .unwrap();
-    let (stop, task) = run(relay);
-
-    // An older transaction stays open: no event written after it is final until it ends.
-    let mut older = app.pool.begin().await.unwrap();
-    let older_tx: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
-        .fetch_one(&mut *older)
-        .await
-        .unwrap();
-    some_events(&app).await;
-    let events = app.event_count().await;
-    let early = (events as u64).min(max_ahead as u64);
-    let (messages, line, _) = until(&app, &config.stream, "published before final", |s| {
-        s.0 >= early
-    })
-    .await;
-    assert!(
-        line.0 < older_tx,
-        "the line {line:?} passed events that are not final yet (open transaction {older_tx})"
-    );
-    if early < events as u64 {
-        // Give a relay that would wrongly go on the time to do it, then check it did not.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (messages, _, _) = published(&app, &config.stream).await;
-        assert_eq!(messages, early, "no more than max_ahead beyond the line");
-    } else {
-        assert_eq!(messages, events as u64);
-    }
-
-    // The older transaction writes an event below all of them and commits last.
-    let customer = uuid::Uuid::new_v4();
-    let late: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO event_store.events
-             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('customer', $1, 1, 'customer.registered', '1', $2, '{}') RETURNING event_id",
+    let (messages, count, events) = more_events_all_published(
+        &app,
+        &config.stream,
+        "published while a transaction is open",
     )
-    .bind(customer.to_string())
-    .bind(
-        json!({"type": "customer.registered", "customer_id": customer,
-                 "email": "late@example.com", "name": "Late", "phone": null,
-                 "registered_at": "2026-11-21T00:00:00Z"}),
-    )
-    .fetch_one(&mut *older)
-    .await
-    .unwrap();
-    older.commit().await.unwrap();
-
-    let last = last_event(&app).await;
-    let (messages, line, count) = until(&app, &config.stream, "the line reaches the end", |s| {
-        s.0 == events as u64 + 1 && s.1 >= last
-    })
     .await;
-    assert_eq!(messages, events as u64 + 1);
-    assert_eq!(count, events + 1, "each event published once");
-    assert_eq!(line, last);
-    let stream = jetstream().await.get_stream(&config.stream).await.unwrap();
-    let mut order = Vec::new();
-    for sequence in 1..=messages {
-        let message = stream.get_raw_message(sequence).await.unwrap();
-        order.push(
-            message
-                .headers
-                .get("Nats-Msg-Id")
-                .map(|v| v.as_str().to_owned()),
-        );
-    }
-    let late_at = order
-        .iter()
-        .position(|id| id.as_deref() == Some(late.to_string().as_str()));
-    if early == events as u64 {
-        assert_eq!(
-            late_at,
-            Some(order.len() - 1),
-            "the older transaction's event comes last: that is when it committed"
-        );
-    } else {
-        // Waiting for the line, the rest go out in the feed's order: the older one first.
-        assert_eq!(late_at, Some(early as usize));
-    }
+    assert_eq!(messages, events as u64);
+    assert_eq!(count, events, "each event published once");
+    open.rollback().await.unwrap();
 
     finish(stop, task, &config.stream).await;
 }

@@ -79,8 +79,7 @@ impl ProcessManager {
 
     /// Handle the next batch of events and move the checkpoint past them.
     pub async fn step(&self) -> Result<Step, PmError> {
-        // Once per process, not on every (mostly idle) step: even a no-op INSERT takes a
-        // transaction id, which holds the feed's horizon back for every reader.
+        // Once per process, not on every (mostly idle) step.
         if !self.prepared.load(Ordering::Relaxed) {
             sqlx::query(
                 "INSERT INTO process_manager.checkpoint (name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -90,36 +89,28 @@ impl ProcessManager {
             .await?;
             self.prepared.store(true, Ordering::Relaxed);
         }
-        // Locking the checkpoint row takes a transaction id, which holds the feed's horizon
-        // back for every reader: look first, without it.
-        let (tx_id, global_position): (i64, i64) = sqlx::query_as(
-            "SELECT tx_id::text::bigint, global_position FROM process_manager.checkpoint WHERE name = $1",
+        // Look before locking: most steps find nothing new.
+        let seen: i64 = sqlx::query_scalar(
+            "SELECT global_position FROM process_manager.checkpoint WHERE name = $1",
         )
         .bind(NAME)
         .fetch_one(&self.pool)
         .await?;
-        let seen = Checkpoint {
-            tx_id: tx_id as u64,
-            global_position,
-        };
-        if !feed::final_after(&self.pool, seen).await? {
+        if !feed::written_after(&self.pool, Checkpoint::at(seen)).await? {
             return Ok(Step::Idle);
         }
         let mut tx = self.pool.begin().await?;
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT tx_id::text::bigint, global_position FROM process_manager.checkpoint
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT global_position FROM process_manager.checkpoint
               WHERE name = $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(NAME)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((tx_id, global_position)) = row else {
+        let Some(position) = row else {
             return Ok(Step::Idle);
         };
-        let after = Checkpoint {
-            tx_id: tx_id as u64,
-            global_position,
-        };
+        let after = Checkpoint::at(position);
         let want = Want {
             event_types: Some(EVENT_TYPES),
             metadata: true,
@@ -159,11 +150,10 @@ impl ProcessManager {
         }
         sqlx::query(
             "UPDATE process_manager.checkpoint
-                SET tx_id = $2::text::xid8, global_position = $3, updated_at = now(), last_error = NULL
+                SET global_position = $2, updated_at = now(), last_error = NULL
               WHERE name = $1",
         )
         .bind(NAME)
-        .bind(last.tx_id.to_string())
         .bind(last.global_position)
         .execute(&mut *tx)
         .await?;

@@ -4,31 +4,21 @@
 //! One relay leads across processes: the one whose session holds the stream's advisory
 //! lock; the others stand by and take over when that session ends.
 //!
-//! The leader publishes an event as soon as it is committed, not only once it is final
-//! (below the feed's horizon, see [`feed`]): waiting for finality would add the duration of
-//! the oldest transaction still open anywhere on the server to every event's latency. It
-//! keeps two marks:
-//! - the *line*, stored in `relay.checkpoint`: every event at or below it is published and
-//!   no event can ever appear below it again;
-//! - *ahead*, in memory: the events it published beyond the line. An older transaction may
-//!   still commit an event below them; the next read finds it (it is beyond the line and not
-//!   ahead) and publishes it then, which is its commit order.
-//!
-//! Each read publishes every event without waiting (many acks in flight), then awaits every
-//! ack; only then do the line and the ahead set move. A failure anywhere leaves both where
-//! they were and the events are published again later: JetStream drops the repeats by
-//! `Nats-Msg-Id` (the event id), and a leader that restarts forgets its ahead set and
-//! publishes those events again the same way, so nothing is lost and nothing is duplicated
-//! downstream. The line is written with `synchronous_commit = off`: a line lost in a crash
-//! of PostgreSQL only means publishing again.
+//! The leader publishes events as soon as they commit: positions are handed out in commit
+//! order (see [`feed`]), so the stored *line* (the position of the last event JetStream
+//! acknowledged) is all it needs to know. Each read publishes every event without waiting
+//! (many acks in flight), then awaits every ack; only then does the line move. A failure
+//! anywhere leaves it where it was and the events are published again later: JetStream drops
+//! the repeats by `Nats-Msg-Id` (the event id), so nothing is lost and nothing is duplicated
+//! downstream. The line is written with `synchronous_commit = off`: a line lost in a crash of
+//! PostgreSQL only means publishing again.
 
-use std::collections::BTreeSet;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
-use ordo_commands::feed::{self, Checkpoint, FeedEvent, Finality, Wakeup, Want};
+use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use ordo_commands::leader;
 use ordo_commands::telemetry;
 use serde_json::Value;
@@ -37,9 +27,6 @@ use tokio::sync::watch;
 
 /// How long a reader waits for a wake-up (a commit's NOTIFY) before it reads anyway.
 const POLL: Duration = Duration::from_millis(500);
-/// How soon the leader reads again while events it published are not final yet: only the
-/// line waits for them, not the events, so this is not on any event's path.
-const LINE_RECHECK: Duration = Duration::from_millis(20);
 /// How often a standby tries the lock, and an idle leader proves its session is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -53,10 +40,6 @@ pub struct RelayConfig {
     pub batch_size: i64,
     /// How long to wait for each publish ack.
     pub ack_timeout: Duration,
-    /// At most this many events published ahead of the line; beyond it the leader waits for
-    /// the line (a transaction left open for long), as a relay that only publishes final
-    /// events would.
-    pub max_ahead: usize,
 }
 
 impl RelayConfig {
@@ -67,7 +50,6 @@ impl RelayConfig {
             subject_prefix: "ordo.events".into(),
             batch_size: 500,
             ack_timeout: Duration::from_secs(5),
-            max_ahead: 4096,
         }
     }
 }
@@ -101,6 +83,19 @@ pub fn events_stream(name: &str, subject_prefix: &str) -> stream::Config {
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     }
+}
+
+/// How many events of the log the relay of `stream` has not published yet; `None` before it
+/// ever ran (it has no line yet).
+pub async fn lag(pool: &PgPool, stream: &str) -> Result<Option<i64>, sqlx::Error> {
+    let line: Option<i64> =
+        sqlx::query_scalar("SELECT global_position FROM relay.checkpoint WHERE stream = $1")
+            .bind(stream)
+            .fetch_optional(pool)
+            .await?;
+    let Some(line) = line else { return Ok(None) };
+    let (events, _) = feed::lag(pool, Checkpoint::at(line)).await?;
+    Ok(Some(events))
 }
 
 /// The headers of one event's message.
@@ -176,36 +171,12 @@ pub fn body(event: &FeedEvent) -> Vec<u8> {
     }
 }
 
-/// What the leader has published: the line and the events beyond it (see the module doc).
-#[derive(Debug, Default)]
-struct Cursor {
-    line: Checkpoint,
-    ahead: BTreeSet<Checkpoint>,
-}
-
 /// What one read did.
 #[derive(Debug, Default, Clone, Copy)]
 struct Advance {
     published: usize,
     /// The read was cut at the batch size: more may be waiting.
     full: bool,
-}
-
-impl Cursor {
-    /// Move the line as far as it may go now that everything below `horizon` has ended:
-    /// past every event published so far that is final, as long as nothing unread can
-    /// still lie below it. `read_to`: the last event of a read that was cut at the batch
-    /// size (events beyond it were not read); `None` when the read saw everything.
-    fn settle(&mut self, horizon: u64, read_to: Option<Checkpoint>) {
-        while let Some(&first) = self.ahead.first() {
-            let unread_below = read_to.is_some_and(|last| first > last);
-            if first.tx_id >= horizon || unread_below {
-                break;
-            }
-            self.line = first;
-            self.ahead.remove(&first);
-        }
-    }
 }
 
 impl Relay {
@@ -222,8 +193,7 @@ impl Relay {
             .max_ack_inflight(1024)
             .backpressure_on_inflight(true)
             .build(client);
-        // The checkpoint row, once here rather than on every step: even a no-op INSERT takes
-        // a transaction id, which holds the feed's horizon back for every reader.
+        // The checkpoint row, once here rather than on every step.
         sqlx::query("INSERT INTO relay.checkpoint (stream) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(&config.stream)
             .execute(&pool)
@@ -244,77 +214,48 @@ impl Relay {
         Ok(())
     }
 
-    /// Publish the next batch of final events after the stored line, and move the line once
+    /// Publish the next batch of events after the stored line, and move the line once
     /// JetStream acknowledged them all. For tools and tests that drive the relay by hand; a
-    /// running relay ([`Relay::run`]) leads and publishes events as soon as they commit.
-    /// Two callers at once publish some events twice, which JetStream drops.
+    /// running relay ([`Relay::run`]) leads. Two callers at once publish some events twice,
+    /// which JetStream drops.
     pub async fn step(&self) -> Result<usize, RelayError> {
-        let mut cursor = Cursor {
-            line: self.stored_line().await?,
-            ahead: BTreeSet::new(),
-        };
+        let mut line = self.stored_line().await?;
         let mut conn = self.pool.acquire().await?;
-        let advance = self.advance(&mut conn, &mut cursor, false).await?;
+        let advance = self.advance(&mut conn, &mut line).await?;
         if advance.published > 0 {
-            self.store_line(&mut conn, &cursor, advance).await?;
+            self.store_line(&mut conn, line, advance).await?;
         }
         Ok(advance.published)
     }
 
     async fn stored_line(&self) -> Result<Checkpoint, sqlx::Error> {
-        let (tx_id, global_position): (i64, i64) = sqlx::query_as(
-            "SELECT tx_id::text::bigint, global_position FROM relay.checkpoint WHERE stream = $1",
-        )
-        .bind(&self.config.stream)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Checkpoint {
-            tx_id: tx_id as u64,
-            global_position,
-        })
+        let position: i64 =
+            sqlx::query_scalar("SELECT global_position FROM relay.checkpoint WHERE stream = $1")
+                .bind(&self.config.stream)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Checkpoint::at(position))
     }
 
-    /// Read and publish what `cursor` does not have yet: every committed event beyond the
-    /// line when `early`, else only the final ones. Reads take no transaction id, so they
-    /// never hold the feed's horizon back.
+    /// Read and publish the events beyond `line`, and move it past them.
     async fn advance(
         &self,
         conn: &mut PgConnection,
-        cursor: &mut Cursor,
-        early: bool,
+        line: &mut Checkpoint,
     ) -> Result<Advance, RelayError> {
         let want = Want {
             event_types: None,
             metadata: true,
         };
-        // At most `max_ahead` beyond the line (a transaction left open for long): past it,
-        // wait for the line instead.
-        let room = self.config.max_ahead.saturating_sub(cursor.ahead.len());
-        let (finality, batch) = if early && room > 0 {
-            let room = i64::try_from(room).unwrap_or(i64::MAX);
-            (Finality::Committed, self.config.batch_size.min(room))
-        } else {
-            (Finality::Final, self.config.batch_size)
-        };
-        let skip: Vec<i64> = cursor.ahead.iter().map(|c| c.global_position).collect();
-        // The horizon before the read: every transaction below it had ended when the read
-        // began, so every event below it that the read could reach, it saw.
-        let horizon = feed::horizon(&mut *conn).await?;
-        let events = feed::read_beyond(conn, cursor.line, &skip, batch, want, finality).await?;
-        let full = events.len() as i64 >= batch;
+        let batch = self.config.batch_size;
+        let events = feed::read(conn, *line, batch, want).await?;
         self.publish(&events).await?;
-        cursor.ahead.extend(events.iter().map(|e| e.checkpoint));
-        if let (Finality::Final, Some(last)) = (finality, events.last()) {
-            // Every final event up to the last one read is published now (read, or ahead
-            // before), and everything up to it is final.
-            cursor.line = last.checkpoint;
-            cursor.ahead.retain(|c| *c > last.checkpoint);
+        if let Some(last) = events.last() {
+            *line = last.checkpoint;
         }
-        let read_to = full.then(|| events.last().map(|e| e.checkpoint)).flatten();
-        cursor.settle(horizon, read_to);
         Ok(Advance {
             published: events.len(),
-            full,
+            full: events.len() as i64 >= batch,
         })
     }
 
@@ -345,20 +286,17 @@ impl Relay {
     async fn store_line(
         &self,
         conn: &mut PgConnection,
-        cursor: &Cursor,
+        line: Checkpoint,
         advance: Advance,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE relay.checkpoint
-                SET (tx_id, global_position) =
-                        (SELECT * FROM (VALUES (tx_id, global_position), ($2::text::xid8, $3)) v(t, p)
-                          ORDER BY t DESC, p DESC LIMIT 1),
-                    published = published + $4, updated_at = now(), last_error = NULL
+                SET global_position = greatest(global_position, $2),
+                    published = published + $3, updated_at = now(), last_error = NULL
               WHERE stream = $1",
         )
         .bind(&self.config.stream)
-        .bind(cursor.line.tx_id.to_string())
-        .bind(cursor.line.global_position)
+        .bind(line.global_position)
         .bind(advance.published as i64)
         .execute(conn)
         .await?;
@@ -426,19 +364,16 @@ impl Relay {
             .execute(&mut *lock)
             .await?;
         let mut wakeup = Wakeup::new(&self.pool).await;
-        let mut cursor = Cursor {
-            line: self.stored_line().await?,
-            ahead: BTreeSet::new(),
-        };
+        let mut line = self.stored_line().await?;
         let mut stream_ready = false;
         let mut backoff = Duration::from_millis(200);
         let mut last_beat = Instant::now();
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-            let stored = cursor.line;
+            let stored = line;
             let result = if stream_ready {
                 // Reads go through the lock's session too: the pool is the commands', and
                 // waiting in its queue behind them would be on every event's path.
-                self.advance(lock, &mut cursor, true).await
+                self.advance(lock, &mut line).await
             } else {
                 self.ensure_stream().await.map(|()| {
                     stream_ready = true;
@@ -464,8 +399,8 @@ impl Relay {
                 }
             };
             backoff = Duration::from_millis(200);
-            if advance.published > 0 || cursor.line != stored {
-                self.store_line(lock, &cursor, advance).await?;
+            if advance.published > 0 || line != stored {
+                self.store_line(lock, line, advance).await?;
                 last_beat = Instant::now();
             } else if last_beat.elapsed() >= HEARTBEAT {
                 sqlx::query("SELECT 1").execute(&mut *lock).await?;
@@ -474,67 +409,12 @@ impl Relay {
             if advance.published > 0 || advance.full {
                 continue;
             }
-            // Nothing new: wait for the next commit's wake-up. While published events are
-            // not final yet, look again soon to move the line past them.
-            let poll = if cursor.ahead.is_empty() {
-                POLL
-            } else {
-                LINE_RECHECK
-            };
+            // Nothing new: wait for the next commit's wake-up.
             tokio::select! {
-                _ = wakeup.wait(poll) => {}
+                _ = wakeup.wait(POLL) => {}
                 _ = shutdown.changed() => {}
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(tx_id: u64, global_position: i64) -> Checkpoint {
-        Checkpoint {
-            tx_id,
-            global_position,
-        }
-    }
-
-    fn cursor(line: Checkpoint, ahead: &[Checkpoint]) -> Cursor {
-        Cursor {
-            line,
-            ahead: ahead.iter().copied().collect(),
-        }
-    }
-
-    #[test]
-    fn the_line_passes_final_events_and_stops_at_the_first_that_is_not() {
-        let mut c = cursor(at(10, 1), &[at(11, 2), at(12, 3), at(15, 4), at(16, 5)]);
-        c.settle(15, None);
-        assert_eq!(c.line, at(12, 3));
-        assert_eq!(c.ahead, [at(15, 4), at(16, 5)].into_iter().collect());
-        c.settle(17, None);
-        assert_eq!(c.line, at(16, 5));
-        assert!(c.ahead.is_empty());
-    }
-
-    #[test]
-    fn the_line_never_passes_what_a_cut_read_did_not_reach() {
-        let mut c = cursor(at(10, 1), &[at(11, 2), at(12, 3), at(13, 9)]);
-        c.settle(20, Some(at(12, 3)));
-        assert_eq!(
-            c.line,
-            at(12, 3),
-            "an unread event may lie between 12 and 13"
-        );
-        assert_eq!(c.ahead, [at(13, 9)].into_iter().collect());
-    }
-
-    #[test]
-    fn nothing_ahead_leaves_the_line_where_it_is() {
-        let mut c = cursor(at(10, 1), &[]);
-        c.settle(100, None);
-        assert_eq!(c.line, at(10, 1));
     }
 }

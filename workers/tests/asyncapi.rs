@@ -330,10 +330,7 @@ fn the_asyncapi_references_every_event_schema_file_and_every_reference_resolves(
 
 fn feed_event(metadata: Value) -> FeedEvent {
     FeedEvent {
-        checkpoint: Checkpoint {
-            tx_id: 7,
-            global_position: 42,
-        },
+        checkpoint: Checkpoint::at(42),
         event_id: Uuid::now_v7(),
         aggregate_type: "order".into(),
         aggregate_id: Uuid::now_v7().to_string(),
