@@ -32,3 +32,4 @@ mod trace_context;
 mod webhooks;
 mod worker_ops;
 mod workers;
+mod write_path;
