@@ -11,6 +11,7 @@ use ordo_api::Role::Support;
 use ordo_workers::integration::{self, sign};
 use ordo_workers::notification::Mailer;
 use ordo_workers::tls::TrustRoots;
+use ordo_workers::WorkerRunner;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 
@@ -90,7 +91,13 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
     let s = setup(&app).await;
     s.publish_all(&app).await;
     let client = integration::client_with(Some(&pki.roots())).unwrap();
-    let runner = s.worker(&app).await.with_webhook_client(client);
+    let runner = WorkerRunner::connect(
+        app.pool.clone(),
+        integration::Integration::new(client),
+        s.worker_config.clone(),
+    )
+    .await
+    .unwrap();
     work_until(
         &runner,
         &app,

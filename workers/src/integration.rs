@@ -7,9 +7,10 @@
 //! dead-lettered); on a redelivery an endpoint that already answered 2xx for this event is
 //! skipped, so one failing endpoint does not make the others receive the event twice.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -17,12 +18,71 @@ use hmac::{Hmac, Mac};
 use ordo_commands::telemetry;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::consumer::{Delivered, HandleError};
+use crate::jetstream::{pattern_matches, Batching, Delivered, EventTypes, HandleError, Policy};
 use crate::tls::TrustRoots;
+
+pub const NAME: &str = "integration";
+
+/// The integration worker's policy: webhooks go out one message at a time; events no active
+/// endpoint subscribes to are recorded together.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    client: reqwest::Client,
+}
+
+impl Integration {
+    /// Delivering with `client` (see [`client_with`]).
+    pub fn new(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl Default for Integration {
+    fn default() -> Self {
+        Self::new(default_client())
+    }
+}
+
+impl From<Integration> for Arc<dyn Policy> {
+    fn from(policy: Integration) -> Self {
+        Arc::new(policy)
+    }
+}
+
+#[async_trait]
+impl Policy for Integration {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn processed_table(&self) -> &'static str {
+        "integration.processed"
+    }
+
+    fn batching(&self) -> Batching {
+        Batching::OneByOne
+    }
+
+    async fn acts_on(&self, pool: &PgPool) -> Result<EventTypes, sqlx::Error> {
+        subscribed_patterns(pool).await.map(EventTypes)
+    }
+
+    async fn handle(
+        &self,
+        pool: &PgPool,
+        _: &mut PgConnection,
+        events: &[&Delivered],
+    ) -> Result<(), HandleError> {
+        for event in events {
+            handle(pool, &self.client, event).await?;
+        }
+        Ok(())
+    }
+}
 
 /// How long one webhook request may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,15 +139,6 @@ pub fn valid_event_type(pattern: &str) -> bool {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
                 }))
     })
-}
-
-/// Whether `event_type` (`order.placed`) matches `pattern`.
-pub fn matches(pattern: &str, event_type: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some("") => true,
-        Some(prefix) => event_type.starts_with(prefix),
-        None => pattern == event_type,
-    }
 }
 
 /// The event-type patterns of the active endpoints: an event none of them matches is
@@ -285,7 +336,7 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 /// Send one event to every endpoint subscribed to its type, all at once.
-pub async fn handle(
+async fn handle(
     pool: &PgPool,
     client: &reqwest::Client,
     event: &Delivered,
@@ -298,7 +349,7 @@ pub async fn handle(
     .await?;
     let endpoints: Vec<Endpoint> = rows
         .into_iter()
-        .filter(|(_, _, types, _)| types.iter().any(|p| matches(p, &event.event_type)))
+        .filter(|(_, _, types, _)| types.iter().any(|p| pattern_matches(p, &event.event_type)))
         .map(|(id, url, _, secret)| Endpoint { id, url, secret })
         .collect();
     let outcomes = futures::future::join_all(endpoints.iter().map(|e| {
@@ -355,17 +406,6 @@ mod tests {
         assert_eq!(key.map(|k| k.len()), Some(KEY_BYTES));
         assert_ne!(secret, new_secret());
         assert!(sign(&secret, "id", 1, "{}").is_ok());
-    }
-
-    #[test]
-    fn patterns_match_exactly_by_prefix_or_everything() {
-        assert!(matches("order.placed", "order.placed"));
-        assert!(!matches("order.placed", "order.placed2"));
-        assert!(!matches("order.placed", "order.shipped"));
-        assert!(matches("payment.*", "payment.captured"));
-        assert!(!matches("payment.*", "paymentx.captured"));
-        assert!(!matches("payment.*", "order.placed"));
-        assert!(matches("*", "customer.registered"));
     }
 
     #[test]
