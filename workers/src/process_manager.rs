@@ -23,6 +23,7 @@ use chrono::Utc;
 use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use ordo_commands::history::caused_by;
 use ordo_commands::{Actor, CommandError, CommandMetadata, Commands};
+use ordo_domain::event::types;
 use ordo_domain::order::{OrderCommand, OrderEvent};
 use ordo_domain::payment::{order_payment_status, PaymentCommand, PaymentEvent, PaymentStatus};
 use ordo_domain::values::Text;
@@ -33,11 +34,11 @@ use uuid::Uuid;
 
 const NAME: &str = "order-payment";
 const EVENT_TYPES: &[&str] = &[
-    "order.cancelled",
-    "payment.authorized",
-    "payment.captured",
-    "payment.refunded",
-    "payment.voided",
+    types::ORDER_CANCELLED,
+    types::PAYMENT_AUTHORIZED,
+    types::PAYMENT_CAPTURED,
+    types::PAYMENT_REFUNDED,
+    types::PAYMENT_VOIDED,
 ];
 const BATCH: i64 = 100;
 
@@ -141,7 +142,7 @@ impl ProcessManager {
                     handled(event, self.record_payment_status(*order_id, event)).await?
                 }
                 Some(_) => {}
-                None if event.event_type == "order.cancelled" => {
+                None if event.event_type == types::ORDER_CANCELLED => {
                     handled(event, self.order_cancelled(event)).await?
                 }
                 None => {}

@@ -1,8 +1,6 @@
 //! Body shapes of the operations routes (health, projections, analytics, webhooks, workers,
 //! notifications), for the OpenAPI document only; see `schemas.rs`.
 
-#![allow(dead_code)]
-
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
