@@ -33,3 +33,4 @@ mod trace_context;
 mod webhooks;
 mod worker_ops;
 mod workers;
+mod write_path;
