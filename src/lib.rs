@@ -14,7 +14,7 @@ use anyhow::Context;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
-use ordo_workers::integration::{self, Integration};
+use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
@@ -61,6 +61,8 @@ pub struct Application {
     webhooks: ordo_workers::egress::WebhookClient,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
+    /// The webhook delivery pool's settings.
+    deliveries: DeliveryConfig,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
     /// The HTTP server's header-read timeout and connection limit.
@@ -157,6 +159,12 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            deliveries: DeliveryConfig {
+                timeout: Duration::from_secs(config.webhook_timeout_secs),
+                concurrency: config.webhook_concurrency,
+                disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                ..DeliveryConfig::default()
+            },
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             server_limits: ordo_api::server::ServerLimits {
@@ -250,7 +258,7 @@ impl Application {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
                     Worker::Notification => Notification::new(self.mailer.clone()).into(),
-                    Worker::Integration => Integration::new(self.webhooks.clone()).into(),
+                    Worker::Integration => Integration.into(),
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());
@@ -263,6 +271,17 @@ impl Application {
                     (roles.clone(), name.clone()),
                 );
                 tasks.push(supervise(&roles, name, &stopped, run));
+            }
+            if self.workers.contains(&Worker::Integration) {
+                // The integration worker only writes the outbox; this pool sends it.
+                let name = "deliveries.webhooks".to_owned();
+                roles.set(&name, RoleState::Running);
+                let pool = DeliveryPool::new(
+                    self.state.pool.clone(),
+                    self.webhooks.clone(),
+                    self.deliveries.clone(),
+                );
+                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));

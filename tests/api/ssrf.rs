@@ -5,12 +5,12 @@
 
 use ordo::ServeRole;
 use ordo_api::Role::Admin;
-use ordo_workers::{integration, WorkerRunner};
+use ordo_workers::integration;
 use serde_json::json;
 
 use crate::helpers::{spawn_app_with, TestApp};
-use crate::nats::{setup, work_until};
-use crate::webhooks::{deliveries, register, Receiver};
+use crate::nats::setup;
+use crate::webhooks::{history, quick_pool, register, Receiver};
 
 async fn strict_app() -> TestApp {
     spawn_app_with(|c| {
@@ -69,17 +69,11 @@ async fn the_integration_worker_refuses_to_connect_to_a_loopback_receiver() {
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let client = integration::client_with(None, false).unwrap();
-    let runner = WorkerRunner::connect(
-        app.pool.clone(),
-        integration::Integration::new(client),
-        s.worker_config.clone(),
-    )
-    .await
-    .unwrap();
-    work_until(
-        &runner,
+    let strict = integration::client_with(None, false).unwrap();
+    let pool = quick_pool(&app, Some(strict), 1);
+    s.deliver_until(
         &app,
+        &pool,
         "SELECT count(*) FROM integration.deliveries",
         2,
     )
@@ -87,10 +81,11 @@ async fn the_integration_worker_refuses_to_connect_to_a_loopback_receiver() {
 
     assert!(hook.received().is_empty(), "{:?}", hook.received());
     for endpoint in [literal, named] {
-        let items = deliveries(&app, &endpoint).await;
-        assert_eq!(items.len(), 1, "{items:?}");
-        assert_eq!(items[0]["ok"], false);
-        let error = items[0]["error"].as_str().unwrap();
+        let (delivery, attempts) = history(&app, &endpoint).await;
+        assert_eq!(delivery["status"], "failed", "{delivery}");
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert_eq!(attempts[0]["ok"], false);
+        let error = attempts[0]["error"].as_str().unwrap();
         assert!(error.contains("not a public address"), "{error}");
     }
     s.cleanup().await;

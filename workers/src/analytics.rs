@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::jetstream::{Batching, Delivered, EventTypes, HandleError, Policy};
+use ordo_domain::event::types;
 
 pub const NAME: &str = "analytics";
 
@@ -85,7 +86,7 @@ impl Effects {
     fn of(event: &Delivered) -> Result<Self, HandleError> {
         let mut effects = Self::default();
         match event.event_type.as_str() {
-            "order.placed" => {
+            types::ORDER_PLACED => {
                 let e: OrderPlaced = event.data()?;
                 effects.stages.insert((e.order_id, "placed"));
                 let totals = Totals {
@@ -95,27 +96,27 @@ impl Effects {
                 };
                 effects.add_sales(e.placed_at, e.currency.as_str(), totals)?;
             }
-            "order.confirmed" => {
+            types::ORDER_CONFIRMED => {
                 effects
                     .stages
                     .insert((event.data::<OrderConfirmed>()?.order_id, "confirmed"));
             }
-            "order.shipped" => {
+            types::ORDER_SHIPPED => {
                 effects
                     .stages
                     .insert((event.data::<OrderShipped>()?.order_id, "shipped"));
             }
-            "order.delivered" => {
+            types::ORDER_DELIVERED => {
                 effects
                     .stages
                     .insert((event.data::<OrderDelivered>()?.order_id, "delivered"));
             }
-            "order.cancelled" => {
+            types::ORDER_CANCELLED => {
                 effects
                     .stages
                     .insert((event.data::<OrderCancelled>()?.order_id, "cancelled"));
             }
-            "payment.captured" => {
+            types::PAYMENT_CAPTURED => {
                 let e: PaymentCaptured = event.data()?;
                 effects.stages.insert((e.order_id, "paid"));
                 let totals = Totals {
@@ -124,7 +125,7 @@ impl Effects {
                 };
                 effects.add_sales(e.captured_at, e.currency.as_str(), totals)?;
             }
-            "payment.refunded" => {
+            types::PAYMENT_REFUNDED => {
                 let e: PaymentRefunded = event.data()?;
                 effects.stages.insert((e.order_id, "refunded"));
                 let totals = Totals {

@@ -35,16 +35,17 @@ use uuid::Uuid;
 
 use crate::jetstream::{Batching, Delivered, EventTypes, HandleError, Policy};
 pub use crate::mailer::{redact_url, Mailer, DEFAULT_FROM};
+use ordo_domain::event::types;
 
 pub const NAME: &str = "notification";
 
 /// The events that send mail; the others only touch this worker's tables (a customer's
 /// contact details) or nothing, and are handled many in one transaction.
 const MAILED: [&str; 4] = [
-    "order.placed",
-    "order.shipped",
-    "order.cancelled",
-    "payment.refunded",
+    types::ORDER_PLACED,
+    types::ORDER_SHIPPED,
+    types::ORDER_CANCELLED,
+    types::PAYMENT_REFUNDED,
 ];
 
 /// The notification worker's policy: mail goes out one message at a time, each in the
@@ -98,35 +99,8 @@ impl Policy for Notification {
     }
 }
 
-/// Decimal places of a currency's minor unit (ISO 4217); 2 unless listed.
-fn minor_digits(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
-}
-
-/// `2999` EUR → `29.99 EUR`, `500` JPY → `500 JPY`; integers only.
-pub fn format_money(amount: i64, currency: &str) -> String {
-    let digits = minor_digits(currency);
-    if digits == 0 {
-        return format!("{amount} {currency}");
-    }
-    let scale = 10u64.pow(digits);
-    let sign = if amount < 0 { "-" } else { "" };
-    let abs = amount.unsigned_abs();
-    format!(
-        "{sign}{}.{:0width$} {currency}",
-        abs / scale,
-        abs % scale,
-        width = digits as usize
-    )
-}
-
 fn money(amount: Amount, currency: &Currency) -> String {
-    format_money(amount.get(), currency.as_str())
+    currency.format_minor(amount.get())
 }
 
 /// One e-mail to write, before the recipient is known.
@@ -229,7 +203,7 @@ async fn handle(
     smtp: Option<&Mailer>,
 ) -> Result<(), HandleError> {
     let draft = match event.event_type.as_str() {
-        "customer.registered" => {
+        types::CUSTOMER_REGISTERED => {
             let e: CustomerRegistered = event.data()?;
             sqlx::query(
                 "INSERT INTO notification.customers (customer_id, email, name) VALUES ($1, $2, $3)
@@ -242,10 +216,10 @@ async fn handle(
             .await?;
             return Ok(());
         }
-        "order.placed" => placed(&event.data()?),
-        "order.shipped" => shipped(&event.data()?),
-        "order.cancelled" => cancelled(&event.data()?),
-        "payment.refunded" => refunded(&event.data()?),
+        types::ORDER_PLACED => placed(&event.data()?),
+        types::ORDER_SHIPPED => shipped(&event.data()?),
+        types::ORDER_CANCELLED => cancelled(&event.data()?),
+        types::PAYMENT_REFUNDED => refunded(&event.data()?),
         _ => return Ok(()),
     };
     notify(tx, event, draft, smtp).await
@@ -362,19 +336,4 @@ pub async fn list(
         )
         .collect();
     Ok(json!({ "items": items }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn money_is_formatted_with_the_currency_s_minor_unit() {
-        assert_eq!(format_money(2999, "EUR"), "29.99 EUR");
-        assert_eq!(format_money(5, "EUR"), "0.05 EUR");
-        assert_eq!(format_money(-150, "USD"), "-1.50 USD");
-        assert_eq!(format_money(500, "JPY"), "500 JPY");
-        assert_eq!(format_money(1234, "KWD"), "1.234 KWD");
-        assert_eq!(format_money(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
-    }
 }
