@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use sqlx::{PgConnection, PgPool};
