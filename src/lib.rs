@@ -15,7 +15,7 @@ use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
-use ordo_workers::integration::{self, Integration};
+use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
@@ -64,6 +64,8 @@ pub struct Application {
     webhooks: reqwest::Client,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
+    /// The webhook delivery pool's settings.
+    deliveries: DeliveryConfig,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
 }
@@ -144,6 +146,12 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            deliveries: DeliveryConfig {
+                timeout: Duration::from_secs(config.webhook_timeout_secs),
+                concurrency: config.webhook_concurrency,
+                disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                ..DeliveryConfig::default()
+            },
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             state,
@@ -230,7 +238,7 @@ impl Application {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
                     Worker::Notification => Notification::new(self.mailer.clone()).into(),
-                    Worker::Integration => Integration::new(self.webhooks.clone()).into(),
+                    Worker::Integration => Integration.into(),
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());
@@ -243,6 +251,17 @@ impl Application {
                     (roles.clone(), name.clone()),
                 );
                 tasks.push(supervise(&roles, name, &stopped, run));
+            }
+            if self.workers.contains(&Worker::Integration) {
+                // The integration worker only writes the outbox; this pool sends it.
+                let name = "deliveries.webhooks".to_owned();
+                roles.set(&name, RoleState::Running);
+                let pool = DeliveryPool::new(
+                    self.state.pool.clone(),
+                    self.webhooks.clone(),
+                    self.deliveries.clone(),
+                );
+                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));

@@ -60,7 +60,6 @@ fn method_label(method: &Method) -> &'static str {
         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn scrape(State(app): State<AppState>) -> Response {
     sample_pool("main", &app.pool);
-    sample_pool("idempotency", &app.idempotency_pool);
     // A slow or unreachable database must not make the scrape fail: the gauges keep their
     // last values and the rest is still served.
     let lag = sample_lag(&app.pool, &app.config.workers.stream);

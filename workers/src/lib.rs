@@ -17,6 +17,7 @@ pub mod notification;
 pub mod ops;
 pub mod process_manager;
 pub mod relay;
+pub mod retry;
 pub mod tls;
 pub mod worker;
 

@@ -173,7 +173,8 @@ impl ProcessManager {
             .store()
             .load::<ordo_domain::order::Order>(&order_id.to_string())
             .await?;
-        let status = order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
+        let status =
+            order_payment_status(order.state.total, payments.iter().map(|(_, p)| &p.state));
         if status == order.state.payment_status {
             return Ok(());
         }
@@ -205,7 +206,7 @@ impl ProcessManager {
             return Ok(());
         };
         let meta = metadata_caused_by(event);
-        for payment in self.commands.payments_of_order(cancelled.order_id).await? {
+        for (_, payment) in self.commands.payments_of_order(cancelled.order_id).await? {
             let Some(payment_id) = payment.state.id else {
                 continue;
             };
@@ -320,6 +321,7 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         },
         request_id: String::new(),
         idempotency_key: None,
+        idempotent: None,
         // The handler span's own when traces are exported: the commands it issues chain
         // under the request that cancelled the order.
         traceparent: text("traceparent")
