@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
 use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
@@ -452,7 +452,7 @@ fn field<'a>(items: &'a Value, name: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even_when_everything_is_delivered_again(
 ) {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start().await;
     let (customer, email) = customer(&app).await;
     let (shipped, cancelled) = orders(&app, &customer).await;
@@ -558,7 +558,7 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
 
 #[tokio::test]
 async fn without_smtp_notifications_are_only_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (customer, email) = customer(&app).await;
     let (shipped, _) = orders(&app, &customer).await;
     let events = app.event_count().await;
@@ -604,7 +604,7 @@ async fn without_smtp_notifications_are_only_recorded() {
 
 #[tokio::test]
 async fn an_smtp_outage_delays_the_mail_records_every_attempt_and_ends_when_the_server_is_back() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     // The first two connections are turned away (421), then the server is back.
     let sink = SmtpSink::start_with(SinkConfig {
         refuse_first: 2,
@@ -652,7 +652,7 @@ async fn an_smtp_outage_delays_the_mail_records_every_attempt_and_ends_when_the_
 
 #[tokio::test]
 async fn a_sender_killed_between_sending_and_recording_sends_again_with_the_same_message_id() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     // The server takes the first mail and never answers: the sender is killed while it
     // waits, after the mail left and before its outcome was recorded.
     let sink = SmtpSink::start_with(SinkConfig {
@@ -743,7 +743,7 @@ async fn a_sender_killed_between_sending_and_recording_sends_again_with_the_same
 
 #[tokio::test]
 async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start().await;
     let (customer, _) = customer(&app).await;
     let (shipped, cancelled) = orders(&app, &customer).await;
@@ -846,7 +846,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
 
 #[tokio::test]
 async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (first, email) = customer(&app).await;
     customer(&app).await;
     customer(&app).await;
