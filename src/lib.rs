@@ -259,7 +259,7 @@ impl Application {
             if self.workers.contains(&Worker::Integration) {
                 // The integration worker only writes the outbox; this pool sends it.
                 let name = "deliveries.webhooks".to_owned();
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 let pool = DeliveryPool::new(
                     self.state.pool.clone(),
                     self.webhooks.clone(),
@@ -273,7 +273,7 @@ impl Application {
             ) {
                 // The notification worker only records; this sender sends.
                 let name = "deliveries.mail".to_owned();
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 let sender = MailSender::new(
                     self.state.pool.clone(),
                     mailer,
