@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ordo::{Application, Config, ServeRole};
+use ordo::{Application, Config, ProcessRole};
 use ordo_api::Role::{Admin, Storefront, Support};
 use serde_json::json;
 
@@ -14,7 +14,7 @@ async fn second_process(app: &TestApp) -> TestApp {
     let config = Config {
         database_url: app.database_url.clone().into(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        roles: vec![ServeRole::Api],
+        roles: vec![ProcessRole::Api],
         db_max_connections: 4,
         ..Config::defaults()
     };

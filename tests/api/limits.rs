@@ -83,7 +83,7 @@ async fn a_body_sent_too_slowly_times_out_with_a_408_problem() {
 async fn requests_beyond_the_in_flight_limit_get_a_503_at_once() {
     // No projector: a read for a committed position waits its full read_wait, in flight.
     let app = spawn_app_with(|c| {
-        c.roles = vec![ordo::ServeRole::Api];
+        c.roles = vec![ordo::ProcessRole::Api];
         c.max_in_flight = 1;
         c.read_wait_secs = 3;
     })

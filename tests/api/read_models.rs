@@ -255,7 +255,7 @@ async fn a_read_waits_for_its_position_and_never_answers_stale() {
     // A committed event the projection has not applied (no projector runs here) cannot be
     // served: 503, not older data.
     let unprojected = spawn_app_with(|c| {
-        c.roles = vec![ordo::ServeRole::Api];
+        c.roles = vec![ordo::ProcessRole::Api];
         c.read_wait_secs = 1;
     })
     .await;

@@ -3,7 +3,7 @@
 //! an endpoint stored while private receivers were allowed, gets no request). Every
 //! address used here is loopback: the filter's ranges are unit-tested in `egress.rs`.
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::Admin;
 use ordo_workers::integration;
 use serde_json::json;
@@ -14,7 +14,7 @@ use crate::webhooks::{history, quick_pool, register, Receiver};
 
 async fn strict_app() -> TestApp {
     spawn_app_with(|c| {
-        c.roles = vec![ServeRole::Api];
+        c.roles = vec![ProcessRole::Api];
         c.webhook_allow_private = false;
     })
     .await
@@ -50,7 +50,7 @@ async fn webhooks_to_loopback_by_address_or_by_name_are_refused_at_registration(
 
 #[tokio::test]
 async fn with_private_receivers_allowed_loopback_webhooks_register() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     register(&app, "http://127.0.0.1:9/hook", json!(["*"])).await;
     register(&app, "http://localhost:9/hook", json!(["*"])).await;
 }
@@ -59,7 +59,7 @@ async fn with_private_receivers_allowed_loopback_webhooks_register() {
 async fn the_integration_worker_refuses_to_connect_to_a_loopback_receiver() {
     // Registered while allowed; delivered by a worker whose client is not: the check at
     // connect time holds whatever the registration saw (DNS rebinding).
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start(|_| 200).await;
     let by_name = hook.url.replace("127.0.0.1", "localhost");
     let (literal, _) = register(&app, &hook.url, json!(["order.placed"])).await;
