@@ -27,6 +27,7 @@ mod readiness;
 mod relay;
 mod schemas;
 mod shutdown;
+mod startup;
 mod store;
 mod tls;
 mod trace_context;
