@@ -97,6 +97,7 @@ impl Application {
                 ..WorkerConfig::new(config.nats_url.clone())
             },
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
+            console_secure_cookie: config.console_secure_cookie,
         };
         let roots = config
             .tls_ca_file
