@@ -41,7 +41,7 @@ fn axes(y_max: f64, y_label: &dyn Fn(f64) -> String) -> Markup {
     }
 }
 
-/// Lines over `x_min..=x_max`; `x_labels` are `(x, label)` ticks along the bottom.
+/// Lines of counts over `x_min..=x_max`; `x_labels` are `(x, label)` ticks along the bottom.
 pub fn lines(
     title: &str,
     series: &[Series],
@@ -49,11 +49,12 @@ pub fn lines(
     x_labels: &[(f64, String)],
     y_label: &dyn Fn(f64) -> String,
 ) -> Markup {
+    // Counts: at least 0..4, so that an idle chart has whole-number ticks.
     let y_max = nice_max(
         series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.1))
-            .fold(0.0, f64::max),
+            .fold(4.0, f64::max),
     );
     let span = (x_max - x_min).max(1.0);
     let plot_h = H - BOTTOM - TOP;

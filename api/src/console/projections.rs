@@ -38,8 +38,11 @@ const KEEP: usize = 90;
 /// process while it serves the console (the log has no history of lag to read back).
 #[derive(Default)]
 pub struct LagHistory {
-    samples: Mutex<VecDeque<(DateTime<Utc>, Vec<(String, i64)>)>>,
+    samples: Mutex<VecDeque<Sample>>,
 }
+
+/// When, and each projection's lag in events then.
+type Sample = (DateTime<Utc>, Vec<(String, i64)>);
 
 impl LagHistory {
     /// Start sampling; the task ends once the router holding the history is dropped.
