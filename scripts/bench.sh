@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Reproducible place-order benchmark: a release build, a fresh database, one server, one
-# load run. Prints the machine it ran on, then the `ordo-bench place-order` report.
+# Reproducible place-order benchmark: a release build, a fresh database, `ordo serve` with
+# every role in the process, and in one invocation:
+#   1. pgbench's one-row insert with one commit each, 32 clients, on the same PostgreSQL;
+#   2. Ordo's place-order over HTTP, 32 connections, as fast as it goes;
+#   3. the same at half that rate (latency when not saturated);
+#   4. the same as 2 with an Idempotency-Key on every command.
+# Prints the machine, each report, then both rates, their ratio and the latencies.
 #
-#   scripts/bench.sh                           # 32 clients for 20 s, as fast as possible
+#   scripts/bench.sh                           # 32 clients, 20 s per run
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
-#   scripts/bench.sh --rate 2000               # extra arguments go to `ordo-bench place-order`
+#   scripts/bench.sh --customers 50            # extra arguments go to `ordo-bench place-order`
 #
-# Uses (and drops) the database ordo_bench and port 18088.
+# Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, and port 18088.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -65,5 +70,45 @@ echo "machine: ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%
 echo "postgres: $pg"
 echo "ordo: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)'), release build"
 
-"$BENCH" place-order --url "$URL" --key "$KEY" \
-    --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" "$@"
+# PostgreSQL's own rate for the same kind of write: one-row inserts, one commit each, from
+# 32 clients, on the same server in the same run.
+psql_admin -c "drop database if exists ${DB}_pgbench with (force)" -c "create database ${DB}_pgbench"
+psql_admin -d "${DB}_pgbench" -c "create table t (id bigserial primary key, v int not null)"
+pgbench_script=$(mktemp)
+echo 'INSERT INTO t (v) VALUES (1);' >"$pgbench_script"
+pg_tps=$(pgbench -h 127.0.0.1 -p 5432 -U postgres -n -c "${CONCURRENCY:-32}" -j 2 -T "${DURATION:-20}" \
+             -f "$pgbench_script" "${DB}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
+rm -f "$pgbench_script"
+psql_admin -c "drop database if exists ${DB}_pgbench with (force)"
+echo "pgbench: ${pg_tps} one-row inserts/s (one commit each, ${CONCURRENCY:-32} clients)"
+
+place_order() {
+    "$BENCH" place-order --url "$URL" --key "$KEY" \
+        --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" "$@"
+}
+field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -n 1; }
+
+echo
+echo "== full rate"
+full=$(place_order "$@")
+echo "$full"
+rate=$(echo "$full" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
+echo
+echo "== half rate ($((${rate%.*} / 2))/s)"
+half=$(place_order --rate "$((${rate%.*} / 2))" "$@")
+echo "$half"
+echo
+echo "== full rate, each command with an Idempotency-Key"
+keyed=$(place_order --idempotency-keys "$@")
+echo "$keyed"
+keyed_rate=$(echo "$keyed" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
+
+echo
+echo "== summary"
+awk -v o="$rate" -v p="$pg_tps" -v k="$keyed_rate" \
+    -v p50="$(echo "$full" | field p50)" -v p99="$(echo "$full" | field p99)" \
+    -v h50="$(echo "$half" | field p50)" -v h99="$(echo "$half" | field p99)" 'BEGIN {
+    printf "ordo place-order: %.0f/s   pgbench one-insert-per-commit: %.0f/s   ratio: %.2f\n", o, p, o / p
+    printf "latency at full rate: p50 %s ms  p99 %s ms;  at half rate: p50 %s ms  p99 %s ms\n", p50, p99, h50, h99
+    printf "with Idempotency-Key: %.0f/s (%.0f %% of the rate without)\n", k, 100 * k / o
+}'

@@ -124,6 +124,28 @@ pub struct Config {
     #[arg(long, env = "ORDO_SMTP_FROM", default_value = "orders@ordo.invalid")]
     pub smtp_from: String,
 
+    /// Seconds one webhook request may take (connecting included) before it counts as a
+    /// failed attempt.
+    #[arg(long, env = "ORDO_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+
+    /// Webhook requests in flight at once per process (each endpoint gets at most 4).
+    #[arg(long, env = "ORDO_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+
+    /// Seconds an endpoint may keep failing (no success since its first failure) before
+    /// it is disabled automatically; 432000 = five days.
+    #[arg(
+        long,
+        env = "ORDO_WEBHOOK_DISABLE_AFTER_SECS",
+        default_value_t = 432_000
+    )]
+    pub webhook_disable_after_secs: u64,
+
+    /// E-mails sent at once per process.
+    #[arg(long, env = "ORDO_SMTP_CONCURRENCY", default_value_t = 4)]
+    pub smtp_concurrency: usize,
+
     /// Requests each API key may make per window (a token bucket refilled continuously);
     /// 0 disables limiting. Per process: each API replica counts on its own.
     #[arg(long, env = "ORDO_RATE_LIMIT", default_value_t = 600_000)]
@@ -181,6 +203,10 @@ impl Config {
             smtp_url: None,
             tls_ca_file: None,
             smtp_from: "orders@ordo.invalid".into(),
+            webhook_timeout_secs: 10,
+            webhook_concurrency: 32,
+            webhook_disable_after_secs: 432_000,
+            smtp_concurrency: 4,
             rate_limit: 600_000,
             rate_limit_window_secs: 60,
             console_secure_cookie: false,

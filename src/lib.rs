@@ -7,6 +7,7 @@ pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,8 +15,9 @@ use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
-use ordo_workers::integration;
-use ordo_workers::notification::Mailer;
+use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
+use ordo_workers::jetstream::Policy;
+use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use sqlx::PgPool;
@@ -60,6 +62,8 @@ pub struct Application {
     webhooks: reqwest::Client,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
+    /// The webhook delivery pool's settings.
+    deliveries: DeliveryConfig,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
 }
@@ -143,6 +147,12 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            deliveries: DeliveryConfig {
+                timeout: Duration::from_secs(config.webhook_timeout_secs),
+                concurrency: config.webhook_concurrency,
+                disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                ..DeliveryConfig::default()
+            },
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             state,
@@ -230,20 +240,32 @@ impl Application {
         }
         if self.roles.contains(&ServeRole::Workers) {
             for worker in self.workers.iter().copied() {
-                let mailer = (worker == Worker::Notification)
-                    .then(|| self.mailer.clone())
-                    .flatten();
+                let policy: Arc<dyn Policy> = match worker {
+                    Worker::Notification => Notification::new(self.mailer.clone()).into(),
+                    Worker::Integration => Integration.into(),
+                    Worker::Analytics => worker.policy(),
+                };
                 let name = format!("worker.{}", worker.name());
                 roles.set(&name, RoleState::Starting);
                 let run = run_worker(
                     self.state.pool.clone(),
-                    worker,
+                    policy,
                     self.relay.clone(),
                     stopped.clone(),
-                    (mailer, self.webhooks.clone()),
                     (roles.clone(), name.clone()),
                 );
                 tasks.push(supervise(&roles, name, &stopped, run));
+            }
+            if self.workers.contains(&Worker::Integration) {
+                // The integration worker only writes the outbox; this pool sends it.
+                let name = "deliveries.webhooks".to_owned();
+                roles.set(&name, RoleState::Running);
+                let pool = DeliveryPool::new(
+                    self.state.pool.clone(),
+                    self.webhooks.clone(),
+                    self.deliveries.clone(),
+                );
+                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
@@ -384,10 +406,9 @@ async fn run_relay(
 /// until it is up or the process stops.
 async fn run_worker(
     pool: PgPool,
-    worker: Worker,
+    policy: Arc<dyn Policy>,
     relay: RelayConfig,
     mut stopped: watch::Receiver<bool>,
-    (mailer, webhooks): (Option<Mailer>, reqwest::Client),
     (roles, name): (Roles, String),
 ) {
     let config = WorkerConfig {
@@ -396,16 +417,12 @@ async fn run_worker(
         ..WorkerConfig::new(relay.nats_url)
     };
     while !*stopped.borrow() {
-        match WorkerRunner::connect(pool.clone(), worker, config.clone()).await {
+        match WorkerRunner::connect(pool.clone(), policy.clone(), config.clone()).await {
             Ok(runner) => {
                 roles.set(&name, RoleState::Running);
-                return runner
-                    .with_mailer(mailer)
-                    .with_webhook_client(webhooks)
-                    .run(stopped)
-                    .await;
+                return runner.run(stopped).await;
             }
-            Err(e) => tracing::warn!(worker = worker.name(), error = %e, "worker cannot start yet"),
+            Err(e) => tracing::warn!(worker = policy.name(), error = %e, "worker cannot start yet"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

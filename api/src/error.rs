@@ -83,6 +83,8 @@ impl ApiError {
         !matches!(
             self,
             Self::Command(CommandError::Conflict)
+                | Self::Command(CommandError::InFlight)
+                | Self::Command(CommandError::Answered(_))
                 | Self::Command(CommandError::Unavailable(_))
                 | Self::Command(CommandError::Internal(_))
                 | Self::Unavailable(_)
@@ -268,6 +270,10 @@ fn command_problem(err: &CommandError) -> (StatusCode, Value) {
             return ApiError::Unavailable(String::new()).problem();
         }
         CommandError::Internal(_) => return ApiError::Internal(String::new()).problem(),
+        // Answered is replayed by the idempotency protocol before it gets here.
+        CommandError::InFlight | CommandError::Answered(_) => {
+            return ApiError::IdempotencyInFlight.problem()
+        }
     };
     (status, problem_body(status, slug, &title, &detail, None))
 }

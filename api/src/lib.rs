@@ -72,9 +72,8 @@ impl Default for ApiConfig {
 pub struct AppState {
     /// The database: the event store's tables and `auth.api_keys`.
     pub pool: PgPool,
-    /// Connections that hold idempotency-key locks while a command runs on `pool`; apart so
-    /// that keyed requests cannot starve the commands they wait for.
-    pub idempotency_pool: PgPool,
+    /// The `Idempotency-Key`s this process is running commands for.
+    pub in_flight: ordo_commands::idempotency::InFlight,
     /// Executes commands against the event store.
     pub commands: Arc<Commands>,
     /// API keys recently seen.
@@ -90,12 +89,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(pool: PgPool, config: ApiConfig) -> Self {
-        let idempotency_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections((pool.options().get_max_connections() / 2).max(2))
-            .acquire_timeout(pool.options().get_acquire_timeout())
-            .connect_lazy_with((*pool.connect_options()).clone());
         Self {
-            idempotency_pool,
+            in_flight: Default::default(),
             commands: Arc::new(Commands::new(pool.clone())),
             pool,
             keys: KeyCache::default(),

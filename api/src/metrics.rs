@@ -14,7 +14,7 @@ use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
 use crate::AppState;
@@ -22,6 +22,11 @@ use crate::AppState;
 /// Histogram buckets, in seconds: from a fast read (1 ms) to a slow webhook (10 s).
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of `ordo_append_batch_size`, in appends per group commit.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 2048.0,
 ];
 
 /// The Prometheus text exposition format `/metrics` answers in.
@@ -34,7 +39,14 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = match PrometheusBuilder::new().set_buckets(BUCKETS) {
+            let builder = match PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("ordo_append_batch_size".into()),
+                        BATCH_BUCKETS,
+                    )
+                }) {
                 Ok(builder) => builder,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics buckets refused; histograms become summaries");
@@ -91,6 +103,10 @@ fn describe() {
         "Command latency, decide and append."
     );
     describe_counter!("ordo_events_appended_total", "Events appended to the log.");
+    describe_histogram!(
+        "ordo_append_batch_size",
+        "Appends written by one group commit (one transaction, one commit)."
+    );
     describe_gauge!(
         "ordo_projection_position",
         "Global position of the last event a projection applied."
@@ -190,7 +206,6 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
             .into_response();
     };
     sample_pool("main", &app.pool);
-    sample_pool("idempotency", &app.idempotency_pool);
     // A slow or unreachable database must not make the scrape fail: the gauges keep their
     // last values and the rest is still served.
     let lag = sample_lag(&app.pool, &app.config.workers.stream);

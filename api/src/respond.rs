@@ -6,8 +6,9 @@ use std::future::Future;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ordo_commands::idempotency::{self, Claim};
-use ordo_commands::{Actor, CommandMetadata, Committed};
+use ordo_commands::appender::{Answer, StoredAnswer};
+use ordo_commands::idempotency;
+use ordo_commands::{Actor, CommandError, CommandMetadata, Committed, IdempotentRequest};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -87,11 +88,22 @@ pub fn metadata(caller: &Caller, headers: &CommandHeaders) -> CommandMetadata {
         },
         request_id: headers.request_id.clone(),
         idempotency_key: headers.idempotency_key.clone(),
+        idempotent: None,
         traceparent: Some(headers.traceparent.clone()),
     }
 }
 
-/// Run `command` and answer it, honouring `Idempotency-Key`.
+/// Replay a stored answer if it answers this very request; 422 if the key was used for
+/// another.
+fn replay_stored(success: Success, stored: StoredAnswer, request_hash: &str) -> Response {
+    if stored.request_hash != request_hash {
+        return ApiError::IdempotencyMismatch.into_response();
+    }
+    replay(success, stored.status, stored.body)
+}
+
+/// Run `command` and answer it, honouring `Idempotency-Key`: a stored answer is replayed;
+/// otherwise the answer is committed with the command's events (or, for a refusal, alone).
 pub async fn run_command<F, Fut>(
     app: &AppState,
     caller: &Caller,
@@ -104,56 +116,56 @@ where
     F: FnOnce(CommandMetadata) -> Fut,
     Fut: Future<Output = Result<Committed, ApiError>>,
 {
-    let meta = metadata(caller, headers);
-    let Some(key) = headers.idempotency_key.as_deref() else {
+    let mut meta = metadata(caller, headers);
+    let Some(key) = headers.idempotency_key.clone() else {
         return match command(meta).await {
             Ok(committed) => success.respond(success.status(), Success::body(&committed), false),
             Err(e) => e.into_response(),
         };
     };
     let scope = meta.idempotency_scope();
-    let claim =
-        match idempotency::claim(&app.idempotency_pool, &scope, key, &body.request_hash).await {
-            Ok(claim) => claim,
-            Err(e) => return ApiError::from(e).into_response(),
-        };
-    match claim {
-        Claim::Mismatch => ApiError::IdempotencyMismatch.into_response(),
-        Claim::InFlight => ApiError::IdempotencyInFlight.into_response(),
-        Claim::Replay { status, body } => replay(success, status, body),
-        Claim::Recovered(guard, committed) => {
-            let body = Success::body(&committed);
-            if let Err(e) = guard.complete(success.status().as_u16(), &body).await {
-                tracing::warn!(error = %e, "could not store a recovered idempotent answer");
+    match idempotency::stored(&app.pool, &scope, &key).await {
+        Ok(Some(stored)) => return replay_stored(success, stored, &body.request_hash),
+        Ok(None) => {}
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let Some(_held) = app.in_flight.hold(&scope, &key) else {
+        return ApiError::IdempotencyInFlight.into_response();
+    };
+    meta.idempotent = Some(IdempotentRequest {
+        request_hash: body.request_hash.clone(),
+        success_status: success.status().as_u16(),
+    });
+    match command(meta).await {
+        Ok(committed) => {
+            if app.config.crash_after_commit {
+                tracing::error!("fault injection: aborting between commit and answer");
+                std::process::abort();
             }
-            replay(success, success.status().as_u16(), body)
+            success.respond(success.status(), Success::body(&committed), false)
         }
-        Claim::Execute(guard) => match command(meta).await {
-            Ok(committed) => {
-                if app.config.crash_after_commit {
-                    tracing::error!("fault injection: aborting between commit and answer");
-                    std::process::abort();
+        Err(ApiError::Command(CommandError::Answered(stored))) => {
+            replay_stored(success, stored, &body.request_hash)
+        }
+        Err(e) if e.is_final() => {
+            let (status, problem) = e.problem();
+            let answer = Answer {
+                scope,
+                key,
+                request_hash: body.request_hash.clone(),
+                status: status.as_u16(),
+                body: Some(problem),
+            };
+            match app.commands.store().record_answer(answer).await {
+                Ok(Some(stored)) => replay_stored(success, stored, &body.request_hash),
+                Ok(None) => e.into_response(),
+                Err(store_err) => {
+                    // Not stored: a retry runs the command again and is refused again.
+                    tracing::warn!(error = %store_err, "could not store an idempotent refusal");
+                    e.into_response()
                 }
-                let body = Success::body(&committed);
-                if let Err(e) = guard.complete(success.status().as_u16(), &body).await {
-                    // The events are committed; a retry recovers the answer from them.
-                    tracing::warn!(error = %e, "could not store an idempotent answer");
-                }
-                success.respond(success.status(), body, false)
             }
-            Err(e) if e.is_final() => {
-                let (status, problem) = e.problem();
-                if let Err(store_err) = guard.complete(status.as_u16(), &problem).await {
-                    tracing::warn!(error = %store_err, "could not store an idempotent answer");
-                }
-                e.into_response()
-            }
-            Err(e) => {
-                if let Err(store_err) = guard.release().await {
-                    tracing::warn!(error = %store_err, "could not release an idempotency key");
-                }
-                e.into_response()
-            }
-        },
+        }
+        Err(e) => e.into_response(),
     }
 }

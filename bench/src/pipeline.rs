@@ -186,6 +186,7 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         },
         request_id: String::new(),
         idempotency_key: None,
+        idempotent: None,
         traceparent: None,
     };
     let in_flight = Arc::new(Semaphore::new(128));

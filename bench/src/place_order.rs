@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Seconds of unmeasured warm-up before it.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// Send every command with an `Idempotency-Key` of its own (the answer is then stored
+    /// with the events).
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Target rate in requests per second across all clients; 0 means as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -131,6 +135,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
     };
 
+    let (idempotency_keys, run) = (args.idempotency_keys, uuid::Uuid::now_v7().simple());
     let mut tasks = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let (client, base, auth) = (client.clone(), base.clone(), auth.clone());
@@ -156,12 +161,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     ]
                 });
                 let sent = Instant::now();
-                let result = client
+                let mut request = client
                     .post(format!("{base}/v1/orders"))
-                    .header("authorization", &auth)
-                    .json(&body)
-                    .send()
-                    .await;
+                    .header("authorization", &auth);
+                if idempotency_keys {
+                    request =
+                        request.header("idempotency-key", format!("bench-{worker}-{n}-{run}"));
+                }
+                let result = request.json(&body).send().await;
                 let success = match result {
                     Ok(resp) => resp.status().as_u16() == 201 && resp.bytes().await.is_ok(),
                     Err(_) => false,
@@ -190,13 +197,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let secs = args.duration as f64;
     let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
     let report = format!(
-        "place-order: {} ok, {} failed in {secs:.0} s with {} clients{}\n\
+        "place-order: {} ok, {} failed in {secs:.0} s with {} clients{}{}\n\
          throughput: {:.0} commands/s\n\
          latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n\
          read-model lag ms (commit -> visible in orders, {} probes): p50 {:.2}  p99 {:.2}",
         t.ok,
         t.failed,
         args.concurrency,
+        if args.idempotency_keys {
+            ", each with an Idempotency-Key"
+        } else {
+            ""
+        },
         if args.rate > 0 {
             format!(" at a target of {}/s", args.rate)
         } else {

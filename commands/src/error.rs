@@ -13,6 +13,13 @@ pub enum CommandError {
     /// Concurrent writers kept winning; retrying internally did not help.
     #[error("the stream was changed concurrently; retry the command")]
     Conflict,
+    /// The request's `Idempotency-Key` was answered meanwhile (by a duplicate that another
+    /// process committed first); nothing was written.
+    #[error("this idempotency key was answered meanwhile")]
+    Answered(crate::appender::StoredAnswer),
+    /// A duplicate with the same `Idempotency-Key` is being appended right now.
+    #[error("a request with this idempotency key is in flight")]
+    InFlight,
     /// The event store could not be reached.
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
@@ -26,7 +33,8 @@ impl CommandError {
         match self {
             Self::Domain(DomainError::Invalid { .. }) => "invalid",
             Self::Domain(_) => "rejected",
-            Self::VersionMismatch { .. } | Self::Conflict => "conflict",
+            Self::VersionMismatch { .. } | Self::Conflict | Self::InFlight => "conflict",
+            Self::Answered(_) => "replayed",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "error",
         }

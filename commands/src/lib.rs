@@ -4,6 +4,7 @@
 //!
 //! This crate owns the `event_store` schema; nothing else writes it.
 
+pub mod appender;
 pub mod db;
 pub mod error;
 pub mod feed;
@@ -16,6 +17,6 @@ pub mod store;
 pub mod telemetry;
 
 pub use error::CommandError;
-pub use metadata::{Actor, CommandMetadata};
+pub use metadata::{Actor, CommandMetadata, IdempotentRequest};
 pub use service::Commands;
 pub use store::{Committed, EventStore, Versioned};

@@ -3,6 +3,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::appender::Answer;
+
 /// Who issued a command: an API key's name and role (or a system component).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -19,7 +21,17 @@ pub struct CommandMetadata {
     pub actor: Actor,
     pub request_id: String,
     pub idempotency_key: Option<String>,
+    /// With `idempotency_key`: the request's fingerprint and its success status, so that the
+    /// answer is stored in the same transaction as the events.
+    pub idempotent: Option<IdempotentRequest>,
     pub traceparent: Option<String>,
+}
+
+/// What the store needs to record an `Idempotency-Key` request's answer with its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentRequest {
+    pub request_hash: String,
+    pub success_status: u16,
 }
 
 impl CommandMetadata {
@@ -42,6 +54,18 @@ impl CommandMetadata {
             m.insert("traceparent".into(), tp.clone());
         }
         m
+    }
+
+    /// The answer record to commit with the events, for a request with an idempotency key.
+    pub fn answer(&self) -> Option<Answer> {
+        let (key, request) = (self.idempotency_key.as_ref()?, self.idempotent.as_ref()?);
+        Some(Answer {
+            scope: self.idempotency_scope(),
+            key: key.clone(),
+            request_hash: request.request_hash.clone(),
+            status: request.success_status,
+            body: None,
+        })
     }
 
     /// Idempotency keys are scoped per API key.

@@ -7,15 +7,26 @@ use ordo_domain::order::{Order, OrderCommand, PlaceOrder, ShipOrder, ShipmentLin
 use ordo_domain::payment::{CreatePayment, OrderFacts, Payment, PaymentCommand};
 use ordo_domain::values::Text;
 use ordo_domain::{Amount, Currency, DomainError};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use cqrs_es::Aggregate;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::appender::StreamVersion;
 use crate::store::Versioned;
 use crate::{CommandError, CommandMetadata, Committed, EventStore};
 
 pub struct Commands {
     store: EventStore,
+    /// Customers known to be registered. A registered customer stays registered, so a hit
+    /// needs no read; bounded, forgotten wholesale when full.
+    known_customers: Mutex<HashSet<Uuid>>,
 }
+
+/// How many registered customers [`Commands`] remembers.
+const KNOWN_CUSTOMERS: usize = 100_000;
 
 /// A shipment as requested; the covered amount is found by [`Commands::ship_order`].
 #[derive(Debug, Clone)]
@@ -41,6 +52,7 @@ impl Commands {
     pub fn new(pool: PgPool) -> Self {
         Self {
             store: EventStore::new(pool),
+            known_customers: Mutex::new(HashSet::new()),
         }
     }
 
@@ -81,17 +93,41 @@ impl Commands {
         cmd: PlaceOrder,
         meta: &CommandMetadata,
     ) -> Result<Committed, CommandError> {
-        let customer = self
-            .store
-            .load::<Customer>(&cmd.customer_id.to_string())
-            .await?;
-        if !customer.state.exists() {
+        if !self.customer_exists(cmd.customer_id).await? {
             return Err(DomainError::invalid("customer_id", "no customer has this id").into());
         }
         let id = cmd.order_id.to_string();
         self.store
             .execute::<Order>(&id, None, OrderCommand::Place(cmd), meta)
             .await
+    }
+
+    async fn customer_exists(&self, customer_id: Uuid) -> Result<bool, CommandError> {
+        let known = |set: &HashSet<Uuid>| set.contains(&customer_id);
+        if known(
+            &self
+                .known_customers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        ) {
+            return Ok(true);
+        }
+        let exists = self
+            .store
+            .version_of(Customer::TYPE, &customer_id.to_string())
+            .await?
+            > 0;
+        if exists {
+            let mut set = self
+                .known_customers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if set.len() >= KNOWN_CUSTOMERS {
+                set.clear();
+            }
+            set.insert(customer_id);
+        }
+        Ok(exists)
     }
 
     /// Confirm, cancel or deliver an order.
@@ -107,7 +143,9 @@ impl Commands {
             .await
     }
 
-    /// Ship (part of) an order, if its payments cover its total right now.
+    /// Ship (part of) an order, if its payments cover its total. The appender checks that
+    /// none of the payments read moved before the shipment commits (a void committed
+    /// meanwhile makes it decide again), so coverage is never judged on stale payments.
     pub async fn ship_order(
         &self,
         order_id: Uuid,
@@ -115,17 +153,39 @@ impl Commands {
         request: ShipRequest,
         meta: &CommandMetadata,
     ) -> Result<Committed, CommandError> {
-        let payments = self.payments_of_order(order_id).await?;
-        let covered = Amount::checked_sum(payments.iter().map(|p| p.state.coverage()))
-            .ok_or_else(|| CommandError::Internal("payment coverage overflows".into()))?;
-        let cmd = OrderCommand::Ship(ShipOrder {
-            carrier: request.carrier,
-            tracking_number: request.tracking_number,
-            lines: request.lines,
-            covered,
-            at: request.at,
-        });
-        self.order(order_id, expected, cmd, meta).await
+        let request = &request;
+        self.store
+            .execute_with::<Order, _, _>(
+                &order_id.to_string(),
+                expected,
+                false,
+                meta,
+                || async move {
+                    let payments = self.payments_of_order(order_id).await?;
+                    let covered =
+                        Amount::checked_sum(payments.iter().map(|(_, p)| p.state.coverage()))
+                            .ok_or_else(|| {
+                                CommandError::Internal("payment coverage overflows".into())
+                            })?;
+                    let reads = payments
+                        .iter()
+                        .map(|(id, p)| StreamVersion {
+                            aggregate_type: Payment::TYPE.to_owned(),
+                            aggregate_id: id.clone(),
+                            version: p.version,
+                        })
+                        .collect();
+                    let cmd = OrderCommand::Ship(ShipOrder {
+                        carrier: request.carrier.clone(),
+                        tracking_number: request.tracking_number.clone(),
+                        lines: request.lines.clone(),
+                        covered,
+                        at: request.at,
+                    });
+                    Ok((cmd, reads))
+                },
+            )
+            .await
     }
 
     /// Create a pending payment for an existing order, in the order's currency.
@@ -134,27 +194,39 @@ impl Commands {
         request: NewPayment,
         meta: &CommandMetadata,
     ) -> Result<Committed, CommandError> {
-        let order = self
-            .store
-            .load::<Order>(&request.order_id.to_string())
-            .await?
-            .state;
-        let facts = OrderFacts {
-            order_id: request.order_id,
-            customer_id: order.customer_id.unwrap_or_default(),
-            currency: order.currency.unwrap_or(request.currency),
-            status: order.status,
-        };
-        let cmd = PaymentCommand::Create(CreatePayment {
-            payment_id: request.payment_id,
-            amount: request.amount,
-            currency: request.currency,
-            method: request.method,
-            order: facts,
-            created_at: request.at,
-        });
+        let request = &request;
+        let order_id = request.order_id.to_string();
+        let order_id = &order_id;
         self.store
-            .execute::<Payment>(&request.payment_id.to_string(), None, cmd, meta)
+            .execute_with::<Payment, _, _>(
+                &request.payment_id.to_string(),
+                None,
+                true,
+                meta,
+                || async move {
+                    let order = self.store.load::<Order>(order_id).await?;
+                    let facts = OrderFacts {
+                        order_id: request.order_id,
+                        customer_id: order.state.customer_id.unwrap_or_default(),
+                        currency: order.state.currency.unwrap_or(request.currency),
+                        status: order.state.status,
+                    };
+                    let cmd = PaymentCommand::Create(CreatePayment {
+                        payment_id: request.payment_id,
+                        amount: request.amount,
+                        currency: request.currency,
+                        method: request.method.clone(),
+                        order: facts,
+                        created_at: request.at,
+                    });
+                    let read = StreamVersion {
+                        aggregate_type: Order::TYPE.to_owned(),
+                        aggregate_id: order_id.clone(),
+                        version: order.version,
+                    };
+                    Ok((cmd, vec![read]))
+                },
+            )
             .await
     }
 
@@ -170,11 +242,11 @@ impl Commands {
             .await
     }
 
-    /// Every payment created for an order, folded to its current state.
+    /// Every payment created for an order (its id and its current state).
     pub async fn payments_of_order(
         &self,
         order_id: Uuid,
-    ) -> Result<Vec<Versioned<Payment>>, CommandError> {
+    ) -> Result<Vec<(String, Versioned<Payment>)>, CommandError> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT aggregate_id FROM event_store.events
               WHERE aggregate_type = 'payment' AND sequence = 1
@@ -186,7 +258,8 @@ impl Commands {
         .await?;
         let mut payments = Vec::with_capacity(ids.len());
         for id in ids {
-            payments.push(self.store.load::<Payment>(&id).await?);
+            let payment = self.store.load::<Payment>(&id).await?;
+            payments.push((id, payment));
         }
         Ok(payments)
     }

@@ -1,6 +1,10 @@
-//! The PostgreSQL event store: cqrs-es's `PersistedEventStore` in event-store mode over
-//! postgres-es, one per aggregate, all on `event_store.events`.
+//! The PostgreSQL event store on `event_store.events`: streams load through cqrs-es's
+//! `PersistedEventStore` in event-store mode over postgres-es (one per aggregate, with the
+//! upcasters); commands are decided on cqrs-es aggregates and their events written by the
+//! group-commit [`Appender`] (postgres-es writes one transaction per command, the limit this
+//! store was built to pass).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
@@ -14,6 +18,7 @@ use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::appender::{Answer, Append, Appended, Appender, NewEvent, StoredAnswer, StreamVersion};
 use crate::{CommandError, CommandMetadata};
 
 pub const EVENTS_TABLE: &str = "event_store.events";
@@ -48,6 +53,9 @@ where
 {
     fn store(store: &EventStore) -> &Store<Self>;
 
+    /// Whether the command creates its stream (the first attempt need not load it).
+    fn creates(command: &Self::Command) -> bool;
+
     /// The command's name in metrics and spans (`place_order`): a closed set, so a bounded
     /// label.
     fn command_name(command: &Self::Command) -> &'static str;
@@ -56,6 +64,10 @@ where
 impl Stored for Order {
     fn store(store: &EventStore) -> &Store<Self> {
         &store.orders
+    }
+
+    fn creates(command: &OrderCommand) -> bool {
+        matches!(command, OrderCommand::Place(_))
     }
 
     fn command_name(command: &OrderCommand) -> &'static str {
@@ -75,6 +87,10 @@ impl Stored for Payment {
         &store.payments
     }
 
+    fn creates(command: &PaymentCommand) -> bool {
+        matches!(command, PaymentCommand::Create(_))
+    }
+
     fn command_name(command: &PaymentCommand) -> &'static str {
         match command {
             PaymentCommand::Create(_) => "create_payment",
@@ -92,6 +108,10 @@ impl Stored for Customer {
         &store.customers
     }
 
+    fn creates(command: &CustomerCommand) -> bool {
+        matches!(command, CustomerCommand::Register(_))
+    }
+
     fn command_name(command: &CustomerCommand) -> &'static str {
         match command {
             CustomerCommand::Register(_) => "register_customer",
@@ -102,8 +122,8 @@ impl Stored for Customer {
 
 pub struct EventStore {
     pool: PgPool,
-    /// Wakes the feed's readers after commits (see [`Wake`]).
-    wake: Wake,
+    /// Writes every append (group commit); wakes the feed's readers after each commit.
+    appender: Appender,
     orders: Store<Order>,
     payments: Store<Payment>,
     customers: Store<Customer>,
@@ -141,8 +161,9 @@ fn cqrs_store<A: Aggregate>(pool: &PgPool) -> Store<A> {
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
+        let wake = Wake::start(&pool);
         Self {
-            wake: Wake::start(&pool),
+            appender: Appender::start(pool.clone(), move || wake.notify()),
             orders: cqrs_store(&pool),
             payments: cqrs_store(&pool),
             customers: cqrs_store(&pool),
@@ -152,6 +173,11 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The group-commit appender every command of this store writes through.
+    pub fn appender(&self) -> &Appender {
+        &self.appender
     }
 
     /// The current state of a stream; a stream with no events folds to `A::default()` at
@@ -172,10 +198,6 @@ impl EventStore {
     /// With `expected` (from `If-Match`) the stream must be at exactly that version, and a
     /// lost race is reported as a version mismatch. Without it, a lost race is re-decided
     /// against the new state a few times before giving up with [`CommandError::Conflict`].
-    ///
-    /// Counted in `ordo_commands_total{command,outcome}` and timed in
-    /// `ordo_command_duration_seconds{command}`; appended events are counted in
-    /// `ordo_events_appended_total{aggregate,event_type}`.
     pub async fn execute<A: Stored>(
         &self,
         id: &str,
@@ -186,17 +208,51 @@ impl EventStore {
     where
         A::Command: Clone,
     {
-        let name = A::command_name(&command);
+        let assume_new = A::creates(&command);
+        self.execute_with::<A, _, _>(id, expected, assume_new, metadata, || {
+            let command = command.clone();
+            async move { Ok((command, Vec::new())) }
+        })
+        .await
+    }
+
+    /// [`EventStore::execute`] for a command that needs facts from other streams: `prepare`
+    /// reads them and builds the command, and names the streams it read at the versions it
+    /// read (the appender checks they are still current under the commit lock). It runs
+    /// again for every attempt. `assume_new`: the stream is most likely new (a creation with
+    /// a fresh id), so the first attempt decides against an empty stream without loading it;
+    /// if it was not new after all, the append finds it moved and the next attempt loads it.
+    ///
+    /// Counted in `ordo_commands_total{command,outcome}` and timed in
+    /// `ordo_command_duration_seconds{command}`; appended events are counted in
+    /// `ordo_events_appended_total{aggregate,event_type}`.
+    pub async fn execute_with<A, F, Fut>(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        assume_new: bool,
+        metadata: &CommandMetadata,
+        prepare: F,
+    ) -> Result<Committed, CommandError>
+    where
+        A: Stored,
+        A::Command: Clone,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(A::Command, Vec<StreamVersion>), CommandError>>,
+    {
         let span = tracing::info_span!(
             "command",
-            command = name,
+            command = tracing::field::Empty,
             aggregate = A::TYPE,
             aggregate.id = id,
             outcome = tracing::field::Empty,
         );
         let started = Instant::now();
+        let mut name = "unknown";
         let result = tracing::Instrument::instrument(
-            self.decide_and_append::<A>(id, expected, command, metadata),
+            self.decide_and_append::<A, F, Fut>(
+                id, expected, assume_new, metadata, prepare, &mut name,
+            ),
             span.clone(),
         )
         .await;
@@ -204,6 +260,7 @@ impl EventStore {
             Ok(_) => "accepted",
             Err(e) => e.outcome(),
         };
+        span.record("command", name);
         span.record("outcome", outcome);
         metrics::counter!("ordo_commands_total", "command" => name, "outcome" => outcome)
             .increment(1);
@@ -212,22 +269,34 @@ impl EventStore {
         result
     }
 
-    async fn decide_and_append<A: Stored>(
+    async fn decide_and_append<A, F, Fut>(
         &self,
         id: &str,
         expected: Option<u64>,
-        command: A::Command,
+        assume_new: bool,
         metadata: &CommandMetadata,
+        mut prepare: F,
+        name: &mut &'static str,
     ) -> Result<Committed, CommandError>
     where
+        A: Stored,
         A::Command: Clone,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(A::Command, Vec<StreamVersion>), CommandError>>,
     {
         let store = A::store(self);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut context = store.load_aggregate(id).await?;
-            let version = context.current_sequence as u64;
+            let (command, reads) = prepare().await?;
+            *name = A::command_name(&command);
+            let (mut state, version) = if attempt == 1 && assume_new && expected.is_none() {
+                (A::default(), 0)
+            } else {
+                let context = store.load_aggregate(id).await?;
+                let version = context.current_sequence as u64;
+                (context.aggregate, version)
+            };
             if let Some(expected) = expected {
                 if expected != version {
                     return Err(CommandError::VersionMismatch {
@@ -237,17 +306,27 @@ impl EventStore {
                 }
             }
             let sink = EventSink::default();
-            context
-                .aggregate
-                .handle(command.clone(), &(), &sink)
+            state
+                .handle(command, &(), &sink)
                 .await
                 .map_err(CommandError::Domain)?;
             let events = sink.collect().await;
-            let produced = events.len() as u64;
             let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
-            match store.commit(events, context, metadata.to_map()).await {
-                Ok(_) => {
-                    self.wake.notify();
+            let append = Append {
+                stream: StreamVersion {
+                    aggregate_type: A::TYPE.to_owned(),
+                    aggregate_id: id.to_owned(),
+                    version,
+                },
+                events: events
+                    .iter()
+                    .map(|event| new_event(event, metadata))
+                    .collect::<Result<_, _>>()?,
+                reads,
+                answer: metadata.answer(),
+            };
+            match self.appender.append(append).await? {
+                Appended::Committed { version, position } => {
                     for event_type in event_types {
                         metrics::counter!(
                             "ordo_events_appended_total",
@@ -256,47 +335,81 @@ impl EventStore {
                         )
                         .increment(1);
                     }
-                    let new_version = version + produced;
-                    let position = self.position_of(A::TYPE, id, new_version).await?;
                     return Ok(Committed {
                         id: id.to_owned(),
-                        version: new_version,
+                        version,
                         position,
                     });
                 }
-                Err(cqrs_es::AggregateError::AggregateConflict) => {
-                    if let Some(expected) = expected {
-                        let actual = self.load::<A>(id).await?.version;
+                Appended::Answered(stored) => return Err(CommandError::Answered(stored)),
+                Appended::InFlight => return Err(CommandError::InFlight),
+                Appended::Stale { own, actual, .. } => {
+                    if let (Some(expected), true) = (expected, own) {
                         return Err(CommandError::VersionMismatch { expected, actual });
                     }
                     if attempt >= MAX_ATTEMPTS {
                         return Err(CommandError::Conflict);
                     }
                     tracing::debug!(aggregate.id = id, attempt, "write conflict, retrying");
-                    tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
+                    if attempt > 1 {
+                        tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
+                    }
                 }
-                Err(other) => return Err(other.into()),
             }
         }
     }
 
-    async fn position_of(
+    /// Store an idempotent refusal's answer (no events). `Some` with the answer already
+    /// stored when the key was answered meanwhile.
+    pub async fn record_answer(
         &self,
-        aggregate_type: &str,
-        id: &str,
-        sequence: u64,
-    ) -> Result<i64, CommandError> {
-        let position: i64 = sqlx::query_scalar(
-            "SELECT global_position FROM event_store.events
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        answer: Answer,
+    ) -> Result<Option<StoredAnswer>, CommandError> {
+        let append = Append {
+            stream: StreamVersion {
+                aggregate_type: String::new(),
+                aggregate_id: String::new(),
+                version: 0,
+            },
+            events: Vec::new(),
+            reads: Vec::new(),
+            answer: Some(answer),
+        };
+        match self.appender.append(append).await? {
+            Appended::Answered(stored) => Ok(Some(stored)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The current version of a stream (0 when it has no events), for a command that reads
+    /// it as a fact and names it in its reads.
+    pub async fn version_of(&self, aggregate_type: &str, id: &str) -> Result<u64, CommandError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM event_store.events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
         )
         .bind(aggregate_type)
         .bind(id)
-        .bind(sequence as i64)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(position)
+        Ok(version.unwrap_or(0) as u64)
     }
+}
+
+/// A decided event as the appender stores it: cqrs-es's type and version, the event's JSON,
+/// and the command's metadata.
+fn new_event<E: DomainEvent>(
+    event: &E,
+    metadata: &CommandMetadata,
+) -> Result<NewEvent, CommandError> {
+    Ok(NewEvent {
+        event_type: event.event_type(),
+        event_version: event.event_version(),
+        payload: serde_json::to_value(event)
+            .map_err(|e| CommandError::Internal(format!("event not serializable: {e}")))?,
+        metadata: serde_json::to_value(metadata.to_map())
+            .map_err(|e| CommandError::Internal(format!("metadata not serializable: {e}")))?,
+    })
 }
 
 /// Tells the feed's readers (`LISTEN ordo_events`) that events were committed.

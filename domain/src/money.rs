@@ -45,6 +45,35 @@ impl Currency {
         // Only ever built from the ASCII table above.
         std::str::from_utf8(&self.0).unwrap_or("XXX")
     }
+
+    /// Decimal places of the currency's minor unit (ISO 4217): 0 for JPY, 3 for KWD, 2
+    /// for most.
+    pub fn minor_digits(&self) -> u32 {
+        match self.as_str() {
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            _ => 2,
+        }
+    }
+
+    /// A count of minor units written for people: `2999` EUR → `29.99 EUR`, `500` JPY →
+    /// `500 JPY`. Integer arithmetic only, exact for every `i64`.
+    pub fn format_minor(&self, minor_units: i64) -> String {
+        let digits = self.minor_digits();
+        if digits == 0 {
+            return format!("{minor_units} {self}");
+        }
+        let scale = 10u64.pow(digits);
+        let sign = if minor_units < 0 { "-" } else { "" };
+        let abs = minor_units.unsigned_abs();
+        format!(
+            "{sign}{}.{:0width$} {self}",
+            abs / scale,
+            abs % scale,
+            width = digits as usize
+        )
+    }
 }
 
 impl fmt::Display for Currency {
@@ -170,6 +199,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn minor(amount: i64, code: &str) -> String {
+        Currency::parse(code)
+            .expect("a known code")
+            .format_minor(amount)
+    }
+
+    #[test]
+    fn money_is_written_with_the_currency_s_minor_unit() {
+        assert_eq!(minor(2999, "EUR"), "29.99 EUR");
+        assert_eq!(minor(5, "EUR"), "0.05 EUR");
+        assert_eq!(minor(-150, "USD"), "-1.50 USD");
+        assert_eq!(minor(500, "JPY"), "500 JPY");
+        assert_eq!(minor(1234, "KWD"), "1.234 KWD");
+        assert_eq!(minor(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
+    }
 
     #[test]
     fn known_codes_parse_and_unknown_codes_do_not() {

@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
 use crate::customer::{CustomerNoteAdded, CustomerRegistered};
+use crate::event::types;
 use crate::order::{
     OrderCancelled, OrderConfirmed, OrderDelivered, OrderPaymentStatusChanged, OrderPlaced,
     OrderShipped,
@@ -72,20 +73,20 @@ pub fn schema_id(event_type: &str, version: u32) -> String {
 /// differ, or when an event type is missing here.
 pub fn event_schemas() -> Vec<EventSchema> {
     vec![
-        generate::<OrderPlaced>("order.placed", 1),
-        generate::<OrderConfirmed>("order.confirmed", 1),
-        generate::<OrderCancelled>("order.cancelled", 1),
-        generate::<OrderShipped>("order.shipped", 1),
-        generate::<OrderDelivered>("order.delivered", 1),
-        generate::<OrderPaymentStatusChanged>("order.payment_status_changed", 1),
-        generate::<PaymentCreated>("payment.created", 1),
-        generate::<PaymentAuthorized>("payment.authorized", 1),
-        generate::<PaymentCaptured>("payment.captured", 1),
-        generate::<PaymentRefunded>("payment.refunded", 1),
-        generate::<PaymentVoided>("payment.voided", 1),
-        generate::<PaymentFailed>("payment.failed", 1),
-        generate::<CustomerRegistered>("customer.registered", 1),
-        generate::<CustomerNoteAdded>("customer.note_added", 1),
+        generate::<OrderPlaced>(types::ORDER_PLACED, 1),
+        generate::<OrderConfirmed>(types::ORDER_CONFIRMED, 1),
+        generate::<OrderCancelled>(types::ORDER_CANCELLED, 1),
+        generate::<OrderShipped>(types::ORDER_SHIPPED, 1),
+        generate::<OrderDelivered>(types::ORDER_DELIVERED, 1),
+        generate::<OrderPaymentStatusChanged>(types::ORDER_PAYMENT_STATUS_CHANGED, 1),
+        generate::<PaymentCreated>(types::PAYMENT_CREATED, 1),
+        generate::<PaymentAuthorized>(types::PAYMENT_AUTHORIZED, 1),
+        generate::<PaymentCaptured>(types::PAYMENT_CAPTURED, 1),
+        generate::<PaymentRefunded>(types::PAYMENT_REFUNDED, 1),
+        generate::<PaymentVoided>(types::PAYMENT_VOIDED, 1),
+        generate::<PaymentFailed>(types::PAYMENT_FAILED, 1),
+        generate::<CustomerRegistered>(types::CUSTOMER_REGISTERED, 1),
+        generate::<CustomerNoteAdded>(types::CUSTOMER_NOTE_ADDED, 1),
     ]
 }
 

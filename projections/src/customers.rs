@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::model::ApplyError;
 use ordo_commands::feed::FeedEvent;
+use ordo_domain::event::types;
 
 pub const TABLES: &[&str] = &["customers", "customer_spend"];
 
@@ -62,14 +63,14 @@ enum Change {
 /// Events of the aggregates this view follows that change nothing in it (the feed sends
 /// them without payload). Any other unknown type is an error, not a silent skip.
 const IGNORED: &[&str] = &[
-    "order.confirmed",
-    "order.shipped",
-    "order.payment_status_changed",
-    "payment.created",
-    "payment.authorized",
-    "payment.captured",
-    "payment.voided",
-    "payment.failed",
+    types::ORDER_CONFIRMED,
+    types::ORDER_SHIPPED,
+    types::ORDER_PAYMENT_STATUS_CHANGED,
+    types::PAYMENT_CREATED,
+    types::PAYMENT_AUTHORIZED,
+    types::PAYMENT_CAPTURED,
+    types::PAYMENT_VOIDED,
+    types::PAYMENT_FAILED,
 ];
 
 fn change_of(event: &FeedEvent) -> Result<Option<(Uuid, Change)>, ApplyError> {

@@ -2,7 +2,8 @@
 //! 360, each kept by a runner that one process at a time leads, rebuilt without downtime.
 //!
 //! This crate owns the `projections` and `projections_rebuild` schemas; the API reads them
-//! only through [`queries`].
+//! only through [`queries`],
+//! which answer the [`views`]: one type per response, also the OpenAPI document's schema.
 
 pub mod check;
 pub mod customers;
@@ -12,6 +13,7 @@ pub mod payments;
 pub mod queries;
 pub mod runner;
 pub mod status;
+pub mod views;
 
 pub use model::{ApplyError, Projection};
 pub use runner::{Runner, RunnerConfig, Step};

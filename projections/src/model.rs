@@ -5,6 +5,7 @@ use sqlx::PgConnection;
 
 use crate::{customers, orders, payments};
 use ordo_commands::feed::{DecodeError, FeedEvent};
+use ordo_domain::event::types;
 
 /// Why a batch could not be applied. The runner records it, stops advancing, and retries.
 #[derive(Debug, thiserror::Error)]
@@ -75,34 +76,27 @@ impl Projection {
     pub fn event_types(self) -> &'static [&'static str] {
         match self {
             Self::Orders => &[
-                "order.placed",
-                "order.confirmed",
-                "order.cancelled",
-                "order.shipped",
-                "order.delivered",
-                "order.payment_status_changed",
-                "payment.created",
-                "payment.authorized",
-                "payment.captured",
-                "payment.refunded",
-                "payment.voided",
-                "payment.failed",
+                types::ORDER_PLACED,
+                types::ORDER_CONFIRMED,
+                types::ORDER_CANCELLED,
+                types::ORDER_SHIPPED,
+                types::ORDER_DELIVERED,
+                types::ORDER_PAYMENT_STATUS_CHANGED,
+                types::PAYMENT_CREATED,
+                types::PAYMENT_AUTHORIZED,
+                types::PAYMENT_CAPTURED,
+                types::PAYMENT_REFUNDED,
+                types::PAYMENT_VOIDED,
+                types::PAYMENT_FAILED,
             ],
-            Self::Payments => &[
-                "payment.created",
-                "payment.authorized",
-                "payment.captured",
-                "payment.refunded",
-                "payment.voided",
-                "payment.failed",
-            ],
+            Self::Payments => types::PAYMENT,
             Self::Customers => &[
-                "customer.registered",
-                "customer.note_added",
-                "order.placed",
-                "order.cancelled",
-                "order.delivered",
-                "payment.refunded",
+                types::CUSTOMER_REGISTERED,
+                types::CUSTOMER_NOTE_ADDED,
+                types::ORDER_PLACED,
+                types::ORDER_CANCELLED,
+                types::ORDER_DELIVERED,
+                types::PAYMENT_REFUNDED,
             ],
         }
     }

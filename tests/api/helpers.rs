@@ -236,6 +236,23 @@ impl TestApp {
         self.last_position.load(Ordering::SeqCst)
     }
 
+    /// PATCH JSON as `role`.
+    pub async fn patch(&self, role: Role, path: &str, body: Value) -> Resp {
+        let req = self
+            .client
+            .patch(self.url(path))
+            .bearer_auth(self.key(role));
+        read(req.json(&body).send().await.expect("request sent")).await
+    }
+
+    pub async fn delete(&self, role: Role, path: &str) -> Resp {
+        let req = self
+            .client
+            .delete(self.url(path))
+            .bearer_auth(self.key(role));
+        read(req.send().await.expect("request sent")).await
+    }
+
     pub async fn get(&self, role: Role, path: &str) -> Resp {
         read(
             self.client

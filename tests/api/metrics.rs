@@ -174,20 +174,19 @@ async fn metrics_expose_every_family_after_a_short_scenario() {
         "ordo_worker_handler_duration_seconds_bucket",
         &[worker],
     );
-    for pool in ["main", "idempotency"] {
-        let label = format!(r#"pool="{pool}""#);
-        has(
-            &text,
-            "ordo_db_pool_connections",
-            &[&label, r#"state="idle""#],
-        );
-        has(
-            &text,
-            "ordo_db_pool_connections",
-            &[&label, r#"state="in_use""#],
-        );
-        assert!(has(&text, "ordo_db_pool_max_connections", &[&label]) >= 1.0);
-    }
+    assert!(has(&text, "ordo_append_batch_size_count", &[]) >= 1.0);
+    let main = r#"pool="main""#;
+    has(
+        &text,
+        "ordo_db_pool_connections",
+        &[main, r#"state="idle""#],
+    );
+    has(
+        &text,
+        "ordo_db_pool_connections",
+        &[main, r#"state="in_use""#],
+    );
+    assert!(has(&text, "ordo_db_pool_max_connections", &[main]) >= 1.0);
     has(&text, "ordo_rate_limited_total", &[]);
 
     let _ = js.delete_stream(&stream).await;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ordo::ServeRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
-use ordo_workers::notification::Mailer;
+use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::ops::{OpsError, ReplayFrom, WorkersAdmin};
-use ordo_workers::{Worker, WorkerRunner};
+use ordo_workers::WorkerRunner;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -300,12 +300,11 @@ impl Setup {
     pub(crate) async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> WorkerRunner {
         WorkerRunner::connect(
             app.pool.clone(),
-            Worker::Notification,
+            Notification::new(mailer),
             self.worker_config.clone(),
         )
         .await
         .unwrap()
-        .with_mailer(mailer)
     }
 }
 

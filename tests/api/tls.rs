@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::{setup, work_until};
 use crate::notifications::{customer, SinkConfig, SinkTls, SmtpSink};
-use crate::webhooks::{deliveries, placed_event_id, register, Receiver};
+use crate::webhooks::{history, placed_event_id, quick_pool, register, Receiver};
 
 /// A CA of the test's own, its PEM in a file, and a server certificate it signed.
 struct Pki {
@@ -85,17 +85,16 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
     let (endpoint, secret) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
     let order = app.place_order(&customer).await;
-    let events = app.event_count().await;
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
     let client = integration::client_with(Some(&pki.roots())).unwrap();
-    let runner = s.worker(&app).await.with_webhook_client(client);
-    work_until(
-        &runner,
+    let pool = quick_pool(&app, Some(client), 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM integration.processed",
-        events,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
+        1,
     )
     .await;
 
@@ -112,10 +111,9 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
     );
     let payload: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["data"]["order_id"], json!(order));
-    let items = deliveries(&app, &endpoint).await;
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["ok"], true);
-    assert_eq!(items[0]["status_code"], 200);
+    let (delivery, _) = history(&app, &endpoint).await;
+    assert_eq!(delivery["status"], "delivered");
+    assert_eq!(delivery["last_status_code"], 200);
     s.cleanup().await;
 }
 
@@ -130,30 +128,29 @@ async fn without_the_ca_file_an_https_endpoint_of_a_private_ca_is_refused_for_it
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let runner = s.worker(&app).await;
-    // The worker's default client: the webpki roots only.
-    work_until(
-        &runner,
+    // The default client: the webpki roots only.
+    let pool = quick_pool(&app, None, 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM workers.dead_letters",
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'failed'",
         1,
     )
     .await;
 
     assert_eq!(hook.received().len(), 0, "nothing crossed the refused TLS");
-    let items = deliveries(&app, &endpoint).await;
-    assert_eq!(items.len(), 3, "every allowed delivery: {items:?}");
-    for item in &items {
+    let (delivery, attempts) = history(&app, &endpoint).await;
+    assert_eq!(
+        delivery["event_id"],
+        json!(placed_event_id(&app, &order).await)
+    );
+    assert_eq!(attempts.len(), 3, "every scheduled attempt: {attempts:?}");
+    for item in &attempts {
         assert_eq!(item["ok"], false);
         assert!(item["status_code"].is_null());
         let error = item["error"].as_str().unwrap();
         assert!(error.contains("certificate"), "{error}");
     }
-    let dead: uuid::Uuid = sqlx::query_scalar("SELECT event_id FROM workers.dead_letters")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(dead.to_string(), placed_event_id(&app, &order).await);
     s.cleanup().await;
 }
 

@@ -232,13 +232,17 @@ async fn a_requests_trace_id_reaches_the_event_the_nats_message_and_the_webhook(
     let header = found.expect("the order.placed message has a traceparent header");
     assert_eq!(parts(&header).0, TRACE_ID);
 
-    // In the webhook the integration worker sends, as a call of its own in the same trace.
+    // In the webhook the delivery pool sends, as a call of its own in the same trace.
     let runner = p.worker(Worker::Integration).await;
-    p.work_until(
-        &runner,
-        "SELECT count(*) FROM integration.deliveries WHERE ok",
-    )
-    .await;
+    p.work_until(&runner, "SELECT count(*) FROM integration.outbox")
+        .await;
+    let pool = crate::webhooks::quick_pool(&p.app, None, 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook sent");
+        pool.step().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sent = received.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
     let webhook = sent[0]

@@ -4,21 +4,61 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use ordo_domain::order::{
     OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderShipped,
 };
 use ordo_domain::payment::{PaymentCaptured, PaymentRefunded};
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::consumer::{Delivered, HandleError};
+use crate::jetstream::{Batching, Delivered, EventTypes, HandleError, Policy};
+use ordo_domain::event::types;
 
-fn data<T: DeserializeOwned>(event: &Delivered) -> Result<T, HandleError> {
-    serde_json::from_value(event.body.clone())
-        .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", event.event_type)))
+pub const NAME: &str = "analytics";
+
+/// The analytics worker's policy: every effect is a row in its own schema, so a batch's
+/// events fold into one write per table, in one transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Analytics;
+
+#[async_trait]
+impl Policy for Analytics {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn processed_table(&self) -> &'static str {
+        "analytics.processed"
+    }
+
+    fn batching(&self) -> Batching {
+        Batching::Together
+    }
+
+    async fn acts_on(&self, _: &PgPool) -> Result<EventTypes, sqlx::Error> {
+        Ok(EventTypes::all())
+    }
+
+    fn check(&self, event: &Delivered) -> Result<(), HandleError> {
+        Effects::of(event).map(|_| ())
+    }
+
+    async fn handle(
+        &self,
+        _: &PgPool,
+        tx: &mut PgConnection,
+        events: &[&Delivered],
+    ) -> Result<(), HandleError> {
+        let mut effects = Effects::default();
+        for event in events {
+            effects.absorb(&Effects::of(event)?);
+        }
+        effects.write(tx).await?;
+        Ok(())
+    }
 }
 
 /// Sums added to one sales row.
@@ -35,7 +75,7 @@ struct Totals {
 /// order into the same writes. Ordered maps make every transaction lock rows in the same
 /// order, so two analytics workers never deadlock on a shared bucket.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Effects {
+struct Effects {
     stages: BTreeSet<(Uuid, &'static str)>,
     sales: BTreeMap<(&'static str, DateTime<Utc>, String), Totals>,
 }
@@ -43,11 +83,11 @@ pub(crate) struct Effects {
 impl Effects {
     /// What one event changes. Fails (poison) on a body that does not read or a time that
     /// cannot be bucketed; events of other types change nothing.
-    pub(crate) fn of(event: &Delivered) -> Result<Self, HandleError> {
+    fn of(event: &Delivered) -> Result<Self, HandleError> {
         let mut effects = Self::default();
         match event.event_type.as_str() {
-            "order.placed" => {
-                let e: OrderPlaced = data(event)?;
+            types::ORDER_PLACED => {
+                let e: OrderPlaced = event.data()?;
                 effects.stages.insert((e.order_id, "placed"));
                 let totals = Totals {
                     orders: 1,
@@ -56,28 +96,28 @@ impl Effects {
                 };
                 effects.add_sales(e.placed_at, e.currency.as_str(), totals)?;
             }
-            "order.confirmed" => {
+            types::ORDER_CONFIRMED => {
                 effects
                     .stages
-                    .insert((data::<OrderConfirmed>(event)?.order_id, "confirmed"));
+                    .insert((event.data::<OrderConfirmed>()?.order_id, "confirmed"));
             }
-            "order.shipped" => {
+            types::ORDER_SHIPPED => {
                 effects
                     .stages
-                    .insert((data::<OrderShipped>(event)?.order_id, "shipped"));
+                    .insert((event.data::<OrderShipped>()?.order_id, "shipped"));
             }
-            "order.delivered" => {
+            types::ORDER_DELIVERED => {
                 effects
                     .stages
-                    .insert((data::<OrderDelivered>(event)?.order_id, "delivered"));
+                    .insert((event.data::<OrderDelivered>()?.order_id, "delivered"));
             }
-            "order.cancelled" => {
+            types::ORDER_CANCELLED => {
                 effects
                     .stages
-                    .insert((data::<OrderCancelled>(event)?.order_id, "cancelled"));
+                    .insert((event.data::<OrderCancelled>()?.order_id, "cancelled"));
             }
-            "payment.captured" => {
-                let e: PaymentCaptured = data(event)?;
+            types::PAYMENT_CAPTURED => {
+                let e: PaymentCaptured = event.data()?;
                 effects.stages.insert((e.order_id, "paid"));
                 let totals = Totals {
                     paid: e.amount.get(),
@@ -85,8 +125,8 @@ impl Effects {
                 };
                 effects.add_sales(e.captured_at, e.currency.as_str(), totals)?;
             }
-            "payment.refunded" => {
-                let e: PaymentRefunded = data(event)?;
+            types::PAYMENT_REFUNDED => {
+                let e: PaymentRefunded = event.data()?;
                 effects.stages.insert((e.order_id, "refunded"));
                 let totals = Totals {
                     refunded: e.amount.get(),
@@ -123,7 +163,7 @@ impl Effects {
     }
 
     /// Fold another event's effects into these.
-    pub(crate) fn absorb(&mut self, other: &Effects) {
+    fn absorb(&mut self, other: &Effects) {
         self.stages.extend(other.stages.iter().cloned());
         for (key, totals) in &other.sales {
             let row = self.sales.entry(key.clone()).or_default();
@@ -135,7 +175,7 @@ impl Effects {
     }
 
     /// Write them: one statement per table, however many events were folded in.
-    pub(crate) async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         if !self.stages.is_empty() {
             let (orders, stages): (Vec<Uuid>, Vec<&str>) = self.stages.iter().cloned().unzip();
             sqlx::query(
@@ -179,12 +219,6 @@ impl Effects {
         }
         Ok(())
     }
-}
-
-/// Apply one event, inside the transaction that also records it as processed.
-pub async fn handle(tx: &mut PgConnection, event: &Delivered) -> Result<(), HandleError> {
-    Effects::of(event)?.write(tx).await?;
-    Ok(())
 }
 
 /// `GET /v1/analytics/sales`: buckets in `[from, to)`, oldest first.

@@ -9,12 +9,13 @@ use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::consumer::{Worker, WorkerConfig};
+use crate::jetstream::WorkerConfig;
+use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -34,18 +35,7 @@ fn nats(e: impl std::fmt::Display) -> OpsError {
     OpsError::Nats(e.to_string())
 }
 
-/// A message's headers as a JSON object (one string per header, the first value).
-pub fn headers_json(headers: Option<&HeaderMap>) -> Value {
-    let mut out = Map::new();
-    if let Some(headers) = headers {
-        for (name, values) in headers.iter() {
-            if let Some(value) = values.first() {
-                out.insert(name.to_string(), Value::String(value.as_str().to_owned()));
-            }
-        }
-    }
-    Value::Object(out)
-}
+pub use crate::jetstream::headers_json;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerStatus {

@@ -23,6 +23,7 @@ use chrono::Utc;
 use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use ordo_commands::history::caused_by;
 use ordo_commands::{Actor, CommandError, CommandMetadata, Commands};
+use ordo_domain::event::types;
 use ordo_domain::order::{OrderCommand, OrderEvent};
 use ordo_domain::payment::{order_payment_status, PaymentCommand, PaymentEvent, PaymentStatus};
 use ordo_domain::values::Text;
@@ -33,11 +34,11 @@ use uuid::Uuid;
 
 const NAME: &str = "order-payment";
 const EVENT_TYPES: &[&str] = &[
-    "order.cancelled",
-    "payment.authorized",
-    "payment.captured",
-    "payment.refunded",
-    "payment.voided",
+    types::ORDER_CANCELLED,
+    types::PAYMENT_AUTHORIZED,
+    types::PAYMENT_CAPTURED,
+    types::PAYMENT_REFUNDED,
+    types::PAYMENT_VOIDED,
 ];
 const BATCH: i64 = 100;
 
@@ -141,7 +142,7 @@ impl ProcessManager {
                     handled(event, self.record_payment_status(*order_id, event)).await?
                 }
                 Some(_) => {}
-                None if event.event_type == "order.cancelled" => {
+                None if event.event_type == types::ORDER_CANCELLED => {
                     handled(event, self.order_cancelled(event)).await?
                 }
                 None => {}
@@ -172,7 +173,8 @@ impl ProcessManager {
             .store()
             .load::<ordo_domain::order::Order>(&order_id.to_string())
             .await?;
-        let status = order_payment_status(order.state.total, payments.iter().map(|p| &p.state));
+        let status =
+            order_payment_status(order.state.total, payments.iter().map(|(_, p)| &p.state));
         if status == order.state.payment_status {
             return Ok(());
         }
@@ -204,7 +206,7 @@ impl ProcessManager {
             return Ok(());
         };
         let meta = metadata_caused_by(event);
-        for payment in self.commands.payments_of_order(cancelled.order_id).await? {
+        for (_, payment) in self.commands.payments_of_order(cancelled.order_id).await? {
             let Some(payment_id) = payment.state.id else {
                 continue;
             };
@@ -319,6 +321,7 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         },
         request_id: String::new(),
         idempotency_key: None,
+        idempotent: None,
         // The handler span's own when traces are exported: the commands it issues chain
         // under the request that cancelled the order.
         traceparent: text("traceparent")

@@ -1,13 +1,11 @@
 //! Query parameters, for the OpenAPI document only: handlers read them from a map
 //! (`routes::int_param` and friends), which ignores names it does not know.
 
-#![allow(dead_code)]
-
 use chrono::{DateTime, Utc};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::schemas::OrderStatus;
+use ordo_projections::views::OrderStatus;
 
 /// Read your own writes.
 #[derive(IntoParams)]
@@ -16,37 +14,37 @@ pub struct ReadOne {
     /// Wait until the read model has applied the event at this global position (a command's
     /// `position`); 503 if it does not get there within a few seconds.
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    min_position: Option<i64>,
+    pub min_position: Option<i64>,
 }
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct OrderList {
     #[param(nullable = false)]
-    customer_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
     #[param(nullable = false, inline)]
-    status: Option<OrderStatus>,
+    pub status: Option<OrderStatus>,
     /// `next_cursor` of the previous page.
     #[param(nullable = false)]
-    cursor: Option<Uuid>,
+    pub cursor: Option<Uuid>,
     /// Page size, 50 by default.
     #[param(nullable = false, minimum = 1, maximum = 500)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    min_position: Option<i64>,
+    pub min_position: Option<i64>,
 }
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PaymentList {
     #[param(nullable = false)]
-    order_id: Option<Uuid>,
+    pub order_id: Option<Uuid>,
     #[param(nullable = false)]
-    cursor: Option<Uuid>,
+    pub cursor: Option<Uuid>,
     #[param(nullable = false, minimum = 1, maximum = 500)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    min_position: Option<i64>,
+    pub min_position: Option<i64>,
 }
 
 #[derive(IntoParams)]
@@ -54,13 +52,13 @@ pub struct PaymentList {
 pub struct CustomerList {
     /// Exact e-mail address, case-insensitive.
     #[param(nullable = false)]
-    email: Option<String>,
+    pub email: Option<String>,
     #[param(nullable = false)]
-    cursor: Option<Uuid>,
+    pub cursor: Option<Uuid>,
     #[param(nullable = false, minimum = 1, maximum = 500)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    min_position: Option<i64>,
+    pub min_position: Option<i64>,
 }
 
 #[derive(IntoParams)]
@@ -68,10 +66,10 @@ pub struct CustomerList {
 pub struct History {
     /// Events after this sequence number (`next_cursor` of the previous page).
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    after: Option<i64>,
+    pub after: Option<i64>,
     /// Page size, 100 by default.
     #[param(nullable = false, minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
 }
 
 /// Give at most one of the two; neither means the current state.
@@ -80,10 +78,10 @@ pub struct History {
 pub struct State {
     /// The state right after the event with this sequence number.
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    version: Option<i64>,
+    pub version: Option<i64>,
     /// The state as it was at this instant (RFC 3339).
     #[param(nullable = false)]
-    at: Option<DateTime<Utc>>,
+    pub at: Option<DateTime<Utc>>,
 }
 
 #[derive(ToSchema)]
@@ -98,22 +96,22 @@ pub enum Granularity {
 pub struct Sales {
     /// Default: seven days before `to`.
     #[param(nullable = false)]
-    from: Option<DateTime<Utc>>,
+    pub from: Option<DateTime<Utc>>,
     /// Default: now.
     #[param(nullable = false)]
-    to: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
     /// Default: `day`.
     #[param(nullable = false, inline)]
-    granularity: Option<Granularity>,
+    pub granularity: Option<Granularity>,
 }
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Notifications {
     #[param(nullable = false)]
-    order_id: Option<Uuid>,
+    pub order_id: Option<Uuid>,
     #[param(nullable = false)]
-    customer_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
 }
 
 #[derive(IntoParams)]
@@ -121,7 +119,7 @@ pub struct Notifications {
 pub struct DeadLetters {
     /// Only this worker's dead letters.
     #[param(nullable = false)]
-    worker: Option<String>,
+    pub worker: Option<String>,
 }
 
 #[derive(IntoParams)]
@@ -129,5 +127,5 @@ pub struct DeadLetters {
 pub struct Limit {
     /// Page size, 50 by default.
     #[param(nullable = false, minimum = 1, maximum = 500)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
 }

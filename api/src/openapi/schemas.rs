@@ -1,9 +1,8 @@
-//! The shapes of request and response bodies, for the OpenAPI document only. Handlers read
-//! bodies field by field (`validate.rs`) and answer with JSON built by the read models, so
-//! these types describe that JSON; schemathesis (`scripts/fuzz-api`) checks that they match
-//! what the server really accepts and answers.
-
-#![allow(dead_code)]
+//! The shapes of request bodies, problems and the audit trail, for the OpenAPI document.
+//! Handlers read bodies field by field (`validate.rs`, so that every invalid field is
+//! reported at once), so these types describe what they accept; schemathesis
+//! (`scripts/fuzz-api`) checks that they match. The read models' responses are not here:
+//! each is its view type in `ordo_projections::views`, which the handlers answer with.
 
 use std::collections::BTreeMap;
 
@@ -204,7 +203,7 @@ pub struct FailPayment {
     pub reason: Text,
 }
 
-// ------------------------------------------------------------------ read models
+// ------------------------------------------------------------------ audit
 
 /// A page of a list; `next_cursor` is the `cursor` for the next page, null on the last.
 #[derive(ToSchema)]
@@ -213,87 +212,13 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum OrderStatus {
-    Placed,
-    Confirmed,
-    Shipped,
-    Delivered,
-    Cancelled,
-}
-
-/// The orders read model.
-#[derive(ToSchema)]
-pub struct Order {
-    pub id: Uuid,
-    pub customer_id: Uuid,
-    pub status: OrderStatus,
-    /// `unpaid`, `authorized`, `paid`, `partially_refunded` or `refunded`.
-    pub payment_status: String,
-    pub fulfillment_status: String,
-    pub currency: String,
-    pub total: i64,
-    pub line_count: i64,
-    pub lines: Vec<BTreeMap<String, Value>>,
-    pub placed_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub version: i64,
-}
-
-/// The payments read model.
-#[derive(ToSchema)]
-pub struct Payment {
-    pub id: Uuid,
-    pub order_id: Uuid,
-    pub customer_id: Uuid,
-    /// `pending`, `authorized`, `captured`, `refunded`, `voided` or `failed`.
-    pub status: String,
-    pub currency: String,
-    pub amount: i64,
-    pub authorized: i64,
-    pub captured: i64,
-    pub refunded: i64,
-    pub method: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub version: i64,
-}
-
-/// The CRM customer 360.
-#[derive(ToSchema)]
-pub struct Customer {
-    pub id: Uuid,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub order_count: i64,
-    pub cancelled_count: i64,
-    pub open_orders: i64,
-    pub notes_count: i64,
-    pub first_order_at: Option<DateTime<Utc>>,
-    pub last_order_at: Option<DateTime<Utc>>,
-    pub registered_at: Option<DateTime<Utc>>,
-    /// Per currency code.
-    pub spent: BTreeMap<String, Spent>,
-}
-
-#[derive(ToSchema)]
-pub struct Spent {
-    pub gross: i64,
-    pub refunded: i64,
-    pub net: i64,
-    pub average_order_value: i64,
-}
-
-// ------------------------------------------------------------------ audit
-
 /// One event of a stream with its metadata.
 #[derive(ToSchema)]
 pub struct HistoryItem {
     pub sequence: i64,
     pub position: i64,
     pub event_id: Option<Uuid>,
-    /// The event type, e.g. `OrderPlaced`.
+    /// The event type, e.g. `order.placed`.
     #[schema(rename = "type")]
     pub kind: String,
     /// A number (a string only for versions recorded before versions were numbers).

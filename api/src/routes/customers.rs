@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ordo_domain::customer::{CustomerCommand, RegisterCustomer};
 use ordo_domain::values::{Email, Text};
+use ordo_projections::views::{CustomerView, Page};
 use ordo_projections::{queries, Projection};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -101,7 +102,7 @@ async fn add_note(
 
 /// One customer's 360 view from the CRM read model (every role).
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path, description = "The customer's id"), params::ReadOne),
-    responses((status = 200, description = "The customer", body = body::Customer), ReadOneProblems))]
+    responses((status = 200, description = "The customer", body = CustomerView), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
@@ -118,7 +119,7 @@ async fn show(
 
 /// Customers, oldest id first, cursor-paginated (every role).
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(params::CustomerList),
-    responses((status = 200, description = "A page of customers", body = body::Page<body::Customer>), ReadProblems))]
+    responses((status = 200, description = "A page of customers", body = Page<CustomerView>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,

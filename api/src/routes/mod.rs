@@ -14,10 +14,9 @@ pub mod workers;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
 
 /// A read: the JSON plus an `ETag` of the version it reflects.
-pub(crate) fn versioned_json(version: u64, body: Value) -> Response {
+pub(crate) fn versioned_json(version: u64, body: impl serde::Serialize) -> Response {
     let mut response = Json(body).into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(header::ETAG, etag);
@@ -124,6 +123,6 @@ pub(crate) fn read_error(err: sqlx::Error) -> ApiError {
 }
 
 /// A list page as `{items, next_cursor}`.
-pub(crate) fn page_json(page: ordo_projections::queries::Page) -> Response {
-    Json(serde_json::json!({"items": page.items, "next_cursor": page.next_cursor})).into_response()
+pub(crate) fn page_json<T: serde::Serialize>(page: ordo_projections::views::Page<T>) -> Response {
+    Json(page).into_response()
 }

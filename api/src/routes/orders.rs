@@ -7,6 +7,7 @@ use ordo_commands::service::ShipRequest;
 use ordo_domain::order::{NewLine, OrderCommand, PlaceOrder, ShipmentLine};
 use ordo_domain::values::{Address, Text};
 use ordo_domain::Currency;
+use ordo_projections::views::{OrderStatus, OrderView, Page};
 use ordo_projections::{queries, Projection};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -239,7 +240,7 @@ fn parse_ship(json: &Value) -> Result<ShipRequest, ApiError> {
 
 /// One order from the orders read model (every role).
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = Uuid, Path, description = "The order's id"), params::ReadOne),
-    responses((status = 200, description = "The order", body = body::Order,
+    responses((status = 200, description = "The order", body = OrderView,
         headers(("ETag" = String, description = "`\"<version>\"` of the order"))), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
@@ -252,28 +253,28 @@ async fn show(
         .await
         .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no order has this id".into()))?;
-    let version = order["version"].as_u64().unwrap_or_default();
+    let version = u64::try_from(order.version).unwrap_or_default();
     Ok(super::versioned_json(version, order))
 }
 
 /// Orders, oldest id first, cursor-paginated (every role).
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(params::OrderList),
-    responses((status = 200, description = "A page of orders", body = body::Page<body::Order>), ReadProblems))]
+    responses((status = 200, description = "A page of orders", body = Page<OrderView>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Orders, &q).await?;
-    let status = q.get("status").map(String::as_str);
-    if let Some(s) = status {
-        if !["placed", "confirmed", "shipped", "delivered", "cancelled"].contains(&s) {
-            return Err(ApiError::BadQuery {
+    let status = q
+        .get("status")
+        .map(|s| {
+            OrderStatus::parse(s).ok_or_else(|| ApiError::BadQuery {
                 param: "status",
                 detail: "must be one of placed, confirmed, shipped, delivered, cancelled".into(),
-            });
-        }
-    }
+            })
+        })
+        .transpose()?;
     let page = queries::orders(
         &app.pool,
         uuid_param(&q, "customer_id")?,

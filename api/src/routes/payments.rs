@@ -7,6 +7,7 @@ use ordo_commands::service::NewPayment;
 use ordo_domain::payment::PaymentCommand;
 use ordo_domain::values::Text;
 use ordo_domain::{Amount, Currency};
+use ordo_projections::views::{Page, PaymentView};
 use ordo_projections::{queries, Projection};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -188,7 +189,7 @@ payment_route!(
 /// One payment from the payments read model (every role).
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
     params(("id" = Uuid, Path, description = "The payment's id"), params::ReadOne),
-    responses((status = 200, description = "The payment", body = body::Payment,
+    responses((status = 200, description = "The payment", body = PaymentView,
         headers(("ETag" = String, description = "`\"<version>\"` of the payment"))), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
@@ -201,13 +202,13 @@ async fn show(
         .await
         .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no payment has this id".into()))?;
-    let version = payment["version"].as_u64().unwrap_or_default();
+    let version = u64::try_from(payment.version).unwrap_or_default();
     Ok(super::versioned_json(version, payment))
 }
 
 /// Payments, oldest id first, cursor-paginated (every role).
 #[utoipa::path(get, path = "/v1/payments", tag = "payments", params(params::PaymentList),
-    responses((status = 200, description = "A page of payments", body = body::Page<body::Payment>), ReadProblems))]
+    responses((status = 200, description = "A page of payments", body = Page<PaymentView>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Readers>,

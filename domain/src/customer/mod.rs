@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::EventName;
+use crate::event::{types, EventName};
 use crate::values::{Email, Text};
 use crate::DomainError;
 
@@ -45,8 +45,8 @@ pub enum CustomerEvent {
 impl EventName for CustomerEvent {
     fn name(&self) -> &'static str {
         match self {
-            Self::Registered(_) => "customer.registered",
-            Self::NoteAdded(_) => "customer.note_added",
+            Self::Registered(_) => types::CUSTOMER_REGISTERED,
+            Self::NoteAdded(_) => types::CUSTOMER_NOTE_ADDED,
         }
     }
 }

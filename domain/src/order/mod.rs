@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::EventName;
+use crate::event::{types, EventName};
 use crate::values::{Address, Quantity, Sku, Text};
 use crate::{Amount, Currency, DomainError};
 
@@ -101,12 +101,12 @@ pub enum OrderEvent {
 impl EventName for OrderEvent {
     fn name(&self) -> &'static str {
         match self {
-            Self::Placed(_) => "order.placed",
-            Self::Confirmed(_) => "order.confirmed",
-            Self::Cancelled(_) => "order.cancelled",
-            Self::Shipped(_) => "order.shipped",
-            Self::Delivered(_) => "order.delivered",
-            Self::PaymentStatusChanged(_) => "order.payment_status_changed",
+            Self::Placed(_) => types::ORDER_PLACED,
+            Self::Confirmed(_) => types::ORDER_CONFIRMED,
+            Self::Cancelled(_) => types::ORDER_CANCELLED,
+            Self::Shipped(_) => types::ORDER_SHIPPED,
+            Self::Delivered(_) => types::ORDER_DELIVERED,
+            Self::PaymentStatusChanged(_) => types::ORDER_PAYMENT_STATUS_CHANGED,
         }
     }
 }

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::EventName;
+use crate::event::{types, EventName};
 use crate::order::{OrderPaymentStatus, OrderStatus};
 use crate::values::Text;
 use crate::{Amount, Currency, DomainError};
@@ -104,12 +104,12 @@ impl PaymentEvent {
 impl EventName for PaymentEvent {
     fn name(&self) -> &'static str {
         match self {
-            Self::Created(_) => "payment.created",
-            Self::Authorized(_) => "payment.authorized",
-            Self::Captured(_) => "payment.captured",
-            Self::Refunded(_) => "payment.refunded",
-            Self::Voided(_) => "payment.voided",
-            Self::Failed(_) => "payment.failed",
+            Self::Created(_) => types::PAYMENT_CREATED,
+            Self::Authorized(_) => types::PAYMENT_AUTHORIZED,
+            Self::Captured(_) => types::PAYMENT_CAPTURED,
+            Self::Refunded(_) => types::PAYMENT_REFUNDED,
+            Self::Voided(_) => types::PAYMENT_VOIDED,
+            Self::Failed(_) => types::PAYMENT_FAILED,
         }
     }
 }

@@ -1,0 +1,476 @@
+//! Group commit: the one place that writes the log.
+//!
+//! Commands are decided concurrently; each hands its events to the appender, which writes
+//! every append waiting at that moment in one transaction and one commit, set-based, and
+//! answers each. While a commit is in flight the next batch fills, so batches grow with the
+//! load and no request waits for a timer.
+//!
+//! In the transaction, the appender first takes the commit point: a transaction-level
+//! advisory lock that every writer of the log takes before it inserts (a trigger enforces it)
+//! and holds through its commit. Appends are therefore serialized across every process and
+//! `global_position` order is commit order, which is what lets the feed read by position
+//! alone. Under that lock it reads the current version of every stream the batch touches or
+//! relied on, and decides per append:
+//! - its stream moved (the version it was decided on is stale), or a stream it read facts
+//!   from moved: that append alone is answered [`Appended::Stale`]; the caller re-decides
+//!   or reports the conflict;
+//! - its `Idempotency-Key` already has an answer (a duplicate that won a race in another
+//!   process): answered [`Appended::Answered`] with it;
+//! - otherwise its events go in, all of them, and its idempotency answer with them.
+//!
+//! A batch whose statements fail as a whole (which the checks above should make impossible)
+//! is retried one append per transaction, so one bad append never fails the others.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Value};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+/// The commit point's advisory-lock key: `ordocomm` as a big-endian integer. Migration 0014's
+/// trigger takes the same lock for any insert into the log.
+pub const COMMIT_POINT: i64 = 8_030_591_515_127_410_029;
+
+/// A batch holds at most this many events...
+const MAX_BATCH_EVENTS: usize = 2_000;
+/// ...and about this many bytes of payload and metadata.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Appends waiting for the appender; callers wait for room beyond it (back-pressure).
+const QUEUE: usize = 8_192;
+
+/// One stream at one version: the version a command was decided on, or a stream whose
+/// state it read facts from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamVersion {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub version: u64,
+}
+
+/// An event ready to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+/// The `Idempotency-Key` answer to store with the append.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub scope: String,
+    pub key: String,
+    pub request_hash: String,
+    pub status: u16,
+    /// The answer's body; `None` for a success, whose body is `{id, version, position}`
+    /// as the commit gives them.
+    pub body: Option<Value>,
+}
+
+/// What to append: a command's events on its stream, decided at `stream.version`.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stream: StreamVersion,
+    pub events: Vec<NewEvent>,
+    /// Streams the decision read facts from, at the versions it read.
+    pub reads: Vec<StreamVersion>,
+    pub answer: Option<Answer>,
+}
+
+/// A stored `Idempotency-Key` answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAnswer {
+    pub request_hash: String,
+    pub status: u16,
+    pub body: Value,
+}
+
+/// How one append ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Committed: the stream's version after it and the position of its last event (of the
+    /// stream's last event when the append had none).
+    Committed { version: u64, position: i64 },
+    /// A stream moved since the decision: `stream` is at `actual` now. `own` when it is the
+    /// appended stream itself rather than one it read.
+    Stale {
+        own: bool,
+        stream: String,
+        actual: u64,
+    },
+    /// The idempotency key already has an answer; nothing was written.
+    Answered(StoredAnswer),
+    /// Another append of this batch carries the same idempotency key.
+    InFlight,
+}
+
+/// Only a record of an idempotent refusal: no events, no checks.
+fn is_refusal(append: &Append) -> bool {
+    append.events.is_empty() && append.answer.as_ref().is_some_and(|a| a.body.is_some())
+}
+
+struct Job {
+    append: Append,
+    reply: oneshot::Sender<Result<Appended, sqlx::Error>>,
+}
+
+/// The handle commands append through. Cheap to clone; the task behind it ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Appender {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Appender {
+    /// Start the appender's task on the current runtime; `committed` runs after each commit
+    /// (the feed's wake-up).
+    pub fn start(pool: PgPool, committed: impl Fn() + Send + 'static) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(run(pool, queue, committed));
+        Self { jobs }
+    }
+
+    /// Append and wait for the outcome.
+    pub async fn append(&self, append: Append) -> Result<Appended, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { append, reply })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+}
+
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn()) {
+    while let Some(first) = queue.recv().await {
+        let mut size = weight(&first.append);
+        let mut batch = vec![first];
+        while size.0 < MAX_BATCH_EVENTS && size.1 < MAX_BATCH_BYTES {
+            let Ok(job) = queue.try_recv() else { break };
+            let w = weight(&job.append);
+            size = (size.0 + w.0, size.1 + w.1);
+            batch.push(job);
+        }
+        metrics::histogram!("ordo_append_batch_size").record(batch.len() as f64);
+        let appends: Vec<&Append> = batch.iter().map(|j| &j.append).collect();
+        match commit(&pool, &appends).await {
+            Ok(outcomes) => {
+                committed();
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, appends = batch.len(), "batch failed; appending one by one");
+                for job in batch {
+                    let result = commit(&pool, &[&job.append]).await.map(|mut o| o.remove(0));
+                    if result.is_ok() {
+                        committed();
+                    }
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Events and bytes of an append, for the batch bounds.
+fn weight(append: &Append) -> (usize, usize) {
+    let bytes = append
+        .events
+        .iter()
+        .map(|e| e.payload.to_string().len() + e.metadata.to_string().len())
+        .sum();
+    (append.events.len().max(1), bytes)
+}
+
+type StreamKey = (String, String);
+
+fn key_of(stream: &StreamVersion) -> StreamKey {
+    (stream.aggregate_type.clone(), stream.aggregate_id.clone())
+}
+
+/// Append a batch in one transaction; one outcome per append, in order.
+pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(COMMIT_POINT)
+        .execute(&mut *tx)
+        .await?;
+    let mut current = versions(&mut tx, appends).await?;
+    let stored = stored_answers(&mut tx, appends).await?;
+
+    let mut outcomes = Vec::with_capacity(appends.len());
+    let mut claimed: HashSet<(String, String)> = HashSet::new();
+    let mut insert = Rows::default();
+    for append in appends {
+        let outcome = decide(append, &mut current, &stored, &mut claimed);
+        if matches!(outcome, Decision::Accept) && !is_refusal(append) {
+            let from = append.stream.version;
+            for (i, event) in append.events.iter().enumerate() {
+                insert.push(&append.stream, from + 1 + i as u64, event);
+            }
+        }
+        outcomes.push(outcome);
+    }
+    let positions = insert.execute(&mut tx).await?;
+
+    let mut answers = AnswerRows::default();
+    let mut result = Vec::with_capacity(appends.len());
+    for (append, outcome) in appends.iter().zip(outcomes) {
+        let appended = match outcome {
+            Decision::Accept if is_refusal(append) => Appended::Committed {
+                version: 0,
+                position: 0,
+            },
+            Decision::Accept => {
+                let stream = key_of(&append.stream);
+                let version = append.stream.version + append.events.len() as u64;
+                let position = match append.events.len() {
+                    0 => current.get(&stream).map_or(0, |s| s.1),
+                    _ => positions
+                        .get(&(stream.0, stream.1, version as i64))
+                        .copied()
+                        .ok_or_else(|| {
+                            sqlx::Error::Protocol(
+                                "an appended row came back without its position".into(),
+                            )
+                        })?,
+                };
+                Appended::Committed { version, position }
+            }
+            Decision::Refuse(appended) => appended,
+        };
+        if let (Some(answer), Appended::Committed { version, position }) =
+            (&append.answer, &appended)
+        {
+            let body = answer.body.clone().unwrap_or_else(|| {
+                json!({"id": append.stream.aggregate_id, "version": version, "position": position})
+            });
+            answers.push(answer, body);
+        }
+        result.push(appended);
+    }
+    answers.execute(&mut tx).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
+enum Decision {
+    Accept,
+    Refuse(Appended),
+}
+
+/// Decide one append against the versions under the lock, as earlier appends of the batch
+/// left them.
+fn decide(
+    append: &Append,
+    current: &mut HashMap<StreamKey, (u64, i64)>,
+    stored: &HashMap<(String, String), StoredAnswer>,
+    claimed: &mut HashSet<(String, String)>,
+) -> Decision {
+    if let Some(answer) = &append.answer {
+        let key = (answer.scope.clone(), answer.key.clone());
+        if let Some(found) = stored.get(&key) {
+            return Decision::Refuse(Appended::Answered(found.clone()));
+        }
+        if !claimed.insert(key) {
+            return Decision::Refuse(Appended::InFlight);
+        }
+    }
+    if is_refusal(append) {
+        return Decision::Accept;
+    }
+    let version_of = |s: &StreamVersion, current: &HashMap<StreamKey, (u64, i64)>| {
+        current.get(&key_of(s)).map_or(0, |v| v.0)
+    };
+    let own = version_of(&append.stream, current);
+    let stale = if own != append.stream.version {
+        Some((true, &append.stream, own))
+    } else {
+        append
+            .reads
+            .iter()
+            .map(|r| (false, r, version_of(r, current)))
+            .find(|(_, r, actual)| *actual != r.version)
+    };
+    if let Some((own, stream, actual)) = stale {
+        if let Some(answer) = &append.answer {
+            claimed.remove(&(answer.scope.clone(), answer.key.clone()));
+        }
+        return Decision::Refuse(Appended::Stale {
+            own,
+            stream: format!("{}/{}", stream.aggregate_type, stream.aggregate_id),
+            actual,
+        });
+    }
+    if !append.events.is_empty() {
+        let entry = current.entry(key_of(&append.stream)).or_insert((0, 0));
+        entry.0 = append.stream.version + append.events.len() as u64;
+    }
+    Decision::Accept
+}
+
+/// The version and last position of every stream the batch appends to or read.
+async fn versions(
+    tx: &mut Transaction<'_, Postgres>,
+    appends: &[&Append],
+) -> Result<HashMap<StreamKey, (u64, i64)>, sqlx::Error> {
+    let mut streams: Vec<StreamKey> = appends
+        .iter()
+        .filter(|a| !is_refusal(a))
+        .flat_map(|a| std::iter::once(&a.stream).chain(&a.reads))
+        .map(key_of)
+        .collect();
+    streams.sort();
+    streams.dedup();
+    if streams.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (types, ids): (Vec<String>, Vec<String>) = streams.into_iter().unzip();
+    let rows = sqlx::query(include_str!("sql/append_versions.sql"))
+        .bind(types)
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            let version: i64 = row.try_get("version")?;
+            Ok((
+                (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
+                (version as u64, row.try_get("position")?),
+            ))
+        })
+        .collect()
+}
+
+/// The answers already stored for the batch's idempotency keys.
+async fn stored_answers(
+    tx: &mut Transaction<'_, Postgres>,
+    appends: &[&Append],
+) -> Result<HashMap<(String, String), StoredAnswer>, sqlx::Error> {
+    let (scopes, keys): (Vec<String>, Vec<String>) = appends
+        .iter()
+        .filter_map(|a| a.answer.as_ref())
+        .map(|a| (a.scope.clone(), a.key.clone()))
+        .unzip();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(include_str!("sql/stored_answers.sql"))
+        .bind(scopes)
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            let status: Option<i16> = row.try_get("response_status")?;
+            let body: Option<Value> = row.try_get("response_body")?;
+            Ok((
+                (row.try_get("scope")?, row.try_get("key")?),
+                StoredAnswer {
+                    request_hash: row.try_get("request_hash")?,
+                    status: status.unwrap_or(0) as u16,
+                    body: body.unwrap_or(Value::Null),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The event rows of a batch, as the arrays of one `unnest` insert.
+#[derive(Default)]
+struct Rows {
+    types: Vec<String>,
+    ids: Vec<String>,
+    sequences: Vec<i64>,
+    event_types: Vec<String>,
+    event_versions: Vec<String>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl Rows {
+    fn push(&mut self, stream: &StreamVersion, sequence: u64, event: &NewEvent) {
+        self.types.push(stream.aggregate_type.clone());
+        self.ids.push(stream.aggregate_id.clone());
+        self.sequences.push(sequence as i64);
+        self.event_types.push(event.event_type.clone());
+        self.event_versions.push(event.event_version.clone());
+        self.payloads.push(event.payload.clone());
+        self.metadata.push(event.metadata.clone());
+    }
+
+    /// Insert every row; the position of each, by (type, id, sequence).
+    async fn execute(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<HashMap<(String, String, i64), i64>, sqlx::Error> {
+        if self.types.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(include_str!("sql/append_events.sql"))
+            .bind(self.types)
+            .bind(self.ids)
+            .bind(self.sequences)
+            .bind(self.event_types)
+            .bind(self.event_versions)
+            .bind(self.payloads)
+            .bind(self.metadata)
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    (
+                        row.try_get("aggregate_type")?,
+                        row.try_get("aggregate_id")?,
+                        row.try_get("sequence")?,
+                    ),
+                    row.try_get("global_position")?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The idempotency answers of a batch, as the arrays of one `unnest` insert.
+#[derive(Default)]
+struct AnswerRows {
+    scopes: Vec<String>,
+    keys: Vec<String>,
+    hashes: Vec<String>,
+    statuses: Vec<i16>,
+    bodies: Vec<Value>,
+}
+
+impl AnswerRows {
+    fn push(&mut self, answer: &Answer, body: Value) {
+        self.scopes.push(answer.scope.clone());
+        self.keys.push(answer.key.clone());
+        self.hashes.push(answer.request_hash.clone());
+        self.statuses.push(answer.status as i16);
+        self.bodies.push(body);
+    }
+
+    async fn execute(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(include_str!("sql/append_answers.sql"))
+            .bind(self.scopes)
+            .bind(self.keys)
+            .bind(self.hashes)
+            .bind(self.statuses)
+            .bind(self.bodies)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}

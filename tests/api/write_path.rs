@@ -1,0 +1,257 @@
+//! The group-commit write path: per-append outcomes inside one batch, concurrent writers on
+//! one stream, two processes appending while a reader follows the feed, and reads of your
+//! writes that no open transaction on the server can hold back.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ordo::ServeRole;
+use ordo_api::Role::{Storefront, Support};
+use ordo_commands::appender::{self, Append, Appended, NewEvent, StreamVersion};
+use ordo_commands::feed::{self, Checkpoint};
+use ordo_commands::EventStore;
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::helpers::{
+    order_body, postgres_base, spawn_app_with, spawn_app_without_process_manager,
+};
+
+fn probe(id: &str, version: u64, events: usize) -> Append {
+    Append {
+        stream: StreamVersion {
+            aggregate_type: "probe".into(),
+            aggregate_id: id.into(),
+            version,
+        },
+        events: (0..events)
+            .map(|_| NewEvent {
+                event_type: "probe.written".into(),
+                event_version: "1".into(),
+                payload: json!({}),
+                metadata: json!({}),
+            })
+            .collect(),
+        reads: Vec::new(),
+        answer: None,
+    }
+}
+
+#[tokio::test]
+async fn in_one_batch_a_stale_append_fails_alone_and_the_others_commit() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let first = appender::commit(&app.pool, &[&probe("moved", 0, 2)])
+        .await
+        .unwrap();
+    assert!(matches!(first[0], Appended::Committed { version: 2, .. }));
+
+    // `moved` is at 2; an append decided at 1 is stale. A read of `moved` at 1 is stale too.
+    let mut reading = probe("reader", 0, 1);
+    reading.reads.push(StreamVersion {
+        aggregate_type: "probe".into(),
+        aggregate_id: "moved".into(),
+        version: 1,
+    });
+    let batch = [
+        probe("a", 0, 1),
+        probe("moved", 1, 1),
+        probe("b", 0, 3),
+        reading,
+        probe("a", 1, 1),
+    ];
+    let outcomes = appender::commit(&app.pool, &batch.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        outcomes[0],
+        Appended::Committed { version: 1, .. }
+    ));
+    assert_eq!(
+        outcomes[1],
+        Appended::Stale {
+            own: true,
+            stream: "probe/moved".into(),
+            actual: 2
+        }
+    );
+    assert!(matches!(
+        outcomes[2],
+        Appended::Committed { version: 3, .. }
+    ));
+    assert_eq!(
+        outcomes[3],
+        Appended::Stale {
+            own: false,
+            stream: "probe/moved".into(),
+            actual: 2
+        }
+    );
+    assert!(
+        matches!(outcomes[4], Appended::Committed { version: 2, .. }),
+        "a second append to a stream in the same batch follows the first"
+    );
+    assert_eq!(app.sequences("probe", "a").await, [1, 2]);
+    assert_eq!(app.sequences("probe", "b").await, [1, 2, 3]);
+    assert_eq!(app.sequences("probe", "moved").await, [1, 2]);
+    assert!(app.sequences("probe", "reader").await.is_empty());
+    // Positions follow the batch's order, and each answer names its last event.
+    let positions: Vec<i64> = sqlx::query_scalar(
+        "SELECT global_position FROM event_store.events ORDER BY global_position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let Appended::Committed { position, .. } = outcomes[4] else {
+        unreachable!()
+    };
+    assert_eq!(position, *positions.last().unwrap());
+}
+
+#[tokio::test]
+async fn forty_concurrent_writers_on_one_stream_lose_no_update() {
+    let app = spawn_app_without_process_manager().await;
+    let customer = app.register_customer().await;
+    let note = |i: usize| json!({"text": format!("note {i}")});
+    let path = format!("/v1/customers/{customer}/notes");
+
+    // Without If-Match: re-decided on conflict, so each lands (or gives up with 409).
+    let free = join_all((0..40).map(|i| app.post(Support, &path, note(i)))).await;
+    let landed = free.iter().filter(|r| r.status == 201).count();
+    for r in &free {
+        assert!(matches!(r.status.as_u16(), 201 | 409), "{:?}", r.body);
+    }
+    // With If-Match on the version they all read: exactly one wins, the rest are 412.
+    let version = 1 + landed as u64;
+    let app = &app;
+    let pinned = join_all((0..40).map(|i| {
+        let etag = format!("\"{version}\"");
+        let path = path.clone();
+        async move {
+            app.post_with(Support, &path, note(100 + i), &[("if-match", &etag)])
+                .await
+        }
+    }))
+    .await;
+    let won = pinned.iter().filter(|r| r.status == 201).count();
+    assert_eq!(won, 1, "exactly one pinned writer wins");
+    for r in pinned.iter().filter(|r| r.status != 201) {
+        r.assert_problem(412, "stale-version");
+    }
+
+    let sequences = app.sequences("customer", &customer).await;
+    let expected: Vec<i64> = (1..=(1 + landed as i64 + 1)).collect();
+    assert_eq!(
+        sequences, expected,
+        "contiguous, one event per answered success"
+    );
+}
+
+/// Two event stores (as two processes would have, each with its own appender and pool)
+/// append concurrently while a reader follows the feed: it sees every event once, and never
+/// a position below one it has already passed.
+#[tokio::test]
+async fn two_processes_append_while_a_reader_sees_every_event_once_in_order() {
+    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let pool = |_: u8| {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy(&app.database_url)
+            .unwrap()
+    };
+    let (one, two) = (EventStore::new(pool(1)), EventStore::new(pool(2)));
+    const PER_WRITER: usize = 200;
+
+    let reader = {
+        let pool = app.pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut after = Checkpoint::default();
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while seen.len() < 4 * PER_WRITER {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reader saw {}",
+                    seen.len()
+                );
+                for event in feed::read_batch(&mut conn, after, 50).await.unwrap() {
+                    assert!(
+                        event.checkpoint > after,
+                        "a position below one already read"
+                    );
+                    after = event.checkpoint;
+                    seen.push(event.event_id);
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    let write = |store: &EventStore, who: &'static str| {
+        let appender = store.appender().clone();
+        async move {
+            join_all((0..PER_WRITER).map(|i| {
+                let appender = appender.clone();
+                async move {
+                    let outcome = appender
+                        .append(probe(&format!("{who}-{i}"), 0, 2))
+                        .await
+                        .unwrap();
+                    assert!(matches!(outcome, Appended::Committed { version: 2, .. }));
+                }
+            }))
+            .await;
+        }
+    };
+    tokio::join!(write(&one, "one"), write(&two, "two"));
+    let seen = reader.await.unwrap();
+
+    assert_eq!(seen.len(), 4 * PER_WRITER);
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "every event exactly once");
+    assert_eq!(app.event_count().await, (4 * PER_WRITER) as i64);
+}
+
+/// A write transaction left open on the server (in this database and another) does not hold
+/// back the projections: a read of your write answers at once, not after the wait.
+#[tokio::test]
+async fn a_transaction_left_open_on_the_server_does_not_hold_back_reads_of_your_writes() {
+    let app = spawn_app_with(|c| c.read_wait_secs = 5).await;
+    let customer = app.register_customer().await;
+    let mut other_db = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut other_db).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut other_db)
+        .await
+        .unwrap();
+    let mut here = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *here)
+        .await
+        .unwrap();
+
+    for _ in 0..5 {
+        let placed = app
+            .post(Storefront, "/v1/orders", order_body(&customer))
+            .await;
+        placed.assert_status(201);
+        let position = placed.body["position"].as_i64().unwrap();
+        let read = app
+            .get(
+                Storefront,
+                &format!("/v1/orders/{}?min_position={position}", placed.id()),
+            )
+            .await;
+        // Before positions followed commits this waited the 5 s and answered 503.
+        read.assert_status(200);
+    }
+    here.rollback().await.unwrap();
+    sqlx::query("ROLLBACK")
+        .execute(&mut other_db)
+        .await
+        .unwrap();
+}

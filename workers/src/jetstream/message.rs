@@ -1,0 +1,98 @@
+//! Reading a message: the event it carries, from its subject, headers and body.
+
+use async_nats::HeaderMap;
+use ordo_commands::telemetry;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::policy::HandleError;
+
+/// An event as a worker receives it, from the message's headers and body.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub position: i64,
+    pub body: Value,
+    /// The W3C trace context the event was recorded under (the `traceparent` header).
+    pub traceparent: Option<String>,
+}
+
+impl Delivered {
+    /// The event's data as `T`; a body that does not read as `T` never will (poison).
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, HandleError> {
+        serde_json::from_value(self.body.clone())
+            .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", self.event_type)))
+    }
+
+    /// The span a handler runs in: a child of the request that recorded the event, so one
+    /// trace runs from that request to this handler's effects.
+    pub(super) fn span(&self, worker: &'static str) -> tracing::Span {
+        let span = tracing::info_span!(
+            "worker.handle",
+            worker,
+            event.id = %self.event_id,
+            event.r#type = %self.event_type,
+            event.position = self.position,
+            attempt = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &self.traceparent {
+            telemetry::continue_trace(&span, traceparent);
+        }
+        span
+    }
+}
+
+/// The event id a message carries (`ce-id`).
+pub(super) fn event_id_in(headers: Option<&HeaderMap>) -> Option<Uuid> {
+    headers
+        .and_then(|h| h.get("ce-id"))
+        .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+}
+
+/// The event of a message on `<prefix>.<event type>`, or why it cannot be read (a poison
+/// message).
+pub(super) fn delivered(
+    headers: Option<&HeaderMap>,
+    subject: &str,
+    prefix: &str,
+    payload: &[u8],
+) -> Result<Delivered, String> {
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let event_id = event_id_in(headers).ok_or("no ce-id header with an event id")?;
+    let event_type = subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix('.'))
+        .ok_or("subject outside the event stream")?
+        .to_owned();
+    let body = serde_json::from_slice(payload).map_err(|e| format!("body is not JSON: {e}"))?;
+    Ok(Delivered {
+        event_id,
+        event_type,
+        aggregate_id: header("ce-subject").unwrap_or_default(),
+        position: header("ordo-position")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        body,
+        traceparent: header("traceparent"),
+    })
+}
+
+/// A message's headers as a JSON object (one string per header, the first value).
+pub fn headers_json(headers: Option<&HeaderMap>) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            if let Some(value) = values.first() {
+                out.insert(name.to_string(), Value::String(value.as_str().to_owned()));
+            }
+        }
+    }
+    Value::Object(out)
+}
