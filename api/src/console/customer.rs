@@ -13,6 +13,7 @@ use ordo_commands::{Actor, CommandMetadata};
 use ordo_domain::customer::CustomerCommand;
 use ordo_domain::values::Text;
 use ordo_projections::queries;
+use ordo_projections::views::{OrderView, PaymentView};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -50,12 +51,10 @@ async fn show(
         .items;
     let mut payments = Vec::new();
     for order in &orders {
-        if let Some(order_id) = order["id"].as_str().and_then(|s| s.parse().ok()) {
-            let page = queries::payments(&app.pool, Some(order_id), None, 50)
-                .await
-                .map_err(read)?;
-            payments.extend(page.items);
-        }
+        let page = queries::payments(&app.pool, Some(order.id), None, 50)
+            .await
+            .map_err(read)?;
+        payments.extend(page.items);
     }
     let notes: Vec<_> = events
         .iter()
@@ -75,19 +74,19 @@ async fn show(
                 dt { "Phone" } dd { (layout::text(&registered.data["phone"])) }
                 dt { "Registered" } dd { (layout::time(&registered.recorded_at)) }
                 @if let Some(p) = &profile {
-                    dt { "Orders" } dd { (layout::text(&p["order_count"])) " (" (layout::text(&p["open_orders"])) " open, " (layout::text(&p["cancelled_count"])) " cancelled)" }
+                    dt { "Orders" } dd { (p.order_count) " (" (p.open_orders) " open, " (p.cancelled_count) " cancelled)" }
                 }
             }
         }
-        @if let Some(spent) = profile.as_ref().and_then(|p| p["spent"].as_object()) {
+        @if let Some(spent) = profile.as_ref().map(|p| &p.spent).filter(|s| !s.is_empty()) {
             section aria-labelledby="sp" {
                 h2 #sp { "Spent" }
                 table {
                     thead { tr { th { "Currency" } th { "Gross" } th { "Refunded" } th { "Net" } th { "Average order" } } }
                     tbody { @for (currency, s) in spent { tr {
                         td { (currency) }
-                        @for k in ["gross", "refunded", "net", "average_order_value"] {
-                            td.num { (layout::money(s[k].as_i64().unwrap_or(0), currency)) }
+                        @for v in [s.gross, s.refunded, s.net, s.average_order_value] {
+                            td.num { (layout::money(v, currency)) }
                         }
                     } } }
                 }
@@ -133,35 +132,29 @@ fn note_form(session: &Session, id: Uuid) -> Markup {
     }
 }
 
-fn order_table(orders: &[Value]) -> Markup {
+fn order_table(orders: &[OrderView]) -> Markup {
     html! {
         table {
             thead { tr { th { "Order" } th { "Status" } th { "Payment" } th { "Total" } th { "Placed" } } }
             tbody { @for o in orders { tr {
-                td { a href=(format!("/console/orders/{}", layout::text(&o["id"]))) { code { (layout::text(&o["id"])) } } }
-                td { (layout::text(&o["status"])) } td { (layout::text(&o["payment_status"])) }
-                td.num { (layout::money(o["total"].as_i64().unwrap_or(0), o["currency"].as_str().unwrap_or(""))) }
-                td { (layout::time_value(&o["placed_at"])) }
+                td { a href=(format!("/console/orders/{}", o.id)) { code { (o.id) } } }
+                td { (o.status.as_str()) } td { (o.payment_status) }
+                td.num { (layout::money(o.total, &o.currency)) }
+                td { (layout::time(&o.placed_at)) }
             } } }
         }
     }
 }
 
-fn payment_table(payments: &[Value]) -> Markup {
-    let money = |p: &Value, k: &str| {
-        layout::money(
-            p[k].as_i64().unwrap_or(0),
-            p["currency"].as_str().unwrap_or(""),
-        )
-    };
+fn payment_table(payments: &[PaymentView]) -> Markup {
     html! {
         table {
             thead { tr { th { "Payment" } th { "Order" } th { "Status" } th { "Amount" } th { "Captured" } th { "Refunded" } } }
             tbody { @for p in payments { tr {
-                td { code { (layout::text(&p["id"])) } }
-                td { a href=(format!("/console/orders/{}", layout::text(&p["order_id"]))) { "order" } }
-                td { (layout::text(&p["status"])) }
-                td.num { (money(p, "amount")) } td.num { (money(p, "captured")) } td.num { (money(p, "refunded")) }
+                td { code { (p.id) } }
+                td { a href=(format!("/console/orders/{}", p.order_id)) { "order" } }
+                td { (p.status) }
+                @for v in [p.amount, p.captured, p.refunded] { td.num { (layout::money(v, &p.currency)) } }
             } } }
         }
     }
@@ -194,6 +187,7 @@ async fn add_note(
         },
         request_id,
         idempotency_key: None,
+        idempotent: None,
         traceparent: None,
     };
     let cmd = CustomerCommand::AddNote {

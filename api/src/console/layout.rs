@@ -148,7 +148,10 @@ pub fn time_value(v: &Value) -> Markup {
 
 /// Minor units as major units with the currency: `2999`, `EUR` → `29.99 EUR`.
 pub fn money(amount: i64, currency: &str) -> String {
-    ordo_workers::notification::format_money(amount, currency)
+    match ordo_domain::money::Currency::parse(currency) {
+        Ok(c) => c.format_minor(amount),
+        Err(_) => format!("{amount} {currency}"),
+    }
 }
 
 /// A JSON value as plain text (strings without quotes, `—` for null).

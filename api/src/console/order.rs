@@ -129,10 +129,11 @@ async fn show(
             @if deliveries.is_empty() { (layout::none("deliveries")) }
             @else {
                 table {
-                    thead { tr { th { "Event" } th { "Endpoint" } th { "Attempt" } th { "Result" } th { "At" } } }
+                    thead { tr { th { "Event" } th { "Endpoint" } th { "Status" } th { "Attempts" } th { "Last answer" } th { "Since" } } }
                     tbody { @for d in &deliveries { tr {
-                        td { (d.event_type) } td { (d.url) } td { (d.attempt) }
-                        td { @if d.ok { "ok " } @else { "failed " } (d.status_code.map(|c| c.to_string()).unwrap_or_default()) " " (d.error.clone().unwrap_or_default()) }
+                        td { (d.event_type) } td { a href=(format!("/console/webhooks/{}", d.endpoint_id)) { (d.url) } }
+                        td { (d.status) } td.num { (d.attempts) }
+                        td { (d.last_status_code.map(|c| c.to_string()).unwrap_or_default()) " " (d.last_error.clone().unwrap_or_default()) }
                         td { (layout::time(&d.created_at)) }
                     } } }
                 }
@@ -195,47 +196,28 @@ pub fn notification_table(list: &Value) -> Markup {
     }
 }
 
+/// A webhook delivery of one of the order's events (the outbox row, with its endpoint).
+#[derive(sqlx::FromRow)]
 struct Delivery {
-    event_type: String,
+    endpoint_id: Uuid,
     url: String,
-    attempt: i32,
-    ok: bool,
-    status_code: Option<i32>,
-    error: Option<String>,
+    event_type: String,
+    status: String,
+    attempts: i32,
+    last_status_code: Option<i32>,
+    last_error: Option<String>,
     created_at: DateTime<Utc>,
 }
 
-/// The webhook delivery attempts of these events.
+/// The webhook deliveries of these events, oldest first.
 async fn deliveries(app: &AppState, event_ids: &[Uuid]) -> Result<Vec<Delivery>, ConsoleError> {
-    type Row = (
-        Option<String>,
-        String,
-        i32,
-        bool,
-        Option<i32>,
-        Option<String>,
-        DateTime<Utc>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT d.event_type, e.url, d.attempt, d.ok, d.status_code, d.error, d.created_at
-           FROM integration.deliveries d JOIN integration.endpoints e ON e.id = d.endpoint_id
-          WHERE d.event_id = ANY($1) ORDER BY d.created_at LIMIT 500",
+    Ok(sqlx::query_as(
+        "SELECT o.endpoint_id, e.url, o.event_type, o.status, o.attempts, o.last_status_code,
+                o.last_error, o.created_at
+           FROM integration.outbox o JOIN integration.endpoints e ON e.id = o.endpoint_id
+          WHERE o.event_id = ANY($1) ORDER BY o.created_at LIMIT 500",
     )
     .bind(event_ids)
     .fetch_all(&app.pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(event_type, url, attempt, ok, status_code, error, created_at)| Delivery {
-                event_type: event_type.unwrap_or_default(),
-                url,
-                attempt,
-                ok,
-                status_code,
-                error,
-                created_at,
-            },
-        )
-        .collect())
+    .await?)
 }

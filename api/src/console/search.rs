@@ -8,10 +8,11 @@ use axum::Router;
 use maud::{html, Markup};
 use ordo_commands::history;
 use ordo_projections::queries;
+use ordo_projections::views::CustomerView;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::layout::{self, page, Nav};
+use super::layout::{page, Nav};
 use super::session::{Session, Signed};
 use super::{see_other, signin, ConsoleError};
 use crate::auth;
@@ -54,7 +55,7 @@ struct Params {
 enum Found {
     Order(Uuid),
     Customer(Uuid),
-    Customers(Vec<serde_json::Value>),
+    Customers(Vec<CustomerView>),
     Nothing,
 }
 
@@ -87,10 +88,7 @@ async fn find(app: &AppState, q: &str) -> Result<Found, ConsoleError> {
             .map_err(crate::routes::read_error)?;
         return Ok(match page.items.as_slice() {
             [] => Found::Nothing,
-            [one] => one["id"]
-                .as_str()
-                .and_then(|id| id.parse().ok())
-                .map_or(Found::Nothing, Found::Customer),
+            [one] => Found::Customer(one.id),
             _ => Found::Customers(page.items),
         });
     }
@@ -120,8 +118,8 @@ async fn search(
             html! {
                 ul.results {
                     @for c in &items {
-                        li { a href=(format!("/console/customers/{}", layout::text(&c["id"]))) {
-                            (layout::text(&c["name"])) " — " (layout::text(&c["email"])) } }
+                        li { a href=(format!("/console/customers/{}", c.id)) {
+                            (c.name.as_deref().unwrap_or("—")) " — " (c.email.as_deref().unwrap_or("—")) } }
                     }
                 }
             },
