@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Storefront};
 use ordo_workers::integration::{self, sign, DeliveryConfig, DeliveryPool};
 use ordo_workers::retry::RetrySchedule;
@@ -102,7 +102,7 @@ async fn long_write_transactions(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn a_hanging_endpoint_delays_only_its_own_deliveries_and_holds_no_write_transaction() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hanging = Hanging::start().await;
     let healthy = Switchable::start(200).await;
     let (hanging_id, _) = register(&app, &hanging.url, json!(["*"])).await;
@@ -169,7 +169,7 @@ async fn a_hanging_endpoint_delays_only_its_own_deliveries_and_holds_no_write_tr
 
 #[tokio::test]
 async fn a_jetstream_redelivery_during_a_slow_delivery_writes_no_second_delivery() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hanging = Hanging::start().await;
     let (endpoint, _) = register(&app, &hanging.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
@@ -238,7 +238,7 @@ async fn a_jetstream_redelivery_during_a_slow_delivery_writes_no_second_delivery
 
 #[tokio::test]
 async fn an_endpoint_failing_too_long_is_disabled_and_an_admin_enables_it_again() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Switchable::start(500).await;
     let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
@@ -309,7 +309,7 @@ async fn an_endpoint_failing_too_long_is_disabled_and_an_admin_enables_it_again(
 
 #[tokio::test]
 async fn after_a_rotation_deliveries_carry_both_signatures_and_a_test_event_reaches_any_endpoint() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Switchable::start(200).await;
     // Subscribed to one type only: the test event goes out all the same.
     let (endpoint, old) = register(&app, &hook.url, json!(["payment.refunded"])).await;
@@ -372,7 +372,7 @@ async fn after_a_rotation_deliveries_carry_both_signatures_and_a_test_event_reac
 
 #[tokio::test]
 async fn endpoints_are_listed_shown_updated_and_deleted_by_admins_only() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let created = app
         .post(
             Admin,

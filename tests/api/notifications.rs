@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::ops::{OpsError, ReplayFrom, WorkersAdmin};
@@ -379,7 +379,7 @@ fn field<'a>(items: &'a Value, name: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even_when_everything_is_delivered_again(
 ) {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start().await;
     let (customer, email) = customer(&app).await;
     let (shipped, cancelled) = orders(&app, &customer).await;
@@ -480,7 +480,7 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
 
 #[tokio::test]
 async fn without_smtp_notifications_are_only_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (customer, email) = customer(&app).await;
     let (shipped, _) = orders(&app, &customer).await;
     let events = app.event_count().await;
@@ -526,7 +526,7 @@ async fn without_smtp_notifications_are_only_recorded() {
 
 #[tokio::test]
 async fn an_smtp_server_that_is_away_means_retries_then_a_dead_letter_and_nothing_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (customer, _) = customer(&app).await;
     let order = app.place_order(&customer).await;
 
@@ -568,7 +568,7 @@ async fn an_smtp_server_that_is_away_means_retries_then_a_dead_letter_and_nothin
 
 #[tokio::test]
 async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start().await;
     let (customer, _) = customer(&app).await;
     let (shipped, cancelled) = orders(&app, &customer).await;
@@ -671,7 +671,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
 
 #[tokio::test]
 async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (first, email) = customer(&app).await;
     customer(&app).await;
     customer(&app).await;

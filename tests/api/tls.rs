@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ordo::{Application, Config, ServeRole};
+use ordo::{Application, Config, ProcessRole};
 use ordo_api::Role::Support;
 use ordo_workers::integration::{self, sign};
 use ordo_workers::notification::Mailer;
@@ -79,7 +79,7 @@ impl Drop for Pki {
 #[tokio::test]
 async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is_trusted() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start_on(|_| 200, Some(pki.acceptor.clone())).await;
     assert!(hook.url.starts_with("https://127.0.0.1:"), "{}", hook.url);
     let (endpoint, secret) = register(&app, &hook.url, json!(["order.placed"])).await;
@@ -120,7 +120,7 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
 #[tokio::test]
 async fn without_the_ca_file_an_https_endpoint_of_a_private_ca_is_refused_for_its_certificate() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start_on(|_| 200, Some(pki.acceptor.clone())).await;
     let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
@@ -206,7 +206,7 @@ fn credentials() -> Option<(String, String)> {
 #[tokio::test]
 async fn mail_crosses_smtps_with_auth_plain_to_a_server_of_a_private_ca() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         credentials: credentials(),
@@ -238,7 +238,7 @@ async fn mail_crosses_smtps_with_auth_plain_to_a_server_of_a_private_ca() {
 #[tokio::test]
 async fn mail_crosses_starttls_required_with_auth_login() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::StartTls(pki.acceptor.clone()),
         credentials: credentials(),
@@ -265,7 +265,7 @@ async fn mail_crosses_starttls_required_with_auth_login() {
 #[tokio::test]
 async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refused() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     // A server without STARTTLS: `tls=required` sends nothing in the clear.
     let plain = SmtpSink::start().await;
     let url = format!("smtp://127.0.0.1:{}?tls=required", plain.addr.port());
@@ -274,7 +274,7 @@ async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refuse
     assert_eq!(plain.mails().len(), 0);
 
     // A server of the private CA, its CA not trusted: refused for its certificate.
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         ..SinkConfig::default()
@@ -294,7 +294,7 @@ async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refuse
 #[tokio::test]
 async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         credentials: credentials(),
@@ -320,12 +320,12 @@ async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
 #[tokio::test]
 async fn an_unreadable_or_invalid_ca_file_is_a_clear_startup_error() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let start = |ca_file: PathBuf| {
         let config = Config {
             database_url: app.database_url.clone(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            roles: vec![ServeRole::Api],
+            roles: vec![ProcessRole::Api],
             tls_ca_file: Some(ca_file),
             ..Config::defaults()
         };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Storefront};
 use ordo_workers::integration::{self, sign, DeliveryConfig, DeliveryPool};
 use ordo_workers::retry::RetrySchedule;
@@ -229,7 +229,7 @@ pub(crate) async fn placed_event_id(app: &TestApp, order: &str) -> String {
 
 #[tokio::test]
 async fn webhook_registration_is_admin_only_and_validated() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let body = json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.placed", "payment.*", "*"]});
     app.post(Storefront, "/v1/webhooks", body.clone())
         .await
@@ -286,7 +286,7 @@ async fn webhook_registration_is_admin_only_and_validated() {
 
 #[tokio::test]
 async fn an_order_placed_is_posted_signed_to_a_subscribed_endpoint() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start(|_| 200).await;
     let (endpoint, secret) = register(&app, &hook.url, json!(["order.*"])).await;
     let customer = app.register_customer().await;
@@ -338,7 +338,7 @@ async fn an_order_placed_is_posted_signed_to_a_subscribed_endpoint() {
 
 #[tokio::test]
 async fn a_failed_delivery_is_retried_with_backoff_and_every_attempt_is_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start(|n| if n == 1 { 500 } else { 200 }).await;
     let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
@@ -387,7 +387,7 @@ async fn a_failed_delivery_is_retried_with_backoff_and_every_attempt_is_recorded
 
 #[tokio::test]
 async fn an_endpoint_that_always_fails_gives_up_its_own_delivery_while_the_others_get_theirs() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let failing = Receiver::start(|_| 503).await;
     let healthy = Receiver::start(|_| 204).await;
     let (failing_id, _) = register(&app, &failing.url, json!(["order.placed"])).await;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Analyst, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
@@ -27,7 +27,7 @@ async fn a_dead_letter_is_seen_redriven_after_the_fix_and_handled_once_and_repla
     let (stream, prefix) = (format!("ORDO_TEST_{id}"), format!("t{id}.events"));
     let (s2, p2) = (stream.clone(), prefix.clone());
     let app = spawn_app_with(move |c| {
-        c.roles = vec![ServeRole::Api];
+        c.roles = vec![ProcessRole::Api];
         c.nats_stream = s2;
         c.nats_subject_prefix = p2;
     })

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::Message;
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use sqlx::PgConnection;
 use tracing::Instrument;
 use uuid::Uuid;
