@@ -17,6 +17,7 @@ use ordo_projections::{Projection, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
+use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
@@ -66,6 +67,8 @@ pub struct Application {
     workers: Vec<Worker>,
     /// The webhook delivery pool's settings.
     deliveries: DeliveryConfig,
+    /// E-mails sent at once.
+    smtp_concurrency: usize,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
 }
@@ -147,6 +150,7 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            smtp_concurrency: config.smtp_concurrency,
             deliveries: DeliveryConfig {
                 timeout: Duration::from_secs(config.webhook_timeout_secs),
                 concurrency: config.webhook_concurrency,
@@ -238,7 +242,7 @@ impl Application {
         if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
-                    Worker::Notification => Notification::new(self.mailer.clone()).into(),
+                    Worker::Notification => Notification::new(self.mailer.is_some()).into(),
                     Worker::Integration => Integration.into(),
                     Worker::Analytics => worker.policy(),
                 };
@@ -256,13 +260,35 @@ impl Application {
             if self.workers.contains(&Worker::Integration) {
                 // The integration worker only writes the outbox; this pool sends it.
                 let name = "deliveries.webhooks".to_owned();
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 let pool = DeliveryPool::new(
                     self.state.pool.clone(),
                     self.webhooks.clone(),
                     self.deliveries.clone(),
                 );
                 tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
+            }
+            if let (true, Some(mailer)) = (
+                self.workers.contains(&Worker::Notification),
+                self.mailer.clone(),
+            ) {
+                // The notification worker only records; this sender sends.
+                let name = "deliveries.mail".to_owned();
+                roles.set(&name, ProcessRoleState::Running);
+                let sender = MailSender::new(
+                    self.state.pool.clone(),
+                    mailer,
+                    MailConfig {
+                        concurrency: self.smtp_concurrency,
+                        ..MailConfig::default()
+                    },
+                );
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    sender.run(stopped.clone()),
+                ));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
