@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
@@ -14,7 +14,7 @@ use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::NATS;
 
 /// The API on a NATS stream of the test's own, a relay and an analytics worker on it.
-async fn with_workers(roles: Vec<ServeRole>) -> (TestApp, Relay, WorkerRunner, WorkerConfig) {
+async fn with_workers(roles: Vec<ProcessRole>) -> (TestApp, Relay, WorkerRunner, WorkerConfig) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (stream, prefix) = (format!("ORDO_TEST_{id}"), format!("t{id}.events"));
     let (s2, p2) = (stream.clone(), prefix.clone());
@@ -73,7 +73,7 @@ async fn work_until(app: &TestApp, runner: &WorkerRunner, sql: &str, expected: i
 
 #[tokio::test]
 async fn an_admin_redrives_a_dead_letter_from_the_workers_page() {
-    let (app, relay, runner, config) = with_workers(vec![ServeRole::Api]).await;
+    let (app, relay, runner, config) = with_workers(vec![ProcessRole::Api]).await;
     sqlx::query(
         "ALTER TABLE analytics.order_stages ADD CONSTRAINT no_placed CHECK (stage <> 'placed')",
     )
@@ -127,9 +127,9 @@ async fn an_admin_redrives_a_dead_letter_from_the_workers_page() {
 #[ignore = "writes screenshots for the docs; run by scripts/screenshots"]
 async fn screenshots_of_every_console_page() {
     let roles = vec![
-        ServeRole::Api,
-        ServeRole::Projector,
-        ServeRole::ProcessManager,
+        ProcessRole::Api,
+        ProcessRole::Projector,
+        ProcessRole::ProcessManager,
     ];
     let (app, relay, runner, config) = with_workers(roles).await;
     let ada = app
