@@ -31,6 +31,10 @@ pub fn router() -> Router<AppState> {
 
 const WORKERS: [&str; 3] = ["notification", "analytics", "integration"];
 
+/// Dead letters one "redrive all" press publishes (as the API's default); press again for
+/// the rest.
+const REDRIVE_BATCH: i64 = 100;
+
 async fn show(
     State(app): State<AppState>,
     Signed(session, _): Signed<auth::Admins>,
@@ -99,7 +103,10 @@ async fn fragment(app: &AppState, session: &Session) -> Result<Markup, ConsoleEr
                             form method="post" action="/console/dead-letters/redrive" {
                                 (layout::csrf(session))
                                 input type="hidden" name="worker" value=(w.name);
-                                button type="submit" { "Redrive all " (w.dead_letters) }
+                                button type="submit" {
+                                    @if w.dead_letters > REDRIVE_BATCH { "Redrive " (REDRIVE_BATCH) " oldest of " (w.dead_letters) }
+                                    @else { "Redrive all " (w.dead_letters) }
+                                }
                             }
                         } }
                     } } }
@@ -177,7 +184,7 @@ async fn redrive_all(
         .text("worker")
         .ok_or_else(|| ConsoleError::BadInput("Choose a worker.".into()))?;
     app.workers
-        .redrive_all(&app.pool, worker)
+        .redrive_all(&app.pool, worker, REDRIVE_BATCH)
         .await
         .map_err(ApiError::from)?;
     Ok(see_other("/console/workers"))
