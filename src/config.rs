@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "ORDO_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
 
+    /// Seconds a starting process keeps trying to reach PostgreSQL (unreachable, or out of
+    /// connections), with backoff, before it gives up.
+    #[arg(long, env = "ORDO_DB_START_TIMEOUT_SECS", default_value_t = 60)]
+    pub db_start_timeout_secs: u64,
+
     /// Seconds a request waits for a database connection before answering 503.
     #[arg(long, env = "ORDO_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 3)]
     pub db_acquire_timeout_secs: u64,

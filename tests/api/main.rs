@@ -30,6 +30,7 @@ mod readiness;
 mod relay;
 mod schemas;
 mod shutdown;
+mod startup;
 mod store;
 mod tls;
 mod trace_context;
