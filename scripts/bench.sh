@@ -11,6 +11,7 @@
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
 #   scripts/bench.sh --customers 50            # extra arguments go to `ordo-bench place-order`
 #
+#   BUILD=0 scripts/bench.sh                   # the release binaries as they are, unbuilt
 #   HANGING_WEBHOOK=1 scripts/bench.sh         # with a webhook endpoint that never answers
 #
 # Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, and ports 18088-18089.
@@ -48,7 +49,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 scripts/dev-services
-cargo build --release -p ordo -p ordo-bench
+# BUILD=0 runs the release binaries as they are (say, to bench one build several times).
+[[ "${BUILD:-1}" == 0 ]] || cargo build --release -p ordo -p ordo-bench
 
 psql_admin -c "drop database if exists $DB with (force)"
 # Creates and migrates the database, then prints the key alone on stdout.
