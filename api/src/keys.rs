@@ -95,6 +95,17 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<Option<KeyInfo>, sqlx::Er
     Ok(revoked)
 }
 
+/// Announce that key `id` was revoked (by a statement of the caller's own, already
+/// committed), so that every process forgets it at once.
+pub async fn announce_revoked(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(REVOKED_CHANNEL)
+        .bind(id.to_string())
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
 /// The process's revocation listener: forgets revoked keys in `cache`; ends once the cache
 /// is gone. While it is not connected the cache trusts known keys for a second only.
 pub(crate) async fn listen(cache: Weak<CacheInner>, pool: PgPool) {

@@ -2,6 +2,7 @@
 //! problem; every response carries `x-request-id`.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -61,6 +62,9 @@ pub struct ApiConfig {
     pub anonymous_rate_limit: Option<RateLimit>,
     /// The request timeout and the in-flight limit.
     pub limits: limits::RequestLimits,
+    /// Mark console cookies `Secure`: set when the console is reached over TLS (directly or
+    /// through a proxy), so browsers never send the session over plain HTTP.
+    pub console_secure_cookie: bool,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +78,7 @@ impl Default for ApiConfig {
             webhook_allow_private: false,
             anonymous_rate_limit: None,
             limits: limits::RequestLimits::default(),
+            console_secure_cookie: false,
         }
     }
 }
@@ -205,6 +210,7 @@ pub fn router(state: AppState) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(request_span);
     api()
         .0
+        .merge(console::router(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(axum::middleware::from_fn(metrics::track))

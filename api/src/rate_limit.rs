@@ -153,7 +153,11 @@ pub async fn limit(State(app): State<AppState>, request: Request, next: Next) ->
         return next.run(request).await;
     }
     let (mut parts, body): (Parts, _) = request.into_parts();
-    if let (Some(anonymous), Some(ip)) = (
+    // The console's pages carry a session cookie, not a key; the console limits its
+    // sessions itself.
+    let console = request_path_is_console(&parts);
+    if let (false, Some(anonymous), Some(ip)) = (
+        console,
         &app.anonymous_limiter,
         crate::server::peer(&parts.extensions),
     ) {
@@ -191,6 +195,11 @@ pub async fn limit(State(app): State<AppState>, request: Request, next: Next) ->
         headers.insert(RATELIMIT, current);
     }
     response
+}
+
+fn request_path_is_console(parts: &Parts) -> bool {
+    let path = parts.uri.path();
+    path == "/console" || path.starts_with("/console/")
 }
 
 /// The per-address limiter's key type.

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod helpers;
 mod nats;
 
@@ -10,6 +11,8 @@ mod advisories;
 mod audit;
 mod auth;
 mod concurrency;
+mod console;
+mod console_ops;
 mod crash;
 mod deliveries;
 mod errors;
@@ -32,6 +35,7 @@ mod schemas;
 mod secrets;
 mod shutdown;
 mod ssrf;
+mod startup;
 mod store;
 mod tls;
 mod trace_context;
