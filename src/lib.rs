@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod supervise;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -23,7 +24,9 @@ use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, Wor
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::AbortHandle;
+
+use crate::supervise::supervise;
 use tokio::time::Instant;
 
 pub use config::{Config, ProcessRole, SmtpUrl};
@@ -203,36 +206,49 @@ impl Application {
         let mut tasks = Vec::new();
         if self.roles.contains(&ProcessRole::Projector) {
             for projection in Projection::ALL {
-                let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
+                let (pool, config, stop) = (
+                    self.state.pool.clone(),
+                    self.runner.clone(),
+                    stopped.clone(),
+                );
                 let name = format!("projector.{}", projection.name());
-                roles.set(&name, ProcessRoleState::Running);
                 tasks.push(supervise(
                     &roles,
                     name,
                     &stopped,
-                    runner.run(stopped.clone()),
+                    ProcessRoleState::Running,
+                    move || Runner::new(pool.clone(), projection, config.clone()).run(stop.clone()),
                 ));
             }
         }
         if self.roles.contains(&ProcessRole::ProcessManager) {
-            let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
-            roles.set("process_manager", ProcessRoleState::Running);
+            let (pool, commands, stop) = (
+                self.state.pool.clone(),
+                self.state.commands.clone(),
+                stopped.clone(),
+            );
             tasks.push(supervise(
                 &roles,
                 "process_manager".into(),
                 &stopped,
-                pm.run(stopped.clone()),
+                ProcessRoleState::Running,
+                move || ProcessManager::new(pool.clone(), commands.clone()).run(stop.clone()),
             ));
         }
         if self.roles.contains(&ProcessRole::Relay) {
-            roles.set("relay", ProcessRoleState::Starting);
-            let relay = run_relay(
+            let (pool, config, stop, states) = (
                 self.state.pool.clone(),
                 self.relay.clone(),
                 stopped.clone(),
                 roles.clone(),
             );
-            tasks.push(supervise(&roles, "relay".into(), &stopped, relay));
+            tasks.push(supervise(
+                &roles,
+                "relay".into(),
+                &stopped,
+                ProcessRoleState::Starting,
+                move || run_relay(pool.clone(), config.clone(), stop.clone(), states.clone()),
+            ));
         }
         if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
@@ -242,26 +258,47 @@ impl Application {
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());
-                roles.set(&name, ProcessRoleState::Starting);
-                let run = run_worker(
+                let (pool, config, stop, states, role) = (
                     self.state.pool.clone(),
-                    policy,
                     self.worker_settings.clone(),
                     stopped.clone(),
-                    (roles.clone(), name.clone()),
+                    roles.clone(),
+                    name.clone(),
                 );
-                tasks.push(supervise(&roles, name, &stopped, run));
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    ProcessRoleState::Starting,
+                    move || {
+                        run_worker(
+                            pool.clone(),
+                            policy.clone(),
+                            config.clone(),
+                            stop.clone(),
+                            (states.clone(), role.clone()),
+                        )
+                    },
+                ));
             }
             if self.workers.contains(&Worker::Integration) {
                 // The integration worker only writes the outbox; this pool sends it.
-                let name = "deliveries.webhooks".to_owned();
-                roles.set(&name, RoleState::Running);
-                let pool = DeliveryPool::new(
+                let (pool, client, config, stop) = (
                     self.state.pool.clone(),
                     self.webhooks.clone(),
                     self.deliveries.clone(),
+                    stopped.clone(),
                 );
-                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
+                tasks.push(supervise(
+                    &roles,
+                    "deliveries.webhooks".into(),
+                    &stopped,
+                    ProcessRoleState::Running,
+                    move || {
+                        DeliveryPool::new(pool.clone(), client.clone(), config.clone())
+                            .run(stop.clone())
+                    },
+                ));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
@@ -344,36 +381,6 @@ async fn deadline_passed(mut deadline: watch::Receiver<Option<Instant>>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Spawn a role's task and record how it ends: `stopped` when shutdown asked for it,
-/// `failed` when it panicked or returned on its own. Returns the supervisor to await and
-/// the role task to abort if it overstays the shutdown.
-fn supervise(
-    roles: &ProcessRoles,
-    name: String,
-    stopped: &watch::Receiver<bool>,
-    role: impl Future<Output = ()> + Send + 'static,
-) -> (JoinHandle<()>, AbortHandle) {
-    let task = tokio::spawn(role);
-    let abort = task.abort_handle();
-    let (roles, stopped) = (roles.clone(), stopped.clone());
-    let supervisor = tokio::spawn(async move {
-        let state = match task.await {
-            Ok(()) if *stopped.borrow() => ProcessRoleState::Stopped,
-            Ok(()) => {
-                tracing::error!(role = %name, "role ended without being asked to");
-                ProcessRoleState::Failed
-            }
-            Err(e) if e.is_cancelled() => ProcessRoleState::Stopped,
-            Err(e) => {
-                tracing::error!(role = %name, error = %e, "role panicked");
-                ProcessRoleState::Failed
-            }
-        };
-        roles.set(&name, state);
-    });
-    (supervisor, abort)
 }
 
 /// Run the relay, connecting again until NATS answers or the process stops.

@@ -10,8 +10,12 @@ use uuid::Uuid;
 
 #[derive(ToSchema)]
 pub struct Health {
+    /// `ok`, or `down` when a role stays down.
     #[schema(example = "ok")]
     pub status: String,
+    /// The roles that stay down (only with `down`).
+    #[schema(nullable = false)]
+    pub down: Option<Vec<String>>,
 }
 
 /// `status` is `ready` or `not_ready`; `checks` has `postgres` (`status` `up`|`down`,
