@@ -1,8 +1,12 @@
-//! Ordo's composition root: configuration, start-up (database, migrations, roles) and the
-//! CLI. `main.rs` only calls [`cli::run`].
+//! Ordo's composition root: the CLI (`cli`), configuration (`config`), the database at
+//! start-up (`database`), the process roles (`Application` here; `roles`, `supervise`) and
+//! shutdown (`shutdown`). `main.rs` only calls [`cli::run`].
 
 pub mod cli;
 pub mod config;
+mod database;
+mod roles;
+mod shutdown;
 pub mod supervise;
 
 use std::future::{Future, IntoFuture};
@@ -13,14 +17,13 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
-use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
-use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,25 +33,11 @@ use crate::supervise::supervise;
 use tokio::time::Instant;
 
 pub use config::{Config, ProcessRole, SmtpUrl};
+pub use database::{migrate, MIGRATOR};
+pub use shutdown::shutdown_signal;
 
-/// Every module's migrations, one sequence (each file names the schema it belongs to).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
-
-/// Create the database if it is missing, then apply pending migrations.
-pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
-    db::ensure_database(&config.database_url)
-        .await
-        .context("cannot reach PostgreSQL to create the database")?;
-    let pool = db::pool(
-        &config.database_url,
-        &PoolSettings {
-            max_connections: config.db_max_connections,
-            acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
-        },
-    )?;
-    MIGRATOR.run(&pool).await.context("migrations failed")?;
-    Ok(pool)
-}
+use crate::roles::{purge_idempotency_keys, run_relay, run_worker};
+use crate::shutdown::deadline_passed;
 
 /// Ordo's roles in one process: the HTTP API bound to its address, and the projection
 /// runners, ready to run.
@@ -368,101 +357,5 @@ impl Application {
         }
         tracing::info!("stopped");
         served
-    }
-}
-
-/// Resolves when the shutdown deadline, once set, has passed.
-async fn deadline_passed(mut deadline: watch::Receiver<Option<Instant>>) {
-    let at = match deadline.wait_for(Option::is_some).await {
-        Ok(at) => *at,
-        Err(_) => None,
-    };
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Run the relay, connecting again until NATS answers or the process stops.
-async fn run_relay(
-    pool: PgPool,
-    config: RelayConfig,
-    mut stopped: watch::Receiver<bool>,
-    roles: ProcessRoles,
-) {
-    while !*stopped.borrow() {
-        match Relay::connect(pool.clone(), config.clone()).await {
-            Ok(relay) => {
-                roles.set("relay", ProcessRoleState::Running);
-                return relay.run(stopped).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "relay cannot start yet"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Run a worker, connecting again (the stream may not exist before the relay made it)
-/// until it is up or the process stops.
-async fn run_worker(
-    pool: PgPool,
-    policy: Arc<dyn Policy>,
-    config: WorkerConfig,
-    mut stopped: watch::Receiver<bool>,
-    (roles, name): (ProcessRoles, String),
-) {
-    while !*stopped.borrow() {
-        match WorkerRunner::connect(pool.clone(), policy.clone(), config.clone()).await {
-            Ok(runner) => {
-                roles.set(&name, ProcessRoleState::Running);
-                return runner.run(stopped).await;
-            }
-            Err(e) => tracing::warn!(worker = policy.name(), error = %e, "worker cannot start yet"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Forget idempotency keys past their retention, every ten minutes.
-async fn purge_idempotency_keys(pool: PgPool) {
-    let mut every = tokio::time::interval(Duration::from_secs(600));
-    loop {
-        every.tick().await;
-        match ordo_commands::idempotency::purge_expired(&pool).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(keys = n, "purged expired idempotency keys"),
-            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
-        }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

@@ -159,7 +159,7 @@ impl Caller {
     }
 }
 
-/// Which roles a route admits (DESIGN.md §4).
+/// Which roles a route admits (the matrix in docs/API.md).
 pub trait Policy: Send + Sync + 'static {
     const ROLES: &'static [Role];
 }

@@ -1,4 +1,4 @@
-//! `ordo` subcommands (DESIGN.md §7).
+//! `ordo` subcommands; the README's "CLI" lists them.
 
 mod projections;
 mod workers;

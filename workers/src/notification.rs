@@ -1,6 +1,6 @@
 //! The notification worker: e-mails the customer when an order is placed, shipped or
 //! cancelled and when a payment is refunded, over SMTP when one is configured, and records
-//! every notification in `notification.notifications` either way (DESIGN.md §6).
+//! every notification in `notification.notifications` either way.
 //!
 //! The order and payment events do not carry the e-mail address, so the worker keeps the
 //! recipients it learns from `customer.registered` in `notification.customers`. An event
