@@ -21,6 +21,7 @@ use ordo_projections::{Projection, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
+use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
@@ -58,6 +59,8 @@ pub struct Application {
     workers: Vec<Worker>,
     /// The webhook delivery pool's settings.
     deliveries: DeliveryConfig,
+    /// E-mails sent at once.
+    smtp_concurrency: usize,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
 }
@@ -138,6 +141,7 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            smtp_concurrency: config.smtp_concurrency,
             deliveries: DeliveryConfig {
                 timeout: Duration::from_secs(config.webhook_timeout_secs),
                 concurrency: config.webhook_concurrency,
@@ -242,7 +246,7 @@ impl Application {
         if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
-                    Worker::Notification => Notification::new(self.mailer.clone()).into(),
+                    Worker::Notification => Notification::new(self.mailer.is_some()).into(),
                     Worker::Integration => Integration.into(),
                     Worker::Analytics => worker.policy(),
                 };
@@ -286,6 +290,30 @@ impl Application {
                     move || {
                         DeliveryPool::new(pool.clone(), client.clone(), config.clone())
                             .run(stop.clone())
+                    },
+                ));
+            }
+            if let (true, Some(mailer)) = (
+                self.workers.contains(&Worker::Notification),
+                self.mailer.clone(),
+            ) {
+                // The notification worker only records; this sender sends.
+                let (pool, concurrency, stop) = (
+                    self.state.pool.clone(),
+                    self.smtp_concurrency,
+                    stopped.clone(),
+                );
+                tasks.push(supervise(
+                    &roles,
+                    "deliveries.mail".into(),
+                    &stopped,
+                    ProcessRoleState::Running,
+                    move || {
+                        let config = MailConfig {
+                            concurrency,
+                            ..MailConfig::default()
+                        };
+                        MailSender::new(pool.clone(), mailer.clone(), config).run(stop.clone())
                     },
                 ));
             }

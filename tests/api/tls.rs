@@ -15,8 +15,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use serde_json::json;
 
 use crate::helpers::{spawn_app_with, TestApp};
-use crate::nats::{setup, work_until};
-use crate::notifications::{customer, SinkConfig, SinkTls, SmtpSink};
+use crate::nats::setup;
+use crate::notifications::{customer, notify_until, SinkConfig, SinkTls, SmtpSink};
 use crate::webhooks::{history, placed_event_id, quick_pool, register, Receiver};
 
 /// A CA of the test's own, its PEM in a file, and a server certificate it signed.
@@ -157,8 +157,8 @@ async fn without_the_ca_file_an_https_endpoint_of_a_private_ca_is_refused_for_it
 enum Until {
     /// Every event processed.
     Processed,
-    /// The notification worker dead-lettered one event.
-    DeadLetter,
+    /// The mail sender gave up on the notification.
+    Failed,
 }
 
 /// Register a customer, place an order, and run the notification worker with `mailer`
@@ -172,7 +172,7 @@ async fn notify_with(app: &TestApp, mailer: Mailer, until: Until) -> String {
     let runner = s.runner(app, Some(mailer)).await;
     match until {
         Until::Processed => {
-            work_until(
+            notify_until(
                 &runner,
                 app,
                 "SELECT count(*) FROM notification.processed",
@@ -180,11 +180,11 @@ async fn notify_with(app: &TestApp, mailer: Mailer, until: Until) -> String {
             )
             .await
         }
-        Until::DeadLetter => {
-            work_until(
+        Until::Failed => {
+            notify_until(
                 &runner,
                 app,
-                "SELECT count(*) FROM workers.dead_letters WHERE worker = 'notification'",
+                "SELECT count(*) FROM notification.notifications WHERE status = 'failed'",
                 1,
             )
             .await
@@ -211,6 +211,7 @@ async fn mail_crosses_smtps_with_auth_plain_to_a_server_of_a_private_ca() {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         credentials: credentials(),
         mechanisms: "PLAIN",
+        ..SinkConfig::default()
     })
     .await;
     let url = format!("smtps://{USERINFO}@127.0.0.1:{}", sink.addr.port());
@@ -243,6 +244,7 @@ async fn mail_crosses_starttls_required_with_auth_login() {
         tls: SinkTls::StartTls(pki.acceptor.clone()),
         credentials: credentials(),
         mechanisms: "LOGIN",
+        ..SinkConfig::default()
     })
     .await;
     let url = format!(
@@ -270,7 +272,7 @@ async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refuse
     let plain = SmtpSink::start().await;
     let url = format!("smtp://127.0.0.1:{}?tls=required", plain.addr.port());
     let mailer = Mailer::with_roots(&url, "orders@ordo.invalid", Some(&pki.roots())).unwrap();
-    notify_with(&app, mailer, Until::DeadLetter).await;
+    notify_with(&app, mailer, Until::Failed).await;
     assert_eq!(plain.mails().len(), 0);
 
     // A server of the private CA, its CA not trusted: refused for its certificate.
@@ -282,9 +284,9 @@ async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refuse
     .await;
     let url = format!("smtps://127.0.0.1:{}", sink.addr.port());
     let mailer = Mailer::new(&url, "orders@ordo.invalid").unwrap();
-    notify_with(&app, mailer, Until::DeadLetter).await;
+    notify_with(&app, mailer, Until::Failed).await;
     assert_eq!(sink.mails().len(), 0);
-    let error: String = sqlx::query_scalar("SELECT error FROM workers.dead_letters")
+    let error: String = sqlx::query_scalar("SELECT error FROM notification.notifications")
         .fetch_one(&app.pool)
         .await
         .unwrap();
@@ -299,6 +301,7 @@ async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         credentials: credentials(),
         mechanisms: "PLAIN LOGIN",
+        ..SinkConfig::default()
     })
     .await;
     let url = format!(
@@ -307,9 +310,9 @@ async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
     );
     let mailer = Mailer::with_roots(&url, "orders@ordo.invalid", Some(&pki.roots())).unwrap();
     assert!(!format!("{mailer:?}").contains("not-the-password"));
-    notify_with(&app, mailer, Until::DeadLetter).await;
+    notify_with(&app, mailer, Until::Failed).await;
     assert_eq!(sink.mails().len(), 0);
-    let error: String = sqlx::query_scalar("SELECT error FROM workers.dead_letters")
+    let error: String = sqlx::query_scalar("SELECT error FROM notification.notifications")
         .fetch_one(&app.pool)
         .await
         .unwrap();

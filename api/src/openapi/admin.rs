@@ -217,6 +217,9 @@ pub struct DeadLetter {
 #[derive(ToSchema)]
 pub struct RedriveAll {
     pub worker: String,
+    /// The most dead letters to redrive now, oldest first (default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
 }
 
 #[derive(ToSchema)]
@@ -230,6 +233,8 @@ pub struct RedrivenAll {
     pub worker: String,
     /// How many dead letters were published again.
     pub redriven: u64,
+    /// How many still wait: ask again until none do.
+    pub remaining: u64,
 }
 
 // ------------------------------------------------------------------ notifications

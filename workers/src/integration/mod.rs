@@ -31,7 +31,7 @@ pub mod signing;
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
 
-use crate::jetstream::{Batching, Delivered, EventTypes, HandleError, Policy};
+use crate::jetstream::{Delivered, HandleError, Policy};
 
 pub use client::{client_with, default_client, TIMEOUT};
 pub use endpoints::register;
@@ -59,14 +59,6 @@ impl Policy for Integration {
 
     fn processed_table(&self) -> &'static str {
         "integration.processed"
-    }
-
-    fn batching(&self) -> Batching {
-        Batching::Together
-    }
-
-    async fn acts_on(&self, _: &PgPool) -> Result<EventTypes, sqlx::Error> {
-        Ok(EventTypes::all())
     }
 
     async fn handle(
