@@ -1,6 +1,7 @@
 //! `ordo` subcommands; the README's "CLI" lists them.
 
 mod projections;
+mod webhooks;
 mod workers;
 
 use std::process::ExitCode;
@@ -55,6 +56,12 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: workers::WorkersCommand,
+    },
+    /// Webhook endpoints: list, show, update, disable, enable, delete, rotate the secret,
+    /// send a test, deliveries by status, retry one.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
 }
 
@@ -131,5 +138,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
+        Command::Webhooks { command } => webhooks::run(command).await,
     }
 }
