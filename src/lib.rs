@@ -14,7 +14,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
 use ordo_commands::db::{self, PoolSettings};
-use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
 use ordo_workers::integration::{self, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::{Mailer, Notification};
@@ -208,6 +208,15 @@ impl Application {
                     runner.run(stopped.clone()),
                 ));
             }
+            // Rebuilds (requested, or of read models an older version built), in bulk, all
+            // at once; shows in status, not as a role of its own unless it fails.
+            let rebuilder = Rebuilder::new(self.state.pool.clone(), self.runner.clone());
+            tasks.push(supervise(
+                &roles,
+                "projector.rebuilds".into(),
+                &stopped,
+                rebuilder.run(stopped.clone()),
+            ));
         }
         if self.roles.contains(&ServeRole::ProcessManager) {
             let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
