@@ -209,8 +209,9 @@ impl Application {
                 ));
             }
             // Rebuilds (requested, or of read models an older version built), in bulk, all
-            // at once; shows in status, not as a role of its own unless it fails.
+            // read models from one read of the log.
             let rebuilder = Rebuilder::new(self.state.pool.clone(), self.runner.clone());
+            roles.set("projector.rebuilds", RoleState::Running);
             tasks.push(supervise(
                 &roles,
                 "projector.rebuilds".into(),
