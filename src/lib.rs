@@ -3,7 +3,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -12,11 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
+use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
-use ordo_workers::integration::{self, Integration};
+use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
+use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
+use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
@@ -26,16 +27,16 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-pub use config::{Config, ServeRole, SmtpUrl};
+pub use config::{Config, ProcessRole, SmtpUrl};
 
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// Create the database if it is missing, then apply pending migrations.
+/// Create the database if it is missing, then apply pending migrations. PostgreSQL that
+/// cannot be reached, or has no connection to spare ("too many clients"), is tried again
+/// with exponential backoff for up to `db_start_timeout_secs`, so processes started
+/// together (or before the database) wait instead of exiting.
 pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
-    db::ensure_database(&config.database_url)
-        .await
-        .context("cannot reach PostgreSQL to create the database")?;
     let pool = db::pool(
         &config.database_url,
         &PoolSettings {
@@ -43,8 +44,50 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
             acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
         },
     )?;
-    MIGRATOR.run(&pool).await.context("migrations failed")?;
-    Ok(pool)
+    let deadline = Instant::now() + Duration::from_secs(config.db_start_timeout_secs);
+    let mut delays = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        let attempt = async {
+            db::ensure_database(&config.database_url)
+                .await
+                .context("cannot reach PostgreSQL to create the database")?;
+            MIGRATOR.run(&pool).await.context("migrations failed")
+        };
+        match attempt.await {
+            Ok(()) => return Ok(pool),
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "PostgreSQL not available yet");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a start-up failure may pass: the server unreachable, or out of connections.
+/// A bad URL or a failed migration will not.
+fn retryable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+            // 53300 too_many_connections, 57P03 cannot_connect_now (starting up).
+            Some(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("53300" | "57P03"))
+            }
+            Some(sqlx::Error::Migrate(m)) => matches!(
+                m.as_ref(),
+                sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))
+            ),
+            _ => false,
+        }
+    })
 }
 
 /// Ordo's roles in one process: the HTTP API bound to its address, and the projection
@@ -53,15 +96,21 @@ pub struct Application {
     /// The HTTP address: the whole API with the API role, else the operations routes.
     listener: Option<TcpListener>,
     state: AppState,
-    roles: Vec<ServeRole>,
+    roles: Vec<ProcessRole>,
     runner: RunnerConfig,
     relay: RelayConfig,
+    /// The JetStream settings the `workers` role runs with.
+    worker_settings: WorkerConfig,
     /// The notification worker's SMTP client, when `smtp_url` is set.
     mailer: Option<Mailer>,
     /// The integration worker's webhook client (trusting `tls_ca_file` too).
     webhooks: reqwest::Client,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
+    /// The webhook delivery pool's settings.
+    deliveries: DeliveryConfig,
+    /// E-mails sent at once.
+    smtp_concurrency: usize,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
 }
@@ -80,7 +129,7 @@ impl Application {
         // runs without its operations routes rather than not at all.
         let listener = match TcpListener::bind(config.http_addr).await {
             Ok(listener) => Some(listener),
-            Err(e) if config.roles.contains(&ServeRole::Api) => {
+            Err(e) if config.roles.contains(&ProcessRole::Api) => {
                 return Err(e).with_context(|| format!("cannot listen on {}", config.http_addr))
             }
             Err(e) => {
@@ -88,16 +137,12 @@ impl Application {
                 None
             }
         };
-        ordo_api::metrics::install();
+        ordo_runtime::metrics::install();
         let api = ApiConfig {
             body_limit: config.body_limit,
             crash_after_commit: config.crash_after_commit,
             read_wait: Duration::from_secs(config.read_wait_secs),
-            workers: WorkerConfig {
-                stream: config.nats_stream.clone(),
-                subject_prefix: config.nats_subject_prefix.clone(),
-                ..WorkerConfig::new(config.nats_url.clone())
-            },
+            workers: config.workers(),
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
         };
         let roots = config
@@ -115,7 +160,7 @@ impl Application {
         let webhooks = integration::client_with(roots.as_ref())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         let workers = config
-            .workers
+            .worker_names
             .iter()
             .map(|name| {
                 Worker::from_name(name).with_context(|| {
@@ -123,7 +168,9 @@ impl Application {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if config.roles.contains(&ServeRole::Api) || config.roles.contains(&ServeRole::Projector) {
+        if config.roles.contains(&ProcessRole::Api)
+            || config.roles.contains(&ProcessRole::Projector)
+        {
             // The read models' tables, before the first read: a read must not find them
             // missing (a 500) because no runner has started yet.
             for projection in Projection::ALL {
@@ -133,8 +180,8 @@ impl Application {
             }
         }
         let mut state = AppState::new(pool, api);
-        let needs_nats =
-            config.roles.contains(&ServeRole::Relay) || config.roles.contains(&ServeRole::Workers);
+        let needs_nats = config.roles.contains(&ProcessRole::Relay)
+            || config.roles.contains(&ProcessRole::Workers);
         match NatsProbe::start(&config.nats_url, needs_nats).await {
             Ok(probe) => state.readiness.nats = Some(probe),
             Err(e) if needs_nats => return Err(e).context("bad NATS_URL"),
@@ -144,16 +191,20 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            smtp_concurrency: config.smtp_concurrency,
+            deliveries: DeliveryConfig {
+                timeout: Duration::from_secs(config.webhook_timeout_secs),
+                concurrency: config.webhook_concurrency,
+                disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                ..DeliveryConfig::default()
+            },
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             state,
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
-            relay: RelayConfig {
-                stream: config.nats_stream.clone(),
-                subject_prefix: config.nats_subject_prefix.clone(),
-                ..RelayConfig::new(config.nats_url.clone())
-            },
+            relay: config.relay(),
+            worker_settings: config.workers(),
         })
     }
 
@@ -180,7 +231,7 @@ impl Application {
     }
 
     /// Role states and the NATS probe `/readyz` reports.
-    pub fn roles(&self) -> &Roles {
+    pub fn roles(&self) -> &ProcessRoles {
         &self.state.readiness.roles
     }
 
@@ -196,11 +247,11 @@ impl Application {
         let roles = self.state.readiness.roles.clone();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        if self.roles.contains(&ServeRole::Projector) {
+        if self.roles.contains(&ProcessRole::Projector) {
             for projection in Projection::ALL {
                 let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
                 let name = format!("projector.{}", projection.name());
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 tasks.push(supervise(
                     &roles,
                     name,
@@ -211,7 +262,7 @@ impl Application {
             // Rebuilds (requested, or of read models an older version built), in bulk, all
             // read models from one read of the log.
             let rebuilder = Rebuilder::new(self.state.pool.clone(), self.runner.clone());
-            roles.set("projector.rebuilds", RoleState::Running);
+            roles.set("projector.rebuilds", ProcessRoleState::Running);
             tasks.push(supervise(
                 &roles,
                 "projector.rebuilds".into(),
@@ -219,9 +270,9 @@ impl Application {
                 rebuilder.run(stopped.clone()),
             ));
         }
-        if self.roles.contains(&ServeRole::ProcessManager) {
+        if self.roles.contains(&ProcessRole::ProcessManager) {
             let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
-            roles.set("process_manager", RoleState::Running);
+            roles.set("process_manager", ProcessRoleState::Running);
             tasks.push(supervise(
                 &roles,
                 "process_manager".into(),
@@ -229,8 +280,8 @@ impl Application {
                 pm.run(stopped.clone()),
             ));
         }
-        if self.roles.contains(&ServeRole::Relay) {
-            roles.set("relay", RoleState::Starting);
+        if self.roles.contains(&ProcessRole::Relay) {
+            roles.set("relay", ProcessRoleState::Starting);
             let relay = run_relay(
                 self.state.pool.clone(),
                 self.relay.clone(),
@@ -239,23 +290,56 @@ impl Application {
             );
             tasks.push(supervise(&roles, "relay".into(), &stopped, relay));
         }
-        if self.roles.contains(&ServeRole::Workers) {
+        if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
-                    Worker::Notification => Notification::new(self.mailer.clone()).into(),
-                    Worker::Integration => Integration::new(self.webhooks.clone()).into(),
+                    Worker::Notification => Notification::new(self.mailer.is_some()).into(),
+                    Worker::Integration => Integration.into(),
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());
-                roles.set(&name, RoleState::Starting);
+                roles.set(&name, ProcessRoleState::Starting);
                 let run = run_worker(
                     self.state.pool.clone(),
                     policy,
-                    self.relay.clone(),
+                    self.worker_settings.clone(),
                     stopped.clone(),
                     (roles.clone(), name.clone()),
                 );
                 tasks.push(supervise(&roles, name, &stopped, run));
+            }
+            if self.workers.contains(&Worker::Integration) {
+                // The integration worker only writes the outbox; this pool sends it.
+                let name = "deliveries.webhooks".to_owned();
+                roles.set(&name, ProcessRoleState::Running);
+                let pool = DeliveryPool::new(
+                    self.state.pool.clone(),
+                    self.webhooks.clone(),
+                    self.deliveries.clone(),
+                );
+                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
+            }
+            if let (true, Some(mailer)) = (
+                self.workers.contains(&Worker::Notification),
+                self.mailer.clone(),
+            ) {
+                // The notification worker only records; this sender sends.
+                let name = "deliveries.mail".to_owned();
+                roles.set(&name, ProcessRoleState::Running);
+                let sender = MailSender::new(
+                    self.state.pool.clone(),
+                    mailer,
+                    MailConfig {
+                        concurrency: self.smtp_concurrency,
+                        ..MailConfig::default()
+                    },
+                );
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    sender.run(stopped.clone()),
+                ));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
@@ -274,7 +358,7 @@ impl Application {
         };
         let served = match self.listener {
             Some(listener) => {
-                let app = if self.roles.contains(&ServeRole::Api) {
+                let app = if self.roles.contains(&ProcessRole::Api) {
                     ordo_api::router(self.state)
                 } else {
                     ordo_api::ops_router(self.state)
@@ -286,7 +370,7 @@ impl Application {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
-                roles.set("api", RoleState::Running);
+                roles.set("api", ProcessRoleState::Running);
                 let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
                 let served = tokio::select! {
                     served = serve.into_future() => served,
@@ -295,7 +379,7 @@ impl Application {
                         Ok(())
                     }
                 };
-                roles.set("api", RoleState::Stopped);
+                roles.set("api", ProcessRoleState::Stopped);
                 served
             }
             None => {
@@ -344,7 +428,7 @@ async fn deadline_passed(mut deadline: watch::Receiver<Option<Instant>>) {
 /// `failed` when it panicked or returned on its own. Returns the supervisor to await and
 /// the role task to abort if it overstays the shutdown.
 fn supervise(
-    roles: &Roles,
+    roles: &ProcessRoles,
     name: String,
     stopped: &watch::Receiver<bool>,
     role: impl Future<Output = ()> + Send + 'static,
@@ -354,15 +438,15 @@ fn supervise(
     let (roles, stopped) = (roles.clone(), stopped.clone());
     let supervisor = tokio::spawn(async move {
         let state = match task.await {
-            Ok(()) if *stopped.borrow() => RoleState::Stopped,
+            Ok(()) if *stopped.borrow() => ProcessRoleState::Stopped,
             Ok(()) => {
                 tracing::error!(role = %name, "role ended without being asked to");
-                RoleState::Failed
+                ProcessRoleState::Failed
             }
-            Err(e) if e.is_cancelled() => RoleState::Stopped,
+            Err(e) if e.is_cancelled() => ProcessRoleState::Stopped,
             Err(e) => {
                 tracing::error!(role = %name, error = %e, "role panicked");
-                RoleState::Failed
+                ProcessRoleState::Failed
             }
         };
         roles.set(&name, state);
@@ -375,12 +459,12 @@ async fn run_relay(
     pool: PgPool,
     config: RelayConfig,
     mut stopped: watch::Receiver<bool>,
-    roles: Roles,
+    roles: ProcessRoles,
 ) {
     while !*stopped.borrow() {
         match Relay::connect(pool.clone(), config.clone()).await {
             Ok(relay) => {
-                roles.set("relay", RoleState::Running);
+                roles.set("relay", ProcessRoleState::Running);
                 return relay.run(stopped).await;
             }
             Err(e) => tracing::warn!(error = %e, "relay cannot start yet"),
@@ -397,19 +481,14 @@ async fn run_relay(
 async fn run_worker(
     pool: PgPool,
     policy: Arc<dyn Policy>,
-    relay: RelayConfig,
+    config: WorkerConfig,
     mut stopped: watch::Receiver<bool>,
-    (roles, name): (Roles, String),
+    (roles, name): (ProcessRoles, String),
 ) {
-    let config = WorkerConfig {
-        stream: relay.stream,
-        subject_prefix: relay.subject_prefix,
-        ..WorkerConfig::new(relay.nats_url)
-    };
     while !*stopped.borrow() {
         match WorkerRunner::connect(pool.clone(), policy.clone(), config.clone()).await {
             Ok(runner) => {
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 return runner.run(stopped).await;
             }
             Err(e) => tracing::warn!(worker = policy.name(), error = %e, "worker cannot start yet"),

@@ -1,6 +1,7 @@
 //! `ordo` subcommands (DESIGN.md §7).
 
 mod projections;
+mod webhooks;
 mod workers;
 
 use std::process::ExitCode;
@@ -9,7 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ordo_api::Role;
 
-use crate::{telemetry, Application, Config};
+use ordo_runtime::telemetry;
+
+use crate::{Application, Config};
 
 /// The whole command line. Public so that tests can check deployment files (the
 /// docker-compose commands and environment) against the real parser.
@@ -53,6 +56,12 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: workers::WorkersCommand,
+    },
+    /// Webhook endpoints: list, show, update, disable, enable, delete, rotate the secret,
+    /// send a test, deliveries by status, retry one.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
 }
 
@@ -101,8 +110,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker { name, mut config } => {
-            config.roles = vec![crate::ServeRole::Workers];
-            config.workers = vec![name];
+            config.roles = vec![crate::ProcessRole::Workers];
+            config.worker_names = vec![name];
             let app = Application::build(&config).await?;
             app.run_until_stopped(crate::shutdown_signal()).await?;
             Ok(())
@@ -129,5 +138,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
+        Command::Webhooks { command } => webhooks::run(command).await,
     }
 }

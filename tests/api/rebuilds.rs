@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Analyst, Storefront};
 use ordo_projections::rebuild::request_if_outdated;
 use ordo_projections::{check, status, Projection, Rebuilder, Runner};
@@ -86,7 +86,7 @@ fn spawn_runners(
 /// shadow while version 1 keeps serving, swaps, and then leads; the old one stands down.
 #[tokio::test]
 async fn a_version_bump_rebuilds_in_the_shadow_while_the_old_version_serves_until_the_swap() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = spawn_runners(&app, 1, "v1", &stopped);
     let old = Rebuilder::new(app.pool.clone(), fast());
@@ -156,7 +156,7 @@ async fn a_version_bump_rebuilds_in_the_shadow_while_the_old_version_serves_unti
 /// that the next one resumes or restarts, ending equal to the fold.
 #[tokio::test]
 async fn a_rebuild_killed_half_way_resumes_and_ends_equal_to_the_fold() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = spawn_runners(&app, 1, "live", &stopped);
     write_scenario(&app, 8).await;
