@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
-use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
@@ -214,6 +214,20 @@ impl Application {
                     move || Runner::new(pool.clone(), projection, config.clone()).run(stop.clone()),
                 ));
             }
+            // Rebuilds (requested, or of read models an older version built), in bulk, all
+            // read models from one read of the log.
+            let (pool, config, stop) = (
+                self.state.pool.clone(),
+                self.runner.clone(),
+                stopped.clone(),
+            );
+            tasks.push(supervise(
+                &roles,
+                "projector.rebuilds".into(),
+                &stopped,
+                ProcessRoleState::Running,
+                move || Rebuilder::new(pool.clone(), config.clone()).run(stop.clone()),
+            ));
         }
         if self.roles.contains(&ProcessRole::ProcessManager) {
             let (pool, commands, stop) = (
