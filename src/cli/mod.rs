@@ -1,5 +1,6 @@
 //! `ordo` subcommands (DESIGN.md §7).
 
+mod audit;
 mod projections;
 mod workers;
 
@@ -53,6 +54,11 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: workers::WorkersCommand,
+    },
+    /// The log's hash chain: verify.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -129,5 +135,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
+        Command::Audit { command } => audit::run(command).await,
     }
 }

@@ -27,6 +27,7 @@ mod relay;
 mod schemas;
 mod shutdown;
 mod store;
+mod tamper;
 mod tls;
 mod trace_context;
 mod webhooks;
