@@ -1,11 +1,15 @@
-//! Configuration from the environment (DESIGN.md §7); every variable is also a flag.
+//! Configuration from the environment; every variable is also a flag, and every setting has
+//! its default in one place, the flag's `default_value`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// What a process runs (DESIGN.md §1).
+use ordo_workers::{nats, NatsSettings, RelayConfig, WorkerConfig};
+
+/// What a process runs: `ordo serve --roles …`. A process role, not an API key's role
+/// (`ordo_api::Role`, who may call what).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServeRole {
+pub enum ProcessRole {
     /// The HTTP API: commands, reads, admin.
     Api,
     /// The projection runners (one active per projection across processes).
@@ -14,7 +18,7 @@ pub enum ServeRole {
     ProcessManager,
     /// The relay from the event log to JetStream.
     Relay,
-    /// The JetStream workers (today: analytics).
+    /// The JetStream workers named by `--workers`.
     Workers,
 }
 
@@ -58,15 +62,15 @@ pub struct Config {
     pub database_url: String,
 
     /// NATS with JetStream (used by the relay and workers).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "NATS_URL", default_value = nats::DEFAULT_URL)]
     pub nats_url: String,
 
     /// The JetStream stream the relay publishes to.
-    #[arg(long, env = "ORDO_NATS_STREAM", default_value = "ORDO_EVENTS")]
+    #[arg(long, env = "ORDO_NATS_STREAM", default_value = nats::DEFAULT_STREAM)]
     pub nats_stream: String,
 
     /// Subjects are `<prefix>.<aggregate>.<event>`.
-    #[arg(long, env = "ORDO_NATS_SUBJECT_PREFIX", default_value = "ordo.events")]
+    #[arg(long, env = "ORDO_NATS_SUBJECT_PREFIX", default_value = nats::DEFAULT_SUBJECT_PREFIX)]
     pub nats_subject_prefix: String,
 
     /// Where the HTTP API listens.
@@ -93,16 +97,17 @@ pub struct Config {
         value_delimiter = ',',
         default_value = "api,projector,process-manager,relay,workers"
     )]
-    pub roles: Vec<ServeRole>,
+    pub roles: Vec<ProcessRole>,
 
     /// Which workers the `workers` role runs, comma separated.
     #[arg(
-        long,
+        id = "workers",
+        long = "workers",
         env = "ORDO_WORKERS",
         value_delimiter = ',',
         default_value = "notification,analytics,integration"
     )]
-    pub workers: Vec<String>,
+    pub worker_names: Vec<String>,
 
     /// Seconds a read with `min_position` waits for its projection before answering 503.
     #[arg(long, env = "ORDO_READ_WAIT_SECS", default_value_t = 5)]
@@ -123,6 +128,28 @@ pub struct Config {
     /// Sender of the notification e-mails.
     #[arg(long, env = "ORDO_SMTP_FROM", default_value = "orders@ordo.invalid")]
     pub smtp_from: String,
+
+    /// Seconds one webhook request may take (connecting included) before it counts as a
+    /// failed attempt.
+    #[arg(long, env = "ORDO_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+
+    /// Webhook requests in flight at once per process (each endpoint gets at most 4).
+    #[arg(long, env = "ORDO_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+
+    /// Seconds an endpoint may keep failing (no success since its first failure) before
+    /// it is disabled automatically; 432000 = five days.
+    #[arg(
+        long,
+        env = "ORDO_WEBHOOK_DISABLE_AFTER_SECS",
+        default_value_t = 432_000
+    )]
+    pub webhook_disable_after_secs: u64,
+
+    /// E-mails sent at once per process.
+    #[arg(long, env = "ORDO_SMTP_CONCURRENCY", default_value_t = 4)]
+    pub smtp_concurrency: usize,
 
     /// Requests each API key may make per window (a token bucket refilled continuously);
     /// 0 disables limiting. Per process: each API replica counts on its own.
@@ -150,44 +177,51 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, as if no variable were set (tests start from here).
+    /// The defaults, as if no variable were set and no flag given (tests start from here).
+    /// Read from the flags' own `default_value`s, so each default is spelled once.
     pub fn defaults() -> Self {
-        Self {
-            database_url: "postgres://postgres@127.0.0.1:5432/ordo".into(),
-            nats_url: "nats://127.0.0.1:4222".into(),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            db_max_connections: 32,
-            db_acquire_timeout_secs: 3,
-            body_limit: 64 * 1024,
-            roles: vec![
-                ServeRole::Api,
-                ServeRole::Projector,
-                ServeRole::ProcessManager,
-                ServeRole::Relay,
-                ServeRole::Workers,
-            ],
-            nats_stream: "ORDO_EVENTS".into(),
-            nats_subject_prefix: "ordo.events".into(),
-            workers: vec![
-                "notification".into(),
-                "analytics".into(),
-                "integration".into(),
-            ],
-            read_wait_secs: 5,
-            smtp_url: None,
-            tls_ca_file: None,
-            smtp_from: "orders@ordo.invalid".into(),
-            rate_limit: 600_000,
-            rate_limit_window_secs: 60,
-            shutdown_timeout_secs: 30,
-            crash_after_commit: false,
+        use clap::{Args, FromArgMatches};
+        let command = Self::augment_args(clap::Command::new("ordo")).mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["ordo"]);
+        Self::from_arg_matches(&matches).expect("every setting has a default")
+    }
+
+    /// The NATS server and events stream the relay and the workers share.
+    pub fn nats(&self) -> NatsSettings {
+        NatsSettings {
+            url: self.nats_url.clone(),
+            stream: self.nats_stream.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
         }
+    }
+
+    /// The relay's settings.
+    pub fn relay(&self) -> RelayConfig {
+        RelayConfig::over(&self.nats())
+    }
+
+    /// The JetStream workers' settings (which workers run is [`Config::worker_names`]).
+    pub fn workers(&self) -> WorkerConfig {
+        WorkerConfig::over(&self.nats())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_the_flags_defaults() {
+        let config = Config::defaults();
+        assert_eq!(config.nats(), NatsSettings::default());
+        assert_eq!(config.roles.len(), 5);
+        assert_eq!(
+            config.worker_names,
+            ["notification", "analytics", "integration"]
+        );
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(config.smtp_url.is_none());
+    }
 
     #[test]
     fn the_configuration_s_debug_output_hides_the_smtp_password() {

@@ -3,7 +3,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -12,11 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit, RoleState, Roles};
+use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
 use ordo_commands::db::{self, PoolSettings};
 use ordo_projections::{Projection, Runner, RunnerConfig};
-use ordo_workers::integration::{self, Integration};
+use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
+use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
+use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
@@ -26,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-pub use config::{Config, ServeRole, SmtpUrl};
+pub use config::{Config, ProcessRole, SmtpUrl};
 
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -53,15 +54,21 @@ pub struct Application {
     /// The HTTP address: the whole API with the API role, else the operations routes.
     listener: Option<TcpListener>,
     state: AppState,
-    roles: Vec<ServeRole>,
+    roles: Vec<ProcessRole>,
     runner: RunnerConfig,
     relay: RelayConfig,
+    /// The JetStream settings the `workers` role runs with.
+    worker_settings: WorkerConfig,
     /// The notification worker's SMTP client, when `smtp_url` is set.
     mailer: Option<Mailer>,
     /// The integration worker's webhook client (trusting `tls_ca_file` too).
     webhooks: reqwest::Client,
     /// Which workers the `workers` role runs.
     workers: Vec<Worker>,
+    /// The webhook delivery pool's settings.
+    deliveries: DeliveryConfig,
+    /// E-mails sent at once.
+    smtp_concurrency: usize,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
 }
@@ -80,7 +87,7 @@ impl Application {
         // runs without its operations routes rather than not at all.
         let listener = match TcpListener::bind(config.http_addr).await {
             Ok(listener) => Some(listener),
-            Err(e) if config.roles.contains(&ServeRole::Api) => {
+            Err(e) if config.roles.contains(&ProcessRole::Api) => {
                 return Err(e).with_context(|| format!("cannot listen on {}", config.http_addr))
             }
             Err(e) => {
@@ -88,16 +95,12 @@ impl Application {
                 None
             }
         };
-        ordo_api::metrics::install();
+        ordo_runtime::metrics::install();
         let api = ApiConfig {
             body_limit: config.body_limit,
             crash_after_commit: config.crash_after_commit,
             read_wait: Duration::from_secs(config.read_wait_secs),
-            workers: WorkerConfig {
-                stream: config.nats_stream.clone(),
-                subject_prefix: config.nats_subject_prefix.clone(),
-                ..WorkerConfig::new(config.nats_url.clone())
-            },
+            workers: config.workers(),
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
         };
         let roots = config
@@ -115,7 +118,7 @@ impl Application {
         let webhooks = integration::client_with(roots.as_ref())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         let workers = config
-            .workers
+            .worker_names
             .iter()
             .map(|name| {
                 Worker::from_name(name).with_context(|| {
@@ -123,7 +126,9 @@ impl Application {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if config.roles.contains(&ServeRole::Api) || config.roles.contains(&ServeRole::Projector) {
+        if config.roles.contains(&ProcessRole::Api)
+            || config.roles.contains(&ProcessRole::Projector)
+        {
             // The read models' tables, before the first read: a read must not find them
             // missing (a 500) because no runner has started yet.
             for projection in Projection::ALL {
@@ -133,8 +138,8 @@ impl Application {
             }
         }
         let mut state = AppState::new(pool, api);
-        let needs_nats =
-            config.roles.contains(&ServeRole::Relay) || config.roles.contains(&ServeRole::Workers);
+        let needs_nats = config.roles.contains(&ProcessRole::Relay)
+            || config.roles.contains(&ProcessRole::Workers);
         match NatsProbe::start(&config.nats_url, needs_nats).await {
             Ok(probe) => state.readiness.nats = Some(probe),
             Err(e) if needs_nats => return Err(e).context("bad NATS_URL"),
@@ -144,16 +149,20 @@ impl Application {
             mailer,
             webhooks,
             workers,
+            smtp_concurrency: config.smtp_concurrency,
+            deliveries: DeliveryConfig {
+                timeout: Duration::from_secs(config.webhook_timeout_secs),
+                concurrency: config.webhook_concurrency,
+                disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                ..DeliveryConfig::default()
+            },
             listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             state,
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
-            relay: RelayConfig {
-                stream: config.nats_stream.clone(),
-                subject_prefix: config.nats_subject_prefix.clone(),
-                ..RelayConfig::new(config.nats_url.clone())
-            },
+            relay: config.relay(),
+            worker_settings: config.workers(),
         })
     }
 
@@ -180,7 +189,7 @@ impl Application {
     }
 
     /// Role states and the NATS probe `/readyz` reports.
-    pub fn roles(&self) -> &Roles {
+    pub fn roles(&self) -> &ProcessRoles {
         &self.state.readiness.roles
     }
 
@@ -196,11 +205,11 @@ impl Application {
         let roles = self.state.readiness.roles.clone();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        if self.roles.contains(&ServeRole::Projector) {
+        if self.roles.contains(&ProcessRole::Projector) {
             for projection in Projection::ALL {
                 let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
                 let name = format!("projector.{}", projection.name());
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 tasks.push(supervise(
                     &roles,
                     name,
@@ -209,9 +218,9 @@ impl Application {
                 ));
             }
         }
-        if self.roles.contains(&ServeRole::ProcessManager) {
+        if self.roles.contains(&ProcessRole::ProcessManager) {
             let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
-            roles.set("process_manager", RoleState::Running);
+            roles.set("process_manager", ProcessRoleState::Running);
             tasks.push(supervise(
                 &roles,
                 "process_manager".into(),
@@ -219,8 +228,8 @@ impl Application {
                 pm.run(stopped.clone()),
             ));
         }
-        if self.roles.contains(&ServeRole::Relay) {
-            roles.set("relay", RoleState::Starting);
+        if self.roles.contains(&ProcessRole::Relay) {
+            roles.set("relay", ProcessRoleState::Starting);
             let relay = run_relay(
                 self.state.pool.clone(),
                 self.relay.clone(),
@@ -229,23 +238,56 @@ impl Application {
             );
             tasks.push(supervise(&roles, "relay".into(), &stopped, relay));
         }
-        if self.roles.contains(&ServeRole::Workers) {
+        if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
-                    Worker::Notification => Notification::new(self.mailer.clone()).into(),
-                    Worker::Integration => Integration::new(self.webhooks.clone()).into(),
+                    Worker::Notification => Notification::new(self.mailer.is_some()).into(),
+                    Worker::Integration => Integration.into(),
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());
-                roles.set(&name, RoleState::Starting);
+                roles.set(&name, ProcessRoleState::Starting);
                 let run = run_worker(
                     self.state.pool.clone(),
                     policy,
-                    self.relay.clone(),
+                    self.worker_settings.clone(),
                     stopped.clone(),
                     (roles.clone(), name.clone()),
                 );
                 tasks.push(supervise(&roles, name, &stopped, run));
+            }
+            if self.workers.contains(&Worker::Integration) {
+                // The integration worker only writes the outbox; this pool sends it.
+                let name = "deliveries.webhooks".to_owned();
+                roles.set(&name, ProcessRoleState::Running);
+                let pool = DeliveryPool::new(
+                    self.state.pool.clone(),
+                    self.webhooks.clone(),
+                    self.deliveries.clone(),
+                );
+                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
+            }
+            if let (true, Some(mailer)) = (
+                self.workers.contains(&Worker::Notification),
+                self.mailer.clone(),
+            ) {
+                // The notification worker only records; this sender sends.
+                let name = "deliveries.mail".to_owned();
+                roles.set(&name, ProcessRoleState::Running);
+                let sender = MailSender::new(
+                    self.state.pool.clone(),
+                    mailer,
+                    MailConfig {
+                        concurrency: self.smtp_concurrency,
+                        ..MailConfig::default()
+                    },
+                );
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    sender.run(stopped.clone()),
+                ));
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
@@ -264,7 +306,7 @@ impl Application {
         };
         let served = match self.listener {
             Some(listener) => {
-                let app = if self.roles.contains(&ServeRole::Api) {
+                let app = if self.roles.contains(&ProcessRole::Api) {
                     ordo_api::router(self.state)
                 } else {
                     ordo_api::ops_router(self.state)
@@ -276,7 +318,7 @@ impl Application {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
-                roles.set("api", RoleState::Running);
+                roles.set("api", ProcessRoleState::Running);
                 let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
                 let served = tokio::select! {
                     served = serve.into_future() => served,
@@ -285,7 +327,7 @@ impl Application {
                         Ok(())
                     }
                 };
-                roles.set("api", RoleState::Stopped);
+                roles.set("api", ProcessRoleState::Stopped);
                 served
             }
             None => {
@@ -334,7 +376,7 @@ async fn deadline_passed(mut deadline: watch::Receiver<Option<Instant>>) {
 /// `failed` when it panicked or returned on its own. Returns the supervisor to await and
 /// the role task to abort if it overstays the shutdown.
 fn supervise(
-    roles: &Roles,
+    roles: &ProcessRoles,
     name: String,
     stopped: &watch::Receiver<bool>,
     role: impl Future<Output = ()> + Send + 'static,
@@ -344,15 +386,15 @@ fn supervise(
     let (roles, stopped) = (roles.clone(), stopped.clone());
     let supervisor = tokio::spawn(async move {
         let state = match task.await {
-            Ok(()) if *stopped.borrow() => RoleState::Stopped,
+            Ok(()) if *stopped.borrow() => ProcessRoleState::Stopped,
             Ok(()) => {
                 tracing::error!(role = %name, "role ended without being asked to");
-                RoleState::Failed
+                ProcessRoleState::Failed
             }
-            Err(e) if e.is_cancelled() => RoleState::Stopped,
+            Err(e) if e.is_cancelled() => ProcessRoleState::Stopped,
             Err(e) => {
                 tracing::error!(role = %name, error = %e, "role panicked");
-                RoleState::Failed
+                ProcessRoleState::Failed
             }
         };
         roles.set(&name, state);
@@ -365,12 +407,12 @@ async fn run_relay(
     pool: PgPool,
     config: RelayConfig,
     mut stopped: watch::Receiver<bool>,
-    roles: Roles,
+    roles: ProcessRoles,
 ) {
     while !*stopped.borrow() {
         match Relay::connect(pool.clone(), config.clone()).await {
             Ok(relay) => {
-                roles.set("relay", RoleState::Running);
+                roles.set("relay", ProcessRoleState::Running);
                 return relay.run(stopped).await;
             }
             Err(e) => tracing::warn!(error = %e, "relay cannot start yet"),
@@ -387,19 +429,14 @@ async fn run_relay(
 async fn run_worker(
     pool: PgPool,
     policy: Arc<dyn Policy>,
-    relay: RelayConfig,
+    config: WorkerConfig,
     mut stopped: watch::Receiver<bool>,
-    (roles, name): (Roles, String),
+    (roles, name): (ProcessRoles, String),
 ) {
-    let config = WorkerConfig {
-        stream: relay.stream,
-        subject_prefix: relay.subject_prefix,
-        ..WorkerConfig::new(relay.nats_url)
-    };
     while !*stopped.borrow() {
         match WorkerRunner::connect(pool.clone(), policy.clone(), config.clone()).await {
             Ok(runner) => {
-                roles.set(&name, RoleState::Running);
+                roles.set(&name, ProcessRoleState::Running);
                 return runner.run(stopped).await;
             }
             Err(e) => tracing::warn!(worker = policy.name(), error = %e, "worker cannot start yet"),

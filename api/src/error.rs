@@ -334,11 +334,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(detail) | Self::Command(CommandError::Internal(detail)) => {
-                let error = ordo_commands::telemetry::redact(detail);
+                let error = ordo_runtime::telemetry::redact(detail);
                 tracing::error!(error = %error, "request failed");
             }
             Self::Unavailable(detail) | Self::Command(CommandError::Unavailable(detail)) => {
-                let error = ordo_commands::telemetry::redact(detail);
+                let error = ordo_runtime::telemetry::redact(detail);
                 tracing::warn!(error = %error, "event store unavailable");
             }
             _ => {}

@@ -102,7 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CommandHeaders {
         let incoming = header(headers, "traceparent")?
             .filter(|tp| valid_traceparent(tp))
             .map_or_else(new_traceparent, str::to_owned);
-        let traceparent = ordo_commands::telemetry::current_traceparent(&incoming);
+        let traceparent = ordo_runtime::telemetry::current_traceparent(&incoming);
         let correlation_id = header(headers, "x-correlation-id")?
             .and_then(|c| Uuid::parse_str(c).ok())
             .unwrap_or_else(Uuid::new_v4);

@@ -32,7 +32,7 @@ use utoipa_axum::routes;
 pub use auth::{create_key, Caller, KeyCache, Role};
 pub use error::ApiError;
 pub use rate_limit::{RateLimit, RateLimiter};
-pub use readiness::{NatsProbe, Readiness, RoleState, Roles};
+pub use readiness::{NatsProbe, Readiness};
 
 /// Settings the API needs at run time.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ impl Default for ApiConfig {
             body_limit: 64 * 1024,
             crash_after_commit: false,
             read_wait: std::time::Duration::from_secs(5),
-            workers: ordo_workers::WorkerConfig::new("nats://127.0.0.1:4222"),
+            workers: ordo_workers::WorkerConfig::over(&ordo_workers::NatsSettings::default()),
             rate_limit: None,
         }
     }
@@ -121,7 +121,7 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
         .and_then(|v| v.to_str().ok())
         .filter(|tp| extract::valid_traceparent(tp))
     {
-        ordo_commands::telemetry::continue_trace(&span, traceparent);
+        ordo_runtime::telemetry::continue_trace(&span, traceparent);
     }
     span
 }
@@ -129,7 +129,7 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
 /// The operations routes alone — `/healthz`, `/readyz`, `/metrics` — for a process that runs
 /// no API role, so every process can be probed and scraped on its HTTP address.
 pub fn ops_router(state: AppState) -> Router {
-    metrics::install();
+    ordo_runtime::metrics::install();
     Router::new()
         .merge(routes::health::router().split_for_parts().0)
         .merge(
@@ -171,7 +171,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The whole API with its middleware.
 pub fn router(state: AppState) -> Router {
-    metrics::install();
+    ordo_runtime::metrics::install();
     let body_limit = state.config.body_limit;
     let trace = TraceLayer::new_for_http().make_span_with(request_span);
     api()

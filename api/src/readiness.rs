@@ -1,61 +1,7 @@
-//! What `/readyz` reports: PostgreSQL, NATS and the state of each role this process runs.
-//! The composition root (`src/lib.rs`) registers the roles and updates their state.
+//! What `/readyz` looks at: PostgreSQL (the pool), NATS, and the process roles this process
+//! runs ([`ordo_runtime::process`]).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-
-use serde::Serialize;
-
-/// A role task's life cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoleState {
-    /// Spawned, not yet connected to what it needs (e.g. NATS for the relay).
-    Starting,
-    Running,
-    /// Shutdown began: finishing in-flight requests or the current batch.
-    Stopping,
-    Stopped,
-    /// Ended without being asked to (a panic, or it gave up).
-    Failed,
-}
-
-/// The roles of this process, each by name (`api`, `projector.orders`, `relay`,
-/// `worker.analytics`, …), shared between the role tasks and `/readyz`.
-#[derive(Debug, Clone, Default)]
-pub struct Roles {
-    states: Arc<RwLock<BTreeMap<String, RoleState>>>,
-}
-
-impl Roles {
-    pub fn set(&self, role: &str, state: RoleState) {
-        let mut states = match self.states.write() {
-            Ok(states) => states,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        states.insert(role.to_owned(), state);
-    }
-
-    /// Move every role that is not already down to `Stopping`.
-    pub fn stopping(&self) {
-        let mut states = match self.states.write() {
-            Ok(states) => states,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for state in states.values_mut() {
-            if matches!(state, RoleState::Starting | RoleState::Running) {
-                *state = RoleState::Stopping;
-            }
-        }
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, RoleState> {
-        match self.states.read() {
-            Ok(states) => states.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
+use ordo_runtime::process::ProcessRoles;
 
 /// A NATS connection kept only to report whether the server is reachable.
 #[derive(Debug, Clone)]
@@ -85,7 +31,7 @@ impl NatsProbe {
 /// Everything `/readyz` looks at besides the database pool.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    pub roles: Roles,
+    pub roles: ProcessRoles,
     /// `None` when this process was built without one (then NATS is not reported).
     pub nats: Option<NatsProbe>,
 }

@@ -31,7 +31,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    ordo::telemetry::init();
+    ordo_runtime::telemetry::init();
     let result = match cli.command {
         Command::PlaceOrder(args) => place_order::run(args).await,
         Command::Pipeline(args) => pipeline::run_bench(args).await,
@@ -45,6 +45,6 @@ async fn main() -> ExitCode {
         }
     };
     // The batch exporter blocks while it sends: not on a runtime worker.
-    let _ = tokio::task::spawn_blocking(ordo::telemetry::shutdown).await;
+    let _ = tokio::task::spawn_blocking(ordo_runtime::telemetry::shutdown).await;
     code
 }

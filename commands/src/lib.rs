@@ -16,7 +16,6 @@ pub mod leader;
 pub mod metadata;
 pub mod service;
 pub mod store;
-pub mod telemetry;
 
 pub use error::CommandError;
 pub use metadata::{Actor, CommandMetadata, IdempotentRequest};

@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ordo_api::Role;
 
-use crate::{telemetry, Application, Config};
+use ordo_runtime::telemetry;
+
+use crate::{Application, Config};
 
 /// The whole command line. Public so that tests can check deployment files (the
 /// docker-compose commands and environment) against the real parser.
@@ -107,8 +109,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker { name, mut config } => {
-            config.roles = vec![crate::ServeRole::Workers];
-            config.workers = vec![name];
+            config.roles = vec![crate::ProcessRole::Workers];
+            config.worker_names = vec![name];
             let app = Application::build(&config).await?;
             app.run_until_stopped(crate::shutdown_signal()).await?;
             Ok(())

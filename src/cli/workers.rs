@@ -3,7 +3,6 @@
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use ordo_workers::ops::{ReplayFrom, WorkersAdmin};
-use ordo_workers::WorkerConfig;
 
 use crate::Config;
 
@@ -34,11 +33,7 @@ pub enum WorkersCommand {
 }
 
 fn admin(config: &Config) -> WorkersAdmin {
-    WorkersAdmin::new(WorkerConfig {
-        stream: config.nats_stream.clone(),
-        subject_prefix: config.nats_subject_prefix.clone(),
-        ..WorkerConfig::new(config.nats_url.clone())
-    })
+    WorkersAdmin::new(config.workers())
 }
 
 #[allow(clippy::print_stdout)] // the table is this command's output

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Analyst};
 use ordo_workers::{AdvisoryOutcome, MaxDeliveriesAdvisory, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
@@ -59,7 +59,7 @@ async fn wait_for(app: &TestApp, sql: &str, expected: i64) {
 
 #[tokio::test]
 async fn a_message_never_settled_becomes_one_dead_letter_from_the_advisory_and_redrives_once() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let s = setup(&app).await;
     let config = WorkerConfig {
         max_deliver: 2,

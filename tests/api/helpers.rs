@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ordo::{Application, Config, ServeRole};
+use ordo::{Application, Config, ProcessRole};
 use ordo_api::Role;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -26,7 +26,7 @@ pub fn postgres_base() -> String {
 /// stream versions, which the process manager's `order.payment_status_changed` events would
 /// interleave with (tests/api/process_manager.rs covers those).
 pub async fn spawn_app_without_process_manager() -> TestApp {
-    spawn_app_with(|c| c.roles = vec![ServeRole::Api, ServeRole::Projector]).await
+    spawn_app_with(|c| c.roles = vec![ProcessRole::Api, ProcessRole::Projector]).await
 }
 
 pub fn fresh_database_url() -> String {
@@ -105,7 +105,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
-        ordo::telemetry::init();
+        ordo_runtime::telemetry::init();
     }
     let database_url = fresh_database_url();
     let mut config = Config::defaults();
@@ -114,9 +114,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.db_max_connections = 12;
     // The relay publishes to a shared NATS server; relay tests run it on streams of their own.
     config.roles = vec![
-        ServeRole::Api,
-        ServeRole::Projector,
-        ServeRole::ProcessManager,
+        ProcessRole::Api,
+        ProcessRole::Projector,
+        ProcessRole::ProcessManager,
     ];
     tweak(&mut config);
     let app = Application::build(&config)
@@ -234,6 +234,23 @@ impl TestApp {
 
     pub fn last_position(&self) -> i64 {
         self.last_position.load(Ordering::SeqCst)
+    }
+
+    /// PATCH JSON as `role`.
+    pub async fn patch(&self, role: Role, path: &str, body: Value) -> Resp {
+        let req = self
+            .client
+            .patch(self.url(path))
+            .bearer_auth(self.key(role));
+        read(req.json(&body).send().await.expect("request sent")).await
+    }
+
+    pub async fn delete(&self, role: Role, path: &str) -> Resp {
+        let req = self
+            .client
+            .delete(self.url(path))
+            .bearer_auth(self.key(role));
+        read(req.send().await.expect("request sent")).await
     }
 
     pub async fn get(&self, role: Role, path: &str) -> Resp {

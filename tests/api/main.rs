@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod concurrency;
 mod crash;
+mod deliveries;
 mod errors;
 mod fuzz_findings;
 mod idempotency;

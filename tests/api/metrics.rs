@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::Storefront;
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
@@ -196,7 +196,7 @@ async fn metrics_expose_every_family_after_a_short_scenario() {
 
 #[tokio::test]
 async fn a_process_without_the_api_role_still_serves_health_and_metrics() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Projector]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Projector]).await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         let resp = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");

@@ -1,22 +1,26 @@
 //! The notification worker on real JetStream (streams, prefixes and consumers of the test's
-//! own) and a local SMTP sink: one e-mail per placed, shipped, cancelled and refunded, each
-//! recorded; recorded only without SMTP; nothing sent twice when everything is delivered
-//! again; an SMTP server that is away leads to retries, then a dead letter, nothing recorded.
+//! own), the mail sender and a local SMTP sink: one e-mail per placed, shipped, cancelled
+//! and refunded, each recorded; recorded only without SMTP; nothing sent twice when
+//! everything is delivered again; an SMTP outage delays mail, every attempt recorded, until
+//! the server is back; a sender killed between sending and recording sends again, with the
+//! same `Message-ID`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
+use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::ops::{OpsError, ReplayFrom, WorkersAdmin};
+use ordo_workers::retry::RetrySchedule;
 use ordo_workers::WorkerRunner;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::helpers::{spawn_app_with, TestApp};
-use crate::nats::{setup, work_until, Setup};
+use crate::nats::{setup, Setup};
 
 // ---------------------------------------------------------------- an SMTP sink
 
@@ -62,6 +66,10 @@ pub(crate) struct SinkConfig {
     pub credentials: Option<(String, String)>,
     /// The AUTH mechanisms the EHLO answer offers.
     pub mechanisms: &'static str,
+    /// The first this many connections are greeted with `421` (the server is away).
+    pub refuse_first: usize,
+    /// After the first mail's data, the server keeps it and never answers.
+    pub hang_after_first_mail: bool,
 }
 
 impl Default for SinkConfig {
@@ -70,6 +78,8 @@ impl Default for SinkConfig {
             tls: SinkTls::None,
             credentials: None,
             mechanisms: "PLAIN LOGIN",
+            refuse_first: 0,
+            hang_after_first_mail: false,
         }
     }
 }
@@ -94,7 +104,13 @@ impl SmtpSink {
         let mails = Arc::new(Mutex::new(Vec::new()));
         let kept = mails.clone();
         let task = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
+            let mut connections = 0;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                connections += 1;
+                if connections <= config.refuse_first {
+                    let _ = socket.write_all(b"421 4.3.2 away for now\r\n").await;
+                    continue;
+                }
                 tokio::spawn(connection(socket, kept.clone(), config.clone()));
             }
         });
@@ -268,13 +284,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     data.push_str(l.strip_prefix('.').unwrap_or(&l));
                 }
-                mails.lock().unwrap().push(Mail {
-                    from: std::mem::take(&mut from),
-                    to: std::mem::take(&mut to),
-                    data,
-                    auth: auth.clone(),
-                    tls,
-                });
+                let first = {
+                    let mut mails = mails.lock().unwrap();
+                    mails.push(Mail {
+                        from: std::mem::take(&mut from),
+                        to: std::mem::take(&mut to),
+                        data,
+                        auth: auth.clone(),
+                        tls,
+                    });
+                    mails.len() == 1
+                };
+                if first && config.hang_after_first_mail {
+                    std::future::pending::<()>().await;
+                }
                 "250 OK queued".into()
             }
             "RSET" => {
@@ -296,15 +319,65 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 
 // ---------------------------------------------------------------- NATS set-up
 
+/// The notification worker and, with an SMTP server, a mail sender with quick retries.
+pub(crate) struct Notifier {
+    pub runner: WorkerRunner,
+    pub sender: Option<Arc<MailSender>>,
+}
+
 impl Setup {
-    pub(crate) async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> WorkerRunner {
-        WorkerRunner::connect(
+    pub(crate) async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> Notifier {
+        let runner = WorkerRunner::connect(
             app.pool.clone(),
-            Notification::new(mailer),
+            Notification::new(mailer.is_some()),
             self.worker_config.clone(),
         )
         .await
-        .unwrap()
+        .unwrap();
+        let sender = mailer.map(|mailer| quick_sender(app, mailer, Duration::from_secs(30)));
+        Notifier { runner, sender }
+    }
+}
+
+/// A mail sender with quick retries (5 attempts) and the given lease.
+pub(crate) fn quick_sender(app: &TestApp, mailer: Mailer, lease: Duration) -> Arc<MailSender> {
+    MailSender::new(
+        app.pool.clone(),
+        mailer,
+        MailConfig {
+            poll: Duration::from_millis(20),
+            schedule: RetrySchedule::quick(Duration::from_millis(30), 5),
+            lease,
+            ..MailConfig::default()
+        },
+    )
+}
+
+/// Step the worker and the sender until `sql` counts `expected` and no notification waits.
+pub(crate) async fn notify_until(n: &Notifier, app: &TestApp, sql: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notification.notifications WHERE status = 'pending'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if count >= expected && (waiting == 0 || n.sender.is_none()) {
+            assert_eq!(count, expected, "{sql}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: {count} of {expected}, {waiting} waiting"
+        );
+        n.runner.step(50, Duration::from_millis(50)).await.unwrap();
+        if let Some(sender) = &n.sender {
+            if sender.step().await.unwrap() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 
@@ -379,7 +452,7 @@ fn field<'a>(items: &'a Value, name: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even_when_everything_is_delivered_again(
 ) {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start().await;
     let (customer, email) = customer(&app).await;
     let (shipped, cancelled) = orders(&app, &customer).await;
@@ -389,7 +462,7 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
     s.publish_all(&app).await;
     let mailer = Mailer::new(&sink.url, "Ordo <orders@ordo.invalid>").unwrap();
     let runner = s.runner(&app, Some(mailer.clone())).await;
-    work_until(
+    notify_until(
         &runner,
         &app,
         "SELECT count(*) FROM notification.processed",
@@ -399,6 +472,11 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
 
     let mails = sink.mails();
     assert_eq!(mails.len(), 5, "{mails:#?}");
+    let ids: std::collections::BTreeSet<String> = mails
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "one Message-ID per event and kind");
     for mail in &mails {
         assert_eq!(mail.to, [format!("<{email}>")]);
         assert_eq!(mail.from, "<orders@ordo.invalid>");
@@ -468,7 +546,7 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
         .await
         .unwrap();
     let runner = s.runner(&app, Some(mailer)).await;
-    crate::nats::redeliver_all(&runner, events as usize).await;
+    crate::nats::redeliver_all(&runner.runner, events as usize).await;
     assert_eq!(sink.mails().len(), 5);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.notifications")
         .fetch_one(&app.pool)
@@ -480,7 +558,7 @@ async fn customers_are_mailed_on_placed_shipped_cancelled_and_refunded_once_even
 
 #[tokio::test]
 async fn without_smtp_notifications_are_only_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (customer, email) = customer(&app).await;
     let (shipped, _) = orders(&app, &customer).await;
     let events = app.event_count().await;
@@ -488,7 +566,7 @@ async fn without_smtp_notifications_are_only_recorded() {
     let s = setup(&app).await;
     s.publish_all(&app).await;
     let runner = s.runner(&app, None).await;
-    work_until(
+    notify_until(
         &runner,
         &app,
         "SELECT count(*) FROM notification.processed",
@@ -525,50 +603,147 @@ async fn without_smtp_notifications_are_only_recorded() {
 }
 
 #[tokio::test]
-async fn an_smtp_server_that_is_away_means_retries_then_a_dead_letter_and_nothing_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+async fn an_smtp_outage_delays_the_mail_records_every_attempt_and_ends_when_the_server_is_back() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    // The first two connections are turned away (421), then the server is back.
+    let sink = SmtpSink::start_with(SinkConfig {
+        refuse_first: 2,
+        ..SinkConfig::default()
+    })
+    .await;
     let (customer, _) = customer(&app).await;
     let order = app.place_order(&customer).await;
-
-    // A port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let events = app.event_count().await;
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let mailer = Mailer::new(&format!("smtp://127.0.0.1:{port}"), "orders@ordo.invalid").unwrap();
+    let mailer = Mailer::new(&sink.url, "orders@ordo.invalid").unwrap();
     let runner = s.runner(&app, Some(mailer)).await;
-    work_until(
+    notify_until(
         &runner,
         &app,
-        "SELECT count(*) FROM workers.dead_letters WHERE worker = 'notification'",
-        1,
+        "SELECT count(*) FROM notification.processed",
+        events,
     )
     .await;
-    let (attempts, error): (i64, String) =
-        sqlx::query_as("SELECT attempts, error FROM workers.dead_letters")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(attempts, 3, "every allowed delivery");
-    assert!(error.contains("smtp"), "{error}");
-    let listed = app
-        .get(Support, &format!("/v1/notifications?order_id={order}"))
-        .await;
-    assert_eq!(listed.body, json!({"items": []}));
-    // The customer was learnt; the order's event is not marked processed.
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.processed")
+
+    // The event was acknowledged when it was recorded: no dead letter, one mail.
+    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM workers.dead_letters")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(processed, 1);
+    assert_eq!(letters, 0);
+    assert_eq!(sink.mails().len(), 1);
+    let listed = app
+        .get(Support, &format!("/v1/notifications?order_id={order}"))
+        .await;
+    assert_eq!(field(&listed.body, "status"), ["sent"]);
+    let attempts: Vec<(i32, bool, Option<String>)> =
+        sqlx::query_as("SELECT attempt, ok, error FROM notification.attempts ORDER BY attempt")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(attempts[..2]
+        .iter()
+        .all(|(_, ok, error)| !ok && error.as_deref().is_some_and(|e| e.contains("421"))));
+    assert_eq!((attempts[2].0, attempts[2].1), (3, true));
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_sender_killed_between_sending_and_recording_sends_again_with_the_same_message_id() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    // The server takes the first mail and never answers: the sender is killed while it
+    // waits, after the mail left and before its outcome was recorded.
+    let sink = SmtpSink::start_with(SinkConfig {
+        hang_after_first_mail: true,
+        ..SinkConfig::default()
+    })
+    .await;
+    let (customer, _) = customer(&app).await;
+    let order = app.place_order(&customer).await;
+    let events = app.event_count().await;
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let mailer = Mailer::new(&sink.url, "orders@ordo.invalid").unwrap();
+    let worker = s.runner(&app, None).await;
+    let recorded = Notifier {
+        runner: WorkerRunner::connect(
+            app.pool.clone(),
+            Notification::new(true),
+            s.worker_config.clone(),
+        )
+        .await
+        .unwrap(),
+        sender: None,
+    };
+    drop(worker);
+    notify_until(
+        &recorded,
+        &app,
+        "SELECT count(*) FROM notification.processed",
+        events,
+    )
+    .await;
+    let lease = Duration::from_secs(1);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let first = tokio::spawn(quick_sender(&app, mailer.clone(), lease).run(stopped));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.mails().is_empty() {
+        assert!(Instant::now() < deadline, "the first mail never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    let (status, attempts): (String, i64) = sqlx::query_as(
+        "SELECT n.status, (SELECT count(*) FROM notification.attempts a WHERE a.notification_id = n.id)
+           FROM notification.notifications n",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 0),
+        "sent, not recorded"
+    );
+
+    // A new sender, once the lease ran out, sends it again: at least once, never lost.
+    let again = Notifier {
+        runner: recorded.runner,
+        sender: Some(quick_sender(&app, mailer, lease)),
+    };
+    notify_until(
+        &again,
+        &app,
+        "SELECT count(*) FROM notification.notifications WHERE status = 'sent'",
+        1,
+    )
+    .await;
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 2, "the mail went out twice");
+    let ids: Vec<String> = mails
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap())
+        .collect();
+    assert_eq!(
+        ids[0], ids[1],
+        "with one Message-ID, for the receiver to drop the repeat"
+    );
+    let event_id = crate::webhooks::placed_event_id(&app, &order).await;
+    assert_eq!(ids[0], format!("<{event_id}.order_placed@ordo.invalid>"));
+    let attempts: Vec<(i32, bool)> =
+        sqlx::query_as("SELECT attempt, ok FROM notification.attempts")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, [(2, true)], "the killed attempt left no record");
     s.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start().await;
     let (customer, _) = customer(&app).await;
     let (shipped, cancelled) = orders(&app, &customer).await;
@@ -579,7 +754,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
     let mailer = Mailer::new(&sink.url, "orders@ordo.invalid").unwrap();
     let runner = s.runner(&app, Some(mailer.clone())).await;
     let processed = "SELECT count(*) FROM notification.processed";
-    work_until(&runner, &app, processed, events).await;
+    notify_until(&runner, &app, processed, events).await;
     assert_eq!(sink.mails().len(), 5);
     drop(runner);
 
@@ -611,7 +786,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
         "the events from the refund on"
     );
     let runner = s.runner(&app, Some(mailer)).await;
-    work_until(&runner, &app, processed, events).await;
+    notify_until(&runner, &app, processed, events).await;
 
     let mails = sink.mails();
     let mut again: Vec<String> = mails[5..]
@@ -647,7 +822,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
         .await
         .unwrap();
     let runner = s.runner(&app, None).await;
-    crate::nats::redeliver_all(&runner, events as usize).await;
+    crate::nats::redeliver_all(&runner.runner, events as usize).await;
     assert_eq!(sink.mails().len(), 7);
 
     // Analytics' effects are sums: repeating them is refused, over HTTP too.
@@ -671,7 +846,7 @@ async fn a_replay_with_reprocess_mails_again_from_the_chosen_event_on_only() {
 
 #[tokio::test]
 async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (first, email) = customer(&app).await;
     customer(&app).await;
     customer(&app).await;
@@ -681,7 +856,14 @@ async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone()
     let runner = s.runner(&app, None).await;
 
     // The three registrations and the order: one fetch, one batch.
-    assert_eq!(runner.step(50, Duration::from_secs(5)).await.unwrap(), 4);
+    assert_eq!(
+        runner
+            .runner
+            .step(50, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        4
+    );
     let (processed, transactions): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT p.processed_at) FROM notification.processed p
            JOIN event_store.events e USING (event_id) WHERE e.event_type = 'customer.registered'",
@@ -720,7 +902,14 @@ async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone()
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(runner.step(50, Duration::from_secs(5)).await.unwrap(), 2);
+    assert_eq!(
+        runner
+            .runner
+            .step(50, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        2
+    );
     let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.customers")
         .fetch_one(&app.pool)
         .await

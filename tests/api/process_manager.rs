@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Storefront, Support};
 use ordo_workers::process_manager::Step;
 use ordo_workers::ProcessManager;
@@ -192,7 +192,7 @@ async fn the_order_records_the_payment_status_its_payments_amount_to() {
 
 #[tokio::test]
 async fn recording_payment_statuses_again_records_nothing_new() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let order = app.confirmed_order().await;
     let total = app
         .get(Support, &format!("/v1/orders/{order}/state"))
@@ -294,7 +294,7 @@ async fn cancelling_a_paid_order_refunds_and_voids_its_payments() {
 
 #[tokio::test]
 async fn handling_the_same_cancellation_again_has_no_second_effect() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let order = app.confirmed_order().await;
     let payment = app.authorized_payment(&order, 2999).await;
     app.post(

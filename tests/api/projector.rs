@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Analyst, Storefront};
 use ordo_commands::feed::{self, Checkpoint};
 use ordo_projections::{check, status, Projection, Runner, RunnerConfig};
@@ -34,7 +34,7 @@ async fn append_raw(tx: &mut sqlx::PgConnection, stream: &str, sequence: i64) {
 /// already passed.
 #[tokio::test]
 async fn a_writer_holds_the_commit_point_until_it_ends_so_positions_follow_commits() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let pool = app.pool.clone();
 
     let mut slow = pool.begin().await.unwrap();
@@ -88,7 +88,7 @@ async fn a_writer_holds_the_commit_point_until_it_ends_so_positions_follow_commi
 /// hold the feed back: events committed meanwhile are read at once.
 #[tokio::test]
 async fn a_transaction_left_open_on_the_server_does_not_hold_the_feed_back() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let pool = app.pool.clone();
     let mut other_db =
         sqlx::PgConnection::connect(&format!("{}/postgres", crate::helpers::postgres_base()))
@@ -127,7 +127,7 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_the_feed_back() {
 
 #[tokio::test]
 async fn interleaved_delayed_writers_are_read_once_each_in_commit_order() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let pool = app.pool.clone();
     let writers = 12;
     let per_writer = 8;
@@ -269,7 +269,7 @@ async fn wait_until_caught_up(app: &TestApp) {
 
 #[tokio::test]
 async fn runners_killed_mid_batch_leave_read_models_equal_to_the_fold() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     write_scenario(&app, 9).await;
 
     // Start and kill runners at arbitrary moments, many times.
@@ -300,7 +300,7 @@ async fn runners_killed_mid_batch_leave_read_models_equal_to_the_fold() {
 
 #[tokio::test]
 async fn only_one_runner_leads_and_a_standby_takes_over_when_it_dies() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (_stop, stopped) = watch::channel(false);
     let first = tokio::spawn(
         Runner::new(app.pool.clone(), Projection::Orders, fast())

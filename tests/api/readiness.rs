@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ordo::{Application, Config, ServeRole};
+use ordo::{Application, Config, ProcessRole};
 use serde_json::json;
 
 use crate::helpers::{fresh_database_url, read, spawn_app, spawn_app_with, Resp, TestApp};
@@ -45,7 +45,7 @@ fn closed_port() -> u16 {
 async fn a_relay_without_nats_makes_the_process_not_ready_and_says_why() {
     let port = closed_port();
     let app = spawn_app_with(|c| {
-        c.roles.push(ServeRole::Relay);
+        c.roles.push(ProcessRole::Relay);
         c.nats_url = format!("nats://127.0.0.1:{port}");
     })
     .await;
@@ -68,7 +68,7 @@ async fn a_relay_with_nats_becomes_ready() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let stream = format!("ORDO_TEST_{id}");
     let app = spawn_app_with(|c| {
-        c.roles.push(ServeRole::Relay);
+        c.roles.push(ProcessRole::Relay);
         c.nats_url = NATS.into();
         c.nats_stream = stream.clone();
         c.nats_subject_prefix = format!("t{id}.events");
@@ -99,9 +99,9 @@ async fn after_a_shutdown_every_role_is_stopped() {
     config.database_url = database_url.clone();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.roles = vec![
-        ServeRole::Api,
-        ServeRole::Projector,
-        ServeRole::ProcessManager,
+        ProcessRole::Api,
+        ProcessRole::Projector,
+        ProcessRole::ProcessManager,
     ];
     let app = Application::build(&config).await.unwrap();
     let roles = app.roles().clone();
@@ -110,7 +110,7 @@ async fn after_a_shutdown_every_role_is_stopped() {
         let _ = stopped.await;
     }));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while roles.snapshot().get("api") != Some(&ordo_api::RoleState::Running) {
+    while roles.snapshot().get("api") != Some(&ordo_runtime::process::ProcessRoleState::Running) {
         assert!(Instant::now() < deadline, "the api did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -124,7 +124,9 @@ async fn after_a_shutdown_every_role_is_stopped() {
     let states = roles.snapshot();
     assert_eq!(states.len(), 5, "{states:?}");
     assert!(
-        states.values().all(|s| *s == ordo_api::RoleState::Stopped),
+        states
+            .values()
+            .all(|s| *s == ordo_runtime::process::ProcessRoleState::Stopped),
         "{states:?}"
     );
     ordo_commands::db::drop_database(&database_url)

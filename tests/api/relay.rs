@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::Storefront;
 use ordo_workers::{Relay, RelayConfig};
 use serde_json::{json, Value};
@@ -50,7 +50,7 @@ async fn some_events(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn every_event_is_published_once_in_commit_order_with_its_headers() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let order = some_events(&app).await;
     let config = config(&format!("nats://{NATS}"));
     let relay = Relay::connect(app.pool.clone(), config.clone())
@@ -98,7 +98,7 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
 
 #[tokio::test]
 async fn a_nats_outage_delays_publishing_but_loses_and_duplicates_nothing() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let proxy = TcpProxy::start(NATS).await;
     let config = config(&format!("nats://127.0.0.1:{}", proxy.port));
     let relay = Relay::connect(app.pool.clone(), config.clone())
@@ -218,7 +218,7 @@ async fn finish(stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>, st
 /// back: every event is published while it stays open.
 #[tokio::test]
 async fn a_transaction_left_open_on_the_server_does_not_hold_the_relay_back() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let config = config(&format!("nats://{NATS}"));
     let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
         .await
@@ -244,7 +244,7 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_the_relay_back() {
 
 #[tokio::test]
 async fn one_relay_leads_and_a_standby_takes_over_when_it_stops() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let config = config(&format!("nats://{NATS}"));
     let connect = || Relay::connect(app.pool.clone(), config.clone());
     let (stop_first, first) = run(connect().await.unwrap());
@@ -268,7 +268,7 @@ async fn one_relay_leads_and_a_standby_takes_over_when_it_stops() {
 
 #[tokio::test]
 async fn the_leading_relay_rides_out_a_nats_outage_and_publishes_everything_once() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let proxy = TcpProxy::start(NATS).await;
     let config = config(&format!("nats://127.0.0.1:{}", proxy.port));
     let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
@@ -304,7 +304,7 @@ async fn the_leading_relay_rides_out_a_nats_outage_and_publishes_everything_once
 
 #[tokio::test]
 async fn a_leader_whose_lock_session_ends_leads_again_and_loses_nothing() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let config = config(&format!("nats://{NATS}"));
     let (stop, task) = run(Relay::connect(app.pool.clone(), config.clone())
         .await

@@ -6,19 +6,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ordo::{Application, Config, ServeRole};
+use ordo::{Application, Config, ProcessRole};
 use ordo_api::Role::Support;
 use ordo_workers::integration::{self, sign};
 use ordo_workers::notification::Mailer;
 use ordo_workers::tls::TrustRoots;
-use ordo_workers::WorkerRunner;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 
 use crate::helpers::{spawn_app_with, TestApp};
-use crate::nats::{setup, work_until};
-use crate::notifications::{customer, SinkConfig, SinkTls, SmtpSink};
-use crate::webhooks::{deliveries, placed_event_id, register, Receiver};
+use crate::nats::setup;
+use crate::notifications::{customer, notify_until, SinkConfig, SinkTls, SmtpSink};
+use crate::webhooks::{history, placed_event_id, quick_pool, register, Receiver};
 
 /// A CA of the test's own, its PEM in a file, and a server certificate it signed.
 struct Pki {
@@ -80,29 +79,22 @@ impl Drop for Pki {
 #[tokio::test]
 async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is_trusted() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start_on(|_| 200, Some(pki.acceptor.clone())).await;
     assert!(hook.url.starts_with("https://127.0.0.1:"), "{}", hook.url);
     let (endpoint, secret) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
     let order = app.place_order(&customer).await;
-    let events = app.event_count().await;
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
     let client = integration::client_with(Some(&pki.roots())).unwrap();
-    let runner = WorkerRunner::connect(
-        app.pool.clone(),
-        integration::Integration::new(client),
-        s.worker_config.clone(),
-    )
-    .await
-    .unwrap();
-    work_until(
-        &runner,
+    let pool = quick_pool(&app, Some(client), 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM integration.processed",
-        events,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
+        1,
     )
     .await;
 
@@ -119,17 +111,16 @@ async fn a_webhook_reaches_an_https_endpoint_of_a_private_ca_once_the_ca_file_is
     );
     let payload: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["data"]["order_id"], json!(order));
-    let items = deliveries(&app, &endpoint).await;
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["ok"], true);
-    assert_eq!(items[0]["status_code"], 200);
+    let (delivery, _) = history(&app, &endpoint).await;
+    assert_eq!(delivery["status"], "delivered");
+    assert_eq!(delivery["last_status_code"], 200);
     s.cleanup().await;
 }
 
 #[tokio::test]
 async fn without_the_ca_file_an_https_endpoint_of_a_private_ca_is_refused_for_its_certificate() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start_on(|_| 200, Some(pki.acceptor.clone())).await;
     let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
@@ -137,38 +128,37 @@ async fn without_the_ca_file_an_https_endpoint_of_a_private_ca_is_refused_for_it
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let runner = s.worker(&app).await;
-    // The worker's default client: the webpki roots only.
-    work_until(
-        &runner,
+    // The default client: the webpki roots only.
+    let pool = quick_pool(&app, None, 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM workers.dead_letters",
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'failed'",
         1,
     )
     .await;
 
     assert_eq!(hook.received().len(), 0, "nothing crossed the refused TLS");
-    let items = deliveries(&app, &endpoint).await;
-    assert_eq!(items.len(), 3, "every allowed delivery: {items:?}");
-    for item in &items {
+    let (delivery, attempts) = history(&app, &endpoint).await;
+    assert_eq!(
+        delivery["event_id"],
+        json!(placed_event_id(&app, &order).await)
+    );
+    assert_eq!(attempts.len(), 3, "every scheduled attempt: {attempts:?}");
+    for item in &attempts {
         assert_eq!(item["ok"], false);
         assert!(item["status_code"].is_null());
         let error = item["error"].as_str().unwrap();
         assert!(error.contains("certificate"), "{error}");
     }
-    let dead: uuid::Uuid = sqlx::query_scalar("SELECT event_id FROM workers.dead_letters")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(dead.to_string(), placed_event_id(&app, &order).await);
     s.cleanup().await;
 }
 
 enum Until {
     /// Every event processed.
     Processed,
-    /// The notification worker dead-lettered one event.
-    DeadLetter,
+    /// The mail sender gave up on the notification.
+    Failed,
 }
 
 /// Register a customer, place an order, and run the notification worker with `mailer`
@@ -182,7 +172,7 @@ async fn notify_with(app: &TestApp, mailer: Mailer, until: Until) -> String {
     let runner = s.runner(app, Some(mailer)).await;
     match until {
         Until::Processed => {
-            work_until(
+            notify_until(
                 &runner,
                 app,
                 "SELECT count(*) FROM notification.processed",
@@ -190,11 +180,11 @@ async fn notify_with(app: &TestApp, mailer: Mailer, until: Until) -> String {
             )
             .await
         }
-        Until::DeadLetter => {
-            work_until(
+        Until::Failed => {
+            notify_until(
                 &runner,
                 app,
-                "SELECT count(*) FROM workers.dead_letters WHERE worker = 'notification'",
+                "SELECT count(*) FROM notification.notifications WHERE status = 'failed'",
                 1,
             )
             .await
@@ -216,11 +206,12 @@ fn credentials() -> Option<(String, String)> {
 #[tokio::test]
 async fn mail_crosses_smtps_with_auth_plain_to_a_server_of_a_private_ca() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         credentials: credentials(),
         mechanisms: "PLAIN",
+        ..SinkConfig::default()
     })
     .await;
     let url = format!("smtps://{USERINFO}@127.0.0.1:{}", sink.addr.port());
@@ -248,11 +239,12 @@ async fn mail_crosses_smtps_with_auth_plain_to_a_server_of_a_private_ca() {
 #[tokio::test]
 async fn mail_crosses_starttls_required_with_auth_login() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::StartTls(pki.acceptor.clone()),
         credentials: credentials(),
         mechanisms: "LOGIN",
+        ..SinkConfig::default()
     })
     .await;
     let url = format!(
@@ -275,16 +267,16 @@ async fn mail_crosses_starttls_required_with_auth_login() {
 #[tokio::test]
 async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refused() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     // A server without STARTTLS: `tls=required` sends nothing in the clear.
     let plain = SmtpSink::start().await;
     let url = format!("smtp://127.0.0.1:{}?tls=required", plain.addr.port());
     let mailer = Mailer::with_roots(&url, "orders@ordo.invalid", Some(&pki.roots())).unwrap();
-    notify_with(&app, mailer, Until::DeadLetter).await;
+    notify_with(&app, mailer, Until::Failed).await;
     assert_eq!(plain.mails().len(), 0);
 
     // A server of the private CA, its CA not trusted: refused for its certificate.
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         ..SinkConfig::default()
@@ -292,9 +284,9 @@ async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refuse
     .await;
     let url = format!("smtps://127.0.0.1:{}", sink.addr.port());
     let mailer = Mailer::new(&url, "orders@ordo.invalid").unwrap();
-    notify_with(&app, mailer, Until::DeadLetter).await;
+    notify_with(&app, mailer, Until::Failed).await;
     assert_eq!(sink.mails().len(), 0);
-    let error: String = sqlx::query_scalar("SELECT error FROM workers.dead_letters")
+    let error: String = sqlx::query_scalar("SELECT error FROM notification.notifications")
         .fetch_one(&app.pool)
         .await
         .unwrap();
@@ -304,11 +296,12 @@ async fn tls_required_never_falls_back_to_plain_smtp_and_an_unknown_ca_is_refuse
 #[tokio::test]
 async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let sink = SmtpSink::start_with(SinkConfig {
         tls: SinkTls::Implicit(pki.acceptor.clone()),
         credentials: credentials(),
         mechanisms: "PLAIN LOGIN",
+        ..SinkConfig::default()
     })
     .await;
     let url = format!(
@@ -317,9 +310,9 @@ async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
     );
     let mailer = Mailer::with_roots(&url, "orders@ordo.invalid", Some(&pki.roots())).unwrap();
     assert!(!format!("{mailer:?}").contains("not-the-password"));
-    notify_with(&app, mailer, Until::DeadLetter).await;
+    notify_with(&app, mailer, Until::Failed).await;
     assert_eq!(sink.mails().len(), 0);
-    let error: String = sqlx::query_scalar("SELECT error FROM workers.dead_letters")
+    let error: String = sqlx::query_scalar("SELECT error FROM notification.notifications")
         .fetch_one(&app.pool)
         .await
         .unwrap();
@@ -330,12 +323,12 @@ async fn wrong_smtp_credentials_are_refused_and_never_repeated_in_the_error() {
 #[tokio::test]
 async fn an_unreadable_or_invalid_ca_file_is_a_clear_startup_error() {
     let pki = Pki::new();
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let start = |ca_file: PathBuf| {
         let config = Config {
             database_url: app.database_url.clone(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            roles: vec![ServeRole::Api],
+            roles: vec![ProcessRole::Api],
             tls_ca_file: Some(ca_file),
             ..Config::defaults()
         };

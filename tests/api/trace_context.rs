@@ -232,13 +232,17 @@ async fn a_requests_trace_id_reaches_the_event_the_nats_message_and_the_webhook(
     let header = found.expect("the order.placed message has a traceparent header");
     assert_eq!(parts(&header).0, TRACE_ID);
 
-    // In the webhook the integration worker sends, as a call of its own in the same trace.
+    // In the webhook the delivery pool sends, as a call of its own in the same trace.
     let runner = p.worker(Worker::Integration).await;
-    p.work_until(
-        &runner,
-        "SELECT count(*) FROM integration.deliveries WHERE ok",
-    )
-    .await;
+    p.work_until(&runner, "SELECT count(*) FROM integration.outbox")
+        .await;
+    let pool = crate::webhooks::quick_pool(&p.app, None, 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook sent");
+        pool.step().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sent = received.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
     let webhook = sent[0]
@@ -253,7 +257,7 @@ async fn a_requests_trace_id_reaches_the_event_the_nats_message_and_the_webhook(
 
 #[tokio::test]
 async fn a_request_without_a_traceparent_starts_a_trace_of_its_own() {
-    let app = spawn_app_with(|c| c.roles = vec![ordo::ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ordo::ProcessRole::Api]).await;
     let customer = app.register_customer().await;
     let order = app.place_order(&customer).await;
     let (trace_id, _) = parts(&stored_traceparent(&app, &order).await);
@@ -304,7 +308,7 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 #[tokio::test(flavor = "current_thread")]
 async fn spans_are_exported_over_otlp_in_the_requests_trace() {
     let (endpoint, bodies) = otlp_receiver();
-    let provider = ordo::telemetry::tracer_provider(Some(&endpoint)).unwrap();
+    let provider = ordo_runtime::telemetry::tracer_provider(Some(&endpoint)).unwrap();
     let subscriber = tracing_subscriber::registry().with(
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("ordo-test"))
@@ -313,7 +317,7 @@ async fn spans_are_exported_over_otlp_in_the_requests_trace() {
     share_callsite_interest();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let app = spawn_app_with(|c| c.roles = vec![ordo::ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ordo::ProcessRole::Api]).await;
     let order = traced_order(&app, &incoming_traceparent()).await;
 
     // Exported, the stored traceparent names the request's span: same trace, new parent.

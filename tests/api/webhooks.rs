@@ -1,21 +1,24 @@
-//! Webhooks: endpoints registered through the API, events signed the Standard Webhooks way
-//! and POSTed by the integration worker on real JetStream (streams and consumers of the
-//! test's own), every attempt recorded, failures retried with backoff, then dead-lettered.
+//! Webhooks: endpoints registered through the API; the integration worker (on real
+//! JetStream, streams and consumers of the test's own) writes one delivery per endpoint,
+//! the delivery pool POSTs it signed the Standard Webhooks way, records every attempt and
+//! retries a failure on its schedule, then gives up on that delivery alone.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Storefront};
-use ordo_workers::integration::sign;
+use ordo_workers::integration::{self, sign, DeliveryConfig, DeliveryPool};
+use ordo_workers::retry::RetrySchedule;
 use ordo_workers::{Worker, WorkerRunner};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::helpers::{read, spawn_app_with, TestApp};
-use crate::nats::{setup, work_until, Setup};
+use crate::nats::{setup, Setup};
 
 #[test]
 fn the_signature_matches_the_standard_webhooks_test_vector() {
@@ -123,6 +126,66 @@ impl Setup {
         .await
         .unwrap()
     }
+
+    /// Step the integration worker and `deliveries` until `sql` counts `expected`.
+    pub(crate) async fn deliver_until(
+        &self,
+        app: &TestApp,
+        deliveries: &DeliveryPool,
+        sql: &str,
+        expected: i64,
+    ) {
+        let runner = self.worker(app).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+            if n >= expected {
+                assert_eq!(n, expected, "{sql}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sql}: {n} of {expected}");
+            runner.step(50, Duration::from_millis(50)).await.unwrap();
+            if deliveries.step().await.unwrap() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A delivery pool with small timeouts and quick retries (`attempts` in all).
+pub(crate) fn quick_pool(
+    app: &TestApp,
+    client: Option<reqwest::Client>,
+    attempts: u32,
+) -> Arc<DeliveryPool> {
+    DeliveryPool::new(
+        app.pool.clone(),
+        client.unwrap_or_else(integration::default_client),
+        DeliveryConfig {
+            timeout: Duration::from_secs(2),
+            poll: Duration::from_millis(20),
+            schedule: RetrySchedule::quick(Duration::from_millis(30), attempts),
+            ..DeliveryConfig::default()
+        },
+    )
+}
+
+/// The attempts of an endpoint's only delivery, newest first.
+pub(crate) async fn history(app: &TestApp, endpoint: &str) -> (Value, Vec<Value>) {
+    let items = deliveries(app, endpoint).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let delivery = app
+        .get(
+            Admin,
+            &format!(
+                "/v1/webhooks/{endpoint}/deliveries/{}",
+                items[0]["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+    delivery.assert_status(200);
+    let history = delivery.body["history"].as_array().unwrap().clone();
+    (delivery.body, history)
 }
 
 /// Register an endpoint as admin; its id and secret.
@@ -166,7 +229,7 @@ pub(crate) async fn placed_event_id(app: &TestApp, order: &str) -> String {
 
 #[tokio::test]
 async fn webhook_registration_is_admin_only_and_validated() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let body = json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.placed", "payment.*", "*"]});
     app.post(Storefront, "/v1/webhooks", body.clone())
         .await
@@ -223,21 +286,20 @@ async fn webhook_registration_is_admin_only_and_validated() {
 
 #[tokio::test]
 async fn an_order_placed_is_posted_signed_to_a_subscribed_endpoint() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start(|_| 200).await;
     let (endpoint, secret) = register(&app, &hook.url, json!(["order.*"])).await;
     let customer = app.register_customer().await;
     let order = app.place_order(&customer).await;
-    let events = app.event_count().await;
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let runner = s.worker(&app).await;
-    work_until(
-        &runner,
+    let pool = quick_pool(&app, None, 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM integration.processed",
-        events,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
+        1,
     )
     .await;
 
@@ -260,34 +322,36 @@ async fn an_order_placed_is_posted_signed_to_a_subscribed_endpoint() {
     assert!(payload["timestamp"].is_string());
     assert_eq!(payload["data"]["order_id"], json!(order));
 
-    let items = deliveries(&app, &endpoint).await;
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["event_id"], json!(event_id));
-    assert_eq!(items[0]["event_type"], "order.placed");
-    assert_eq!(items[0]["attempt"], 1);
-    assert_eq!(items[0]["status_code"], 200);
-    assert_eq!(items[0]["ok"], true);
-    assert!(items[0]["duration_ms"].is_i64());
+    let (delivery, history) = history(&app, &endpoint).await;
+    assert_eq!(delivery["event_id"], json!(event_id));
+    assert_eq!(delivery["event_type"], "order.placed");
+    assert_eq!(delivery["status"], "delivered");
+    assert_eq!(delivery["attempts"], 1);
+    assert_eq!(delivery["last_status_code"], 200);
+    assert!(delivery["delivered_at"].is_string());
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["attempt"], 1);
+    assert_eq!(history[0]["ok"], true);
+    assert!(history[0]["duration_ms"].is_i64());
     s.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_failed_delivery_is_retried_with_backoff_and_every_attempt_is_recorded() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hook = Receiver::start(|n| if n == 1 { 500 } else { 200 }).await;
     let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
     let customer = app.register_customer().await;
     let order = app.place_order(&customer).await;
-    let events = app.event_count().await;
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let runner = s.worker(&app).await;
-    work_until(
-        &runner,
+    let pool = quick_pool(&app, None, 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM integration.processed",
-        events,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
+        1,
     )
     .await;
 
@@ -297,8 +361,9 @@ async fn a_failed_delivery_is_retried_with_backoff_and_every_attempt_is_recorded
     for (headers, _) in &received {
         assert_eq!(headers["webhook-id"].to_str().unwrap(), event_id);
     }
-    let items = deliveries(&app, &endpoint).await;
-    let summary: Vec<(Value, Value, Value)> = items
+    let (delivery, history) = history(&app, &endpoint).await;
+    assert_eq!(delivery["attempts"], 2);
+    let summary: Vec<(Value, Value, Value)> = history
         .iter()
         .map(|i| {
             (
@@ -316,18 +381,13 @@ async fn a_failed_delivery_is_retried_with_backoff_and_every_attempt_is_recorded
         ],
         "newest first"
     );
-    assert!(items[1]["error"].as_str().unwrap().contains("500"));
-    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM workers.dead_letters")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(letters, 0);
+    assert!(history[1]["error"].as_str().unwrap().contains("500"));
     s.cleanup().await;
 }
 
 #[tokio::test]
-async fn an_endpoint_that_always_fails_dead_letters_the_event_without_resending_to_the_others() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+async fn an_endpoint_that_always_fails_gives_up_its_own_delivery_while_the_others_get_theirs() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let failing = Receiver::start(|_| 503).await;
     let healthy = Receiver::start(|_| 204).await;
     let (failing_id, _) = register(&app, &failing.url, json!(["order.placed"])).await;
@@ -339,67 +399,89 @@ async fn an_endpoint_that_always_fails_dead_letters_the_event_without_resending_
 
     let s = setup(&app).await;
     s.publish_all(&app).await;
-    let runner = s.worker(&app).await;
-    work_until(
-        &runner,
+    let pool = quick_pool(&app, None, 3);
+    s.deliver_until(
         &app,
-        "SELECT count(*) FROM workers.dead_letters",
-        1,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status <> 'pending'",
+        4,
     )
     .await;
 
-    let event_id = placed_event_id(&app, &order).await;
-    let (worker, dead_event, attempts): (String, uuid::Uuid, i64) =
-        sqlx::query_as("SELECT worker, event_id, attempts FROM workers.dead_letters")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(worker, "integration");
-    assert_eq!(dead_event.to_string(), event_id);
-    assert_eq!(attempts, 3);
-    let dlq = crate::nats::stream_info(&s.js, &s.worker_config.dlq_stream)
+    // The event was acknowledged once its deliveries were written: nothing dead-lettered.
+    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM workers.dead_letters")
+        .fetch_one(&app.pool)
         .await
-        .state
-        .messages;
-    assert_eq!(dlq, 1);
-    let processed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM integration.processed WHERE event_id = $1::uuid)",
-    )
-    .bind(&event_id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert!(!processed, "a dead-lettered event is not marked processed");
-
-    // The failing endpoint got every delivery; the healthy one the order once (and the
-    // customer's event), though the message was delivered three times.
-    assert_eq!(failing.received().len(), 3);
+        .unwrap();
+    assert_eq!(letters, 0);
+    let event_id = placed_event_id(&app, &order).await;
+    assert_eq!(failing.received().len(), 3, "every scheduled attempt");
     let healthy_ids: Vec<String> = healthy
         .received()
         .iter()
         .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned())
         .collect();
-    assert_eq!(healthy_ids.len(), 2, "{healthy_ids:?}");
+    assert_eq!(
+        healthy_ids.len(),
+        2,
+        "the customer's event and the order's, each once"
+    );
     assert_eq!(healthy_ids.iter().filter(|id| **id == event_id).count(), 1);
-    let attempts: Vec<Value> = deliveries(&app, &failing_id)
-        .await
-        .iter()
-        .map(|i| {
-            assert_eq!(i["ok"], false);
-            assert_eq!(i["status_code"], 503);
-            i["attempt"].clone()
-        })
-        .collect();
-    assert_eq!(attempts, [json!(3), json!(2), json!(1)]);
-    let refused = deliveries(&app, &refused_id).await;
-    assert_eq!(refused.len(), 3);
-    assert!(refused.iter().all(|i| i["status_code"].is_null()
+
+    let (failed, attempts) = history(&app, &failing_id).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["last_status_code"], 503);
+    let numbers: Vec<Value> = attempts.iter().map(|i| i["attempt"].clone()).collect();
+    assert_eq!(numbers, [json!(3), json!(2), json!(1)]);
+    let (refused, attempts) = history(&app, &refused_id).await;
+    assert_eq!(refused["status"], "failed");
+    assert!(attempts.iter().all(|i| i["status_code"].is_null()
         && i["ok"] == false
         && i["error"].as_str().is_some_and(|e| !e.is_empty())));
     let healthy_items = deliveries(&app, &healthy_id).await;
     assert_eq!(healthy_items.len(), 2);
-    assert!(healthy_items
-        .iter()
-        .all(|i| i["ok"] == true && i["status_code"] == 204));
+    assert!(healthy_items.iter().all(|i| i["status"] == "delivered"));
+
+    // Filtered by status; and a failed delivery retried now goes out once more.
+    let failed_only = app
+        .get(
+            Admin,
+            &format!("/v1/webhooks/{failing_id}/deliveries?status=failed"),
+        )
+        .await;
+    assert_eq!(failed_only.body["items"].as_array().unwrap().len(), 1);
+    let pending = app
+        .get(
+            Admin,
+            &format!("/v1/webhooks/{failing_id}/deliveries?status=pending"),
+        )
+        .await;
+    assert_eq!(pending.body["items"], json!([]));
+    app.get(
+        Admin,
+        &format!("/v1/webhooks/{failing_id}/deliveries?status=lost"),
+    )
+    .await
+    .assert_problem(400, "bad-query");
+    let retried = app
+        .post(
+            Admin,
+            &format!(
+                "/v1/webhooks/{failing_id}/deliveries/{}/retry",
+                failed["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    retried.assert_status(202);
+    assert_eq!(retried.body["status"], "pending");
+    s.deliver_until(
+        &app,
+        &pool,
+        "SELECT count(*) FROM integration.deliveries WHERE ok = false AND status_code = 503",
+        4,
+    )
+    .await;
+    assert_eq!(failing.received().len(), 4);
     s.cleanup().await;
 }

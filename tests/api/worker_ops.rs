@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Admin, Analyst, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
@@ -27,7 +27,7 @@ async fn a_dead_letter_is_seen_redriven_after_the_fix_and_handled_once_and_repla
     let (stream, prefix) = (format!("ORDO_TEST_{id}"), format!("t{id}.events"));
     let (s2, p2) = (stream.clone(), prefix.clone());
     let app = spawn_app_with(move |c| {
-        c.roles = vec![ServeRole::Api];
+        c.roles = vec![ProcessRole::Api];
         c.nats_stream = s2;
         c.nats_subject_prefix = p2;
     })
@@ -154,4 +154,48 @@ async fn a_dead_letter_is_seen_redriven_after_the_fix_and_handled_once_and_repla
     let _ = js.delete_stream(&stream).await;
     let _ = js.delete_stream(&worker_config.dlq_stream).await;
     let _ = js.delete_stream(worker_config.advisory_stream()).await;
+}
+
+#[tokio::test]
+async fn redriving_all_of_a_workers_letters_goes_in_bounded_steps_with_what_remains() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let s = crate::nats::setup(&app).await;
+    let subject = format!("{}.order.placed", s.relay_config.subject_prefix);
+    for _ in 0..3 {
+        sqlx::query(
+            "INSERT INTO workers.dead_letters (id, worker, event_id, subject, stream_sequence, attempts, error, body, headers)
+             VALUES ($1, 'analytics', $2, $3, 0, 3, 'broken', '{}', '{}')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(uuid::Uuid::new_v4())
+        .bind(&subject)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let redrive = |body: serde_json::Value| app.post(Admin, "/v1/dead-letters/redrive", body);
+    let first = redrive(json!({"worker": "analytics", "limit": 2})).await;
+    first.assert_status(202);
+    assert_eq!(
+        (
+            first.body["redriven"].clone(),
+            first.body["remaining"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    let second = redrive(json!({"worker": "analytics", "limit": 2})).await;
+    assert_eq!(
+        (
+            second.body["redriven"].clone(),
+            second.body["remaining"].clone()
+        ),
+        (json!(1), json!(0))
+    );
+    redrive(json!({"worker": "analytics", "limit": 0}))
+        .await
+        .assert_problem(422, "validation");
+    redrive(json!({"worker": "analytics", "limit": 1001}))
+        .await
+        .assert_problem(422, "validation");
+    s.cleanup().await;
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Analyst, Storefront, Support};
 use ordo_workers::{Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
@@ -14,7 +14,7 @@ use crate::nats::{setup, work_until};
 
 #[tokio::test]
 async fn analytics_counts_sales_and_the_funnel_once_even_when_everything_is_delivered_again() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let customer = app.register_customer().await;
     let paid = app.place_order(&customer).await;
     let cancelled = app.place_order(&customer).await;
@@ -140,7 +140,7 @@ async fn analytics_counts_sales_and_the_funnel_once_even_when_everything_is_deli
 
 #[tokio::test]
 async fn a_failing_message_is_retried_then_dead_lettered_while_the_others_go_on() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let customer = app.register_customer().await;
     let s = setup(&app).await;
     let runner =
@@ -227,7 +227,7 @@ async fn a_failing_message_is_retried_then_dead_lettered_while_the_others_go_on(
 
 #[tokio::test]
 async fn ordo_worker_runs_one_worker_alone() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     app.confirmed_order().await;
     let events = app.event_count().await;
     let s = setup(&app).await;
@@ -281,7 +281,7 @@ async fn ordo_worker_runs_one_worker_alone() {
 
 #[tokio::test]
 async fn a_batch_counts_new_events_once_skips_handled_ones_and_dead_letters_only_the_poison() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let customer = app.register_customer().await;
     let handled_before = app.place_order(&customer).await;
     let twice = app.place_order(&customer).await;
@@ -404,7 +404,7 @@ async fn a_batch_counts_new_events_once_skips_handled_ones_and_dead_letters_only
 
 #[tokio::test]
 async fn streams_and_consumers_are_updated_to_the_configuration_on_start() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let nats = setup(&app).await;
     WorkerRunner::connect(
         app.pool.clone(),

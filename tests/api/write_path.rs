@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_api::Role::{Storefront, Support};
 use ordo_commands::appender::{self, Append, Appended, NewEvent, StreamVersion};
 use ordo_commands::feed::{self, Checkpoint};
@@ -40,7 +40,7 @@ fn probe(id: &str, version: u64, events: usize) -> Append {
 
 #[tokio::test]
 async fn in_one_batch_a_stale_append_fails_alone_and_the_others_commit() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let first = appender::commit(&app.pool, &[&probe("moved", 0, 2)])
         .await
         .unwrap();
@@ -153,7 +153,7 @@ async fn forty_concurrent_writers_on_one_stream_lose_no_update() {
 /// a position below one it has already passed.
 #[tokio::test]
 async fn two_processes_append_while_a_reader_sees_every_event_once_in_order() {
-    let app = spawn_app_with(|c| c.roles = vec![ServeRole::Api]).await;
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let pool = |_: u8| {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)

@@ -8,7 +8,7 @@ use std::path::Path;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, ValueEnum};
 use ordo::cli::Cli;
-use ordo::ServeRole;
+use ordo::ProcessRole;
 use ordo_workers::Worker;
 use serde::Deserialize;
 
@@ -88,7 +88,7 @@ pub struct OrdoService {
     pub subcommand: String,
     /// Where it serves HTTP (/metrics, /healthz, /readyz, the API): long-running ones only.
     pub http_port: Option<u16>,
-    pub roles: Vec<ServeRole>,
+    pub roles: Vec<ProcessRole>,
     pub workers: Vec<String>,
 }
 
@@ -299,10 +299,10 @@ fn long_running(
             .unwrap_or_default()
     };
     let (roles, workers) = if subcommand == "worker" {
-        (vec![ServeRole::Workers], strings("name"))
+        (vec![ProcessRole::Workers], strings("name"))
     } else {
         let roles = matches
-            .try_get_many::<ServeRole>("roles")
+            .try_get_many::<ProcessRole>("roles")
             .ok()
             .flatten()
             .map(|v| v.copied().collect())
@@ -343,7 +343,7 @@ fn long_running(
             ));
         }
     }
-    if roles.contains(&ServeRole::Api) && service.ports.is_empty() {
+    if roles.contains(&ProcessRole::Api) && service.ports.is_empty() {
         problems.push(format!("{name}: runs the API but publishes no port"));
     }
     Some(OrdoService {
@@ -377,14 +377,14 @@ pub fn url_host(url: &str) -> Option<&str> {
 /// migration comes first, URLs name services of the file, host ports do not clash.
 fn check_together(file: &ComposeFile, ordo: &[OrdoService], problems: &mut Vec<String>) {
     let running: Vec<&OrdoService> = ordo.iter().filter(|s| s.http_port.is_some()).collect();
-    for role in ServeRole::value_variants() {
+    for role in ProcessRole::value_variants() {
         if !running.iter().any(|s| s.roles.contains(role)) {
             problems.push(format!("no service runs the {role:?} role"));
         }
     }
     for worker in Worker::ALL {
         let runs = running.iter().any(|s| {
-            s.roles.contains(&ServeRole::Workers) && s.workers.iter().any(|w| w == worker.name())
+            s.roles.contains(&ProcessRole::Workers) && s.workers.iter().any(|w| w == worker.name())
         });
         if !runs {
             problems.push(format!("no service runs the {} worker", worker.name()));
@@ -392,7 +392,7 @@ fn check_together(file: &ComposeFile, ordo: &[OrdoService], problems: &mut Vec<S
     }
     let api = running
         .iter()
-        .filter(|s| s.roles.contains(&ServeRole::Api))
+        .filter(|s| s.roles.contains(&ProcessRole::Api))
         .count();
     if api < 2 {
         problems.push(format!("the API runs in {api} service(s), not two"));

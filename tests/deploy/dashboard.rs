@@ -22,6 +22,15 @@ pub const SERIES: &[(&str, &[&str])] = &[
     ("ordo_db_pool_connections", &["pool", "state"]),
     ("ordo_db_pool_max_connections", &["pool"]),
     ("ordo_rate_limited_total", &[]),
+    ("ordo_webhook_queue_depth", &["endpoint"]),
+    ("ordo_webhook_oldest_pending_seconds", &["endpoint"]),
+    ("ordo_webhook_attempts_total", &["endpoint", "outcome"]),
+    ("ordo_webhook_endpoint_state", &["endpoint", "state"]),
+    ("ordo_webhook_endpoints", &["state"]),
+    ("ordo_webhook_endpoints_auto_disabled_total", &[]),
+    ("ordo_mail_queue_depth", &[]),
+    ("ordo_mail_oldest_pending_seconds", &[]),
+    ("ordo_mail_attempts_total", &["outcome"]),
     // Written by Prometheus itself for every target.
     ("up", &[]),
 ];
@@ -34,6 +43,7 @@ pub const HISTOGRAMS: &[(&str, &[&str])] = &[
     ),
     ("ordo_command_duration_seconds", &["command"]),
     ("ordo_worker_handler_duration_seconds", &["worker"]),
+    ("ordo_webhook_attempt_duration_seconds", &["endpoint"]),
 ];
 
 /// Labels Prometheus adds to every series of a target (`role`: deploy/prometheus).

@@ -104,7 +104,7 @@ fn the_ordo_services_run_every_role_and_every_worker() {
     assert_eq!(roles.len(), 5, "{roles:?}");
     let api = deployment
         .long_running()
-        .filter(|s| s.roles.contains(&ordo::ServeRole::Api))
+        .filter(|s| s.roles.contains(&ordo::ProcessRole::Api))
         .count();
     assert_eq!(api, 2);
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::jetstream::{Batching, Delivered, EventTypes, HandleError, Policy};
+use crate::jetstream::{Delivered, HandleError, Policy};
 use ordo_domain::event::types;
 
 pub const NAME: &str = "analytics";
@@ -32,14 +32,6 @@ impl Policy for Analytics {
 
     fn processed_table(&self) -> &'static str {
         "analytics.processed"
-    }
-
-    fn batching(&self) -> Batching {
-        Batching::Together
-    }
-
-    async fn acts_on(&self, _: &PgPool) -> Result<EventTypes, sqlx::Error> {
-        Ok(EventTypes::all())
     }
 
     fn check(&self, event: &Delivered) -> Result<(), HandleError> {

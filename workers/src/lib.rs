@@ -12,14 +12,17 @@ pub mod analytics;
 pub mod integration;
 pub mod jetstream;
 pub mod mailer;
+pub mod nats;
 pub mod notification;
 pub mod ops;
 pub mod process_manager;
 pub mod relay;
+pub mod retry;
 pub mod tls;
 pub mod worker;
 
 pub use jetstream::{AdvisoryOutcome, MaxDeliveriesAdvisory, Runner as WorkerRunner, WorkerConfig};
+pub use nats::NatsSettings;
 pub use process_manager::ProcessManager;
 pub use relay::{Relay, RelayConfig};
 pub use worker::Worker;

@@ -122,11 +122,24 @@ impl Mailer {
         })
     }
 
-    pub(crate) async fn send(&self, to: Mailbox, subject: &str, body: &str) -> Result<(), String> {
+    /// The `Message-ID` of the mail of `kind` for `event`: the same on every attempt, so a
+    /// mail sent twice (a crash between the send and its record) can be recognised as one.
+    pub fn message_id(&self, event: uuid::Uuid, kind: &str) -> String {
+        format!("<{event}.{kind}@{}>", self.from.email.domain())
+    }
+
+    pub(crate) async fn send(
+        &self,
+        to: Mailbox,
+        subject: &str,
+        body: &str,
+        message_id: &str,
+    ) -> Result<(), String> {
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(subject)
+            .message_id(Some(message_id.to_owned()))
             .header(ContentType::TEXT_PLAIN)
             .body(body.to_owned())
             .map_err(|e| format!("cannot build the message: {e}"))?;

@@ -271,13 +271,23 @@ impl WorkersAdmin {
         Ok(true)
     }
 
-    /// Redrive every waiting dead letter of `worker`; returns how many.
-    pub async fn redrive_all(&self, pool: &PgPool, worker: &str) -> Result<usize, OpsError> {
+    /// Redrive the oldest `limit` waiting dead letters of `worker`, one after another
+    /// (each published, then marked); returns how many were redriven and how many still
+    /// wait. Bounded, so one request never runs for the whole backlog: ask again until
+    /// nothing remains.
+    pub async fn redrive_all(
+        &self,
+        pool: &PgPool,
+        worker: &str,
+        limit: i64,
+    ) -> Result<(usize, i64), OpsError> {
         Self::known(worker)?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM workers.dead_letters WHERE worker = $1 AND redriven_at IS NULL ORDER BY created_at",
+            "SELECT id FROM workers.dead_letters WHERE worker = $1 AND redriven_at IS NULL
+              ORDER BY created_at LIMIT $2",
         )
         .bind(worker)
+        .bind(limit)
         .fetch_all(pool)
         .await?;
         let mut n = 0;
@@ -286,6 +296,12 @@ impl WorkersAdmin {
                 n += 1;
             }
         }
-        Ok(n)
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM workers.dead_letters WHERE worker = $1 AND redriven_at IS NULL",
+        )
+        .bind(worker)
+        .fetch_one(pool)
+        .await?;
+        Ok((n, remaining))
     }
 }

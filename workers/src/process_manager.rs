@@ -300,7 +300,7 @@ async fn handled<T>(event: &FeedEvent, handling: impl Future<Output = T>) -> T {
         event.r#type = %event.event_type,
     );
     if let Some(traceparent) = metadata_caused_by(event).traceparent {
-        ordo_commands::telemetry::continue_trace(&span, &traceparent);
+        ordo_runtime::telemetry::continue_trace(&span, &traceparent);
     }
     tracing::Instrument::instrument(handling, span).await
 }
@@ -325,6 +325,6 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         // The handler span's own when traces are exported: the commands it issues chain
         // under the request that cancelled the order.
         traceparent: text("traceparent")
-            .map(|tp| ordo_commands::telemetry::current_traceparent(&tp)),
+            .map(|tp| ordo_runtime::telemetry::current_traceparent(&tp)),
     }
 }

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup, Want};
 use ordo_commands::leader;
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -43,11 +43,17 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    /// The default settings on the server at `nats_url`.
     pub fn new(nats_url: impl Into<String>) -> Self {
+        Self::over(&crate::NatsSettings::new(nats_url))
+    }
+
+    /// The relay's settings over `nats`'s server and events stream.
+    pub fn over(nats: &crate::NatsSettings) -> Self {
         Self {
-            nats_url: nats_url.into(),
-            stream: "ORDO_EVENTS".into(),
-            subject_prefix: "ordo.events".into(),
+            nats_url: nats.url.clone(),
+            stream: nats.stream.clone(),
+            subject_prefix: nats.subject_prefix.clone(),
             batch_size: 500,
             ack_timeout: Duration::from_secs(5),
         }

@@ -112,6 +112,9 @@ pub struct RegisterWebhook {
     /// Event types (`order.placed`), prefixes (`payment.*`) or `*`.
     #[schema(min_items = 1, example = json!(["order.placed", "payment.*"]))]
     pub event_types: Vec<EventTypePattern>,
+    /// What the endpoint is for; at most 500 characters.
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
 }
 
 /// `*`, an event type (`order.placed`) or a prefix (`payment.*`): dot-separated segments of
@@ -137,23 +140,16 @@ pub struct WebhookCreated {
     pub secret: String,
 }
 
+/// `PATCH /v1/webhooks/{id}`: fields left out stay as they are.
 #[derive(ToSchema)]
-pub struct DeliveryList {
-    pub items: Vec<Delivery>,
-}
-
-#[derive(ToSchema)]
-pub struct Delivery {
-    pub id: Uuid,
-    pub endpoint_id: Uuid,
-    pub event_id: Uuid,
-    pub event_type: Option<String>,
-    pub attempt: i32,
-    pub status_code: Option<i32>,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub duration_ms: Option<i32>,
-    pub created_at: DateTime<Utc>,
+pub struct UpdateWebhook {
+    #[schema(example = "https://shop.example.com/hooks/ordo", max_length = 2048)]
+    pub url: Option<String>,
+    #[schema(min_items = 1)]
+    pub event_types: Option<Vec<EventTypePattern>>,
+    /// Null clears it; at most 500 characters.
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
 }
 
 // ------------------------------------------------------------------ workers
@@ -217,6 +213,9 @@ pub struct DeadLetter {
 #[derive(ToSchema)]
 pub struct RedriveAll {
     pub worker: String,
+    /// The most dead letters to redrive now, oldest first (default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
 }
 
 #[derive(ToSchema)]
@@ -230,6 +229,8 @@ pub struct RedrivenAll {
     pub worker: String,
     /// How many dead letters were published again.
     pub redriven: u64,
+    /// How many still wait: ask again until none do.
+    pub remaining: u64,
 }
 
 // ------------------------------------------------------------------ notifications

@@ -33,7 +33,7 @@ fn document() -> Value {
     serde_json::from_str(&spec_json()).expect("the document is JSON")
 }
 
-const METHODS: [&str; 4] = ["get", "post", "put", "delete"];
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 fn operations(doc: &Value) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
@@ -136,5 +136,15 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/analytics/sales"),
     ("GET", "/v1/analytics/funnel"),
     ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{id}"),
+    ("PATCH", "/v1/webhooks/{id}"),
+    ("DELETE", "/v1/webhooks/{id}"),
+    ("POST", "/v1/webhooks/{id}/disable"),
+    ("POST", "/v1/webhooks/{id}/enable"),
+    ("POST", "/v1/webhooks/{id}/rotate-secret"),
+    ("POST", "/v1/webhooks/{id}/test"),
     ("GET", "/v1/webhooks/{id}/deliveries"),
+    ("GET", "/v1/webhooks/{id}/deliveries/{delivery_id}"),
+    ("POST", "/v1/webhooks/{id}/deliveries/{delivery_id}/retry"),
 ];

@@ -11,8 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::openapi::admin;
-use crate::readiness::RoleState;
 use crate::AppState;
+use ordo_runtime::process::ProcessRoleState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,7 +49,7 @@ async fn ready(State(app): State<AppState>) -> Response {
         None => (true, None),
     };
     let roles = app.readiness.roles.snapshot();
-    let roles_up = roles.values().all(|s| *s == RoleState::Running);
+    let roles_up = roles.values().all(|s| *s == ProcessRoleState::Running);
     let ready = postgres_up && nats_up && roles_up;
     let mut checks = json!({"postgres": postgres});
     if let Some(nats) = nats {

@@ -142,7 +142,12 @@ async fn redrive(
     }
 }
 
-/// Body: `{"worker": NAME}`: redrive every waiting dead letter of that worker.
+/// The most dead letters one `POST /v1/dead-letters/redrive` publishes again.
+const MAX_REDRIVE: i64 = 1000;
+
+/// Body: `{"worker": NAME, "limit"?: N}`: redrive the oldest `limit` (default 100, at most
+/// 1000) waiting dead letters of that worker. The answer says how many `remaining` wait:
+/// repeat until none do. Bounded, so no request runs for a whole backlog.
 #[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "workers",
     request_body = admin::RedriveAll,
     responses((status = 202, description = "Published again", body = admin::RedrivenAll),
@@ -153,15 +158,24 @@ async fn redrive_all(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let mut v = Validation::new();
-    let worker = match v.object(&body.json, "") {
-        Some(o) => v.required::<String>(o, "", "worker"),
-        None => None,
+    let (worker, limit) = match v.object(&body.json, "") {
+        Some(o) => (
+            v.required::<String>(o, "", "worker"),
+            v.optional::<i64>(o, "", "limit"),
+        ),
+        None => (None, None),
     };
+    if limit.is_some_and(|l| !(1..=MAX_REDRIVE).contains(&l)) {
+        v.error("limit", "must be from 1 to 1000");
+    }
     let worker = v.finish(|| worker)?;
-    let n = app.workers.redrive_all(&app.pool, &worker).await?;
+    let (n, remaining) = app
+        .workers
+        .redrive_all(&app.pool, &worker, limit.unwrap_or(100))
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"worker": worker, "redriven": n})),
+        Json(json!({"worker": worker, "redriven": n, "remaining": remaining})),
     )
         .into_response())
 }

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::Message;
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use sqlx::PgConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::message::{delivered, event_id_in, Delivered};
-use super::policy::{Batching, HandleError};
+use super::message::{delivered, Delivered};
+use super::policy::HandleError;
 use super::runner::{nats, Runner, WorkerError};
 
 impl Runner {
@@ -39,41 +39,21 @@ impl Runner {
 
     /// Settle a batch of received messages.
     pub(super) async fn handle_batch(&self, messages: &[Message]) -> Result<(), WorkerError> {
-        let alone = match self.policy.batching() {
-            Batching::Together => self.together(messages.iter().collect(), |_| false).await?,
-            // What was handled before, and what the worker does not act on, is settled
-            // together; the rest one message at a time.
-            Batching::OneByOne => {
-                let fresh = self.skip_processed(messages).await?;
-                match self.policy.acts_on(&self.pool).await {
-                    Ok(acts_on) => self.together(fresh, |t| acts_on.matches(t)).await?,
-                    // Each message's own transaction will meet the error and back off.
-                    Err(_) => fresh,
-                }
-            }
-        };
-        for message in alone {
+        for message in self.together(messages).await? {
             self.settle(message).await?;
         }
         Ok(())
     }
 
-    /// Handle the readable messages whose type `alone_if` does not claim in one
-    /// transaction; returns the messages left to settle one by one: those claimed, those
-    /// that cannot be read or that the policy refuses (poison, dead-lettered alone), and all
-    /// of them if the shared transaction failed.
-    async fn together<'m>(
-        &self,
-        messages: Vec<&'m Message>,
-        alone_if: impl Fn(&str) -> bool,
-    ) -> Result<Vec<&'m Message>, WorkerError> {
+    /// Handle the readable messages in one transaction; returns the messages left to
+    /// settle one by one: those that cannot be read or that the policy refuses (poison,
+    /// dead-lettered alone), and all of them if the shared transaction failed.
+    async fn together<'m>(&self, messages: &'m [Message]) -> Result<Vec<&'m Message>, WorkerError> {
         let mut alone = Vec::new();
         let mut shared = Vec::new();
         for message in messages {
             match self.read(message) {
-                Ok(event) if !alone_if(&event.event_type) && self.policy.check(&event).is_ok() => {
-                    shared.push((message, event))
-                }
+                Ok(event) if self.policy.check(&event).is_ok() => shared.push((message, event)),
                 _ => alone.push(message),
             }
         }
@@ -85,6 +65,13 @@ impl Runner {
         match self.handle_events(&events).await {
             Ok(_) => {
                 self.observe_duration(started);
+                // Each event's span, a child of the request that recorded it: the trace
+                // runs from that request to this worker.
+                for (_, event) in &shared {
+                    event
+                        .span(self.name())
+                        .in_scope(|| tracing::debug!("message handled in a batch"));
+                }
                 for (message, _) in &shared {
                     message.ack().await.map_err(nats)?;
                 }
@@ -203,42 +190,5 @@ impl Runner {
         .await?
         .into_iter()
         .collect())
-    }
-
-    /// Acknowledge the messages whose events this worker handled before (a redelivery, a
-    /// replay) with one query, and return the others.
-    async fn skip_processed<'m>(
-        &self,
-        messages: &'m [Message],
-    ) -> Result<Vec<&'m Message>, WorkerError> {
-        let id = |message: &Message| event_id_in(message.headers.as_ref());
-        let ids: Vec<Uuid> = messages.iter().filter_map(id).collect();
-        if ids.is_empty() {
-            return Ok(messages.iter().collect());
-        }
-        let done: HashSet<Uuid> = match sqlx::query_scalar(&format!(
-            "SELECT event_id FROM {} WHERE event_id = ANY($1)",
-            self.policy.processed_table()
-        ))
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        {
-            Ok(done) => done.into_iter().collect(),
-            // Each message's own transaction will meet the error and back off.
-            Err(_) => return Ok(messages.iter().collect()),
-        };
-        let mut rest = Vec::with_capacity(messages.len());
-        for message in messages {
-            match id(message) {
-                Some(event_id) if done.contains(&event_id) => {
-                    message.ack().await.map_err(nats)?;
-                    metrics::counter!("ordo_worker_processed_total", "worker" => self.name())
-                        .increment(1);
-                }
-                _ => rest.push(message),
-            }
-        }
-        Ok(rest)
     }
 }

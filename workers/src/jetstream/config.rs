@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream;
 
+use crate::nats::NatsSettings;
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub nats_url: String,
@@ -21,11 +23,18 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The default settings on the server at `nats_url`.
     pub fn new(nats_url: impl Into<String>) -> Self {
+        Self::over(&NatsSettings::new(nats_url))
+    }
+
+    /// The workers' settings over `nats`'s server and events stream; the dead-letter stream
+    /// and redelivery at their defaults.
+    pub fn over(nats: &NatsSettings) -> Self {
         Self {
-            nats_url: nats_url.into(),
-            stream: "ORDO_EVENTS".into(),
-            subject_prefix: "ordo.events".into(),
+            nats_url: nats.url.clone(),
+            stream: nats.stream.clone(),
+            subject_prefix: nats.subject_prefix.clone(),
             dlq_stream: "ORDO_DLQ".into(),
             dlq_prefix: "ordo.dlq".into(),
             max_deliver: 5,

@@ -8,7 +8,7 @@
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::HeaderMap;
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use uuid::Uuid;
 
 use super::message::{event_id_in, headers_json};

@@ -1,7 +1,7 @@
 //! Reading a message: the event it carries, from its subject, headers and body.
 
 use async_nats::HeaderMap;
-use ordo_commands::telemetry;
+use ordo_runtime::telemetry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;

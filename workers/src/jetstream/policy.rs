@@ -1,42 +1,13 @@
-//! What a worker states about itself: its name, its processed table, how its messages may
-//! share a transaction, which events it acts on, and its handler. The runner does the rest.
+//! What a worker states about itself: its name, its processed table, which events it can
+//! never handle, and its handler. The runner does the rest. A handler only writes rows in
+//! the worker's own schema (effects that leave the database go through an outbox, ADR
+//! 0009), so a batch of events is handled in one transaction.
 //! (tower's split: the runner is the service machinery, a policy the part that differs.)
 
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
 
 use super::message::Delivered;
-
-/// How a worker's messages may share a transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Batching {
-    /// Every effect is rows in the worker's own schema: the fresh events of a batch are
-    /// handled together, in one transaction with their processed records.
-    Together,
-    /// The events the worker acts on ([`Policy::acts_on`]) send something and are handled
-    /// one by one, each in the transaction that records it; the others are recorded (and
-    /// handled, for the rows they write) together.
-    OneByOne,
-}
-
-/// Event-type patterns: `*`, an exact type (`order.placed`) or a prefix (`payment.*`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventTypes(pub Vec<String>);
-
-impl EventTypes {
-    pub fn all() -> Self {
-        Self(vec!["*".into()])
-    }
-
-    pub fn of(types: &[&str]) -> Self {
-        Self(types.iter().map(|t| (*t).to_owned()).collect())
-    }
-
-    /// Whether any pattern matches `event_type`.
-    pub fn matches(&self, event_type: &str) -> bool {
-        self.0.iter().any(|p| pattern_matches(p, event_type))
-    }
-}
 
 /// Whether `event_type` (`order.placed`) matches `pattern`.
 pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
@@ -56,12 +27,6 @@ pub trait Policy: Send + Sync + 'static {
     /// `<schema>.processed (event_id uuid PRIMARY KEY)`: the events it has handled, so a
     /// redelivery or a replay has no effect twice.
     fn processed_table(&self) -> &'static str;
-
-    fn batching(&self) -> Batching;
-
-    /// The events it acts on with more than rows (read once per batch; only asked with
-    /// [`Batching::OneByOne`]).
-    async fn acts_on(&self, pool: &PgPool) -> Result<EventTypes, sqlx::Error>;
 
     /// Whether `event` can be handled at all, without I/O: an event refused here (a body
     /// that does not read, say: [`HandleError::Poison`]) is settled alone, so it never
@@ -107,7 +72,5 @@ mod tests {
         assert!(!pattern_matches("payment.*", "paymentx.captured"));
         assert!(!pattern_matches("payment.*", "order.placed"));
         assert!(pattern_matches("*", "customer.registered"));
-        assert!(EventTypes::of(&["order.placed", "payment.*"]).matches("payment.refunded"));
-        assert!(!EventTypes::default().matches("order.placed"));
     }
 }

@@ -1,7 +1,11 @@
-//! `/v1/webhooks`: register a webhook endpoint (admins) and read its delivery attempts. The
-//! integration worker sends the events.
+//! `/v1/webhooks` (admins): register endpoints and manage their lifecycle
+//! (`endpoints.rs`), read and retry their deliveries (`deliveries.rs`). The integration
+//! worker writes the deliveries; the delivery pool sends them.
 
-use axum::extract::{Query, State};
+mod deliveries;
+mod endpoints;
+
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,17 +14,27 @@ use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{limit_param, Params};
 use crate::auth::{self, Allowed};
-use crate::extract::{CommandBody, PathId};
-use crate::openapi::{admin, params, AdminBodyProblems, RestrictedReadOneProblems};
+use crate::extract::CommandBody;
+use crate::openapi::{admin, AdminBodyProblems};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(register))
-        .routes(routes!(deliveries))
+        .routes(routes!(register, endpoints::list))
+        .routes(routes!(
+            endpoints::show,
+            endpoints::update,
+            endpoints::delete
+        ))
+        .routes(routes!(endpoints::disable))
+        .routes(routes!(endpoints::enable))
+        .routes(routes!(endpoints::rotate_secret))
+        .routes(routes!(deliveries::send_test))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::show))
+        .routes(routes!(deliveries::retry))
 }
 
 const MAX_URL: usize = 2048;
@@ -44,20 +58,22 @@ fn url_problem(url: &str) -> Option<&'static str> {
     }
 }
 
-fn parse_register(json: &Value) -> Result<(String, Vec<String>), ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let url = v
-        .required::<String>(o, "", "url")
-        .and_then(|url| match url_problem(&url) {
-            Some(message) => {
-                v.error("url", message);
-                None
-            }
-            None => Some(url),
-        });
+/// `url`, checked.
+fn url_field(v: &mut Validation, url: Option<String>) -> Option<String> {
+    url.and_then(|url| match url_problem(&url) {
+        Some(message) => {
+            v.error("url", message);
+            None
+        }
+        None => Some(url),
+    })
+}
+
+/// `event_types`, each a valid pattern, not empty.
+fn event_types_field(
+    v: &mut Validation,
+    o: &serde_json::Map<String, Value>,
+) -> Option<Vec<String>> {
     let event_types = v.array(o, "", "event_types", |v, item, path| {
         let Some(pattern) = item.as_str() else {
             v.error(path, "must be a string");
@@ -76,7 +92,36 @@ fn parse_register(json: &Value) -> Result<(String, Vec<String>), ApiError> {
     if event_types.as_ref().is_some_and(Vec::is_empty) {
         v.error("event_types", "must not be empty");
     }
-    v.finish(|| Some((url?, event_types?)))
+    event_types
+}
+
+/// `description`: optional, at most [`MAX_DESCRIPTION`] characters.
+fn description_field(v: &mut Validation, o: &serde_json::Map<String, Value>) -> Option<String> {
+    let description: Option<String> = v.optional(o, "", "description");
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
+    {
+        v.error("description", "must be at most 500 characters");
+    }
+    description
+}
+
+const MAX_DESCRIPTION: usize = 500;
+
+/// A registration: URL, event types, optional description.
+type Registration = (String, Vec<String>, Option<String>);
+
+fn parse_register(json: &Value) -> Result<Registration, ApiError> {
+    let mut v = Validation::new();
+    let Some(o) = v.object(json, "") else {
+        return v.finish(|| None);
+    };
+    let url = v.required::<String>(o, "", "url");
+    let url = url_field(&mut v, url);
+    let event_types = event_types_field(&mut v, o);
+    let description = description_field(&mut v, o);
+    v.finish(|| Some((url?, event_types?, description)))
 }
 
 /// Register a webhook endpoint (admin). 201 `{"id", "secret"}` with
@@ -89,8 +134,9 @@ async fn register(
     Allowed(_, _): Allowed<auth::WebhookAdmins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let (url, event_types) = parse_register(&body.json)?;
-    let (id, secret) = integration::register(&app.pool, &url, &event_types).await?;
+    let (url, event_types, description) = parse_register(&body.json)?;
+    let (id, secret) =
+        integration::register(&app.pool, &url, &event_types, description.as_deref()).await?;
     let mut response = (
         StatusCode::CREATED,
         Json(json!({"id": id, "secret": secret})),
@@ -100,24 +146,6 @@ async fn register(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
-}
-
-/// An endpoint's delivery attempts, newest first (admin).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
-    params(("id" = uuid::Uuid, Path, description = "The endpoint's id"), params::Limit),
-    responses((status = 200, description = "Attempts", body = admin::DeliveryList),
-        RestrictedReadOneProblems))]
-async fn deliveries(
-    State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
-    PathId(id): PathId,
-    Query(q): Query<Params>,
-) -> Result<Response, ApiError> {
-    let limit = limit_param(&q)?;
-    let page = integration::deliveries(&app.pool, id, limit)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no webhook endpoint has this id".into()))?;
-    Ok(Json(page).into_response())
 }
 
 #[cfg(test)]

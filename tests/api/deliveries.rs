@@ -1,0 +1,431 @@
+//! Deliveries are isolated: a partner that hangs delays only its own deliveries, no write
+//! transaction waits on it, a JetStream redelivery writes no second delivery, and the
+//! endpoint lifecycle (auto-disable, enable, secret rotation, test event, update, delete).
+
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use ordo::ProcessRole;
+use ordo_api::Role::{Admin, Storefront};
+use ordo_workers::integration::{self, sign, DeliveryConfig, DeliveryPool};
+use ordo_workers::retry::RetrySchedule;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::nats::setup;
+use crate::webhooks::{deliveries, placed_event_id, quick_pool, register};
+
+/// A TCP listener that accepts connections, reads nothing and never answers: the partner
+/// that hangs. Counts the connections it holds.
+struct Hanging {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Hanging {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        Self { url, accepted }
+    }
+}
+
+/// A receiver whose answer can be changed while it runs; records what it got.
+struct Switchable {
+    url: String,
+    answer: Arc<AtomicU16>,
+    log: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+}
+
+impl Switchable {
+    async fn start(answer: u16) -> Self {
+        let answer = Arc::new(AtomicU16::new(answer));
+        let log: Arc<Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
+        let (a, l) = (answer.clone(), log.clone());
+        let router = Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: String| {
+                let (a, l) = (a.clone(), l.clone());
+                async move {
+                    l.lock().unwrap().push((headers, body));
+                    StatusCode::from_u16(a.load(Ordering::SeqCst)).unwrap()
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { url, answer, log }
+    }
+
+    fn received(&self) -> Vec<(HeaderMap, String)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Wait until `done` holds, at most `within`.
+async fn eventually(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Write transactions (those with a transaction id) open for longer than 300 ms in the
+/// test's database, other than this query's.
+async fn long_write_transactions(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()
+            AND backend_xid IS NOT NULL AND now() - xact_start > interval '300 milliseconds'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_delays_only_its_own_deliveries_and_holds_no_write_transaction() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let hanging = Hanging::start().await;
+    let healthy = Switchable::start(200).await;
+    let (hanging_id, _) = register(&app, &hanging.url, json!(["*"])).await;
+    let (healthy_id, _) = register(&app, &healthy.url, json!(["*"])).await;
+    let s = setup(&app).await;
+    let (stop, stopped) = watch::channel(false);
+    let runner = s.worker(&app).await;
+    let worker = tokio::spawn(runner.run(stopped.clone()));
+    let pool = DeliveryPool::new(
+        app.pool.clone(),
+        integration::default_client(),
+        DeliveryConfig {
+            timeout: Duration::from_secs(5),
+            poll: Duration::from_millis(20),
+            ..DeliveryConfig::default()
+        },
+    );
+    let deliveries_task = tokio::spawn(pool.run(stopped));
+
+    let customer = app.register_customer().await;
+    for _ in 0..3 {
+        app.place_order(&customer).await;
+    }
+    let events = app.event_count().await;
+    s.publish_all(&app).await;
+
+    // The healthy endpoint gets every event while the hanging one holds its requests.
+    eventually(
+        Duration::from_secs(4),
+        "every event at the healthy endpoint",
+        async || healthy.received().len() as i64 == events,
+    )
+    .await;
+    assert!(hanging.accepted.load(Ordering::SeqCst) > 0);
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM integration.outbox WHERE endpoint_id = $1::uuid
+            AND status = 'pending' AND leased_until > now()",
+    )
+    .bind(&hanging_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        in_flight > 0,
+        "the hanging endpoint's requests are still open"
+    );
+    // While they hang, no transaction that has written anything stays open.
+    for _ in 0..10 {
+        assert_eq!(long_write_transactions(&app).await, 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy_items = deliveries(&app, &healthy_id).await;
+    assert!(healthy_items.iter().all(|i| i["status"] == "delivered"));
+    // At most four requests at once to one endpoint: the others wait in its own queue.
+    assert!(hanging.accepted.load(Ordering::SeqCst) <= 4);
+    let shown = app.get(Admin, &format!("/v1/webhooks/{hanging_id}")).await;
+    assert_eq!(shown.body["pending"], json!(events));
+
+    let _ = stop.send(true);
+    let _ = worker.await;
+    deliveries_task.abort();
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_jetstream_redelivery_during_a_slow_delivery_writes_no_second_delivery() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let hanging = Hanging::start().await;
+    let (endpoint, _) = register(&app, &hanging.url, json!(["order.placed"])).await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.worker(&app).await;
+    crate::nats::redeliver_all(&runner, 2).await;
+    let pool = quick_pool(&app, None, 3);
+    let (stop, stopped) = watch::channel(false);
+    let sending = tokio::spawn(pool.run(stopped));
+    eventually(
+        Duration::from_secs(5),
+        "the slow request open",
+        async || hanging.accepted.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+
+    // The same event again, as JetStream redelivers it (a new message id), and once more
+    // after its processed record is gone (a replay that repeats effects).
+    let event_id = placed_event_id(&app, &order).await;
+    let again = ordo_commands::feed::read_batch(
+        &mut app.pool.acquire().await.unwrap(),
+        Default::default(),
+        100,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .find(|e| e.event_id.to_string() == event_id)
+    .unwrap();
+    for forget in [false, true] {
+        if forget {
+            sqlx::query("DELETE FROM integration.processed WHERE event_id = $1::uuid")
+                .bind(&event_id)
+                .execute(&app.pool)
+                .await
+                .unwrap();
+        }
+        let mut headers = ordo_workers::relay::headers(&again);
+        headers.insert("Nats-Msg-Id", uuid::Uuid::new_v4().to_string().as_str());
+        s.js.publish_with_headers(
+            format!("{}.order.placed", s.relay_config.subject_prefix),
+            headers,
+            ordo_workers::relay::body(&again).into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        crate::nats::redeliver_all(&runner, 1).await;
+    }
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM integration.outbox WHERE endpoint_id = $1::uuid AND event_id = $2::uuid",
+    )
+    .bind(&endpoint)
+    .bind(&event_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1);
+    let _ = stop.send(true);
+    sending.abort();
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_too_long_is_disabled_and_an_admin_enables_it_again() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let hook = Switchable::start(500).await;
+    let (endpoint, _) = register(&app, &hook.url, json!(["order.placed"])).await;
+    let customer = app.register_customer().await;
+    app.place_order(&customer).await;
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let pool = DeliveryPool::new(
+        app.pool.clone(),
+        integration::default_client(),
+        DeliveryConfig {
+            timeout: Duration::from_secs(2),
+            poll: Duration::from_millis(20),
+            schedule: RetrySchedule::quick(Duration::from_millis(50), 1000),
+            disable_after: Duration::from_millis(300),
+            ..DeliveryConfig::default()
+        },
+    );
+    s.deliver_until(
+        &app,
+        &pool,
+        "SELECT count(*) FROM integration.endpoints WHERE disabled_at IS NOT NULL",
+        1,
+    )
+    .await;
+
+    let shown = app.get(Admin, &format!("/v1/webhooks/{endpoint}")).await;
+    assert_eq!(shown.body["state"], "disabled");
+    assert_eq!(shown.body["disabled_reason"], "auto");
+    assert_eq!(shown.body["pending"], 1, "its delivery waits");
+    let tries = hook.received().len();
+    assert!(tries >= 2, "{tries}");
+    // Disabled: nothing is sent, however often the pool looks.
+    for _ in 0..5 {
+        pool.step().await.unwrap();
+    }
+    assert_eq!(hook.received().len(), tries);
+
+    hook.answer.store(200, Ordering::SeqCst);
+    let enabled = app
+        .post(Admin, &format!("/v1/webhooks/{endpoint}/enable"), json!({}))
+        .await;
+    enabled.assert_status(200);
+    assert_eq!(enabled.body["state"], "active");
+    assert!(enabled.body["disabled_reason"].is_null());
+    s.deliver_until(
+        &app,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
+        1,
+    )
+    .await;
+    let shown = app.get(Admin, &format!("/v1/webhooks/{endpoint}")).await;
+    assert_eq!(shown.body["state"], "active");
+    assert_eq!(shown.body["delivered"], 1);
+
+    // A manual disable is recorded as such.
+    let disabled = app
+        .post(
+            Admin,
+            &format!("/v1/webhooks/{endpoint}/disable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(disabled.body["state"], "disabled");
+    assert_eq!(disabled.body["disabled_reason"], "manual");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn after_a_rotation_deliveries_carry_both_signatures_and_a_test_event_reaches_any_endpoint() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let hook = Switchable::start(200).await;
+    // Subscribed to one type only: the test event goes out all the same.
+    let (endpoint, old) = register(&app, &hook.url, json!(["payment.refunded"])).await;
+    let rotated = app
+        .post(
+            Admin,
+            &format!("/v1/webhooks/{endpoint}/rotate-secret"),
+            json!({}),
+        )
+        .await;
+    rotated.assert_status(200);
+    let new = rotated.body["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+    let shown = app.get(Admin, &format!("/v1/webhooks/{endpoint}")).await;
+    assert!(shown.body["previous_secret_until"].is_string());
+    assert!(shown.body.get("secret").is_none(), "never shown again");
+
+    let queued = app
+        .post(Admin, &format!("/v1/webhooks/{endpoint}/test"), json!({}))
+        .await;
+    queued.assert_status(202);
+    assert_eq!(queued.body["event_type"], "webhook.test");
+    let pool = quick_pool(&app, None, 3);
+    eventually(
+        Duration::from_secs(10),
+        "the test event delivered",
+        async || {
+            pool.step().await.unwrap();
+            !hook.received().is_empty()
+        },
+    )
+    .await;
+
+    let (headers, body) = &hook.received()[0];
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let id = header("webhook-id");
+    assert_eq!(json!(id), queued.body["event_id"]);
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+    let signatures: Vec<String> = header("webhook-signature")
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        signatures,
+        [
+            sign(&new, &id, timestamp, body).unwrap(),
+            sign(&old, &id, timestamp, body).unwrap()
+        ]
+    );
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["type"], "webhook.test");
+    app.post(
+        Admin,
+        &format!("/v1/webhooks/{}/test", uuid::Uuid::new_v4()),
+        json!({}),
+    )
+    .await
+    .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn endpoints_are_listed_shown_updated_and_deleted_by_admins_only() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let created = app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/a", "event_types": ["order.*"], "description": "ERP"}),
+        )
+        .await;
+    created.assert_status(201);
+    let id = created.id();
+    app.get(Storefront, "/v1/webhooks")
+        .await
+        .assert_problem(403, "forbidden");
+    let listed = app.get(Admin, "/v1/webhooks").await;
+    let items = listed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["description"], "ERP");
+    assert_eq!(items[0]["state"], "active");
+    assert_eq!(items[0]["pending"], 0);
+
+    let patched = app
+        .patch(
+            Admin,
+            &format!("/v1/webhooks/{id}"),
+            json!({"url": "http://127.0.0.1:9/b", "event_types": ["*"], "description": null}),
+        )
+        .await;
+    patched.assert_status(200);
+    assert_eq!(patched.body["url"], "http://127.0.0.1:9/b");
+    assert_eq!(patched.body["event_types"], json!(["*"]));
+    assert!(patched.body["description"].is_null());
+    let bad = app
+        .patch(
+            Admin,
+            &format!("/v1/webhooks/{id}"),
+            json!({"event_types": [], "url": "x"}),
+        )
+        .await;
+    bad.assert_problem(422, "validation");
+    app.patch(
+        Admin,
+        &format!("/v1/webhooks/{}", uuid::Uuid::new_v4()),
+        json!({"description": "x"}),
+    )
+    .await
+    .assert_problem(404, "not-found");
+
+    app.delete(Admin, &format!("/v1/webhooks/{id}"))
+        .await
+        .assert_status(204);
+    app.get(Admin, &format!("/v1/webhooks/{id}"))
+        .await
+        .assert_problem(404, "not-found");
+    app.delete(Admin, &format!("/v1/webhooks/{id}"))
+        .await
+        .assert_problem(404, "not-found");
+}

@@ -1,0 +1,73 @@
+//! The integration worker: webhooks to endpoints registered through the API, signed the
+//! Standard Webhooks way (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+//!
+//! # Deliveries are isolated (ADR 0009)
+//!
+//! The worker sends nothing. For each event it writes one delivery per active endpoint
+//! subscribed to the event's type into the outbox (`integration.outbox`), in the
+//! transaction that records the event as processed, and the message is acknowledged once
+//! that commits. A JetStream redelivery writes nothing twice: the event is processed
+//! already, and a delivery is unique per (endpoint, event).
+//!
+//! The delivery pool ([`pool::DeliveryPool`]) sends: each endpoint has its own queue,
+//! ordered per aggregate, with bounded concurrency per endpoint and overall, and its own
+//! retry schedule. No transaction is open while a request is: a delivery is claimed
+//! (a lease, one statement), sent, then its outcome recorded. An endpoint that hangs or
+//! fails delays only its own deliveries, and one failing for longer than
+//! `DeliveryConfig::disable_after` is disabled (recorded, counted, shown in its status).
+//!
+//! - `signing.rs`: signatures, secrets, event-type patterns; `client.rs`: the HTTP client.
+//! - `endpoints.rs`: the endpoint lifecycle (register, list, show, update, enable,
+//!   disable, delete, rotate the secret).
+//! - `outbox.rs`: writing, listing and retrying deliveries, test events.
+//! - `pool.rs`: sending.
+
+pub mod client;
+pub mod endpoints;
+pub mod outbox;
+pub mod pool;
+pub mod signing;
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
+
+use crate::jetstream::{Delivered, HandleError, Policy};
+
+pub use client::{client_with, default_client, TIMEOUT};
+pub use endpoints::register;
+pub use pool::{DeliveryConfig, DeliveryPool};
+pub use signing::{new_secret, sign, valid_event_type, InvalidSecret};
+
+pub const NAME: &str = "integration";
+
+/// The integration worker's policy: its only effect is outbox rows, so a batch of events
+/// is written in one transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Integration;
+
+impl From<Integration> for std::sync::Arc<dyn Policy> {
+    fn from(policy: Integration) -> Self {
+        std::sync::Arc::new(policy)
+    }
+}
+
+#[async_trait]
+impl Policy for Integration {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn processed_table(&self) -> &'static str {
+        "integration.processed"
+    }
+
+    async fn handle(
+        &self,
+        _: &PgPool,
+        tx: &mut PgConnection,
+        events: &[&Delivered],
+    ) -> Result<(), HandleError> {
+        outbox::write(tx, events).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,368 @@
+//! The delivery pool: sends the outbox's due deliveries, each endpoint with its own queue.
+//!
+//! A round claims what is due in one statement: per endpoint, the oldest pending delivery
+//! of each aggregate (so an aggregate's deliveries go in order: a later one waits while an
+//! earlier one is pending, retries included), at most `per_endpoint` in flight per endpoint
+//! and `concurrency` overall. A claim is a lease (`leased_until`), longer than a request may
+//! take: no transaction is open while the request is. Each delivery is then sent on its own
+//! task and its outcome recorded in one short transaction: the attempt row, the delivery's
+//! new status or next attempt (the retry schedule), and the endpoint's failing state — an
+//! endpoint failing for longer than `disable_after` is disabled.
+//!
+//! At least once: if the process dies between a 2xx and the record, the lease runs out and
+//! the delivery is sent again with the same `webhook-id`, which receivers use to dedupe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ordo_runtime::telemetry;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::client::error_chain;
+use super::signing::signatures;
+use crate::retry::RetrySchedule;
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// How long one request may take, connecting included.
+    pub timeout: Duration,
+    /// Requests in flight at once, all endpoints together.
+    pub concurrency: usize,
+    /// Requests in flight at once to one endpoint.
+    pub per_endpoint: usize,
+    /// How often the outbox is asked for due deliveries when the last round found none.
+    pub poll: Duration,
+    pub schedule: RetrySchedule,
+    /// An endpoint whose attempts have all failed for this long is disabled.
+    pub disable_after: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: super::TIMEOUT,
+            concurrency: 32,
+            per_endpoint: 4,
+            poll: Duration::from_millis(200),
+            schedule: RetrySchedule::default(),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+        }
+    }
+}
+
+/// A claimed delivery, with what sending it needs.
+#[derive(Debug, sqlx::FromRow)]
+struct Claimed {
+    id: Uuid,
+    endpoint_id: Uuid,
+    event_id: Uuid,
+    event_type: String,
+    body: Value,
+    traceparent: Option<String>,
+    /// This attempt's number (from 1).
+    attempts: i32,
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+}
+
+/// What one attempt got.
+#[derive(Debug)]
+struct Outcome {
+    status_code: Option<u16>,
+    error: Option<String>,
+    duration: Duration,
+}
+
+pub struct DeliveryPool {
+    pool: PgPool,
+    client: reqwest::Client,
+    config: DeliveryConfig,
+    slots: Arc<Semaphore>,
+}
+
+/// An endpoint's states, as its status and the metrics show them.
+const STATES: [&str; 3] = ["active", "failing", "disabled"];
+
+const CLAIM: &str = include_str!("claim.sql");
+
+impl DeliveryPool {
+    pub fn new(pool: PgPool, client: reqwest::Client, config: DeliveryConfig) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Arc::new(Self {
+            pool,
+            client,
+            config,
+            slots,
+        })
+    }
+
+    /// Send due deliveries until `shutdown` turns true; then wait for the requests in
+    /// flight (each bounded by the timeout) and record them.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+            let claimed = match self.claim().await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim webhook deliveries");
+                    Vec::new()
+                }
+            };
+            let found = !claimed.is_empty();
+            for delivery in claimed {
+                let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = self.clone();
+                tasks.spawn(async move {
+                    this.deliver(delivery).await;
+                    drop(permit);
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll), if !found => {}
+                Some(_) = tasks.join_next(), if found && !tasks.is_empty() => {}
+                _ = tokio::time::sleep(self.config.poll / 4), if found => {}
+                _ = gauges.tick() => self.export_gauges().await,
+                _ = shutdown.changed() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One round, for tests: claim what is due, send it and record it all. Returns how many
+    /// deliveries were attempted.
+    pub async fn step(&self) -> Result<usize, sqlx::Error> {
+        let claimed = self.claim().await?;
+        let n = claimed.len();
+        futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        Ok(n)
+    }
+
+    /// Lease what is due, within the concurrency limits (free slots overall, and
+    /// `per_endpoint` minus what an endpoint has in flight).
+    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            return Ok(Vec::new());
+        }
+        let lease = self.config.timeout + Duration::from_secs(30);
+        sqlx::query_as(CLAIM)
+            .bind(i64::try_from(self.config.per_endpoint).unwrap_or(i64::MAX))
+            .bind(i64::try_from(free).unwrap_or(i64::MAX))
+            .bind(lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn deliver(&self, delivery: Claimed) {
+        let span = tracing::info_span!("webhook.deliver", endpoint.id = %delivery.endpoint_id,
+            event.id = %delivery.event_id, attempt = delivery.attempts);
+        async {
+            let outcome = self.send(&delivery).await;
+            let ok = outcome.error.is_none();
+            let endpoint = delivery.endpoint_id.to_string();
+            metrics::counter!("ordo_webhook_attempts_total", "endpoint" => endpoint.clone(),
+                "outcome" => if ok { "ok" } else { "failed" })
+            .increment(1);
+            metrics::histogram!("ordo_webhook_attempt_duration_seconds", "endpoint" => endpoint)
+                .record(outcome.duration.as_secs_f64());
+            if let Err(e) = self.record(&delivery, &outcome).await {
+                // The lease runs out and the delivery is tried again.
+                tracing::warn!(error = %e, "cannot record a webhook attempt");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// POST the delivery, signed with the endpoint's secret (and the previous one during a
+    /// rotation). Never an error: what went wrong is the outcome.
+    async fn send(&self, d: &Claimed) -> Outcome {
+        let now = Utc::now();
+        let body = json!({"type": d.event_type, "timestamp": now, "data": d.body}).to_string();
+        let id = d.event_id.to_string();
+        let timestamp = now.timestamp();
+        let mut secrets = vec![d.secret.as_str()];
+        secrets.extend(d.previous_secret.as_deref());
+        let started = Instant::now();
+        let signature = match signatures(&secrets, &id, timestamp, &body) {
+            Ok(signature) => signature,
+            Err(e) => {
+                return Outcome {
+                    status_code: None,
+                    error: Some(format!("endpoint {}: {e}", d.endpoint_id)),
+                    duration: started.elapsed(),
+                }
+            }
+        };
+        let mut request = self
+            .client
+            .post(&d.url)
+            .timeout(self.config.timeout)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature);
+        // The receiver may continue the trace that began with the storefront's request.
+        if let Some(traceparent) = telemetry::outgoing_traceparent(d.traceparent.as_deref()) {
+            request = request.header("traceparent", traceparent);
+        }
+        let sent = request.body(body).send().await;
+        let duration = started.elapsed();
+        match sent {
+            Ok(response) if response.status().is_success() => Outcome {
+                status_code: Some(response.status().as_u16()),
+                error: None,
+                duration,
+            },
+            Ok(response) => Outcome {
+                status_code: Some(response.status().as_u16()),
+                error: Some(format!("answered {}", response.status())),
+                duration,
+            },
+            Err(e) => Outcome {
+                status_code: None,
+                error: Some(error_chain(&e)),
+                duration,
+            },
+        }
+    }
+
+    /// Record an attempt and what follows from it, in one short transaction.
+    async fn record(&self, d: &Claimed, outcome: &Outcome) -> Result<(), sqlx::Error> {
+        let attempt = u32::try_from(d.attempts).unwrap_or(1);
+        let retry_in = match outcome.error {
+            None => None,
+            Some(_) => self.config.schedule.delay_after(attempt),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO integration.deliveries
+                 (id, endpoint_id, event_id, event_type, attempt, status_code, ok, error,
+                  duration_ms, delivery_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(d.endpoint_id)
+        .bind(d.event_id)
+        .bind(&d.event_type)
+        .bind(d.attempts)
+        .bind(outcome.status_code.map(i32::from))
+        .bind(outcome.error.is_none())
+        .bind(&outcome.error)
+        .bind(i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX))
+        .bind(d.id)
+        .execute(&mut *tx)
+        .await?;
+        let status = match (&outcome.error, retry_in) {
+            (None, _) => "delivered",
+            (Some(_), Some(_)) => "pending",
+            (Some(_), None) => "failed",
+        };
+        sqlx::query(
+            "UPDATE integration.outbox
+                SET status = $2, leased_until = NULL, last_status_code = $3, last_error = $4,
+                    next_attempt_at = now() + make_interval(secs => $5),
+                    delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+              WHERE id = $1",
+        )
+        .bind(d.id)
+        .bind(status)
+        .bind(outcome.status_code.map(i32::from))
+        .bind(&outcome.error)
+        .bind(retry_in.unwrap_or_default().as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        let disabled = match outcome.error {
+            None => {
+                sqlx::query(
+                    "UPDATE integration.endpoints SET failing_since = NULL
+                      WHERE id = $1 AND failing_since IS NOT NULL",
+                )
+                .bind(d.endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+                false
+            }
+            Some(_) => self.failed(&mut tx, d.endpoint_id).await?,
+        };
+        tx.commit().await?;
+        if disabled {
+            metrics::counter!("ordo_webhook_endpoints_auto_disabled_total").increment(1);
+            tracing::warn!(endpoint.id = %d.endpoint_id, "webhook endpoint disabled: failing for too long");
+        }
+        Ok(())
+    }
+
+    /// Note a failure of the endpoint; disable it if it has been failing for longer than
+    /// `disable_after`. Returns whether it was disabled now.
+    async fn failed(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        endpoint: Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        let disabled: Option<bool> = sqlx::query_scalar(
+            "UPDATE integration.endpoints
+                SET failing_since = coalesce(failing_since, now()),
+                    disabled_at = CASE WHEN failing_since <= now() - make_interval(secs => $2)
+                                       THEN now() END,
+                    disabled_reason = CASE WHEN failing_since <= now() - make_interval(secs => $2)
+                                           THEN 'auto' END,
+                    updated_at = CASE WHEN failing_since <= now() - make_interval(secs => $2)
+                                      THEN now() ELSE updated_at END
+              WHERE id = $1 AND disabled_at IS NULL
+          RETURNING disabled_at IS NOT NULL",
+        )
+        .bind(endpoint)
+        .bind(self.config.disable_after.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(disabled.unwrap_or(false))
+    }
+
+    /// Per endpoint: deliveries pending, the oldest one's age, and the state.
+    async fn export_gauges(&self) {
+        let rows: Result<Vec<(Uuid, String, i64, f64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT e.id,
+                    CASE WHEN e.disabled_at IS NOT NULL THEN 'disabled'
+                         WHEN e.failing_since IS NOT NULL THEN 'failing' ELSE 'active' END,
+                    count(o.id),
+                    coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
+               FROM integration.endpoints e
+               LEFT JOIN integration.outbox o ON o.endpoint_id = e.id AND o.status = 'pending'
+              GROUP BY e.id",
+        )
+        .fetch_all(&self.pool)
+        .await;
+        let Ok(rows) = rows else { return };
+        let mut states: HashMap<&'static str, f64> = HashMap::new();
+        for (endpoint, state, pending, oldest) in rows {
+            let endpoint = endpoint.to_string();
+            metrics::gauge!("ordo_webhook_queue_depth", "endpoint" => endpoint.clone())
+                .set(pending as f64);
+            metrics::gauge!("ordo_webhook_oldest_pending_seconds", "endpoint" => endpoint.clone())
+                .set(oldest);
+            for s in STATES {
+                let value = if s == state { 1.0 } else { 0.0 };
+                metrics::gauge!("ordo_webhook_endpoint_state", "endpoint" => endpoint.clone(), "state" => s)
+                    .set(value);
+                *states.entry(s).or_default() += value;
+            }
+        }
+        for s in STATES {
+            metrics::gauge!("ordo_webhook_endpoints", "state" => s)
+                .set(states.get(s).copied().unwrap_or(0.0));
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The notification worker: e-mails the customer when an order is placed, shipped or
+//! cancelled and when a payment is refunded, and records every notification in
+//! `notification.notifications` (ADR 0009).
+//!
+//! The order and payment events do not carry the e-mail address, so the worker keeps the
+//! recipients it learns from `customer.registered` in `notification.customers`. An event
+//! about a customer it does not know yet (redeliveries can reorder messages) is retried.
+//!
+//! # Record, acknowledge, send
+//!
+//! The worker sends nothing: it writes the notification (`pending` when an SMTP server is
+//! configured, else `recorded`) in the transaction that records the event as processed,
+//! and the message is acknowledged. The mail sender ([`sender::MailSender`]) sends pending
+//! notifications with bounded concurrency, records each attempt in `notification.attempts`
+//! and retries on the delivery schedule (`crate::retry`); an SMTP outage delays mail and
+//! nothing else, and no transaction is open while a mail is sent.
+//!
+//! # At least once, deduplicable
+//!
+//! A notification is marked `sent` after the SMTP server accepted it. If the sender dies
+//! between the two (or the server accepts and the connection drops before its answer),
+//! the lease on the notification runs out and the mail is sent again. Every send of one
+//! notification carries the same `Message-ID`, derived from the event and the kind, so
+//! providers and mail clients can drop the repeat. No notification is written twice for
+//! one event and kind (the processed record), so nothing else repeats.
+
+pub mod drafts;
+pub mod sender;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use lettre::Address;
+use ordo_domain::customer::CustomerRegistered;
+use ordo_domain::order::{OrderCancelled, OrderPlaced, OrderShipped};
+use ordo_domain::payment::PaymentRefunded;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::jetstream::{Delivered, HandleError, Policy};
+pub use crate::mailer::{redact_url, Mailer, DEFAULT_FROM};
+use drafts::{cancelled, placed, refunded, shipped, Draft};
+use ordo_domain::event::types;
+
+pub const NAME: &str = "notification";
+
+/// The notification worker's policy: its effects are rows only (the mail sender sends),
+/// so a batch of events is handled in one transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Notification {
+    /// Whether an SMTP server is configured: notifications are then `pending` for the
+    /// sender, else only `recorded`.
+    mails: bool,
+}
+
+impl Notification {
+    /// `mails`: whether a mail sender will send what this worker records.
+    pub fn new(mails: bool) -> Self {
+        Self { mails }
+    }
+}
+
+impl From<Notification> for std::sync::Arc<dyn Policy> {
+    fn from(policy: Notification) -> Self {
+        std::sync::Arc::new(policy)
+    }
+}
+
+#[async_trait]
+impl Policy for Notification {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn processed_table(&self) -> &'static str {
+        "notification.processed"
+    }
+
+    fn check(&self, event: &Delivered) -> Result<(), HandleError> {
+        match event.event_type.as_str() {
+            types::CUSTOMER_REGISTERED => event.data::<CustomerRegistered>().map(|_| ()),
+            types::ORDER_PLACED => event.data::<OrderPlaced>().map(|_| ()),
+            types::ORDER_SHIPPED => event.data::<OrderShipped>().map(|_| ()),
+            types::ORDER_CANCELLED => event.data::<OrderCancelled>().map(|_| ()),
+            types::PAYMENT_REFUNDED => event.data::<PaymentRefunded>().map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn handle(
+        &self,
+        _: &PgPool,
+        tx: &mut PgConnection,
+        events: &[&Delivered],
+    ) -> Result<(), HandleError> {
+        for event in events {
+            handle(tx, event, self.mails).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Handle one event, inside the transaction that also records it as processed.
+async fn handle(tx: &mut PgConnection, event: &Delivered, mails: bool) -> Result<(), HandleError> {
+    let draft = match event.event_type.as_str() {
+        types::CUSTOMER_REGISTERED => {
+            let e: CustomerRegistered = event.data()?;
+            sqlx::query(
+                "INSERT INTO notification.customers (customer_id, email, name) VALUES ($1, $2, $3)
+                 ON CONFLICT (customer_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name",
+            )
+            .bind(e.customer_id)
+            .bind(e.email.as_str())
+            .bind(e.name.as_str())
+            .execute(&mut *tx)
+            .await?;
+            return Ok(());
+        }
+        types::ORDER_PLACED => placed(&event.data()?),
+        types::ORDER_SHIPPED => shipped(&event.data()?),
+        types::ORDER_CANCELLED => cancelled(&event.data()?),
+        types::PAYMENT_REFUNDED => refunded(&event.data()?),
+        _ => return Ok(()),
+    };
+    notify(tx, event, draft, mails).await
+}
+
+async fn notify(
+    tx: &mut PgConnection,
+    event: &Delivered,
+    draft: Draft,
+    mails: bool,
+) -> Result<(), HandleError> {
+    let customer: Option<(String, String)> =
+        sqlx::query_as("SELECT email, name FROM notification.customers WHERE customer_id = $1")
+            .bind(draft.customer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((email, name)) = customer else {
+        return Err(HandleError::Retry(format!(
+            "customer {} not registered yet (customer.registered not handled)",
+            draft.customer_id
+        )));
+    };
+    let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
+    // An address the SMTP client refuses will be refused on every attempt: recorded as
+    // failed rather than retried.
+    let refused = email
+        .parse::<Address>()
+        .err()
+        .map(|e| format!("recipient `{email}` refused: {e}"));
+    let (status, error) = match (mails, refused) {
+        (false, _) => ("recorded", None),
+        (true, None) => ("pending", None),
+        (true, Some(e)) => ("failed", Some(e)),
+    };
+    sqlx::query(
+        "INSERT INTO notification.notifications
+             (id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event.event_id)
+    .bind(draft.kind)
+    .bind(draft.order_id)
+    .bind(draft.customer_id)
+    .bind(&email)
+    .bind(&draft.subject)
+    .bind(&body)
+    .bind(status)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// `GET /v1/notifications?order_id=&customer_id=`: newest first, at most `limit`.
+pub async fn list(
+    pool: &PgPool,
+    order_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Value, sqlx::Error> {
+    type Row = (
+        Uuid,
+        Uuid,
+        String,
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error, created_at
+           FROM notification.notifications
+          WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)
+          ORDER BY created_at DESC, id DESC
+          LIMIT $3",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(
+            |(
+                id,
+                event_id,
+                kind,
+                order_id,
+                customer_id,
+                recipient,
+                subject,
+                body,
+                status,
+                error,
+                created_at,
+            )| {
+                json!({"id": id, "event_id": event_id, "kind": kind, "order_id": order_id,
+                       "customer_id": customer_id, "recipient": recipient, "subject": subject,
+                       "body": body, "status": status, "error": error, "created_at": created_at})
+            },
+        )
+        .collect();
+    Ok(json!({ "items": items }))
+}
