@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "ORDO_DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
 
+    /// Seconds a starting process keeps trying to reach PostgreSQL (unreachable, or out of
+    /// connections), with backoff, before it gives up.
+    #[arg(long, env = "ORDO_DB_START_TIMEOUT_SECS", default_value_t = 60)]
+    pub db_start_timeout_secs: u64,
+
     /// Seconds a request waits for a database connection before answering 503.
     #[arg(long, env = "ORDO_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 3)]
     pub db_acquire_timeout_secs: u64,
@@ -159,6 +164,10 @@ pub struct Config {
     /// The rate limit's window in seconds; 0 disables limiting.
     #[arg(long, env = "ORDO_RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     pub rate_limit_window_secs: u64,
+
+    /// Mark the console's cookies `Secure` (set it when browsers reach Ordo over https).
+    #[arg(long, env = "ORDO_CONSOLE_SECURE_COOKIE", default_value_t = false)]
+    pub console_secure_cookie: bool,
 
     /// Seconds a SIGTERM or Ctrl-C gives in-flight requests and batches to finish before
     /// the process exits anyway.

@@ -32,11 +32,11 @@ pub use config::{Config, ProcessRole, SmtpUrl};
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// Create the database if it is missing, then apply pending migrations.
+/// Create the database if it is missing, then apply pending migrations. PostgreSQL that
+/// cannot be reached, or has no connection to spare ("too many clients"), is tried again
+/// with exponential backoff for up to `db_start_timeout_secs`, so processes started
+/// together (or before the database) wait instead of exiting.
 pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
-    db::ensure_database(&config.database_url)
-        .await
-        .context("cannot reach PostgreSQL to create the database")?;
     let pool = db::pool(
         &config.database_url,
         &PoolSettings {
@@ -44,8 +44,50 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
             acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
         },
     )?;
-    MIGRATOR.run(&pool).await.context("migrations failed")?;
-    Ok(pool)
+    let deadline = Instant::now() + Duration::from_secs(config.db_start_timeout_secs);
+    let mut delays = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        let attempt = async {
+            db::ensure_database(&config.database_url)
+                .await
+                .context("cannot reach PostgreSQL to create the database")?;
+            MIGRATOR.run(&pool).await.context("migrations failed")
+        };
+        match attempt.await {
+            Ok(()) => return Ok(pool),
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "PostgreSQL not available yet");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a start-up failure may pass: the server unreachable, or out of connections.
+/// A bad URL or a failed migration will not.
+fn retryable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+            // 53300 too_many_connections, 57P03 cannot_connect_now (starting up).
+            Some(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("53300" | "57P03"))
+            }
+            Some(sqlx::Error::Migrate(m)) => matches!(
+                m.as_ref(),
+                sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))
+            ),
+            _ => false,
+        }
+    })
 }
 
 /// Ordo's roles in one process: the HTTP API bound to its address, and the projection
@@ -102,6 +144,7 @@ impl Application {
             read_wait: Duration::from_secs(config.read_wait_secs),
             workers: config.workers(),
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
+            console_secure_cookie: config.console_secure_cookie,
         };
         let roots = config
             .tls_ca_file

@@ -2,6 +2,7 @@
 
 mod audit;
 mod projections;
+mod webhooks;
 mod workers;
 
 use std::process::ExitCode;
@@ -61,6 +62,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Webhook endpoints: list, show, update, disable, enable, delete, rotate the secret,
+    /// send a test, deliveries by status, retry one.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
 }
 
@@ -138,5 +145,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
         Command::Audit { command } => audit::run(command).await,
+        Command::Webhooks { command } => webhooks::run(command).await,
     }
 }

@@ -429,3 +429,50 @@ async fn endpoints_are_listed_shown_updated_and_deleted_by_admins_only() {
         .await
         .assert_problem(404, "not-found");
 }
+
+/// `ordo webhooks ARGS…` against the test's database: its stdout, or a failed test.
+fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .arg("webhooks")
+        .args(args)
+        .env("DATABASE_URL", &app.database_url)
+        .env("ORDO_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_lists_disables_enables_rotates_and_queues_a_test_like_the_api() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (id, old) = register(&app, "http://127.0.0.1:9/cli", json!(["order.placed"])).await;
+    let (ok, listed) = cli(&app, &["list"]);
+    assert!(
+        ok && listed.contains(&id) && listed.contains("active"),
+        "{listed}"
+    );
+    let (ok, shown) = cli(&app, &["disable", &id]);
+    assert!(ok, "{shown}");
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["state"], "disabled");
+    assert_eq!(shown["disabled_reason"], "manual");
+    let (ok, shown) = cli(&app, &["enable", &id]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&shown).unwrap()["state"],
+        "active"
+    );
+    let (ok, secret) = cli(&app, &["rotate-secret", &id]);
+    assert!(ok && secret.trim().starts_with("whsec_") && secret.trim() != old);
+    let (ok, queued) = cli(&app, &["test", &id]);
+    assert!(ok, "{queued}");
+    let (ok, listed) = cli(&app, &["deliveries", &id, "--status", "pending"]);
+    assert!(ok && listed.contains("webhook.test"), "{listed}");
+    let (ok, _) = cli(&app, &["deliveries", &id, "--status", "lost"]);
+    assert!(!ok);
+    let (ok, _) = cli(&app, &["show", &uuid::Uuid::new_v4().to_string()]);
+    assert!(!ok, "an unknown id fails");
+}

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod helpers;
 mod nats;
 
@@ -10,6 +11,8 @@ mod advisories;
 mod audit;
 mod auth;
 mod concurrency;
+mod console;
+mod console_ops;
 mod crash;
 mod deliveries;
 mod errors;
@@ -27,6 +30,7 @@ mod readiness;
 mod relay;
 mod schemas;
 mod shutdown;
+mod startup;
 mod store;
 mod tamper;
 mod tls;
