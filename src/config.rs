@@ -165,6 +165,10 @@ pub struct Config {
     #[arg(long, env = "ORDO_RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     pub rate_limit_window_secs: u64,
 
+    /// Mark the console's cookies `Secure` (set it when browsers reach Ordo over https).
+    #[arg(long, env = "ORDO_CONSOLE_SECURE_COOKIE", default_value_t = false)]
+    pub console_secure_cookie: bool,
+
     /// Seconds a SIGTERM or Ctrl-C gives in-flight requests and batches to finish before
     /// the process exits anyway.
     #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]

@@ -144,6 +144,7 @@ impl Application {
             read_wait: Duration::from_secs(config.read_wait_secs),
             workers: config.workers(),
             rate_limit: RateLimit::new(config.rate_limit, config.rate_limit_window_secs),
+            console_secure_cookie: config.console_secure_cookie,
         };
         let roots = config
             .tls_ca_file

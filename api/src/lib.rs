@@ -2,6 +2,7 @@
 //! problem; every response carries `x-request-id`.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -48,6 +49,9 @@ pub struct ApiConfig {
     pub workers: ordo_workers::WorkerConfig,
     /// Requests per API key and window; `None` disables limiting.
     pub rate_limit: Option<RateLimit>,
+    /// Mark console cookies `Secure`: set when the console is reached over TLS (directly or
+    /// through a proxy), so browsers never send the session over plain HTTP.
+    pub console_secure_cookie: bool,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +62,7 @@ impl Default for ApiConfig {
             read_wait: std::time::Duration::from_secs(5),
             workers: ordo_workers::WorkerConfig::over(&ordo_workers::NatsSettings::default()),
             rate_limit: None,
+            console_secure_cookie: false,
         }
     }
 }
@@ -176,6 +181,7 @@ pub fn router(state: AppState) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(request_span);
     api()
         .0
+        .merge(console::router(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(axum::middleware::from_fn(metrics::track))

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod helpers;
 mod nats;
 
@@ -10,6 +11,8 @@ mod advisories;
 mod audit;
 mod auth;
 mod concurrency;
+mod console;
+mod console_ops;
 mod crash;
 mod deliveries;
 mod errors;

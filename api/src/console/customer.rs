@@ -1,0 +1,200 @@
+//! `/console/customers/{id}` (support, admin): the customer 360 — profile, orders, payments,
+//! spent per currency, notes (and adding one), notifications.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use maud::{html, Markup};
+use ordo_commands::history;
+use ordo_commands::{Actor, CommandMetadata};
+use ordo_domain::customer::CustomerCommand;
+use ordo_domain::values::Text;
+use ordo_projections::queries;
+use ordo_projections::views::{OrderView, PaymentView};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::layout::{self, page, Nav};
+use super::session::{Session, Signed};
+use super::{see_other, ConsoleError, Form};
+use crate::auth;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console/customers/{id}", get(show))
+        .route("/console/customers/{id}/notes", post(add_note))
+}
+
+fn customer_id(raw: &str) -> Result<Uuid, ConsoleError> {
+    Uuid::parse_str(raw).map_err(|_| ConsoleError::NotFound("not a customer id".into()))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    Signed(session, _): Signed<auth::Auditors>,
+    Path(id): Path<String>,
+) -> Result<Markup, ConsoleError> {
+    let id = customer_id(&id)?;
+    let events = history::read_stream(&app.pool, "customer", &id.to_string(), 0, 1000).await?;
+    let Some(registered) = events.first() else {
+        return Err(ConsoleError::NotFound("No customer has this id.".into()));
+    };
+    let read = crate::routes::read_error;
+    let profile = queries::customer(&app.pool, id).await.map_err(read)?;
+    let orders = queries::orders(&app.pool, Some(id), None, None, 200)
+        .await
+        .map_err(read)?
+        .items;
+    let mut payments = Vec::new();
+    for order in &orders {
+        let page = queries::payments(&app.pool, Some(order.id), None, 50)
+            .await
+            .map_err(read)?;
+        payments.extend(page.items);
+    }
+    let notes: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == "customer.note_added")
+        .collect();
+    let notifications = if session.may::<auth::NotificationReaders>() {
+        Some(ordo_workers::notification::list(&app.pool, None, Some(id), 100).await?)
+    } else {
+        None
+    };
+    let name = layout::text(&registered.data["name"]);
+    let body = html! {
+        section.profile {
+            dl.fields {
+                dt { "Name" } dd.name { (name) }
+                dt { "E-mail" } dd { (layout::text(&registered.data["email"])) }
+                dt { "Phone" } dd { (layout::text(&registered.data["phone"])) }
+                dt { "Registered" } dd { (layout::time(&registered.recorded_at)) }
+                @if let Some(p) = &profile {
+                    dt { "Orders" } dd { (p.order_count) " (" (p.open_orders) " open, " (p.cancelled_count) " cancelled)" }
+                }
+            }
+        }
+        @if let Some(spent) = profile.as_ref().map(|p| &p.spent).filter(|s| !s.is_empty()) {
+            section aria-labelledby="sp" {
+                h2 #sp { "Spent" }
+                table {
+                    thead { tr { th { "Currency" } th { "Gross" } th { "Refunded" } th { "Net" } th { "Average order" } } }
+                    tbody { @for (currency, s) in spent { tr {
+                        td { (currency) }
+                        @for v in [s.gross, s.refunded, s.net, s.average_order_value] {
+                            td.num { (layout::money(v, currency)) }
+                        }
+                    } } }
+                }
+            }
+        }
+        section aria-labelledby="or" {
+            h2 #or { "Orders" }
+            @if orders.is_empty() { (layout::none("orders")) } @else { (order_table(&orders)) }
+        }
+        section aria-labelledby="pa" {
+            h2 #pa { "Payments" }
+            @if payments.is_empty() { (layout::none("payments")) } @else { (payment_table(&payments)) }
+        }
+        section aria-labelledby="no" {
+            h2 #no { "Notes" }
+            @if notes.is_empty() { (layout::none("notes")) }
+            ul.notes { @for n in &notes { li {
+                p.note { (layout::text(&n.data["text"])) }
+                small { (n.metadata.get("actor_name").map(layout::text).unwrap_or_default()) ", " (layout::time(&n.recorded_at)) }
+            } } }
+            @if session.may::<auth::Notes>() { (note_form(&session, id)) }
+        }
+        @if let Some(list) = &notifications {
+            section aria-labelledby="nt" { h2 #nt { "Notifications" } (super::order::notification_table(list)) }
+        }
+    };
+    Ok(page(
+        &session,
+        &format!("Customer {name}"),
+        Nav::Search,
+        body,
+    ))
+}
+
+fn note_form(session: &Session, id: Uuid) -> Markup {
+    html! {
+        form.note method="post" action=(format!("/console/customers/{id}/notes")) {
+            (layout::csrf(session))
+            label for="note" { "Add a note" }
+            textarea #note name="text" rows="3" maxlength="2000" required {}
+            button type="submit" { "Add note" }
+        }
+    }
+}
+
+fn order_table(orders: &[OrderView]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Order" } th { "Status" } th { "Payment" } th { "Total" } th { "Placed" } } }
+            tbody { @for o in orders { tr {
+                td { a href=(format!("/console/orders/{}", o.id)) { code { (o.id) } } }
+                td { (o.status.as_str()) } td { (o.payment_status) }
+                td.num { (layout::money(o.total, &o.currency)) }
+                td { (layout::time(&o.placed_at)) }
+            } } }
+        }
+    }
+}
+
+fn payment_table(payments: &[PaymentView]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Payment" } th { "Order" } th { "Status" } th { "Amount" } th { "Captured" } th { "Refunded" } } }
+            tbody { @for p in payments { tr {
+                td { code { (p.id) } }
+                td { a href=(format!("/console/orders/{}", p.order_id)) { "order" } }
+                td { (p.status) }
+                @for v in [p.amount, p.captured, p.refunded] { td.num { (layout::money(v, &p.currency)) } }
+            } } }
+        }
+    }
+}
+
+/// Add a note as the signed-in key, with the request's id in the event's metadata, exactly
+/// as `POST /v1/customers/{id}/notes` records it.
+async fn add_note(
+    State(app): State<AppState>,
+    Signed(session, _): Signed<auth::Notes>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(&form)?;
+    let id = customer_id(&id)?;
+    let text: Text = serde_json::from_value(Value::String(form.text("text").unwrap_or("").into()))
+        .map_err(|e| ConsoleError::BadInput(format!("The note {e}.")))?;
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+    let meta = CommandMetadata {
+        correlation_id: Uuid::new_v4(),
+        causation_id: Uuid::parse_str(&request_id).unwrap_or_else(|_| Uuid::new_v4()),
+        actor: Actor {
+            key_id: Some(session.caller.key_id),
+            name: session.caller.name.clone(),
+            role: session.caller.role.as_str().to_owned(),
+        },
+        request_id,
+        idempotency_key: None,
+        idempotent: None,
+        traceparent: None,
+    };
+    let cmd = CustomerCommand::AddNote {
+        note_id: Uuid::now_v7(),
+        text,
+        at: Utc::now(),
+    };
+    app.commands.customer(id, None, cmd, &meta).await?;
+    Ok(see_other(&format!("/console/customers/{id}#no")))
+}
