@@ -11,7 +11,10 @@
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
 #   scripts/bench.sh --customers 50            # extra arguments go to `ordo-bench place-order`
 #
-# Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, and port 18088.
+#   BUILD=0 scripts/bench.sh                   # the release binaries as they are, unbuilt
+#   HANGING_WEBHOOK=1 scripts/bench.sh         # with a webhook endpoint that never answers
+#
+# Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, and ports 18088-18089.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,6 +31,7 @@ export ORDO_LOG=${ORDO_LOG:-warn}
 psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
 SERVER_PID=
+HANG_PID=
 cleanup() {
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill "$SERVER_PID" 2>/dev/null || true
@@ -38,17 +42,34 @@ cleanup() {
         kill -9 "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
+    [[ -n "$HANG_PID" ]] && kill "$HANG_PID" 2>/dev/null || true
     psql_admin -c "drop database if exists $DB with (force)" || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 scripts/dev-services
-cargo build --release -p ordo -p ordo-bench
+# BUILD=0 runs the release binaries as they are (say, to bench one build several times).
+[[ "${BUILD:-1}" == 0 ]] || cargo build --release -p ordo -p ordo-bench
 
 psql_admin -c "drop database if exists $DB with (force)"
 # Creates and migrates the database, then prints the key alone on stdout.
 KEY=$("$ORDO" keys create --role storefront --name bench)
+
+# HANGING_WEBHOOK=1: register a webhook endpoint (on loopback) that accepts connections and
+# never answers, to show that it slows nothing else.
+if [[ "${HANGING_WEBHOOK:-0}" == 1 ]]; then
+    export ORDO_WEBHOOK_ALLOW_PRIVATE=true
+    python3 -c '
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 18089)); s.listen(1024)
+held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+' &
+    HANG_PID=$!
+fi
 
 "$ORDO" serve &
 SERVER_PID=$!
@@ -62,6 +83,13 @@ for i in {1..300}; do
     fi
     sleep 0.1
 done
+
+if [[ -n "$HANG_PID" ]]; then
+    ADMIN=$("$ORDO" keys create --role admin --name bench-admin)
+    curl -fsS -o /dev/null "$URL/v1/webhooks" -H "authorization: Bearer $ADMIN" \
+        -H 'content-type: application/json' -d '{"url": "http://127.0.0.1:18089/hook", "event_types": ["*"]}'
+    echo "webhook: one endpoint that accepts and never answers is registered"
+fi
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
 pg=$(psql_admin -Atc "select current_setting('server_version') || ', fsync ' || current_setting('fsync')

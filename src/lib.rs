@@ -13,7 +13,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
 use ordo_commands::db::{self, PoolSettings};
-use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
@@ -260,6 +260,16 @@ impl Application {
                     runner.run(stopped.clone()),
                 ));
             }
+            // Rebuilds (requested, or of read models an older version built), in bulk, all
+            // read models from one read of the log.
+            let rebuilder = Rebuilder::new(self.state.pool.clone(), self.runner.clone());
+            roles.set("projector.rebuilds", ProcessRoleState::Running);
+            tasks.push(supervise(
+                &roles,
+                "projector.rebuilds".into(),
+                &stopped,
+                rebuilder.run(stopped.clone()),
+            ));
         }
         if self.roles.contains(&ProcessRole::ProcessManager) {
             let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());

@@ -99,6 +99,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(async move {
             let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut stale = 0u64;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while Instant::now() < end {
                 tick.tick().await;
@@ -127,11 +128,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .header("authorization", &auth)
                     .send()
                     .await;
-                if matches!(&read, Ok(r) if r.status().is_success()) && committed >= measure_from {
-                    lag.record(committed.elapsed().as_micros().max(1) as u64)?;
+                if committed >= measure_from {
+                    if matches!(&read, Ok(r) if r.status().is_success()) {
+                        lag.record(committed.elapsed().as_micros().max(1) as u64)?;
+                    } else {
+                        stale += 1;
+                    }
                 }
             }
-            anyhow::Ok(lag)
+            anyhow::Ok((lag, stale))
         })
     };
 
@@ -192,7 +197,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for task in tasks {
         task.await??;
     }
-    let lag = probe.await??;
+    let (lag, stale) = probe.await??;
     let t = totals.lock().await;
     let secs = args.duration as f64;
     let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
@@ -200,7 +205,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "place-order: {} ok, {} failed in {secs:.0} s with {} clients{}{}\n\
          throughput: {:.0} commands/s\n\
          latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n\
-         read-model lag ms (commit -> visible in orders, {} probes): p50 {:.2}  p99 {:.2}",
+         read-model lag ms (commit -> visible in orders, {} probes): p50 {:.2}  p99 {:.2}  (not answered 200: {})",
         t.ok,
         t.failed,
         args.concurrency,
@@ -222,6 +227,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         lag.len(),
         lag.value_at_quantile(0.5) as f64 / 1000.0,
         lag.value_at_quantile(0.99) as f64 / 1000.0,
+        stale,
     );
     #[allow(clippy::print_stdout)] // the report is this command's output
     {

@@ -25,6 +25,11 @@ pub struct Commands {
     known_customers: Mutex<HashSet<Uuid>>,
 }
 
+/// At most this many payments per order: shipping and the process manager fold every payment
+/// of an order, so an order's payments must stay few. Concurrent creations for one order can
+/// pass the limit by the number in flight (they do not change the order's stream).
+pub const MAX_PAYMENTS_PER_ORDER: i64 = 100;
+
 /// How many registered customers [`Commands`] remembers.
 const KNOWN_CUSTOMERS: usize = 100_000;
 
@@ -204,6 +209,14 @@ impl Commands {
                 true,
                 meta,
                 || async move {
+                    let payments = self.payment_count_of_order(request.order_id).await?;
+                    if payments >= MAX_PAYMENTS_PER_ORDER {
+                        return Err(DomainError::refused(
+                            "too-many-payments",
+                            format!("an order takes at most {MAX_PAYMENTS_PER_ORDER} payments"),
+                        )
+                        .into());
+                    }
                     let order = self.store.load::<Order>(order_id).await?;
                     let facts = OrderFacts {
                         order_id: request.order_id,
@@ -240,6 +253,17 @@ impl Commands {
         self.store
             .execute::<Payment>(&payment_id.to_string(), expected, cmd, meta)
             .await
+    }
+
+    /// How many payments were created for an order.
+    pub async fn payment_count_of_order(&self, order_id: Uuid) -> Result<i64, CommandError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM event_store.events
+              WHERE aggregate_type = 'payment' AND sequence = 1 AND payload ->> 'order_id' = $1",
+        )
+        .bind(order_id.to_string())
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// Every payment created for an order (its id and its current state).

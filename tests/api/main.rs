@@ -27,6 +27,7 @@ mod projector;
 mod rate_limits;
 mod read_models;
 mod readiness;
+mod rebuilds;
 mod relay;
 mod schemas;
 mod shutdown;

@@ -31,6 +31,7 @@ async fn a_ready_app_reports_postgres_and_every_role_running() {
             "projector.customers": "running",
             "projector.orders": "running",
             "projector.payments": "running",
+            "projector.rebuilds": "running",
         })
     );
 }
@@ -122,7 +123,7 @@ async fn after_a_shutdown_every_role_is_stopped() {
         .unwrap()
         .unwrap();
     let states = roles.snapshot();
-    assert_eq!(states.len(), 5, "{states:?}");
+    assert_eq!(states.len(), 6, "{states:?}");
     assert!(
         states
             .values()

@@ -255,3 +255,29 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_back_reads_of_your_
         .await
         .unwrap();
 }
+
+/// An order takes a bounded number of payments: shipping and the process manager fold each.
+#[tokio::test]
+async fn an_order_refuses_payments_beyond_its_limit() {
+    let app = spawn_app_without_process_manager().await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    let limit = ordo_commands::service::MAX_PAYMENTS_PER_ORDER;
+    join_all((0..limit).map(|_| app.payment(&order, 1))).await;
+
+    let refused = app
+        .post(
+            Storefront,
+            "/v1/payments",
+            json!({"order_id": order, "amount": 1, "currency": "EUR", "method": "card"}),
+        )
+        .await;
+    refused.assert_problem(409, "too-many-payments");
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_store.events WHERE aggregate_type = 'payment'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(count, limit);
+}
