@@ -33,6 +33,7 @@ mod schemas;
 mod shutdown;
 mod startup;
 mod store;
+mod tamper;
 mod tls;
 mod trace_context;
 mod webhooks;

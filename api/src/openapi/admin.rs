@@ -165,23 +165,6 @@ pub struct UpdateWebhook {
 
 // ------------------------------------------------------------------ workers
 
-#[derive(ToSchema)]
-pub struct WorkerList {
-    pub items: Vec<WorkerStatus>,
-}
-
-#[derive(ToSchema)]
-pub struct WorkerStatus {
-    /// `notification`, `analytics` or `integration`.
-    pub name: String,
-    /// Null when the worker's consumer does not exist (yet).
-    pub pending: Option<u64>,
-    pub in_flight: Option<u64>,
-    pub redelivered: Option<u64>,
-    pub dead_letters: i64,
-    pub last_error: Option<String>,
-}
-
 /// Give exactly one of the two.
 #[derive(ToSchema)]
 pub struct Replay {
