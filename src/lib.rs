@@ -1,8 +1,13 @@
-//! Ordo's composition root: configuration, start-up (database, migrations, roles) and the
-//! CLI. `main.rs` only calls [`cli::run`].
+//! Ordo's composition root: the CLI (`cli`), configuration (`config`), the database at
+//! start-up (`database`), the process roles (`Application` here; `roles`, `supervise`) and
+//! shutdown (`shutdown`). `main.rs` only calls [`cli::run`].
 
 pub mod cli;
 pub mod config;
+mod database;
+mod roles;
+mod shutdown;
+pub mod supervise;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,83 +16,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
-use ordo_commands::db::{self, PoolSettings};
-use ordo_projections::{Projection, Runner, RunnerConfig};
+use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::tls::TrustRoots;
-use ordo_workers::{ProcessManager, Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
+use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::AbortHandle;
+
+use crate::supervise::supervise;
 use tokio::time::Instant;
 
 pub use config::{Config, DatabaseUrl, ProcessRole, SmtpUrl};
+pub use database::{migrate, MIGRATOR};
+pub use shutdown::shutdown_signal;
 
-/// Every module's migrations, one sequence (each file names the schema it belongs to).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
-
-/// Create the database if it is missing, then apply pending migrations. PostgreSQL that
-/// cannot be reached, or has no connection to spare ("too many clients"), is tried again
-/// with exponential backoff for up to `db_start_timeout_secs`, so processes started
-/// together (or before the database) wait instead of exiting.
-pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
-    let pool = db::pool(
-        config.database_url.expose(),
-        &PoolSettings {
-            max_connections: config.db_max_connections,
-            acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
-        },
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(config.db_start_timeout_secs);
-    let mut delays = backon::BackoffBuilder::build(
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times(),
-    );
-    loop {
-        let attempt = async {
-            db::ensure_database(config.database_url.expose())
-                .await
-                .context("cannot reach PostgreSQL to create the database")?;
-            MIGRATOR.run(&pool).await.context("migrations failed")
-        };
-        match attempt.await {
-            Ok(()) => return Ok(pool),
-            Err(e) if retryable(&e) && Instant::now() < deadline => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "PostgreSQL not available yet");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Whether a start-up failure may pass: the server unreachable, or out of connections.
-/// A bad URL or a failed migration will not.
-fn retryable(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        match cause.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
-            // 53300 too_many_connections, 57P03 cannot_connect_now (starting up).
-            Some(sqlx::Error::Database(e)) => {
-                matches!(e.code().as_deref(), Some("53300" | "57P03"))
-            }
-            Some(sqlx::Error::Migrate(m)) => matches!(
-                m.as_ref(),
-                sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))
-            ),
-            _ => false,
-        }
-    })
-}
+use crate::roles::{purge_idempotency_keys, run_relay, run_worker};
+use crate::shutdown::deadline_passed;
 
 /// Ordo's roles in one process: the HTTP API bound to its address, and the projection
 /// runners, ready to run.
@@ -267,36 +217,63 @@ impl Application {
         let mut tasks = Vec::new();
         if self.roles.contains(&ProcessRole::Projector) {
             for projection in Projection::ALL {
-                let runner = Runner::new(self.state.pool.clone(), projection, self.runner.clone());
+                let (pool, config, stop) = (
+                    self.state.pool.clone(),
+                    self.runner.clone(),
+                    stopped.clone(),
+                );
                 let name = format!("projector.{}", projection.name());
-                roles.set(&name, ProcessRoleState::Running);
                 tasks.push(supervise(
                     &roles,
                     name,
                     &stopped,
-                    runner.run(stopped.clone()),
+                    ProcessRoleState::Running,
+                    move || Runner::new(pool.clone(), projection, config.clone()).run(stop.clone()),
                 ));
             }
+            // Rebuilds (requested, or of read models an older version built), in bulk, all
+            // read models from one read of the log.
+            let (pool, config, stop) = (
+                self.state.pool.clone(),
+                self.runner.clone(),
+                stopped.clone(),
+            );
+            tasks.push(supervise(
+                &roles,
+                "projector.rebuilds".into(),
+                &stopped,
+                ProcessRoleState::Running,
+                move || Rebuilder::new(pool.clone(), config.clone()).run(stop.clone()),
+            ));
         }
         if self.roles.contains(&ProcessRole::ProcessManager) {
-            let pm = ProcessManager::new(self.state.pool.clone(), self.state.commands.clone());
-            roles.set("process_manager", ProcessRoleState::Running);
+            let (pool, commands, stop) = (
+                self.state.pool.clone(),
+                self.state.commands.clone(),
+                stopped.clone(),
+            );
             tasks.push(supervise(
                 &roles,
                 "process_manager".into(),
                 &stopped,
-                pm.run(stopped.clone()),
+                ProcessRoleState::Running,
+                move || ProcessManager::new(pool.clone(), commands.clone()).run(stop.clone()),
             ));
         }
         if self.roles.contains(&ProcessRole::Relay) {
-            roles.set("relay", ProcessRoleState::Starting);
-            let relay = run_relay(
+            let (pool, config, stop, states) = (
                 self.state.pool.clone(),
                 self.relay.clone(),
                 stopped.clone(),
                 roles.clone(),
             );
-            tasks.push(supervise(&roles, "relay".into(), &stopped, relay));
+            tasks.push(supervise(
+                &roles,
+                "relay".into(),
+                &stopped,
+                ProcessRoleState::Starting,
+                move || run_relay(pool.clone(), config.clone(), stop.clone(), states.clone()),
+            ));
         }
         if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
@@ -306,47 +283,70 @@ impl Application {
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());
-                roles.set(&name, ProcessRoleState::Starting);
-                let run = run_worker(
+                let (pool, config, stop, states, role) = (
                     self.state.pool.clone(),
-                    policy,
                     self.worker_settings.clone(),
                     stopped.clone(),
-                    (roles.clone(), name.clone()),
+                    roles.clone(),
+                    name.clone(),
                 );
-                tasks.push(supervise(&roles, name, &stopped, run));
+                tasks.push(supervise(
+                    &roles,
+                    name,
+                    &stopped,
+                    ProcessRoleState::Starting,
+                    move || {
+                        run_worker(
+                            pool.clone(),
+                            policy.clone(),
+                            config.clone(),
+                            stop.clone(),
+                            (states.clone(), role.clone()),
+                        )
+                    },
+                ));
             }
             if self.workers.contains(&Worker::Integration) {
                 // The integration worker only writes the outbox; this pool sends it.
-                let name = "deliveries.webhooks".to_owned();
-                roles.set(&name, ProcessRoleState::Running);
-                let pool = DeliveryPool::new(
+                let (pool, client, config, stop) = (
                     self.state.pool.clone(),
                     self.webhooks.clone(),
                     self.deliveries.clone(),
+                    stopped.clone(),
                 );
-                tasks.push(supervise(&roles, name, &stopped, pool.run(stopped.clone())));
+                tasks.push(supervise(
+                    &roles,
+                    "deliveries.webhooks".into(),
+                    &stopped,
+                    ProcessRoleState::Running,
+                    move || {
+                        DeliveryPool::new(pool.clone(), client.clone(), config.clone())
+                            .run(stop.clone())
+                    },
+                ));
             }
             if let (true, Some(mailer)) = (
                 self.workers.contains(&Worker::Notification),
                 self.mailer.clone(),
             ) {
                 // The notification worker only records; this sender sends.
-                let name = "deliveries.mail".to_owned();
-                roles.set(&name, ProcessRoleState::Running);
-                let sender = MailSender::new(
+                let (pool, concurrency, stop) = (
                     self.state.pool.clone(),
-                    mailer,
-                    MailConfig {
-                        concurrency: self.smtp_concurrency,
-                        ..MailConfig::default()
-                    },
+                    self.smtp_concurrency,
+                    stopped.clone(),
                 );
                 tasks.push(supervise(
                     &roles,
-                    name,
+                    "deliveries.mail".into(),
                     &stopped,
-                    sender.run(stopped.clone()),
+                    ProcessRoleState::Running,
+                    move || {
+                        let config = MailConfig {
+                            concurrency,
+                            ..MailConfig::default()
+                        };
+                        MailSender::new(pool.clone(), mailer.clone(), config).run(stop.clone())
+                    },
                 ));
             }
         }
@@ -410,131 +410,5 @@ impl Application {
         }
         tracing::info!("stopped");
         served
-    }
-}
-
-/// Resolves when the shutdown deadline, once set, has passed.
-async fn deadline_passed(mut deadline: watch::Receiver<Option<Instant>>) {
-    let at = match deadline.wait_for(Option::is_some).await {
-        Ok(at) => *at,
-        Err(_) => None,
-    };
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Spawn a role's task and record how it ends: `stopped` when shutdown asked for it,
-/// `failed` when it panicked or returned on its own. Returns the supervisor to await and
-/// the role task to abort if it overstays the shutdown.
-fn supervise(
-    roles: &ProcessRoles,
-    name: String,
-    stopped: &watch::Receiver<bool>,
-    role: impl Future<Output = ()> + Send + 'static,
-) -> (JoinHandle<()>, AbortHandle) {
-    let task = tokio::spawn(role);
-    let abort = task.abort_handle();
-    let (roles, stopped) = (roles.clone(), stopped.clone());
-    let supervisor = tokio::spawn(async move {
-        let state = match task.await {
-            Ok(()) if *stopped.borrow() => ProcessRoleState::Stopped,
-            Ok(()) => {
-                tracing::error!(role = %name, "role ended without being asked to");
-                ProcessRoleState::Failed
-            }
-            Err(e) if e.is_cancelled() => ProcessRoleState::Stopped,
-            Err(e) => {
-                tracing::error!(role = %name, error = %e, "role panicked");
-                ProcessRoleState::Failed
-            }
-        };
-        roles.set(&name, state);
-    });
-    (supervisor, abort)
-}
-
-/// Run the relay, connecting again until NATS answers or the process stops.
-async fn run_relay(
-    pool: PgPool,
-    config: RelayConfig,
-    mut stopped: watch::Receiver<bool>,
-    roles: ProcessRoles,
-) {
-    while !*stopped.borrow() {
-        match Relay::connect(pool.clone(), config.clone()).await {
-            Ok(relay) => {
-                roles.set("relay", ProcessRoleState::Running);
-                return relay.run(stopped).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "relay cannot start yet"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Run a worker, connecting again (the stream may not exist before the relay made it)
-/// until it is up or the process stops.
-async fn run_worker(
-    pool: PgPool,
-    policy: Arc<dyn Policy>,
-    config: WorkerConfig,
-    mut stopped: watch::Receiver<bool>,
-    (roles, name): (ProcessRoles, String),
-) {
-    while !*stopped.borrow() {
-        match WorkerRunner::connect(pool.clone(), policy.clone(), config.clone()).await {
-            Ok(runner) => {
-                roles.set(&name, ProcessRoleState::Running);
-                return runner.run(stopped).await;
-            }
-            Err(e) => tracing::warn!(worker = policy.name(), error = %e, "worker cannot start yet"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Forget idempotency keys past their retention, every ten minutes.
-async fn purge_idempotency_keys(pool: PgPool) {
-    let mut every = tokio::time::interval(Duration::from_secs(600));
-    loop {
-        every.tick().await;
-        match ordo_commands::idempotency::purge_expired(&pool).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(keys = n, "purged expired idempotency keys"),
-            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
-        }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

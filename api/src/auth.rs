@@ -218,7 +218,7 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|k| !k.is_empty() && k.len() <= 256)
 }
 
-/// Which roles a route admits (DESIGN.md §4).
+/// Which roles a route admits (the matrix in docs/API.md).
 pub trait Policy: Send + Sync + 'static {
     const ROLES: &'static [Role];
 

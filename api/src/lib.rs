@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md §4): commands, audit reads, health. Every error is an RFC 9457
+//! The HTTP API (docs/API.md): commands, audit reads, health. Every error is an RFC 9457
 //! problem; every response carries `x-request-id`.
 
 pub mod auth;

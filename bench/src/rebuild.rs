@@ -12,7 +12,7 @@ use ordo_domain::order::{NewLine, Order, OrderCommand, PlaceOrder, ShipOrder};
 use ordo_domain::payment::{CreatePayment, OrderFacts, Payment, PaymentCommand};
 use ordo_domain::values::{Email, Quantity, Sku, Text};
 use ordo_domain::{Amount, Currency};
-use ordo_projections::{status, Projection, Runner, RunnerConfig};
+use ordo_projections::{status, Projection, Rebuilder, Runner, RunnerConfig};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -270,10 +270,13 @@ async fn run_until(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
-    let tasks: Vec<_> = Projection::ALL
+    let mut tasks: Vec<_> = Projection::ALL
         .into_iter()
         .map(|p| tokio::spawn(Runner::new(pool.clone(), p, config.clone()).run(stopped.clone())))
         .collect();
+    tasks.push(tokio::spawn(
+        Rebuilder::new(pool.clone(), config.clone()).run(stopped.clone()),
+    ));
     while !done().await? {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -18,6 +18,10 @@
 //!   process): answered [`Appended::Answered`] with it;
 //! - otherwise its events go in, all of them, and its idempotency answer with them.
 //!
+//! Every inserted row is linked into the hash chain ([`crate::chain`]) here, under the lock:
+//! the appender picks each event's id and the batch's recorded time itself so that what it
+//! hashes is exactly what is stored.
+//!
 //! A batch whose statements fail as a whole (which the checks above should make impossible)
 //! is retried one append per transaction, so one bad append never fails the others.
 
@@ -26,6 +30,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::chain;
 
 /// The commit point's advisory-lock key: `ordocomm` as a big-endian integer. Migration 0014's
 /// trigger takes the same lock for any insert into the log.
@@ -392,8 +398,9 @@ struct Rows {
     sequences: Vec<i64>,
     event_types: Vec<String>,
     event_versions: Vec<String>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
+    /// Canonical JSON text ([`chain::canonical`]): what is hashed is what is stored.
+    payloads: Vec<String>,
+    metadata: Vec<String>,
 }
 
 impl Rows {
@@ -403,17 +410,54 @@ impl Rows {
         self.sequences.push(sequence as i64);
         self.event_types.push(event.event_type.clone());
         self.event_versions.push(event.event_version.clone());
-        self.payloads.push(event.payload.clone());
-        self.metadata.push(event.metadata.clone());
+        self.payloads.push(chain::canonical(&event.payload));
+        self.metadata.push(chain::canonical(&event.metadata));
     }
 
-    /// Insert every row; the position of each, by (type, id, sequence).
+    /// Chain and insert every row; the position of each, by (type, id, sequence).
+    ///
+    /// Under the commit point: reads the hash of the log's last event, picks each event's id
+    /// and the batch's recorded time, and links the rows in insert order, which is position
+    /// order.
     async fn execute(
         self,
         tx: &mut Transaction<'_, Postgres>,
     ) -> Result<HashMap<(String, String, i64), i64>, sqlx::Error> {
         if self.types.is_empty() {
             return Ok(HashMap::new());
+        }
+        let last: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT hash FROM event_store.events ORDER BY global_position DESC LIMIT 1",
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        // No event yet, or the last one predates the chain (or was written around the
+        // appender, which verify reports): the chain (re)starts at zero.
+        let mut previous = last
+            .flatten()
+            .and_then(|h| chain::Hash::try_from(h.as_slice()).ok())
+            .unwrap_or(chain::ZERO);
+        let recorded_at = chain::to_micros(chrono::Utc::now());
+        let mut event_ids = Vec::with_capacity(self.types.len());
+        let mut hashes = Vec::with_capacity(self.types.len());
+        for i in 0..self.types.len() {
+            let event_id = uuid::Uuid::new_v4();
+            previous = chain::link(
+                &previous,
+                &chain::Linked {
+                    aggregate_type: &self.types[i],
+                    aggregate_id: &self.ids[i],
+                    sequence: self.sequences[i],
+                    event_type: &self.event_types[i],
+                    schema_version: &self.event_versions[i],
+                    data: &self.payloads[i],
+                    metadata: &self.metadata[i],
+                    event_id,
+                    recorded_at,
+                },
+            );
+            event_ids.push(event_id);
+            hashes.push(previous.to_vec());
         }
         let rows = sqlx::query(include_str!("sql/append_events.sql"))
             .bind(self.types)
@@ -423,6 +467,9 @@ impl Rows {
             .bind(self.event_versions)
             .bind(self.payloads)
             .bind(self.metadata)
+            .bind(event_ids)
+            .bind(hashes)
+            .bind(recorded_at)
             .fetch_all(&mut **tx)
             .await?;
         rows.into_iter()

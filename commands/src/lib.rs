@@ -5,6 +5,8 @@
 //! This crate owns the `event_store` schema; nothing else writes it.
 
 pub mod appender;
+pub mod audit;
+pub mod chain;
 pub mod db;
 pub mod error;
 pub mod feed;

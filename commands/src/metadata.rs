@@ -13,7 +13,7 @@ pub struct Actor {
     pub role: String,
 }
 
-/// Metadata stored with every event a command produces (DESIGN.md §3).
+/// Metadata stored with every event a command produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandMetadata {
     pub correlation_id: Uuid,

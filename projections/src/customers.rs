@@ -10,8 +10,7 @@ use ordo_domain::payment::PaymentEvent;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::model::ApplyError;
-use ordo_commands::feed::FeedEvent;
+use crate::model::{ApplyError, Decoded, DomainEvent};
 use ordo_domain::event::types;
 
 pub const TABLES: &[&str] = &["customers", "customer_spend"];
@@ -73,53 +72,52 @@ const IGNORED: &[&str] = &[
     types::PAYMENT_FAILED,
 ];
 
-fn change_of(event: &FeedEvent) -> Result<Option<(Uuid, Change)>, ApplyError> {
-    if IGNORED.contains(&event.event_type.as_str()) {
+fn change_of(decoded: &Decoded) -> Result<Option<(Uuid, Change)>, ApplyError> {
+    let event = &decoded.envelope;
+    if IGNORED.contains(&event.event_type.as_str())
+        || !matches!(
+            event.aggregate_type.as_str(),
+            "customer" | "order" | "payment"
+        )
+    {
         return Ok(None);
     }
-    Ok(match event.aggregate_type.as_str() {
-        "customer" => match event.decode::<CustomerEvent>()? {
-            CustomerEvent::Registered(r) => Some((
-                r.customer_id,
-                Change::Registered {
-                    email: r.email.to_string(),
-                    name: r.name.to_string(),
-                    at: r.registered_at,
-                },
-            )),
-            CustomerEvent::NoteAdded(n) => Some((n.customer_id, Change::Note)),
-        },
-        "order" => match event.decode::<OrderEvent>()? {
-            OrderEvent::Placed(p) => Some((
-                p.customer_id,
-                Change::Placed {
-                    currency: p.currency.to_string(),
-                    total: p.total.get(),
-                    at: p.placed_at,
-                },
-            )),
-            OrderEvent::Cancelled(c) => Some((
-                c.customer_id,
-                Change::Cancelled {
-                    currency: c.currency.to_string(),
-                    total: c.total.get(),
-                },
-            )),
-            OrderEvent::Delivered(d) => Some((d.customer_id, Change::Delivered)),
-            OrderEvent::Confirmed(_)
-            | OrderEvent::Shipped(_)
-            | OrderEvent::PaymentStatusChanged(_) => None,
-        },
-        "payment" => match event.decode::<PaymentEvent>()? {
-            PaymentEvent::Refunded(r) => Some((
-                r.customer_id,
-                Change::Refunded {
-                    currency: r.currency.to_string(),
-                    amount: r.amount.get(),
-                },
-            )),
-            _ => None,
-        },
+    if let Some(error) = decoded.undecodable() {
+        return Err(error);
+    }
+    Ok(match &decoded.event {
+        DomainEvent::Customer(CustomerEvent::Registered(r)) => Some((
+            r.customer_id,
+            Change::Registered {
+                email: r.email.to_string(),
+                name: r.name.to_string(),
+                at: r.registered_at,
+            },
+        )),
+        DomainEvent::Customer(CustomerEvent::NoteAdded(n)) => Some((n.customer_id, Change::Note)),
+        DomainEvent::Order(OrderEvent::Placed(p)) => Some((
+            p.customer_id,
+            Change::Placed {
+                currency: p.currency.to_string(),
+                total: p.total.get(),
+                at: p.placed_at,
+            },
+        )),
+        DomainEvent::Order(OrderEvent::Cancelled(c)) => Some((
+            c.customer_id,
+            Change::Cancelled {
+                currency: c.currency.to_string(),
+                total: c.total.get(),
+            },
+        )),
+        DomainEvent::Order(OrderEvent::Delivered(d)) => Some((d.customer_id, Change::Delivered)),
+        DomainEvent::Payment(PaymentEvent::Refunded(r)) => Some((
+            r.customer_id,
+            Change::Refunded {
+                currency: r.currency.to_string(),
+                amount: r.amount.get(),
+            },
+        )),
         _ => None,
     })
 }
@@ -127,7 +125,7 @@ fn change_of(event: &FeedEvent) -> Result<Option<(Uuid, Change)>, ApplyError> {
 pub async fn apply(
     conn: &mut PgConnection,
     schema: &str,
-    events: &[FeedEvent],
+    events: &[Decoded],
 ) -> Result<(), ApplyError> {
     let mut changes = Vec::new();
     for event in events {

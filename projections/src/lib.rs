@@ -11,9 +11,11 @@ pub mod model;
 pub mod orders;
 pub mod payments;
 pub mod queries;
+pub mod rebuild;
 pub mod runner;
 pub mod status;
 pub mod views;
 
-pub use model::{ApplyError, Projection};
+pub use model::{ApplyError, Projection, Version};
+pub use rebuild::Rebuilder;
 pub use runner::{Runner, RunnerConfig, Step};

@@ -1,11 +1,75 @@
-//! What the read models share: the error a batch can fail with, and the closed set of
-//! projections.
+//! What the read models share: the error a batch can fail with, events decoded once for
+//! every read model, and the closed set of projections with their versions.
 
 use sqlx::PgConnection;
 
 use crate::{customers, orders, payments};
 use ordo_commands::feed::{DecodeError, FeedEvent};
+use ordo_domain::customer::CustomerEvent;
 use ordo_domain::event::types;
+use ordo_domain::order::OrderEvent;
+use ordo_domain::payment::PaymentEvent;
+
+/// A feed event's payload as the domain type of its aggregate, parsed once and shared by
+/// every read model that reads it (a rebuild of all three decodes the log once).
+#[derive(Debug)]
+pub enum DomainEvent {
+    Order(OrderEvent),
+    Payment(PaymentEvent),
+    Customer(CustomerEvent),
+    /// No payload was asked for (a type no reader of this batch wants) or an aggregate no
+    /// read model follows: the checkpoint passes over it.
+    Skipped,
+    /// The payload cannot be read; whichever read model needs it stops there.
+    Undecodable(DecodeError),
+}
+
+/// A feed event with its payload decoded (and the raw payload dropped).
+#[derive(Debug)]
+pub struct Decoded {
+    pub envelope: FeedEvent,
+    pub event: DomainEvent,
+}
+
+impl Decoded {
+    pub fn new(mut envelope: FeedEvent) -> Self {
+        let event = if envelope.payload.is_empty() {
+            DomainEvent::Skipped
+        } else {
+            let decoded = match envelope.aggregate_type.as_str() {
+                "order" => envelope.decode().map(DomainEvent::Order),
+                "payment" => envelope.decode().map(DomainEvent::Payment),
+                "customer" => envelope.decode().map(DomainEvent::Customer),
+                _ => Ok(DomainEvent::Skipped),
+            };
+            decoded.unwrap_or_else(DomainEvent::Undecodable)
+        };
+        envelope.payload = String::new();
+        envelope.metadata = String::new();
+        Self { envelope, event }
+    }
+
+    pub fn position(&self) -> i64 {
+        self.envelope.checkpoint.global_position
+    }
+
+    /// The decode error, as the error of the read model that needed this event.
+    pub fn undecodable(&self) -> Option<ApplyError> {
+        match &self.event {
+            DomainEvent::Undecodable(e) => Some(ApplyError::Decode(DecodeError {
+                position: e.position,
+                event_type: e.event_type.clone(),
+                reason: e.reason.clone(),
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// Decode a batch read from the feed.
+pub fn decode_all(events: Vec<FeedEvent>) -> Vec<Decoded> {
+    events.into_iter().map(Decoded::new).collect()
+}
 
 /// Why a batch could not be applied. The runner records it, stops advancing, and retries.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +109,11 @@ pub enum Projection {
     Customers,
 }
 
+/// The version of a read model's code: bump it when what the read model computes or how
+/// its tables look changes. A process that finds its tables built by another version
+/// rebuilds them into the shadow schema while the old ones keep serving (ADR 0014).
+pub type Version = i32;
+
 pub const LIVE: &str = "projections";
 pub const SHADOW: &str = "projections_rebuild";
 
@@ -56,6 +125,15 @@ impl Projection {
             Self::Orders => "orders",
             Self::Payments => "payments",
             Self::Customers => "customers",
+        }
+    }
+
+    /// The version this code builds (see [`Version`]).
+    pub fn version(self) -> Version {
+        match self {
+            Self::Orders => 1,
+            Self::Payments => 1,
+            Self::Customers => 1,
         }
     }
 
@@ -101,13 +179,38 @@ impl Projection {
         }
     }
 
-    pub fn ddl(self, schema: &str) -> String {
-        let template = match self {
+    fn template(self) -> &'static str {
+        match self {
             Self::Orders => include_str!("sql/orders.sql"),
             Self::Payments => include_str!("sql/payments.sql"),
             Self::Customers => include_str!("sql/customers.sql"),
-        };
-        template.replace("{schema}", schema)
+        }
+    }
+
+    /// The tables and their indexes, in `schema`.
+    pub fn ddl(self, schema: &str) -> String {
+        self.template().replace("{schema}", schema)
+    }
+
+    /// The tables with their primary keys only: a bulk load fills them, then
+    /// [`Projection::index_ddl`] adds the secondary indexes in one pass each.
+    pub fn table_ddl(self, schema: &str) -> String {
+        self.split_ddl(false).replace("{schema}", schema)
+    }
+
+    /// The secondary indexes (`CREATE INDEX IF NOT EXISTS`, so running it again is harmless).
+    pub fn index_ddl(self, schema: &str) -> String {
+        self.split_ddl(true).replace("{schema}", schema)
+    }
+
+    /// The template's statements that are (or are not) index creations; each index
+    /// statement in the templates is on one line.
+    fn split_ddl(self, indexes: bool) -> String {
+        self.template()
+            .lines()
+            .filter(|line| line.trim_start().starts_with("CREATE INDEX") == indexes)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Apply a batch of feed events to this projection's tables in `schema`. Deterministic
@@ -116,7 +219,7 @@ impl Projection {
         self,
         conn: &mut PgConnection,
         schema: &str,
-        events: &[FeedEvent],
+        events: &[Decoded],
     ) -> Result<(), ApplyError> {
         match self {
             Self::Orders => orders::apply(conn, schema, events).await,
@@ -133,5 +236,11 @@ impl Projection {
                 Self::Payments => 2,
                 Self::Customers => 3,
             }
+    }
+
+    /// The advisory-lock key of this projection's rebuild: held by the one process that
+    /// builds its shadow tables, which need not be the one leading the live tables.
+    pub fn rebuild_lock_key(self) -> i64 {
+        self.lock_key() + 0x100
     }
 }

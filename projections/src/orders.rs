@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::model::ApplyError;
+use crate::model::{ApplyError, Decoded, DomainEvent};
 use ordo_commands::feed::FeedEvent;
 
 pub const TABLES: &[&str] = &["orders", "order_payments"];
@@ -53,21 +53,21 @@ fn uuid_of(event: &FeedEvent) -> Result<Uuid, ApplyError> {
         .map_err(|_| ApplyError::inconsistent(event, "aggregate id is not a uuid"))
 }
 
-enum Decoded {
-    Order(OrderEvent),
-    Payment(PaymentEvent),
+enum Event<'a> {
+    Order(&'a OrderEvent),
+    Payment(&'a PaymentEvent),
 }
 
 /// An event of the batch, decoded, with what the fold needs of its envelope.
-struct Item {
+struct Item<'a> {
     id: Uuid,
     sequence: i64,
     position: i64,
     recorded_at: DateTime<Utc>,
-    event: Decoded,
+    event: Event<'a>,
 }
 
-impl Item {
+impl Item<'_> {
     fn inconsistent(&self, reason: &str) -> ApplyError {
         ApplyError::Inconsistent {
             position: self.position,
@@ -77,25 +77,31 @@ impl Item {
 }
 
 /// A batch decoded: its items, and the orders and payments they touch.
-struct Batch {
-    items: Vec<Item>,
+struct Batch<'a> {
+    items: Vec<Item<'a>>,
     order_ids: Vec<Uuid>,
 }
 
-/// Decode the batch's order and payment events.
-fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
+/// The batch's order and payment events.
+fn select(events: &[Decoded]) -> Result<Batch<'_>, ApplyError> {
     let mut items = Vec::with_capacity(events.len());
     let mut order_ids = HashSet::new();
-    for event in events {
-        let decoded = match event.aggregate_type.as_str() {
-            "order" => {
+    for decoded in events {
+        let event = &decoded.envelope;
+        if !matches!(event.aggregate_type.as_str(), "order" | "payment") {
+            continue;
+        }
+        if let Some(error) = decoded.undecodable() {
+            return Err(error);
+        }
+        let selected = match &decoded.event {
+            DomainEvent::Order(e) => {
                 order_ids.insert(uuid_of(event)?);
-                Decoded::Order(event.decode()?)
+                Event::Order(e)
             }
-            "payment" => {
-                let payment: PaymentEvent = event.decode()?;
-                order_ids.insert(payment.order_id());
-                Decoded::Payment(payment)
+            DomainEvent::Payment(e) => {
+                order_ids.insert(e.order_id());
+                Event::Payment(e)
             }
             _ => continue,
         };
@@ -104,7 +110,7 @@ fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
             sequence: event.sequence,
             position: event.checkpoint.global_position,
             recorded_at: event.recorded_at,
-            event: decoded,
+            event: selected,
         });
     }
     Ok(Batch {
@@ -116,9 +122,9 @@ fn decode(events: &[FeedEvent]) -> Result<Batch, ApplyError> {
 pub async fn apply(
     conn: &mut PgConnection,
     schema: &str,
-    events: &[FeedEvent],
+    events: &[Decoded],
 ) -> Result<(), ApplyError> {
-    let Batch { items, order_ids } = decode(events)?;
+    let Batch { items, order_ids } = select(events)?;
     if items.is_empty() {
         return Ok(());
     }
@@ -132,7 +138,7 @@ pub async fn apply(
 
 /// Apply the batch in memory; returns the rows it changed.
 fn fold(
-    items: Vec<Item>,
+    items: Vec<Item<'_>>,
     mut orders: HashMap<Uuid, OrderRow>,
     mut payments: HashMap<Uuid, PaymentRow>,
 ) -> Result<(Vec<OrderRow>, Vec<PaymentRow>), ApplyError> {
@@ -142,7 +148,7 @@ fn fold(
     for item in items {
         let id = item.id;
         match item.event {
-            Decoded::Order(ref e) => {
+            Event::Order(e) => {
                 if let OrderEvent::Placed(p) = e {
                     if orders.get(&id).is_none_or(|o| o.version < item.sequence) {
                         let lines: Vec<Value> = p
@@ -180,11 +186,11 @@ fn fold(
                 if order.version >= item.sequence {
                     continue;
                 }
-                apply_order(order, e.clone());
+                apply_order(order, e);
                 order.version = item.sequence;
                 touched_orders.insert(id);
             }
-            Decoded::Payment(ref e) => {
+            Event::Payment(e) => {
                 if let PaymentEvent::Created(c) = e {
                     if payments.get(&id).is_none_or(|p| p.version < item.sequence) {
                         payments.insert(
@@ -240,12 +246,20 @@ fn fold(
         }
     }
 
-    // Payment status from every payment of each touched order.
+    // Payment status from every payment of each touched order (grouped once: a bulk batch
+    // touches many orders).
+    let mut by_order: HashMap<Uuid, Vec<&PaymentRow>> = HashMap::new();
+    for p in payments.values() {
+        if touched_orders.contains(&p.order_id) {
+            by_order.entry(p.order_id).or_default().push(p);
+        }
+    }
     for order_id in &touched_orders {
         if let Some(order) = orders.get_mut(order_id) {
-            let of_order: Vec<Payment> = payments
-                .values()
-                .filter(|p| p.order_id == *order_id)
+            let of_order: Vec<Payment> = by_order
+                .get(order_id)
+                .into_iter()
+                .flatten()
                 .map(|p| Payment {
                     status: p.status,
                     authorized: Amount::new(p.authorized).unwrap_or_default(),
@@ -269,7 +283,7 @@ fn fold(
     Ok((orders, payments))
 }
 
-fn apply_order(order: &mut OrderRow, event: OrderEvent) {
+fn apply_order(order: &mut OrderRow, event: &OrderEvent) {
     match event {
         OrderEvent::Placed(_) => {}
         OrderEvent::Confirmed(e) => {

@@ -8,8 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::model::ApplyError;
-use ordo_commands::feed::FeedEvent;
+use crate::model::{ApplyError, Decoded, DomainEvent};
 
 pub const TABLES: &[&str] = &["payments"];
 
@@ -33,13 +32,23 @@ struct PaymentRow {
 pub async fn apply(
     conn: &mut PgConnection,
     schema: &str,
-    events: &[FeedEvent],
+    events: &[Decoded],
 ) -> Result<(), ApplyError> {
     let mut decoded = Vec::new();
-    for event in events.iter().filter(|e| e.aggregate_type == "payment") {
+    for item in events
+        .iter()
+        .filter(|e| e.envelope.aggregate_type == "payment")
+    {
+        let event = &item.envelope;
+        if let Some(error) = item.undecodable() {
+            return Err(error);
+        }
+        let DomainEvent::Payment(payment) = &item.event else {
+            continue;
+        };
         let id = Uuid::parse_str(&event.aggregate_id)
             .map_err(|_| ApplyError::inconsistent(event, "aggregate id is not a uuid"))?;
-        decoded.push((event, id, event.decode::<PaymentEvent>()?));
+        decoded.push((event, id, payment));
     }
     if decoded.is_empty() {
         return Ok(());
@@ -48,7 +57,7 @@ pub async fn apply(
     let mut rows = load(conn, schema, &ids).await?;
     let mut touched = Vec::new();
     for (event, id, e) in decoded {
-        if let PaymentEvent::Created(c) = &e {
+        if let PaymentEvent::Created(c) = e {
             if rows.get(&id).is_none_or(|r| r.version < event.sequence) {
                 rows.insert(
                     id,

@@ -1,22 +1,26 @@
 //! The projection runner: one active per projection across processes, checkpoint in the
-//! same transaction as the read-model rows, stop-and-retry on a poison event, and rebuilds
-//! into shadow tables that are swapped in once they have caught up.
+//! same transaction as the read-model rows, stop-and-retry on a poison event. Rebuilds are
+//! the [`crate::rebuild`] module's, which may run in another process than the live runner.
+//!
+//! Versions: a runner applies its code to the live tables unless a newer version built
+//! them; then it stops leading (and leaves the lock to a process of that version).
 
 use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
-use crate::model::{ApplyError, Projection, LIVE, SHADOW};
+use crate::model::{decode_all, ApplyError, Decoded, Projection, Version, LIVE};
 use crate::status;
-use ordo_commands::feed::{self, Checkpoint, FeedEvent, Wakeup};
+use ordo_commands::feed::{self, Checkpoint, Wakeup};
 use ordo_commands::leader;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// Events per live batch.
     pub batch_size: i64,
-    /// Events per rebuild batch.
+    /// Events per rebuild batch (the bulk load's batches; the catch-up after it reads
+    /// `batch_size`).
     pub rebuild_batch_size: i64,
     /// Longest wait for a notification before reading anyway.
     pub poll: Duration,
@@ -28,7 +32,7 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             batch_size: 1000,
-            rebuild_batch_size: 5000,
+            rebuild_batch_size: 20_000,
             poll: Duration::from_millis(500),
             heartbeat: Duration::from_secs(1),
         }
@@ -43,6 +47,8 @@ pub enum Step {
     Idle,
     /// An event could not be applied; the error and position are recorded.
     Failed(String),
+    /// A newer version of the read model built the live tables: this code leaves them alone.
+    Superseded,
 }
 
 pub struct Runner {
@@ -50,37 +56,51 @@ pub struct Runner {
     projection: Projection,
     config: RunnerConfig,
     id: String,
+    version: Version,
 }
 
-/// Create the live tables and the checkpoint row if they are missing.
+/// Create the live tables and the checkpoint row if they are missing (a fresh checkpoint
+/// records `version` as the one building the tables).
 pub async fn prepare(pool: &PgPool, projection: Projection) -> Result<(), sqlx::Error> {
+    prepare_version(pool, projection, projection.version()).await
+}
+
+pub(crate) async fn prepare_version(
+    pool: &PgPool,
+    projection: Projection,
+    version: Version,
+) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(&projection.ddl(LIVE)).execute(pool).await?;
-    sqlx::query("INSERT INTO projections.checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(projection.name())
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO projections.checkpoints (name, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(projection.name())
+    .bind(version)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
+/// Lock the projection's checkpoint row for this transaction: its live position and the
+/// version that built the live tables.
 async fn lock_checkpoint(
     tx: &mut Transaction<'_, Postgres>,
     projection: Projection,
-    rebuild: bool,
-) -> Result<Checkpoint, sqlx::Error> {
-    let sql = if rebuild {
-        "SELECT rebuild_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
-    } else {
-        "SELECT global_position FROM projections.checkpoints WHERE name = $1 FOR UPDATE"
-    };
-    let position: i64 = sqlx::query_scalar(sql)
-        .bind(projection.name())
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(Checkpoint::at(position))
+) -> Result<(Checkpoint, Version), sqlx::Error> {
+    let (position, version): (i64, Version) = sqlx::query_as(
+        "SELECT global_position, version FROM projections.checkpoints WHERE name = $1 FOR UPDATE",
+    )
+    .bind(projection.name())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((Checkpoint::at(position), version))
 }
 
-fn last_checkpoint(events: &[FeedEvent]) -> Checkpoint {
-    events.last().map(|e| e.checkpoint).unwrap_or_default()
+pub(crate) fn last_checkpoint(events: &[Decoded]) -> Checkpoint {
+    events
+        .last()
+        .map(|e| e.envelope.checkpoint)
+        .unwrap_or_default()
 }
 
 impl Runner {
@@ -94,7 +114,15 @@ impl Runner {
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
                 std::process::id()
             ),
+            version: projection.version(),
         }
+    }
+
+    /// Run as if this code were `version` of the read model (tests of rolling deploys; a
+    /// real process runs [`Projection::version`]).
+    pub fn with_version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
     }
 
     /// Name this runner in status (default `host:pid`).
@@ -117,8 +145,11 @@ impl Runner {
     /// Apply the next batch (at most `limit` events) to the live tables.
     pub async fn step(&self, limit: i64) -> Result<Step, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let checkpoint = lock_checkpoint(&mut tx, self.projection, false).await?;
-        let events = feed::read(&mut tx, checkpoint, limit, self.want()).await?;
+        let (checkpoint, built_by) = lock_checkpoint(&mut tx, self.projection).await?;
+        if built_by > self.version {
+            return Ok(Step::Superseded);
+        }
+        let events = decode_all(feed::read(&mut tx, checkpoint, limit, self.want()).await?);
         if events.is_empty() {
             return Ok(Step::Idle);
         }
@@ -141,155 +172,15 @@ impl Runner {
             }
             Err(e) => {
                 drop(tx);
-                self.record_error(e, &events, false).await
+                record_error(&self.pool, self.projection, e, &events, false).await
             }
         }
-    }
-
-    async fn record_error(
-        &self,
-        error: ApplyError,
-        events: &[FeedEvent],
-        rebuild: bool,
-    ) -> Result<Step, sqlx::Error> {
-        // The store being away is not the event's fault: no error to record, just retry.
-        let error = match error {
-            ApplyError::Db(db) if ordo_commands::error::is_unavailable(&db) => return Err(db),
-            other => other,
-        };
-        let position = error
-            .position()
-            .or_else(|| events.first().map(|e| e.checkpoint.global_position));
-        let message = if rebuild {
-            format!("rebuild: {error}")
-        } else {
-            error.to_string()
-        };
-        tracing::error!(projection = self.projection.name(), position, error = %message, "projection stopped");
-        sqlx::query(
-            "UPDATE projections.checkpoints SET last_error = $2, error_position = $3 WHERE name = $1",
-        )
-        .bind(self.projection.name())
-        .bind(&message)
-        .bind(position)
-        .execute(&self.pool)
-        .await?;
-        Ok(Step::Failed(message))
-    }
-
-    /// Start a requested rebuild: fresh shadow tables, progress reset.
-    async fn start_rebuild(&self) -> Result<(), sqlx::Error> {
-        for table in self.projection.tables() {
-            sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW}.{table}"))
-                .execute(&self.pool)
-                .await?;
-        }
-        // On the pool, not in a transaction: `raw_sql` on a connection trips a
-        // higher-ranked lifetime bound in sqlx 0.8, and the DDL needs no atomicity.
-        sqlx::raw_sql(&self.projection.ddl(SHADOW))
-            .execute(&self.pool)
-            .await?;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE projections.checkpoints
-                SET rebuild_state = 'running', rebuild_position = 0,
-                    rebuild_done = 0, rebuild_eps = 0, rebuild_started_at = now(),
-                    rebuild_total = (SELECT count(*) FROM event_store.events)
-              WHERE name = $1",
-        )
-        .bind(self.projection.name())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(projection = self.projection.name(), "rebuild started");
-        Ok(())
-    }
-
-    /// Apply the next batch to the shadow tables; once they have caught up with the log,
-    /// swap them in for the live ones in one transaction.
-    pub async fn rebuild_step(&self) -> Result<Step, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT rebuild_state FROM projections.checkpoints WHERE name = $1")
-                .bind(self.projection.name())
-                .fetch_one(&mut *tx)
-                .await?;
-        match state.as_deref() {
-            Some("requested") => {
-                drop(tx);
-                self.start_rebuild().await?;
-                return Ok(Step::Applied(0));
-            }
-            Some("running") => {}
-            _ => return Ok(Step::Idle),
-        }
-        let checkpoint = lock_checkpoint(&mut tx, self.projection, true).await?;
-        let events = feed::read(
-            &mut tx,
-            checkpoint,
-            self.config.rebuild_batch_size,
-            self.want(),
-        )
-        .await?;
-        if events.is_empty() {
-            self.swap(&mut tx).await?;
-            tx.commit().await?;
-            tracing::info!(projection = self.projection.name(), "rebuild swapped in");
-            return Ok(Step::Applied(0));
-        }
-        match self.projection.apply(&mut tx, SHADOW, &events).await {
-            Ok(()) => {
-                let to = last_checkpoint(&events);
-                sqlx::query(
-                    "UPDATE projections.checkpoints
-                        SET rebuild_position = $2,
-                            rebuild_done = rebuild_done + $3,
-                            rebuild_total = greatest(rebuild_total, rebuild_done + $3),
-                            rebuild_eps = (rebuild_done + $3) / greatest(extract(epoch FROM now() - rebuild_started_at), 0.001)
-                      WHERE name = $1",
-                )
-                .bind(self.projection.name())
-                .bind(to.global_position)
-                .bind(events.len() as i64)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(Step::Applied(events.len()))
-            }
-            Err(e) => {
-                drop(tx);
-                self.record_error(e, &events, true).await
-            }
-        }
-    }
-
-    /// Replace the live tables with the shadow ones and adopt the shadow checkpoint.
-    async fn swap(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        for table in self.projection.tables() {
-            sqlx::query(&format!("DROP TABLE IF EXISTS {LIVE}.{table}"))
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query(&format!("ALTER TABLE {SHADOW}.{table} SET SCHEMA {LIVE}"))
-                .execute(&mut **tx)
-                .await?;
-        }
-        sqlx::query(
-            "UPDATE projections.checkpoints
-                SET global_position = rebuild_position, updated_at = now(),
-                    rebuild_state = NULL, last_error = NULL, error_position = NULL,
-                    rebuild_total = rebuild_done
-              WHERE name = $1",
-        )
-        .bind(self.projection.name())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 
     /// Run until `shutdown` turns true: stand by until this process holds the projection's
     /// advisory lock, then lead until the lock is lost.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if let Err(e) = prepare(&self.pool, self.projection).await {
+        if let Err(e) = prepare_version(&self.pool, self.projection, self.version).await {
             tracing::warn!(projection = self.projection.name(), error = %e, "cannot prepare projection tables yet");
         }
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
@@ -310,7 +201,12 @@ impl Runner {
         let Some(mut lock) = leader::try_lock(&self.pool, self.projection.lock_key()).await? else {
             return Ok(false);
         };
-        prepare(&self.pool, self.projection).await?;
+        prepare_version(&self.pool, self.projection, self.version).await?;
+        if self.superseded().await? {
+            // A newer version serves: leave the lock to a process that runs it.
+            lock.release().await;
+            return Ok(false);
+        }
         tracing::info!(projection = self.projection.name(), runner = %self.id, "leading projection");
         let result = self.lead(&mut lock.conn, shutdown).await;
         lock.release().await;
@@ -352,18 +248,6 @@ impl Runner {
                     continue;
                 }
             };
-            let rebuilding = match self.rebuild_step().await {
-                Ok(Step::Applied(_)) => true,
-                Ok(Step::Failed(_)) => {
-                    tokio::time::sleep(backoff).await;
-                    false
-                }
-                Ok(Step::Idle) => false,
-                Err(e) => {
-                    tracing::warn!(projection = self.projection.name(), error = %e, "rebuild step failed");
-                    false
-                }
-            };
             match live {
                 Step::Applied(_) => {
                     single_steps_left = (single_steps_left - 1).max(0);
@@ -381,15 +265,32 @@ impl Runner {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                Step::Idle if !rebuilding => {
+                Step::Idle => {
                     tokio::select! {
                         _ = self.idle_wait(&mut wakeup) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
-                Step::Idle => {}
+                Step::Superseded => {
+                    tracing::info!(
+                        projection = self.projection.name(),
+                        version = self.version,
+                        "a newer version of the read model serves; standing down"
+                    );
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// Whether a newer version than this code built the live tables.
+    async fn superseded(&self) -> Result<bool, sqlx::Error> {
+        let built_by: Version =
+            sqlx::query_scalar("SELECT version FROM projections.checkpoints WHERE name = $1")
+                .bind(self.projection.name())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(built_by > self.version)
     }
 
     /// Wait for new events: not at all if some committed since the last read, else until
@@ -408,4 +309,37 @@ impl Runner {
             wakeup.wait(self.config.poll).await;
         }
     }
+}
+
+/// Record why `projection` stopped (live or rebuild), unless the store is merely away.
+pub(crate) async fn record_error(
+    pool: &PgPool,
+    projection: Projection,
+    error: ApplyError,
+    events: &[Decoded],
+    rebuild: bool,
+) -> Result<Step, sqlx::Error> {
+    // The store being away is not the event's fault: no error to record, just retry.
+    let error = match error {
+        ApplyError::Db(db) if ordo_commands::error::is_unavailable(&db) => return Err(db),
+        other => other,
+    };
+    let position = error
+        .position()
+        .or_else(|| events.first().map(Decoded::position));
+    let message = if rebuild {
+        format!("rebuild: {error}")
+    } else {
+        error.to_string()
+    };
+    tracing::error!(projection = projection.name(), position, error = %message, "projection stopped");
+    sqlx::query(
+        "UPDATE projections.checkpoints SET last_error = $2, error_position = $3 WHERE name = $1",
+    )
+    .bind(projection.name())
+    .bind(&message)
+    .bind(position)
+    .execute(pool)
+    .await?;
+    Ok(Step::Failed(message))
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::model::Projection;
+use crate::model::{Projection, Version};
 use ordo_commands::feed::{self, Checkpoint};
 
 #[derive(Debug, Clone, Serialize)]
@@ -11,9 +11,13 @@ pub struct RebuildStatus {
     pub state: String,
     pub done: i64,
     pub total: i64,
+    /// `done` of `total`, 0 to 100.
+    pub percent: f64,
     pub events_per_second: f64,
     /// Seconds left at the current rate, when it can be told.
     pub eta_seconds: Option<f64>,
+    /// The version of the read model being built (none until a process takes it).
+    pub version: Option<Version>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +32,8 @@ pub struct ProjectionStatus {
     pub last_error: Option<String>,
     pub error_position: Option<i64>,
     pub runner: Option<String>,
+    /// The version of the read model's code that built the tables serving now.
+    pub version: Version,
     pub rebuild: Option<RebuildStatus>,
 }
 
@@ -42,6 +48,8 @@ type Row = (
     f64,
     Option<String>,
     bool,
+    Version,
+    Option<Version>,
 );
 
 /// The status of every projection (those never started show as `standby` at 0).
@@ -57,7 +65,8 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
     let row: Option<Row> = sqlx::query_as(
         "SELECT name, global_position, last_error, error_position,
                 rebuild_state, rebuild_done, rebuild_total, rebuild_eps, runner,
-                coalesce(heartbeat_at > now() - interval '10 seconds', false)
+                coalesce(heartbeat_at > now() - interval '10 seconds', false),
+                version, rebuild_version
            FROM projections.checkpoints WHERE name = $1",
     )
     .bind(projection.name())
@@ -74,6 +83,8 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
         eps,
         runner,
         alive,
+        version,
+        rebuild_version,
     )) = row
     else {
         let (lag_events, lag_seconds) = feed::lag(pool, Checkpoint::default()).await?;
@@ -86,6 +97,7 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
             last_error: None,
             error_position: None,
             runner: None,
+            version: projection.version(),
             rebuild: None,
         });
     };
@@ -103,8 +115,14 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
         state,
         done,
         total,
+        percent: if total > 0 {
+            (done as f64 * 100.0 / total as f64).min(100.0)
+        } else {
+            0.0
+        },
         events_per_second: eps,
         eta_seconds: (eps > 0.0).then(|| (total - done).max(0) as f64 / eps),
+        version: rebuild_version,
     });
     Ok(ProjectionStatus {
         name,
@@ -115,6 +133,7 @@ pub async fn one(pool: &PgPool, projection: Projection) -> Result<ProjectionStat
         last_error,
         error_position,
         runner,
+        version,
         rebuild,
     })
 }

@@ -1,5 +1,6 @@
-//! `ordo` subcommands (DESIGN.md §7).
+//! `ordo` subcommands; the README's "CLI" lists them.
 
+mod audit;
 mod projections;
 mod webhooks;
 mod workers;
@@ -56,6 +57,11 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: workers::WorkersCommand,
+    },
+    /// The log's hash chain: verify.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Webhook endpoints: list, show, update, disable, enable, delete, rotate the secret,
     /// send a test, deliveries by status, retry one.
@@ -197,6 +203,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
+        Command::Audit { command } => audit::run(command).await,
         Command::Webhooks { command } => webhooks::run(command).await,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use ordo_projections::status::{self, ProjectionStatus};
-use ordo_projections::{check, Projection, Runner, RunnerConfig};
+use ordo_projections::{check, Projection, Rebuilder, RunnerConfig};
 use tokio::sync::watch;
 
 use crate::Config;
@@ -93,11 +93,11 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
             if !status::request_rebuild(&pool, projection).await? {
                 tracing::info!("a rebuild is already under way; following it");
             }
-            // If no process leads this projection, lead it here until the swap.
+            // If no process builds it, build it here until the swap (another process that
+            // holds the rebuild goes on with it; this one follows).
             let (stop, stopped) = watch::channel(false);
-            let runner = tokio::spawn(
-                Runner::new(pool.clone(), projection, RunnerConfig::default()).run(stopped),
-            );
+            let runner =
+                tokio::spawn(Rebuilder::new(pool.clone(), RunnerConfig::default()).run(stopped));
             let result = follow(&pool, projection).await;
             let _ = stop.send(true);
             let _ = runner.await;

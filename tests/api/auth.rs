@@ -1,4 +1,4 @@
-//! The role matrix of DESIGN.md §4, route by route: 401 without a valid key, 403 for a role
+//! The role matrix (docs/API.md), route by route: 401 without a valid key, 403 for a role
 //! the route does not admit, and anything but 401/403 for one it does.
 
 use ordo_api::Role::{self, Admin, Analyst, Storefront, Support};

@@ -647,6 +647,19 @@ async fn an_smtp_outage_delays_the_mail_records_every_attempt_and_ends_when_the_
         .iter()
         .all(|(_, ok, error)| !ok && error.as_deref().is_some_and(|e| e.contains("421"))));
     assert_eq!((attempts[2].0, attempts[2].1), (3, true));
+    // The mail sender's queue in the workers' status.
+    let workers = app.get(Admin, "/v1/workers").await;
+    let notification = workers.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "notification")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        notification["outbox"],
+        json!({"pending": 0, "oldest_pending_seconds": 0.0, "done": 1, "failed": 0})
+    );
     s.cleanup().await;
 }
 

@@ -195,7 +195,7 @@ async fn interleaved_delayed_writers_are_read_once_each_in_commit_order() {
 }
 
 /// A scenario of orders and payments, written over HTTP.
-async fn write_scenario(app: &TestApp, orders: usize) {
+pub(crate) async fn write_scenario(app: &TestApp, orders: usize) {
     let customer = app.register_customer().await;
     for i in 0..orders {
         let order = app.place_order(&customer).await;
@@ -244,7 +244,7 @@ async fn write_scenario(app: &TestApp, orders: usize) {
     }
 }
 
-fn fast() -> RunnerConfig {
+pub(crate) fn fast() -> RunnerConfig {
     RunnerConfig {
         batch_size: 3,
         rebuild_batch_size: 5,
@@ -253,7 +253,7 @@ fn fast() -> RunnerConfig {
     }
 }
 
-async fn wait_until_caught_up(app: &TestApp) {
+pub(crate) async fn wait_until_caught_up(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for projection in Projection::ALL {
         let position = app.last_position();

@@ -1,12 +1,15 @@
 //! `/readyz`: PostgreSQL, NATS (when this process needs it) and each role's state; 503 with
 //! the same body when anything is not up. The PostgreSQL cut is in `errors.rs`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ordo::{Application, Config, ProcessRole};
+use ordo_runtime::process::ProcessRoleState;
 use serde_json::json;
 
-use crate::helpers::{fresh_database_url, read, spawn_app, spawn_app_with, Resp, TestApp};
+use crate::helpers::{fresh_database_url, read, spawn_app, spawn_app_with, start, Resp, TestApp};
 use crate::nats::NATS;
 
 async fn readyz(app: &TestApp) -> Resp {
@@ -31,6 +34,7 @@ async fn a_ready_app_reports_postgres_and_every_role_running() {
             "projector.customers": "running",
             "projector.orders": "running",
             "projector.payments": "running",
+            "projector.rebuilds": "running",
         })
     );
 }
@@ -122,7 +126,7 @@ async fn after_a_shutdown_every_role_is_stopped() {
         .unwrap()
         .unwrap();
     let states = roles.snapshot();
-    assert_eq!(states.len(), 5, "{states:?}");
+    assert_eq!(states.len(), 6, "{states:?}");
     assert!(
         states
             .values()
@@ -132,4 +136,58 @@ async fn after_a_shutdown_every_role_is_stopped() {
     ordo_commands::db::drop_database(&database_url)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_role_is_restarted_and_one_that_stays_down_fails_healthz() {
+    let database_url = fresh_database_url();
+    let mut config = Config::defaults();
+    config.database_url = database_url.clone().into();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.roles = vec![ProcessRole::Api];
+    let app = Application::build(&config).await.unwrap();
+    let roles = app.roles().clone();
+    roles.set_down_limit(Duration::from_millis(1500));
+    let pool = app.pool().clone();
+    let app = start(app, pool, database_url).await;
+    let healthz =
+        || async { read(app.client.get(app.url("/healthz")).send().await.unwrap()).await };
+    healthz().await.assert_status(200);
+
+    // A role that panics on every start: restarted (1 s, then 2 s later), and reported down
+    // once it has stayed down past the limit.
+    let starts = Arc::new(AtomicU32::new(0));
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let counted = starts.clone();
+    let _role = ordo::supervise::supervise(
+        &roles,
+        "test.panics".into(),
+        &stopped,
+        ProcessRoleState::Running,
+        move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { panic!("this role always panics") }
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        let resp = healthz().await;
+        if resp.status == 503u16 {
+            break resp;
+        }
+        assert!(Instant::now() < deadline, "healthz never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        down.body,
+        json!({"status": "down", "down": ["test.panics"]})
+    );
+    assert!(
+        starts.load(Ordering::SeqCst) >= 2,
+        "restarted after the first panic"
+    );
+    assert_eq!(
+        roles.snapshot().get("test.panics"),
+        Some(&ProcessRoleState::Failed)
+    );
 }

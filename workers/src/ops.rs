@@ -37,8 +37,9 @@ fn nats(e: impl std::fmt::Display) -> OpsError {
 
 pub use crate::jetstream::headers_json;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerStatus {
+    /// `notification`, `analytics` or `integration`.
     pub name: String,
     /// Messages not yet delivered to the worker; `null` when its consumer does not exist.
     pub pending: Option<u64>,
@@ -48,6 +49,50 @@ pub struct WorkerStatus {
     /// Dead letters not redriven.
     pub dead_letters: i64,
     pub last_error: Option<String>,
+    /// What the worker's outbox holds: e-mails for notification (the mail sender's queue),
+    /// webhook deliveries for integration (all endpoints; per endpoint in
+    /// `GET /v1/webhooks`); `null` for analytics.
+    pub outbox: Option<OutboxStatus>,
+}
+
+/// A delivery outbox's queue and outcomes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct OutboxStatus {
+    /// Waiting to be sent (or retried).
+    pub pending: i64,
+    /// Age of the oldest waiting one, in seconds (0 when none).
+    pub oldest_pending_seconds: f64,
+    /// Sent (e-mails) or delivered (webhooks).
+    pub done: i64,
+    /// Given up on after the last scheduled attempt.
+    pub failed: i64,
+}
+
+/// `GET /v1/workers`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerList {
+    pub items: Vec<WorkerStatus>,
+}
+
+/// The outbox of `worker`, if it has one.
+async fn outbox(pool: &PgPool, worker: Worker) -> Result<Option<OutboxStatus>, sqlx::Error> {
+    let (table, done) = match worker {
+        Worker::Notification => ("notification.notifications", "sent"),
+        Worker::Integration => ("integration.outbox", "delivered"),
+        Worker::Analytics => return Ok(None),
+    };
+    sqlx::query_as(&format!(
+        "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
+                    AS oldest_pending_seconds,
+                count(*) FILTER (WHERE status = $1) AS done,
+                count(*) FILTER (WHERE status = 'failed') AS failed
+           FROM {table}"
+    ))
+    .bind(done)
+    .fetch_one(pool)
+    .await
+    .map(Some)
 }
 
 /// id, worker, event id, subject, stream sequence, attempts, error, created, redriven.
@@ -120,7 +165,8 @@ impl WorkersAdmin {
             Err(_) => None,
         };
         let mut out = Vec::new();
-        for name in Worker::ALL.map(Worker::name) {
+        for worker in Worker::ALL {
+            let name = worker.name();
             let info = match &stream {
                 Some(s) => s.consumer_info(name).await.ok(),
                 None => None,
@@ -133,6 +179,7 @@ impl WorkersAdmin {
                 redelivered: info.as_ref().map(|i| i.num_redelivered),
                 dead_letters,
                 last_error,
+                outbox: outbox(pool, worker).await?,
             });
         }
         Ok(out)

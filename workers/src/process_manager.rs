@@ -1,4 +1,4 @@
-//! The order ⇄ payment process manager (DESIGN.md §5): when a payment is authorized,
+//! The order ⇄ payment process manager: when a payment is authorized,
 //! captured, refunded or voided, the order records the payment status its payments now
 //! amount to; when an order is cancelled, void its authorized payments and refund what was
 //! captured.

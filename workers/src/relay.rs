@@ -1,5 +1,5 @@
 //! The relay: the event log, in commit order, onto the JetStream stream `ORDO_EVENTS`
-//! (DESIGN.md §6).
+//! (docs/API.md, "NATS").
 //!
 //! One relay leads across processes: the one whose session holds the stream's advisory
 //! lock; the others stand by and take over when that session ends.

@@ -10,8 +10,12 @@ use uuid::Uuid;
 
 #[derive(ToSchema)]
 pub struct Health {
+    /// `ok`, or `down` when a role stays down.
     #[schema(example = "ok")]
     pub status: String,
+    /// The roles that stay down (only with `down`).
+    #[schema(nullable = false)]
+    pub down: Option<Vec<String>>,
 }
 
 /// `status` is `ready` or `not_ready`; `checks` has `postgres` (`status` `up`|`down`,
@@ -45,6 +49,8 @@ pub struct ProjectionStatus {
     pub last_error: Option<String>,
     pub error_position: Option<i64>,
     pub runner: Option<String>,
+    /// The version of the read model's code that built the tables serving now.
+    pub version: i32,
     pub rebuild: Option<RebuildStatus>,
 }
 
@@ -53,8 +59,13 @@ pub struct RebuildStatus {
     pub state: String,
     pub done: i64,
     pub total: i64,
+    /// `done` of `total`, 0 to 100.
+    pub percent: f64,
     pub events_per_second: f64,
+    /// Seconds left at the current rate.
     pub eta_seconds: Option<f64>,
+    /// The version being built.
+    pub version: Option<i32>,
 }
 
 #[derive(ToSchema)]
@@ -153,23 +164,6 @@ pub struct UpdateWebhook {
 }
 
 // ------------------------------------------------------------------ workers
-
-#[derive(ToSchema)]
-pub struct WorkerList {
-    pub items: Vec<WorkerStatus>,
-}
-
-#[derive(ToSchema)]
-pub struct WorkerStatus {
-    /// `notification`, `analytics` or `integration`.
-    pub name: String,
-    /// Null when the worker's consumer does not exist (yet).
-    pub pending: Option<u64>,
-    pub in_flight: Option<u64>,
-    pub redelivered: Option<u64>,
-    pub dead_letters: i64,
-    pub last_error: Option<String>,
-}
 
 /// Give exactly one of the two.
 #[derive(ToSchema)]

@@ -20,11 +20,21 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ready))
 }
 
-/// Alive: the process answers.
+/// Alive: the process answers and no role has stayed down (failing, and restarted without
+/// running stably) for a minute. 503 names the roles that have: restart the process.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Alive", body = admin::Health)))]
-async fn live() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+    responses((status = 200, description = "Alive", body = admin::Health),
+        (status = 503, description = "A role stays down: `down` names it", body = admin::Health)))]
+async fn live(State(app): State<AppState>) -> Response {
+    let down = app.readiness.roles.down();
+    if down.is_empty() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "down", "down": down})),
+    )
+        .into_response()
 }
 
 /// How long PostgreSQL gets to answer `SELECT 1`.

@@ -44,14 +44,14 @@ impl From<OpsError> for ApiError {
 
 /// Each worker's lag and dead letters (admin).
 #[utoipa::path(get, path = "/v1/workers", tag = "workers",
-    responses((status = 200, description = "Every worker", body = admin::WorkerList),
+    responses((status = 200, description = "Every worker", body = ordo_workers::ops::WorkerList),
         RestrictedReadProblems))]
 async fn status(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::Admins>,
 ) -> Result<Response, ApiError> {
     let items = app.workers.status(&app.pool).await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(ordo_workers::ops::WorkerList { items }).into_response())
 }
 
 /// Body: `{"from_position": N}` or `{"from_time": "RFC 3339"}`, and `"reprocess": true` to

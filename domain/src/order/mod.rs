@@ -32,7 +32,7 @@ pub enum OrderCommand {
     Deliver {
         at: DateTime<Utc>,
     },
-    /// Issued by the process manager when the order's payments change (DESIGN.md §5).
+    /// Issued by the process manager when the order's payments change.
     RecordPaymentStatus {
         status: OrderPaymentStatus,
         at: DateTime<Utc>,
@@ -217,7 +217,7 @@ impl OrderStatus {
     }
 }
 
-/// What the order's payments amount to (DESIGN.md §5), from
+/// What the order's payments amount to, from
 /// [`crate::payment::order_payment_status`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

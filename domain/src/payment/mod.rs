@@ -548,7 +548,7 @@ fn not_authorized() -> DomainError {
     )
 }
 
-/// The payment status an order shows, from its payments (DESIGN.md §5): `unpaid`,
+/// The payment status an order shows, from its payments: `unpaid`,
 /// `authorized`, `paid`, `partially_refunded` or `refunded`.
 pub fn order_payment_status<'a>(
     order_total: Amount,
