@@ -121,9 +121,14 @@ impl KeyCache {
         (at.elapsed() < ttl).then(|| caller.clone())
     }
 
-    /// Whether `key` is cached as a working key (so that it costs no query).
+    /// Whether `key` worked here within the last [`KEY_CACHE_TTL`]: such a key is not held
+    /// to the anonymous per-address quota, even when revocations are not heard and it must be
+    /// looked up again before it is trusted (which `cached` decides).
     pub fn knows(&self, key: &str) -> bool {
-        matches!(self.cached(&hash_key(key)), Some(Some(_)))
+        let Ok(entries) = self.inner.entries.read() else {
+            return false;
+        };
+        matches!(entries.get(&hash_key(key)), Some((Some(_), at)) if at.elapsed() < KEY_CACHE_TTL)
     }
 
     async fn lookup(&self, pool: &PgPool, key: &str) -> Result<Option<Caller>, ApiError> {
