@@ -121,14 +121,14 @@ impl KeyCache {
         (at.elapsed() < ttl).then(|| caller.clone())
     }
 
-    /// Whether `key` worked here within the last [`KEY_CACHE_TTL`]: such a key is not held
-    /// to the anonymous per-address quota, even when revocations are not heard and it must be
-    /// looked up again before it is trusted (which `cached` decides).
+    /// Whether `key` worked here lately (within twice [`KEY_CACHE_TTL`]): such a key is not
+    /// held to the anonymous per-address quota, even when it must be looked up again before
+    /// it is trusted (which `cached` decides).
     pub fn knows(&self, key: &str) -> bool {
         let Ok(entries) = self.inner.entries.read() else {
             return false;
         };
-        matches!(entries.get(&hash_key(key)), Some((Some(_), at)) if at.elapsed() < KEY_CACHE_TTL)
+        matches!(entries.get(&hash_key(key)), Some((Some(_), at)) if at.elapsed() < 2 * KEY_CACHE_TTL)
     }
 
     async fn lookup(&self, pool: &PgPool, key: &str) -> Result<Option<Caller>, ApiError> {
@@ -169,8 +169,15 @@ impl CacheInner {
     /// Revocations are heard (again) or not; either way what was cached before may be stale.
     pub(crate) fn set_listening(&self, listening: bool) {
         self.listening.store(listening, Ordering::Release);
-        if let Ok(mut entries) = self.entries.write() {
-            entries.retain(|_, (caller, _)| caller.is_none());
+        // Every working key is looked up again before it is trusted (a revocation may have
+        // gone unheard), but stays known to the anonymous limiter (see `knows`).
+        let expired = Instant::now().checked_sub(KEY_CACHE_TTL);
+        if let (Ok(mut entries), Some(expired)) = (self.entries.write(), expired) {
+            for (caller, at) in entries.values_mut() {
+                if caller.is_some() {
+                    *at = (*at).min(expired);
+                }
+            }
         }
     }
 
