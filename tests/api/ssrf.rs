@@ -27,7 +27,6 @@ async fn webhooks_to_loopback_by_address_or_by_name_are_refused_at_registration(
         "http://127.0.0.1:9/hook",
         "http://localhost:9/hook",
         "http://[::1]:9/hook",
-        "https://169.254.169.254/latest/meta-data",
     ] {
         let refused = app
             .post(
