@@ -7,7 +7,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ordo_commands::appender::{Answer, StoredAnswer};
-use ordo_commands::idempotency;
 use ordo_commands::{Actor, CommandError, CommandMetadata, Committed, IdempotentRequest};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -105,8 +104,9 @@ fn replay_stored(success: Success, stored: StoredAnswer, request_hash: &str) -> 
     replay(success, stored.status, stored.body)
 }
 
-/// Run `command` and answer it, honouring `Idempotency-Key`: a stored answer is replayed;
-/// otherwise the answer is committed with the command's events (or, for a refusal, alone).
+/// Run `command` and answer it, honouring `Idempotency-Key`: the answer is committed with
+/// the command's events (or, for a refusal, alone); a key that already has an answer gets it
+/// replayed, found by the appender when the command (or its refusal) is appended.
 pub async fn run_command<F, Fut>(
     app: &AppState,
     caller: &Caller,
@@ -127,11 +127,9 @@ where
         };
     };
     let scope = meta.idempotency_scope();
-    match idempotency::stored(&app.pool, &scope, &key).await {
-        Ok(Some(stored)) => return replay_stored(success, stored, &body.request_hash),
-        Ok(None) => {}
-        Err(e) => return ApiError::from(e).into_response(),
-    }
+    // No lookup before the command: a retry is answered by the appender, which finds the
+    // stored answer under its lock before it looks at anything else, so it costs a decision
+    // and saves every first request a round trip.
     let Some(_held) = app.in_flight.hold(&scope, &key) else {
         return ApiError::IdempotencyInFlight.into_response();
     };

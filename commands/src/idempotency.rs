@@ -3,48 +3,24 @@
 //!
 //! How: the answer (status and body) is written by the appender in the same transaction as
 //! the command's events ([`crate::appender`]), so a commit without its answer cannot happen
-//! and nothing needs recovering after a crash. A request first looks for a stored answer
-//! ([`stored`]) and replays it. While it runs, its key is held in this process's
-//! [`InFlight`] set, so a duplicate arriving meanwhile is refused (409). A duplicate sent to
-//! another process at the same time is decided by the commit point: the appender checks for
-//! a stored answer under its lock, so the second to commit writes nothing and answers with
-//! the first one's stored answer.
+//! and nothing needs recovering after a crash. A request does not look for a stored answer
+//! first: the appender checks for one under its lock before anything else, so a retry runs
+//! its command again (cheap; it writes nothing) and gets the stored answer back from the
+//! append, or from recording its refusal. The first request pays no lookup. While it runs,
+//! its key is held in this process's [`InFlight`] set, so a duplicate arriving meanwhile is
+//! refused (409). A duplicate sent to another process at the same time is decided by the
+//! commit point: the appender checks for a stored answer under its lock, so the second to
+//! commit writes nothing and answers with the first one's stored answer.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
-use crate::appender::StoredAnswer;
 use crate::CommandError;
 
 /// How long a key is remembered: at least 24 hours.
 pub const RETENTION_HOURS: i32 = 24;
-
-/// The answer stored for this key, if any.
-pub async fn stored(
-    pool: &PgPool,
-    scope: &str,
-    key: &str,
-) -> Result<Option<StoredAnswer>, CommandError> {
-    let row = sqlx::query(
-        "SELECT request_hash, response_status, response_body FROM event_store.idempotency_keys
-          WHERE scope = $1 AND key = $2 AND response_status IS NOT NULL",
-    )
-    .bind(scope)
-    .bind(key)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let status: i16 = row.try_get("response_status")?;
-    Ok(Some(StoredAnswer {
-        request_hash: row.try_get("request_hash")?,
-        status: status as u16,
-        body: row
-            .try_get::<Option<serde_json::Value>, _>("response_body")?
-            .unwrap_or_default(),
-    }))
-}
 
 /// The keys this process is running a command for right now.
 #[derive(Debug, Clone, Default)]
