@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +37,10 @@ use crate::chain;
 /// The commit point's advisory-lock key: `ordocomm` as a big-endian integer. Migration 0014's
 /// trigger takes the same lock for any insert into the log.
 pub const COMMIT_POINT: i64 = 8_030_591_515_127_410_029;
+
+/// Opens the appender's transaction and takes the commit point in one round trip (one simple
+/// query, two statements); the statements after it see every commit made before the lock.
+const BEGIN_AT_COMMIT_POINT: &str = "BEGIN; SELECT pg_advisory_xact_lock(8030591515127410029)";
 
 /// A batch holds at most this many events...
 const MAX_BATCH_EVENTS: usize = 2_000;
@@ -53,13 +58,31 @@ pub struct StreamVersion {
     pub version: u64,
 }
 
-/// An event ready to store.
+/// An event ready to store. Its data and metadata are kept as canonical JSON text
+/// ([`chain::canonical`]), computed by the command's own task rather than by the appender's
+/// one serialized task: what is hashed is what is stored.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: String,
     pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
+    payload: String,
+    metadata: String,
+}
+
+impl NewEvent {
+    pub fn new(
+        event_type: impl Into<String>,
+        event_version: impl Into<String>,
+        payload: &Value,
+        metadata: &Value,
+    ) -> Self {
+        Self {
+            event_type: event_type.into(),
+            event_version: event_version.into(),
+            payload: chain::canonical(payload),
+            metadata: chain::canonical(metadata),
+        }
+    }
 }
 
 /// The `Idempotency-Key` answer to store with the append.
@@ -191,7 +214,7 @@ fn weight(append: &Append) -> (usize, usize) {
     let bytes = append
         .events
         .iter()
-        .map(|e| e.payload.to_string().len() + e.metadata.to_string().len())
+        .map(|e| e.payload.len() + e.metadata.len())
         .sum();
     (append.events.len().max(1), bytes)
 }
@@ -203,34 +226,57 @@ fn key_of(stream: &StreamVersion) -> StreamKey {
 }
 
 /// Append a batch in one transaction; one outcome per append, in order.
+///
+/// Four round trips whatever the batch holds: begin and lock; read what the decisions need
+/// (versions, stored answers, the chain's head); insert events and answers in one statement;
+/// commit.
 pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(COMMIT_POINT)
-        .execute(&mut *tx)
-        .await?;
-    let mut current = versions(&mut tx, appends).await?;
-    let stored = stored_answers(&mut tx, appends).await?;
+    let mut tx = pool.begin_with(BEGIN_AT_COMMIT_POINT).await?;
+    let UnderLock {
+        mut current,
+        stored,
+        head,
+    } = UnderLock::read(&mut tx, appends).await?;
 
-    let mut outcomes = Vec::with_capacity(appends.len());
+    let mut decisions = Vec::with_capacity(appends.len());
     let mut claimed: HashSet<(String, String)> = HashSet::new();
-    let mut insert = Rows::default();
+    let mut rows = Rows::default();
     for append in appends {
-        let outcome = decide(append, &mut current, &stored, &mut claimed);
-        if matches!(outcome, Decision::Accept) && !is_refusal(append) {
+        let decision = decide(append, &mut current, &stored, &mut claimed);
+        if matches!(decision, Decision::Accept) && !is_refusal(append) {
             let from = append.stream.version;
             for (i, event) in append.events.iter().enumerate() {
-                insert.push(&append.stream, from + 1 + i as u64, event);
+                rows.push(&append.stream, from + 1 + i as u64, event);
             }
         }
-        outcomes.push(outcome);
+        decisions.push(decision);
     }
-    let positions = insert.execute(&mut tx).await?;
 
+    // Each accepted append's answer, and its outcome once the insert has given positions.
     let mut answers = AnswerRows::default();
+    for (append, decision) in appends.iter().zip(&decisions) {
+        let (Some(answer), Decision::Accept) = (&append.answer, decision) else {
+            continue;
+        };
+        let version = append.stream.version + append.events.len() as u64;
+        let body = match (&answer.body, append.events.len()) {
+            (Some(body), _) => Some(body.clone()),
+            // A success: `{id, version, position}`, the position from the insert.
+            (None, n) if n > 0 => None,
+            (None, _) => {
+                let position = current.get(&key_of(&append.stream)).map_or(0, |s| s.1);
+                Some(
+                    json!({"id": append.stream.aggregate_id, "version": version, "position": position}),
+                )
+            }
+        };
+        answers.push(answer, &append.stream, version, body);
+    }
+    let positions = write(&mut tx, rows, answers, head).await?;
+
     let mut result = Vec::with_capacity(appends.len());
-    for (append, outcome) in appends.iter().zip(outcomes) {
-        let appended = match outcome {
+    for (append, decision) in appends.iter().zip(decisions) {
+        result.push(match decision {
             Decision::Accept if is_refusal(append) => Appended::Committed {
                 version: 0,
                 position: 0,
@@ -252,18 +298,8 @@ pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>,
                 Appended::Committed { version, position }
             }
             Decision::Refuse(appended) => appended,
-        };
-        if let (Some(answer), Appended::Committed { version, position }) =
-            (&append.answer, &appended)
-        {
-            let body = answer.body.clone().unwrap_or_else(|| {
-                json!({"id": append.stream.aggregate_id, "version": version, "position": position})
-            });
-            answers.push(answer, body);
-        }
-        result.push(appended);
+        });
     }
-    answers.execute(&mut tx).await?;
     tx.commit().await?;
     Ok(result)
 }
@@ -323,71 +359,82 @@ fn decide(
     Decision::Accept
 }
 
-/// The version and last position of every stream the batch appends to or read.
-async fn versions(
-    tx: &mut Transaction<'_, Postgres>,
-    appends: &[&Append],
-) -> Result<HashMap<StreamKey, (u64, i64)>, sqlx::Error> {
-    let mut streams: Vec<StreamKey> = appends
-        .iter()
-        .filter(|a| !is_refusal(a))
-        .flat_map(|a| std::iter::once(&a.stream).chain(&a.reads))
-        .map(key_of)
-        .collect();
-    streams.sort();
-    streams.dedup();
-    if streams.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let (types, ids): (Vec<String>, Vec<String>) = streams.into_iter().unzip();
-    let rows = sqlx::query(include_str!("sql/append_versions.sql"))
-        .bind(types)
-        .bind(ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.into_iter()
-        .map(|row| {
-            let version: i64 = row.try_get("version")?;
-            Ok((
-                (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
-                (version as u64, row.try_get("position")?),
-            ))
-        })
-        .collect()
+/// What the decisions of a batch read under the commit point, in one round trip.
+struct UnderLock {
+    /// The version and last position of every stream the batch appends to or read.
+    current: HashMap<StreamKey, (u64, i64)>,
+    /// The answers already stored for the batch's idempotency keys.
+    stored: HashMap<(String, String), StoredAnswer>,
+    /// The hash of the log's last event: the chain continues from it.
+    head: chain::Hash,
 }
 
-/// The answers already stored for the batch's idempotency keys.
-async fn stored_answers(
-    tx: &mut Transaction<'_, Postgres>,
-    appends: &[&Append],
-) -> Result<HashMap<(String, String), StoredAnswer>, sqlx::Error> {
-    let (scopes, keys): (Vec<String>, Vec<String>) = appends
-        .iter()
-        .filter_map(|a| a.answer.as_ref())
-        .map(|a| (a.scope.clone(), a.key.clone()))
-        .unzip();
-    if keys.is_empty() {
-        return Ok(HashMap::new());
+impl UnderLock {
+    async fn read(
+        tx: &mut Transaction<'_, Postgres>,
+        appends: &[&Append],
+    ) -> Result<Self, sqlx::Error> {
+        let mut streams: Vec<StreamKey> = appends
+            .iter()
+            .filter(|a| !is_refusal(a))
+            .flat_map(|a| std::iter::once(&a.stream).chain(&a.reads))
+            .map(key_of)
+            .collect();
+        streams.sort();
+        streams.dedup();
+        let (types, ids): (Vec<String>, Vec<String>) = streams.into_iter().unzip();
+        let (scopes, keys): (Vec<String>, Vec<String>) = appends
+            .iter()
+            .filter_map(|a| a.answer.as_ref())
+            .map(|a| (a.scope.clone(), a.key.clone()))
+            .unzip();
+        let rows = sqlx::query(include_str!("sql/under_the_lock.sql"))
+            .bind(types)
+            .bind(ids)
+            .bind(scopes)
+            .bind(keys)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut read = Self {
+            current: HashMap::new(),
+            stored: HashMap::new(),
+            // No event yet, or the last one predates the chain (or was written around the
+            // appender, which verify reports): the chain (re)starts at zero.
+            head: chain::ZERO,
+        };
+        for row in rows {
+            let kind: &str = row.try_get("kind")?;
+            match kind {
+                "stream" => {
+                    let version: i64 = row.try_get("version")?;
+                    read.current.insert(
+                        (row.try_get("a")?, row.try_get("b")?),
+                        (version as u64, row.try_get("position")?),
+                    );
+                }
+                "answer" => {
+                    let status: Option<i16> = row.try_get("status")?;
+                    let body: Option<Value> = row.try_get("body")?;
+                    read.stored.insert(
+                        (row.try_get("a")?, row.try_get("b")?),
+                        StoredAnswer {
+                            request_hash: row.try_get("request_hash")?,
+                            status: status.unwrap_or(0) as u16,
+                            body: body.unwrap_or(Value::Null),
+                        },
+                    );
+                }
+                _ => {
+                    let hash: Option<Vec<u8>> = row.try_get("hash")?;
+                    if let Some(hash) = hash.and_then(|h| chain::Hash::try_from(h.as_slice()).ok())
+                    {
+                        read.head = hash;
+                    }
+                }
+            }
+        }
+        Ok(read)
     }
-    let rows = sqlx::query(include_str!("sql/stored_answers.sql"))
-        .bind(scopes)
-        .bind(keys)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.into_iter()
-        .map(|row| {
-            let status: Option<i16> = row.try_get("response_status")?;
-            let body: Option<Value> = row.try_get("response_body")?;
-            Ok((
-                (row.try_get("scope")?, row.try_get("key")?),
-                StoredAnswer {
-                    request_hash: row.try_get("request_hash")?,
-                    status: status.unwrap_or(0) as u16,
-                    body: body.unwrap_or(Value::Null),
-                },
-            ))
-        })
-        .collect()
 }
 
 /// The event rows of a batch, as the arrays of one `unnest` insert.
@@ -410,34 +457,15 @@ impl Rows {
         self.sequences.push(sequence as i64);
         self.event_types.push(event.event_type.clone());
         self.event_versions.push(event.event_version.clone());
-        self.payloads.push(chain::canonical(&event.payload));
-        self.metadata.push(chain::canonical(&event.metadata));
+        self.payloads.push(event.payload.clone());
+        self.metadata.push(event.metadata.clone());
     }
 
-    /// Chain and insert every row; the position of each, by (type, id, sequence).
-    ///
-    /// Under the commit point: reads the hash of the log's last event, picks each event's id
-    /// and the batch's recorded time, and links the rows in insert order, which is position
-    /// order.
-    async fn execute(
-        self,
-        tx: &mut Transaction<'_, Postgres>,
-    ) -> Result<HashMap<(String, String, i64), i64>, sqlx::Error> {
-        if self.types.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let last: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-            "SELECT hash FROM event_store.events ORDER BY global_position DESC LIMIT 1",
-        )
-        .fetch_optional(&mut **tx)
-        .await?;
-        // No event yet, or the last one predates the chain (or was written around the
-        // appender, which verify reports): the chain (re)starts at zero.
-        let mut previous = last
-            .flatten()
-            .and_then(|h| chain::Hash::try_from(h.as_slice()).ok())
-            .unwrap_or(chain::ZERO);
-        let recorded_at = chain::to_micros(chrono::Utc::now());
+    /// Link every row into the chain after `head`, in insert order (position order):
+    /// picks each event's id and the batch's recorded time. The ids and hashes, and the time.
+    fn link(&self, head: chain::Hash) -> (Vec<uuid::Uuid>, Vec<Vec<u8>>, DateTime<Utc>) {
+        let mut previous = head;
+        let recorded_at = chain::to_micros(Utc::now());
         let mut event_ids = Vec::with_capacity(self.types.len());
         let mut hashes = Vec::with_capacity(self.types.len());
         for i in 0..self.types.len() {
@@ -459,65 +487,82 @@ impl Rows {
             event_ids.push(event_id);
             hashes.push(previous.to_vec());
         }
-        let rows = sqlx::query(include_str!("sql/append_events.sql"))
-            .bind(self.types)
-            .bind(self.ids)
-            .bind(self.sequences)
-            .bind(self.event_types)
-            .bind(self.event_versions)
-            .bind(self.payloads)
-            .bind(self.metadata)
-            .bind(event_ids)
-            .bind(hashes)
-            .bind(recorded_at)
-            .fetch_all(&mut **tx)
-            .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok((
-                    (
-                        row.try_get("aggregate_type")?,
-                        row.try_get("aggregate_id")?,
-                        row.try_get("sequence")?,
-                    ),
-                    row.try_get("global_position")?,
-                ))
-            })
-            .collect()
+        (event_ids, hashes, recorded_at)
     }
 }
 
-/// The idempotency answers of a batch, as the arrays of one `unnest` insert.
+/// Insert the batch's events, chained after `head`, and its idempotency answers, in one
+/// statement; the position of each event, by (type, id, sequence).
+async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: Rows,
+    answers: AnswerRows,
+    head: chain::Hash,
+) -> Result<HashMap<(String, String, i64), i64>, sqlx::Error> {
+    if rows.types.is_empty() && answers.keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (event_ids, hashes, recorded_at) = rows.link(head);
+    let inserted = sqlx::query(include_str!("sql/append.sql"))
+        .bind(rows.types)
+        .bind(rows.ids)
+        .bind(rows.sequences)
+        .bind(rows.event_types)
+        .bind(rows.event_versions)
+        .bind(rows.payloads)
+        .bind(rows.metadata)
+        .bind(event_ids)
+        .bind(hashes)
+        .bind(recorded_at)
+        .bind(answers.scopes)
+        .bind(answers.keys)
+        .bind(answers.hashes)
+        .bind(answers.statuses)
+        .bind(answers.bodies)
+        .bind(answers.aggregate_types)
+        .bind(answers.aggregate_ids)
+        .bind(answers.versions)
+        .fetch_all(&mut **tx)
+        .await?;
+    inserted
+        .into_iter()
+        .map(|row| {
+            Ok((
+                (
+                    row.try_get("aggregate_type")?,
+                    row.try_get("aggregate_id")?,
+                    row.try_get("sequence")?,
+                ),
+                row.try_get("global_position")?,
+            ))
+        })
+        .collect()
+}
+
+/// The idempotency answers of a batch, as arrays for the same insert as its events.
 #[derive(Default)]
 struct AnswerRows {
     scopes: Vec<String>,
     keys: Vec<String>,
     hashes: Vec<String>,
     statuses: Vec<i16>,
-    bodies: Vec<Value>,
+    /// `None` for a success with events: `{id, version, position}` is built by the insert,
+    /// which knows the position of the append's last event (the stream at `versions`).
+    bodies: Vec<Option<Value>>,
+    aggregate_types: Vec<String>,
+    aggregate_ids: Vec<String>,
+    versions: Vec<i64>,
 }
 
 impl AnswerRows {
-    fn push(&mut self, answer: &Answer, body: Value) {
+    fn push(&mut self, answer: &Answer, stream: &StreamVersion, version: u64, body: Option<Value>) {
         self.scopes.push(answer.scope.clone());
         self.keys.push(answer.key.clone());
         self.hashes.push(answer.request_hash.clone());
         self.statuses.push(answer.status as i16);
         self.bodies.push(body);
-    }
-
-    async fn execute(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        if self.keys.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(include_str!("sql/append_answers.sql"))
-            .bind(self.scopes)
-            .bind(self.keys)
-            .bind(self.hashes)
-            .bind(self.statuses)
-            .bind(self.bodies)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+        self.aggregate_types.push(stream.aggregate_type.clone());
+        self.aggregate_ids.push(stream.aggregate_id.clone());
+        self.versions.push(version as i64);
     }
 }

@@ -402,14 +402,16 @@ fn new_event<E: DomainEvent>(
     event: &E,
     metadata: &CommandMetadata,
 ) -> Result<NewEvent, CommandError> {
-    Ok(NewEvent {
-        event_type: event.event_type(),
-        event_version: event.event_version(),
-        payload: serde_json::to_value(event)
-            .map_err(|e| CommandError::Internal(format!("event not serializable: {e}")))?,
-        metadata: serde_json::to_value(metadata.to_map())
-            .map_err(|e| CommandError::Internal(format!("metadata not serializable: {e}")))?,
-    })
+    let payload = serde_json::to_value(event)
+        .map_err(|e| CommandError::Internal(format!("event not serializable: {e}")))?;
+    let metadata = serde_json::to_value(metadata.to_map())
+        .map_err(|e| CommandError::Internal(format!("metadata not serializable: {e}")))?;
+    Ok(NewEvent::new(
+        event.event_type(),
+        event.event_version(),
+        &payload,
+        &metadata,
+    ))
 }
 
 /// Tells the feed's readers (`LISTEN ordo_events`) that events were committed.

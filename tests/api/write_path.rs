@@ -26,12 +26,7 @@ fn probe(id: &str, version: u64, events: usize) -> Append {
             version,
         },
         events: (0..events)
-            .map(|_| NewEvent {
-                event_type: "probe.written".into(),
-                event_version: "1".into(),
-                payload: json!({}),
-                metadata: json!({}),
-            })
+            .map(|_| NewEvent::new("probe.written", "1", &json!({}), &json!({})))
             .collect(),
         reads: Vec::new(),
         answer: None,

@@ -1,0 +1,24 @@
+-- Under the commit point, in one round trip, what a batch's decisions read (one row each,
+-- told apart by `kind`):
+--   'stream': the version (last sequence) and the position of the last event of each named
+--             stream ($1 types, $2 ids); 0 and 0 for a stream with no events;
+--   'answer': the answer already stored for each of the batch's Idempotency-Keys ($3 scopes,
+--             $4 keys);
+--   'head':   the hash of the log's last event, which the batch's chain continues.
+SELECT 'stream' AS kind, s.aggregate_type AS a, s.aggregate_id AS b,
+       coalesce(l.sequence, 0) AS version, coalesce(l.global_position, 0) AS position,
+       NULL::text AS request_hash, NULL::smallint AS status, NULL::jsonb AS body,
+       NULL::bytea AS hash
+  FROM unnest($1::text[], $2::text[]) AS s(aggregate_type, aggregate_id)
+  LEFT JOIN LATERAL (
+        SELECT e.sequence, e.global_position FROM event_store.events e
+         WHERE e.aggregate_type = s.aggregate_type AND e.aggregate_id = s.aggregate_id
+         ORDER BY e.sequence DESC LIMIT 1) l ON true
+UNION ALL
+SELECT 'answer', i.scope, i.key, NULL, NULL, i.request_hash, i.response_status,
+       i.response_body, NULL
+  FROM event_store.idempotency_keys i
+  JOIN unnest($3::text[], $4::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key
+UNION ALL
+(SELECT 'head', NULL, NULL, NULL, NULL, NULL, NULL, NULL, hash
+   FROM event_store.events ORDER BY global_position DESC LIMIT 1)
