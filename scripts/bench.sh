@@ -14,7 +14,8 @@
 #   BUILD=0 scripts/bench.sh                   # the release binaries as they are, unbuilt
 #   HANGING_WEBHOOK=1 scripts/bench.sh         # with a webhook endpoint that never answers
 #
-# Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, and ports 18088-18089.
+# Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, JetStream streams
+# ORDO_BENCH_<pid>*, and ports 18088-18089.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +28,10 @@ readonly BENCH=./target/release/ordo-bench
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export ORDO_HTTP_ADDR=$ADDR
 export ORDO_LOG=${ORDO_LOG:-warn}
+# JetStream streams of this run alone: a stream left by an earlier run would be replayed
+# to the workers (its messages name customers this fresh database never had).
+export ORDO_NATS_STREAM=ORDO_BENCH_$$
+export ORDO_NATS_SUBJECT_PREFIX=ordo.bench$$
 
 psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
@@ -44,6 +49,7 @@ cleanup() {
     fi
     [[ -n "$HANG_PID" ]] && kill "$HANG_PID" 2>/dev/null || true
     psql_admin -c "drop database if exists $DB with (force)" || true
+    "$BENCH" drop-streams "$ORDO_NATS_STREAM" "${ORDO_NATS_STREAM}_ADVISORIES" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

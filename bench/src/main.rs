@@ -26,6 +26,26 @@ enum Command {
     Pipeline(pipeline::PipelineBenchArgs),
     /// Seed a log (default 1,000,000 events) and time a rebuild of all three read models.
     Rebuild(rebuild::RebuildBenchArgs),
+    /// Delete JetStream streams a benchmark run created (`scripts/bench.sh` runs Ordo on
+    /// streams of its own, so that no run replays another's messages).
+    DropStreams(DropStreamsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DropStreamsArgs {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The streams to delete; a stream that does not exist is skipped.
+    #[arg(required = true)]
+    streams: Vec<String>,
+}
+
+async fn drop_streams(args: DropStreamsArgs) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(args.nats_url.as_str()).await?);
+    for stream in &args.streams {
+        let _ = js.delete_stream(stream).await;
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -36,6 +56,7 @@ async fn main() -> ExitCode {
         Command::PlaceOrder(args) => place_order::run(args).await,
         Command::Pipeline(args) => pipeline::run_bench(args).await,
         Command::Rebuild(args) => rebuild::run_bench(args).await,
+        Command::DropStreams(args) => drop_streams(args).await,
     };
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
