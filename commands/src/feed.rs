@@ -183,6 +183,13 @@ pub struct Wakeup {
 
 pub const CHANNEL: &str = "ordo_events";
 
+/// How long a reader waits after a step that found events but not a full batch, before it
+/// reads again. Under load this lets batches grow instead of steps multiplying (each step is
+/// several round trips and a commit, whatever its size); an idle reader is not held back: it
+/// waits for the next commit's notification and reads at once. At most this much is added
+/// to the time a command takes to show in a read model.
+pub const LINGER: Duration = Duration::from_millis(10);
+
 impl Wakeup {
     pub async fn new(pool: &PgPool) -> Self {
         let mut this = Self {

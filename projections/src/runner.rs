@@ -249,12 +249,19 @@ impl Runner {
                 }
             };
             match live {
-                Step::Applied(_) => {
+                Step::Applied(applied) => {
                     single_steps_left = (single_steps_left - 1).max(0);
+                    let full = applied as i64 >= limit;
                     if single_steps_left <= 0 {
                         limit = self.config.batch_size;
                     }
                     backoff = Duration::from_millis(200);
+                    if !full {
+                        tokio::select! {
+                            _ = tokio::time::sleep(feed::LINGER) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
                 }
                 Step::Failed(_) => {
                     limit = 1;

@@ -265,7 +265,15 @@ impl ProcessManager {
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             match self.step().await {
-                Ok(Step::Handled(_)) => backoff = Duration::from_millis(200),
+                Ok(Step::Handled(read)) => {
+                    backoff = Duration::from_millis(200);
+                    if (read as i64) < BATCH {
+                        tokio::select! {
+                            _ = tokio::time::sleep(feed::LINGER) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
                 Ok(Step::Idle) => {
                     tokio::select! {
                         _ = wakeup.wait(Duration::from_millis(500)) => {}

@@ -412,7 +412,14 @@ impl Relay {
                 sqlx::query("SELECT 1").execute(&mut *lock).await?;
                 last_beat = Instant::now();
             }
-            if advance.published > 0 || advance.full {
+            if advance.full {
+                continue;
+            }
+            if advance.published > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(feed::LINGER) => {}
+                    _ = shutdown.changed() => {}
+                }
                 continue;
             }
             // Nothing new: wait for the next commit's wake-up.

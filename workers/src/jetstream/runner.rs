@@ -2,7 +2,7 @@
 //! advisories), the pull loop, and a step for tests and benchmarks.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::message::AckKind;
@@ -16,6 +16,12 @@ use super::policy::Policy;
 
 /// The most messages handled as one batch.
 const BATCH: usize = 500;
+
+/// How long a batch that is not full waits for more messages before it is handled, while
+/// messages keep coming (the last batch was handled less than [`FLOWING`] ago). The feed's
+/// readers linger the same way ([`ordo_commands::feed::LINGER`]).
+const LINGER: Duration = Duration::from_millis(10);
+const FLOWING: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -194,6 +200,7 @@ impl Runner {
             .await
             .map_err(nats)?;
         let mut batches = stream.ready_chunks(BATCH);
+        let mut last_batch: Option<Instant> = None;
         let mut advisories = self
             .advisories
             .stream()
@@ -214,9 +221,25 @@ impl Runner {
                 }
                 _ = shutdown.changed() => break,
             };
-            let Some(batch) = batch else {
+            let Some(mut batch) = batch else {
                 return Err(WorkerError::Nats("the message stream ended".into()));
             };
+            // Under a steady flow (the last batch was handled a moment ago) a batch that is
+            // not full lingers for more, so that one transaction settles many messages; after
+            // a quiet spell the first message is handled at once.
+            let flowing = last_batch.is_some_and(|at| at.elapsed() < FLOWING);
+            if flowing && batch.len() < BATCH {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = shutdown.changed() => {}
+                }
+                while batch.len() < BATCH {
+                    let Some(Some(more)) = batches.next().now_or_never() else {
+                        break;
+                    };
+                    batch.extend(more);
+                }
+            }
             let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
             let mut failure = None;
             for message in batch {
@@ -226,6 +249,7 @@ impl Runner {
                 }
             }
             self.handle_batch(&messages).await?;
+            last_batch = Some(Instant::now());
             if let Some(e) = failure {
                 return Err(e);
             }
