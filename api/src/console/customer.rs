@@ -39,19 +39,22 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Markup, ConsoleError> {
     let id = customer_id(&id)?;
+    super::visible_stream(&app, &session, "customer", &id.to_string()).await?;
     let events = history::read_stream(&app.pool, "customer", &id.to_string(), 0, 1000).await?;
     let Some(registered) = events.first() else {
         return Err(ConsoleError::NotFound("No customer has this id.".into()));
     };
     let read = crate::routes::read_error;
-    let profile = queries::customer(&app.pool, id).await.map_err(read)?;
-    let orders = queries::orders(&app.pool, Some(id), None, None, 200)
+    let profile = queries::customer(&app.pool, session.caller.scope(), id)
+        .await
+        .map_err(read)?;
+    let orders = queries::orders(&app.pool, session.caller.scope(), Some(id), None, None, 200)
         .await
         .map_err(read)?
         .items;
     let mut payments = Vec::new();
     for order in &orders {
-        let page = queries::payments(&app.pool, Some(order.id), None, 50)
+        let page = queries::payments(&app.pool, session.caller.scope(), Some(order.id), None, 50)
             .await
             .map_err(read)?;
         payments.extend(page.items);
@@ -61,7 +64,16 @@ async fn show(
         .filter(|e| e.event_type == "customer.note_added")
         .collect();
     let notifications = if session.may::<auth::NotificationReaders>() {
-        Some(ordo_workers::notification::list(&app.pool, None, Some(id), 100).await?)
+        Some(
+            ordo_workers::notification::list(
+                &app.pool,
+                session.caller.scope(),
+                None,
+                Some(id),
+                100,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -189,6 +201,7 @@ async fn add_note(
         idempotency_key: None,
         idempotent: None,
         traceparent: None,
+        channel: session.caller.channel.clone(),
     };
     let cmd = CustomerCommand::AddNote {
         note_id: Uuid::now_v7(),

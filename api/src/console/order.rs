@@ -56,6 +56,7 @@ async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Markup, ConsoleError> {
     let id = Uuid::parse_str(&id).map_err(|_| ConsoleError::NotFound("not an order id".into()))?;
+    super::visible_stream(&app, &session, "order", &id.to_string()).await?;
     let steps = timeline::order_timeline(&app.pool, id).await?;
     if steps.is_empty() {
         return Err(ConsoleError::NotFound("No order has this id.".into()));
@@ -82,7 +83,16 @@ async fn show(
         None => None,
     };
     let notifications = if session.may::<auth::NotificationReaders>() {
-        Some(ordo_workers::notification::list(&app.pool, Some(id), None, 100).await?)
+        Some(
+            ordo_workers::notification::list(
+                &app.pool,
+                session.caller.scope(),
+                Some(id),
+                None,
+                100,
+            )
+            .await?,
+        )
     } else {
         None
     };

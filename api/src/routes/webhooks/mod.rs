@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Global};
 use crate::extract::CommandBody;
 use crate::openapi::{admin, AdminBodyProblems};
 use crate::validate::Validation;
@@ -142,7 +142,7 @@ fn parse_register(json: &Value) -> Result<Registration, ApiError> {
         headers(("Location" = String, description = "The new endpoint"))), AdminBodyProblems))]
 async fn register(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let (url, event_types, description) = parse_register(&body.json)?;
