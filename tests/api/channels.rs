@@ -932,3 +932,141 @@ async fn analytics_per_channel_add_up_to_the_global_figures() {
     assert_eq!(funnel.body["placed"], 3);
     s.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let ch = Channels::new(app).await;
+    let app = &ch.app;
+    let eu_hook = crate::webhooks::Receiver::start(|_| 200).await;
+    let all_hook = crate::webhooks::Receiver::start(|_| 200).await;
+    let created = app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": eu_hook.url, "event_types": ["order.placed"], "channel": EU}),
+        )
+        .await;
+    created.assert_status(201);
+    let eu_endpoint = created.id();
+    app.post(
+        Admin,
+        "/v1/webhooks",
+        json!({"url": all_hook.url, "event_types": ["order.placed"]}),
+    )
+    .await
+    .assert_status(201);
+    app.post(
+        Admin,
+        "/v1/webhooks",
+        json!({"url": all_hook.url, "event_types": ["*"], "channel": "nope"}),
+    )
+    .await
+    .assert_problem(422, "validation");
+    ch.call(
+        Scope::Eu,
+        Admin,
+        Method::POST,
+        "/v1/webhooks",
+        Some(json!({"url": eu_hook.url, "event_types": ["*"], "channel": EU})),
+    )
+    .await
+    .assert_problem(403, "channel-forbidden");
+    let shown = app.get(Admin, &format!("/v1/webhooks/{eu_endpoint}")).await;
+    assert_eq!(shown.body["channel"], EU);
+
+    let eu = ch.world(Scope::Eu).await;
+    let us = ch.world(Scope::Us).await;
+    let s = setup(app).await;
+    s.publish_all(app).await;
+    let pool = crate::webhooks::quick_pool(app, None, 3);
+    s.deliver_until(
+        app,
+        &pool,
+        "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
+        3,
+    )
+    .await;
+
+    let orders = |hook: &crate::webhooks::Receiver| -> Vec<String> {
+        let mut ids: Vec<String> = hook
+            .received()
+            .iter()
+            .map(|(_, body)| {
+                let body: Value = serde_json::from_str(body).unwrap();
+                body["data"]["order_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(orders(&eu_hook), std::slice::from_ref(&eu.order));
+    let mut both = vec![eu.order, us.order];
+    both.sort();
+    assert_eq!(orders(&all_hook), both);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_channel_with_its_own_sender_mails_from_it() {
+    use crate::notifications::{notify_until, SmtpSink};
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let ch = Channels::new(app).await;
+    let app = &ch.app;
+    let updated = app
+        .patch(
+            Admin,
+            &format!("/v1/channels/{EU}"),
+            json!({"email_from_address": "shop@eu.example", "email_from_name": "EU Shop"}),
+        )
+        .await;
+    updated.assert_status(200);
+    assert_eq!(updated.body["email_from_address"], "shop@eu.example");
+    app.patch(
+        Admin,
+        &format!("/v1/channels/{US}"),
+        json!({"email_from_address": "not an address"}),
+    )
+    .await
+    .assert_problem(422, "validation");
+
+    let eu = ch.world(Scope::Eu).await;
+    let us = ch.world(Scope::Us).await;
+    let sink = SmtpSink::start().await;
+    let events = app.event_count().await;
+    let s = setup(app).await;
+    s.publish_all(app).await;
+    let mailer =
+        ordo_workers::mailer::Mailer::new(&sink.url, "Ordo <orders@ordo.invalid>").unwrap();
+    let notifier = s.runner(app, Some(mailer)).await;
+    notify_until(
+        &notifier,
+        app,
+        "SELECT count(*) FROM notification.processed",
+        events,
+    )
+    .await;
+
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 2, "one order placed per channel: {mails:#?}");
+    let from_of = |email: &str| {
+        mails
+            .iter()
+            .find(|m| m.to == [format!("<{email}>")])
+            .map(|m| (m.from.clone(), m.header("From").unwrap()))
+            .unwrap()
+    };
+    let (envelope, header) = from_of(&eu.email);
+    assert_eq!(envelope, "<shop@eu.example>");
+    assert!(header.contains("EU Shop"), "{header}");
+    assert_eq!(from_of(&us.email).0, "<orders@ordo.invalid>");
+
+    // Notifications are listed by channel like the rest.
+    let listed = ch
+        .call(Scope::Us, Support, Method::GET, "/v1/notifications", None)
+        .await;
+    let items = listed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["channel"], US);
+    s.cleanup().await;
+}

@@ -198,8 +198,9 @@ impl Effects {
             .await?;
         }
         if !self.sales.is_empty() {
-            let mut columns: (Vec<&str>, Vec<DateTime<Utc>>, Vec<&str>, Vec<&str>) =
-                Default::default();
+            // granularity, bucket, currency, channel
+            type Keys<'a> = (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<&'a str>, Vec<&'a str>);
+            let mut columns: Keys = Default::default();
             let mut sums: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
             for ((granularity, bucket, currency, channel), t) in &self.sales {
                 columns.0.push(granularity);
