@@ -264,6 +264,9 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 /// Which roles a route admits (the matrix in docs/API.md).
 pub trait Policy: Send + Sync + 'static {
     const ROLES: &'static [Role];
+    /// Whether what it guards spans channels (keys, workers, webhooks, rebuilds): then the
+    /// console admits global keys only, as the API's [`Global`] does.
+    const SPANS_CHANNELS: bool = false;
 
     /// Whether `role` is one of [`Self::ROLES`], for a route whose policy depends on its
     /// parameters.
@@ -315,6 +318,14 @@ macro_rules! policy {
             const ROLES: &'static [Role] = &[$(Role::$role),+];
         }
     };
+    ($(#[$doc:meta])* spanning $name:ident: $($role:ident),+) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Policy for $name {
+            const ROLES: &'static [Role] = &[$(Role::$role),+];
+            const SPANS_CHANNELS: bool = true;
+        }
+    };
 }
 
 policy!(
@@ -343,7 +354,7 @@ policy!(
 );
 policy!(
     /// Rebuilding a projection.
-    Rebuilders: Analyst, Admin
+    spanning Rebuilders: Analyst, Admin
 );
 policy!(
     /// Analytics: analysts and admins.
@@ -359,10 +370,10 @@ policy!(
     NotificationReaders: Support, Admin
 );
 policy!(
-    /// Workers, dead letters, keys: admins only.
-    Admins: Admin
+    /// Workers, dead letters, keys, channels: admins only.
+    spanning Admins: Admin
 );
 policy!(
     /// Webhook endpoints: admins only.
-    WebhookAdmins: Admin
+    spanning WebhookAdmins: Admin
 );

@@ -1070,3 +1070,43 @@ async fn a_channel_with_its_own_sender_mails_from_it() {
     assert_eq!(items[0]["channel"], US);
     s.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_console_shows_channels_and_scopes_a_session_like_its_key() {
+    let ch = Channels::new(spawn_app().await).await;
+    let eu = ch.world(Scope::Eu).await;
+    let us = ch.world(Scope::Us).await;
+    crate::console::wait_for_sql(
+        &ch.app,
+        "SELECT EXISTS (SELECT 1 FROM projections.customers c JOIN projections.orders o ON o.customer_id = c.id WHERE o.id = $1::uuid)",
+        &us.order,
+    )
+    .await;
+
+    let browser = crate::browser::Browser::start(&ch.app).await;
+    browser.sign_in_with(ch.key(Scope::Eu, Admin), Admin).await;
+    assert!(browser.text("header.top .who").await.contains(EU));
+    browser
+        .goto(&format!("/console/customers/{}", eu.customer))
+        .await;
+    assert_eq!(browser.text("dd.channel").await, EU);
+    assert!(browser.text("main").await.contains("Channel"));
+    browser.goto(&format!("/console/orders/{}", eu.order)).await;
+    assert_eq!(browser.text("span.channel").await, EU);
+    // Another channel's customer and order are not found, as over the API.
+    for path in [
+        format!("/console/customers/{}", us.customer),
+        format!("/console/orders/{}", us.order),
+    ] {
+        browser.goto(&path).await;
+        assert_eq!(browser.text("h1").await, "Not found", "{path}");
+    }
+    // What spans channels is not a scoped admin's.
+    browser.goto("/console/keys").await;
+    assert_eq!(browser.text("h1").await, "Not allowed");
+    let links = browser
+        .js("return Array.from(document.querySelectorAll('header nav a')).map(a => a.getAttribute('href'))")
+        .await;
+    assert!(!links.to_string().contains("/console/keys"), "{links}");
+    browser.close().await;
+}

@@ -85,6 +85,7 @@ async fn show(
                 dt { "E-mail" } dd { (layout::text(&registered.data["email"])) }
                 dt { "Phone" } dd { (layout::text(&registered.data["phone"])) }
                 dt { "Registered" } dd { (layout::time(&registered.recorded_at)) }
+                dt { "Channel" } dd.channel { (layout::text(registered.metadata.get("channel").unwrap_or(&Value::from(ordo_commands::channels::DEFAULT)))) }
                 @if let Some(p) = &profile {
                     dt { "Orders" } dd { (p.order_count) " (" (p.open_orders) " open, " (p.cancelled_count) " cancelled)" }
                 }
@@ -147,9 +148,10 @@ fn note_form(session: &Session, id: Uuid) -> Markup {
 fn order_table(orders: &[OrderView]) -> Markup {
     html! {
         table {
-            thead { tr { th { "Order" } th { "Status" } th { "Payment" } th { "Total" } th { "Placed" } } }
+            thead { tr { th { "Order" } th { "Channel" } th { "Status" } th { "Payment" } th { "Total" } th { "Placed" } } }
             tbody { @for o in orders { tr {
                 td { a href=(format!("/console/orders/{}", o.id)) { code { (o.id) } } }
+                td { (o.channel) }
                 td { (o.status.as_str()) } td { (o.payment_status) }
                 td.num { (layout::money(o.total, &o.currency)) }
                 td { (layout::time(&o.placed_at)) }
@@ -161,9 +163,10 @@ fn order_table(orders: &[OrderView]) -> Markup {
 fn payment_table(payments: &[PaymentView]) -> Markup {
     html! {
         table {
-            thead { tr { th { "Payment" } th { "Order" } th { "Status" } th { "Amount" } th { "Captured" } th { "Refunded" } } }
+            thead { tr { th { "Payment" } th { "Channel" } th { "Order" } th { "Status" } th { "Amount" } th { "Captured" } th { "Refunded" } } }
             tbody { @for p in payments { tr {
                 td { code { (p.id) } }
+                td { (p.channel) }
                 td { a href=(format!("/console/orders/{}", p.order_id)) { "order" } }
                 td { (p.status) }
                 @for v in [p.amount, p.captured, p.refunded] { td.num { (layout::money(v, &p.currency)) } }

@@ -99,12 +99,20 @@ async fn show(
     let event_ids: Vec<Uuid> = steps.iter().map(|s| s.event.event_id).collect();
     let deliveries = deliveries(&app, &event_ids).await?;
     let index = timeline::index(&steps);
+    let channel = steps
+        .iter()
+        .find(|s| s.stream == "order")
+        .and_then(|s| s.event.metadata.get("channel"))
+        .and_then(Value::as_str)
+        .unwrap_or(ordo_commands::channels::DEFAULT)
+        .to_owned();
     let body = html! {
         section.summary {
             p { "Status " strong.status { (layout::text(&current["status"])) }
                 " · payment " (layout::text(&current["payment_status"]))
                 " · total " (value("total", &current["total"], &current))
                 " · version " (version)
+                " · channel " span.channel { (channel) }
                 " · customer " a href=(format!("/console/customers/{}", layout::text(&current["customer_id"]))) {
                     (layout::text(&current["customer_id"])) } }
         }

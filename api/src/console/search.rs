@@ -119,7 +119,8 @@ async fn search(
                 ul.results {
                     @for c in &items {
                         li { a href=(format!("/console/customers/{}", c.id)) {
-                            (c.name.as_deref().unwrap_or("—")) " — " (c.email.as_deref().unwrap_or("—")) } }
+                            (c.name.as_deref().unwrap_or("—")) " — " (c.email.as_deref().unwrap_or("—")) }
+                            " (" (c.channel) ")" }
                     }
                 }
             },

@@ -38,6 +38,7 @@ impl Session {
     /// Whether the API policy `P` admits this session's role.
     pub fn may<P: Policy>(&self) -> bool {
         P::ROLES.contains(&self.caller.role)
+            && (!P::SPANS_CHANNELS || self.caller.scope().is_none())
     }
 
     /// 403 unless the form's `csrf` field is this session's token.
