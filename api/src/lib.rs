@@ -194,6 +194,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::analytics::router())
         .merge(routes::webhooks::router())
         .merge(routes::keys::router())
+        .merge(routes::channels::router())
         .merge(routes::workers::router())
         .merge(routes::notifications::router())
         .routes(routes!(metrics::scrape))

@@ -231,7 +231,7 @@ fn key_of(stream: &StreamVersion) -> StreamKey {
 /// (versions, stored answers, the chain's head); insert events and answers in one statement;
 /// commit.
 pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>, sqlx::Error> {
-    let mut tx = pool.begin_with(BEGIN_AT_COMMIT_POINT).await?;
+    let mut tx = crate::db::begin_with(pool, BEGIN_AT_COMMIT_POINT).await?;
     let UnderLock {
         mut current,
         stored,

@@ -99,7 +99,7 @@ impl ProcessManager {
         if !feed::written_after(&self.pool, Checkpoint::at(seen)).await? {
             return Ok(Step::Idle);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(&self.pool).await?;
         let row: Option<i64> = sqlx::query_scalar(
             "SELECT global_position FROM process_manager.checkpoint
               WHERE name = $1 FOR UPDATE SKIP LOCKED",
@@ -334,5 +334,8 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         // under the request that cancelled the order.
         traceparent: text("traceparent")
             .map(|tp| ordo_runtime::telemetry::current_traceparent(&tp)),
+        // Its commands act on existing streams, whatever their channel; the store records
+        // each event in its stream's channel.
+        channel: None,
     }
 }
