@@ -52,9 +52,11 @@ value_schema!(
     Sku: String, |b| b.pattern(Some("^[A-Za-z0-9._-]{1,64}$")).examples(["SKU-1"])
 );
 value_schema!(
-    /// An amount in the currency's minor unit (cents for EUR), above zero.
+    /// An amount in the currency's minor unit (cents for EUR), above zero and at most
+    /// 10^15 (the largest amount).
     PositiveAmount: Integer, |b| b.format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
         .minimum(Some(1))
+        .maximum(Some(ordo_domain::Amount::MAX.get() as f64))
         .examples([2999])
 );
 
@@ -132,8 +134,8 @@ pub struct NewLine {
     pub name: Text,
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: u32,
-    /// Minor units, zero or more.
-    #[schema(minimum = 0)]
+    /// Minor units, zero or more, at most 10^15; the order's total is at most 10^15 too.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub unit_price: i64,
 }
 
