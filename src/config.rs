@@ -106,6 +106,11 @@ pub struct Config {
     #[arg(long, env = "ORDO_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// Where `/metrics` listens, on a listener of its own (then `ORDO_HTTP_ADDR` does not
+    /// serve it), e.g. to keep it off the public address. Unset: on `ORDO_HTTP_ADDR`.
+    #[arg(long, env = "ORDO_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Size of the main PostgreSQL pool (commands, reads, runners). The idempotency-lock
     /// pool adds half as many, and each led projection one more for its lock.
     #[arg(long, env = "ORDO_DB_MAX_CONNECTIONS", default_value_t = 32)]

@@ -44,6 +44,8 @@ use crate::shutdown::deadline_passed;
 pub struct Application {
     /// The HTTP address: the whole API with the API role, else the operations routes.
     listener: Option<TcpListener>,
+    /// `/metrics` on its own address (`ORDO_METRICS_ADDR`), when set.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     roles: Vec<ProcessRole>,
     runner: RunnerConfig,
@@ -88,8 +90,17 @@ impl Application {
                 None
             }
         };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (ORDO_METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         ordo_runtime::metrics::install();
         let api = ApiConfig {
+            metrics_elsewhere: metrics_listener.is_some(),
             body_limit: config.body_limit,
             #[cfg(debug_assertions)]
             crash_after_commit: config.crash_after_commit,
@@ -163,6 +174,7 @@ impl Application {
                 ..DeliveryConfig::default()
             },
             listener,
+            metrics_listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             server_limits: ordo_api::server::ServerLimits {
                 header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
@@ -186,6 +198,13 @@ impl Application {
                 "this process has no HTTP listener",
             )),
         }
+    }
+
+    /// Where `/metrics` listens when it has an address of its own (`ORDO_METRICS_ADDR`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -351,6 +370,18 @@ impl Application {
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
+        let metrics = self.metrics_listener.map(|listener| {
+            let app = ordo_api::metrics::metrics_router(self.state.clone());
+            let mut stopped = stopped.clone();
+            tokio::spawn(ordo_api::server::serve(
+                listener,
+                app,
+                self.server_limits,
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            ))
+        });
 
         // The signal starts the clock: everything below must end by `deadline`.
         let (signalled, deadline) = watch::channel(None::<Instant>);
@@ -389,6 +420,9 @@ impl Application {
             }
         };
         purge.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         roles.stopping();
         let _ = stop.send(true);
         let deadline = (*deadline.borrow()).unwrap_or_else(|| Instant::now() + timeout);
