@@ -75,7 +75,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyInfo>, sqlx::Error> {
 /// Revoke key `id` and announce it; `None` if no key has this id. Revoking a revoked key
 /// changes nothing (its first revocation time stays) and is announced again.
 pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<Option<KeyInfo>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = ordo_commands::db::begin(pool).await?;
     let revoked: Option<KeyInfo> = sqlx::query_as(
         "UPDATE auth.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
          RETURNING id, name, role, created_at, revoked_at",

@@ -204,7 +204,7 @@ fn key_of(stream: &StreamVersion) -> StreamKey {
 
 /// Append a batch in one transaction; one outcome per append, in order.
 pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(COMMIT_POINT)
         .execute(&mut *tx)

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
 
 /// Pool settings. `acquire_timeout` bounds how long a request waits for PostgreSQL before
 /// it is answered 503.
@@ -39,6 +39,30 @@ pub fn pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx:
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(connect_options(database_url)?))
+}
+
+/// Begin a transaction on a pooled connection; use this instead of `PgPool::begin`.
+///
+/// `PgPool::begin` is not cancel-safe in sqlx 0.8 on PostgreSQL (upstream issue
+/// transact-rs/sqlx#4393): if the caller is dropped after `BEGIN` went out but before its
+/// answer came back (an aborted task, a `select!`, a client that hung up), sqlx neither
+/// rolls back nor closes the session, and the pool hands that connection, still inside
+/// the transaction, to the next borrower. Its statements then run in a transaction nobody
+/// commits: their writes are invisible to everyone else and their locks are held until
+/// some later borrower happens to end it (a projection runner blocked for good behind a
+/// `CREATE INDEX IF NOT EXISTS` was how it showed). Here the `BEGIN` runs in a task of its
+/// own, which always finishes: a caller dropped meanwhile drops the finished transaction,
+/// which rolls it back before the connection goes back to the pool.
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    #[allow(clippy::disallowed_methods)] // the one place that may call it
+    let begun = tokio::spawn(async move { pool.begin().await }).await;
+    match begun {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels the task.
+        Err(_) => Err(sqlx::Error::PoolClosed),
+    }
 }
 
 /// Create the database named in `database_url` if it does not exist yet.

@@ -235,7 +235,7 @@ impl Rebuilder {
             .await?;
         let limit = self.config.batch_size.max(1);
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = ordo_commands::db::begin(&self.pool).await?;
             let Some(position) = own_position(tx.as_mut(), job, false).await? else {
                 return Ok(false);
             };
@@ -251,7 +251,7 @@ impl Rebuilder {
             drop(tx);
             // Near the head: the rest and the swap with the checkpoint row locked, so that
             // no live step runs in between.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = ordo_commands::db::begin(&self.pool).await?;
             let Some(position) = own_position(tx.as_mut(), job, true).await? else {
                 return Ok(false);
             };
@@ -397,7 +397,7 @@ async fn load(
         if events.is_empty() {
             continue;
         }
-        let mut tx = pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(pool).await?;
         if !apply_or_record(pool, tx.as_mut(), job, events).await? {
             return Ok(false);
         }

@@ -147,7 +147,7 @@ impl Runner {
 
     /// Apply the next batch (at most `limit` events) to the live tables.
     pub async fn step(&self, limit: i64) -> Result<Step, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(&self.pool).await?;
         let (checkpoint, built_by) = lock_checkpoint(&mut tx, self.projection).await?;
         if built_by > self.version {
             return Ok(Step::Superseded);

@@ -224,7 +224,7 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_the_relay_back() {
         .await
         .unwrap());
 
-    let mut open = app.pool.begin().await.unwrap();
+    let mut open = ordo_commands::db::begin(&app.pool).await.unwrap();
     let _: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
         .fetch_one(&mut *open)
         .await

@@ -316,7 +316,7 @@ async fn a_request_that_outlasts_the_shutdown_timeout_does_not_keep_the_process_
     // Arrange: a command stuck behind a lock this test holds on the event store (nothing
     // in Ordo times a statement out, so without the shutdown timeout it would wait for ever).
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-    let mut blocker = pool.begin().await.unwrap();
+    let mut blocker = ordo_commands::db::begin(&pool).await.unwrap();
     sqlx::query("LOCK TABLE event_store.events IN EXCLUSIVE MODE")
         .execute(&mut *blocker)
         .await

@@ -55,3 +55,74 @@ async fn every_event_gets_a_position_transaction_id_event_id_and_time() {
         .iter()
         .all(|r| r.1.parse::<u64>().is_ok() && r.4 == "1"));
 }
+
+/// A transaction whose caller went away before `BEGIN` was answered leaves nothing open on
+/// the pooled connection: the pool's next borrower writes for everyone to see. (sqlx 0.8's
+/// own `PgPool::begin` handed that connection on still inside the transaction; this is
+/// what kept a projection runner blocked for good after runners were killed.)
+#[tokio::test]
+async fn a_begin_abandoned_in_flight_leaves_no_transaction_open_on_the_pooled_connection() {
+    use sqlx::Connection;
+    use std::task::Poll;
+    let url = crate::helpers::fresh_database_url();
+    ordo_commands::db::ensure_database(&url).await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut observer = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut abandoned = 0;
+    for round in 0..50 {
+        if abandoned == 5 {
+            break;
+        }
+        {
+            let begin = ordo_commands::db::begin(&pool);
+            tokio::pin!(begin);
+            // Poll until the server has run the BEGIN, then go away before reading the
+            // answer (a caller dropped by `select!`, a timeout or an aborted task).
+            let in_flight = loop {
+                if let Poll::Ready(begun) = futures::poll!(&mut begin) {
+                    drop(begun);
+                    break false;
+                }
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                        .bind(pid)
+                        .fetch_one(&mut observer)
+                        .await
+                        .unwrap();
+                if state.as_deref() == Some("idle in transaction") {
+                    break true;
+                }
+            };
+            if !in_flight {
+                continue;
+            }
+            abandoned += 1;
+        }
+        let table = format!("seen_{round}");
+        sqlx::query(&format!("CREATE TABLE {table} ()"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let visible: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table)
+            .fetch_one(&mut observer)
+            .await
+            .unwrap();
+        assert!(
+            visible,
+            "round {round}: the write ran inside a transaction left open by the abandoned BEGIN"
+        );
+    }
+    assert_eq!(abandoned, 5, "BEGIN was abandoned in flight five times");
+    observer.close().await.unwrap();
+    pool.close().await;
+    ordo_commands::db::drop_database(&url).await.unwrap();
+}

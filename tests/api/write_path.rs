@@ -228,7 +228,7 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_back_reads_of_your_
         .execute(&mut other_db)
         .await
         .unwrap();
-    let mut here = app.pool.begin().await.unwrap();
+    let mut here = ordo_commands::db::begin(&app.pool).await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")
         .execute(&mut *here)
         .await

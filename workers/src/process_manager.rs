@@ -99,7 +99,7 @@ impl ProcessManager {
         if !feed::written_after(&self.pool, Checkpoint::at(seen)).await? {
             return Ok(Step::Idle);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(&self.pool).await?;
         let row: Option<i64> = sqlx::query_scalar(
             "SELECT global_position FROM process_manager.checkpoint
               WHERE name = $1 FOR UPDATE SKIP LOCKED",

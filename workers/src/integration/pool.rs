@@ -255,7 +255,7 @@ impl DeliveryPool {
             None => None,
             Some(_) => self.config.schedule.delay_after(attempt),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(&self.pool).await?;
         sqlx::query(
             "INSERT INTO integration.deliveries
                  (id, endpoint_id, event_id, event_type, attempt, status_code, ok, error,

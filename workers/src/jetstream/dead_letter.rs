@@ -62,7 +62,7 @@ impl Runner {
         reason: &str,
     ) -> Result<bool, WorkerError> {
         let event_id = letter.event_id();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(&self.pool).await?;
         let key = match event_id {
             Some(id) => format!("dead-letter:{}:{id}", self.name()),
             None => format!("dead-letter:{}:#{}", self.name(), letter.stream_sequence),

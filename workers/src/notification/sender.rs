@@ -186,7 +186,7 @@ impl MailSender {
             (Some(_), Some(_)) => "pending",
             (Some(_), None) => "failed",
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ordo_commands::db::begin(&self.pool).await?;
         sqlx::query(
             "INSERT INTO notification.attempts (id, notification_id, attempt, ok, error, duration_ms)
              VALUES ($1, $2, $3, $4, $5, $6)",
