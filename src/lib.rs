@@ -22,6 +22,7 @@ use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration}
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
+use ordo_workers::retention::Retention;
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
 use sqlx::PgPool;
@@ -62,6 +63,8 @@ pub struct Application {
     deliveries: DeliveryConfig,
     /// E-mails sent at once.
     smtp_concurrency: usize,
+    /// How long delivery history is kept (`None`: forever).
+    retention: Option<Retention>,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
     /// The HTTP server's header-read timeout and connection limit.
@@ -167,9 +170,12 @@ impl Application {
             webhooks,
             workers,
             smtp_concurrency: config.smtp_concurrency,
+            retention: (config.delivery_retention_days > 0)
+                .then(|| Retention::days(config.delivery_retention_days)),
             deliveries: DeliveryConfig {
                 timeout: Duration::from_secs(config.webhook_timeout_secs),
                 concurrency: config.webhook_concurrency,
+                per_endpoint: config.webhook_endpoint_concurrency.max(1),
                 disable_after: Duration::from_secs(config.webhook_disable_after_secs),
                 ..DeliveryConfig::default()
             },
@@ -370,6 +376,17 @@ impl Application {
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
+        // Delivery history past its retention, where the deliveries are sent.
+        let retention = self
+            .retention
+            .filter(|_| self.roles.contains(&ProcessRole::Workers))
+            .map(|r| {
+                tokio::spawn(ordo_workers::retention::run(
+                    self.state.pool.clone(),
+                    r,
+                    stopped.clone(),
+                ))
+            });
         let metrics = self.metrics_listener.map(|listener| {
             let app = ordo_api::metrics::metrics_router(self.state.clone());
             let mut stopped = stopped.clone();
@@ -420,6 +437,9 @@ impl Application {
             }
         };
         purge.abort();
+        if let Some(retention) = retention {
+            retention.abort();
+        }
         if let Some(metrics) = metrics {
             metrics.abort();
         }
