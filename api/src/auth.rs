@@ -64,15 +64,29 @@ pub struct Caller {
     pub key_id: Uuid,
     pub name: String,
     pub role: Role,
+    /// The sales channel the key is scoped to; `None`: a global key (see [`Caller::scope`]).
+    pub channel: Option<String>,
 }
 
 pub(crate) fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-/// Create a key for `role` and return it; only its hash is stored.
+/// Create a key for `role` and return it; only its hash is stored. A storefront key
+/// belongs to the `default` channel, any other is global.
 pub async fn create_key(pool: &PgPool, role: Role, name: &str) -> Result<String, sqlx::Error> {
-    crate::keys::create(pool, role, name)
+    create_key_in(pool, role, name, None).await
+}
+
+/// Create a key for `role` scoped to `channel` (`None`: the role's default — `default` for
+/// storefront keys, global for the others) and return it. The channel must exist.
+pub async fn create_key_in(
+    pool: &PgPool,
+    role: Role,
+    name: &str,
+    channel: Option<&str>,
+) -> Result<String, sqlx::Error> {
+    crate::keys::create(pool, role, name, channel)
         .await
         .map(|created| created.key)
 }
@@ -142,16 +156,22 @@ impl KeyCache {
         if let Some(caller) = self.cached(&hash) {
             return Ok(caller);
         }
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, name, role FROM auth.api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        let row: Option<(Uuid, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, name, role, channel FROM auth.api_keys
+              WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(&hash)
         .fetch_optional(pool)
         .await?;
         let caller = match row {
-            Some((key_id, name, role)) => {
+            Some((key_id, name, role, channel)) => {
                 let role = Role::from_str(&role).map_err(ApiError::Internal)?;
-                Some(Caller { key_id, name, role })
+                Some(Caller {
+                    key_id,
+                    name,
+                    role,
+                    channel,
+                })
             }
             None => None,
         };
@@ -202,6 +222,17 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 impl Caller {
+    /// The channel this caller's reads and commands are confined to: its key's channel, or
+    /// `None` for a global key, which sees every channel.
+    pub fn scope(&self) -> Option<&str> {
+        self.channel.as_deref()
+    }
+
+    /// Whether this caller sees resources of `channel`.
+    pub fn sees(&self, channel: &str) -> bool {
+        self.scope().is_none_or(|scope| scope == channel)
+    }
+
     /// The key in `Authorization: Bearer <key>`; 401 without a known, unrevoked one.
     pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
@@ -233,11 +264,31 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 /// Which roles a route admits (the matrix in docs/API.md).
 pub trait Policy: Send + Sync + 'static {
     const ROLES: &'static [Role];
+    /// Whether what it guards spans channels (keys, workers, webhooks, rebuilds): then the
+    /// console admits global keys only, as the API's [`Global`] does.
+    const SPANS_CHANNELS: bool = false;
 
     /// Whether `role` is one of [`Self::ROLES`], for a route whose policy depends on its
     /// parameters.
     fn admits(role: Role) -> bool {
         Self::ROLES.contains(&role)
+    }
+}
+
+/// An authenticated caller with a global key (one scoped to no channel) whose role `P`
+/// admits: for what spans channels (keys, channels, webhooks, workers, dead letters).
+/// 401 without a valid key, 403 otherwise.
+pub struct Global<P: Policy>(pub Caller, pub PhantomData<P>);
+
+impl<P: Policy> FromRequestParts<AppState> for Global<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Allowed(caller, _) = Allowed::<P>::from_request_parts(parts, state).await?;
+        match &caller.channel {
+            None => Ok(Self(caller, PhantomData)),
+            Some(_) => Err(ApiError::ChannelScoped),
+        }
     }
 }
 
@@ -265,6 +316,14 @@ macro_rules! policy {
         pub struct $name;
         impl Policy for $name {
             const ROLES: &'static [Role] = &[$(Role::$role),+];
+        }
+    };
+    ($(#[$doc:meta])* spanning $name:ident: $($role:ident),+) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Policy for $name {
+            const ROLES: &'static [Role] = &[$(Role::$role),+];
+            const SPANS_CHANNELS: bool = true;
         }
     };
 }
@@ -295,7 +354,7 @@ policy!(
 );
 policy!(
     /// Rebuilding a projection.
-    Rebuilders: Analyst, Admin
+    spanning Rebuilders: Analyst, Admin
 );
 policy!(
     /// Analytics: analysts and admins.
@@ -311,10 +370,10 @@ policy!(
     NotificationReaders: Support, Admin
 );
 policy!(
-    /// Workers, dead letters, keys: admins only.
-    Admins: Admin
+    /// Workers, dead letters, keys, channels: admins only.
+    spanning Admins: Admin
 );
 policy!(
     /// Webhook endpoints: admins only.
-    WebhookAdmins: Admin
+    spanning WebhookAdmins: Admin
 );

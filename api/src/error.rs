@@ -23,6 +23,10 @@ pub enum ApiError {
     Forbidden {
         role: &'static str,
     },
+    /// A key scoped to one channel asked for what spans channels (keys, channels,
+    /// webhooks, workers, dead letters) or named another channel: 403
+    /// `channel-forbidden`.
+    ChannelScoped,
     NotFound(String),
     MethodNotAllowed,
     MalformedJson(String),
@@ -122,6 +126,13 @@ impl ApiError {
                 "forbidden",
                 "Forbidden".into(),
                 format!("the `{role}` role may not do this"),
+                None,
+            ),
+            Self::ChannelScoped => (
+                StatusCode::FORBIDDEN,
+                "channel-forbidden",
+                "Forbidden".into(),
+                "this API key is scoped to one channel: it acts in its own channel only, and may not do what spans channels".into(),
                 None,
             ),
             Self::NotFound(what) => (

@@ -26,6 +26,8 @@ pub struct KeyInfo {
     pub name: String,
     /// `storefront`, `support`, `analyst` or `admin`.
     pub role: String,
+    /// The channel it is scoped to; `null`: global (every channel).
+    pub channel: Option<String>,
     pub created_at: DateTime<Utc>,
     /// When it was revoked; `null` while it works.
     pub revoked_at: Option<DateTime<Utc>>,
@@ -37,28 +39,48 @@ pub struct CreatedKey {
     pub id: Uuid,
     pub name: String,
     pub role: String,
+    /// The channel it is scoped to; `null`: global (every channel).
+    pub channel: Option<String>,
     /// Send as `Authorization: Bearer <key>`. Shown once: only its hash is stored.
     pub key: String,
 }
 
-pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<CreatedKey, sqlx::Error> {
+/// The channel a new key of `role` gets when none is named: storefront keys always belong
+/// to one channel (`default`); the other roles' keys are global.
+pub fn default_channel(role: Role) -> Option<&'static str> {
+    (role == Role::Storefront).then_some(ordo_commands::channels::DEFAULT)
+}
+
+/// Create a key for `role` in `channel` (`None`: [`default_channel`]); the channel must
+/// exist (a foreign-key violation otherwise).
+pub async fn create(
+    pool: &PgPool,
+    role: Role,
+    name: &str,
+    channel: Option<&str>,
+) -> Result<CreatedKey, sqlx::Error> {
+    let channel = channel.or(default_channel(role));
     let key = format!(
         "ordo_{}{}",
         Uuid::new_v4().simple(),
         Uuid::new_v4().simple()
     );
     let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO auth.api_keys (id, name, role, key_hash) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(name)
-        .bind(role.as_str())
-        .bind(hash_key(&key))
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO auth.api_keys (id, name, role, key_hash, channel) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(hash_key(&key))
+    .bind(channel)
+    .execute(pool)
+    .await?;
     Ok(CreatedKey {
         id,
         name: name.to_owned(),
         role: role.as_str().to_owned(),
+        channel: channel.map(str::to_owned),
         key,
     })
 }
@@ -66,7 +88,8 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<CreatedKey,
 /// Every key, oldest first.
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyInfo>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, role, created_at, revoked_at FROM auth.api_keys ORDER BY created_at, id",
+        "SELECT id, name, role, channel, created_at, revoked_at FROM auth.api_keys
+          ORDER BY created_at, id",
     )
     .fetch_all(pool)
     .await
@@ -78,7 +101,7 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<Option<KeyInfo>, sqlx::Er
     let mut tx = ordo_commands::db::begin(pool).await?;
     let revoked: Option<KeyInfo> = sqlx::query_as(
         "UPDATE auth.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-         RETURNING id, name, role, created_at, revoked_at",
+         RETURNING id, name, role, channel, created_at, revoked_at",
     )
     .bind(id)
     .fetch_optional(&mut *tx)

@@ -202,6 +202,7 @@ fn api_with_metrics(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenAp
         .merge(routes::analytics::router())
         .merge(routes::webhooks::router())
         .merge(routes::keys::router())
+        .merge(routes::channels::router())
         .merge(routes::workers::router())
         .merge(routes::notifications::router())
         .routes(routes!(openapi::openapi_json));

@@ -93,6 +93,9 @@ pub fn metadata(caller: &Caller, headers: &CommandHeaders) -> CommandMetadata {
         idempotency_key: headers.idempotency_key.clone(),
         idempotent: None,
         traceparent: Some(headers.traceparent.clone()),
+        // A scoped key acts in its channel only; a command that creates a stream sets the
+        // channel it chose (see `routes::channels::creation_channel`).
+        channel: caller.channel.clone(),
     }
 }
 

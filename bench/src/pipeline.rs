@@ -188,6 +188,7 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         idempotency_key: None,
         idempotent: None,
         traceparent: None,
+        channel: None,
     };
     let in_flight = Arc::new(Semaphore::new(128));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));

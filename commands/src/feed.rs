@@ -45,6 +45,8 @@ pub struct FeedEvent {
     pub payload: String,
     /// The metadata's JSON as stored, unparsed; empty unless asked for.
     pub metadata: String,
+    /// The channel of the event's stream (see [`crate::channels`]), always.
+    pub channel: String,
 }
 
 /// What a reader wants of each event: the payload only of the event types it handles (the
@@ -137,6 +139,7 @@ pub async fn read(
                 recorded_at: row.try_get("recorded_at")?,
                 payload: row.try_get("payload")?,
                 metadata: row.try_get("metadata")?,
+                channel: row.try_get("channel")?,
             })
         })
         .collect()

@@ -7,6 +7,7 @@
 pub mod appender;
 pub mod audit;
 pub mod chain;
+pub mod channels;
 pub mod db;
 pub mod error;
 pub mod feed;

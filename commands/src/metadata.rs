@@ -25,6 +25,12 @@ pub struct CommandMetadata {
     /// answer is stored in the same transaction as the events.
     pub idempotent: Option<IdempotentRequest>,
     pub traceparent: Option<String>,
+    /// The channel the command acts in. A command that creates a stream records it in this
+    /// channel ([`crate::channels::DEFAULT`] when `None`); a command on an existing stream
+    /// with `Some` finds only streams of this channel (another channel's stream is "not
+    /// found"), and with `None` (a global key, a system component) any stream. Either way
+    /// the events record their stream's channel.
+    pub channel: Option<String>,
 }
 
 /// What the store needs to record an `Idempotency-Key` request's answer with its events.
@@ -37,7 +43,7 @@ pub struct IdempotentRequest {
 impl CommandMetadata {
     /// The flat map cqrs-es stores in the `metadata` column.
     pub fn to_map(&self) -> HashMap<String, String> {
-        let mut m = HashMap::with_capacity(9);
+        let mut m = HashMap::with_capacity(10);
         m.insert("correlation_id".into(), self.correlation_id.to_string());
         m.insert("causation_id".into(), self.causation_id.to_string());
         m.insert("actor_name".into(), self.actor.name.clone());
@@ -53,6 +59,12 @@ impl CommandMetadata {
         if let Some(tp) = &self.traceparent {
             m.insert("traceparent".into(), tp.clone());
         }
+        m.insert(
+            "channel".into(),
+            self.channel
+                .clone()
+                .unwrap_or_else(|| crate::channels::DEFAULT.to_owned()),
+        );
         m
     }
 

@@ -7,8 +7,6 @@ use ordo_domain::order::{Order, OrderCommand, PlaceOrder, ShipOrder, ShipmentLin
 use ordo_domain::payment::{CreatePayment, OrderFacts, Payment, PaymentCommand};
 use ordo_domain::values::Text;
 use ordo_domain::{Amount, Currency, DomainError};
-use std::collections::HashSet;
-use std::sync::Mutex;
 
 use cqrs_es::Aggregate;
 use sqlx::PgPool;
@@ -20,18 +18,12 @@ use crate::{CommandError, CommandMetadata, Committed, EventStore};
 
 pub struct Commands {
     store: EventStore,
-    /// Customers known to be registered. A registered customer stays registered, so a hit
-    /// needs no read; bounded, forgotten wholesale when full.
-    known_customers: Mutex<HashSet<Uuid>>,
 }
 
 /// At most this many payments per order: shipping and the process manager fold every payment
 /// of an order, so an order's payments must stay few. Concurrent creations for one order can
 /// pass the limit by the number in flight (they do not change the order's stream).
 pub const MAX_PAYMENTS_PER_ORDER: i64 = 100;
-
-/// How many registered customers [`Commands`] remembers.
-const KNOWN_CUSTOMERS: usize = 100_000;
 
 /// A shipment as requested; the covered amount is found by [`Commands::ship_order`].
 #[derive(Debug, Clone)]
@@ -57,7 +49,6 @@ impl Commands {
     pub fn new(pool: PgPool) -> Self {
         Self {
             store: EventStore::new(pool),
-            known_customers: Mutex::new(HashSet::new()),
         }
     }
 
@@ -92,47 +83,24 @@ impl Commands {
             .await
     }
 
-    /// Place an order for a registered customer.
+    /// Place an order for a registered customer of the order's channel.
     pub async fn place_order(
         &self,
         cmd: PlaceOrder,
         meta: &CommandMetadata,
     ) -> Result<Committed, CommandError> {
-        if !self.customer_exists(cmd.customer_id).await? {
+        let customer = self
+            .store
+            .stream_channel(Customer::TYPE, &cmd.customer_id.to_string())
+            .await?;
+        let Some(customer_channel) = customer else {
             return Err(DomainError::invalid("customer_id", "no customer has this id").into());
-        }
+        };
+        same_channel(meta, &customer_channel, "the customer")?;
         let id = cmd.order_id.to_string();
         self.store
             .execute::<Order>(&id, None, OrderCommand::Place(cmd), meta)
             .await
-    }
-
-    async fn customer_exists(&self, customer_id: Uuid) -> Result<bool, CommandError> {
-        let known = |set: &HashSet<Uuid>| set.contains(&customer_id);
-        if known(
-            &self
-                .known_customers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        ) {
-            return Ok(true);
-        }
-        let exists = self
-            .store
-            .version_of(Customer::TYPE, &customer_id.to_string())
-            .await?
-            > 0;
-        if exists {
-            let mut set = self
-                .known_customers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if set.len() >= KNOWN_CUSTOMERS {
-                set.clear();
-            }
-            set.insert(customer_id);
-        }
-        Ok(exists)
     }
 
     /// Confirm, cancel or deliver an order.
@@ -218,6 +186,11 @@ impl Commands {
                         .into());
                     }
                     let order = self.store.load::<Order>(order_id).await?;
+                    if let Some(order_channel) =
+                        self.store.stream_channel(Order::TYPE, order_id).await?
+                    {
+                        same_channel(meta, &order_channel, "the order")?;
+                    }
                     let facts = OrderFacts {
                         order_id: request.order_id,
                         customer_id: order.state.customer_id.unwrap_or_default(),
@@ -286,5 +259,20 @@ impl Commands {
             payments.push((id, payment));
         }
         Ok(payments)
+    }
+}
+
+/// A stream created by `meta` must be in the channel of the stream it refers to (`what`):
+/// 409 `channel-mismatch` otherwise.
+fn same_channel(meta: &CommandMetadata, other: &str, what: &str) -> Result<(), CommandError> {
+    let channel = meta.channel.as_deref().unwrap_or(crate::channels::DEFAULT);
+    if channel == other {
+        Ok(())
+    } else {
+        Err(DomainError::refused(
+            "channel-mismatch",
+            format!("{what} belongs to another channel than `{channel}`"),
+        )
+        .into())
     }
 }

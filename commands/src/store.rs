@@ -127,7 +127,13 @@ pub struct EventStore {
     orders: Store<Order>,
     payments: Store<Payment>,
     customers: Store<Customer>,
+    /// Streams' channels (`type:id` → channel): a stream never changes channel, so a hit
+    /// needs no read; bounded, forgotten wholesale when full.
+    stream_channels: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// How many streams' channels [`EventStore`] remembers.
+const KNOWN_STREAM_CHANNELS: usize = 100_000;
 
 /// Upcasters for stored events of older schema versions, applied on every read. Empty
 /// while every event type is at version 1.
@@ -167,6 +173,7 @@ impl EventStore {
             orders: cqrs_store(&pool),
             payments: cqrs_store(&pool),
             customers: cqrs_store(&pool),
+            stream_channels: Default::default(),
             pool,
         }
     }
@@ -191,6 +198,32 @@ impl EventStore {
             state: context.aggregate,
             version: context.current_sequence as u64,
         })
+    }
+
+    /// The channel of a stream (see [`crate::channels`]); `None` while it has no events.
+    pub async fn stream_channel(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+    ) -> Result<Option<String>, CommandError> {
+        let key = format!("{aggregate_type}:{id}");
+        let cache = || {
+            self.stream_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(channel) = cache().get(&key) {
+            return Ok(Some(channel.clone()));
+        }
+        let channel = crate::channels::of_stream(&self.pool, aggregate_type, id).await?;
+        if let Some(channel) = &channel {
+            let mut known = cache();
+            if known.len() >= KNOWN_STREAM_CHANNELS {
+                known.clear();
+            }
+            known.insert(key, channel.clone());
+        }
+        Ok(channel)
     }
 
     /// Decide `command` against the stream's current state and append the events.
@@ -286,10 +319,16 @@ impl EventStore {
     {
         let store = A::store(self);
         let mut attempt = 0;
+        // The events' metadata: the command's, with the stream's channel.
+        let mut recorded: Option<CommandMetadata> = None;
         loop {
             attempt += 1;
             let (command, reads) = prepare().await?;
             *name = A::command_name(&command);
+            if recorded.is_none() {
+                recorded = Some(self.in_channel::<A>(id, &command, metadata).await?);
+            }
+            let metadata = recorded.as_ref().unwrap_or(metadata);
             let (mut state, version) = if attempt == 1 && assume_new && expected.is_none() {
                 (A::default(), 0)
             } else {
@@ -357,6 +396,43 @@ impl EventStore {
                 }
             }
         }
+    }
+
+    /// The metadata of a command's events, recorded in its stream's channel. A command on an
+    /// existing stream of another channel than the one `metadata` confines it to finds no
+    /// such stream, exactly as if it did not exist: a scoped key must not learn that it does.
+    async fn in_channel<A: Stored>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<CommandMetadata, CommandError>
+    where
+        A::Command: Clone,
+    {
+        let mut recorded = metadata.clone();
+        if A::creates(command) {
+            recorded.channel = Some(
+                metadata
+                    .channel
+                    .clone()
+                    .unwrap_or_else(|| crate::channels::DEFAULT.to_owned()),
+            );
+            return Ok(recorded);
+        }
+        if let Some(stream_channel) = self.stream_channel(A::TYPE, id).await? {
+            if metadata
+                .channel
+                .as_ref()
+                .is_some_and(|scope| *scope != stream_channel)
+            {
+                return Err(CommandError::Domain(DomainError::NotFound {
+                    aggregate: A::TYPE,
+                }));
+            }
+            recorded.channel = Some(stream_channel);
+        }
+        Ok(recorded)
     }
 
     /// Store an idempotent refusal's answer (no events). `Some` with the answer already

@@ -17,6 +17,8 @@ pub const TABLES: &[&str] = &["customers", "customer_spend"];
 
 #[derive(Debug, Clone, Default)]
 struct CustomerRow {
+    /// The customer's sales channel, once registered (its stream's); never changes.
+    channel: Option<String>,
     email: Option<String>,
     name: Option<String>,
     order_count: i64,
@@ -40,6 +42,7 @@ struct SpendRow {
 /// What one event changes for a customer.
 enum Change {
     Registered {
+        channel: String,
         email: String,
         name: String,
         at: DateTime<Utc>,
@@ -91,6 +94,7 @@ fn change_of(decoded: &Decoded) -> Result<Option<(Uuid, Change)>, ApplyError> {
         DomainEvent::Customer(CustomerEvent::Registered(r)) => Some((
             r.customer_id,
             Change::Registered {
+                channel: event.channel.clone(),
                 email: r.email.to_string(),
                 name: r.name.to_string(),
                 at: r.registered_at,
@@ -148,7 +152,13 @@ pub async fn apply(
     for (id, change, event) in changes {
         let customer = customers.entry(id).or_default();
         match change {
-            Change::Registered { email, name, at } => {
+            Change::Registered {
+                channel,
+                email,
+                name,
+                at,
+            } => {
+                customer.channel = Some(channel);
                 customer.email = Some(email);
                 customer.name = Some(name);
                 customer.registered_at = Some(at);
@@ -203,7 +213,7 @@ async fn load_customers(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, CustomerRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT id, email, name, order_count, cancelled_count, open_orders, notes_count,
+        "SELECT id, channel, email, name, order_count, cancelled_count, open_orders, notes_count,
                 first_order_at, last_order_at, registered_at
            FROM {schema}.customers WHERE id = ANY($1)"
     ))
@@ -215,6 +225,7 @@ async fn load_customers(
             Ok((
                 r.try_get("id")?,
                 CustomerRow {
+                    channel: r.try_get("channel")?,
                     email: r.try_get("email")?,
                     name: r.try_get("name")?,
                     order_count: r.try_get("order_count")?,
@@ -268,10 +279,15 @@ async fn save_customers(
         .collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.customers (id, email, name, order_count, cancelled_count,
-                open_orders, notes_count, first_order_at, last_order_at, registered_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                $6::bigint[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-         ON CONFLICT (id) DO UPDATE SET
+                open_orders, notes_count, first_order_at, last_order_at, registered_at, channel)
+         SELECT id, email, name, order_count, cancelled_count, open_orders, notes_count,
+                first_order_at, last_order_at, registered_at, coalesce(channel, 'default')
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                $6::bigint[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                $11::text[])
+             AS u(id, email, name, order_count, cancelled_count, open_orders, notes_count,
+                  first_order_at, last_order_at, registered_at, channel)
+         ON CONFLICT (id) DO UPDATE SET channel = EXCLUDED.channel,
              email = EXCLUDED.email, name = EXCLUDED.name, order_count = EXCLUDED.order_count,
              cancelled_count = EXCLUDED.cancelled_count, open_orders = EXCLUDED.open_orders,
              notes_count = EXCLUDED.notes_count, first_order_at = EXCLUDED.first_order_at,
@@ -287,6 +303,7 @@ async fn save_customers(
     .bind(rows.iter().map(|(_, r)| r.first_order_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.last_order_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.registered_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.channel.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -20,6 +20,8 @@ pub const TABLES: &[&str] = &["orders", "order_payments"];
 struct OrderRow {
     id: Uuid,
     customer_id: Uuid,
+    /// The order's sales channel (its stream's); never changes.
+    channel: String,
     status: String,
     payment_status: String,
     fulfillment_status: String,
@@ -64,6 +66,7 @@ struct Item<'a> {
     sequence: i64,
     position: i64,
     recorded_at: DateTime<Utc>,
+    channel: &'a str,
     event: Event<'a>,
 }
 
@@ -110,6 +113,7 @@ fn select(events: &[Decoded]) -> Result<Batch<'_>, ApplyError> {
             sequence: event.sequence,
             position: event.checkpoint.global_position,
             recorded_at: event.recorded_at,
+            channel: &event.channel,
             event: selected,
         });
     }
@@ -162,6 +166,7 @@ fn fold(
                             OrderRow {
                                 id,
                                 customer_id: p.customer_id,
+                                channel: item.channel.to_owned(),
                                 status: "placed".into(),
                                 payment_status: "unpaid".into(),
                                 fulfillment_status: "unfulfilled".into(),
@@ -337,8 +342,8 @@ async fn load_orders(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT id, customer_id, status, payment_status, fulfillment_status, currency, total,
-                lines::text AS lines, line_count, placed_at, updated_at, version
+        "SELECT id, customer_id, channel, status, payment_status, fulfillment_status, currency,
+                total, lines::text AS lines, line_count, placed_at, updated_at, version
            FROM {schema}.orders WHERE id = ANY($1)"
     ))
     .bind(ids)
@@ -351,6 +356,7 @@ async fn load_orders(
                 OrderRow {
                     id: r.try_get("id")?,
                     customer_id: r.try_get("customer_id")?,
+                    channel: r.try_get("channel")?,
                     status: r.try_get("status")?,
                     payment_status: r.try_get("payment_status")?,
                     fulfillment_status: r.try_get("fulfillment_status")?,
@@ -413,10 +419,10 @@ async fn save_orders(
     let line_counts: Vec<i32> = rows.iter().map(|r| r.line_count).collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.orders (id, customer_id, status, payment_status, fulfillment_status,
-                currency, total, line_count, lines, placed_at, updated_at, version)
+                currency, total, line_count, lines, placed_at, updated_at, version, channel)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                 $6::text[], $7::bigint[], $8::int[], $9::jsonb[], $10::timestamptz[],
-                $11::timestamptz[], $12::bigint[])
+                $11::timestamptz[], $12::bigint[], $13::text[])
          ON CONFLICT (id) DO UPDATE SET
              status = EXCLUDED.status, payment_status = EXCLUDED.payment_status,
              fulfillment_status = EXCLUDED.fulfillment_status,
@@ -447,6 +453,7 @@ async fn save_orders(
     .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.channel.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -17,6 +17,8 @@ struct PaymentRow {
     id: Uuid,
     order_id: Uuid,
     customer_id: Uuid,
+    /// The payment's sales channel (its stream's); never changes.
+    channel: String,
     status: PaymentStatus,
     currency: String,
     amount: i64,
@@ -65,6 +67,7 @@ pub async fn apply(
                         id,
                         order_id: c.order_id,
                         customer_id: c.customer_id,
+                        channel: event.channel.clone(),
                         status: PaymentStatus::Pending,
                         currency: c.currency.to_string(),
                         amount: c.amount.get(),
@@ -136,7 +139,7 @@ async fn load(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, PaymentRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT id, order_id, customer_id, status, currency, amount, authorized, captured,
+        "SELECT id, order_id, customer_id, channel, status, currency, amount, authorized, captured,
                 refunded, method, created_at, updated_at, version
            FROM {schema}.payments WHERE id = ANY($1)"
     ))
@@ -152,6 +155,7 @@ async fn load(
                     id: r.try_get("id")?,
                     order_id: r.try_get("order_id")?,
                     customer_id: r.try_get("customer_id")?,
+                    channel: r.try_get("channel")?,
                     status: serde_json::from_value(Value::String(status)).unwrap_or_default(),
                     currency: r.try_get("currency")?,
                     amount: r.try_get("amount")?,
@@ -178,10 +182,10 @@ async fn save(
     }
     sqlx::query(&format!(
         "INSERT INTO {schema}.payments (id, order_id, customer_id, status, currency, amount,
-                authorized, captured, refunded, method, created_at, updated_at, version)
+                authorized, captured, refunded, method, created_at, updated_at, version, channel)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[],
-                $11::timestamptz[], $12::timestamptz[], $13::bigint[])
+                $11::timestamptz[], $12::timestamptz[], $13::bigint[], $14::text[])
          ON CONFLICT (id) DO UPDATE SET
              status = EXCLUDED.status, authorized = EXCLUDED.authorized,
              captured = EXCLUDED.captured, refunded = EXCLUDED.refunded,
@@ -204,6 +208,7 @@ async fn save(
     .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.channel.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -23,21 +23,31 @@ fn page<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Page<T> {
     }
 }
 
-const ORDER_COLUMNS: &str = "id, customer_id, status, payment_status, fulfillment_status, currency,
+const ORDER_COLUMNS: &str =
+    "id, customer_id, channel, status, payment_status, fulfillment_status, currency,
     total, line_count, lines, placed_at, updated_at, version";
 
-pub async fn order(pool: &PgPool, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+/// Order `id`, if it is in `channel` (`None`: any channel).
+pub async fn order(
+    pool: &PgPool,
+    channel: Option<&str>,
+    id: Uuid,
+) -> Result<Option<OrderView>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM projections.orders WHERE id = $1"
+        "SELECT {ORDER_COLUMNS} FROM projections.orders
+          WHERE id = $1 AND ($2::text IS NULL OR channel = $2)"
     ))
     .bind(id)
+    .bind(channel)
     .fetch_optional(pool)
     .await
 }
 
-/// Orders, oldest id first, filtered by customer and status, after `cursor` (an order id).
+/// Orders, oldest id first, filtered by channel, customer and status, after `cursor` (an
+/// order id).
 pub async fn orders(
     pool: &PgPool,
+    channel: Option<&str>,
     customer_id: Option<Uuid>,
     status: Option<OrderStatus>,
     cursor: Option<Uuid>,
@@ -48,32 +58,44 @@ pub async fn orders(
           WHERE ($1::uuid IS NULL OR customer_id = $1)
             AND ($2::text IS NULL OR status = $2)
             AND ($3::uuid IS NULL OR id > $3)
+            AND ($5::text IS NULL OR channel = $5)
           ORDER BY id LIMIT $4"
     ))
     .bind(customer_id)
     .bind(status.map(OrderStatus::as_str))
     .bind(cursor)
     .bind(limit + 1)
+    .bind(channel)
     .fetch_all(pool)
     .await?;
     Ok(page(rows, limit, |o| o.id))
 }
 
-const PAYMENT_COLUMNS: &str = "id, order_id, customer_id, status, currency, amount, authorized,
+const PAYMENT_COLUMNS: &str =
+    "id, order_id, customer_id, channel, status, currency, amount, authorized,
     captured, refunded, method, created_at, updated_at, version";
 
-pub async fn payment(pool: &PgPool, id: Uuid) -> Result<Option<PaymentView>, sqlx::Error> {
+/// Payment `id`, if it is in `channel` (`None`: any channel).
+pub async fn payment(
+    pool: &PgPool,
+    channel: Option<&str>,
+    id: Uuid,
+) -> Result<Option<PaymentView>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {PAYMENT_COLUMNS} FROM projections.payments WHERE id = $1"
+        "SELECT {PAYMENT_COLUMNS} FROM projections.payments
+          WHERE id = $1 AND ($2::text IS NULL OR channel = $2)"
     ))
     .bind(id)
+    .bind(channel)
     .fetch_optional(pool)
     .await
 }
 
-/// Payments, oldest id first, of one order if given, after `cursor` (a payment id).
+/// Payments, oldest id first, of one channel and one order if given, after `cursor` (a
+/// payment id).
 pub async fn payments(
     pool: &PgPool,
+    channel: Option<&str>,
     order_id: Option<Uuid>,
     cursor: Option<Uuid>,
     limit: i64,
@@ -81,11 +103,13 @@ pub async fn payments(
     let rows: Vec<PaymentView> = sqlx::query_as(&format!(
         "SELECT {PAYMENT_COLUMNS} FROM projections.payments
           WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::uuid IS NULL OR id > $2)
+            AND ($4::text IS NULL OR channel = $4)
           ORDER BY id LIMIT $3"
     ))
     .bind(order_id)
     .bind(cursor)
     .bind(limit + 1)
+    .bind(channel)
     .fetch_all(pool)
     .await?;
     Ok(page(rows, limit, |p| p.id))
@@ -129,14 +153,22 @@ async fn with_spent(
     Ok(customers)
 }
 
-const CUSTOMER_COLUMNS: &str = "id, email, name, order_count, cancelled_count, open_orders,
+const CUSTOMER_COLUMNS: &str =
+    "id, channel, email, name, order_count, cancelled_count, open_orders,
     notes_count, first_order_at, last_order_at, registered_at";
 
-pub async fn customer(pool: &PgPool, id: Uuid) -> Result<Option<CustomerView>, sqlx::Error> {
+/// Customer `id`, if it is in `channel` (`None`: any channel).
+pub async fn customer(
+    pool: &PgPool,
+    channel: Option<&str>,
+    id: Uuid,
+) -> Result<Option<CustomerView>, sqlx::Error> {
     let row: Option<CustomerView> = sqlx::query_as(&format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM projections.customers WHERE id = $1"
+        "SELECT {CUSTOMER_COLUMNS} FROM projections.customers
+          WHERE id = $1 AND ($2::text IS NULL OR channel = $2)"
     ))
     .bind(id)
+    .bind(channel)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -147,6 +179,7 @@ pub async fn customer(pool: &PgPool, id: Uuid) -> Result<Option<CustomerView>, s
 /// customer id).
 pub async fn customers(
     pool: &PgPool,
+    channel: Option<&str>,
     email: Option<&str>,
     cursor: Option<Uuid>,
     limit: i64,
@@ -154,11 +187,13 @@ pub async fn customers(
     let rows: Vec<CustomerView> = sqlx::query_as(&format!(
         "SELECT {CUSTOMER_COLUMNS} FROM projections.customers
           WHERE ($1::text IS NULL OR lower(email) = lower($1)) AND ($2::uuid IS NULL OR id > $2)
+            AND ($4::text IS NULL OR channel = $4)
           ORDER BY id LIMIT $3"
     ))
     .bind(email)
     .bind(cursor)
     .bind(limit + 1)
+    .bind(channel)
     .fetch_all(pool)
     .await?;
     let mut page = page(rows, limit, |c| c.id);

@@ -81,6 +81,8 @@ pub struct OrderLine {
 pub struct OrderView {
     pub id: Uuid,
     pub customer_id: Uuid,
+    /// The sales channel it belongs to.
+    pub channel: String,
     #[sqlx(try_from = "String")]
     pub status: OrderStatus,
     /// `unpaid`, `authorized`, `paid`, `partially_refunded` or `refunded`.
@@ -106,6 +108,8 @@ pub struct PaymentView {
     pub id: Uuid,
     pub order_id: Uuid,
     pub customer_id: Uuid,
+    /// The sales channel it belongs to.
+    pub channel: String,
     /// `pending`, `authorized`, `captured`, `refunded`, `voided` or `failed`.
     pub status: String,
     pub currency: String,
@@ -126,6 +130,8 @@ pub struct PaymentView {
 #[schema(as = Customer)]
 pub struct CustomerView {
     pub id: Uuid,
+    /// The sales channel it belongs to.
+    pub channel: String,
     /// Null for a customer only known from orders (or erased).
     pub email: Option<String>,
     pub name: Option<String>,

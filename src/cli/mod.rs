@@ -1,13 +1,14 @@
 //! `ordo` subcommands; the README's "CLI" lists them.
 
 mod audit;
+mod channels;
 mod projections;
 mod webhooks;
 mod workers;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ordo_api::Role;
 
@@ -63,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Sales channels: create, list, show, rename, e-mail sender.
+    Channels {
+        #[command(subcommand)]
+        command: channels::ChannelsCommand,
+    },
     /// Webhook endpoints: list, show, update, disable, enable, delete, rotate the secret,
     /// send a test, deliveries by status, retry one.
     Webhooks {
@@ -81,8 +87,12 @@ enum KeysCommand {
         role: Role,
         #[arg(long)]
         name: String,
+        /// The channel the key is scoped to (it must exist). Storefront keys always belong
+        /// to one (default: `default`); other roles' keys are global without it.
+        #[arg(long)]
+        channel: Option<String>,
     },
-    /// Every key: id, role, state (active or revoked), created, name. Never the key.
+    /// Every key: id, role, channel, state (active or revoked), created, name. Never the key.
     List {
         #[command(flatten)]
         config: Config,
@@ -140,10 +150,21 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys {
-            command: KeysCommand::Create { config, role, name },
+            command:
+                KeysCommand::Create {
+                    config,
+                    role,
+                    name,
+                    channel,
+                },
         } => {
             let pool = crate::migrate(&config).await?;
-            let key = ordo_api::create_key(&pool, role, &name)
+            if let Some(channel) = &channel {
+                if !ordo_commands::channels::exists(&pool, channel).await? {
+                    bail!("no channel has the id `{channel}` (see `ordo channels list`)");
+                }
+            }
+            let key = ordo_api::auth::create_key_in(&pool, role, &name, channel.as_deref())
                 .await
                 .context("cannot store the key")?;
             pool.close().await;
@@ -164,8 +185,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)] // the table is this command's output
             {
                 println!(
-                    "{:<36}  {:<10}  {:<7}  {:<20}  NAME",
-                    "ID", "ROLE", "STATE", "CREATED"
+                    "{:<36}  {:<10}  {:<16}  {:<7}  {:<20}  NAME",
+                    "ID", "ROLE", "CHANNEL", "STATE", "CREATED"
                 );
                 for key in keys {
                     let state = if key.revoked_at.is_some() {
@@ -174,9 +195,10 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         "active"
                     };
                     println!(
-                        "{:<36}  {:<10}  {:<7}  {:<20}  {}",
+                        "{:<36}  {:<10}  {:<16}  {:<7}  {:<20}  {}",
                         key.id,
                         key.role,
+                        key.channel.as_deref().unwrap_or("(global)"),
                         state,
                         key.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
                         key.name
@@ -205,5 +227,6 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Workers { command } => workers::run(command).await,
         Command::Audit { command } => audit::run(command).await,
         Command::Webhooks { command } => webhooks::run(command).await,
+        Command::Channels { command } => channels::run(command).await,
     }
 }

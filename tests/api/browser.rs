@@ -133,10 +133,15 @@ impl Browser {
 
     /// Sign in on the sign-in page with `app`'s key for `role`.
     pub async fn sign_in(&self, app: &TestApp, role: Role) {
+        self.sign_in_with(app.key(role), role).await;
+    }
+
+    /// Sign in with `key`, a key of `role`.
+    pub async fn sign_in_with(&self, key: &str, role: Role) {
         self.goto("/console/sign-in").await;
         self.find("#key")
             .await
-            .send_keys(app.key(role))
+            .send_keys(key)
             .await
             .expect("key typed");
         self.click("form.signin button").await;

@@ -238,6 +238,11 @@ impl TestApp {
             .await
     }
 
+    /// Remember a position a command answered with, for [`TestApp::get_fresh`].
+    pub fn note_position(&self, position: i64) {
+        self.last_position.fetch_max(position, Ordering::SeqCst);
+    }
+
     pub fn last_position(&self) -> i64 {
         self.last_position.load(Ordering::SeqCst)
     }

@@ -10,6 +10,7 @@ mod nats;
 mod advisories;
 mod audit;
 mod auth;
+mod channels;
 mod concurrency;
 mod console;
 mod console_ops;

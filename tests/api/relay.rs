@@ -84,6 +84,7 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
         assert_eq!(h("ce-type"), Some(format!("ordo.{event_type}.v1")));
         assert_eq!(h("ordo-position"), Some(position.to_string()));
         assert_eq!(h("ordo-sequence"), Some(sequence.to_string()));
+        assert_eq!(h("ce-ordochannel").as_deref(), Some("default"));
         assert!(h("ce-time").is_some() && h("ce-source").is_some() && h("traceparent").is_some());
         assert!(h("ordo-correlation-id").is_some() && h("ordo-causation-id").is_some());
         let body: Value = serde_json::from_slice(&msg.payload).unwrap();

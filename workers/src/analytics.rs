@@ -1,5 +1,5 @@
-//! The analytics worker: sales per hour and day per currency, and the order funnel, in its
-//! own schema. Every change is a commutative sum or a set insert, so messages may arrive in
+//! The analytics worker: sales per hour and day per currency and sales channel, and the
+//! order funnel (each order's stages, with its channel), in its own schema. Every change is a commutative sum or a set insert, so messages may arrive in
 //! any order (redeliveries reorder them) and the result is the same.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,8 +86,10 @@ impl Totals {
 /// order, so two analytics workers never deadlock on a shared bucket.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Effects {
-    stages: BTreeSet<(Uuid, &'static str)>,
-    sales: BTreeMap<(&'static str, DateTime<Utc>, String), Totals>,
+    /// (order, stage, channel).
+    stages: BTreeSet<(Uuid, &'static str, String)>,
+    /// (granularity, bucket, currency, channel).
+    sales: BTreeMap<(&'static str, DateTime<Utc>, String, String), Totals>,
 }
 
 impl Effects {
@@ -95,54 +97,63 @@ impl Effects {
     /// cannot be bucketed; events of other types change nothing.
     fn of(event: &Delivered) -> Result<Self, HandleError> {
         let mut effects = Self::default();
+        let ch = &event.channel;
         match event.event_type.as_str() {
             types::ORDER_PLACED => {
                 let e: OrderPlaced = event.data()?;
-                effects.stages.insert((e.order_id, "placed"));
+                effects.stages.insert((e.order_id, "placed", ch.clone()));
                 let totals = Totals {
                     orders: 1,
                     gross: e.total.get().into(),
                     ..Totals::default()
                 };
-                effects.add_sales(e.placed_at, e.currency.as_str(), totals)?;
+                effects.add_sales(e.placed_at, e.currency.as_str(), ch, totals)?;
             }
             types::ORDER_CONFIRMED => {
-                effects
-                    .stages
-                    .insert((event.data::<OrderConfirmed>()?.order_id, "confirmed"));
+                effects.stages.insert((
+                    event.data::<OrderConfirmed>()?.order_id,
+                    "confirmed",
+                    ch.clone(),
+                ));
             }
             types::ORDER_SHIPPED => {
-                effects
-                    .stages
-                    .insert((event.data::<OrderShipped>()?.order_id, "shipped"));
+                effects.stages.insert((
+                    event.data::<OrderShipped>()?.order_id,
+                    "shipped",
+                    ch.clone(),
+                ));
             }
             types::ORDER_DELIVERED => {
-                effects
-                    .stages
-                    .insert((event.data::<OrderDelivered>()?.order_id, "delivered"));
+                effects.stages.insert((
+                    event.data::<OrderDelivered>()?.order_id,
+                    "delivered",
+                    ch.clone(),
+                ));
             }
             types::ORDER_CANCELLED => {
-                effects
-                    .stages
-                    .insert((event.data::<OrderCancelled>()?.order_id, "cancelled"));
+                effects.stages.insert((
+                    event.data::<OrderCancelled>()?.order_id,
+                    "cancelled",
+                    ch.clone(),
+                ));
             }
             types::PAYMENT_CAPTURED => {
                 let e: PaymentCaptured = event.data()?;
-                effects.stages.insert((e.order_id, "paid"));
+                effects.stages.insert((e.order_id, "paid", ch.clone()));
                 let totals = Totals {
                     paid: e.amount.get().into(),
                     ..Totals::default()
                 };
-                effects.add_sales(e.captured_at, e.currency.as_str(), totals)?;
+                effects.add_sales(e.captured_at, e.currency.as_str(), ch, totals)?;
             }
             types::PAYMENT_REFUNDED => {
                 let e: PaymentRefunded = event.data()?;
-                effects.stages.insert((e.order_id, "refunded"));
+                effects.stages.insert((e.order_id, "refunded", ch.clone()));
                 let totals = Totals {
                     refunded: e.amount.get().into(),
                     ..Totals::default()
                 };
-                effects.add_sales(e.refunded_at, e.currency.as_str(), totals)?;
+                effects.add_sales(e.refunded_at, e.currency.as_str(), ch, totals)?;
             }
             _ => {}
         }
@@ -154,6 +165,7 @@ impl Effects {
         &mut self,
         at: DateTime<Utc>,
         currency: &str,
+        channel: &str,
         totals: Totals,
     ) -> Result<(), HandleError> {
         for (granularity, step) in [("hour", TimeDelta::hours(1)), ("day", TimeDelta::days(1))] {
@@ -161,7 +173,7 @@ impl Effects {
                 .duration_trunc(step)
                 .map_err(|e| HandleError::Poison(format!("time {at} cannot be bucketed: {e}")))?;
             self.sales
-                .entry((granularity, bucket, currency.to_owned()))
+                .entry((granularity, bucket, currency.to_owned(), channel.to_owned()))
                 .or_default()
                 .add(&totals)?;
         }
@@ -180,34 +192,43 @@ impl Effects {
     /// Write them: one statement per table, however many events were folded in.
     async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         if !self.stages.is_empty() {
-            let (orders, stages): (Vec<Uuid>, Vec<&str>) = self.stages.iter().cloned().unzip();
+            let mut columns: (Vec<Uuid>, Vec<&str>, Vec<&str>) = Default::default();
+            for (order, stage, channel) in &self.stages {
+                columns.0.push(*order);
+                columns.1.push(stage);
+                columns.2.push(channel);
+            }
             sqlx::query(
-                "INSERT INTO analytics.order_stages (order_id, stage)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
+                "INSERT INTO analytics.order_stages (order_id, stage, channel)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
             )
-            .bind(orders)
-            .bind(stages)
+            .bind(columns.0)
+            .bind(columns.1)
+            .bind(columns.2)
             .execute(&mut *tx)
             .await?;
         }
         if !self.sales.is_empty() {
-            let mut columns: (Vec<&str>, Vec<DateTime<Utc>>, Vec<&str>) = Default::default();
+            // granularity, bucket, currency, channel
+            type Keys<'a> = (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<&'a str>, Vec<&'a str>);
+            let mut columns: Keys = Default::default();
             let mut sums: (Vec<i64>, Vec<String>, Vec<String>, Vec<String>) = Default::default();
-            for ((granularity, bucket, currency), t) in &self.sales {
+            for ((granularity, bucket, currency, channel), t) in &self.sales {
                 columns.0.push(granularity);
                 columns.1.push(*bucket);
                 columns.2.push(currency);
+                columns.3.push(channel);
                 sums.0.push(t.orders);
                 sums.1.push(t.gross.to_string());
                 sums.2.push(t.paid.to_string());
                 sums.3.push(t.refunded.to_string());
             }
             sqlx::query(
-                "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross, paid, refunded)
+                "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross, paid, refunded, channel)
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[],
                                       $4::int8[], $5::text[]::numeric[], $6::text[]::numeric[],
-                                      $7::text[]::numeric[])
-                 ON CONFLICT (granularity, bucket, currency) DO UPDATE SET
+                                      $7::text[]::numeric[], $8::text[])
+                 ON CONFLICT (granularity, bucket, currency, channel) DO UPDATE SET
                      orders = sales.orders + EXCLUDED.orders, gross = sales.gross + EXCLUDED.gross,
                      paid = sales.paid + EXCLUDED.paid, refunded = sales.refunded + EXCLUDED.refunded",
             )
@@ -218,6 +239,7 @@ impl Effects {
             .bind(sums.1)
             .bind(sums.2)
             .bind(sums.3)
+            .bind(columns.3)
             .execute(&mut *tx)
             .await?;
         }
@@ -244,22 +266,28 @@ pub struct SalesBucket {
     pub refunded: i128,
 }
 
-/// `GET /v1/analytics/sales`: buckets in `[from, to)`, oldest first.
+/// `GET /v1/analytics/sales`: buckets in `[from, to)`, oldest first, of one channel or (with
+/// `None`) summed over every channel.
 pub async fn sales_report(
     pool: &PgPool,
+    channel: Option<&str>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     granularity: &str,
 ) -> Result<SalesReport, sqlx::Error> {
     let rows: Vec<(DateTime<Utc>, String, i64, String, String, String)> = sqlx::query_as(
-        "SELECT bucket, currency, orders, gross::text, paid::text, refunded::text
+        "SELECT bucket, currency, sum(orders)::int8, sum(gross)::text, sum(paid)::text,
+                sum(refunded)::text
            FROM analytics.sales
           WHERE granularity = $1 AND bucket >= $2 AND bucket < $3
+            AND ($4::text IS NULL OR channel = $4)
+          GROUP BY bucket, currency
           ORDER BY bucket, currency",
     )
     .bind(granularity)
     .bind(from)
     .bind(to)
+    .bind(channel)
     .fetch_all(pool)
     .await?;
     let items = rows
@@ -285,12 +313,16 @@ fn numeric(text: &str) -> Result<i128, sqlx::Error> {
 }
 
 /// `GET /v1/analytics/funnel`: orders reaching each stage, and the cancellation and refund
-/// rates (cancelled / placed, refunded / paid; 0 when nothing is placed or paid).
-pub async fn funnel(pool: &PgPool) -> Result<Value, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT stage, count(*) FROM analytics.order_stages GROUP BY stage")
-            .fetch_all(pool)
-            .await?;
+/// rates (cancelled / placed, refunded / paid; 0 when nothing is placed or paid), of one
+/// channel or (with `None`) of every channel.
+pub async fn funnel(pool: &PgPool, channel: Option<&str>) -> Result<Value, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stage, count(*) FROM analytics.order_stages
+          WHERE $1::text IS NULL OR channel = $1 GROUP BY stage",
+    )
+    .bind(channel)
+    .fetch_all(pool)
+    .await?;
     let count = |stage: &str| rows.iter().find(|(s, _)| s == stage).map_or(0, |(_, n)| *n);
     let rate = |part: i64, whole: i64| {
         if whole > 0 {
@@ -325,6 +357,7 @@ mod tests {
             body: json!({"payment_id": Uuid::new_v4(), "order_id": order_id, "currency": "EUR",
                          "amount": amount, "captured_total": amount, "captured_at": at}),
             traceparent: None,
+            channel: "default".into(),
         }
     }
 
@@ -342,7 +375,7 @@ mod tests {
         assert_eq!(batch.stages.len(), 2);
         let paid = |granularity: &'static str, bucket: &str| {
             let bucket = DateTime::parse_from_rfc3339(bucket).unwrap().to_utc();
-            batch.sales[&(granularity, bucket, "EUR".to_owned())].paid
+            batch.sales[&(granularity, bucket, "EUR".to_owned(), "default".to_owned())].paid
         };
         assert_eq!(paid("hour", "2026-11-21T10:00:00Z"), 120);
         assert_eq!(paid("hour", "2026-11-21T11:00:00Z"), 3);

@@ -137,15 +137,17 @@ impl Mailer {
         format!("<{event}.{kind}@{}>", self.from.email.domain())
     }
 
+    /// Send a mail from `from` (`None`: the configured sender).
     pub(crate) async fn send(
         &self,
+        from: Option<&Mailbox>,
         to: Mailbox,
         subject: &str,
         body: &str,
         message_id: &str,
     ) -> Result<(), String> {
         let message = Message::builder()
-            .from(self.from.clone())
+            .from(from.unwrap_or(&self.from).clone())
             .to(to)
             .subject(subject)
             .message_id(Some(message_id.to_owned()))

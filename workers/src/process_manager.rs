@@ -326,5 +326,8 @@ fn metadata_caused_by(event: &FeedEvent) -> CommandMetadata {
         // under the request that cancelled the order.
         traceparent: text("traceparent")
             .map(|tp| ordo_runtime::telemetry::current_traceparent(&tp)),
+        // Its commands act on existing streams, whatever their channel; the store records
+        // each event in its stream's channel.
+        channel: None,
     }
 }

@@ -106,6 +106,9 @@ pub async fn lag(pool: &PgPool, stream: &str) -> Result<Option<i64>, sqlx::Error
     Ok(Some(events))
 }
 
+/// The header naming an event's sales channel.
+pub const CHANNEL_HEADER: &str = "ce-ordochannel";
+
 /// The headers of one event's message.
 pub fn headers(event: &FeedEvent) -> HeaderMap {
     let meta: Value = serde_json::from_str(&event.metadata).unwrap_or(Value::Null);
@@ -133,6 +136,8 @@ pub fn headers(event: &FeedEvent) -> HeaderMap {
         event.checkpoint.global_position.to_string().as_str(),
     );
     h.insert("ordo-sequence", event.sequence.to_string().as_str());
+    // The stream's sales channel, as a CloudEvents extension attribute (binary mode).
+    h.insert(CHANNEL_HEADER, event.channel.as_str());
     for (header, key) in [
         ("traceparent", "traceparent"),
         ("ordo-correlation-id", "correlation_id"),

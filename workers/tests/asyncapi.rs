@@ -33,7 +33,7 @@ fn event_headers() -> Value {
         "description": "Headers of every event message. CloudEvents 1.0 in binary content mode: the ce-* headers are the event's attributes, the body its data.",
         "required": [
             "Nats-Msg-Id", "ce-specversion", "ce-id", "ce-type", "ce-source", "ce-subject",
-            "ce-time", "content-type", "ordo-position", "ordo-sequence"
+            "ce-time", "content-type", "ordo-position", "ordo-sequence", "ce-ordochannel"
         ],
         "properties": {
             "Nats-Msg-Id": {"type": "string", "format": "uuid", "description": "The event id. JetStream drops a repeat within the stream's duplicate window, so a relay that publishes a batch again duplicates nothing."},
@@ -46,6 +46,7 @@ fn event_headers() -> Value {
             "content-type": {"const": "application/json"},
             "ordo-position": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's global position in the event store (decimal). The relay publishes in commit order; redeliveries may reorder."},
             "ordo-sequence": {"type": "string", "pattern": "^[1-9][0-9]*$", "description": "The aggregate's version after this event (decimal). Handlers order by it, not by arrival."},
+            "ce-ordochannel": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "The sales channel of the event's stream (CloudEvents extension attribute `ordochannel`); `default` in a single-channel deployment."},
             "traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "W3C trace context of the command that recorded the event, when it had one."},
             "ordo-correlation-id": string("Correlation id from the event's metadata: the same for every event one request or process caused. Set whenever the metadata has one (always, for events recorded through the API)."),
             "ordo-causation-id": string("Causation id from the event's metadata: the command or event that caused this one. Set whenever the metadata has one."),
@@ -340,6 +341,7 @@ fn feed_event(metadata: Value) -> FeedEvent {
         recorded_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         payload: "{}".into(),
         metadata: metadata.to_string(),
+        channel: "default".into(),
     }
 }
 

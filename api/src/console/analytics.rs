@@ -70,9 +70,15 @@ async fn show(
             if hourly { "hours" } else { "days" }
         )));
     }
-    let report =
-        analytics::sales_report(&app.pool, start, end, if hourly { "hour" } else { "day" }).await?;
-    let funnel = analytics::funnel(&app.pool).await?;
+    let report = analytics::sales_report(
+        &app.pool,
+        session.caller.scope(),
+        start,
+        end,
+        if hourly { "hour" } else { "day" },
+    )
+    .await?;
+    let funnel = analytics::funnel(&app.pool, session.caller.scope()).await?;
     // currency → bucket start → (orders, gross, paid, refunded)
     let mut per_currency: BTreeMap<String, BTreeMap<DateTime<Utc>, [i128; 4]>> = BTreeMap::new();
     for item in report.items {

@@ -39,19 +39,22 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Markup, ConsoleError> {
     let id = customer_id(&id)?;
+    super::visible_stream(&app, &session, "customer", &id.to_string()).await?;
     let events = history::read_stream(&app.pool, "customer", &id.to_string(), 0, 1000).await?;
     let Some(registered) = events.first() else {
         return Err(ConsoleError::NotFound("No customer has this id.".into()));
     };
     let read = crate::routes::read_error;
-    let profile = queries::customer(&app.pool, id).await.map_err(read)?;
-    let orders = queries::orders(&app.pool, Some(id), None, None, 200)
+    let profile = queries::customer(&app.pool, session.caller.scope(), id)
+        .await
+        .map_err(read)?;
+    let orders = queries::orders(&app.pool, session.caller.scope(), Some(id), None, None, 200)
         .await
         .map_err(read)?
         .items;
     let mut payments = Vec::new();
     for order in &orders {
-        let page = queries::payments(&app.pool, Some(order.id), None, 50)
+        let page = queries::payments(&app.pool, session.caller.scope(), Some(order.id), None, 50)
             .await
             .map_err(read)?;
         payments.extend(page.items);
@@ -61,7 +64,16 @@ async fn show(
         .filter(|e| e.event_type == "customer.note_added")
         .collect();
     let notifications = if session.may::<auth::NotificationReaders>() {
-        Some(ordo_workers::notification::list(&app.pool, None, Some(id), 100).await?)
+        Some(
+            ordo_workers::notification::list(
+                &app.pool,
+                session.caller.scope(),
+                None,
+                Some(id),
+                100,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -73,6 +85,7 @@ async fn show(
                 dt { "E-mail" } dd { (layout::text(&registered.data["email"])) }
                 dt { "Phone" } dd { (layout::text(&registered.data["phone"])) }
                 dt { "Registered" } dd { (layout::time(&registered.recorded_at)) }
+                dt { "Channel" } dd.channel { (layout::text(registered.metadata.get("channel").unwrap_or(&Value::from(ordo_commands::channels::DEFAULT)))) }
                 @if let Some(p) = &profile {
                     dt { "Orders" } dd { (p.order_count) " (" (p.open_orders) " open, " (p.cancelled_count) " cancelled)" }
                 }
@@ -135,9 +148,10 @@ fn note_form(session: &Session, id: Uuid) -> Markup {
 fn order_table(orders: &[OrderView]) -> Markup {
     html! {
         table {
-            thead { tr { th { "Order" } th { "Status" } th { "Payment" } th { "Total" } th { "Placed" } } }
+            thead { tr { th { "Order" } th { "Channel" } th { "Status" } th { "Payment" } th { "Total" } th { "Placed" } } }
             tbody { @for o in orders { tr {
                 td { a href=(format!("/console/orders/{}", o.id)) { code { (o.id) } } }
+                td { (o.channel) }
                 td { (o.status.as_str()) } td { (o.payment_status) }
                 td.num { (layout::money(o.total, &o.currency)) }
                 td { (layout::time(&o.placed_at)) }
@@ -149,9 +163,10 @@ fn order_table(orders: &[OrderView]) -> Markup {
 fn payment_table(payments: &[PaymentView]) -> Markup {
     html! {
         table {
-            thead { tr { th { "Payment" } th { "Order" } th { "Status" } th { "Amount" } th { "Captured" } th { "Refunded" } } }
+            thead { tr { th { "Payment" } th { "Channel" } th { "Order" } th { "Status" } th { "Amount" } th { "Captured" } th { "Refunded" } } }
             tbody { @for p in payments { tr {
                 td { code { (p.id) } }
+                td { (p.channel) }
                 td { a href=(format!("/console/orders/{}", p.order_id)) { "order" } }
                 td { (p.status) }
                 @for v in [p.amount, p.captured, p.refunded] { td.num { (layout::money(v, &p.currency)) } }
@@ -189,6 +204,7 @@ async fn add_note(
         idempotency_key: None,
         idempotent: None,
         traceparent: None,
+        channel: session.caller.channel.clone(),
     };
     let cmd = CustomerCommand::AddNote {
         note_id: Uuid::now_v7(),

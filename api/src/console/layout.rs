@@ -87,7 +87,8 @@ pub fn page(session: &Session, title: &str, current: Nav, body: Markup) -> Marku
                         }
                     }
                     div.who {
-                        span { (session.caller.name) " (" (session.caller.role) ")" }
+                        span { (session.caller.name) " (" (session.caller.role)
+                            @if let Some(channel) = session.caller.scope() { ", " (channel) } ")" }
                         form method="post" action="/console/sign-out" {
                             (csrf(session))
                             button type="submit" { "Sign out" }

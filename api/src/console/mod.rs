@@ -255,3 +255,24 @@ fn asset(content_type: &'static str, bytes: &'static [u8]) -> Response {
 pub fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
+
+/// 404, as for a stream that does not exist, unless the session's key sees the channel of
+/// stream `aggregate_type`/`id` (the API's rule: a scoped key sees its own channel only).
+pub(crate) async fn visible_stream(
+    app: &AppState,
+    session: &session::Session,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<(), ConsoleError> {
+    let channel = app
+        .commands
+        .store()
+        .stream_channel(aggregate_type, id)
+        .await?;
+    match channel {
+        Some(channel) if !session.caller.sees(&channel) => Err(ConsoleError::NotFound(format!(
+            "No {aggregate_type} has this id."
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -56,6 +56,7 @@ async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Markup, ConsoleError> {
     let id = Uuid::parse_str(&id).map_err(|_| ConsoleError::NotFound("not an order id".into()))?;
+    super::visible_stream(&app, &session, "order", &id.to_string()).await?;
     let steps = timeline::order_timeline(&app.pool, id).await?;
     if steps.is_empty() {
         return Err(ConsoleError::NotFound("No order has this id.".into()));
@@ -82,19 +83,36 @@ async fn show(
         None => None,
     };
     let notifications = if session.may::<auth::NotificationReaders>() {
-        Some(ordo_workers::notification::list(&app.pool, Some(id), None, 100).await?)
+        Some(
+            ordo_workers::notification::list(
+                &app.pool,
+                session.caller.scope(),
+                Some(id),
+                None,
+                100,
+            )
+            .await?,
+        )
     } else {
         None
     };
     let event_ids: Vec<Uuid> = steps.iter().map(|s| s.event.event_id).collect();
     let deliveries = deliveries(&app, &event_ids).await?;
     let index = timeline::index(&steps);
+    let channel = steps
+        .iter()
+        .find(|s| s.stream == "order")
+        .and_then(|s| s.event.metadata.get("channel"))
+        .and_then(Value::as_str)
+        .unwrap_or(ordo_commands::channels::DEFAULT)
+        .to_owned();
     let body = html! {
         section.summary {
             p { "Status " strong.status { (layout::text(&current["status"])) }
                 " · payment " (layout::text(&current["payment_status"]))
                 " · total " (value("total", &current["total"], &current))
                 " · version " (version)
+                " · channel " span.channel { (channel) }
                 " · customer " a href=(format!("/console/customers/{}", layout::text(&current["customer_id"]))) {
                     (layout::text(&current["customer_id"])) } }
         }

@@ -59,7 +59,7 @@ enum Found {
     Nothing,
 }
 
-async fn find(app: &AppState, q: &str) -> Result<Found, ConsoleError> {
+async fn find(app: &AppState, session: &Session, q: &str) -> Result<Found, ConsoleError> {
     if let Ok(id) = Uuid::parse_str(q) {
         // The log, not a read model: an id is found even before its projection caught up.
         let kind: Option<String> = sqlx::query_scalar(
@@ -83,7 +83,7 @@ async fn find(app: &AppState, q: &str) -> Result<Found, ConsoleError> {
         });
     }
     if q.contains('@') && !q.contains('\0') {
-        let page = queries::customers(&app.pool, Some(q), None, 20)
+        let page = queries::customers(&app.pool, session.caller.scope(), Some(q), None, 20)
             .await
             .map_err(crate::routes::read_error)?;
         return Ok(match page.items.as_slice() {
@@ -109,7 +109,7 @@ async fn search(
             html! { p { "Type an id or an e-mail address." } },
         ));
     }
-    Ok(match find(&app, q).await? {
+    Ok(match find(&app, &session, q).await? {
         Found::Order(id) => see_other(&format!("/console/orders/{id}")),
         Found::Customer(id) => see_other(&format!("/console/customers/{id}")),
         Found::Customers(items) => results(
@@ -119,7 +119,8 @@ async fn search(
                 ul.results {
                     @for c in &items {
                         li { a href=(format!("/console/customers/{}", c.id)) {
-                            (c.name.as_deref().unwrap_or("—")) " — " (c.email.as_deref().unwrap_or("—")) } }
+                            (c.name.as_deref().unwrap_or("—")) " — " (c.email.as_deref().unwrap_or("—")) }
+                            " (" (c.channel) ")" }
                     }
                 }
             },

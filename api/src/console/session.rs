@@ -38,6 +38,7 @@ impl Session {
     /// Whether the API policy `P` admits this session's role.
     pub fn may<P: Policy>(&self) -> bool {
         P::ROLES.contains(&self.caller.role)
+            && (!P::SPANS_CHANNELS || self.caller.scope().is_none())
     }
 
     /// 403 unless the form's `csrf` field is this session's token.
@@ -105,7 +106,15 @@ pub async fn create(
     Ok(token)
 }
 
-type SessionRow = (Uuid, String, DateTime<Utc>, Uuid, String, String);
+type SessionRow = (
+    Uuid,
+    String,
+    DateTime<Utc>,
+    Uuid,
+    String,
+    String,
+    Option<String>,
+);
 
 /// The live session with this token: not expired, not revoked, its key not revoked.
 pub async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Session>, ConsoleError> {
@@ -114,18 +123,23 @@ pub async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Session>, Conso
            FROM auth.api_keys k
           WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
             AND k.id = s.key_id AND k.revoked_at IS NULL
-          RETURNING s.id, s.csrf_token, s.expires_at, k.id, k.name, k.role",
+          RETURNING s.id, s.csrf_token, s.expires_at, k.id, k.name, k.role, k.channel",
     )
     .bind(hash(token))
     .fetch_optional(pool)
     .await?;
-    let Some((id, csrf, expires_at, key_id, name, role)) = row else {
+    let Some((id, csrf, expires_at, key_id, name, role, channel)) = row else {
         return Ok(None);
     };
     let role: Role = role.parse().map_err(ConsoleError::Internal)?;
     Ok(Some(Session {
         id,
-        caller: Caller { key_id, name, role },
+        caller: Caller {
+            key_id,
+            name,
+            role,
+            channel,
+        },
         csrf,
         expires_at,
     }))

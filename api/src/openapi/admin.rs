@@ -112,6 +112,9 @@ pub struct RegisterWebhook {
     /// What the endpoint is for; at most 500 characters.
     #[schema(max_length = 500)]
     pub description: Option<String>,
+    /// Only this sales channel's events; absent or null: every channel's.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 /// `*`, an event type (`order.placed`) or a prefix (`payment.*`): dot-separated segments of

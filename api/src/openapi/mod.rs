@@ -55,7 +55,8 @@ pub const SECURITY_SCHEME: &str = "api_key";
         (name = "notifications", description = "Notifications sent or recorded (support, admin)"),
         (name = "webhooks", description = "Webhook endpoints and deliveries (admin)"),
         (name = "workers", description = "Worker lag, replay and dead letters (admin)"),
-        (name = "keys", description = "API keys: list, create, revoke (admin)"),
+        (name = "keys", description = "API keys: list, create, revoke (global admin)"),
+        (name = "channels", description = "Sales channels: create, list, show, rename, e-mail sender (admin; changes by a global admin)"),
         (name = "operations", description = "Health, readiness and this document; no API key"),
     )
 )]
@@ -202,6 +203,8 @@ problems! {
     CommandProblems: 400, 401, 403, 404, 408, 409, 412, 413, 415, 422, 429, 503;
     /// An admin action with a JSON body.
     AdminBodyProblems: 400, 401, 403, 404, 408, 413, 415, 422, 429, 503;
+    /// An admin creation whose id may be taken.
+    AdminCreateProblems: 400, 401, 403, 408, 409, 413, 415, 422, 429, 503;
 }
 
 fn command_response(description: &str, location: bool) -> SpecResponse {

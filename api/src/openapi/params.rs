@@ -20,6 +20,10 @@ pub struct ReadOne {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct OrderList {
+    /// Only this channel's (a global key; default: every channel). A scoped key sees its
+    /// own channel only: naming another is 403.
+    #[param(nullable = false, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
     #[param(nullable = false)]
     pub customer_id: Option<Uuid>,
     #[param(nullable = false, inline)]
@@ -37,6 +41,10 @@ pub struct OrderList {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PaymentList {
+    /// Only this channel's (a global key; default: every channel). A scoped key sees its
+    /// own channel only: naming another is 403.
+    #[param(nullable = false, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
     #[param(nullable = false)]
     pub order_id: Option<Uuid>,
     #[param(nullable = false)]
@@ -50,6 +58,10 @@ pub struct PaymentList {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CustomerList {
+    /// Only this channel's (a global key; default: every channel). A scoped key sees its
+    /// own channel only: naming another is 403.
+    #[param(nullable = false, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
     /// Exact e-mail address, case-insensitive.
     #[param(nullable = false)]
     pub email: Option<String>,
@@ -96,6 +108,10 @@ pub enum Granularity {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Sales {
+    /// Only this channel's (a global key; default: every channel). A scoped key sees its
+    /// own channel only: naming another is 403.
+    #[param(nullable = false, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
     /// Default: seven days before `to`. Must not be after `to` (else 400).
     #[param(nullable = false)]
     pub from: Option<DateTime<Utc>>,
@@ -110,6 +126,10 @@ pub struct Sales {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Notifications {
+    /// Only this channel's (a global key; default: every channel). A scoped key sees its
+    /// own channel only: naming another is 403.
+    #[param(nullable = false, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
     #[param(nullable = false)]
     pub order_id: Option<Uuid>,
     #[param(nullable = false)]

@@ -239,6 +239,8 @@ pub struct HistoryMetadata {
     pub request_id: Option<String>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
+    /// The sales channel of the stream.
+    pub channel: String,
 }
 
 #[derive(ToSchema)]

@@ -40,9 +40,10 @@ fn time_param(q: &Params, param: &'static str) -> Result<Option<DateTime<Utc>>, 
         RestrictedReadProblems))]
 async fn sales(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Analysts>,
+    Allowed(caller, _): Allowed<auth::Analysts>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let channel = super::channels::read_scope(&caller, &q)?;
     let granularity = q.get("granularity").map_or("day", String::as_str);
     if !["hour", "day"].contains(&granularity) {
         return Err(ApiError::BadQuery {
@@ -58,17 +59,21 @@ async fn sales(
             detail: "must not be after `to`".into(),
         });
     }
-    let report = analytics::sales_report(&app.pool, from, to, granularity).await?;
+    let report =
+        analytics::sales_report(&app.pool, channel.as_deref(), from, to, granularity).await?;
     Ok(Json(report).into_response())
 }
 
 /// Orders reaching each stage, and the cancellation and refund rates (analyst, admin).
 #[utoipa::path(get, path = "/v1/analytics/funnel", tag = "analytics",
+    params(super::channels::ChannelParam),
     responses((status = 200, description = "The funnel", body = admin::Funnel),
         RestrictedReadProblems))]
 async fn funnel(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Analysts>,
+    Allowed(caller, _): Allowed<auth::Analysts>,
+    Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(analytics::funnel(&app.pool).await?).into_response())
+    let channel = super::channels::read_scope(&caller, &q)?;
+    Ok(Json(analytics::funnel(&app.pool, channel.as_deref()).await?).into_response())
 }

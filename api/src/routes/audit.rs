@@ -61,10 +61,11 @@ macro_rules! audit_routes {
                 RestrictedReadOneProblems))]
         async fn $history(
             State(app): State<AppState>,
-            _: Allowed<auth::Auditors>,
+            Allowed(caller, _): Allowed<auth::Auditors>,
             PathId(id): PathId,
             Query(q): Query<HashMap<String, String>>,
         ) -> Result<Json<Value>, ApiError> {
+            visible(&app, &caller, $kind, &id.to_string()).await?;
             history(app, $kind, id.to_string(), q).await
         }
 
@@ -76,10 +77,11 @@ macro_rules! audit_routes {
                 RestrictedReadOneProblems))]
         async fn $state(
             State(app): State<AppState>,
-            _: Allowed<auth::Auditors>,
+            Allowed(caller, _): Allowed<auth::Auditors>,
             PathId(id): PathId,
             Query(q): Query<HashMap<String, String>>,
         ) -> Result<Response, ApiError> {
+            visible(&app, &caller, $kind, &id.to_string()).await?;
             state(app, $kind, id.to_string(), q).await
         }
     };
@@ -91,6 +93,24 @@ audit_routes!(Kind::Payment,
     payment_history: "/v1/payments/{id}/history", payment_state: "/v1/payments/{id}/state");
 audit_routes!(Kind::Customer,
     customer_history: "/v1/customers/{id}/history", customer_state: "/v1/customers/{id}/state");
+
+/// 404, as for a stream that does not exist, unless `caller` sees the stream's channel.
+async fn visible(
+    app: &AppState,
+    caller: &crate::Caller,
+    kind: Kind,
+    id: &str,
+) -> Result<(), ApiError> {
+    let channel = app
+        .commands
+        .store()
+        .stream_channel(kind.aggregate_type(), id)
+        .await?;
+    match channel {
+        Some(channel) => super::channels::visible(caller, &channel, kind.aggregate_type()),
+        None => Ok(()),
+    }
+}
 
 async fn history(
     app: AppState,
@@ -144,6 +164,8 @@ fn history_item(event: RecordedEvent) -> Value {
             "request_id": meta("request_id"),
             "idempotency_key": meta("idempotency_key"),
             "traceparent": meta("traceparent"),
+            "channel": event.metadata.get("channel").cloned()
+                .unwrap_or_else(|| Value::from(ordo_commands::channels::DEFAULT)),
         },
     })
 }

@@ -41,11 +41,19 @@ async fn register(
     let success = Success::Created {
         collection: "/v1/customers",
     };
-    let (json, commands) = (&body.json, &app.commands);
-    run_command(&app, &caller, &headers, &body, success, |meta| async move {
-        let cmd = parse_register(json)?;
-        Ok(commands.register_customer(cmd, &meta).await?)
-    })
+    let (json, commands, scope) = (&body.json, &app.commands, (&app, &caller));
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        success,
+        |mut meta| async move {
+            let cmd = parse_register(json)?;
+            meta.channel = Some(super::channels::creation_channel(scope.0, scope.1, json).await?);
+            Ok(commands.register_customer(cmd, &meta).await?)
+        },
+    )
     .await
 }
 
@@ -105,12 +113,12 @@ async fn add_note(
     responses((status = 200, description = "The customer", body = CustomerView), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Readers>,
+    Allowed(caller, _): Allowed<auth::Readers>,
     PathId(id): PathId,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Customers, &q).await?;
-    let customer = queries::customer(&app.pool, id)
+    let customer = queries::customer(&app.pool, caller.scope(), id)
         .await
         .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no customer has this id".into()))?;
@@ -127,6 +135,7 @@ async fn list(
     Allowed(caller, _): Allowed<auth::Readers>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let channel = super::channels::read_scope(&caller, &q)?;
     let email = text_param(&q, "email")?;
     if email.is_none() && !auth::CustomerListers::admits(caller.role) {
         return Err(ApiError::Forbidden {
@@ -136,6 +145,7 @@ async fn list(
     wait_for_position(&app, Projection::Customers, &q).await?;
     let page = queries::customers(
         &app.pool,
+        channel.as_deref(),
         email,
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,

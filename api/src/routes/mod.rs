@@ -2,6 +2,7 @@
 
 pub mod analytics;
 pub mod audit;
+pub mod channels;
 pub mod customers;
 pub mod health;
 pub mod keys;

@@ -26,11 +26,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::NotificationReaders>,
+    Allowed(caller, _): Allowed<auth::NotificationReaders>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let channel = super::channels::read_scope(&caller, &q)?;
     let order_id = uuid_param(&q, "order_id")?;
     let customer_id = uuid_param(&q, "customer_id")?;
-    let items = notification::list(&app.pool, order_id, customer_id, LIMIT).await?;
+    let items =
+        notification::list(&app.pool, channel.as_deref(), order_id, customer_id, LIMIT).await?;
     Ok(Json(items).into_response())
 }

@@ -47,11 +47,19 @@ async fn place(
     let success = Success::Created {
         collection: "/v1/orders",
     };
-    let (json, commands) = (&body.json, &app.commands);
-    run_command(&app, &caller, &headers, &body, success, |meta| async move {
-        let cmd = parse_place(json)?;
-        Ok(commands.place_order(cmd, &meta).await?)
-    })
+    let (json, commands, scope) = (&body.json, &app.commands, (&app, &caller));
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        success,
+        |mut meta| async move {
+            let cmd = parse_place(json)?;
+            meta.channel = Some(super::channels::creation_channel(scope.0, scope.1, json).await?);
+            Ok(commands.place_order(cmd, &meta).await?)
+        },
+    )
     .await
 }
 
@@ -244,12 +252,12 @@ fn parse_ship(json: &Value) -> Result<ShipRequest, ApiError> {
         headers(("ETag" = String, description = "`\"<version>\"` of the order"))), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Readers>,
+    Allowed(caller, _): Allowed<auth::Readers>,
     PathId(id): PathId,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Orders, &q).await?;
-    let order = queries::order(&app.pool, id)
+    let order = queries::order(&app.pool, caller.scope(), id)
         .await
         .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no order has this id".into()))?;
@@ -262,9 +270,10 @@ async fn show(
     responses((status = 200, description = "A page of orders", body = Page<OrderView>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Readers>,
+    Allowed(caller, _): Allowed<auth::Readers>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let channel = super::channels::read_scope(&caller, &q)?;
     wait_for_position(&app, Projection::Orders, &q).await?;
     let status = q
         .get("status")
@@ -277,6 +286,7 @@ async fn list(
         .transpose()?;
     let page = queries::orders(
         &app.pool,
+        channel.as_deref(),
         uuid_param(&q, "customer_id")?,
         status,
         uuid_param(&q, "cursor")?,

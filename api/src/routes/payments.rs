@@ -61,11 +61,19 @@ async fn create(
     let success = Success::Created {
         collection: "/v1/payments",
     };
-    let (json, commands) = (&body.json, &app.commands);
-    run_command(&app, &caller, &headers, &body, success, |meta| async move {
-        let request = parse_create(json)?;
-        Ok(commands.create_payment(request, &meta).await?)
-    })
+    let (json, commands, scope) = (&body.json, &app.commands, (&app, &caller));
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        success,
+        |mut meta| async move {
+            let request = parse_create(json)?;
+            meta.channel = Some(super::channels::creation_channel(scope.0, scope.1, json).await?);
+            Ok(commands.create_payment(request, &meta).await?)
+        },
+    )
     .await
 }
 
@@ -193,12 +201,12 @@ payment_route!(
         headers(("ETag" = String, description = "`\"<version>\"` of the payment"))), ReadOneProblems))]
 async fn show(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Readers>,
+    Allowed(caller, _): Allowed<auth::Readers>,
     PathId(id): PathId,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Payments, &q).await?;
-    let payment = queries::payment(&app.pool, id)
+    let payment = queries::payment(&app.pool, caller.scope(), id)
         .await
         .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no payment has this id".into()))?;
@@ -211,12 +219,14 @@ async fn show(
     responses((status = 200, description = "A page of payments", body = Page<PaymentView>), ReadProblems))]
 async fn list(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Readers>,
+    Allowed(caller, _): Allowed<auth::Readers>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let channel = super::channels::read_scope(&caller, &q)?;
     wait_for_position(&app, Projection::Payments, &q).await?;
     let page = queries::payments(
         &app.pool,
+        channel.as_deref(),
         uuid_param(&q, "order_id")?,
         uuid_param(&q, "cursor")?,
         limit_param(&q)?,

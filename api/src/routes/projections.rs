@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Allowed, Global};
 use crate::openapi::{admin, AdminBodyProblems, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
@@ -39,7 +39,7 @@ async fn list(
         AdminBodyProblems))]
 async fn rebuild(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Rebuilders>,
+    Global(_, _): Global<auth::Rebuilders>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let projection = Projection::from_name(&name)

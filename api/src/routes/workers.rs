@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::Params;
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Global};
 use crate::extract::{CommandBody, PathId};
 use crate::openapi::{admin, params, AdminBodyProblems, RestrictedReadProblems};
 use crate::validate::Validation;
@@ -48,7 +48,7 @@ impl From<OpsError> for ApiError {
         RestrictedReadProblems))]
 async fn status(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Admins>,
+    Global(_, _): Global<auth::Admins>,
 ) -> Result<Response, ApiError> {
     let items = app.workers.status(&app.pool).await?;
     Ok(Json(ordo_workers::ops::WorkerList { items }).into_response())
@@ -64,7 +64,7 @@ async fn status(
         AdminBodyProblems))]
 async fn replay(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Admins>,
+    Global(_, _): Global<auth::Admins>,
     Path(name): Path<String>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
@@ -109,7 +109,7 @@ async fn replay(
         RestrictedReadProblems))]
 async fn dead_letters(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Admins>,
+    Global(_, _): Global<auth::Admins>,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     let list = app
@@ -126,7 +126,7 @@ async fn dead_letters(
         AdminBodyProblems))]
 async fn redrive(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Admins>,
+    Global(_, _): Global<auth::Admins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     if app.workers.redrive(&app.pool, id).await? {
@@ -154,7 +154,7 @@ const MAX_REDRIVE: i64 = 1000;
         AdminBodyProblems))]
 async fn redrive_all(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::Admins>,
+    Global(_, _): Global<auth::Admins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let mut v = Validation::new();

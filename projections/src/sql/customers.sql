@@ -2,6 +2,8 @@
 CREATE TABLE IF NOT EXISTS {schema}.customers (
     id              uuid        PRIMARY KEY,
     email           text,
+    -- The sales channel (of the customer's stream); `default` for customers before channels.
+    channel         text        NOT NULL DEFAULT 'default',
     name            text,
     order_count     bigint      NOT NULL,
     cancelled_count bigint      NOT NULL,
@@ -12,6 +14,7 @@ CREATE TABLE IF NOT EXISTS {schema}.customers (
     registered_at   timestamptz
 );
 CREATE INDEX IF NOT EXISTS customers_by_email ON {schema}.customers (lower(email), id);
+CREATE INDEX IF NOT EXISTS customers_by_channel ON {schema}.customers (channel, id);
 
 -- Spending per customer and currency. net and average order value are derived on read:
 -- net = gross - refunded, average = gross / orders (orders not cancelled). Money sums are

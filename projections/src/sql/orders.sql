@@ -2,6 +2,8 @@
 CREATE TABLE IF NOT EXISTS {schema}.orders (
     id                 uuid        PRIMARY KEY,
     customer_id        uuid        NOT NULL,
+    -- The sales channel (of the order's stream); `default` for orders placed before channels.
+    channel            text        NOT NULL DEFAULT 'default',
     status             text        NOT NULL,
     payment_status     text        NOT NULL,
     fulfillment_status text        NOT NULL,
@@ -16,6 +18,7 @@ CREATE TABLE IF NOT EXISTS {schema}.orders (
 );
 CREATE INDEX IF NOT EXISTS orders_by_customer ON {schema}.orders (customer_id, id);
 CREATE INDEX IF NOT EXISTS orders_by_status ON {schema}.orders (status, id);
+CREATE INDEX IF NOT EXISTS orders_by_channel ON {schema}.orders (channel, id);
 
 -- What each payment contributes to its order's payment status.
 CREATE TABLE IF NOT EXISTS {schema}.order_payments (

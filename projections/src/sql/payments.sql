@@ -3,6 +3,8 @@ CREATE TABLE IF NOT EXISTS {schema}.payments (
     id          uuid        PRIMARY KEY,
     order_id    uuid        NOT NULL,
     customer_id uuid        NOT NULL,
+    -- The sales channel (of the payment's stream); `default` for payments before channels.
+    channel     text        NOT NULL DEFAULT 'default',
     status      text        NOT NULL,
     currency    text        NOT NULL,
     amount      bigint      NOT NULL,
@@ -15,3 +17,4 @@ CREATE TABLE IF NOT EXISTS {schema}.payments (
     version     bigint      NOT NULL
 );
 CREATE INDEX IF NOT EXISTS payments_by_order ON {schema}.payments (order_id, id);
+CREATE INDEX IF NOT EXISTS payments_by_channel ON {schema}.payments (channel, id);

@@ -23,6 +23,8 @@ pub struct EndpointView {
     /// Patterns: `order.placed`, `payment.*`, `*`.
     pub event_types: Vec<String>,
     pub description: Option<String>,
+    /// The sales channel whose events it receives; `null`: every channel's.
+    pub channel: Option<String>,
     /// `active`, `failing` (its last attempt failed and none has succeeded since) or
     /// `disabled`.
     #[schema(example = "active")]
@@ -59,7 +61,7 @@ pub struct EndpointUpdate {
     pub description: Option<Option<String>>,
 }
 
-const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description,
+const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.channel,
         CASE WHEN e.disabled_at IS NOT NULL THEN 'disabled'
              WHEN e.failing_since IS NOT NULL THEN 'failing'
              ELSE 'active' END AS state,
@@ -76,24 +78,27 @@ const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description,
 
 const GROUP: &str = "GROUP BY e.id";
 
-/// Register an endpoint; returns its id and its signing secret.
+/// Register an endpoint for the events of `channel` (`None`: every channel's); returns its
+/// id and its signing secret.
 pub async fn register(
     pool: &PgPool,
     url: &str,
     event_types: &[String],
     description: Option<&str>,
+    channel: Option<&str>,
 ) -> Result<(Uuid, String), sqlx::Error> {
     let id = Uuid::now_v7();
     let secret = new_secret();
     sqlx::query(
-        "INSERT INTO integration.endpoints (id, url, event_types, secret, description)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO integration.endpoints (id, url, event_types, secret, description, channel)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(url)
     .bind(event_types)
     .bind(&secret)
     .bind(description)
+    .bind(channel)
     .execute(pool)
     .await?;
     Ok((id, secret))

@@ -18,21 +18,22 @@ pub const TEST_EVENT: &str = "webhook.test";
 pub const STATUSES: [&str; 3] = ["pending", "delivered", "failed"];
 
 /// Write the deliveries of `events`: one per active endpoint subscribed to each event's
-/// type, in one statement. There is one delivery per endpoint and event: a pending one is
+/// type and channel (or every channel), in one statement. There is one delivery per endpoint and event: a pending one is
 /// left as it is; one delivered or failed is due again (an operator's replay that repeats
 /// effects; a plain redelivery never gets here, the event being processed already).
 pub(crate) async fn write(tx: &mut PgConnection, events: &[&Delivered]) -> Result<(), sqlx::Error> {
-    let endpoints: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
-        "SELECT id, event_types FROM integration.endpoints WHERE disabled_at IS NULL",
+    let endpoints: Vec<(Uuid, Vec<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, event_types, channel FROM integration.endpoints WHERE disabled_at IS NULL",
     )
     .fetch_all(&mut *tx)
     .await?;
     let mut rows = Rows::default();
     for event in events {
-        for (endpoint, patterns) in &endpoints {
-            if patterns
-                .iter()
-                .any(|p| pattern_matches(p, &event.event_type))
+        for (endpoint, patterns, channel) in &endpoints {
+            if channel.as_ref().is_none_or(|c| *c == event.channel)
+                && patterns
+                    .iter()
+                    .any(|p| pattern_matches(p, &event.event_type))
             {
                 rows.push(*endpoint, event);
             }

@@ -18,6 +18,9 @@ pub struct Delivered {
     pub body: Value,
     /// The W3C trace context the event was recorded under (the `traceparent` header).
     pub traceparent: Option<String>,
+    /// The sales channel of the event's stream (the `ce-ordochannel` header; `default` for
+    /// a message relayed before channels existed).
+    pub channel: String,
 }
 
 impl Delivered {
@@ -81,6 +84,8 @@ pub(super) fn delivered(
             .unwrap_or_default(),
         body,
         traceparent: header("traceparent"),
+        channel: header(crate::relay::CHANNEL_HEADER)
+            .unwrap_or_else(|| ordo_commands::channels::DEFAULT.to_owned()),
     })
 }
 

@@ -156,8 +156,9 @@ async fn notify(
     };
     sqlx::query(
         "INSERT INTO notification.notifications
-             (id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             (id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error,
+              channel)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(Uuid::now_v7())
     .bind(event.event_id)
@@ -169,14 +170,17 @@ async fn notify(
     .bind(&body)
     .bind(status)
     .bind(error)
+    .bind(&event.channel)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// `GET /v1/notifications?order_id=&customer_id=`: newest first, at most `limit`.
+/// `GET /v1/notifications?order_id=&customer_id=`: newest first, at most `limit`, of one
+/// channel or (with `None`) of every channel.
 pub async fn list(
     pool: &PgPool,
+    channel: Option<&str>,
     order_id: Option<Uuid>,
     customer_id: Option<Uuid>,
     limit: i64,
@@ -193,17 +197,21 @@ pub async fn list(
         String,
         Option<String>,
         DateTime<Utc>,
+        String,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error, created_at
+        "SELECT id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error,
+                created_at, channel
            FROM notification.notifications
           WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)
+            AND ($4::text IS NULL OR channel = $4)
           ORDER BY created_at DESC, id DESC
           LIMIT $3",
     )
     .bind(order_id)
     .bind(customer_id)
     .bind(limit)
+    .bind(channel)
     .fetch_all(pool)
     .await?;
     let items: Vec<Value> = rows
@@ -221,10 +229,12 @@ pub async fn list(
                 status,
                 error,
                 created_at,
+                channel,
             )| {
                 json!({"id": id, "event_id": event_id, "kind": kind, "order_id": order_id,
                        "customer_id": customer_id, "recipient": recipient, "subject": subject,
-                       "body": body, "status": status, "error": error, "created_at": created_at})
+                       "body": body, "status": status, "error": error, "created_at": created_at,
+                       "channel": channel})
             },
         )
         .collect();

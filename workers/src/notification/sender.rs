@@ -58,6 +58,8 @@ struct Claimed {
     body: String,
     /// This attempt's number (from 1).
     attempts: i32,
+    /// The sales channel of the event that caused it: its sender, if it has its own.
+    channel: String,
 }
 
 pub struct MailSender {
@@ -138,7 +140,7 @@ impl MailSender {
               WHERE n.id = due.id
           RETURNING n.id, n.event_id, n.kind, n.recipient,
                     (SELECT c.name FROM notification.customers c WHERE c.customer_id = n.customer_id),
-                    n.subject, n.body, n.attempts",
+                    n.subject, n.body, n.attempts, n.channel",
         )
         .bind(i64::try_from(free).unwrap_or(i64::MAX))
         .bind(self.config.lease.as_secs_f64())
@@ -149,12 +151,18 @@ impl MailSender {
     async fn send(&self, n: Claimed) {
         let message_id = self.mailer.message_id(n.event_id, &n.kind);
         let started = Instant::now();
-        let outcome = match n.recipient.parse::<Address>() {
-            Ok(address) => {
+        let outcome = match (
+            n.recipient.parse::<Address>(),
+            self.sender_of(&n.channel).await,
+        ) {
+            (Ok(address), Ok(from)) => {
                 let to = Mailbox::new(n.name.clone(), address);
-                self.mailer.send(to, &n.subject, &n.body, &message_id).await
+                self.mailer
+                    .send(from.as_ref(), to, &n.subject, &n.body, &message_id)
+                    .await
             }
-            Err(e) => Err(format!("recipient `{}` refused: {e}", n.recipient)),
+            (Err(e), _) => Err(format!("recipient `{}` refused: {e}", n.recipient)),
+            (_, Err(e)) => Err(e),
         };
         let elapsed = started.elapsed();
         metrics::counter!("ordo_mail_attempts_total",
@@ -164,6 +172,24 @@ impl MailSender {
             // The lease runs out and the mail is tried again.
             tracing::warn!(notification.id = %n.id, error = %e, "cannot record a mail attempt");
         }
+    }
+
+    /// The sender of `channel`'s mail when it has one of its own (`None`: the configured
+    /// sender). Read per mail, so a change applies to the next mail sent.
+    async fn sender_of(&self, channel: &str) -> Result<Option<Mailbox>, String> {
+        let channel = ordo_commands::channels::get(&self.pool, channel)
+            .await
+            .map_err(|e| format!("cannot read the channel's sender: {e}"))?;
+        let Some(channel) = channel else {
+            return Ok(None);
+        };
+        let Some(address) = channel.email_from_address else {
+            return Ok(None);
+        };
+        let address = address
+            .parse::<Address>()
+            .map_err(|e| format!("the channel's sender `{address}` is refused: {e}"))?;
+        Ok(Some(Mailbox::new(channel.email_from_name, address)))
     }
 
     /// The attempt and what follows from it, in one short transaction.

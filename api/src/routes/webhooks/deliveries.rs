@@ -8,7 +8,7 @@ use ordo_workers::integration::outbox::{self, DeliveryDetail, DeliveryList, Deli
 use uuid::Uuid;
 
 use super::endpoints::not_found as endpoints_not_found;
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Global};
 use crate::extract::PathId;
 use crate::openapi::{params, RestrictedReadOneProblems};
 use crate::routes::{limit_param, text_param, Params};
@@ -36,7 +36,7 @@ fn no_delivery() -> ApiError {
         RestrictedReadOneProblems))]
 pub(super) async fn list(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
@@ -64,7 +64,7 @@ pub(super) async fn list(
         RestrictedReadOneProblems))]
 pub(super) async fn show(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     path: Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (endpoint, delivery) = ids(path)?;
@@ -83,7 +83,7 @@ pub(super) async fn show(
         RestrictedReadOneProblems))]
 pub(super) async fn retry(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     path: Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (endpoint, delivery) = ids(path)?;
@@ -101,7 +101,7 @@ pub(super) async fn retry(
         RestrictedReadOneProblems))]
 pub(super) async fn send_test(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let view = outbox::send_test(&app.pool, id)

@@ -8,7 +8,7 @@ use ordo_workers::integration::endpoints::{self, EndpointList, EndpointUpdate, E
 use serde_json::Value;
 
 use super::{check_egress, description_field, event_types_field, url_field};
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Global};
 use crate::extract::{CommandBody, PathId};
 use crate::openapi::{admin, AdminBodyProblems, RestrictedReadOneProblems, RestrictedReadProblems};
 use crate::validate::Validation;
@@ -23,7 +23,7 @@ pub(super) fn not_found() -> ApiError {
     responses((status = 200, description = "Endpoints", body = EndpointList), RestrictedReadProblems))]
 pub(super) async fn list(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
 ) -> Result<Response, ApiError> {
     Ok(Json(endpoints::list(&app.pool).await?).into_response())
 }
@@ -36,7 +36,7 @@ pub(super) async fn list(
         RestrictedReadOneProblems))]
 pub(super) async fn show(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let endpoint = endpoints::show(&app.pool, id)
@@ -78,7 +78,7 @@ fn parse_update(json: &Value) -> Result<EndpointUpdate, ApiError> {
     responses((status = 200, description = "The endpoint", body = EndpointView), AdminBodyProblems))]
 pub(super) async fn update(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
@@ -98,7 +98,7 @@ pub(super) async fn update(
     responses((status = 204, description = "Deleted"), RestrictedReadOneProblems))]
 pub(super) async fn delete(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     if endpoints::delete(&app.pool, id).await? {
@@ -115,7 +115,7 @@ pub(super) async fn delete(
         RestrictedReadOneProblems))]
 pub(super) async fn disable(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     set_enabled(&app, id, false).await
@@ -129,7 +129,7 @@ pub(super) async fn disable(
         RestrictedReadOneProblems))]
 pub(super) async fn enable(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     set_enabled(&app, id, true).await
@@ -150,7 +150,7 @@ async fn set_enabled(app: &AppState, id: uuid::Uuid, enabled: bool) -> Result<Re
         RestrictedReadOneProblems))]
 pub(super) async fn rotate_secret(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let secret = endpoints::rotate_secret(&app.pool, id)

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, Allowed};
+use crate::auth::{self, Global};
 use crate::extract::CommandBody;
 use crate::openapi::{admin, AdminBodyProblems};
 use crate::validate::Validation;
@@ -118,8 +118,13 @@ fn description_field(v: &mut Validation, o: &serde_json::Map<String, Value>) -> 
 
 const MAX_DESCRIPTION: usize = 500;
 
-/// A registration: URL, event types, optional description.
-type Registration = (String, Vec<String>, Option<String>);
+/// A registration: URL, event types, optional description, optional channel.
+type Registration = (
+    String,
+    Vec<String>,
+    Option<String>,
+    Option<ordo_commands::channels::ChannelId>,
+);
 
 fn parse_register(json: &Value) -> Result<Registration, ApiError> {
     let mut v = Validation::new();
@@ -130,7 +135,8 @@ fn parse_register(json: &Value) -> Result<Registration, ApiError> {
     let url = url_field(&mut v, url);
     let event_types = event_types_field(&mut v, o);
     let description = description_field(&mut v, o);
-    v.finish(|| Some((url?, event_types?, description)))
+    let channel = super::channels::optional_channel(&mut v, o);
+    v.finish(|| Some((url?, event_types?, description, channel?)))
 }
 
 /// Register a webhook endpoint (admin). 201 `{"id", "secret"}` with
@@ -142,13 +148,23 @@ fn parse_register(json: &Value) -> Result<Registration, ApiError> {
         headers(("Location" = String, description = "The new endpoint"))), AdminBodyProblems))]
 async fn register(
     State(app): State<AppState>,
-    Allowed(_, _): Allowed<auth::WebhookAdmins>,
+    Global(_, _): Global<auth::WebhookAdmins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let (url, event_types, description) = parse_register(&body.json)?;
+    let (url, event_types, description, channel) = parse_register(&body.json)?;
+    if let Some(channel) = &channel {
+        super::channels::known(&app, channel).await?;
+    }
     check_egress(&app, &url).await?;
-    let (id, secret) =
-        integration::register(&app.pool, &url, &event_types, description.as_deref()).await?;
+    let channel = channel.as_ref().map(|c| c.as_str());
+    let (id, secret) = integration::register(
+        &app.pool,
+        &url,
+        &event_types,
+        description.as_deref(),
+        channel,
+    )
+    .await?;
     let mut response = (
         StatusCode::CREATED,
         Json(json!({"id": id, "secret": secret})),
