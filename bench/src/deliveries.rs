@@ -108,6 +108,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+#[allow(clippy::print_stdout)] // the report is this command's output
 pub async fn run(args: DeliveriesBenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
