@@ -15,7 +15,7 @@ use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 use crate::projector::{fast, wait_until_caught_up, write_scenario};
 
 /// Wait until no rebuild is requested or running.
-async fn wait_until_rebuilt(app: &TestApp) {
+pub(crate) async fn wait_until_rebuilt(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all = status::all(&app.pool).await.unwrap();
