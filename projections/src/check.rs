@@ -32,15 +32,41 @@ pub enum CheckError {
 /// Every difference between the folded log and the read models. Only meaningful when the
 /// projections have caught up with the log.
 pub async fn check(pool: &PgPool) -> Result<Vec<Mismatch>, CheckError> {
+    check_with_progress(pool, |_| {}).await
+}
+
+/// How far a check has read the log: `read` of `total` events (the log's size when the
+/// check began; events appended since are read too).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub read: i64,
+    pub total: i64,
+}
+
+/// [`check`], calling `progress` after every batch of the log it folds.
+pub async fn check_with_progress(
+    pool: &PgPool,
+    mut progress: impl FnMut(Progress),
+) -> Result<Vec<Mismatch>, CheckError> {
     let mut orders: BTreeMap<String, (Order, i64)> = BTreeMap::new();
     let mut payments: BTreeMap<String, (Payment, i64)> = BTreeMap::new();
     let mut customers: BTreeMap<String, Customer> = BTreeMap::new();
     let mut after = Checkpoint::default();
     let mut conn = pool.acquire().await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut read = 0_i64;
+    progress(Progress { read, total });
     loop {
         let batch = feed::read_batch(&mut conn, after, 10_000).await?;
         let Some(last) = batch.last() else { break };
         after = last.checkpoint;
+        read += batch.len() as i64;
+        progress(Progress {
+            read,
+            total: total.max(read),
+        });
         for e in &batch {
             match e.aggregate_type.as_str() {
                 "order" => {
@@ -62,13 +88,24 @@ pub async fn check(pool: &PgPool) -> Result<Vec<Mismatch>, CheckError> {
         }
     }
 
+    // Grouped once: a scan of every payment per order (every order per customer) made the
+    // check quadratic in the size of the log.
+    let mut payments_of: HashMap<String, Vec<&Payment>> = HashMap::new();
+    for (p, _) in payments.values() {
+        if let Some(order) = p.order_id {
+            payments_of.entry(order.to_string()).or_default().push(p);
+        }
+    }
+    let mut orders_of: HashMap<String, Vec<&Order>> = HashMap::new();
+    for (o, _) in orders.values() {
+        if let Some(customer) = o.customer_id {
+            orders_of.entry(customer.to_string()).or_default().push(o);
+        }
+    }
+
     let mut expected_orders = BTreeMap::new();
     for (id, (order, version)) in &orders {
-        let of_order: Vec<&Payment> = payments
-            .values()
-            .map(|(p, _)| p)
-            .filter(|p| p.order_id.map(|o| o.to_string()).as_deref() == Some(id.as_str()))
-            .collect();
+        let of_order = payments_of.remove(id).unwrap_or_default();
         expected_orders.insert(
             id.clone(),
             json!({
@@ -99,11 +136,7 @@ pub async fn check(pool: &PgPool) -> Result<Vec<Mismatch>, CheckError> {
     // Money sums in i128, as the read model keeps them; compared as decimal text.
     let mut spend: HashMap<(String, String), (i128, i128, i64)> = HashMap::new();
     for (id, c) in &customers {
-        let mine: Vec<&Order> = orders
-            .values()
-            .map(|(o, _)| o)
-            .filter(|o| o.customer_id.map(|c| c.to_string()).as_deref() == Some(id.as_str()))
-            .collect();
+        let mine = orders_of.remove(id).unwrap_or_default();
         let placed_times = mine.iter().filter_map(|o| o.placed_at);
         expected_customers.insert(
             id.clone(),

@@ -1,7 +1,7 @@
 //! `ordo projections status | rebuild NAME | check`.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -66,7 +66,12 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
         }
         ProjectionsCommand::Check { config } => {
             let pool = crate::migrate(&config).await?;
-            let mismatches = check::check(&pool).await?;
+            let mut progress = Progress::new("checking the read models against the log");
+            let mismatches = check::check_with_progress(&pool, |p| {
+                progress.show(p.read, p.total, None);
+            })
+            .await?;
+            progress.finish("folded the log");
             #[allow(clippy::print_stdout)]
             for m in &mismatches {
                 println!(
@@ -106,47 +111,96 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Progress on the terminal: a bar with events/s and ETA; when stderr is not a terminal,
+/// a log line every 2 s instead.
+struct Progress {
+    label: String,
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
+    completed: bool,
+}
+
+impl Progress {
+    fn new(label: impl Into<String>) -> Self {
+        let label = label.into();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message(label.clone());
+            bar
+        });
+        Self {
+            label,
+            bar,
+            last_line: None,
+            completed: false,
+        }
+    }
+
+    /// `done` of `total` events; `rate` in events/s when the work reports its own (else the
+    /// bar measures it; log lines then leave it out).
+    fn show(&mut self, done: i64, total: i64, rate: Option<(f64, Option<f64>)>) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total.max(0) as u64);
+            bar.set_position(done.max(0) as u64);
+            return;
+        }
+        // Every 2 s, and once more when all is done.
+        let complete = total > 0 && done >= total;
+        if complete && self.completed {
+            return;
+        }
+        self.completed = complete;
+        if !complete
+            && self
+                .last_line
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last_line = Some(Instant::now());
+        let percent = if total > 0 {
+            (done as f64 * 100.0 / total as f64).min(100.0)
+        } else {
+            0.0
+        };
+        tracing::info!(
+            task = %self.label,
+            done,
+            total,
+            percent = percent.round(),
+            events_per_second = rate.map(|(eps, _)| eps.round()),
+            eta_seconds = rate.and_then(|(_, eta)| eta).map(f64::round),
+            "progress"
+        );
+    }
+
+    fn finish(&self, message: &str) {
+        if let Some(bar) = &self.bar {
+            bar.finish_with_message(message.to_owned());
+        }
+    }
+}
+
 /// Show progress until the rebuild has been swapped in.
 async fn follow(pool: &sqlx::PgPool, projection: Projection) -> anyhow::Result<()> {
-    let terminal = std::io::stderr().is_terminal();
-    let bar = terminal.then(|| {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("rebuilding {}", projection.name()));
-        bar
-    });
-    let mut last_line = std::time::Instant::now();
+    let mut progress = Progress::new(format!("rebuilding {}", projection.name()));
     loop {
         let s = status::one(pool, projection).await?;
         match &s.rebuild {
             Some(r) => {
-                if let Some(bar) = &bar {
-                    bar.set_length(r.total.max(0) as u64);
-                    bar.set_position(r.done.max(0) as u64);
-                } else if last_line.elapsed() >= Duration::from_secs(2) {
-                    tracing::info!(
-                        projection = projection.name(),
-                        done = r.done,
-                        total = r.total,
-                        events_per_second = r.events_per_second.round(),
-                        eta_seconds = r.eta_seconds.map(f64::round),
-                        "rebuild progress"
-                    );
-                    last_line = std::time::Instant::now();
-                }
+                progress.show(r.done, r.total, Some((r.events_per_second, r.eta_seconds)));
                 if let Some(e) = &s.last_error {
                     tracing::warn!(error = %e, "rebuild is retrying after an error");
                 }
             }
             None => {
-                if let Some(bar) = &bar {
-                    bar.finish_with_message(format!("rebuilt {}", projection.name()));
-                }
+                progress.finish(&format!("rebuilt {}", projection.name()));
                 tracing::info!(
                     projection = projection.name(),
                     position = s.position,

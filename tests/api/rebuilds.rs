@@ -15,7 +15,7 @@ use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 use crate::projector::{fast, wait_until_caught_up, write_scenario};
 
 /// Wait until no rebuild is requested or running.
-async fn wait_until_rebuilt(app: &TestApp) {
+pub(crate) async fn wait_until_rebuilt(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all = status::all(&app.pool).await.unwrap();
@@ -189,4 +189,50 @@ async fn a_rebuild_killed_half_way_resumes_and_ends_equal_to_the_fold() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn projections_check_on_the_cli_reports_its_progress_through_the_log() {
+    // No process manager: nothing writes after the scenario.
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api, ProcessRole::Projector]).await;
+    write_scenario(&app, 3).await;
+    wait_until_caught_up(&app).await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Not a terminal: plain progress lines instead of a bar.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["projections", "check"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("ORDO_LOG", "info")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    // Log lines are JSON when stderr is not a terminal.
+    let progress: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "progress")
+        .collect();
+    assert!(!progress.is_empty(), "no progress line: {log}");
+    assert!(
+        progress.iter().all(|l| l["total"] == events),
+        "each line gives the log's {events} events as the total: {progress:#?}"
+    );
+    let last = progress.last().unwrap();
+    assert_eq!(
+        last["done"], events,
+        "the last line says the whole log was read"
+    );
+    assert_eq!(last["percent"], 100.0);
+    assert!(
+        log.contains("read models equal the fold of the log"),
+        "{log}"
+    );
 }

@@ -110,6 +110,10 @@ pub struct RegisterCustomer {
     pub email: String,
     pub name: Text,
     pub phone: Option<Text>,
+    /// The sales channel to create it in: only a global key may name one (default
+    /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -126,6 +130,10 @@ pub struct PlaceOrder {
     #[schema(min_items = 1, max_items = 200)]
     pub lines: Vec<NewLine>,
     pub shipping_address: Option<Address>,
+    /// The sales channel to create it in: only a global key may name one (default
+    /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -180,6 +188,10 @@ pub struct CreatePayment {
     pub currency: Currency,
     #[schema(example = "card")]
     pub method: Text,
+    /// The sales channel to create it in: only a global key may name one (default
+    /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 #[derive(ToSchema)]

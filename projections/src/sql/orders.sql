@@ -30,4 +30,4 @@ CREATE TABLE IF NOT EXISTS {schema}.order_payments (
     refunded   bigint NOT NULL,
     version    bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS order_payments_by_order ON {schema}.order_payments (order_id);
+CREATE INDEX IF NOT EXISTS order_payments_by_order ON {schema}.order_payments (order_id); -- read by the fold: built with the table
