@@ -106,6 +106,11 @@ pub struct Config {
     #[arg(long, env = "ORDO_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// Where `/metrics` listens, on a listener of its own (then `ORDO_HTTP_ADDR` does not
+    /// serve it), e.g. to keep it off the public address. Unset: on `ORDO_HTTP_ADDR`.
+    #[arg(long, env = "ORDO_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Size of the main PostgreSQL pool (commands, reads, runners). The idempotency-lock
     /// pool adds half as many, and each led projection one more for its lock.
     #[arg(long, env = "ORDO_DB_MAX_CONNECTIONS", default_value_t = 32)]
@@ -175,9 +180,19 @@ pub struct Config {
     #[arg(long, env = "ORDO_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
     pub webhook_timeout_secs: u64,
 
-    /// Webhook requests in flight at once per process (each endpoint gets at most 4).
+    /// Webhook requests in flight at once per process (each endpoint gets at most
+    /// `ORDO_WEBHOOK_ENDPOINT_CONCURRENCY`).
     #[arg(long, env = "ORDO_WEBHOOK_CONCURRENCY", default_value_t = 32)]
     pub webhook_concurrency: usize,
+
+    /// Webhook requests in flight at once to one endpoint, per process.
+    #[arg(long, env = "ORDO_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4)]
+    pub webhook_endpoint_concurrency: usize,
+
+    /// Days delivered webhooks (with their attempts) and the attempts of sent e-mail are
+    /// kept; older ones are deleted in the background, in batches. 0 keeps them forever.
+    #[arg(long, env = "ORDO_DELIVERY_RETENTION_DAYS", default_value_t = 30)]
+    pub delivery_retention_days: u32,
 
     /// Seconds an endpoint may keep failing (no success since its first failure) before
     /// it is disabled automatically; 432000 = five days.

@@ -22,6 +22,7 @@ use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration}
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
+use ordo_workers::retention::Retention;
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
 use sqlx::PgPool;
@@ -44,6 +45,8 @@ use crate::shutdown::deadline_passed;
 pub struct Application {
     /// The HTTP address: the whole API with the API role, else the operations routes.
     listener: Option<TcpListener>,
+    /// `/metrics` on its own address (`ORDO_METRICS_ADDR`), when set.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     roles: Vec<ProcessRole>,
     runner: RunnerConfig,
@@ -60,6 +63,8 @@ pub struct Application {
     deliveries: DeliveryConfig,
     /// E-mails sent at once.
     smtp_concurrency: usize,
+    /// How long delivery history is kept (`None`: forever).
+    retention: Option<Retention>,
     /// How long a shutdown may take before the process stops waiting.
     shutdown_timeout: Duration,
     /// The HTTP server's header-read timeout and connection limit.
@@ -88,8 +93,17 @@ impl Application {
                 None
             }
         };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (ORDO_METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         ordo_runtime::metrics::install();
         let api = ApiConfig {
+            metrics_elsewhere: metrics_listener.is_some(),
             body_limit: config.body_limit,
             #[cfg(debug_assertions)]
             crash_after_commit: config.crash_after_commit,
@@ -156,13 +170,17 @@ impl Application {
             webhooks,
             workers,
             smtp_concurrency: config.smtp_concurrency,
+            retention: (config.delivery_retention_days > 0)
+                .then(|| Retention::days(config.delivery_retention_days)),
             deliveries: DeliveryConfig {
                 timeout: Duration::from_secs(config.webhook_timeout_secs),
                 concurrency: config.webhook_concurrency,
+                per_endpoint: config.webhook_endpoint_concurrency.max(1),
                 disable_after: Duration::from_secs(config.webhook_disable_after_secs),
                 ..DeliveryConfig::default()
             },
             listener,
+            metrics_listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             server_limits: ordo_api::server::ServerLimits {
                 header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
@@ -186,6 +204,13 @@ impl Application {
                 "this process has no HTTP listener",
             )),
         }
+    }
+
+    /// Where `/metrics` listens when it has an address of its own (`ORDO_METRICS_ADDR`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -351,6 +376,29 @@ impl Application {
             }
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.state.pool.clone()));
+        // Delivery history past its retention, where the deliveries are sent.
+        let retention = self
+            .retention
+            .filter(|_| self.roles.contains(&ProcessRole::Workers))
+            .map(|r| {
+                tokio::spawn(ordo_workers::retention::run(
+                    self.state.pool.clone(),
+                    r,
+                    stopped.clone(),
+                ))
+            });
+        let metrics = self.metrics_listener.map(|listener| {
+            let app = ordo_api::metrics::metrics_router(self.state.clone());
+            let mut stopped = stopped.clone();
+            tokio::spawn(ordo_api::server::serve(
+                listener,
+                app,
+                self.server_limits,
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            ))
+        });
 
         // The signal starts the clock: everything below must end by `deadline`.
         let (signalled, deadline) = watch::channel(None::<Instant>);
@@ -389,6 +437,12 @@ impl Application {
             }
         };
         purge.abort();
+        if let Some(retention) = retention {
+            retention.abort();
+        }
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         roles.stopping();
         let _ = stop.send(true);
         let deadline = (*deadline.borrow()).unwrap_or_else(|| Instant::now() + timeout);

@@ -65,6 +65,9 @@ pub struct ApiConfig {
     /// Mark console cookies `Secure`: set when the console is reached over TLS (directly or
     /// through a proxy), so browsers never send the session over plain HTTP.
     pub console_secure_cookie: bool,
+    /// `/metrics` has a listener of its own (`ORDO_METRICS_ADDR`): the API's address does
+    /// not serve it.
+    pub metrics_elsewhere: bool,
 }
 
 impl Default for ApiConfig {
@@ -79,6 +82,7 @@ impl Default for ApiConfig {
             anonymous_rate_limit: None,
             limits: limits::RequestLimits::default(),
             console_secure_cookie: false,
+            metrics_elsewhere: false,
         }
     }
 }
@@ -162,14 +166,12 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
 /// no API role, so every process can be probed and scraped on its HTTP address.
 pub fn ops_router(state: AppState) -> Router {
     ordo_runtime::metrics::install();
+    let mut ops = routes::health::router();
+    if !state.config.metrics_elsewhere {
+        ops = ops.routes(routes!(metrics::scrape));
+    }
     Router::new()
-        .merge(routes::health::router().split_for_parts().0)
-        .merge(
-            OpenApiRouter::new()
-                .routes(routes!(metrics::scrape))
-                .split_for_parts()
-                .0,
-        )
+        .merge(ops.split_for_parts().0)
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
@@ -184,7 +186,13 @@ pub fn ops_router(state: AppState) -> Router {
 
 /// Every route with its OpenAPI description: one list, so the two cannot diverge.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, mut spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    api_with_metrics(true)
+}
+
+/// The routes, with `/metrics` or without it (when it has a listener of its own; the
+/// document still describes it, wherever it is served).
+fn api_with_metrics(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
         .merge(routes::orders::router())
         .merge(routes::payments::router())
@@ -197,9 +205,11 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::channels::router())
         .merge(routes::workers::router())
         .merge(routes::notifications::router())
-        .routes(routes!(metrics::scrape))
-        .routes(routes!(openapi::openapi_json))
-        .split_for_parts();
+        .routes(routes!(openapi::openapi_json));
+    if metrics {
+        api = api.routes(routes!(metrics::scrape));
+    }
+    let (router, mut spec) = api.split_for_parts();
     openapi::finish(&mut spec);
     (router.merge(openapi::docs_router()), spec)
 }
@@ -209,7 +219,7 @@ pub fn router(state: AppState) -> Router {
     ordo_runtime::metrics::install();
     let body_limit = state.config.body_limit;
     let trace = TraceLayer::new_for_http().make_span_with(request_span);
-    api()
+    api_with_metrics(!state.config.metrics_elsewhere)
         .0
         .merge(console::router(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()).into_response() })

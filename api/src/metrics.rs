@@ -2,11 +2,17 @@
 //! `GET /metrics` (text format 0.0.4, no API key). The recorder itself is the process's
 //! ([`ordo_runtime::metrics`]).
 //!
-//! The gauges that describe shared state — database pools, projection and relay lag — are
-//! sampled when `/metrics` is scraped, with cheap queries, rather than kept up to date by
-//! each role.
+//! A scrape reads no database: the components keep their own gauges as they go (each
+//! projection's leading runner its position and lag, the relay leader its line and lag,
+//! the delivery pool and mail sender their queues), and the scrape only adds the pool's
+//! in-memory counts. So scraping costs the same however far behind a reader is, and
+//! answers while the database is slow or its pool exhausted. Each process exposes the
+//! gauges of the components it runs.
+//!
+//! With `ORDO_METRICS_ADDR` set, [`metrics_router`] serves `/metrics` on a listener of its
+//! own and the API's address does not serve it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -60,15 +66,6 @@ fn method_label(method: &Method) -> &'static str {
         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn scrape(State(app): State<AppState>) -> Response {
     sample_pool("main", &app.pool);
-    // A slow or unreachable database must not make the scrape fail: the gauges keep their
-    // last values and the rest is still served.
-    let lag = sample_lag(&app.pool, &app.config.workers.stream);
-    if tokio::time::timeout(Duration::from_secs(2), lag)
-        .await
-        .is_err()
-    {
-        tracing::debug!("projection and relay lag not sampled in time");
-    }
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         ordo_runtime::metrics::render(),
@@ -86,23 +83,12 @@ fn sample_pool(name: &'static str, pool: &PgPool) {
         .set(f64::from(pool.options().get_max_connections()));
 }
 
-async fn sample_lag(pool: &PgPool, relay_stream: &str) {
-    match ordo_projections::status::all(pool).await {
-        Ok(statuses) => {
-            for status in statuses {
-                let name = status.name;
-                gauge!("ordo_projection_position", "projection" => name.clone())
-                    .set(status.position as f64);
-                gauge!("ordo_projection_lag_events", "projection" => name.clone())
-                    .set(status.lag_events as f64);
-                gauge!("ordo_projection_lag_seconds", "projection" => name).set(status.lag_seconds);
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "projection status not sampled"),
-    }
-    match ordo_workers::relay::lag(pool, relay_stream).await {
-        Ok(Some(events)) => gauge!("ordo_relay_lag_events").set(events as f64),
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "relay lag not sampled"),
-    }
+/// `/metrics` alone, for its own listener (`ORDO_METRICS_ADDR`): no other route, no API
+/// key, no rate limit.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    ordo_runtime::metrics::install();
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .fallback(|| async { crate::ApiError::NotFound("no such route".into()).into_response() })
+        .with_state(state)
 }

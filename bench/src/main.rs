@@ -2,6 +2,7 @@
 //! seeders never ship in the production `ordo` binary. Each subcommand prints its report on
 //! stdout; `scripts/bench.sh` wraps `place-order` around a fresh release server.
 
+mod deliveries;
 mod pipeline;
 mod place_order;
 mod rebuild;
@@ -26,6 +27,9 @@ enum Command {
     Pipeline(pipeline::PipelineBenchArgs),
     /// Seed a log (default 1,000,000 events) and time a rebuild of all three read models.
     Rebuild(rebuild::RebuildBenchArgs),
+    /// Orders at a steady rate with three webhook endpoints on loopback (hanging, flaky,
+    /// healthy): the healthy one's delivery latency and exactly-once, read-your-writes.
+    Deliveries(deliveries::DeliveriesBenchArgs),
     /// Delete JetStream streams a benchmark run created (`scripts/bench.sh` runs Ordo on
     /// streams of its own, so that no run replays another's messages).
     DropStreams(DropStreamsArgs),
@@ -57,6 +61,7 @@ async fn main() -> ExitCode {
         Command::Pipeline(args) => pipeline::run_bench(args).await,
         Command::Rebuild(args) => rebuild::run_bench(args).await,
         Command::DropStreams(args) => drop_streams(args).await,
+        Command::Deliveries(args) => deliveries::run(args).await,
     };
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,

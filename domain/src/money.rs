@@ -58,13 +58,14 @@ impl Currency {
     }
 
     /// A count of minor units written for people: `2999` EUR → `29.99 EUR`, `500` JPY →
-    /// `500 JPY`. Integer arithmetic only, exact for every `i64`.
-    pub fn format_minor(&self, minor_units: i64) -> String {
+    /// `500 JPY`. Integer arithmetic only, exact for every `i128` (sums over many orders).
+    pub fn format_minor(&self, minor_units: impl Into<i128>) -> String {
+        let minor_units: i128 = minor_units.into();
         let digits = self.minor_digits();
         if digits == 0 {
             return format!("{minor_units} {self}");
         }
-        let scale = 10u64.pow(digits);
+        let scale = 10u128.pow(digits);
         let sign = if minor_units < 0 { "-" } else { "" };
         let abs = minor_units.unsigned_abs();
         format!(
@@ -111,21 +112,29 @@ impl JsonSchema for Currency {
     }
 }
 
-/// A non-negative amount in a currency's minor unit (cents for EUR, yen for JPY).
+/// A non-negative amount in a currency's minor unit (cents for EUR, yen for JPY), at most
+/// [`Amount::MAX`] (10^15 minor units: ten trillion euros).
 ///
-/// Arithmetic is checked: an overflow is an error, never a wrap or a saturation.
+/// The cap leaves room to sum amounts: a sum of fewer than 9,223 maximal amounts still fits
+/// an `i64`, and sums across orders (a customer's lifetime spend, a sales bucket) are kept
+/// in `i128` and PostgreSQL `numeric`, so no count of orders overflows them.
+///
+/// Arithmetic is checked: a result beyond the cap is an error, never a wrap or a saturation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 #[serde(transparent)]
 pub struct Amount(i64);
 
 impl Amount {
     pub const ZERO: Amount = Amount(0);
+    /// The largest amount: 10^15 minor units. A line, an order's total, a payment, a
+    /// capture and a refund are each at most this.
+    pub const MAX: Amount = Amount(1_000_000_000_000_000);
 
     pub fn new(minor_units: i64) -> Result<Self, ValueError> {
         if minor_units < 0 {
             return Err(ValueError::new("must not be negative"));
         }
-        Ok(Self(minor_units))
+        Self::at_most_max(minor_units)
     }
 
     /// A strictly positive amount, for captures, refunds and payments.
@@ -133,10 +142,27 @@ impl Amount {
         if minor_units <= 0 {
             return Err(ValueError::new("must be greater than zero"));
         }
+        Self::at_most_max(minor_units)
+    }
+
+    fn at_most_max(minor_units: i64) -> Result<Self, ValueError> {
+        if minor_units > Self::MAX.0 {
+            return Err(ValueError::new(format!(
+                "must be at most {} minor units",
+                Self::MAX.0
+            )));
+        }
         Ok(Self(minor_units))
     }
 
-    pub fn get(self) -> i64 {
+    /// `Some` when `minor_units` is within `0..=MAX`.
+    fn checked(minor_units: i64) -> Option<Self> {
+        (0..=Self::MAX.0)
+            .contains(&minor_units)
+            .then_some(Self(minor_units))
+    }
+
+    pub const fn get(self) -> i64 {
         self.0
     }
 
@@ -144,20 +170,24 @@ impl Amount {
         self.0 == 0
     }
 
+    /// `None` when the sum is beyond [`Amount::MAX`].
     pub fn checked_add(self, other: Amount) -> Option<Amount> {
-        self.0.checked_add(other.0).map(Amount)
+        self.0.checked_add(other.0).and_then(Self::checked)
     }
 
     /// `None` when the result would be negative.
     pub fn checked_sub(self, other: Amount) -> Option<Amount> {
-        self.0.checked_sub(other.0).filter(|v| *v >= 0).map(Amount)
+        self.0.checked_sub(other.0).and_then(Self::checked)
     }
 
+    /// `None` when the product is beyond [`Amount::MAX`].
     pub fn checked_mul(self, factor: u32) -> Option<Amount> {
-        self.0.checked_mul(i64::from(factor)).map(Amount)
+        self.0
+            .checked_mul(i64::from(factor))
+            .and_then(Self::checked)
     }
 
-    /// Sum of amounts; `None` on overflow.
+    /// Sum of amounts; `None` beyond [`Amount::MAX`].
     pub fn checked_sum(amounts: impl IntoIterator<Item = Amount>) -> Option<Amount> {
         amounts
             .into_iter()
@@ -172,6 +202,8 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
+// Frozen: released event schemas embed this one, so it cannot state the cap of
+// `Amount::MAX` that `Amount::new` adds; the OpenAPI document does.
 impl JsonSchema for Amount {
     fn schema_name() -> Cow<'static, str> {
         "Amount".into()
@@ -214,6 +246,10 @@ mod tests {
         assert_eq!(minor(500, "JPY"), "500 JPY");
         assert_eq!(minor(1234, "KWD"), "1.234 KWD");
         assert_eq!(minor(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
+        assert_eq!(
+            Currency::parse("EUR").unwrap().format_minor(i128::MIN),
+            "-1701411834604692317316873037158841057.28 EUR"
+        );
     }
 
     #[test]
@@ -245,6 +281,20 @@ mod tests {
         assert_eq!(Amount::new(0).unwrap(), Amount::ZERO);
     }
 
+    const MAX: i64 = Amount::MAX.get();
+
+    #[test]
+    fn the_largest_amount_is_ten_to_the_fifteen_minor_units() {
+        assert_eq!(Amount::new(1_000_000_000_000_000).map(Amount::get), Ok(MAX));
+        assert!(Amount::new(1_000_000_000_000_001).is_err());
+        assert_eq!(Amount::MAX.checked_add(Amount::ZERO), Some(Amount::MAX));
+        assert_eq!(Amount::MAX.checked_add(Amount::new(1).unwrap()), None);
+        assert_eq!(
+            Amount::new(MAX / 2).unwrap().checked_mul(2),
+            Some(Amount::MAX)
+        );
+    }
+
     #[test]
     fn subtraction_below_zero_is_none() {
         let a = Amount::new(5).unwrap();
@@ -255,21 +305,31 @@ mod tests {
 
     proptest! {
         #[test]
-        fn addition_is_exact_or_reports_overflow(a in 0i64..=i64::MAX, b in 0i64..=i64::MAX) {
+        fn addition_is_exact_or_reports_passing_the_cap(a in 0i64..=MAX, b in 0i64..=MAX) {
             let sum = Amount::new(a).unwrap().checked_add(Amount::new(b).unwrap());
-            match a.checked_add(b) {
-                Some(expected) => prop_assert_eq!(sum.map(Amount::get), Some(expected)),
-                None => prop_assert_eq!(sum, None),
+            if a + b <= MAX {
+                prop_assert_eq!(sum.map(Amount::get), Some(a + b));
+            } else {
+                prop_assert_eq!(sum, None);
             }
         }
 
         #[test]
-        fn multiplication_is_exact_or_reports_overflow(a in 0i64..=i64::MAX, q in 0u32..=u32::MAX) {
+        fn multiplication_is_exact_or_reports_passing_the_cap(a in 0i64..=MAX, q in 0u32..=u32::MAX) {
             let product = Amount::new(a).unwrap().checked_mul(q);
-            match a.checked_mul(i64::from(q)) {
-                Some(expected) => prop_assert_eq!(product.map(Amount::get), Some(expected)),
-                None => prop_assert_eq!(product, None),
+            let exact = i128::from(a) * i128::from(q);
+            if exact <= i128::from(MAX) {
+                prop_assert_eq!(product.map(|p| i128::from(p.get())), Some(exact));
+            } else {
+                prop_assert_eq!(product, None);
             }
+        }
+
+        #[test]
+        fn an_amount_beyond_the_cap_cannot_exist(a in MAX + 1..=i64::MAX) {
+            prop_assert!(Amount::new(a).is_err());
+            prop_assert!(Amount::positive(a).is_err());
+            prop_assert!(serde_json::from_str::<Amount>(&a.to_string()).is_err());
         }
 
         #[test]

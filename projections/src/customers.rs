@@ -30,10 +30,12 @@ struct CustomerRow {
     registered_at: Option<DateTime<Utc>>,
 }
 
+/// Money sums in `i128` (`numeric` in the table): a lifetime of orders, each up to
+/// `Amount::MAX`, overflows no sum, and the arithmetic is checked anyway.
 #[derive(Debug, Clone, Default)]
 struct SpendRow {
-    gross: i64,
-    refunded: i64,
+    gross: i128,
+    refunded: i128,
     orders: i64,
 }
 
@@ -133,21 +135,21 @@ pub async fn apply(
 ) -> Result<(), ApplyError> {
     let mut changes = Vec::new();
     for event in events {
-        if let Some(change) = change_of(event)? {
-            changes.push(change);
+        if let Some((id, change)) = change_of(event)? {
+            changes.push((id, change, event));
         }
     }
     if changes.is_empty() {
         return Ok(());
     }
-    let mut ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+    let mut ids: Vec<Uuid> = changes.iter().map(|(id, _, _)| *id).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut customers = load_customers(conn, schema, &ids).await?;
     let mut spend = load_spend(conn, schema, &ids).await?;
     let mut touched_spend = Vec::new();
 
-    for (id, change) in changes {
+    for (id, change, event) in changes {
         let customer = customers.entry(id).or_default();
         match change {
             Change::Registered {
@@ -172,7 +174,7 @@ pub async fn apply(
                 customer.first_order_at = Some(customer.first_order_at.map_or(at, |f| f.min(at)));
                 customer.last_order_at = Some(customer.last_order_at.map_or(at, |l| l.max(at)));
                 let s = spend.entry((id, currency.clone())).or_default();
-                s.gross += total;
+                s.gross = sum(event, s.gross.checked_add(total.into()))?;
                 s.orders += 1;
                 touched_spend.push((id, currency));
             }
@@ -180,13 +182,14 @@ pub async fn apply(
                 customer.cancelled_count += 1;
                 customer.open_orders -= 1;
                 let s = spend.entry((id, currency.clone())).or_default();
-                s.gross -= total;
+                s.gross = sum(event, s.gross.checked_sub(total.into()))?;
                 s.orders -= 1;
                 touched_spend.push((id, currency));
             }
             Change::Delivered => customer.open_orders -= 1,
             Change::Refunded { currency, amount } => {
-                spend.entry((id, currency.clone())).or_default().refunded += amount;
+                let s = spend.entry((id, currency.clone())).or_default();
+                s.refunded = sum(event, s.refunded.checked_add(amount.into()))?;
                 touched_spend.push((id, currency));
             }
         }
@@ -196,6 +199,12 @@ pub async fn apply(
     save_customers(conn, schema, &ids, &customers).await?;
     save_spend(conn, schema, &touched_spend, &spend).await?;
     Ok(())
+}
+
+/// A checked sum, or the event that would overflow it (unreachable with amounts capped at
+/// `Amount::MAX` and fewer than 10^23 orders, but never a wrap).
+fn sum(event: &Decoded, checked: Option<i128>) -> Result<i128, ApplyError> {
+    checked.ok_or_else(|| ApplyError::inconsistent(&event.envelope, "a money sum overflows"))
 }
 
 async fn load_customers(
@@ -238,7 +247,7 @@ async fn load_spend(
     ids: &[Uuid],
 ) -> Result<HashMap<(Uuid, String), SpendRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT customer_id, currency, gross, refunded, orders
+        "SELECT customer_id, currency, gross::text, refunded::text, orders
            FROM {schema}.customer_spend WHERE customer_id = ANY($1)"
     ))
     .bind(ids)
@@ -249,8 +258,8 @@ async fn load_spend(
             Ok((
                 (r.try_get("customer_id")?, r.try_get("currency")?),
                 SpendRow {
-                    gross: r.try_get("gross")?,
-                    refunded: r.try_get("refunded")?,
+                    gross: numeric(r.try_get("gross")?)?,
+                    refunded: numeric(r.try_get("refunded")?)?,
                     orders: r.try_get("orders")?,
                 },
             ))
@@ -315,16 +324,31 @@ async fn save_spend(
         .collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.customer_spend (customer_id, currency, gross, refunded, orders)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]::numeric[],
+                              $4::text[]::numeric[], $5::bigint[])
          ON CONFLICT (customer_id, currency) DO UPDATE SET
              gross = EXCLUDED.gross, refunded = EXCLUDED.refunded, orders = EXCLUDED.orders"
     ))
     .bind(rows.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
     .bind(rows.iter().map(|(k, _)| k.1.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.gross).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.refunded).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(_, r)| r.gross.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(_, r)| r.refunded.to_string())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|(_, r)| r.orders).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A whole `numeric` read as text (sqlx decodes `numeric` only with a decimal crate).
+pub(crate) fn numeric(text: String) -> Result<i128, sqlx::Error> {
+    text.parse()
+        .map_err(|e| sqlx::Error::Decode(format!("`{text}` is not a whole number: {e}").into()))
 }

@@ -133,7 +133,8 @@ impl Projection {
         match self {
             Self::Orders => 1,
             Self::Payments => 1,
-            Self::Customers => 1,
+            // 2: money sums in `numeric`.
+            Self::Customers => 2,
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::customers::numeric;
 use crate::views::{CustomerView, OrderStatus, OrderView, Page, PaymentView, Spent};
 
 /// Cut a `limit + 1` fetch to a page: the extra row only says there is a next page.
@@ -120,8 +121,8 @@ async fn with_spent(
     mut customers: Vec<CustomerView>,
 ) -> Result<Vec<CustomerView>, sqlx::Error> {
     let ids: Vec<Uuid> = customers.iter().map(|c| c.id).collect();
-    let rows: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT customer_id, currency, gross, refunded, orders
+    let rows: Vec<(Uuid, String, String, String, i64)> = sqlx::query_as(
+        "SELECT customer_id, currency, gross::text, refunded::text, orders
            FROM projections.customer_spend WHERE customer_id = ANY($1) ORDER BY currency",
     )
     .bind(&ids)
@@ -129,8 +130,9 @@ async fn with_spent(
     .await?;
     let mut spent: BTreeMap<Uuid, BTreeMap<String, Spent>> = BTreeMap::new();
     for (id, currency, gross, refunded, orders) in rows {
+        let (gross, refunded) = (numeric(gross)?, numeric(refunded)?);
         let average_order_value = if orders > 0 {
-            gross.div_euclid(orders)
+            gross.div_euclid(i128::from(orders))
         } else {
             0
         };
@@ -139,6 +141,7 @@ async fn with_spent(
             Spent {
                 gross,
                 refunded,
+                // Both far inside i128 (see `SpendRow`), so the difference cannot overflow.
                 net: gross - refunded,
                 average_order_value,
             },

@@ -15,6 +15,9 @@ use crate::status;
 use ordo_commands::feed::{self, Checkpoint, Wakeup};
 use ordo_commands::leader;
 
+/// How often the leading runner refreshes its position and lag gauges.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// Events per live batch.
@@ -225,7 +228,12 @@ impl Runner {
         // the error lands on the exact event; then full batches again.
         let mut single_steps_left: i64 = 0;
         let mut backoff = Duration::from_millis(200);
+        let mut last_gauges: Option<Instant> = None;
         loop {
+            if last_gauges.is_none_or(|t| t.elapsed() >= GAUGES_EVERY) {
+                status::export_gauges(&self.pool, self.projection).await;
+                last_gauges = Some(Instant::now());
+            }
             if *shutdown.borrow() || shutdown.has_changed().is_err() {
                 return Ok(());
             }

@@ -147,12 +147,13 @@ pub struct CustomerView {
     pub spent: BTreeMap<String, Spent>,
 }
 
-/// A customer's spending in one currency, minor units.
+/// A customer's spending in one currency, minor units. Sums over many orders may pass
+/// 2^63: they are JSON integers of any size (never strings, never floats).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Spent {
-    pub gross: i64,
-    pub refunded: i64,
-    pub net: i64,
+    pub gross: i128,
+    pub refunded: i128,
+    pub net: i128,
     /// `gross / orders` over orders not cancelled, rounded down.
-    pub average_order_value: i64,
+    pub average_order_value: i128,
 }

@@ -1110,3 +1110,117 @@ async fn the_console_shows_channels_and_scopes_a_session_like_its_key() {
     assert!(!links.to_string().contains("/console/keys"), "{links}");
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_rebuild_fills_every_read_model_s_channel_from_the_log() {
+    let ch = Channels::new(spawn_app().await).await;
+    let eu = ch.world(Scope::Eu).await;
+    let us = ch.world(Scope::Us).await;
+    for name in ["orders", "payments", "customers"] {
+        ch.app
+            .post(Admin, &format!("/v1/projections/{name}/rebuild"), json!({}))
+            .await
+            .assert_status(202);
+    }
+    crate::rebuilds::wait_until_rebuilt(&ch.app).await;
+    for (scope, world) in [(Scope::Eu, &eu), (Scope::Us, &us)] {
+        let channel = scope.channel().unwrap();
+        for (collection, id) in [
+            ("orders", &world.order),
+            ("payments", &world.payment),
+            ("customers", &world.customer),
+        ] {
+            let read = ch
+                .get_fresh(Scope::Global, Admin, &format!("/v1/{collection}/{id}"))
+                .await;
+            read.assert_status(200);
+            assert_eq!(read.body["channel"], channel, "{collection}");
+            let other = if scope == Scope::Eu {
+                Scope::Us
+            } else {
+                Scope::Eu
+            };
+            ch.get_fresh(other, Storefront, &format!("/v1/{collection}/{id}"))
+                .await
+                .assert_problem(404, "not-found");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_cli_creates_channels_and_keys_scoped_to_them() {
+    let app = spawn_app().await;
+    let ordo = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+            .args(args)
+            .env("DATABASE_URL", &app.database_url)
+            .env("ORDO_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = ordo(&["channels", "create", "pos-1", "--name", "Till"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("pos-1"), "{out}");
+    let (ok, _, err) = ordo(&["channels", "create", "Bad_Id", "--name", "x"]);
+    assert!(!ok && err.contains("lowercase slug"), "{err}");
+    let (ok, _, err) = ordo(&["channels", "rename", "pos-1", "--name", "Till 1"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = ordo(&["channels", "list"]);
+    assert!(
+        ok && out.contains("default") && out.contains("Till 1"),
+        "{out}"
+    );
+    let (ok, out, err) = ordo(&[
+        "keys",
+        "create",
+        "--role",
+        "storefront",
+        "--channel",
+        "pos-1",
+        "--name",
+        "till",
+    ]);
+    assert!(ok, "{err}");
+    let key = out.trim().to_owned();
+    let (ok, _, err) = ordo(&[
+        "keys",
+        "create",
+        "--role",
+        "storefront",
+        "--channel",
+        "nope",
+        "--name",
+        "x",
+    ]);
+    assert!(!ok && err.contains("no channel"), "{err}");
+    let (_, out, _) = ordo(&["keys", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("till") && l.contains("pos-1")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("test-support") && l.contains("(global)")),
+        "{out}"
+    );
+
+    let customer = request(
+        &app,
+        &key,
+        Method::POST,
+        "/v1/customers",
+        Some(json!({"email": "till@example.com", "name": "Till"})),
+    )
+    .await;
+    customer.assert_status(201);
+    assert_eq!(
+        stream_channel(&app, Kind::Customer, &customer.id()).await,
+        "pos-1"
+    );
+}

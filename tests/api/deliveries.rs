@@ -476,3 +476,116 @@ async fn the_cli_lists_disables_enables_rotates_and_queues_a_test_like_the_api()
     let (ok, _) = cli(&app, &["show", &uuid::Uuid::new_v4().to_string()]);
     assert!(!ok, "an unknown id fails");
 }
+
+/// Delivery history past its retention goes, in bounded batches: delivered webhooks with
+/// their attempts, and sent e-mails' attempts. Pending and failed deliveries, recent history
+/// and the notifications themselves stay.
+#[tokio::test]
+async fn history_past_its_retention_is_purged_in_batches_and_nothing_else_is() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (endpoint, _) = register(&app, "http://127.0.0.1:9/hook", json!(["*"])).await;
+    let endpoint = uuid::Uuid::parse_str(&endpoint).unwrap();
+    let days_ago = |d: i64| chrono::Utc::now() - chrono::TimeDelta::days(d);
+    // (status, delivered or created this many days ago)
+    let rows = [
+        ("delivered", 40),
+        ("delivered", 35),
+        ("delivered", 31),
+        ("delivered", 2),
+        ("pending", 40),
+        ("failed", 40),
+    ];
+    let mut ids = Vec::new();
+    for (i, (status, age)) in rows.iter().enumerate() {
+        let id = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                    position, body, status, created_at, delivered_at)
+             VALUES ($1, $2, $3, 'order.placed', 'o', $4, '{}', $5, $6,
+                     CASE WHEN $5 = 'delivered' THEN $6 END)",
+        )
+        .bind(id)
+        .bind(endpoint)
+        .bind(uuid::Uuid::new_v4())
+        .bind(i as i64)
+        .bind(status)
+        .bind(days_ago(*age))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO integration.deliveries (id, endpoint_id, event_id, attempt, ok,
+                    created_at, delivery_id)
+             VALUES ($1, $2, $3, 1, true, $4, $5)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(endpoint)
+        .bind(uuid::Uuid::new_v4())
+        .bind(days_ago(*age))
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    for (status, age) in [("sent", 40), ("sent", 2), ("failed", 40)] {
+        let notification = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO notification.notifications (id, event_id, kind, status, created_at)
+             VALUES ($1, $2, 'order_placed', $3, $4)",
+        )
+        .bind(notification)
+        .bind(uuid::Uuid::new_v4())
+        .bind(status)
+        .bind(days_ago(age))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO notification.attempts (id, notification_id, attempt, ok, created_at)
+             VALUES ($1, $2, 1, $3, $4)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(notification)
+        .bind(status == "sent")
+        .bind(days_ago(age))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    // Batches of two: the three old delivered webhooks take two statements.
+    let purged = ordo_workers::retention::purge(&app.pool, days_ago(30), 2)
+        .await
+        .unwrap();
+    assert_eq!(purged.webhooks, 3);
+    assert_eq!(purged.mail_attempts, 1);
+
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM integration.outbox ORDER BY position")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, ids[3..].to_vec(), "recent, pending and failed stay");
+    let attempts: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT delivery_id FROM integration.deliveries ORDER BY created_at DESC",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| ids[3..].contains(a)));
+    let (notifications, mail_attempts): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM notification.notifications),
+                (SELECT count(*) FROM notification.attempts)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((notifications, mail_attempts), (3, 2));
+
+    let again = ordo_workers::retention::purge(&app.pool, days_ago(30), 2)
+        .await
+        .unwrap();
+    assert_eq!(again, ordo_workers::retention::Purged::default());
+}

@@ -35,6 +35,8 @@ pub fn fresh_database_url() -> String {
 
 pub struct TestApp {
     pub base: String,
+    /// `http://addr` of `/metrics`' own listener, when `metrics_addr` is set.
+    pub metrics_base: Option<String>,
     pub client: reqwest::Client,
     /// A direct pool on the test database (not through any proxy).
     pub pool: PgPool,
@@ -131,6 +133,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 /// Start a built application and mint one key per role.
 pub async fn start(app: Application, pool: PgPool, database_url: String) -> TestApp {
     let addr = app.local_addr().expect("bound");
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -144,6 +147,7 @@ pub async fn start(app: Application, pool: PgPool, database_url: String) -> Test
     }
     TestApp {
         base: format!("http://{addr}"),
+        metrics_base,
         client: reqwest::Client::new(),
         pool,
         database_url,

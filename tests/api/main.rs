@@ -24,6 +24,7 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod money;
 mod notifications;
 mod openapi;
 mod process_manager;

@@ -213,3 +213,94 @@ async fn a_process_without_the_api_role_still_serves_health_and_metrics() {
         .await
         .assert_problem(404, "not-found");
 }
+
+/// A scrape reads no database: the components keep their gauges as they go. With every
+/// connection of the process's pool held elsewhere, a scrape still answers at once, with
+/// the projection gauges the runners set. (It used to run a `count(*)` over each reader's
+/// backlog and wait up to 2 s for a connection.)
+#[tokio::test]
+async fn a_scrape_answers_with_the_pool_exhausted_because_it_queries_nothing() {
+    let app = spawn_app_with(|c| {
+        c.roles = vec![ProcessRole::Api, ProcessRole::Projector];
+        // A scrape that asked for a connection would wait this long for it.
+        c.db_acquire_timeout_secs = 60;
+    })
+    .await;
+    let customer = app.register_customer().await;
+    app.get_fresh(
+        ordo_api::Role::Support,
+        &format!("/v1/customers/{customer}"),
+    )
+    .await
+    .assert_status(200);
+    let text = scrape(&app).await;
+    has(
+        &text,
+        "ordo_projection_position",
+        &[r#"projection="customers""#],
+    );
+
+    // Take every connection the pool will give (the runners' listeners hold some).
+    let mut held = Vec::new();
+    while let Ok(Ok(conn)) =
+        tokio::time::timeout(Duration::from_millis(500), app.pool.acquire()).await
+    {
+        held.push(conn);
+    }
+    assert_eq!(app.pool.num_idle(), 0, "the pool is exhausted");
+
+    // A scrape that needed a connection could not answer before its own 2 s sampling
+    // timeout (the old handler's bound); one that needs none answers in milliseconds, so
+    // 1.5 s leaves a wide margin on a loaded machine.
+    let scraped = tokio::time::timeout(Duration::from_millis(1500), scrape(&app))
+        .await
+        .expect("a scrape does not wait for a database connection");
+    for projection in ["orders", "payments", "customers"] {
+        let label = format!(r#"projection="{projection}""#);
+        has(&scraped, "ordo_projection_lag_events", &[&label]);
+    }
+    has(&scraped, "ordo_db_pool_connections", &[r#"state="in_use""#]);
+    drop(held);
+}
+
+/// `ORDO_METRICS_ADDR`: `/metrics` on a listener of its own, and not on the API's address.
+#[tokio::test]
+async fn with_a_metrics_address_metrics_listen_there_and_not_on_the_api_address() {
+    let app = spawn_app_with(|c| {
+        c.metrics_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let metrics = app.metrics_base.clone().expect("a metrics listener");
+    assert_ne!(metrics, app.base);
+
+    let own = app
+        .client
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(own
+        .text()
+        .await
+        .unwrap()
+        .contains("ordo_db_pool_max_connections"));
+
+    let on_api = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        on_api.status(),
+        404,
+        "the API address does not serve /metrics"
+    );
+    // The API itself still answers on its address, and only /metrics on the other.
+    app.get(ordo_api::Role::Support, "/v1/projections")
+        .await
+        .assert_status(200);
+    let elsewhere = app
+        .client
+        .get(format!("{metrics}/v1/projections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 404);
+}

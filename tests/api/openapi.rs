@@ -116,3 +116,68 @@ async fn every_documented_operation_reaches_a_handler() {
         }
     }
 }
+
+/// The document says what the server enforces: `If-Match` has its pattern, `version` and
+/// `at` say they exclude each other, `from` ≤ `to` is stated, and every `/v1` operation
+/// lists the statuses the middleware in front of it can answer (408, 429, 503), each
+/// command 422, and each command on an existing stream 412.
+#[test]
+fn the_document_states_the_limits_the_server_enforces() {
+    let doc: Value = ordo_api::openapi::spec_json().parse().unwrap();
+    let param = |path: &str, method: &str, name: &str| -> Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} has parameters"))
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path} has `{name}`"))
+    };
+
+    let if_match = param("/v1/orders/{id}/confirm", "post", "If-Match");
+    let pattern = if_match["schema"]["pattern"].as_str().unwrap();
+    assert_eq!(pattern, r#"^(\*|"[0-9]{1,18}")$"#);
+    for (name, other) in [("version", "`at`"), ("at", "`version`")] {
+        let p = param("/v1/orders/{id}/state", "get", name);
+        let description = p["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("Exclusive with {other}")),
+            "{description}"
+        );
+    }
+    let from = param("/v1/analytics/sales", "get", "from");
+    assert!(from["description"]
+        .as_str()
+        .unwrap()
+        .contains("Must not be after `to`"));
+    let amount = &doc["components"]["schemas"]["PositiveAmount"];
+    assert_eq!(amount["maximum"], 1_000_000_000_000_000_i64);
+
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, operation) in item.as_object().unwrap() {
+            let statuses = operation["responses"].as_object().unwrap();
+            for status in ["408", "429", "503"] {
+                assert!(
+                    statuses.contains_key(status),
+                    "{method} {path} lacks {status}"
+                );
+            }
+            let command = method == "post"
+                && operation["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+            if command {
+                assert!(statuses.contains_key("422"), "{method} {path} lacks 422");
+                if path.contains("{id}") {
+                    assert!(statuses.contains_key("412"), "{method} {path} lacks 412");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} operations");
+}

@@ -15,7 +15,7 @@ use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 use crate::projector::{fast, wait_until_caught_up, write_scenario};
 
 /// Wait until no rebuild is requested or running.
-async fn wait_until_rebuilt(app: &TestApp) {
+pub(crate) async fn wait_until_rebuilt(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all = status::all(&app.pool).await.unwrap();
@@ -65,15 +65,22 @@ async fn a_bulk_rebuild_of_each_read_model_under_concurrent_writes_equals_the_fo
     assert_eq!(view.body["order_count"], 9);
 }
 
+/// Runners of every read model: the orders read model at `orders_version`, the others at
+/// the version this code builds.
 fn spawn_runners(
     app: &TestApp,
-    version: i32,
+    orders_version: i32,
     id: &str,
     stopped: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     Projection::ALL
         .into_iter()
         .map(|p| {
+            let version = if p == Projection::Orders {
+                orders_version
+            } else {
+                p.version()
+            };
             let runner = Runner::new(app.pool.clone(), p, fast())
                 .with_id(id)
                 .with_version(version);

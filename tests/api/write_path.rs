@@ -276,3 +276,30 @@ async fn an_order_refuses_payments_beyond_its_limit() {
     .unwrap();
     assert_eq!(count, limit);
 }
+
+/// A customer takes a bounded number of notes: every command on a customer folds them all.
+#[tokio::test]
+async fn a_customer_refuses_notes_beyond_its_limit() {
+    let app = spawn_app_without_process_manager().await;
+    let customer = app.register_customer().await;
+    let path = format!("/v1/customers/{customer}/notes");
+    let limit = ordo_domain::customer::MAX_NOTES;
+    // One stream: sequential, so no note waits on another's write conflict.
+    for i in 0..limit {
+        app.post(Support, &path, json!({"text": format!("note {i}")}))
+            .await
+            .assert_status(201);
+    }
+
+    let refused = app
+        .post(Support, &path, json!({"text": "one too many"}))
+        .await;
+    refused.assert_problem(409, "too-many-notes");
+    let notes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_store.events WHERE event_type = 'customer.note_added'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(notes, limit as i64);
+}

@@ -10,8 +10,10 @@ use ordo_domain::order::{
     OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderShipped,
 };
 use ordo_domain::payment::{PaymentCaptured, PaymentRefunded};
+use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::jetstream::{Delivered, HandleError, Policy};
@@ -46,20 +48,36 @@ impl Policy for Analytics {
     ) -> Result<(), HandleError> {
         let mut effects = Effects::default();
         for event in events {
-            effects.absorb(&Effects::of(event)?);
+            effects.absorb(&Effects::of(event)?)?;
         }
         effects.write(tx).await?;
         Ok(())
     }
 }
 
-/// Sums added to one sales row.
+/// Sums added to one sales row. Money in `i128` (`numeric` in the table): a bucket sums
+/// any number of amounts of up to `Amount::MAX` each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Totals {
     orders: i64,
-    gross: i64,
-    paid: i64,
-    refunded: i64,
+    gross: i128,
+    paid: i128,
+    refunded: i128,
+}
+
+impl Totals {
+    /// Add `other`, checked: an overflow is poison, never a wrap.
+    fn add(&mut self, other: &Totals) -> Result<(), HandleError> {
+        let overflow = || HandleError::Poison("a sales sum overflows".into());
+        self.orders = self.orders.checked_add(other.orders).ok_or_else(overflow)?;
+        self.gross = self.gross.checked_add(other.gross).ok_or_else(overflow)?;
+        self.paid = self.paid.checked_add(other.paid).ok_or_else(overflow)?;
+        self.refunded = self
+            .refunded
+            .checked_add(other.refunded)
+            .ok_or_else(overflow)?;
+        Ok(())
+    }
 }
 
 /// What events change in the analytics tables, folded in memory: the funnel stages reached
@@ -86,7 +104,7 @@ impl Effects {
                 effects.stages.insert((e.order_id, "placed", ch.clone()));
                 let totals = Totals {
                     orders: 1,
-                    gross: e.total.get(),
+                    gross: e.total.get().into(),
                     ..Totals::default()
                 };
                 effects.add_sales(e.placed_at, e.currency.as_str(), ch, totals)?;
@@ -123,7 +141,7 @@ impl Effects {
                 let e: PaymentCaptured = event.data()?;
                 effects.stages.insert((e.order_id, "paid", ch.clone()));
                 let totals = Totals {
-                    paid: e.amount.get(),
+                    paid: e.amount.get().into(),
                     ..Totals::default()
                 };
                 effects.add_sales(e.captured_at, e.currency.as_str(), ch, totals)?;
@@ -132,7 +150,7 @@ impl Effects {
                 let e: PaymentRefunded = event.data()?;
                 effects.stages.insert((e.order_id, "refunded", ch.clone()));
                 let totals = Totals {
-                    refunded: e.amount.get(),
+                    refunded: e.amount.get().into(),
                     ..Totals::default()
                 };
                 effects.add_sales(e.refunded_at, e.currency.as_str(), ch, totals)?;
@@ -154,28 +172,21 @@ impl Effects {
             let bucket = at
                 .duration_trunc(step)
                 .map_err(|e| HandleError::Poison(format!("time {at} cannot be bucketed: {e}")))?;
-            let row = self
-                .sales
+            self.sales
                 .entry((granularity, bucket, currency.to_owned(), channel.to_owned()))
-                .or_default();
-            row.orders += totals.orders;
-            row.gross += totals.gross;
-            row.paid += totals.paid;
-            row.refunded += totals.refunded;
+                .or_default()
+                .add(&totals)?;
         }
         Ok(())
     }
 
     /// Fold another event's effects into these.
-    fn absorb(&mut self, other: &Effects) {
+    fn absorb(&mut self, other: &Effects) -> Result<(), HandleError> {
         self.stages.extend(other.stages.iter().cloned());
         for (key, totals) in &other.sales {
-            let row = self.sales.entry(key.clone()).or_default();
-            row.orders += totals.orders;
-            row.gross += totals.gross;
-            row.paid += totals.paid;
-            row.refunded += totals.refunded;
+            self.sales.entry(key.clone()).or_default().add(totals)?;
         }
+        Ok(())
     }
 
     /// Write them: one statement per table, however many events were folded in.
@@ -201,21 +212,22 @@ impl Effects {
             // granularity, bucket, currency, channel
             type Keys<'a> = (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<&'a str>, Vec<&'a str>);
             let mut columns: Keys = Default::default();
-            let mut sums: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+            let mut sums: (Vec<i64>, Vec<String>, Vec<String>, Vec<String>) = Default::default();
             for ((granularity, bucket, currency, channel), t) in &self.sales {
                 columns.0.push(granularity);
                 columns.1.push(*bucket);
                 columns.2.push(currency);
                 columns.3.push(channel);
                 sums.0.push(t.orders);
-                sums.1.push(t.gross);
-                sums.2.push(t.paid);
-                sums.3.push(t.refunded);
+                sums.1.push(t.gross.to_string());
+                sums.2.push(t.paid.to_string());
+                sums.3.push(t.refunded.to_string());
             }
             sqlx::query(
                 "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross, paid, refunded, channel)
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[],
-                                      $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[])
+                                      $4::int8[], $5::text[]::numeric[], $6::text[]::numeric[],
+                                      $7::text[]::numeric[], $8::text[])
                  ON CONFLICT (granularity, bucket, currency, channel) DO UPDATE SET
                      orders = sales.orders + EXCLUDED.orders, gross = sales.gross + EXCLUDED.gross,
                      paid = sales.paid + EXCLUDED.paid, refunded = sales.refunded + EXCLUDED.refunded",
@@ -235,6 +247,25 @@ impl Effects {
     }
 }
 
+/// The answer of `GET /v1/analytics/sales`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SalesReport {
+    pub items: Vec<SalesBucket>,
+}
+
+/// One bucket of one currency. Money sums may pass 2^63: they are JSON integers of any
+/// size (never strings, never floats).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SalesBucket {
+    /// Start of the hour or day.
+    pub bucket: DateTime<Utc>,
+    pub currency: String,
+    pub orders: i64,
+    pub gross: i128,
+    pub paid: i128,
+    pub refunded: i128,
+}
+
 /// `GET /v1/analytics/sales`: buckets in `[from, to)`, oldest first, of one channel or (with
 /// `None`) summed over every channel.
 pub async fn sales_report(
@@ -243,10 +274,10 @@ pub async fn sales_report(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     granularity: &str,
-) -> Result<Value, sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT bucket, currency, sum(orders)::int8, sum(gross)::int8, sum(paid)::int8,
-                sum(refunded)::int8
+) -> Result<SalesReport, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, String, i64, String, String, String)> = sqlx::query_as(
+        "SELECT bucket, currency, sum(orders)::int8, sum(gross)::text, sum(paid)::text,
+                sum(refunded)::text
            FROM analytics.sales
           WHERE granularity = $1 AND bucket >= $2 AND bucket < $3
             AND ($4::text IS NULL OR channel = $4)
@@ -259,14 +290,26 @@ pub async fn sales_report(
     .bind(channel)
     .fetch_all(pool)
     .await?;
-    let items: Vec<Value> = rows
+    let items = rows
         .into_iter()
         .map(|(bucket, currency, orders, gross, paid, refunded)| {
-            json!({"bucket": bucket, "currency": currency, "orders": orders, "gross": gross,
-                   "paid": paid, "refunded": refunded})
+            Ok(SalesBucket {
+                bucket,
+                currency,
+                orders,
+                gross: numeric(&gross)?,
+                paid: numeric(&paid)?,
+                refunded: numeric(&refunded)?,
+            })
         })
-        .collect();
-    Ok(json!({ "items": items }))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(SalesReport { items })
+}
+
+/// A whole `numeric` read as text (sqlx decodes `numeric` only with a decimal crate).
+fn numeric(text: &str) -> Result<i128, sqlx::Error> {
+    text.parse()
+        .map_err(|e| sqlx::Error::Decode(format!("`{text}` is not a whole number: {e}").into()))
 }
 
 /// `GET /v1/analytics/funnel`: orders reaching each stage, and the cancellation and refund
@@ -327,7 +370,7 @@ mod tests {
             captured(order, 20, "2026-11-21T10:55:00Z"),
             captured(Uuid::new_v4(), 3, "2026-11-21T11:00:00Z"),
         ] {
-            batch.absorb(&Effects::of(&event).unwrap());
+            batch.absorb(&Effects::of(&event).unwrap()).unwrap();
         }
         assert_eq!(batch.stages.len(), 2);
         let paid = |granularity: &'static str, bucket: &str| {

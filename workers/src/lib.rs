@@ -18,6 +18,7 @@ pub mod notification;
 pub mod ops;
 pub mod process_manager;
 pub mod relay;
+pub mod retention;
 pub mod retry;
 pub mod tls;
 pub mod worker;

@@ -29,6 +29,8 @@ use tokio::sync::watch;
 const POLL: Duration = Duration::from_millis(500);
 /// How often a standby tries the lock, and an idle leader proves its session is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the leader refreshes its position and lag gauges.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -236,6 +238,7 @@ impl Relay {
         if advance.published > 0 {
             self.store_line(&mut conn, line, advance).await?;
         }
+        self.export_gauges(line).await;
         Ok(advance.published)
     }
 
@@ -363,6 +366,17 @@ impl Relay {
         result.map(|()| true)
     }
 
+    /// The relay's line and lag (head − line) as gauges, kept by the leader as it goes, so a
+    /// scrape of `/metrics` reads no database.
+    async fn export_gauges(&self, line: Checkpoint) {
+        metrics::gauge!("ordo_relay_position").set(line.global_position as f64);
+        match feed::head(&self.pool).await {
+            Ok(head) => metrics::gauge!("ordo_relay_lag_events")
+                .set((head - line.global_position).max(0) as f64),
+            Err(e) => tracing::debug!(error = %e, "relay lag not measured"),
+        }
+    }
+
     /// Publish as the leader until `shutdown`, or until the lock's session fails (then
     /// another process may lead: return and try for the lock again).
     async fn lead(
@@ -379,7 +393,12 @@ impl Relay {
         let mut stream_ready = false;
         let mut backoff = Duration::from_millis(200);
         let mut last_beat = Instant::now();
+        let mut last_gauges: Option<Instant> = None;
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+            if last_gauges.is_none_or(|t| t.elapsed() >= GAUGES_EVERY) {
+                self.export_gauges(line).await;
+                last_gauges = Some(Instant::now());
+            }
             let stored = line;
             let result = if stream_ready {
                 // Reads go through the lock's session too: the pool is the commands', and

@@ -80,20 +80,11 @@ async fn show(
     .await?;
     let funnel = analytics::funnel(&app.pool, session.caller.scope()).await?;
     // currency → bucket start → (orders, gross, paid, refunded)
-    let mut per_currency: BTreeMap<String, BTreeMap<DateTime<Utc>, [i64; 4]>> = BTreeMap::new();
-    for item in report["items"].as_array().into_iter().flatten() {
-        let (Some(currency), Some(bucket)) = (
-            item["currency"].as_str(),
-            item["bucket"]
-                .as_str()
-                .and_then(|b| DateTime::parse_from_rfc3339(b).ok()),
-        ) else {
-            continue;
-        };
-        let n = |k: &str| item[k].as_i64().unwrap_or(0);
-        per_currency.entry(currency.to_owned()).or_default().insert(
-            bucket.with_timezone(&Utc),
-            [n("orders"), n("gross"), n("paid"), n("refunded")],
+    let mut per_currency: BTreeMap<String, BTreeMap<DateTime<Utc>, [i128; 4]>> = BTreeMap::new();
+    for item in report.items {
+        per_currency.entry(item.currency).or_default().insert(
+            item.bucket,
+            [item.orders.into(), item.gross, item.paid, item.refunded],
         );
     }
     let slots: Vec<DateTime<Utc>> = (0..buckets)
@@ -123,12 +114,12 @@ async fn show(
         @for (currency, by_bucket) in &per_currency {
             @let bars: Vec<(String, f64)> = slots.iter()
                 .map(|t| (label(t), by_bucket.get(t).map_or(0, |v| v[1]) as f64)).collect();
-            @let totals = by_bucket.values().fold([0i64; 4], |mut acc, v| { for i in 0..4 { acc[i] += v[i]; } acc });
+            @let totals = by_bucket.values().fold([0i128; 4], |mut acc, v| { for i in 0..4 { acc[i] = acc[i].saturating_add(v[i]); } acc });
             h3 { (currency) }
             p { (totals[0]) " orders · gross " (layout::money(totals[1], currency))
                 " · paid " (layout::money(totals[2], currency)) " · refunded " (layout::money(totals[3], currency)) }
             @let cur = currency.clone();
-            (chart::bars(&format!("Gross sales in {currency}"), &bars, every, &move |v| layout::money(v as i64, &cur)))
+            (chart::bars(&format!("Gross sales in {currency}"), &bars, every, &move |v| layout::money(v as i128, &cur)))
         }
         h2 { "Funnel (all time)" }
         table.funnel {

@@ -148,7 +148,8 @@ pub fn time_value(v: &Value) -> Markup {
 }
 
 /// Minor units as major units with the currency: `2999`, `EUR` → `29.99 EUR`.
-pub fn money(amount: i64, currency: &str) -> String {
+pub fn money(amount: impl Into<i128>, currency: &str) -> String {
+    let amount: i128 = amount.into();
     match ordo_domain::money::Currency::parse(currency) {
         Ok(c) => c.format_minor(amount),
         Err(_) => format!("{amount} {currency}"),

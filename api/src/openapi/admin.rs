@@ -78,21 +78,7 @@ pub struct RebuildAccepted {
 
 // ------------------------------------------------------------------ analytics
 
-#[derive(ToSchema)]
-pub struct SalesReport {
-    pub items: Vec<SalesBucket>,
-}
-
-#[derive(ToSchema)]
-pub struct SalesBucket {
-    /// Start of the hour or day.
-    pub bucket: DateTime<Utc>,
-    pub currency: String,
-    pub orders: i64,
-    pub gross: i64,
-    pub paid: i64,
-    pub refunded: i64,
-}
+pub use ordo_workers::analytics::{SalesBucket, SalesReport};
 
 #[derive(ToSchema)]
 pub struct Funnel {

@@ -138,18 +138,19 @@ pub struct CommandHeaderParams {
 // ------------------------------------------------------------------ responses
 
 /// Every problem response, by status, as a named component.
-const PROBLEMS: [(u16, &str, &str); 11] = [
+const PROBLEMS: [(u16, &str, &str); 12] = [
     (400, "BadRequest", "Malformed JSON, a bad header or a bad query parameter"),
     (401, "Unauthorized", "No API key, or not a valid one"),
     (403, "Forbidden", "The key's role may not do this"),
     (404, "NotFound", "No such resource"),
+    (408, "RequestTimeout", "The request (its body included) took longer than the server allows"),
     (409, "Conflict", "Refused by a domain rule (the `type` names it), the id exists already, a write conflict, or a request with this Idempotency-Key in flight"),
     (412, "PreconditionFailed", "If-Match names a version the stream is no longer at"),
     (413, "PayloadTooLarge", "The body is larger than the server accepts"),
     (415, "UnsupportedMediaType", "The body is not `application/json`"),
     (422, "UnprocessableContent", "Invalid fields (`errors` lists each), or an Idempotency-Key reused with another request"),
     (429, "TooManyRequests", "The API key's rate limit is spent (see the `RateLimit` and `RateLimit-Policy` headers); retry after `Retry-After` seconds"),
-    (503, "ServiceUnavailable", "The store or a read model is not available; retry after `Retry-After` seconds"),
+    (503, "ServiceUnavailable", "The store or a read model is not available (`unavailable`, `projection-behind`), or the server has as many requests in flight as it takes (`overloaded`); retry after `Retry-After` seconds"),
 ];
 
 fn problem_component(status: u16) -> Ref {
@@ -183,25 +184,27 @@ macro_rules! problems {
     )+};
 }
 
+// Every `/v1` route may also answer 408 (the request timeout), 429 (rate limits) and 503
+// (the store, or the in-flight limit): the middleware in front of every handler.
 problems! {
     /// Operations routes: only the store can fail.
     Unavailable: 503;
     /// A read open to every role.
-    ReadProblems: 400, 401, 429, 503;
+    ReadProblems: 400, 401, 408, 429, 503;
     /// A read of one resource open to every role.
-    ReadOneProblems: 400, 401, 404, 429, 503;
+    ReadOneProblems: 400, 401, 404, 408, 429, 503;
     /// A read limited to some roles.
-    RestrictedReadProblems: 400, 401, 403, 429, 503;
+    RestrictedReadProblems: 400, 401, 403, 408, 429, 503;
     /// A read of one resource limited to some roles.
-    RestrictedReadOneProblems: 400, 401, 403, 404, 429, 503;
+    RestrictedReadOneProblems: 400, 401, 403, 404, 408, 429, 503;
     /// A command that creates a stream.
-    CreateProblems: 400, 401, 403, 404, 409, 413, 415, 422, 429, 503;
+    CreateProblems: 400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 503;
     /// A command on an existing stream.
-    CommandProblems: 400, 401, 403, 404, 409, 412, 413, 415, 422, 429, 503;
+    CommandProblems: 400, 401, 403, 404, 408, 409, 412, 413, 415, 422, 429, 503;
     /// An admin action with a JSON body.
-    AdminBodyProblems: 400, 401, 403, 404, 413, 415, 422, 429, 503;
+    AdminBodyProblems: 400, 401, 403, 404, 408, 413, 415, 422, 429, 503;
     /// An admin creation whose id may be taken.
-    AdminCreateProblems: 400, 401, 403, 409, 413, 415, 422, 429, 503;
+    AdminCreateProblems: 400, 401, 403, 408, 409, 413, 415, 422, 429, 503;
 }
 
 fn command_response(description: &str, location: bool) -> SpecResponse {

@@ -88,10 +88,12 @@ pub struct History {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct State {
-    /// The state right after the event with this sequence number.
+    /// The state right after the event with this sequence number. Exclusive with `at`:
+    /// both → 400.
     #[param(nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub version: Option<i64>,
-    /// The state as it was at this instant (RFC 3339).
+    /// The state as it was at this instant (RFC 3339). Exclusive with `version`: both →
+    /// 400.
     #[param(nullable = false)]
     pub at: Option<DateTime<Utc>>,
 }
@@ -110,10 +112,10 @@ pub struct Sales {
     /// own channel only: naming another is 403.
     #[param(nullable = false, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub channel: Option<String>,
-    /// Default: seven days before `to`.
+    /// Default: seven days before `to`. Must not be after `to` (else 400).
     #[param(nullable = false)]
     pub from: Option<DateTime<Utc>>,
-    /// Default: now.
+    /// Default: now. Must not be before `from` (else 400).
     #[param(nullable = false)]
     pub to: Option<DateTime<Utc>>,
     /// Default: `day`.

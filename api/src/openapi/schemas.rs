@@ -52,9 +52,11 @@ value_schema!(
     Sku: String, |b| b.pattern(Some("^[A-Za-z0-9._-]{1,64}$")).examples(["SKU-1"])
 );
 value_schema!(
-    /// An amount in the currency's minor unit (cents for EUR), above zero.
+    /// An amount in the currency's minor unit (cents for EUR), above zero and at most
+    /// 10^15 (the largest amount).
     PositiveAmount: Integer, |b| b.format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
         .minimum(Some(1))
+        .maximum(Some(ordo_domain::Amount::MAX.get() as f64))
         .examples([2999])
 );
 
@@ -108,6 +110,10 @@ pub struct RegisterCustomer {
     pub email: String,
     pub name: Text,
     pub phone: Option<Text>,
+    /// The sales channel to create it in: only a global key may name one (default
+    /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -124,6 +130,10 @@ pub struct PlaceOrder {
     #[schema(min_items = 1, max_items = 200)]
     pub lines: Vec<NewLine>,
     pub shipping_address: Option<Address>,
+    /// The sales channel to create it in: only a global key may name one (default
+    /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -132,8 +142,8 @@ pub struct NewLine {
     pub name: Text,
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: u32,
-    /// Minor units, zero or more.
-    #[schema(minimum = 0)]
+    /// Minor units, zero or more, at most 10^15; the order's total is at most 10^15 too.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub unit_price: i64,
 }
 
@@ -178,6 +188,10 @@ pub struct CreatePayment {
     pub currency: Currency,
     #[schema(example = "card")]
     pub method: Text,
+    /// The sales channel to create it in: only a global key may name one (default
+    /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -87,6 +87,11 @@ pub struct Customer {
     pub registered_at: Option<DateTime<Utc>>,
 }
 
+/// At most this many notes per customer: every command on a customer loads its whole
+/// stream, so a customer's notes must stay bounded (500 notes of up to 2,000 characters is
+/// at most about 1 MB to fold).
+pub const MAX_NOTES: usize = 500;
+
 impl Customer {
     pub fn exists(&self) -> bool {
         self.id.is_some()
@@ -126,6 +131,12 @@ impl Customer {
                     return Err(DomainError::refused(
                         "note-already-added",
                         "a note with this id is already on the customer",
+                    ));
+                }
+                if self.notes.len() >= MAX_NOTES {
+                    return Err(DomainError::refused(
+                        "too-many-notes",
+                        format!("a customer takes at most {MAX_NOTES} notes"),
                     ));
                 }
                 Ok(vec![CustomerEvent::NoteAdded(CustomerNoteAdded {

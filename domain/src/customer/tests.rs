@@ -179,6 +179,27 @@ fn adding_the_same_note_id_twice_is_refused() {
 }
 
 #[test]
+fn a_note_beyond_the_largest_number_of_notes_is_refused() {
+    let mut history = vec![registered(None)];
+    history.extend((0..MAX_NOTES).map(|i| note_added(Uuid::from_u128(i as u128 + 1), "n", 5)));
+    let result = given(history.clone()).decide(add_note(Uuid::new_v4(), "one more", 6));
+    assert!(
+        matches!(
+            &result,
+            Err(DomainError::Refused {
+                rule: "too-many-notes",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    history.pop();
+    assert!(given(history)
+        .decide(add_note(Uuid::new_v4(), "the last one", 6))
+        .is_ok());
+}
+
+#[test]
 fn every_customer_event_round_trips_through_json_under_its_dotted_type() {
     let events = [
         (registered(Some("+44 20 0000")), "customer.registered"),

@@ -627,5 +627,11 @@ fn already_shipped() -> DomainError {
 }
 
 fn overflow(field: String) -> DomainError {
-    DomainError::invalid(field, "amounts overflow the largest representable total")
+    DomainError::invalid(
+        field,
+        format!(
+            "amounts add up to more than the largest amount, {} minor units",
+            Amount::MAX
+        ),
+    )
 }

@@ -289,14 +289,17 @@ fn placing_an_order_with_the_same_sku_on_two_lines_is_invalid() {
 }
 
 #[test]
-fn a_line_whose_unit_price_times_quantity_overflows_is_invalid() {
-    let lines = vec![new_line("MUG", 1, 1250), new_line("GOLD", 2, i64::MAX)];
+fn a_line_whose_unit_price_times_quantity_passes_the_largest_amount_is_invalid() {
+    let lines = vec![
+        new_line("MUG", 1, 1250),
+        new_line("GOLD", 2, Amount::MAX.get()),
+    ];
     assert_invalid(given(vec![]).decide(place(lines)), "lines[1]");
 }
 
 #[test]
 fn an_order_whose_line_totals_sum_beyond_the_largest_amount_is_invalid() {
-    let half = i64::MAX / 2 + 1;
+    let half = Amount::MAX.get() / 2 + 1;
     let lines = vec![new_line("A", 1, half), new_line("B", 1, half)];
     assert_invalid(given(vec![]).decide(place(lines)), "lines");
 }
@@ -304,11 +307,11 @@ fn an_order_whose_line_totals_sum_beyond_the_largest_amount_is_invalid() {
 #[test]
 fn an_order_totalling_exactly_the_largest_amount_is_accepted() {
     let lines = vec![
-        new_line("A", 1, i64::MAX / 2),
-        new_line("B", 1, i64::MAX / 2 + 1),
+        new_line("A", 1, Amount::MAX.get() / 2),
+        new_line("B", 1, Amount::MAX.get() / 2),
     ];
     let events = given(vec![]).decide(place(lines)).unwrap();
-    assert!(matches!(events.as_slice(), [OrderEvent::Placed(e)] if e.total == amount(i64::MAX)));
+    assert!(matches!(events.as_slice(), [OrderEvent::Placed(e)] if e.total == Amount::MAX));
 }
 
 #[test]
@@ -848,9 +851,9 @@ fn the_cqrs_adapter_names_events_and_runs_decide() {
 fn unit_price() -> impl Strategy<Value = i64> {
     prop_oneof![
         0i64..100_000,
-        0i64..=i64::MAX / 1_000_000,
-        0i64..=i64::MAX / 8,
-        0i64..i64::MAX,
+        0i64..=Amount::MAX.get() / 1_000_000,
+        0i64..=Amount::MAX.get() / 8,
+        0i64..=Amount::MAX.get(),
     ]
 }
 
@@ -947,11 +950,12 @@ proptest! {
         );
         let products: Vec<i128> = lines.iter().map(|(q, p)| i128::from(*q) * i128::from(*p)).collect();
         let exact: i128 = products.iter().sum();
-        let fits = products.iter().all(|p| *p <= i128::from(i64::MAX)) && exact <= i128::from(i64::MAX);
+        let max = i128::from(Amount::MAX.get());
+        let fits = products.iter().all(|p| *p <= max) && exact <= max;
 
         match given(vec![]).decide(command) {
             Ok(events) => {
-                prop_assert!(fits, "accepted a total of {exact}, beyond i64::MAX");
+                prop_assert!(fits, "accepted a total of {exact}, beyond Amount::MAX");
                 prop_assert_eq!(events.len(), 1);
                 let OrderEvent::Placed(e) = &events[0] else {
                     return Err(TestCaseError::fail(format!("not order.placed: {events:?}")));

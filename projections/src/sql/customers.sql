@@ -17,12 +17,13 @@ CREATE INDEX IF NOT EXISTS customers_by_email ON {schema}.customers (lower(email
 CREATE INDEX IF NOT EXISTS customers_by_channel ON {schema}.customers (channel, id);
 
 -- Spending per customer and currency. net and average order value are derived on read:
--- net = gross - refunded, average = gross / orders (orders not cancelled).
+-- net = gross - refunded, average = gross / orders (orders not cancelled). Money sums are
+-- whole `numeric`s: a customer's orders, each up to 10^15 minor units, never overflow them.
 CREATE TABLE IF NOT EXISTS {schema}.customer_spend (
-    customer_id uuid   NOT NULL,
-    currency    text   NOT NULL,
-    gross       bigint NOT NULL,
-    refunded    bigint NOT NULL,
-    orders      bigint NOT NULL,
+    customer_id uuid    NOT NULL,
+    currency    text    NOT NULL,
+    gross       numeric NOT NULL,
+    refunded    numeric NOT NULL,
+    orders      bigint  NOT NULL,
     PRIMARY KEY (customer_id, currency)
 );
