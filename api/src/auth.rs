@@ -122,6 +122,11 @@ const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
 const MAX_ENTRIES: usize = 10_000;
 
 impl KeyCache {
+    /// Forget `key_id` (revoked here): its next request is looked up, and refused.
+    pub(crate) fn forget(&self, key_id: Uuid) {
+        self.inner.forget(key_id);
+    }
+
     /// The cached answer for `key` while it is fresh: `Some(None)` for a key known not to
     /// work.
     fn cached(&self, hash: &[u8]) -> Option<Option<Caller>> {

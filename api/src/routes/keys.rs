@@ -121,5 +121,8 @@ async fn revoke(
     let revoked = keys::revoke(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no key has this id".into()))?;
+    // This process refuses it from the next request on, without waiting for its own
+    // notification to come back (the other processes hear that one).
+    app.keys.forget(id);
     Ok(Json(revoked).into_response())
 }
