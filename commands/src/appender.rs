@@ -39,8 +39,12 @@ use crate::chain;
 pub const COMMIT_POINT: i64 = 8_030_591_515_127_410_029;
 
 /// Opens the appender's transaction and takes the commit point in one round trip (one simple
-/// query, two statements); the statements after it see every commit made before the lock.
-const BEGIN_AT_COMMIT_POINT: &str = "BEGIN; SELECT pg_advisory_xact_lock(8030591515127410029)";
+/// query); the statements after it see every commit made before the lock. Its statements are
+/// planned for the tables as they are at each batch (`force_custom_plan`): a plan cached
+/// while `idempotency_keys` was empty scanned the whole table for every batch as it grew,
+/// until the next autovacuum analyze, and keyed commands ran at half the rate.
+const BEGIN_AT_COMMIT_POINT: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; \
+                                     SELECT pg_advisory_xact_lock(8030591515127410029)";
 
 /// A batch holds at most this many events...
 const MAX_BATCH_EVENTS: usize = 2_000;
@@ -564,5 +568,16 @@ impl AnswerRows {
         self.aggregate_types.push(stream.aggregate_type.clone());
         self.aggregate_ids.push(stream.aggregate_id.clone());
         self.versions.push(version as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_begin_statement_takes_the_commit_point_the_trigger_checks() {
+        let lock = format!("pg_advisory_xact_lock({COMMIT_POINT})");
+        assert!(BEGIN_AT_COMMIT_POINT.contains(&lock));
     }
 }

@@ -15,10 +15,15 @@ SELECT 'stream' AS kind, s.aggregate_type AS a, s.aggregate_id AS b,
          WHERE e.aggregate_type = s.aggregate_type AND e.aggregate_id = s.aggregate_id
          ORDER BY e.sequence DESC LIMIT 1) l ON true
 UNION ALL
-SELECT 'answer', i.scope, i.key, NULL, NULL, i.request_hash, i.response_status,
+SELECT 'answer', k.scope, k.key, NULL, NULL, i.request_hash, i.response_status,
        i.response_body, NULL
-  FROM event_store.idempotency_keys i
-  JOIN unnest($3::text[], $4::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key
+  FROM unnest($3::text[], $4::text[]) AS k(scope, key)
+  -- One primary-key lookup per key (LIMIT 1 keeps the planner from turning this into a
+  -- hash join over the whole table, which it picks while statistics say the table is empty
+  -- and keeps while it grows).
+  JOIN LATERAL (
+        SELECT request_hash, response_status, response_body FROM event_store.idempotency_keys
+         WHERE scope = k.scope AND key = k.key LIMIT 1) i ON true
 UNION ALL
 (SELECT 'head', NULL, NULL, NULL, NULL, NULL, NULL, NULL, hash
    FROM event_store.events ORDER BY global_position DESC LIMIT 1)
