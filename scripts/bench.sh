@@ -90,8 +90,8 @@ for i in {1..300}; do
     sleep 0.1
 done
 
+ADMIN=$("$ORDO" keys create --role admin --name bench-admin)
 if [[ -n "$HANG_PID" ]]; then
-    ADMIN=$("$ORDO" keys create --role admin --name bench-admin)
     curl -fsS -o /dev/null "$URL/v1/webhooks" -H "authorization: Bearer $ADMIN" \
         -H 'content-type: application/json' -d '{"url": "http://127.0.0.1:18089/hook", "event_types": ["*"]}'
     echo "webhook: one endpoint that accepts and never answers is registered"
@@ -122,17 +122,40 @@ place_order() {
 }
 field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -n 1; }
 
+# Before each run, wait (at most 120 s) until every read model and every worker has caught
+# up with the log, so that no run pays for the backlog of the one before.
+settle() {
+    local i projections workers
+    for ((i = 0; i < 1200; i++)); do
+        projections=$(curl -fsS "$URL/v1/projections" -H "authorization: Bearer $ADMIN" |
+            jq '[.items[].lag_events] | add')
+        workers=$(curl -fsS "$URL/v1/workers" -H "authorization: Bearer $ADMIN" |
+            jq '[.items[] | (.pending // 0) + (.in_flight // 0)] | add')
+        if [[ "$projections" == 0 && "$workers" == 0 ]]; then
+            # The same start for every run: the previous run's garbage vacuumed, statistics
+            # fresh, and no checkpoint of its writes falling into the next run.
+            psql_admin -d "$DB" -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "bench: the read models and workers did not catch up within 120 s (lag $projections, pending $workers)" >&2
+}
+
 echo
 echo "== full rate"
+settle
 full=$(place_order "$@")
 echo "$full"
 rate=$(echo "$full" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
 echo
 echo "== half rate ($((${rate%.*} / 2))/s)"
+settle
 half=$(place_order --rate "$((${rate%.*} / 2))" "$@")
 echo "$half"
 echo
 echo "== full rate, each command with an Idempotency-Key"
+settle
 keyed=$(place_order --idempotency-keys "$@")
 echo "$keyed"
 keyed_rate=$(echo "$keyed" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
