@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use super::config::WorkerConfig;
 use super::policy::Policy;
 
-/// The most messages handled as one batch.
+/// The most messages pulled as one batch (a batch that lingered for more may end up to
+/// twice this, with the messages that had arrived meanwhile).
 const BATCH: usize = 500;
 
 /// How long a batch that is not full waits for more messages before it is handled, while
