@@ -34,6 +34,7 @@ pub mod types {
     pub const PAYMENT_FAILED: &str = "payment.failed";
     pub const CUSTOMER_REGISTERED: &str = "customer.registered";
     pub const CUSTOMER_NOTE_ADDED: &str = "customer.note_added";
+    pub const CUSTOMER_ERASED: &str = "customer.erased";
 
     /// Every order event type.
     pub const ORDER: &[&str] = &[
@@ -54,7 +55,7 @@ pub mod types {
         PAYMENT_FAILED,
     ];
     /// Every customer event type.
-    pub const CUSTOMER: &[&str] = &[CUSTOMER_REGISTERED, CUSTOMER_NOTE_ADDED];
+    pub const CUSTOMER: &[&str] = &[CUSTOMER_REGISTERED, CUSTOMER_NOTE_ADDED, CUSTOMER_ERASED];
 }
 
 #[cfg(test)]

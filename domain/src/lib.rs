@@ -11,6 +11,7 @@ pub mod event;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod personal;
 pub mod schema;
 pub mod values;
 

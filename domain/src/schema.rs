@@ -14,7 +14,7 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
-use crate::customer::{CustomerNoteAdded, CustomerRegistered};
+use crate::customer::{CustomerErased, CustomerNoteAdded, CustomerRegistered};
 use crate::event::types;
 use crate::order::{
     OrderCancelled, OrderConfirmed, OrderDelivered, OrderPaymentStatusChanged, OrderPlaced,
@@ -73,7 +73,7 @@ pub fn schema_id(event_type: &str, version: u32) -> String {
 /// differ, or when an event type is missing here.
 pub fn event_schemas() -> Vec<EventSchema> {
     vec![
-        generate::<OrderPlaced>(types::ORDER_PLACED, 1),
+        generate::<OrderPlaced>(types::ORDER_PLACED, 2),
         generate::<OrderConfirmed>(types::ORDER_CONFIRMED, 1),
         generate::<OrderCancelled>(types::ORDER_CANCELLED, 1),
         generate::<OrderShipped>(types::ORDER_SHIPPED, 1),
@@ -85,8 +85,9 @@ pub fn event_schemas() -> Vec<EventSchema> {
         generate::<PaymentRefunded>(types::PAYMENT_REFUNDED, 1),
         generate::<PaymentVoided>(types::PAYMENT_VOIDED, 1),
         generate::<PaymentFailed>(types::PAYMENT_FAILED, 1),
-        generate::<CustomerRegistered>(types::CUSTOMER_REGISTERED, 1),
-        generate::<CustomerNoteAdded>(types::CUSTOMER_NOTE_ADDED, 1),
+        generate::<CustomerRegistered>(types::CUSTOMER_REGISTERED, 2),
+        generate::<CustomerNoteAdded>(types::CUSTOMER_NOTE_ADDED, 2),
+        generate::<CustomerErased>(types::CUSTOMER_ERASED, 1),
     ]
 }
 

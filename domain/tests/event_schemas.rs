@@ -353,7 +353,8 @@ fn run(steps: &[Step], with_address: bool) -> Result<BTreeSet<String>, TestCaseE
         text: text("prefers\nmorning delivery"),
         at: at(1),
     };
-    for command in [register, note] {
+    let erase = CustomerCommand::Erase { at: at(2) };
+    for command in [register, note, erase] {
         for event in customer.decide(command).unwrap() {
             seen.insert(check(&event)?);
             customer.apply(event);

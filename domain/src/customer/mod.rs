@@ -1,4 +1,5 @@
-//! Customer (CRM): registered with an e-mail and a name; support adds notes.
+//! Customer (CRM): registered with an e-mail and a name; support adds notes; an admin may
+//! erase the customer's personal data (crypto-shredding, ADR 0020).
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -6,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{types, EventName};
+use crate::personal::Personal;
 use crate::values::{Email, Text};
 use crate::DomainError;
 
@@ -18,6 +20,10 @@ pub enum CustomerCommand {
     AddNote {
         note_id: Uuid,
         text: Text,
+        at: DateTime<Utc>,
+    },
+    /// Record that the customer's personal data was erased (its data key destroyed).
+    Erase {
         at: DateTime<Utc>,
     },
 }
@@ -40,6 +46,8 @@ pub enum CustomerEvent {
     Registered(CustomerRegistered),
     #[serde(rename = "customer.note_added")]
     NoteAdded(CustomerNoteAdded),
+    #[serde(rename = "customer.erased")]
+    Erased(CustomerErased),
 }
 
 impl EventName for CustomerEvent {
@@ -47,44 +55,66 @@ impl EventName for CustomerEvent {
         match self {
             Self::Registered(_) => types::CUSTOMER_REGISTERED,
             Self::NoteAdded(_) => types::CUSTOMER_NOTE_ADDED,
+            Self::Erased(_) => types::CUSTOMER_ERASED,
+        }
+    }
+
+    fn schema_version(&self) -> u32 {
+        match self {
+            // v2: the personal fields may be sealed.
+            Self::Registered(_) | Self::NoteAdded(_) => 2,
+            Self::Erased(_) => 1,
         }
     }
 }
 
-/// A customer was registered.
+/// A customer was registered. The e-mail, name and phone are personal data: each is in
+/// clear or sealed with the customer's data key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerRegistered {
     pub customer_id: Uuid,
-    pub email: Email,
-    pub name: Text,
-    pub phone: Option<Text>,
+    pub email: Personal<Email>,
+    pub name: Personal<Text>,
+    pub phone: Option<Personal<Text>>,
     pub registered_at: DateTime<Utc>,
 }
 
-/// Support added a note to the customer.
+/// Support added a note to the customer. The text is personal data: in clear or sealed with
+/// the customer's data key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerNoteAdded {
     pub customer_id: Uuid,
     pub note_id: Uuid,
-    pub text: Text,
+    pub text: Personal<Text>,
     pub added_at: DateTime<Utc>,
+}
+
+/// The customer's personal data was erased: the key their personal fields were sealed with
+/// is destroyed, and readers show "[erased]" in place of each of them. Carries no personal
+/// data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerErased {
+    pub customer_id: Uuid,
+    pub erased_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
     pub id: Uuid,
-    pub text: Text,
+    pub text: Personal<Text>,
     pub added_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
     pub id: Option<Uuid>,
-    pub email: Option<Email>,
-    pub name: Option<Text>,
-    pub phone: Option<Text>,
+    pub email: Option<Personal<Email>>,
+    pub name: Option<Personal<Text>>,
+    pub phone: Option<Personal<Text>>,
     pub notes: Vec<Note>,
     pub registered_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 /// At most this many notes per customer: every command on a customer loads its whole
@@ -115,9 +145,9 @@ impl Customer {
                 }
                 Ok(vec![CustomerEvent::Registered(CustomerRegistered {
                     customer_id: cmd.customer_id,
-                    email: cmd.email,
-                    name: cmd.name,
-                    phone: cmd.phone,
+                    email: cmd.email.into(),
+                    name: cmd.name.into(),
+                    phone: cmd.phone.map(Personal::from),
                     registered_at: cmd.registered_at,
                 })])
             }
@@ -127,6 +157,9 @@ impl Customer {
                         aggregate: "customer",
                     });
                 };
+                if self.erased_at.is_some() {
+                    return Err(erased());
+                }
                 if self.notes.iter().any(|n| n.id == note_id) {
                     return Err(DomainError::refused(
                         "note-already-added",
@@ -142,8 +175,22 @@ impl Customer {
                 Ok(vec![CustomerEvent::NoteAdded(CustomerNoteAdded {
                     customer_id,
                     note_id,
-                    text,
+                    text: text.into(),
                     added_at: at,
+                })])
+            }
+            CustomerCommand::Erase { at } => {
+                let Some(customer_id) = self.id else {
+                    return Err(DomainError::NotFound {
+                        aggregate: "customer",
+                    });
+                };
+                if self.erased_at.is_some() {
+                    return Err(erased());
+                }
+                Ok(vec![CustomerEvent::Erased(CustomerErased {
+                    customer_id,
+                    erased_at: at,
                 })])
             }
         }
@@ -163,6 +210,12 @@ impl Customer {
                 text: e.text,
                 added_at: e.added_at,
             }),
+            CustomerEvent::Erased(e) => self.erased_at = Some(e.erased_at),
         }
     }
+}
+
+/// The refusal of a command on an erased customer (`customer-erased`, 409).
+pub fn erased() -> DomainError {
+    DomainError::refused("customer-erased", "the customer's personal data was erased")
 }

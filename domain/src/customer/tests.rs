@@ -47,9 +47,9 @@ fn add_note(note_id: Uuid, body: &str, minutes: i64) -> CustomerCommand {
 fn registered(phone: Option<&str>) -> CustomerEvent {
     CustomerEvent::Registered(CustomerRegistered {
         customer_id: CUSTOMER,
-        email: email(),
-        name: text("Ada Lovelace"),
-        phone: phone.map(text),
+        email: email().into(),
+        name: text("Ada Lovelace").into(),
+        phone: phone.map(|p| text(p).into()),
         registered_at: at(0),
     })
 }
@@ -58,7 +58,7 @@ fn note_added(note_id: Uuid, body: &str, minutes: i64) -> CustomerEvent {
     CustomerEvent::NoteAdded(CustomerNoteAdded {
         customer_id: CUSTOMER,
         note_id,
-        text: text(body),
+        text: text(body).into(),
         added_at: at(minutes),
     })
 }
@@ -80,9 +80,9 @@ fn registering_a_new_customer_records_their_details() {
     let customer = given(events);
     assert!(customer.exists());
     assert_eq!(customer.id, Some(CUSTOMER));
-    assert_eq!(customer.email, Some(email()));
-    assert_eq!(customer.name, Some(text("Ada Lovelace")));
-    assert_eq!(customer.phone, Some(text("+44 20 0000")));
+    assert_eq!(customer.email, Some(email().into()));
+    assert_eq!(customer.name, Some(text("Ada Lovelace").into()));
+    assert_eq!(customer.phone, Some(text("+44 20 0000").into()));
     assert_eq!(customer.registered_at, Some(at(0)));
     assert!(customer.notes.is_empty());
 }
@@ -122,7 +122,7 @@ fn adding_a_note_to_a_customer_records_it() {
         customer.notes,
         vec![Note {
             id: NOTE,
-            text: text("called about delivery"),
+            text: text("called about delivery").into(),
             added_at: at(5),
         }]
     );
@@ -137,7 +137,7 @@ fn notes_are_kept_in_the_order_they_were_added() {
     ]);
     let ids: Vec<Uuid> = customer.notes.iter().map(|n| n.id).collect();
     assert_eq!(ids, vec![NOTE, OTHER_NOTE]);
-    assert_eq!(customer.notes[1].text, text("second"));
+    assert_eq!(customer.notes[1].text, text("second").into());
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn the_cqrs_adapter_names_events_and_runs_decide() {
         DomainEvent::event_type(&note_added(NOTE, "x", 1)),
         "customer.note_added"
     );
-    assert_eq!(DomainEvent::event_version(&registered(None)), "1");
+    assert_eq!(DomainEvent::event_version(&registered(None)), "2");
 
     TestFramework::<Customer>::with(())
         .given(vec![registered(None)])
@@ -247,4 +247,53 @@ fn the_cqrs_adapter_names_events_and_runs_decide() {
             "note-already-added",
             "a note with this id is already on the customer",
         ));
+}
+
+fn erased(minutes: i64) -> CustomerEvent {
+    CustomerEvent::Erased(crate::customer::CustomerErased {
+        customer_id: CUSTOMER,
+        erased_at: at(minutes),
+    })
+}
+
+#[test]
+fn erasing_a_customer_records_it_without_personal_data() {
+    let events = given(vec![registered(Some("+44 20 0000"))])
+        .decide(CustomerCommand::Erase { at: at(9) })
+        .unwrap();
+    assert_eq!(events, vec![erased(9)]);
+    let customer = given(vec![registered(None), events[0].clone()]);
+    assert_eq!(customer.erased_at, Some(at(9)));
+}
+
+#[test]
+fn an_erased_customer_is_not_erased_again_and_takes_no_notes() {
+    let customer = given(vec![registered(None), erased(9)]);
+    let again = customer.decide(CustomerCommand::Erase { at: at(10) });
+    assert!(matches!(
+        again,
+        Err(DomainError::Refused {
+            rule: "customer-erased",
+            ..
+        })
+    ));
+    let note = customer.decide(add_note(NOTE, "hello", 11));
+    assert!(matches!(
+        note,
+        Err(DomainError::Refused {
+            rule: "customer-erased",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_customer_that_never_registered_cannot_be_erased() {
+    let result = given(vec![]).decide(CustomerCommand::Erase { at: at(1) });
+    assert_eq!(
+        result,
+        Err(DomainError::NotFound {
+            aggregate: "customer"
+        })
+    );
 }

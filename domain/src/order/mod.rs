@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{types, EventName};
+use crate::personal::Personal;
 use crate::values::{Address, Quantity, Sku, Text};
 use crate::{Amount, Currency, DomainError};
 
@@ -109,9 +110,18 @@ impl EventName for OrderEvent {
             Self::PaymentStatusChanged(_) => types::ORDER_PAYMENT_STATUS_CHANGED,
         }
     }
+
+    fn schema_version(&self) -> u32 {
+        match self {
+            // v2: the shipping address may be sealed.
+            Self::Placed(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
-/// A customer placed an order; line totals and the total are computed by the server.
+/// A customer placed an order; line totals and the total are computed by the server. The
+/// shipping address is personal data: in clear or sealed with the customer's data key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub order_id: Uuid,
@@ -120,7 +130,7 @@ pub struct OrderPlaced {
     #[schemars(length(min = 1, max = MAX_LINES))]
     pub lines: Vec<PlacedLine>,
     pub total: Amount,
-    pub shipping_address: Option<Address>,
+    pub shipping_address: Option<Personal<Address>>,
     pub placed_at: DateTime<Utc>,
 }
 
@@ -282,7 +292,7 @@ pub struct Order {
     pub currency: Option<Currency>,
     pub lines: Vec<OrderLine>,
     pub total: Amount,
-    pub shipping_address: Option<Address>,
+    pub shipping_address: Option<Personal<Address>>,
     pub shipments: u32,
     pub cancellation_reason: Option<Text>,
     pub placed_at: Option<DateTime<Utc>>,
@@ -444,7 +454,7 @@ impl Order {
             currency: cmd.currency,
             lines,
             total,
-            shipping_address: cmd.shipping_address,
+            shipping_address: cmd.shipping_address.map(Personal::from),
             placed_at: cmd.placed_at,
         })])
     }

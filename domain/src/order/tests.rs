@@ -99,7 +99,7 @@ fn placed() -> OrderEvent {
             },
         ],
         total: amount(TOTAL),
-        shipping_address: Some(address()),
+        shipping_address: Some(address().into()),
         placed_at: at(0),
     })
 }
@@ -231,7 +231,7 @@ fn a_placed_order_folds_into_a_placed_state_with_nothing_shipped() {
     assert_eq!(order.lines.len(), 2);
     assert_eq!(order.lines[0].line_total, amount(2500));
     assert!(order.lines.iter().all(|l| l.shipped == 0));
-    assert_eq!(order.shipping_address, Some(address()));
+    assert_eq!(order.shipping_address, Some(address().into()));
     assert_eq!(order.shipments, 0);
     assert_eq!(order.placed_at, Some(at(0)));
     assert_eq!(order.updated_at, Some(at(0)));
@@ -829,7 +829,7 @@ fn the_cqrs_adapter_names_events_and_runs_decide() {
 
     let event = placed();
     assert_eq!(DomainEvent::event_type(&event), "order.placed");
-    assert_eq!(DomainEvent::event_version(&event), "1");
+    assert_eq!(DomainEvent::event_version(&event), "2");
 
     TestFramework::<Order>::with(())
         .given(vec![placed(), confirmed()])
