@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::privacy::{Keyring, Mode};
 use crate::store::{upcast, Versioned};
 use crate::CommandError;
 
@@ -25,8 +26,26 @@ pub struct RecordedEvent {
     pub metadata: Map<String, Value>,
 }
 
-/// Up to `limit` events of a stream with sequence above `after`, in order.
+/// Up to `limit` events of a stream with sequence above `after`, in order, their personal
+/// fields opened for a person to read (`"[erased]"` for an erased customer's).
 pub async fn read_stream(
+    keys: &Keyring,
+    aggregate_type: &str,
+    id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, CommandError> {
+    let mut events = read_stream_as_stored(keys.pool(), aggregate_type, id, after, limit).await?;
+    let mut payloads: Vec<(&str, &mut Value)> = events
+        .iter_mut()
+        .map(|e| (e.event_type.as_str(), &mut e.data))
+        .collect();
+    keys.open(&mut payloads, Mode::Display).await?;
+    Ok(events)
+}
+
+/// [`read_stream`] with the payloads as stored (sealed fields sealed).
+pub async fn read_stream_as_stored(
     pool: &sqlx::PgPool,
     aggregate_type: &str,
     id: &str,
@@ -79,13 +98,15 @@ pub enum Until {
     Time(DateTime<Utc>),
 }
 
-/// The state of a stream as it was at `until`, upcasting old event versions on the way.
+/// The state of a stream as it was at `until`, upcasting old event versions on the way and
+/// opening personal fields the reader may read (an erased customer's are withheld).
 /// Version 0 (nothing recorded yet at that point) folds to `A::default()`.
 pub async fn fold_until<A: cqrs_es::Aggregate>(
-    pool: &sqlx::PgPool,
+    keys: &Keyring,
     id: &str,
     until: Until,
 ) -> Result<Versioned<A>, CommandError> {
+    let pool = keys.pool();
     let (max_sequence, max_time) = match until {
         Until::Version(v) => (i64::try_from(v).unwrap_or(i64::MAX), None),
         Until::Time(t) => (i64::MAX, Some(t)),
@@ -103,11 +124,10 @@ pub async fn fold_until<A: cqrs_es::Aggregate>(
     .bind(max_time)
     .fetch_all(pool)
     .await?;
-    let mut state = A::default();
-    let mut version = 0;
+    let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let sequence: i64 = row.try_get("sequence")?;
-        let event = SerializedEvent::new(
+        events.push(SerializedEvent::new(
             id.to_owned(),
             sequence as usize,
             A::TYPE.to_owned(),
@@ -115,7 +135,17 @@ pub async fn fold_until<A: cqrs_es::Aggregate>(
             row.try_get("event_version")?,
             row.try_get("payload")?,
             row.try_get("metadata")?,
-        );
+        ));
+    }
+    let mut payloads: Vec<(&str, &mut Value)> = events
+        .iter_mut()
+        .map(|e| (e.event_type.as_str(), &mut e.payload))
+        .collect();
+    keys.open(&mut payloads, Mode::Fold).await?;
+    let mut state = A::default();
+    let mut version = 0;
+    for event in events {
+        let sequence = event.sequence as i64;
         let event = upcast(event);
         let payload: A::Event = serde_json::from_value(event.payload).map_err(|e| {
             CommandError::Internal(format!("event {id}/{sequence} unreadable: {e}"))

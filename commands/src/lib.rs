@@ -16,6 +16,7 @@ pub mod history;
 pub mod idempotency;
 pub mod leader;
 pub mod metadata;
+pub mod privacy;
 pub mod service;
 pub mod store;
 

@@ -52,6 +52,17 @@ impl Commands {
         }
     }
 
+    /// Commands that seal personal data with `keys` (ADR 0020).
+    pub fn with_keys(pool: PgPool, keys: crate::privacy::Keyring) -> Self {
+        Self {
+            store: EventStore::with_keys(pool, keys),
+        }
+    }
+
+    pub fn keys(&self) -> &crate::privacy::Keyring {
+        self.store.keys()
+    }
+
     pub fn store(&self) -> &EventStore {
         &self.store
     }
@@ -81,6 +92,65 @@ impl Commands {
         self.store
             .execute::<Customer>(&customer_id.to_string(), expected, cmd, meta)
             .await
+    }
+
+    /// Erase a customer's personal data: destroy their data key, then record
+    /// `customer.erased`. Erasing an erased customer answers with the erasure already
+    /// recorded. The key goes first: if the append fails, the customer is already masked on
+    /// every read, and erasing again records the event.
+    pub async fn erase_customer(
+        &self,
+        customer_id: Uuid,
+        at: DateTime<Utc>,
+        meta: &CommandMetadata,
+    ) -> Result<Committed, CommandError> {
+        let id = customer_id.to_string();
+        let not_found = || {
+            CommandError::from(DomainError::NotFound {
+                aggregate: "customer",
+            })
+        };
+        // A key confined to a channel erases only that channel's customers (and learns
+        // nothing of the others'), checked before anything is destroyed.
+        let channel = self.store.stream_channel(Customer::TYPE, &id).await?;
+        match (&channel, &meta.channel) {
+            (None, _) => return Err(not_found()),
+            (Some(stream), Some(scope)) if stream != scope => return Err(not_found()),
+            _ => {}
+        }
+        self.store.keys().erase(customer_id).await?;
+        let erased = self
+            .store
+            .execute::<Customer>(&id, None, CustomerCommand::Erase { at }, meta)
+            .await;
+        match erased {
+            Err(CommandError::Domain(DomainError::Refused {
+                rule: "customer-erased",
+                ..
+            })) => self.erasure_of(&id).await,
+            other => other,
+        }
+    }
+
+    /// The `customer.erased` event already recorded for a customer, as a command's result.
+    async fn erasure_of(&self, id: &str) -> Result<Committed, CommandError> {
+        let (version, position): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT max(sequence) FROM event_store.events
+                      WHERE aggregate_type = 'customer' AND aggregate_id = $1),
+                    global_position
+               FROM event_store.events
+              WHERE aggregate_type = 'customer' AND aggregate_id = $1
+                AND event_type = 'customer.erased'
+              ORDER BY sequence LIMIT 1",
+        )
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Committed {
+            id: id.to_owned(),
+            version: version as u64,
+            position,
+        })
     }
 
     /// Place an order for a registered customer of the order's channel.

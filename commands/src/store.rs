@@ -116,12 +116,15 @@ impl Stored for Customer {
         match command {
             CustomerCommand::Register(_) => "register_customer",
             CustomerCommand::AddNote { .. } => "add_customer_note",
+            CustomerCommand::Erase { .. } => "erase_customer",
         }
     }
 }
 
 pub struct EventStore {
     pool: PgPool,
+    /// Seals the personal fields of new events (ADR 0020).
+    keys: crate::privacy::Keyring,
     /// Writes every append (group commit); wakes the feed's readers after each commit.
     appender: Appender,
     orders: Store<Order>,
@@ -135,10 +138,34 @@ pub struct EventStore {
 /// How many streams' channels [`EventStore`] remembers.
 const KNOWN_STREAM_CHANNELS: usize = 100_000;
 
-/// Upcasters for stored events of older schema versions, applied on every read. Empty
-/// while every event type is at version 1.
+/// Upcasters for stored events of older schema versions, applied on every read.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    Vec::new()
+    use ordo_domain::event::types;
+    [
+        types::CUSTOMER_REGISTERED,
+        types::CUSTOMER_NOTE_ADDED,
+        types::ORDER_PLACED,
+    ]
+    .into_iter()
+    .map(|event_type| Box::new(PersonalFieldsMayBeSealed { event_type }) as Box<dyn EventUpcaster>)
+    .collect()
+}
+
+/// v1 → v2 of the event types with personal fields (ADR 0020): v2 lets each personal field
+/// be sealed instead of clear, so a v1 payload is a valid v2 payload as it is.
+struct PersonalFieldsMayBeSealed {
+    event_type: &'static str,
+}
+
+impl EventUpcaster for PersonalFieldsMayBeSealed {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        event_type == self.event_type && event_version == "1"
+    }
+
+    fn upcast(&self, mut event: SerializedEvent) -> SerializedEvent {
+        event.event_version = "2".into();
+        event
+    }
 }
 
 /// Bring a stored event up to the current schema version of its type. Every read that
@@ -166,9 +193,17 @@ fn cqrs_store<A: Aggregate>(pool: &PgPool) -> Store<A> {
 }
 
 impl EventStore {
+    /// A store that writes personal data in clear (no master key).
     pub fn new(pool: PgPool) -> Self {
+        let keys = crate::privacy::Keyring::new(pool.clone(), None);
+        Self::with_keys(pool, keys)
+    }
+
+    /// A store that seals personal data with `keys` (when they hold a master key).
+    pub fn with_keys(pool: PgPool, keys: crate::privacy::Keyring) -> Self {
         let wake = Wake::start(&pool);
         Self {
+            keys,
             appender: Appender::start(pool.clone(), move || wake.notify()),
             orders: cqrs_store(&pool),
             payments: cqrs_store(&pool),
@@ -180,6 +215,11 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The key store personal fields are sealed and opened with.
+    pub fn keys(&self) -> &crate::privacy::Keyring {
+        &self.keys
     }
 
     /// The group-commit appender every command of this store writes through.
@@ -351,6 +391,28 @@ impl EventStore {
                 .map_err(CommandError::Domain)?;
             let events = sink.collect().await;
             let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
+            let mut payloads = events
+                .iter()
+                .map(|event| {
+                    serde_json::to_value(event)
+                        .map_err(|e| CommandError::Internal(format!("event not serializable: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut personal: Vec<(&str, &mut serde_json::Value)> = event_types
+                .iter()
+                .map(String::as_str)
+                .zip(payloads.iter_mut())
+                .collect();
+            self.keys
+                .seal_for_append(&mut personal)
+                .await
+                .map_err(|e| match e {
+                    crate::privacy::PrivacyError::Erased => {
+                        CommandError::Domain(ordo_domain::customer::erased())
+                    }
+                    crate::privacy::PrivacyError::Db(e) => CommandError::from(e),
+                    other => CommandError::Internal(other.to_string()),
+                })?;
             let append = Append {
                 stream: StreamVersion {
                     aggregate_type: A::TYPE.to_owned(),
@@ -359,7 +421,8 @@ impl EventStore {
                 },
                 events: events
                     .iter()
-                    .map(|event| new_event(event, metadata))
+                    .zip(&payloads)
+                    .map(|(event, payload)| new_event(event, payload, metadata))
                     .collect::<Result<_, _>>()?,
                 reads,
                 answer: metadata.answer(),
@@ -472,20 +535,19 @@ impl EventStore {
     }
 }
 
-/// A decided event as the appender stores it: cqrs-es's type and version, the event's JSON,
-/// and the command's metadata.
+/// A decided event as the appender stores it: cqrs-es's type and version, the event's JSON
+/// (its personal fields sealed), and the command's metadata.
 fn new_event<E: DomainEvent>(
     event: &E,
+    payload: &serde_json::Value,
     metadata: &CommandMetadata,
 ) -> Result<NewEvent, CommandError> {
-    let payload = serde_json::to_value(event)
-        .map_err(|e| CommandError::Internal(format!("event not serializable: {e}")))?;
     let metadata = serde_json::to_value(metadata.to_map())
         .map_err(|e| CommandError::Internal(format!("metadata not serializable: {e}")))?;
     Ok(NewEvent::new(
         event.event_type(),
         event.event_version(),
-        &payload,
+        payload,
         &metadata,
     ))
 }

@@ -1,0 +1,346 @@
+//! The key store: customers' data keys, wrapped, in `privacy.customer_keys`; the e-mail
+//! blind index in `privacy.email_index`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::master::MasterKeys;
+use super::seal::{customer_of, open_fields, seal_fields, DataKey, Mode};
+
+/// What a reader can do with a customer's personal fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// The customer has no key (nothing of theirs was sealed) and is not erased.
+    None,
+    /// Their data key, unwrapped.
+    Key(DataKey),
+    /// Erased: the key is destroyed, and clear fields are withheld too.
+    Erased,
+    /// The key was wrapped by a master key this process was not given.
+    Unreadable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    /// The customer was erased: nothing personal of theirs may be written any more.
+    #[error("the customer's personal data was erased")]
+    Erased,
+    /// The customer's key was wrapped by a master key this process was not given.
+    #[error("the data key of customer {0} was wrapped by master key version {1}, which is not configured (ORDO_PREVIOUS_MASTER_KEYS)")]
+    UnknownMasterKey(Uuid, i32),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The master keys (if given) and the key store's tables. Cheap to clone.
+///
+/// Without master keys, encryption of new personal data is off: events are written in
+/// clear as before; erasure still destroys any key and masks the customer's fields on read.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    pool: PgPool,
+    master: Option<Arc<MasterKeys>>,
+}
+
+type KeyRow = (Uuid, Option<Vec<u8>>, Option<i32>, bool);
+
+impl Keyring {
+    pub fn new(pool: PgPool, master: Option<MasterKeys>) -> Self {
+        Self {
+            pool,
+            master: master.map(Arc::new),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether new personal data is sealed (a master key is configured).
+    pub fn encrypts(&self) -> bool {
+        self.master.is_some()
+    }
+
+    /// The current master key's version, when one is configured.
+    pub fn master_version(&self) -> Option<i32> {
+        self.master.as_ref().map(|m| m.current().version())
+    }
+
+    /// Seal the personal fields of events about to be appended, creating the customer's key
+    /// on first use. Refuses events with personal data of an erased customer. Events of a
+    /// `customer.registered` type also record the e-mail's blind index.
+    pub async fn seal_for_append(
+        &self,
+        events: &mut [(&str, &mut Value)],
+    ) -> Result<(), PrivacyError> {
+        for (event_type, payload) in events.iter_mut() {
+            let Some(customer) = customer_of(event_type, payload) else {
+                continue;
+            };
+            let Some(key) = self.key_for_writing(customer).await? else {
+                continue;
+            };
+            if *event_type == ordo_domain::event::types::CUSTOMER_REGISTERED {
+                if let Some(email) = payload.get("email").and_then(Value::as_str) {
+                    self.index_email(customer, email).await?;
+                }
+            }
+            seal_fields(event_type, payload, customer, &key);
+        }
+        Ok(())
+    }
+
+    /// The customer's data key for sealing (created if missing); `None` when encryption is
+    /// off. Erased customers are refused either way.
+    async fn key_for_writing(&self, customer: Uuid) -> Result<Option<DataKey>, PrivacyError> {
+        let row = self.row(customer).await?;
+        if row.as_ref().is_some_and(|r| r.3) {
+            return Err(PrivacyError::Erased);
+        }
+        let Some(master) = &self.master else {
+            return Ok(None);
+        };
+        if let Some((_, Some(wrapped), Some(version), _)) = &row {
+            let key = master
+                .get(*version)
+                .ok_or(PrivacyError::UnknownMasterKey(customer, *version))?;
+            return key
+                .unwrap(customer, wrapped)
+                .map(Some)
+                .ok_or(PrivacyError::UnknownMasterKey(customer, *version));
+        }
+        let fresh = DataKey::generate();
+        let current = master.current();
+        sqlx::query(
+            "INSERT INTO privacy.customer_keys (customer_id, wrapped_key, master_version)
+             VALUES ($1, $2, $3) ON CONFLICT (customer_id) DO NOTHING",
+        )
+        .bind(customer)
+        .bind(current.wrap(customer, &fresh))
+        .bind(current.version())
+        .execute(&self.pool)
+        .await?;
+        // Another command may have created it first: use whichever key is stored.
+        self.key_for_writing_existing(customer).await
+    }
+
+    async fn key_for_writing_existing(
+        &self,
+        customer: Uuid,
+    ) -> Result<Option<DataKey>, PrivacyError> {
+        match self.states(&[customer]).await?.remove(&customer) {
+            Some(KeyState::Key(key)) => Ok(Some(key)),
+            Some(KeyState::Erased) => Err(PrivacyError::Erased),
+            _ => Err(PrivacyError::UnknownMasterKey(customer, 0)),
+        }
+    }
+
+    async fn row(&self, customer: Uuid) -> Result<Option<KeyRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT customer_id, wrapped_key, master_version, erased_at IS NOT NULL
+               FROM privacy.customer_keys WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Record the blind index of a customer's e-mail under the current master key.
+    pub(super) async fn index_email(&self, customer: Uuid, email: &str) -> Result<(), sqlx::Error> {
+        let Some(master) = &self.master else {
+            return Ok(());
+        };
+        let current = master.current();
+        sqlx::query(
+            "INSERT INTO privacy.email_index (customer_id, master_version, digest)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (customer_id, master_version) DO UPDATE SET digest = EXCLUDED.digest",
+        )
+        .bind(customer)
+        .bind(current.version())
+        .bind(current.email_digest(email))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The customers whose e-mail has this blind index under any configured master key;
+    /// `None` when encryption is off (lookups then compare the read model's clear text).
+    pub async fn customers_by_email(&self, email: &str) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
+        let Some(master) = &self.master else {
+            return Ok(None);
+        };
+        let digests: Vec<Vec<u8>> = master.all().map(|k| k.email_digest(email)).collect();
+        let ids = sqlx::query_scalar(
+            "SELECT DISTINCT customer_id FROM privacy.email_index WHERE digest = ANY($1)",
+        )
+        .bind(digests)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(ids))
+    }
+
+    /// The key state of each customer (customers without a row are `KeyState::None`).
+    pub async fn states(&self, customers: &[Uuid]) -> Result<HashMap<Uuid, KeyState>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        self.states_on(&mut conn, customers).await
+    }
+
+    /// [`Keyring::states`] on a connection (or transaction) the caller holds.
+    pub async fn states_on(
+        &self,
+        conn: &mut PgConnection,
+        customers: &[Uuid],
+    ) -> Result<HashMap<Uuid, KeyState>, sqlx::Error> {
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT customer_id, wrapped_key, master_version, erased_at IS NOT NULL
+               FROM privacy.customer_keys WHERE customer_id = ANY($1)",
+        )
+        .bind(customers)
+        .fetch_all(conn)
+        .await?;
+        let mut states: HashMap<Uuid, KeyState> =
+            customers.iter().map(|c| (*c, KeyState::None)).collect();
+        for (customer, wrapped, version, erased) in rows {
+            let state = match (erased, wrapped, version, &self.master) {
+                (true, _, _, _) => KeyState::Erased,
+                (false, Some(wrapped), Some(version), Some(master)) => master
+                    .get(version)
+                    .and_then(|k| k.unwrap(customer, &wrapped))
+                    .map_or(KeyState::Unreadable, KeyState::Key),
+                (false, Some(_), _, None) => KeyState::Unreadable,
+                _ => KeyState::None,
+            };
+            states.insert(customer, state);
+        }
+        Ok(states)
+    }
+
+    /// Open the personal fields of event payloads (`(event_type, payload)`) for a reader.
+    pub async fn open(
+        &self,
+        events: &mut [(&str, &mut Value)],
+        mode: Mode,
+    ) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        self.open_on(&mut conn, events, mode).await
+    }
+
+    /// [`Keyring::open`] on a connection (or transaction) the caller holds.
+    pub async fn open_on(
+        &self,
+        conn: &mut PgConnection,
+        events: &mut [(&str, &mut Value)],
+        mode: Mode,
+    ) -> Result<(), sqlx::Error> {
+        let mut customers: Vec<Uuid> = events
+            .iter()
+            .filter_map(|(event_type, payload)| customer_of(event_type, payload))
+            .collect();
+        if customers.is_empty() {
+            return Ok(());
+        }
+        customers.sort_unstable();
+        customers.dedup();
+        let states = self.states_on(conn, &customers).await?;
+        for (event_type, payload) in events.iter_mut() {
+            if let Some(customer) = customer_of(event_type, payload) {
+                let state = states.get(&customer).unwrap_or(&KeyState::None);
+                open_fields(event_type, payload, customer, state, mode);
+            }
+        }
+        Ok(())
+    }
+
+    /// Open the personal fields of feed events (for read models: [`Mode::Fold`]). Payloads
+    /// that do not parse are left as they are, for the reader's decoding to report.
+    pub async fn open_feed_on(
+        &self,
+        conn: &mut PgConnection,
+        events: &mut [crate::feed::FeedEvent],
+    ) -> Result<(), sqlx::Error> {
+        let mut parsed: Vec<(usize, Value)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            if event.payload.is_empty()
+                || ordo_domain::personal::personal_fields(&event.event_type).is_empty()
+            {
+                continue;
+            }
+            if let Ok(payload) = serde_json::from_str(&event.payload) {
+                parsed.push((i, payload));
+            }
+        }
+        if parsed.is_empty() {
+            return Ok(());
+        }
+        let mut payloads: Vec<(&str, &mut Value)> = parsed
+            .iter_mut()
+            .map(|(i, payload)| (events[*i].event_type.as_str(), payload))
+            .collect();
+        self.open_on(conn, &mut payloads, Mode::Fold).await?;
+        for (i, payload) in parsed {
+            events[i].payload = payload.to_string();
+        }
+        Ok(())
+    }
+
+    /// Destroy the customer's data key and e-mail index, and mark them erased (also when they
+    /// never had a key: their clear fields are then masked on read). Idempotent.
+    pub async fn erase(&self, customer: Uuid) -> Result<(), sqlx::Error> {
+        let mut tx = crate::db::begin(&self.pool).await?;
+        sqlx::query(
+            "INSERT INTO privacy.customer_keys (customer_id, erased_at) VALUES ($1, now())
+             ON CONFLICT (customer_id) DO UPDATE
+                SET wrapped_key = NULL, master_version = NULL,
+                    erased_at = coalesce(privacy.customer_keys.erased_at, now())",
+        )
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM privacy.email_index WHERE customer_id = $1")
+            .bind(customer)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Re-wrap every data key wrapped by an older master key with the current one, so the
+    /// older key can be retired. Returns how many keys were re-wrapped.
+    pub async fn rewrap(&self) -> Result<u64, PrivacyError> {
+        let Some(master) = &self.master else {
+            return Ok(0);
+        };
+        let current = master.current();
+        let rows: Vec<(Uuid, Vec<u8>, i32)> = sqlx::query_as(
+            "SELECT customer_id, wrapped_key, master_version FROM privacy.customer_keys
+              WHERE wrapped_key IS NOT NULL AND master_version <> $1",
+        )
+        .bind(current.version())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut done = 0;
+        for (customer, wrapped, version) in rows {
+            let key = master
+                .get(version)
+                .and_then(|k| k.unwrap(customer, &wrapped))
+                .ok_or(PrivacyError::UnknownMasterKey(customer, version))?;
+            // Only if it was not erased or re-wrapped meanwhile.
+            done += sqlx::query(
+                "UPDATE privacy.customer_keys SET wrapped_key = $2, master_version = $3
+                  WHERE customer_id = $1 AND master_version = $4",
+            )
+            .bind(customer)
+            .bind(current.wrap(customer, &key))
+            .bind(current.version())
+            .bind(version)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(done)
+    }
+}

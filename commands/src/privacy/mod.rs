@@ -1,0 +1,24 @@
+//! Crypto-shredding of customers' personal data (ADR 0020).
+//!
+//! Every customer gets a random data key the first time an event with their personal data
+//! is written; the command path seals the event's personal fields
+//! ([`ordo_domain::personal::personal_fields`]) with it before the append, so the hash chain
+//! covers the ciphertext. The data key is stored only wrapped by a master key that is not in
+//! the database ([`MasterKeys`]). Erasing a customer deletes the wrapped key; the sealed
+//! fields in the log can then never be read again, while the rows (and the chain over them)
+//! stay as they were.
+//!
+//! Readers open what they may through a [`Keyring`]: the audit trail shows `"[erased]"` in
+//! place of every personal field of an erased customer (also the clear fields of events
+//! written before encryption), the read models and workers keep clear text only until the
+//! customer is erased.
+
+mod keys;
+mod master;
+mod migrate;
+mod seal;
+
+pub use keys::{KeyState, Keyring, PrivacyError};
+pub use master::{MasterKey, MasterKeys};
+pub use migrate::{migrate, MigrationReport};
+pub use seal::{open_fields, seal_fields, DataKey, Mode};
