@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ordo_commands::privacy::{MasterKey, MasterKeys};
 use ordo_workers::{nats, NatsSettings, RelayConfig, WorkerConfig};
 
 /// What a process runs: `ordo serve --roles …`. A process role, not an API key's role
@@ -77,6 +78,41 @@ secret_url!(
     /// `DATABASE_URL`'s value, which may hold a password.
     DatabaseUrl
 );
+
+/// A secret setting's value: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -247,6 +283,27 @@ pub struct Config {
     #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
+    /// The master key that wraps customers' data keys (ADR 0020): base64 of 32 random bytes
+    /// (`openssl rand -base64 32`). Unset (and no `ORDO_MASTER_KEY_FILE`): new personal data
+    /// is stored in clear, with a warning at every start and in `/readyz`.
+    #[arg(long, env = "ORDO_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<Secret>,
+
+    /// A file holding the master key (base64), instead of `ORDO_MASTER_KEY`.
+    #[arg(long, env = "ORDO_MASTER_KEY_FILE", conflicts_with = "master_key")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// The master key's version, recorded beside each key it wraps. Rotate by giving a new
+    /// key with a higher version and the old one in `ORDO_PREVIOUS_MASTER_KEYS`, then run
+    /// `ordo privacy rewrap`.
+    #[arg(long, env = "ORDO_MASTER_KEY_VERSION", default_value_t = 1)]
+    pub master_key_version: i32,
+
+    /// Older master keys still accepted to unwrap data keys during a rotation:
+    /// `VERSION:BASE64[,VERSION:BASE64…]`.
+    #[arg(long, env = "ORDO_PREVIOUS_MASTER_KEYS", hide_env_values = true)]
+    pub previous_master_keys: Option<Secret>,
+
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
     /// commits, before its answer is stored or sent. Debug builds only: a release build
     /// has neither the setting nor the hook.
@@ -284,6 +341,30 @@ impl Config {
         RelayConfig::over(&self.nats())
     }
 
+    /// The master keys from `ORDO_MASTER_KEY` (or `ORDO_MASTER_KEY_FILE`),
+    /// `ORDO_MASTER_KEY_VERSION` and `ORDO_PREVIOUS_MASTER_KEYS`; `None` when no master key is
+    /// set (encryption of new personal data off).
+    pub fn master_keys(&self) -> anyhow::Result<Option<MasterKeys>> {
+        let text = match (&self.master_key, &self.master_key_file) {
+            (Some(key), _) => key.expose().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("ORDO_MASTER_KEY_FILE {}: {e}", path.display()))?,
+            (None, None) => return Ok(None),
+        };
+        let current = MasterKey::parse(self.master_key_version, &text)
+            .map_err(|e| anyhow::anyhow!("ORDO_MASTER_KEY: {e}"))?;
+        let previous = self
+            .previous_master_keys
+            .as_ref()
+            .map(|list| MasterKeys::parse_previous(list.expose()))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .unwrap_or_default();
+        MasterKeys::new(current, previous)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("ORDO_PREVIOUS_MASTER_KEYS: {e}"))
+    }
+
     /// The JetStream workers' settings (which workers run is [`Config::worker_names`]).
     pub fn workers(&self) -> WorkerConfig {
         WorkerConfig::over(&self.nats())
@@ -316,6 +397,36 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("smtps://***@mail.example.com"), "{debug}");
+    }
+
+    #[test]
+    fn the_configuration_s_debug_output_hides_the_master_keys() {
+        let key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        let config = Config {
+            master_key: Some(Secret::new(key)),
+            previous_master_keys: Some(Secret::new(format!("1:{key}"))),
+            master_key_version: 2,
+            ..Config::defaults()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(key), "{debug}");
+        let keys = config.master_keys().unwrap().unwrap();
+        assert_eq!(keys.current().version(), 2);
+        assert!(keys.get(1).is_some());
+        assert!(Config::defaults().master_keys().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_master_key_of_the_wrong_size_stops_the_start() {
+        let config = Config {
+            master_key: Some(Secret::new("c2hvcnQ=")),
+            ..Config::defaults()
+        };
+        let error = config.master_keys().unwrap_err().to_string();
+        assert!(
+            error.contains("ORDO_MASTER_KEY") && error.contains("32"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::task::AbortHandle;
 use crate::supervise::supervise;
 use tokio::time::Instant;
 
-pub use config::{Config, DatabaseUrl, ProcessRole, SmtpUrl};
+pub use config::{Config, DatabaseUrl, ProcessRole, Secret, SmtpUrl};
 pub use database::{migrate, MIGRATOR};
 pub use shutdown::shutdown_signal;
 
@@ -102,7 +102,14 @@ impl Application {
             None => None,
         };
         ordo_runtime::metrics::install();
+        let master_keys = config.master_keys()?;
+        if master_keys.is_none() {
+            tracing::warn!(
+                "no master key (ORDO_MASTER_KEY or ORDO_MASTER_KEY_FILE): encryption of new personal data is off; customers' e-mail, name, phone, addresses and notes are stored in clear"
+            );
+        }
         let api = ApiConfig {
+            master_keys,
             metrics_elsewhere: metrics_listener.is_some(),
             body_limit: config.body_limit,
             #[cfg(debug_assertions)]
@@ -242,10 +249,11 @@ impl Application {
         let mut tasks = Vec::new();
         if self.roles.contains(&ProcessRole::Projector) {
             for projection in Projection::ALL {
-                let (pool, config, stop) = (
+                let (pool, config, stop, keys) = (
                     self.state.pool.clone(),
                     self.runner.clone(),
                     stopped.clone(),
+                    self.state.commands.keys().clone(),
                 );
                 let name = format!("projector.{}", projection.name());
                 tasks.push(supervise(
@@ -253,22 +261,31 @@ impl Application {
                     name,
                     &stopped,
                     ProcessRoleState::Running,
-                    move || Runner::new(pool.clone(), projection, config.clone()).run(stop.clone()),
+                    move || {
+                        Runner::new(pool.clone(), projection, config.clone())
+                            .with_keys(keys.clone())
+                            .run(stop.clone())
+                    },
                 ));
             }
             // Rebuilds (requested, or of read models an older version built), in bulk, all
             // read models from one read of the log.
-            let (pool, config, stop) = (
+            let (pool, config, stop, keys) = (
                 self.state.pool.clone(),
                 self.runner.clone(),
                 stopped.clone(),
+                self.state.commands.keys().clone(),
             );
             tasks.push(supervise(
                 &roles,
                 "projector.rebuilds".into(),
                 &stopped,
                 ProcessRoleState::Running,
-                move || Rebuilder::new(pool.clone(), config.clone()).run(stop.clone()),
+                move || {
+                    Rebuilder::new(pool.clone(), config.clone())
+                        .with_keys(keys.clone())
+                        .run(stop.clone())
+                },
             ));
         }
         if self.roles.contains(&ProcessRole::ProcessManager) {
@@ -303,8 +320,12 @@ impl Application {
         if self.roles.contains(&ProcessRole::Workers) {
             for worker in self.workers.iter().copied() {
                 let policy: Arc<dyn Policy> = match worker {
-                    Worker::Notification => Notification::new(self.mailer.is_some()).into(),
-                    Worker::Integration => Integration.into(),
+                    Worker::Notification => Notification::new(self.mailer.is_some())
+                        .with_keys(self.state.commands.keys().clone())
+                        .into(),
+                    Worker::Integration => {
+                        Integration::with_keys(self.state.commands.keys().clone()).into()
+                    }
                     Worker::Analytics => worker.policy(),
                 };
                 let name = format!("worker.{}", worker.name());

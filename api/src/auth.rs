@@ -346,6 +346,11 @@ policy!(
     Notes: Support, Admin
 );
 policy!(
+    /// Erasing a customer's personal data: admins only. It cannot be undone, so support
+    /// (who takes the customer's request) asks an admin to run it.
+    Erasers: Admin
+);
+policy!(
     /// Read models.
     Readers: Storefront, Support, Analyst, Admin
 );

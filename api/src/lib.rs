@@ -68,6 +68,9 @@ pub struct ApiConfig {
     /// `/metrics` has a listener of its own (`ORDO_METRICS_ADDR`): the API's address does
     /// not serve it.
     pub metrics_elsewhere: bool,
+    /// The master keys personal data is sealed with (ADR 0020); `None`: encryption of new
+    /// personal data is off (and `/readyz` says so).
+    pub master_keys: Option<ordo_commands::privacy::MasterKeys>,
 }
 
 impl Default for ApiConfig {
@@ -83,6 +86,7 @@ impl Default for ApiConfig {
             limits: limits::RequestLimits::default(),
             console_secure_cookie: false,
             metrics_elsewhere: false,
+            master_keys: None,
         }
     }
 }
@@ -117,7 +121,10 @@ impl AppState {
     pub fn new(pool: PgPool, config: ApiConfig) -> Self {
         Self {
             in_flight: Default::default(),
-            commands: Arc::new(Commands::new(pool.clone())),
+            commands: Arc::new(Commands::with_keys(
+                pool.clone(),
+                ordo_commands::privacy::Keyring::new(pool.clone(), config.master_keys.clone()),
+            )),
             pool,
             keys: KeyCache::default(),
             workers: Arc::new(ordo_workers::ops::WorkersAdmin::new(config.workers.clone())),

@@ -4,6 +4,7 @@
 use ordo_domain::customer::Customer;
 use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
+use ordo_domain::personal::{self, Personal};
 use serde_json::{json, Value};
 
 pub fn order(order: &Order, version: u64) -> Value {
@@ -17,7 +18,7 @@ pub fn order(order: &Order, version: u64) -> Value {
         "total": order.total,
         "line_count": order.lines.len(),
         "lines": order.lines,
-        "shipping_address": order.shipping_address,
+        "shipping_address": order.shipping_address.as_ref().map(personal),
         "shipments": order.shipments,
         "cancellation_reason": order.cancellation_reason,
         "placed_at": order.placed_at,
@@ -47,14 +48,30 @@ pub fn payment(payment: &Payment, version: u64) -> Value {
 }
 
 pub fn customer(customer: &Customer, version: u64) -> Value {
+    let notes: Vec<Value> = customer
+        .notes
+        .iter()
+        .map(|n| json!({"id": n.id, "text": personal(&n.text), "added_at": n.added_at}))
+        .collect();
     json!({
         "id": customer.id,
-        "email": customer.email,
-        "name": customer.name,
-        "phone": customer.phone,
+        "email": customer.email.as_ref().map(personal),
+        "name": customer.name.as_ref().map(personal),
+        "phone": customer.phone.as_ref().map(personal),
         "notes_count": customer.notes.len(),
-        "notes": customer.notes,
+        "notes": notes,
         "registered_at": customer.registered_at,
+        "erased_at": customer.erased_at,
         "version": version,
     })
+}
+
+/// A personal field as a person reads it: the clear value, `"[erased]"` for an erased
+/// customer's, `"[encrypted]"` for one sealed with a key this process does not hold.
+pub fn personal<T: serde::Serialize>(value: &Personal<T>) -> Value {
+    match value {
+        Personal::Clear(clear) => json!(clear),
+        Personal::Sealed(sealed) if sealed.is_withheld() => Value::from(personal::ERASED),
+        Personal::Sealed(_) => Value::from(personal::UNREADABLE),
+    }
 }

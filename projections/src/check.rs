@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use ordo_domain::customer::{Customer, CustomerEvent};
 use ordo_domain::order::{Order, OrderEvent, OrderStatus};
 use ordo_domain::payment::{order_payment_status, Payment, PaymentEvent};
+use ordo_domain::personal::Personal;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -58,8 +59,12 @@ pub async fn check_with_progress(
         .await?;
     let mut read = 0_i64;
     progress(Progress { read, total });
+    // Without master keys: an erased customer's fields are withheld, sealed ones stay sealed
+    // (and are not compared).
+    let keys = ordo_commands::privacy::Keyring::new(pool.clone(), None);
     loop {
-        let batch = feed::read_batch(&mut conn, after, 10_000).await?;
+        let mut batch = feed::read_batch(&mut conn, after, 10_000).await?;
+        keys.open_feed_on(&mut conn, &mut batch).await?;
         let Some(last) = batch.last() else { break };
         after = last.checkpoint;
         read += batch.len() as i64;
@@ -138,16 +143,19 @@ pub async fn check_with_progress(
     for (id, c) in &customers {
         let mine = orders_of.remove(id).unwrap_or_default();
         let placed_times = mine.iter().filter_map(|o| o.placed_at);
-        expected_customers.insert(
-            id.clone(),
-            json!({
-                "email": c.email, "name": c.name, "order_count": mine.len(),
+        let mut expected = json!({
+                "order_count": mine.len(),
                 "cancelled_count": mine.iter().filter(|o| o.status == OrderStatus::Cancelled).count(),
                 "open_orders": mine.iter().filter(|o| !matches!(o.status, OrderStatus::Cancelled | OrderStatus::Delivered)).count(),
                 "notes_count": c.notes.len(),
                 "first_order_at": placed_times.clone().min(), "last_order_at": placed_times.max(),
-            }),
-        );
+        });
+        for (field, value) in [("email", personal(&c.email)), ("name", personal(&c.name))] {
+            if let Some(value) = value {
+                expected[field] = value;
+            }
+        }
+        expected_customers.insert(id.clone(), expected);
         for o in mine.iter().filter(|o| o.status != OrderStatus::Cancelled) {
             let key = (
                 id.clone(),
@@ -212,6 +220,16 @@ pub async fn check_with_progress(
     )
     .await?;
     Ok(mismatches)
+}
+
+/// What the read model holds for a personal field: the clear text, null when withheld (an
+/// erased customer's), or `None` when sealed with a key this check does not hold.
+fn personal<T: serde::Serialize>(value: &Option<Personal<T>>) -> Option<Value> {
+    match value {
+        Some(Personal::Sealed(sealed)) if !sealed.is_withheld() => None,
+        Some(Personal::Sealed(_)) | None => Some(Value::Null),
+        Some(Personal::Clear(clear)) => Some(json!(clear)),
+    }
 }
 
 /// Normalise a value for comparison: timestamps to their instant, numbers as numbers.

@@ -41,12 +41,15 @@ struct SpendRow {
 
 /// What one event changes for a customer.
 enum Change {
+    /// The e-mail and name in clear, or `None` where this reader may not read them.
     Registered {
         channel: String,
-        email: String,
-        name: String,
+        email: Option<String>,
+        name: Option<String>,
         at: DateTime<Utc>,
     },
+    /// The customer's personal data was erased: the clear text leaves the read model.
+    Erased,
     Note,
     Placed {
         currency: String,
@@ -95,12 +98,13 @@ fn change_of(decoded: &Decoded) -> Result<Option<(Uuid, Change)>, ApplyError> {
             r.customer_id,
             Change::Registered {
                 channel: event.channel.clone(),
-                email: r.email.to_string(),
-                name: r.name.to_string(),
+                email: r.email.clear().map(ToString::to_string),
+                name: r.name.clear().map(ToString::to_string),
                 at: r.registered_at,
             },
         )),
         DomainEvent::Customer(CustomerEvent::NoteAdded(n)) => Some((n.customer_id, Change::Note)),
+        DomainEvent::Customer(CustomerEvent::Erased(e)) => Some((e.customer_id, Change::Erased)),
         DomainEvent::Order(OrderEvent::Placed(p)) => Some((
             p.customer_id,
             Change::Placed {
@@ -159,9 +163,13 @@ pub async fn apply(
                 at,
             } => {
                 customer.channel = Some(channel);
-                customer.email = Some(email);
-                customer.name = Some(name);
+                customer.email = email;
+                customer.name = name;
                 customer.registered_at = Some(at);
+            }
+            Change::Erased => {
+                customer.email = None;
+                customer.name = None;
             }
             Change::Note => customer.notes_count += 1,
             Change::Placed {

@@ -172,6 +172,7 @@ impl Projection {
             Self::Customers => &[
                 types::CUSTOMER_REGISTERED,
                 types::CUSTOMER_NOTE_ADDED,
+                types::CUSTOMER_ERASED,
                 types::ORDER_PLACED,
                 types::ORDER_CANCELLED,
                 types::ORDER_DELIVERED,

@@ -175,25 +175,39 @@ pub async fn customer(
     Ok(with_spent(pool, vec![row]).await?.pop())
 }
 
-/// Customers, oldest id first, by e-mail (case-insensitive) if given, after `cursor` (a
-/// customer id).
+/// Which customers a lookup by e-mail finds.
+#[derive(Debug, Clone, Copy)]
+pub enum ByEmail<'a> {
+    /// By the read model's clear text, case-insensitive (encryption off).
+    Clear(&'a str),
+    /// The customers the key store's blind index names for the address (encryption on).
+    Indexed(&'a [Uuid]),
+}
+
+/// Customers, oldest id first, by e-mail if given, after `cursor` (a customer id).
 pub async fn customers(
     pool: &PgPool,
     channel: Option<&str>,
-    email: Option<&str>,
+    email: Option<ByEmail<'_>>,
     cursor: Option<Uuid>,
     limit: i64,
 ) -> Result<Page<CustomerView>, sqlx::Error> {
+    let (clear, ids) = match email {
+        None => (None, None),
+        Some(ByEmail::Clear(email)) => (Some(email), None),
+        Some(ByEmail::Indexed(ids)) => (None, Some(ids)),
+    };
     let rows: Vec<CustomerView> = sqlx::query_as(&format!(
         "SELECT {CUSTOMER_COLUMNS} FROM projections.customers
           WHERE ($1::text IS NULL OR lower(email) = lower($1)) AND ($2::uuid IS NULL OR id > $2)
-            AND ($4::text IS NULL OR channel = $4)
+            AND ($4::text IS NULL OR channel = $4) AND ($5::uuid[] IS NULL OR id = ANY($5))
           ORDER BY id LIMIT $3"
     ))
-    .bind(email)
+    .bind(clear)
     .bind(cursor)
     .bind(limit + 1)
     .bind(channel)
+    .bind(ids)
     .fetch_all(pool)
     .await?;
     let mut page = page(rows, limit, |c| c.id);

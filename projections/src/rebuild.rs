@@ -28,10 +28,14 @@ use crate::model::{decode_all, Decoded, Projection, Version, LIVE, SHADOW};
 use crate::runner::{last_checkpoint, prepare_version, record_error, RunnerConfig};
 use ordo_commands::feed::{self, Checkpoint};
 use ordo_commands::leader::{self, Lock};
+use ordo_commands::privacy::Keyring;
 
 /// Runs every rebuild this process may run, until shut down.
 pub struct Rebuilder {
     pool: PgPool,
+    /// Opens the events' personal fields (ADR 0020); an erased customer's are withheld, so a
+    /// rebuild never brings them back.
+    keys: Keyring,
     config: RunnerConfig,
     versions: HashMap<Projection, Version>,
 }
@@ -49,6 +53,7 @@ type Batch = Arc<Vec<Decoded>>;
 impl Rebuilder {
     pub fn new(pool: PgPool, config: RunnerConfig) -> Self {
         Self {
+            keys: Keyring::new(pool.clone(), None),
             pool,
             config,
             versions: Projection::ALL
@@ -59,6 +64,12 @@ impl Rebuilder {
     }
 
     /// Build `projection` as if this code were `version` of it (tests of rolling deploys).
+    /// Open sealed personal fields with these keys (see [`crate::Runner::with_keys`]).
+    pub fn with_keys(mut self, keys: Keyring) -> Self {
+        self.keys = keys;
+        self
+    }
+
     pub fn with_version(mut self, projection: Projection, version: Version) -> Self {
         self.versions.insert(projection, version);
         self
@@ -202,7 +213,7 @@ impl Rebuilder {
             }));
         }
         let reader = read_all(
-            &self.pool,
+            &self.keys,
             Checkpoint::at(from),
             target,
             self.config.rebuild_batch_size,
@@ -239,7 +250,7 @@ impl Rebuilder {
             let Some(position) = own_position(tx.as_mut(), job, false).await? else {
                 return Ok(false);
             };
-            let events = read(tx.as_mut(), job.projection, position, limit).await?;
+            let events = read(&self.keys, tx.as_mut(), job.projection, position, limit).await?;
             if events.len() as i64 >= limit {
                 // Far from the head: apply without holding up the live runner.
                 if !apply_or_record(&self.pool, tx.as_mut(), job, &events).await? {
@@ -255,7 +266,7 @@ impl Rebuilder {
             let Some(position) = own_position(tx.as_mut(), job, true).await? else {
                 return Ok(false);
             };
-            let events = read(tx.as_mut(), job.projection, position, limit).await?;
+            let events = read(&self.keys, tx.as_mut(), job.projection, position, limit).await?;
             if !events.is_empty() && !apply_or_record(&self.pool, tx.as_mut(), job, &events).await?
             {
                 return Ok(false);
@@ -350,7 +361,7 @@ async fn start(pool: &PgPool, projection: Projection, version: Version) -> Resul
 /// Read the log once for every job: batches after `from` up to `target`, decoded, sent to
 /// every job still listening.
 async fn read_all(
-    pool: &PgPool,
+    keys: &Keyring,
     from: Checkpoint,
     target: i64,
     limit: i64,
@@ -362,12 +373,13 @@ async fn read_all(
         event_types: Some(types),
         metadata: false,
     };
-    let mut conn = pool.acquire().await?;
+    let mut conn = keys.pool().acquire().await?;
     let mut after = from;
     while after.global_position < target && !senders.is_empty() && !*shutdown.borrow() {
-        let events = feed::read(&mut conn, after, limit.max(1), want).await?;
+        let mut events = feed::read(&mut conn, after, limit.max(1), want).await?;
         let Some(last) = events.last() else { break };
         after = last.checkpoint;
+        keys.open_feed_on(&mut conn, &mut events).await?;
         let batch: Batch = Arc::new(decode_all(events));
         let mut open = Vec::with_capacity(senders.len());
         for sender in senders {
@@ -434,6 +446,7 @@ async fn own_position(
 }
 
 async fn read(
+    keys: &Keyring,
     tx: &mut sqlx::PgConnection,
     projection: Projection,
     position: i64,
@@ -443,9 +456,9 @@ async fn read(
         event_types: Some(projection.event_types()),
         metadata: false,
     };
-    Ok(decode_all(
-        feed::read(tx, Checkpoint::at(position), limit, want).await?,
-    ))
+    let mut events = feed::read(tx, Checkpoint::at(position), limit, want).await?;
+    keys.open_feed_on(tx, &mut events).await?;
+    Ok(decode_all(events))
 }
 
 /// Apply `events` to the job's shadow tables and move its rebuild checkpoint, in `tx`.

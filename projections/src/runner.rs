@@ -14,6 +14,7 @@ use crate::model::{decode_all, ApplyError, Decoded, Projection, Version, LIVE};
 use crate::status;
 use ordo_commands::feed::{self, Checkpoint, Wakeup};
 use ordo_commands::leader;
+use ordo_commands::privacy::Keyring;
 
 /// How often the leading runner refreshes its position and lag gauges.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -56,6 +57,8 @@ pub enum Step {
 
 pub struct Runner {
     pool: PgPool,
+    /// Opens the events' personal fields (ADR 0020); an erased customer's are withheld.
+    keys: Keyring,
     projection: Projection,
     config: RunnerConfig,
     id: String,
@@ -109,6 +112,7 @@ pub(crate) fn last_checkpoint(events: &[Decoded]) -> Checkpoint {
 impl Runner {
     pub fn new(pool: PgPool, projection: Projection, config: RunnerConfig) -> Self {
         Self {
+            keys: Keyring::new(pool.clone(), None),
             pool,
             projection,
             config,
@@ -125,6 +129,13 @@ impl Runner {
     /// real process runs [`Projection::version`]).
     pub fn with_version(mut self, version: Version) -> Self {
         self.version = version;
+        self
+    }
+
+    /// Open sealed personal fields with these keys (by default only erasures are known:
+    /// sealed fields stay sealed).
+    pub fn with_keys(mut self, keys: Keyring) -> Self {
+        self.keys = keys;
         self
     }
 
@@ -152,7 +163,9 @@ impl Runner {
         if built_by > self.version {
             return Ok(Step::Superseded);
         }
-        let events = decode_all(feed::read(&mut tx, checkpoint, limit, self.want()).await?);
+        let mut events = feed::read(&mut tx, checkpoint, limit, self.want()).await?;
+        self.keys.open_feed_on(&mut tx, &mut events).await?;
+        let events = decode_all(events);
         if events.is_empty() {
             return Ok(Step::Idle);
         }

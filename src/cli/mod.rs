@@ -2,6 +2,7 @@
 
 mod audit;
 mod channels;
+mod privacy;
 mod projections;
 mod webhooks;
 mod workers;
@@ -63,6 +64,17 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Customers: erase one's personal data.
+    Customers {
+        #[command(subcommand)]
+        command: privacy::CustomersCommand,
+    },
+    /// Personal data: migrate data written before encryption, re-wrap keys after a master
+    /// key rotation.
+    Privacy {
+        #[command(subcommand)]
+        command: privacy::PrivacyCommand,
     },
     /// Sales channels: create, list, show, rename, e-mail sender.
     Channels {
@@ -226,6 +238,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Projections { command } => projections::run(command).await,
         Command::Workers { command } => workers::run(command).await,
         Command::Audit { command } => audit::run(command).await,
+        Command::Customers { command } => privacy::customers(command).await,
+        Command::Privacy { command } => privacy::run(command).await,
         Command::Webhooks { command } => webhooks::run(command).await,
         Command::Channels { command } => channels::run(command).await,
     }

@@ -48,7 +48,7 @@ async fn history_lists_every_event_with_its_metadata() {
     let first = &items[0];
     assert_eq!(first["sequence"], 1);
     assert_eq!(first["type"], "order.placed");
-    assert_eq!(first["schema_version"], 1);
+    assert_eq!(first["schema_version"], 2);
     assert_eq!(first["position"], placed.body["position"]);
     assert!(first["event_id"]
         .as_str()

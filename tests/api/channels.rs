@@ -262,6 +262,11 @@ fn rules() -> BTreeMap<(&'static str, &'static str), Rule> {
         "/v1/customers/{id}/notes",
         command(Customer, json!({"text": "called"})),
     );
+    add(
+        "post",
+        "/v1/customers/{id}/erase",
+        command(Customer, json!({})),
+    );
     add("get", "/v1/analytics/sales", Rule::Filtered);
     add("get", "/v1/analytics/funnel", Rule::Filtered);
     add("get", "/v1/notifications", Rule::Filtered);

@@ -27,6 +27,8 @@ mod metrics;
 mod money;
 mod notifications;
 mod openapi;
+mod privacy;
+mod privacy_e2e;
 mod process_manager;
 mod projector;
 mod rate_limits;

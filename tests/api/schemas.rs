@@ -133,6 +133,16 @@ async fn every_stored_event_of_a_full_lifecycle_matches_its_schema() {
     )
     .await;
 
+    // A customer's personal data erased.
+    let erased = app.register_customer().await;
+    ok(
+        &app,
+        ordo_api::Role::Admin,
+        &format!("/v1/customers/{erased}/erase"),
+        json!({}),
+    )
+    .await;
+
     // The process manager records the orders' payment statuses on their own: wait for
     // every event type to be stored, then read the whole log.
     let all: BTreeSet<String> = ordo_domain::schema::event_schemas()

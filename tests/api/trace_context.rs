@@ -33,7 +33,7 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 /// dispatcher is registered it asks only the hitting thread's default, so a callsite first hit
 /// on another test's thread would be cached as of no interest to this test's subscriber. An
 /// idle second dispatcher, alive for the whole process, makes it ask every dispatcher.
-fn share_callsite_interest() {
+pub(crate) fn share_callsite_interest() {
     static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
     IDLE.get_or_init(|| {
         tracing::Dispatch::new(
@@ -348,7 +348,7 @@ async fn spans_are_exported_over_otlp_in_the_requests_trace() {
 
 /// A `MakeWriter` into a shared buffer.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

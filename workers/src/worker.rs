@@ -45,7 +45,7 @@ impl Worker {
     pub fn policy(self) -> Arc<dyn Policy> {
         match self {
             Self::Analytics => Arc::new(analytics::Analytics),
-            Self::Integration => Arc::new(integration::Integration),
+            Self::Integration => Arc::new(integration::Integration::default()),
             Self::Notification => Arc::new(notification::Notification::default()),
         }
     }

@@ -40,7 +40,8 @@ async fn show(
 ) -> Result<Markup, ConsoleError> {
     let id = customer_id(&id)?;
     super::visible_stream(&app, &session, "customer", &id.to_string()).await?;
-    let events = history::read_stream(&app.pool, "customer", &id.to_string(), 0, 1000).await?;
+    let events =
+        history::read_stream(app.commands.keys(), "customer", &id.to_string(), 0, 1000).await?;
     let Some(registered) = events.first() else {
         return Err(ConsoleError::NotFound("No customer has this id.".into()));
     };

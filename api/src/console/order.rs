@@ -57,12 +57,12 @@ async fn show(
 ) -> Result<Markup, ConsoleError> {
     let id = Uuid::parse_str(&id).map_err(|_| ConsoleError::NotFound("not an order id".into()))?;
     super::visible_stream(&app, &session, "order", &id.to_string()).await?;
-    let steps = timeline::order_timeline(&app.pool, id).await?;
+    let steps = timeline::order_timeline(app.commands.keys(), id).await?;
     if steps.is_empty() {
         return Err(ConsoleError::NotFound("No order has this id.".into()));
     }
     let (current, version) = timeline::state(
-        &app.pool,
+        app.commands.keys(),
         "order",
         &id.to_string(),
         Until::Version(u64::MAX),
@@ -79,7 +79,9 @@ async fn show(
         (None, None) => None,
     };
     let at_point = match until {
-        Some(until) => Some(timeline::state(&app.pool, "order", &id.to_string(), until).await?),
+        Some(until) => {
+            Some(timeline::state(app.commands.keys(), "order", &id.to_string(), until).await?)
+        }
         None => None,
     };
     let notifications = if session.may::<auth::NotificationReaders>() {

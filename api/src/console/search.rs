@@ -7,7 +7,6 @@ use axum::routing::get;
 use axum::Router;
 use maud::{html, Markup};
 use ordo_commands::history;
-use ordo_projections::queries;
 use ordo_projections::views::CustomerView;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -73,7 +72,8 @@ async fn find(app: &AppState, session: &Session, q: &str) -> Result<Found, Conso
             Some("customer") => Found::Customer(id),
             Some("payment") => {
                 let first =
-                    history::read_stream(&app.pool, "payment", &id.to_string(), 0, 1).await?;
+                    history::read_stream(app.commands.keys(), "payment", &id.to_string(), 0, 1)
+                        .await?;
                 first
                     .first()
                     .and_then(|e| e.data.get("order_id")?.as_str()?.parse().ok())
@@ -83,9 +83,10 @@ async fn find(app: &AppState, session: &Session, q: &str) -> Result<Found, Conso
         });
     }
     if q.contains('@') && !q.contains('\0') {
-        let page = queries::customers(&app.pool, session.caller.scope(), Some(q), None, 20)
-            .await
-            .map_err(crate::routes::read_error)?;
+        let page =
+            crate::routes::customers::customers(app, session.caller.scope(), Some(q), None, 20)
+                .await
+                .map_err(crate::routes::read_error)?;
         return Ok(match page.items.as_slice() {
             [] => Found::Nothing,
             [one] => Found::Customer(one.id),

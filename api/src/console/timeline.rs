@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use ordo_commands::history::{self, RecordedEvent, Until};
+use ordo_commands::privacy::Keyring;
 use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
 use serde_json::Value;
@@ -49,11 +50,11 @@ pub async fn payment_ids(pool: &PgPool, order_id: Uuid) -> Result<Vec<String>, s
 }
 
 /// The order's and its payments' events in global order; empty if no such order.
-pub async fn order_timeline(pool: &PgPool, order_id: Uuid) -> Result<Vec<Step>, ConsoleError> {
+pub async fn order_timeline(keys: &Keyring, order_id: Uuid) -> Result<Vec<Step>, ConsoleError> {
     let id = order_id.to_string();
-    let mut steps = stream_steps(pool, "order", &id).await?;
-    for payment in payment_ids(pool, order_id).await? {
-        steps.extend(stream_steps(pool, "payment", &payment).await?);
+    let mut steps = stream_steps(keys, "order", &id).await?;
+    for payment in payment_ids(keys.pool(), order_id).await? {
+        steps.extend(stream_steps(keys, "payment", &payment).await?);
     }
     steps.sort_by_key(|s| s.event.position);
     Ok(steps)
@@ -61,30 +62,30 @@ pub async fn order_timeline(pool: &PgPool, order_id: Uuid) -> Result<Vec<Step>, 
 
 /// The state of an order or payment stream after `until`, as the audit view shows it.
 pub async fn state(
-    pool: &PgPool,
+    keys: &Keyring,
     stream: &'static str,
     id: &str,
     until: Until,
 ) -> Result<(Value, u64), ConsoleError> {
     Ok(if stream == "payment" {
-        let s = history::fold_until::<Payment>(pool, id, until).await?;
+        let s = history::fold_until::<Payment>(keys, id, until).await?;
         (views::payment(&s.state, s.version), s.version)
     } else {
-        let s = history::fold_until::<Order>(pool, id, until).await?;
+        let s = history::fold_until::<Order>(keys, id, until).await?;
         (views::order(&s.state, s.version), s.version)
     })
 }
 
 async fn stream_steps(
-    pool: &PgPool,
+    keys: &Keyring,
     stream: &'static str,
     id: &str,
 ) -> Result<Vec<Step>, ConsoleError> {
-    let events = history::read_stream(pool, stream, id, 0, MAX_EVENTS).await?;
+    let events = history::read_stream(keys, stream, id, 0, MAX_EVENTS).await?;
     let mut before = Value::Null;
     let mut steps = Vec::with_capacity(events.len());
     for event in events {
-        let (after, _) = state(pool, stream, id, Until::Version(event.sequence as u64)).await?;
+        let (after, _) = state(keys, stream, id, Until::Version(event.sequence as u64)).await?;
         steps.push(Step {
             stream,
             stream_id: id.to_owned(),

@@ -19,8 +19,9 @@ pub struct Health {
 }
 
 /// `status` is `ready` or `not_ready`; `checks` has `postgres` (`status` `up`|`down`,
-/// `latency_ms` or `error`) and, when this process has a NATS probe, `nats` (`status`,
-/// `required`); `roles` maps each role of the process (`api`, `projector.orders`, `relay`,
+/// `latency_ms` or `error`), `encryption` (`status` `on` with `master_key_version`, or `off`
+/// with a `detail`: new personal data is then stored in clear, and the process is still
+/// ready) and, when this process has a NATS probe, `nats` (`status`, `required`); `roles` maps each role of the process (`api`, `projector.orders`, `relay`,
 /// `worker.analytics`, …) to `starting`, `running`, `stopping`, `stopped` or `failed`.
 #[derive(ToSchema)]
 pub struct Readiness {

@@ -127,6 +127,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/customers"),
     ("GET", "/v1/customers/{id}"),
     ("POST", "/v1/customers/{id}/notes"),
+    ("POST", "/v1/customers/{id}/erase"),
     ("GET", "/v1/customers/{id}/history"),
     ("GET", "/v1/customers/{id}/state"),
     ("GET", "/v1/projections"),

@@ -126,8 +126,14 @@ async fn history(
             detail: format!("must be from 1 to {MAX_LIMIT}"),
         });
     }
-    let mut events =
-        history::read_stream(&app.pool, kind.aggregate_type(), &id, after, limit + 1).await?;
+    let mut events = history::read_stream(
+        app.commands.keys(),
+        kind.aggregate_type(),
+        &id,
+        after,
+        limit + 1,
+    )
+    .await?;
     if events.is_empty() && after == 0 {
         return Err(ApiError::NotFound(format!(
             "no {} has this id",
@@ -201,15 +207,15 @@ async fn state(
     };
     let (body, folded) = match kind {
         Kind::Order => {
-            let s = history::fold_until::<Order>(&app.pool, &id, until).await?;
+            let s = history::fold_until::<Order>(app.commands.keys(), &id, until).await?;
             (views::order(&s.state, s.version), s.version)
         }
         Kind::Payment => {
-            let s = history::fold_until::<Payment>(&app.pool, &id, until).await?;
+            let s = history::fold_until::<Payment>(app.commands.keys(), &id, until).await?;
             (views::payment(&s.state, s.version), s.version)
         }
         Kind::Customer => {
-            let s = history::fold_until::<Customer>(&app.pool, &id, until).await?;
+            let s = history::fold_until::<Customer>(app.commands.keys(), &id, until).await?;
             (views::customer(&s.state, s.version), s.version)
         }
     };

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ordo_domain::customer::{CustomerCommand, RegisterCustomer};
 use ordo_domain::values::{Email, Text};
+use ordo_projections::queries::ByEmail;
 use ordo_projections::views::{CustomerView, Page};
 use ordo_projections::{queries, Projection};
 use serde_json::Value;
@@ -16,7 +17,7 @@ use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, P
 use crate::auth::{self, Allowed, Policy as _};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
-use crate::openapi::{params, Added, CommandHeaderParams, CommandProblems, Created};
+use crate::openapi::{params, Added, Applied, CommandHeaderParams, CommandProblems, Created};
 use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
@@ -27,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register, list))
         .routes(routes!(show))
         .routes(routes!(add_note))
+        .routes(routes!(erase))
 }
 
 /// Register a customer (storefront, admin). `customer_id` is generated when absent.
@@ -108,6 +110,36 @@ async fn add_note(
     .await
 }
 
+/// Erase a customer's personal data (admin only; ADR 0020): their data key is destroyed, so
+/// the e-mail, name, phone, shipping addresses and notes sealed with it can never be read
+/// again, and `customer.erased` is recorded. Reads show "[erased]" in their place from then
+/// on, also for fields recorded in clear before encryption; read models drop them; no
+/// e-mail is sent to the customer any more. Erasing again answers 200 with the erasure
+/// already recorded.
+#[utoipa::path(post, path = "/v1/customers/{id}/erase", tag = "customers", request_body = body::Empty,
+    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
+async fn erase(
+    State(app): State<AppState>,
+    Allowed(caller, _): Allowed<auth::Erasers>,
+    PathId(id): PathId,
+    headers: CommandHeaders,
+    body: CommandBody,
+) -> Response {
+    let (json, commands) = (&body.json, &app.commands);
+    run_command(
+        &app,
+        &caller,
+        &headers,
+        &body,
+        Success::Ok,
+        |meta| async move {
+            super::orders::empty(json)?;
+            Ok(commands.erase_customer(id, Utc::now(), &meta).await?)
+        },
+    )
+    .await
+}
+
 /// One customer's 360 view from the CRM read model (every role).
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path, description = "The customer's id"), params::ReadOne),
     responses((status = 200, description = "The customer", body = CustomerView), ReadOneProblems))]
@@ -143,8 +175,8 @@ async fn list(
         });
     }
     wait_for_position(&app, Projection::Customers, &q).await?;
-    let page = queries::customers(
-        &app.pool,
+    let page = customers(
+        &app,
         channel.as_deref(),
         email,
         uuid_param(&q, "cursor")?,
@@ -153,4 +185,25 @@ async fn list(
     .await
     .map_err(super::read_error)?;
     Ok(page_json(page))
+}
+
+/// [`queries::customers`], looking an e-mail address up through the key store's blind index
+/// when encryption is on (ADR 0020), else through the read model's clear text.
+pub(crate) async fn customers(
+    app: &AppState,
+    channel: Option<&str>,
+    email: Option<&str>,
+    cursor: Option<Uuid>,
+    limit: i64,
+) -> Result<Page<CustomerView>, sqlx::Error> {
+    let indexed = match email {
+        Some(email) => app.commands.keys().customers_by_email(email).await?,
+        None => None,
+    };
+    let by_email = match (&indexed, email) {
+        (Some(ids), _) => Some(ByEmail::Indexed(ids)),
+        (None, Some(email)) => Some(ByEmail::Clear(email)),
+        (None, None) => None,
+    };
+    queries::customers(&app.pool, channel, by_email, cursor, limit).await
 }

@@ -61,7 +61,7 @@ async fn ready(State(app): State<AppState>) -> Response {
     let roles = app.readiness.roles.snapshot();
     let roles_up = roles.values().all(|s| *s == ProcessRoleState::Running);
     let ready = postgres_up && nats_up && roles_up;
-    let mut checks = json!({"postgres": postgres});
+    let mut checks = json!({"postgres": postgres, "encryption": encryption(&app)});
     if let Some(nats) = nats {
         checks["nats"] = nats;
     }
@@ -80,6 +80,17 @@ async fn ready(State(app): State<AppState>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Whether new personal data is sealed (ADR 0020). Off is reported, never "not ready".
+fn encryption(app: &AppState) -> Value {
+    match app.commands.keys().master_version() {
+        Some(version) => json!({"status": "on", "master_key_version": version}),
+        None => json!({
+            "status": "off",
+            "detail": "no master key (ORDO_MASTER_KEY or ORDO_MASTER_KEY_FILE): new personal data is stored in clear",
+        }),
+    }
 }
 
 async fn postgres(app: &AppState) -> (bool, Value) {

@@ -122,7 +122,7 @@ async fn lifecycle(
 }
 
 /// `{}`: a command whose body carries nothing.
-fn empty(json: &Value) -> Result<(), ApiError> {
+pub(super) fn empty(json: &Value) -> Result<(), ApiError> {
     let mut v = Validation::new();
     v.object(json, "");
     v.finish(|| Some(()))

@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
 
 use crate::jetstream::{Delivered, HandleError, Policy};
+use ordo_commands::privacy::{Keyring, Mode};
 
 pub use client::{client_with, default_client, TIMEOUT};
 pub use endpoints::register;
@@ -42,8 +43,22 @@ pub const NAME: &str = "integration";
 
 /// The integration worker's policy: its only effect is outbox rows, so a batch of events
 /// is written in one transaction.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Integration;
+///
+/// Webhooks carry personal fields in clear to the registered endpoints (ADR 0020): the
+/// worker opens them through the key store before it writes the outbox. An erased
+/// customer's fields go out withheld (`{"sealed": ""}`), and `customer.erased` withholds
+/// them in the outbox rows already written for that customer.
+#[derive(Debug, Clone, Default)]
+pub struct Integration {
+    keys: Option<Keyring>,
+}
+
+impl Integration {
+    /// Open sealed personal fields with these keys (without, they go out sealed).
+    pub fn with_keys(keys: Keyring) -> Self {
+        Self { keys: Some(keys) }
+    }
+}
 
 impl From<Integration> for std::sync::Arc<dyn Policy> {
     fn from(policy: Integration) -> Self {
@@ -63,11 +78,28 @@ impl Policy for Integration {
 
     async fn handle(
         &self,
-        _: &PgPool,
+        pool: &PgPool,
         tx: &mut PgConnection,
         events: &[&Delivered],
     ) -> Result<(), HandleError> {
-        outbox::write(tx, events).await?;
+        let keys = self
+            .keys
+            .clone()
+            .unwrap_or_else(|| Keyring::new(pool.clone(), None));
+        let mut opened: Vec<Delivered> = events.iter().map(|e| (*e).clone()).collect();
+        let mut payloads: Vec<(&str, &mut serde_json::Value)> = opened
+            .iter_mut()
+            .map(|e| (e.event_type.as_str(), &mut e.body))
+            .collect();
+        keys.open_on(&mut *tx, &mut payloads, Mode::Fold).await?;
+        let opened_refs: Vec<&Delivered> = opened.iter().collect();
+        outbox::write(tx, &opened_refs).await?;
+        for event in &opened {
+            if event.event_type == ordo_domain::event::types::CUSTOMER_ERASED {
+                let erased: ordo_domain::customer::CustomerErased = event.data()?;
+                outbox::withhold(tx, erased.customer_id).await?;
+            }
+        }
         Ok(())
     }
 }

@@ -241,3 +241,40 @@ pub async fn send_test(
     .fetch_optional(pool)
     .await
 }
+
+/// Withhold an erased customer's personal fields in the outbox rows already written for
+/// them (delivered or not): a retry or a redelivery sends them withheld, and the stored
+/// history no longer holds them.
+pub async fn withhold(tx: &mut PgConnection, customer: uuid::Uuid) -> Result<(), sqlx::Error> {
+    use ordo_commands::privacy::{open_fields, KeyState, Mode};
+    let rows: Vec<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, event_type, body FROM integration.outbox
+          WHERE event_type = ANY($1) AND body ->> 'customer_id' = $2",
+    )
+    .bind(PERSONAL_TYPES)
+    .bind(customer.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, event_type, mut body) in rows {
+        open_fields(
+            &event_type,
+            &mut body,
+            customer,
+            &KeyState::Erased,
+            Mode::Fold,
+        );
+        sqlx::query("UPDATE integration.outbox SET body = $2 WHERE id = $1")
+            .bind(id)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The event types with personal fields.
+const PERSONAL_TYPES: &[&str] = &[
+    ordo_domain::event::types::CUSTOMER_REGISTERED,
+    ordo_domain::event::types::CUSTOMER_NOTE_ADDED,
+    ordo_domain::event::types::ORDER_PLACED,
+];

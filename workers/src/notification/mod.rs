@@ -30,9 +30,12 @@ pub mod sender;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lettre::Address;
-use ordo_domain::customer::CustomerRegistered;
+use ordo_commands::privacy::{Keyring, Mode};
+use ordo_domain::customer::{CustomerErased, CustomerRegistered};
 use ordo_domain::order::{OrderCancelled, OrderPlaced, OrderShipped};
 use ordo_domain::payment::PaymentRefunded;
+use ordo_domain::personal::Personal;
+use ordo_domain::values::{Email, Text};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -46,17 +49,26 @@ pub const NAME: &str = "notification";
 
 /// The notification worker's policy: its effects are rows only (the mail sender sends),
 /// so a batch of events is handled in one transaction.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Notification {
     /// Whether an SMTP server is configured: notifications are then `pending` for the
     /// sender, else only `recorded`.
     mails: bool,
+    /// Opens the sealed e-mail and name of `customer.registered` (ADR 0020); without it,
+    /// only clear ones are read.
+    keys: Option<Keyring>,
 }
 
 impl Notification {
     /// `mails`: whether a mail sender will send what this worker records.
     pub fn new(mails: bool) -> Self {
-        Self { mails }
+        Self { mails, keys: None }
+    }
+
+    /// Open sealed personal fields with these keys.
+    pub fn with_keys(mut self, keys: Keyring) -> Self {
+        self.keys = Some(keys);
+        self
     }
 }
 
@@ -79,6 +91,7 @@ impl Policy for Notification {
     fn check(&self, event: &Delivered) -> Result<(), HandleError> {
         match event.event_type.as_str() {
             types::CUSTOMER_REGISTERED => event.data::<CustomerRegistered>().map(|_| ()),
+            types::CUSTOMER_ERASED => event.data::<CustomerErased>().map(|_| ()),
             types::ORDER_PLACED => event.data::<OrderPlaced>().map(|_| ()),
             types::ORDER_SHIPPED => event.data::<OrderShipped>().map(|_| ()),
             types::ORDER_CANCELLED => event.data::<OrderCancelled>().map(|_| ()),
@@ -89,33 +102,31 @@ impl Policy for Notification {
 
     async fn handle(
         &self,
-        _: &PgPool,
+        pool: &PgPool,
         tx: &mut PgConnection,
         events: &[&Delivered],
     ) -> Result<(), HandleError> {
+        let keys = self
+            .keys
+            .clone()
+            .unwrap_or_else(|| Keyring::new(pool.clone(), None));
         for event in events {
-            handle(tx, event, self.mails).await?;
+            handle(tx, &keys, event, self.mails).await?;
         }
         Ok(())
     }
 }
 
 /// Handle one event, inside the transaction that also records it as processed.
-async fn handle(tx: &mut PgConnection, event: &Delivered, mails: bool) -> Result<(), HandleError> {
+async fn handle(
+    tx: &mut PgConnection,
+    keys: &Keyring,
+    event: &Delivered,
+    mails: bool,
+) -> Result<(), HandleError> {
     let draft = match event.event_type.as_str() {
-        types::CUSTOMER_REGISTERED => {
-            let e: CustomerRegistered = event.data()?;
-            sqlx::query(
-                "INSERT INTO notification.customers (customer_id, email, name) VALUES ($1, $2, $3)
-                 ON CONFLICT (customer_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name",
-            )
-            .bind(e.customer_id)
-            .bind(e.email.as_str())
-            .bind(e.name.as_str())
-            .execute(&mut *tx)
-            .await?;
-            return Ok(());
-        }
+        types::CUSTOMER_REGISTERED => return remember(tx, keys, event).await,
+        types::CUSTOMER_ERASED => return forget(tx, &event.data()?).await,
         types::ORDER_PLACED => placed(&event.data()?),
         types::ORDER_SHIPPED => shipped(&event.data()?),
         types::ORDER_CANCELLED => cancelled(&event.data()?),
@@ -125,34 +136,120 @@ async fn handle(tx: &mut PgConnection, event: &Delivered, mails: bool) -> Result
     notify(tx, event, draft, mails).await
 }
 
+/// Keep the recipient of a `customer.registered`, its e-mail and name opened through the
+/// key store. A customer erased meanwhile (or whose key this process cannot unwrap) is
+/// remembered without them: nothing will be mailed to them.
+async fn remember(
+    tx: &mut PgConnection,
+    keys: &Keyring,
+    event: &Delivered,
+) -> Result<(), HandleError> {
+    let mut body = event.body.clone();
+    keys.open_on(
+        &mut *tx,
+        &mut [(event.event_type.as_str(), &mut body)],
+        Mode::Fold,
+    )
+    .await?;
+    let e: CustomerRegistered = serde_json::from_value(body)
+        .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", event.event_type)))?;
+    let erased = matches!(&e.email, Personal::Sealed(s) if s.is_withheld());
+    sqlx::query(
+        "INSERT INTO notification.customers (customer_id, email, name, erased_at)
+         VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END)
+         ON CONFLICT (customer_id) DO UPDATE
+            SET email = EXCLUDED.email, name = EXCLUDED.name, erased_at = EXCLUDED.erased_at
+          WHERE notification.customers.erased_at IS NULL",
+    )
+    .bind(e.customer_id)
+    .bind(e.email.clear().map(Email::as_str))
+    .bind(e.name.clear().map(Text::as_str))
+    .bind(erased)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// `customer.erased`: forget the customer's address and name, and drop them from their
+/// notifications; those not sent yet are `skipped`.
+async fn forget(tx: &mut PgConnection, e: &CustomerErased) -> Result<(), HandleError> {
+    sqlx::query(
+        "INSERT INTO notification.customers (customer_id, email, name, erased_at)
+         VALUES ($1, NULL, NULL, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET email = NULL, name = NULL, erased_at = $2",
+    )
+    .bind(e.customer_id)
+    .bind(e.erased_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE notification.notifications
+            SET recipient = NULL, body = NULL,
+                status = CASE WHEN status = 'pending' THEN 'skipped' ELSE status END,
+                error = CASE WHEN status = 'pending' THEN $2 ELSE error END
+          WHERE customer_id = $1",
+    )
+    .bind(e.customer_id)
+    .bind(SKIPPED_ERASED)
+    .execute(&mut *tx)
+    .await?;
+    // Refusals recorded by the sender may quote the address.
+    sqlx::query(
+        "UPDATE notification.attempts SET error = NULL
+          WHERE notification_id IN (SELECT id FROM notification.notifications WHERE customer_id = $1)",
+    )
+    .bind(e.customer_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Why a notification to an erased customer is `skipped`.
+pub const SKIPPED_ERASED: &str = "the customer's personal data was erased";
+
 async fn notify(
     tx: &mut PgConnection,
     event: &Delivered,
     draft: Draft,
     mails: bool,
 ) -> Result<(), HandleError> {
-    let customer: Option<(String, String)> =
-        sqlx::query_as("SELECT email, name FROM notification.customers WHERE customer_id = $1")
-            .bind(draft.customer_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((email, name)) = customer else {
+    type Recipient = (Option<String>, Option<String>, bool);
+    let customer: Option<Recipient> = sqlx::query_as(
+        "SELECT email, name, erased_at IS NOT NULL FROM notification.customers WHERE customer_id = $1",
+    )
+    .bind(draft.customer_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((email, name, erased)) = customer else {
         return Err(HandleError::Retry(format!(
             "customer {} not registered yet (customer.registered not handled)",
             draft.customer_id
         )));
     };
-    let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
-    // An address the SMTP client refuses will be refused on every attempt: recorded as
-    // failed rather than retried.
-    let refused = email
-        .parse::<Address>()
-        .err()
-        .map(|e| format!("recipient `{email}` refused: {e}"));
-    let (status, error) = match (mails, refused) {
-        (false, _) => ("recorded", None),
-        (true, None) => ("pending", None),
-        (true, Some(e)) => ("failed", Some(e)),
+    let (email, body, status, error) = match (email, name) {
+        (Some(email), Some(name)) if !erased => {
+            let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
+            // An address the SMTP client refuses will be refused on every attempt: recorded
+            // as failed rather than retried.
+            let refused = email
+                .parse::<Address>()
+                .err()
+                .map(|e| format!("recipient `{email}` refused: {e}"));
+            let (status, error) = match (mails, refused) {
+                (false, _) => ("recorded", None),
+                (true, None) => ("pending", None),
+                (true, Some(e)) => ("failed", Some(e)),
+            };
+            (Some(email), Some(body), status, error)
+        }
+        _ => {
+            let why = if erased {
+                SKIPPED_ERASED
+            } else {
+                "the customer's e-mail address cannot be read (its key is not available)"
+            };
+            (None, None, "skipped", Some(why.to_owned()))
+        }
     };
     sqlx::query(
         "INSERT INTO notification.notifications

@@ -1,0 +1,279 @@
+//! Erasure end to end (ADR 0020): a customer with orders, payments, notes, e-mails and
+//! webhook deliveries is erased; then no clear text of theirs is left in history, state,
+//! read models (also after a full rebuild), the JetStream stream's stored messages, the
+//! workers' tables or the captured logs, and the hash chain still verifies.
+
+use std::time::Duration;
+
+use ordo::{ProcessRole, Secret};
+use ordo_api::Role::{Admin, Storefront, Support};
+use ordo_commands::privacy::{Keyring, MasterKey, MasterKeys};
+use ordo_workers::integration::Integration;
+use ordo_workers::notification::{Mailer, Notification};
+use ordo_workers::WorkerRunner;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::nats::{setup, Setup};
+use crate::notifications::{quick_sender, Notifier, SmtpSink};
+use crate::privacy::{
+    assert_chain_intact, customer_with_personal_data, leaked, stored_payloads, EMAIL, MASTER_KEY,
+    NAME,
+};
+use crate::rebuilds::wait_until_rebuilt;
+use crate::trace_context::{share_callsite_interest, Capture};
+use crate::webhooks::{quick_pool, Receiver};
+
+fn keys(app: &TestApp) -> Keyring {
+    let master = MasterKeys::new(MasterKey::parse(1, MASTER_KEY).unwrap(), Vec::new()).unwrap();
+    Keyring::new(app.pool.clone(), Some(master))
+}
+
+/// Every message stored on the stream, body and headers, as text.
+async fn stream_contents(s: &Setup) -> String {
+    let stream = s.js.get_stream(&s.relay_config.stream).await.unwrap();
+    let last = stream.clone().info().await.unwrap().state.last_sequence;
+    let mut all = String::new();
+    for seq in 1..=last {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            all.push_str(&String::from_utf8_lossy(&message.payload));
+            all.push_str(&format!("{:?}", message.headers));
+        }
+    }
+    all
+}
+
+/// Step both workers (and the mail sender and delivery pool) until each has processed every
+/// event of the log.
+async fn work_all(
+    app: &TestApp,
+    notifier: &Notifier,
+    integration: &WorkerRunner,
+    deliveries: &ordo_workers::integration::DeliveryPool,
+) {
+    let events = app.event_count().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mailed, hooked): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM notification.processed),
+                    (SELECT count(*) FROM integration.processed)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM notification.notifications WHERE status = 'pending')
+                  + (SELECT count(*) FROM integration.outbox WHERE status = 'pending')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if mailed >= events && hooked >= events && waiting == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers behind: {mailed}/{hooked} of {events}, {waiting} waiting"
+        );
+        notifier
+            .runner
+            .step(50, Duration::from_millis(50))
+            .await
+            .unwrap();
+        integration
+            .step(50, Duration::from_millis(50))
+            .await
+            .unwrap();
+        if let Some(sender) = &notifier.sender {
+            sender.step().await.unwrap();
+        }
+        deliveries.step().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_verifies() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "debug,reqwest=info,hyper=info,hyper_util=info",
+        ))
+        .with_writer(move || writer.clone())
+        .json()
+        .finish();
+    share_callsite_interest();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // Arrange: the API, projector and process manager; the relay and workers stepped here.
+    let app = spawn_app_with(|c| {
+        c.master_key = Some(Secret::new(MASTER_KEY));
+        c.roles = vec![
+            ProcessRole::Api,
+            ProcessRole::Projector,
+            ProcessRole::ProcessManager,
+        ];
+    })
+    .await;
+    let sink = SmtpSink::start().await;
+    let receiver = Receiver::start(|_| 200).await;
+    app.post(
+        Admin,
+        "/v1/webhooks",
+        json!({"url": receiver.url, "event_types": ["*"]}),
+    )
+    .await
+    .assert_status(201);
+    let (customer, order) = customer_with_personal_data(&app).await;
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{order}/confirm"),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    let payment = app.authorized_payment(&order, 2999).await;
+    app.post(
+        Storefront,
+        &format!("/v1/payments/{payment}/capture"),
+        json!({"amount": 2999}),
+    )
+    .await
+    .assert_status(200);
+
+    let s = setup(&app).await;
+    let mailer = Mailer::new(&sink.url, "Ordo <orders@ordo.invalid>").unwrap();
+    let notifier = Notifier {
+        runner: WorkerRunner::connect(
+            app.pool.clone(),
+            Notification::new(true).with_keys(keys(&app)),
+            s.worker_config.clone(),
+        )
+        .await
+        .unwrap(),
+        sender: Some(quick_sender(&app, mailer, Duration::from_secs(30))),
+    };
+    let integration = WorkerRunner::connect(
+        app.pool.clone(),
+        Integration::with_keys(keys(&app)),
+        s.worker_config.clone(),
+    )
+    .await
+    .unwrap();
+    let deliveries = quick_pool(&app, None, 3);
+    s.publish_all(&app).await;
+    work_all(&app, &notifier, &integration, &deliveries).await;
+
+    // Before the erasure: Ordo's workers opened the sealed fields; the stream did not.
+    let mails = sink.mails();
+    assert!(!mails.is_empty());
+    assert!(
+        mails.iter().all(|m| m.to == [format!("<{EMAIL}>")]),
+        "{mails:#?}"
+    );
+    assert!(mails[0].data.contains(&format!("Hello {NAME}")));
+    let hooks: String = receiver
+        .received()
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    assert!(hooks.contains(EMAIL), "webhooks carry clear text: {hooks}");
+    let on_stream = stream_contents(&s).await;
+    assert!(on_stream.contains("\"sealed\""));
+    assert!(leaked(&on_stream).is_empty(), "{on_stream}");
+
+    // Act: erase, then cancel the order (which mails nothing to the erased customer).
+    app.post(Admin, &format!("/v1/customers/{customer}/erase"), json!({}))
+        .await
+        .assert_status(200);
+    let mails_before = sink.mails().len();
+    app.post(
+        Support,
+        &format!("/v1/orders/{order}/cancel"),
+        json!({"reason": "customer request"}),
+    )
+    .await
+    .assert_status(200);
+    s.publish_all(&app).await;
+    work_all(&app, &notifier, &integration, &deliveries).await;
+
+    // Assert: no mail after the erasure; later notifications are skipped with the reason.
+    assert_eq!(
+        sink.mails().len(),
+        mails_before,
+        "nothing mailed after the erasure"
+    );
+    let listed = app
+        .get(
+            Support,
+            &format!("/v1/notifications?customer_id={customer}"),
+        )
+        .await;
+    let items = listed.body["items"].as_array().unwrap();
+    let cancelled = items
+        .iter()
+        .find(|n| n["kind"] == "order_cancelled")
+        .expect("the cancellation is recorded");
+    assert_eq!(cancelled["status"], "skipped");
+    assert!(cancelled["error"].as_str().unwrap().contains("erased"));
+    assert!(items
+        .iter()
+        .all(|n| n["recipient"].is_null() && n["body"].is_null()));
+
+    // Nothing readable anywhere Ordo keeps or serves it.
+    let mut everywhere = String::new();
+    for path in [
+        format!("/v1/customers/{customer}/history"),
+        format!("/v1/customers/{customer}/state"),
+        format!("/v1/orders/{order}/history"),
+        format!("/v1/orders/{order}/state"),
+        format!("/v1/notifications?customer_id={customer}"),
+    ] {
+        let resp = app.get(Support, &path).await;
+        resp.assert_status(200);
+        everywhere.push_str(&resp.body.to_string());
+    }
+    for path in [
+        format!("/v1/orders/{order}"),
+        format!("/v1/customers/{customer}"),
+    ] {
+        let resp = app.get_fresh(Support, &path).await;
+        resp.assert_status(200);
+        everywhere.push_str(&resp.body.to_string());
+    }
+    let history = app
+        .get(Support, &format!("/v1/customers/{customer}/history"))
+        .await;
+    assert_eq!(history.body["items"][0]["data"]["email"], "[erased]");
+    for name in ["orders", "payments", "customers"] {
+        app.post(Admin, &format!("/v1/projections/{name}/rebuild"), json!({}))
+            .await
+            .assert_status(202);
+    }
+    wait_until_rebuilt(&app).await;
+    let tables: Vec<Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(t) FROM projections.customers t
+         UNION ALL SELECT to_jsonb(t) FROM projections.orders t
+         UNION ALL SELECT to_jsonb(t) FROM notification.customers t
+         UNION ALL SELECT to_jsonb(t) FROM notification.notifications t
+         UNION ALL SELECT to_jsonb(t) FROM notification.attempts t
+         UNION ALL SELECT to_jsonb(t) FROM integration.outbox t",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    everywhere.push_str(&Value::from(tables).to_string());
+    everywhere.push_str(&stored_payloads(&app).await);
+    everywhere.push_str(&stream_contents(&s).await);
+    assert!(
+        leaked(&everywhere).is_empty(),
+        "{:?} in {everywhere}",
+        leaked(&everywhere)
+    );
+
+    assert_chain_intact(&app).await;
+    s.cleanup().await;
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(logs.contains(&customer), "the capture saw the scenario");
+    assert!(leaked(&logs).is_empty(), "{:?} was logged", leaked(&logs));
+}
