@@ -3,6 +3,7 @@
 
 use ordo::Secret;
 use ordo_api::Role::{Admin, Storefront, Support};
+use ordo_commands::privacy::{KeyState, Keyring, MasterKey, MasterKeys};
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
@@ -332,4 +333,104 @@ async fn sealed_events_match_their_released_schemas() {
             .collect();
         assert!(errors.is_empty(), "{event_type} v{version}: {errors:?}");
     }
+}
+
+fn keyring(app: &TestApp, version: i32, key: &str, previous: &str) -> Keyring {
+    let master = MasterKeys::new(
+        MasterKey::parse(version, key).unwrap(),
+        MasterKeys::parse_previous(previous).unwrap(),
+    )
+    .unwrap();
+    Keyring::new(app.pool.clone(), Some(master))
+}
+
+#[tokio::test]
+async fn migrate_indexes_customers_registered_in_clear_and_rewrap_retires_an_old_master_key() {
+    // Registered before encryption: clear in the log, no index.
+    let app = spawn_app().await;
+    let (customer, _) = customer_with_personal_data(&app).await;
+    let v1 = keyring(&app, 1, MASTER_KEY, "");
+    let report = ordo_commands::privacy::migrate(&v1).await.unwrap();
+    assert_eq!(report.indexed, 1);
+    assert_eq!(
+        report.clear_events, 3,
+        "registered, note and order, in clear"
+    );
+    assert_eq!(report.clear_events_of_erased, 0);
+    let found = v1.customers_by_email(&EMAIL.to_uppercase()).await.unwrap();
+    assert_eq!(found, Some(vec![customer.parse().unwrap()]));
+    assert_eq!(
+        ordo_commands::privacy::migrate(&v1).await.unwrap().indexed,
+        0
+    );
+
+    // A key wrapped by master key 1, then rotated to 2 with 1 still given, re-wrapped.
+    let sealed = app.register_customer().await;
+    let commands = ordo_commands::Commands::with_keys(app.pool.clone(), v1.clone());
+    let note = ordo_domain::customer::CustomerCommand::AddNote {
+        note_id: uuid::Uuid::now_v7(),
+        text: ordo_domain::values::Text::parse(NOTE).unwrap(),
+        at: chrono::Utc::now(),
+    };
+    let meta = ordo_commands::CommandMetadata {
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+        actor: ordo_commands::Actor {
+            key_id: None,
+            name: "test".into(),
+            role: "support".into(),
+        },
+        request_id: "r".into(),
+        idempotency_key: None,
+        idempotent: None,
+        traceparent: None,
+        channel: None,
+    };
+    commands
+        .customer(sealed.parse().unwrap(), None, note, &meta)
+        .await
+        .unwrap();
+    let other_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let v2 = keyring(&app, 2, other_key, &format!("1:{MASTER_KEY}"));
+    assert_eq!(v2.rewrap().await.unwrap(), 1);
+    let v2_alone = keyring(&app, 2, other_key, "");
+    let id: uuid::Uuid = sealed.parse().unwrap();
+    let states = v2_alone.states(&[id]).await.unwrap();
+    assert!(matches!(states[&id], KeyState::Key(_)), "{states:?}");
+    let v1_alone = keyring(&app, 1, MASTER_KEY, "");
+    assert_eq!(
+        v1_alone.states(&[id]).await.unwrap()[&id],
+        KeyState::Unreadable
+    );
+}
+
+#[tokio::test]
+async fn the_cli_erases_a_customer() {
+    let app = spawn_app().await;
+    let customer = app.register_customer().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["customers", "erase", &customer])
+        .env("DATABASE_URL", &app.database_url)
+        .env("ORDO_MASTER_KEY", MASTER_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let types = app.event_types("customer", &customer).await;
+    assert_eq!(types, ["customer.registered", "customer.erased"]);
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["customers", "erase", &customer])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "erasing again is harmless");
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["customers", "erase", &uuid::Uuid::now_v7().to_string()])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
 }
