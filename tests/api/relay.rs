@@ -81,7 +81,12 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
         assert_eq!(h("Nats-Msg-Id"), Some(event_id.to_string()));
         assert_eq!(h("ce-id"), Some(event_id.to_string()));
         assert_eq!(h("ce-specversion").as_deref(), Some("1.0"));
-        assert_eq!(h("ce-type"), Some(format!("ordo.{event_type}.v1")));
+        let version = ordo_domain::schema::event_schemas()
+            .into_iter()
+            .find(|s| s.event_type == event_type.as_str())
+            .map(|s| s.version)
+            .unwrap();
+        assert_eq!(h("ce-type"), Some(format!("ordo.{event_type}.v{version}")));
         assert_eq!(h("ordo-position"), Some(position.to_string()));
         assert_eq!(h("ordo-sequence"), Some(sequence.to_string()));
         assert_eq!(h("ce-ordochannel").as_deref(), Some("default"));

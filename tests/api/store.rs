@@ -41,7 +41,7 @@ async fn every_event_gets_a_position_transaction_id_event_id_and_time() {
         chrono::DateTime<chrono::Utc>,
         String,
     )> = sqlx::query_as(
-        "SELECT global_position, tx_id::text, event_id, recorded_at, event_version
+        "SELECT global_position, tx_id::text, event_id, recorded_at, event_type || '/' || event_version
            FROM event_store.events ORDER BY global_position",
     )
     .fetch_all(&app.pool)
@@ -51,9 +51,14 @@ async fn every_event_gets_a_position_transaction_id_event_id_and_time() {
     let ids: std::collections::HashSet<_> = rows.iter().map(|r| r.2).collect();
     assert_eq!(ids.len(), 4, "event ids are unique");
     assert!(rows.windows(2).all(|w| w[0].0 < w[1].0 && w[0].3 <= w[1].3));
+    // Each event at the schema version its type is written at now.
+    let current: Vec<String> = ordo_domain::schema::event_schemas()
+        .iter()
+        .map(|s| format!("{}/{}", s.event_type, s.version))
+        .collect();
     assert!(rows
         .iter()
-        .all(|r| r.1.parse::<u64>().is_ok() && r.4 == "1"));
+        .all(|r| r.1.parse::<u64>().is_ok() && current.contains(&r.4)));
 }
 
 /// A transaction whose caller went away before `BEGIN` was answered leaves nothing open on

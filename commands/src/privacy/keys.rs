@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::master::MasterKeys;
-use super::seal::{customer_of, open_fields, seal_fields, DataKey, Mode};
+use super::seal::{customer_of, seal_fields, DataKey};
 
 /// What a reader can do with a customer's personal fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +42,8 @@ pub enum PrivacyError {
 /// clear as before; erasure still destroys any key and masks the customer's fields on read.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    pool: PgPool,
-    master: Option<Arc<MasterKeys>>,
+    pub(super) pool: PgPool,
+    pub(super) master: Option<Arc<MasterKeys>>,
 }
 
 type KeyRow = (Uuid, Option<Vec<u8>>, Option<i32>, bool);
@@ -218,129 +218,5 @@ impl Keyring {
             states.insert(customer, state);
         }
         Ok(states)
-    }
-
-    /// Open the personal fields of event payloads (`(event_type, payload)`) for a reader.
-    pub async fn open(
-        &self,
-        events: &mut [(&str, &mut Value)],
-        mode: Mode,
-    ) -> Result<(), sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        self.open_on(&mut conn, events, mode).await
-    }
-
-    /// [`Keyring::open`] on a connection (or transaction) the caller holds.
-    pub async fn open_on(
-        &self,
-        conn: &mut PgConnection,
-        events: &mut [(&str, &mut Value)],
-        mode: Mode,
-    ) -> Result<(), sqlx::Error> {
-        let mut customers: Vec<Uuid> = events
-            .iter()
-            .filter_map(|(event_type, payload)| customer_of(event_type, payload))
-            .collect();
-        if customers.is_empty() {
-            return Ok(());
-        }
-        customers.sort_unstable();
-        customers.dedup();
-        let states = self.states_on(conn, &customers).await?;
-        for (event_type, payload) in events.iter_mut() {
-            if let Some(customer) = customer_of(event_type, payload) {
-                let state = states.get(&customer).unwrap_or(&KeyState::None);
-                open_fields(event_type, payload, customer, state, mode);
-            }
-        }
-        Ok(())
-    }
-
-    /// Open the personal fields of feed events (for read models: [`Mode::Fold`]). Payloads
-    /// that do not parse are left as they are, for the reader's decoding to report.
-    pub async fn open_feed_on(
-        &self,
-        conn: &mut PgConnection,
-        events: &mut [crate::feed::FeedEvent],
-    ) -> Result<(), sqlx::Error> {
-        let mut parsed: Vec<(usize, Value)> = Vec::new();
-        for (i, event) in events.iter().enumerate() {
-            if event.payload.is_empty()
-                || ordo_domain::personal::personal_fields(&event.event_type).is_empty()
-            {
-                continue;
-            }
-            if let Ok(payload) = serde_json::from_str(&event.payload) {
-                parsed.push((i, payload));
-            }
-        }
-        if parsed.is_empty() {
-            return Ok(());
-        }
-        let mut payloads: Vec<(&str, &mut Value)> = parsed
-            .iter_mut()
-            .map(|(i, payload)| (events[*i].event_type.as_str(), payload))
-            .collect();
-        self.open_on(conn, &mut payloads, Mode::Fold).await?;
-        for (i, payload) in parsed {
-            events[i].payload = payload.to_string();
-        }
-        Ok(())
-    }
-
-    /// Destroy the customer's data key and e-mail index, and mark them erased (also when they
-    /// never had a key: their clear fields are then masked on read). Idempotent.
-    pub async fn erase(&self, customer: Uuid) -> Result<(), sqlx::Error> {
-        let mut tx = crate::db::begin(&self.pool).await?;
-        sqlx::query(
-            "INSERT INTO privacy.customer_keys (customer_id, erased_at) VALUES ($1, now())
-             ON CONFLICT (customer_id) DO UPDATE
-                SET wrapped_key = NULL, master_version = NULL,
-                    erased_at = coalesce(privacy.customer_keys.erased_at, now())",
-        )
-        .bind(customer)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM privacy.email_index WHERE customer_id = $1")
-            .bind(customer)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    }
-
-    /// Re-wrap every data key wrapped by an older master key with the current one, so the
-    /// older key can be retired. Returns how many keys were re-wrapped.
-    pub async fn rewrap(&self) -> Result<u64, PrivacyError> {
-        let Some(master) = &self.master else {
-            return Ok(0);
-        };
-        let current = master.current();
-        let rows: Vec<(Uuid, Vec<u8>, i32)> = sqlx::query_as(
-            "SELECT customer_id, wrapped_key, master_version FROM privacy.customer_keys
-              WHERE wrapped_key IS NOT NULL AND master_version <> $1",
-        )
-        .bind(current.version())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut done = 0;
-        for (customer, wrapped, version) in rows {
-            let key = master
-                .get(version)
-                .and_then(|k| k.unwrap(customer, &wrapped))
-                .ok_or(PrivacyError::UnknownMasterKey(customer, version))?;
-            // Only if it was not erased or re-wrapped meanwhile.
-            done += sqlx::query(
-                "UPDATE privacy.customer_keys SET wrapped_key = $2, master_version = $3
-                  WHERE customer_id = $1 AND master_version = $4",
-            )
-            .bind(customer)
-            .bind(current.wrap(customer, &key))
-            .bind(current.version())
-            .bind(version)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        Ok(done)
     }
 }

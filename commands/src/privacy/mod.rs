@@ -13,9 +13,11 @@
 //! written before encryption), the read models and workers keep clear text only until the
 //! customer is erased.
 
+mod erase;
 mod keys;
 mod master;
 mod migrate;
+mod open;
 mod seal;
 
 pub use keys::{KeyState, Keyring, PrivacyError};

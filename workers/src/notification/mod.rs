@@ -25,17 +25,16 @@
 //! one event and kind (the processed record), so nothing else repeats.
 
 pub mod drafts;
+pub mod recipients;
 pub mod sender;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lettre::Address;
-use ordo_commands::privacy::{Keyring, Mode};
+use ordo_commands::privacy::Keyring;
 use ordo_domain::customer::{CustomerErased, CustomerRegistered};
 use ordo_domain::order::{OrderCancelled, OrderPlaced, OrderShipped};
 use ordo_domain::payment::PaymentRefunded;
-use ordo_domain::personal::Personal;
-use ordo_domain::values::{Email, Text};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -44,6 +43,7 @@ use crate::jetstream::{Delivered, HandleError, Policy};
 pub use crate::mailer::{redact_url, Mailer, DEFAULT_FROM};
 use drafts::{cancelled, placed, refunded, shipped, Draft};
 use ordo_domain::event::types;
+pub use recipients::SKIPPED_ERASED;
 
 pub const NAME: &str = "notification";
 
@@ -125,8 +125,8 @@ async fn handle(
     mails: bool,
 ) -> Result<(), HandleError> {
     let draft = match event.event_type.as_str() {
-        types::CUSTOMER_REGISTERED => return remember(tx, keys, event).await,
-        types::CUSTOMER_ERASED => return forget(tx, &event.data()?).await,
+        types::CUSTOMER_REGISTERED => return recipients::remember(tx, keys, event).await,
+        types::CUSTOMER_ERASED => return recipients::forget(tx, &event.data()?).await,
         types::ORDER_PLACED => placed(&event.data()?),
         types::ORDER_SHIPPED => shipped(&event.data()?),
         types::ORDER_CANCELLED => cancelled(&event.data()?),
@@ -135,77 +135,6 @@ async fn handle(
     };
     notify(tx, event, draft, mails).await
 }
-
-/// Keep the recipient of a `customer.registered`, its e-mail and name opened through the
-/// key store. A customer erased meanwhile (or whose key this process cannot unwrap) is
-/// remembered without them: nothing will be mailed to them.
-async fn remember(
-    tx: &mut PgConnection,
-    keys: &Keyring,
-    event: &Delivered,
-) -> Result<(), HandleError> {
-    let mut body = event.body.clone();
-    keys.open_on(
-        &mut *tx,
-        &mut [(event.event_type.as_str(), &mut body)],
-        Mode::Fold,
-    )
-    .await?;
-    let e: CustomerRegistered = serde_json::from_value(body)
-        .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", event.event_type)))?;
-    let erased = matches!(&e.email, Personal::Sealed(s) if s.is_withheld());
-    sqlx::query(
-        "INSERT INTO notification.customers (customer_id, email, name, erased_at)
-         VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END)
-         ON CONFLICT (customer_id) DO UPDATE
-            SET email = EXCLUDED.email, name = EXCLUDED.name, erased_at = EXCLUDED.erased_at
-          WHERE notification.customers.erased_at IS NULL",
-    )
-    .bind(e.customer_id)
-    .bind(e.email.clear().map(Email::as_str))
-    .bind(e.name.clear().map(Text::as_str))
-    .bind(erased)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// `customer.erased`: forget the customer's address and name, and drop them from their
-/// notifications; those not sent yet are `skipped`.
-async fn forget(tx: &mut PgConnection, e: &CustomerErased) -> Result<(), HandleError> {
-    sqlx::query(
-        "INSERT INTO notification.customers (customer_id, email, name, erased_at)
-         VALUES ($1, NULL, NULL, $2)
-         ON CONFLICT (customer_id) DO UPDATE SET email = NULL, name = NULL, erased_at = $2",
-    )
-    .bind(e.customer_id)
-    .bind(e.erased_at)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE notification.notifications
-            SET recipient = NULL, body = NULL,
-                status = CASE WHEN status = 'pending' THEN 'skipped' ELSE status END,
-                error = CASE WHEN status = 'pending' THEN $2 ELSE error END
-          WHERE customer_id = $1",
-    )
-    .bind(e.customer_id)
-    .bind(SKIPPED_ERASED)
-    .execute(&mut *tx)
-    .await?;
-    // Refusals recorded by the sender may quote the address.
-    sqlx::query(
-        "UPDATE notification.attempts SET error = NULL
-          WHERE notification_id IN (SELECT id FROM notification.notifications WHERE customer_id = $1)",
-    )
-    .bind(e.customer_id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Why a notification to an erased customer is `skipped`.
-pub const SKIPPED_ERASED: &str = "the customer's personal data was erased";
 
 async fn notify(
     tx: &mut PgConnection,
