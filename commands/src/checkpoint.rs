@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -133,7 +133,7 @@ impl Checkpoint {
         let signature =
             Signature::from_slice(&self.signature).map_err(|_| Invalid::BadSignature)?;
         trusted
-            .verify(&message(self.position, &hash, self.signed_at), &signature)
+            .verify_strict(&message(self.position, &hash, self.signed_at), &signature)
             .map_err(|_| Invalid::BadSignature)?;
         Ok(hash)
     }
