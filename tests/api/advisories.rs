@@ -18,14 +18,26 @@ use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::{setup, work_until};
 
 /// Pull the one waiting message on the worker's own durable consumer and drop it unsettled,
-/// as a worker that crashed would, until JetStream has delivered it `last` times: returns its
-/// event id and stream sequence. Every delivery must be of the same message. A delivery may
-/// be missed by a fetch that expired while it was on its way (a loaded machine): it counts as
-/// dropped all the same.
-async fn receive_and_drop_until(consumer: &PullConsumer, last: i64) -> (Uuid, u64) {
+/// as a worker that crashed would, until JetStream gives up on it: its max-deliveries
+/// advisory is captured. Returns the message's event id and stream sequence (the stream's
+/// last message). Every delivery seen must be of that message and at most the `last`th. A
+/// delivery may be missed by a fetch that expired while it was on its way (a loaded
+/// machine), the last one too: JetStream counts it as delivered all the same, so the
+/// captured advisory, not the last delivery, says when to stop.
+async fn receive_and_drop_until(
+    consumer: &PullConsumer,
+    config: &WorkerConfig,
+    js: &async_nats::jetstream::Context,
+    last: u64,
+) -> (Uuid, u64) {
+    let mut events = js.get_stream(&config.stream).await.unwrap();
+    let sequence = events.info().await.unwrap().state.last_sequence;
+    let message = events.get_raw_message(sequence).await.unwrap();
+    let id = message.headers.get("ce-id").unwrap().as_str().to_owned();
+    let this = (Uuid::parse_str(&id).unwrap(), sequence);
+    let mut advisories = js.get_stream(config.advisory_stream()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen: Option<(Uuid, u64)> = None;
-    loop {
+    while advisories.info().await.unwrap().state.messages == 0 {
         let mut batch = consumer
             .fetch()
             .max_messages(1)
@@ -37,19 +49,22 @@ async fn receive_and_drop_until(consumer: &PullConsumer, last: i64) -> (Uuid, u6
             let message = message.unwrap();
             let info = message.info().unwrap();
             let id = message.headers.as_ref().unwrap().get("ce-id").unwrap();
-            let this = (Uuid::parse_str(id.as_str()).unwrap(), info.stream_sequence);
-            assert!(
-                seen.is_none_or(|s| s == this),
+            assert_eq!(
+                (Uuid::parse_str(id.as_str()).unwrap(), info.stream_sequence),
+                this,
                 "another message was delivered"
             );
-            assert!(info.delivered <= last, "delivered more than {last} times");
-            if info.delivered == last {
-                return this;
-            }
-            seen = Some(this);
+            assert!(
+                info.delivered as u64 <= last,
+                "delivered more than {last} times"
+            );
         }
-        assert!(Instant::now() < deadline, "delivery {last} did not come");
+        assert!(
+            Instant::now() < deadline,
+            "JetStream did not give up on the message"
+        );
     }
+    this
 }
 
 async fn wait_for(app: &TestApp, sql: &str, expected: i64) {
@@ -91,7 +106,7 @@ async fn a_message_never_settled_becomes_one_dead_letter_from_the_advisory_and_r
             .get_consumer(Worker::Analytics.name())
             .await
             .unwrap();
-    let (event_id, sequence) = receive_and_drop_until(&consumer, 2).await;
+    let (event_id, sequence) = receive_and_drop_until(&consumer, &config, &s.js, 2).await;
 
     // The worker, running as in production, hears of it only through the advisory.
     let (stop, stopped) = watch::channel(false);
