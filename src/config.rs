@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ordo_commands::checkpoint::{self, AuditKeys, Signer};
 use ordo_commands::privacy::{MasterKey, MasterKeys};
 use ordo_workers::{nats, NatsSettings, RelayConfig, WorkerConfig};
 
@@ -78,6 +79,30 @@ secret_url!(
     /// `DATABASE_URL`'s value, which may hold a password.
     DatabaseUrl
 );
+
+/// `ORDO_AUDIT_SIGNING_KEY`'s text; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyText(String);
+
+impl std::fmt::Debug for SigningKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for SigningKeyText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<String> for SigningKeyText {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
 
 /// A secret setting's value: `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -239,6 +264,21 @@ pub struct Config {
     )]
     pub webhook_disable_after_secs: u64,
 
+    /// Seconds before a failed webhook delivery's first retry; each later delay is three
+    /// times the one before (each plus up to as much again of jitter), up to
+    /// `ORDO_WEBHOOK_RETRY_MAX_SECS`.
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_FIRST_SECS", default_value_t = 5)]
+    pub webhook_retry_first_secs: u64,
+
+    /// The longest delay between two attempts at a webhook delivery (before jitter).
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_MAX_SECS", default_value_t = 36_000)]
+    pub webhook_retry_max_secs: u64,
+
+    /// Attempts at a webhook delivery in all; after the last it has failed (an admin may
+    /// retry it).
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_ATTEMPTS", default_value_t = 10)]
+    pub webhook_retry_attempts: u32,
+
     /// E-mails sent at once per process.
     #[arg(long, env = "ORDO_SMTP_CONCURRENCY", default_value_t = 4)]
     pub smtp_concurrency: usize,
@@ -304,6 +344,26 @@ pub struct Config {
     #[arg(long, env = "ORDO_PREVIOUS_MASTER_KEYS", hide_env_values = true)]
     pub previous_master_keys: Option<Secret>,
 
+    /// The Ed25519 key that signs checkpoints of the hash chain: base64 of a 32-byte seed
+    /// (`head -c 32 /dev/urandom | base64`). Keep it outside the database. Unset (and no
+    /// `ORDO_AUDIT_SIGNING_KEY_FILE`): checkpoints are not signed.
+    #[arg(long, env = "ORDO_AUDIT_SIGNING_KEY", hide_env_values = true)]
+    pub audit_signing_key: Option<SigningKeyText>,
+
+    /// A file holding `ORDO_AUDIT_SIGNING_KEY`'s text instead (e.g. a mounted secret).
+    #[arg(long, env = "ORDO_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+
+    /// The Ed25519 public key (base64) verification trusts, so an auditor can verify
+    /// without the signing key. Unset: the signing key's own public key.
+    #[arg(long, visible_alias = "public-key", env = "ORDO_AUDIT_PUBLIC_KEY")]
+    pub audit_public_key: Option<String>,
+
+    /// Seconds between signed checkpoints (skipped when nothing was appended); 0 signs
+    /// only on demand (`ordo audit checkpoint`, `POST /v1/audit/checkpoints`).
+    #[arg(long, env = "ORDO_AUDIT_CHECKPOINT_SECS", default_value_t = 300)]
+    pub audit_checkpoint_secs: u64,
+
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
     /// commits, before its answer is stored or sent. Debug builds only: a release build
     /// has neither the setting nor the hook.
@@ -363,6 +423,31 @@ impl Config {
         MasterKeys::new(current, previous)
             .map(Some)
             .map_err(|e| anyhow::anyhow!("ORDO_PREVIOUS_MASTER_KEYS: {e}"))
+    }
+
+    /// The audit signing key and the public key verification trusts.
+    pub fn audit_keys(&self) -> anyhow::Result<AuditKeys> {
+        let text = match (&self.audit_signing_key, &self.audit_signing_key_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set ORDO_AUDIT_SIGNING_KEY or ORDO_AUDIT_SIGNING_KEY_FILE, not both")
+            }
+            (Some(key), None) => Some(key.0.clone()),
+            (None, Some(file)) => Some(std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("ORDO_AUDIT_SIGNING_KEY_FILE {}: {e}", file.display())
+            })?),
+            (None, None) => None,
+        };
+        let signer = text
+            .map(|t| Signer::from_base64(&t))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_SIGNING_KEY: {e}"))?;
+        let public = self
+            .audit_public_key
+            .as_deref()
+            .map(checkpoint::public_key)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_PUBLIC_KEY: {e}"))?;
+        Ok(AuditKeys::new(signer, public))
     }
 
     /// The JetStream workers' settings (which workers run is [`Config::worker_names`]).
@@ -427,6 +512,22 @@ mod tests {
             error.contains("ORDO_MASTER_KEY") && error.contains("32"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_configuration_s_debug_output_hides_the_audit_signing_key() {
+        let config = Config {
+            audit_signing_key: Some(
+                "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM="
+                    .to_owned()
+                    .into(),
+            ),
+            ..Config::defaults()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("c2lnbmluZy1rZXktc2VjcmV0"), "{debug}");
+        assert!(config.audit_keys().unwrap().signer.is_some());
+        assert!(Config::defaults().audit_keys().unwrap().signer.is_none());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::retention::Retention;
+use ordo_workers::retry::RetrySchedule;
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
 use sqlx::PgPool;
@@ -69,6 +70,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// The HTTP server's header-read timeout and connection limit.
     server_limits: ordo_api::server::ServerLimits,
+    /// How often the head is signed (`None`: on demand only).
+    checkpoint_every: Option<Duration>,
 }
 
 impl Application {
@@ -108,8 +111,15 @@ impl Application {
                 "no master key (ORDO_MASTER_KEY or ORDO_MASTER_KEY_FILE): encryption of new personal data is off; customers' e-mail, name, phone, addresses and notes are stored in clear"
             );
         }
+        let audit = config.audit_keys()?;
+        if audit.signer.is_none() {
+            tracing::warn!(
+                "ORDO_AUDIT_SIGNING_KEY is not set: checkpoints of the hash chain are not signed"
+            );
+        }
         let api = ApiConfig {
             master_keys,
+            audit,
             metrics_elsewhere: metrics_listener.is_some(),
             body_limit: config.body_limit,
             #[cfg(debug_assertions)]
@@ -184,6 +194,12 @@ impl Application {
                 concurrency: config.webhook_concurrency,
                 per_endpoint: config.webhook_endpoint_concurrency.max(1),
                 disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                schedule: RetrySchedule {
+                    first: Duration::from_secs(config.webhook_retry_first_secs.max(1)),
+                    max_delay: Duration::from_secs(config.webhook_retry_max_secs.max(1)),
+                    attempts: config.webhook_retry_attempts.max(1),
+                    ..RetrySchedule::default()
+                },
                 ..DeliveryConfig::default()
             },
             listener,
@@ -193,6 +209,8 @@ impl Application {
                 header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
                 max_connections: config.http_max_connections.max(1),
             },
+            checkpoint_every: (config.audit_checkpoint_secs > 0)
+                .then(|| Duration::from_secs(config.audit_checkpoint_secs)),
             state,
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
@@ -408,6 +426,16 @@ impl Application {
                     stopped.clone(),
                 ))
             });
+        // Signed checkpoints, in every process holding the key; they take turns on a lock.
+        let checkpoints = match (&self.state.config.audit.signer, self.checkpoint_every) {
+            (Some(signer), Some(every)) => Some(tokio::spawn(ordo_commands::checkpoint::run(
+                self.state.pool.clone(),
+                signer.clone(),
+                every,
+                stopped.clone(),
+            ))),
+            _ => None,
+        };
         let metrics = self.metrics_listener.map(|listener| {
             let app = ordo_api::metrics::metrics_router(self.state.clone());
             let mut stopped = stopped.clone();
@@ -460,6 +488,9 @@ impl Application {
         purge.abort();
         if let Some(retention) = retention {
             retention.abort();
+        }
+        if let Some(checkpoints) = checkpoints {
+            checkpoints.abort();
         }
         if let Some(metrics) = metrics {
             metrics.abort();

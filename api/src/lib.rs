@@ -71,6 +71,8 @@ pub struct ApiConfig {
     /// The master keys personal data is sealed with (ADR 0020); `None`: encryption of new
     /// personal data is off (and `/readyz` says so).
     pub master_keys: Option<ordo_commands::privacy::MasterKeys>,
+    /// The checkpoint signing key (none: signing is off) and the key verifications trust.
+    pub audit: ordo_commands::checkpoint::AuditKeys,
 }
 
 impl Default for ApiConfig {
@@ -87,6 +89,7 @@ impl Default for ApiConfig {
             console_secure_cookie: false,
             metrics_elsewhere: false,
             master_keys: None,
+            audit: Default::default(),
         }
     }
 }
@@ -205,6 +208,7 @@ fn api_with_metrics(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenAp
         .merge(routes::payments::router())
         .merge(routes::customers::router())
         .merge(routes::audit::router())
+        .merge(routes::integrity::router())
         .merge(routes::projections::router())
         .merge(routes::analytics::router())
         .merge(routes::webhooks::router())

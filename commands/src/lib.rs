@@ -8,6 +8,7 @@ pub mod appender;
 pub mod audit;
 pub mod chain;
 pub mod channels;
+pub mod checkpoint;
 pub mod db;
 pub mod error;
 pub mod feed;
@@ -19,6 +20,7 @@ pub mod metadata;
 pub mod privacy;
 pub mod service;
 pub mod store;
+pub mod verification;
 
 pub use error::CommandError;
 pub use metadata::{Actor, CommandMetadata, IdempotentRequest};

@@ -61,7 +61,11 @@ async fn ready(State(app): State<AppState>) -> Response {
     let roles = app.readiness.roles.snapshot();
     let roles_up = roles.values().all(|s| *s == ProcessRoleState::Running);
     let ready = postgres_up && nats_up && roles_up;
-    let mut checks = json!({"postgres": postgres, "encryption": encryption(&app)});
+    let mut checks = json!({
+        "postgres": postgres,
+        "encryption": encryption(&app),
+        "audit_signing": audit_signing(&app),
+    });
     if let Some(nats) = nats {
         checks["nats"] = nats;
     }
@@ -89,6 +93,21 @@ fn encryption(app: &AppState) -> Value {
         None => json!({
             "status": "off",
             "detail": "no master key (ORDO_MASTER_KEY or ORDO_MASTER_KEY_FILE): new personal data is stored in clear",
+        }),
+    }
+}
+
+/// Whether this process signs checkpoints of the hash chain. Off does not make it unready:
+/// the chain still links, only without signatures.
+fn audit_signing(app: &AppState) -> Value {
+    match &app.config.audit.signer {
+        Some(signer) => json!({
+            "status": "on",
+            "public_key": ordo_commands::checkpoint::public_key_text(&signer.public_key()),
+        }),
+        None => json!({
+            "status": "off",
+            "detail": "ORDO_AUDIT_SIGNING_KEY is not set: checkpoints of the hash chain are not signed",
         }),
     }
 }
