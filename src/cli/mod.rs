@@ -2,6 +2,7 @@
 
 mod audit;
 mod channels;
+mod progress;
 mod projections;
 mod webhooks;
 mod workers;
@@ -54,7 +55,7 @@ enum Command {
         #[command(subcommand)]
         command: projections::ProjectionsCommand,
     },
-    /// Workers on JetStream: status, replay.
+    /// Workers on JetStream: status, replay; analytics recomputed from the log.
     Workers {
         #[command(subcommand)]
         command: workers::WorkersCommand,
