@@ -50,9 +50,11 @@ fn parse_only(name: &str) -> Result<Only, String> {
     if name == ordo_workers::analytics::NAME {
         return Ok(Only::Analytics);
     }
-    Projection::from_name(name).map(Only::Projection).ok_or_else(|| {
-        format!("no projection is called `{name}` (orders, payments, customers, analytics)")
-    })
+    Projection::from_name(name)
+        .map(Only::Projection)
+        .ok_or_else(|| {
+            format!("no projection is called `{name}` (orders, payments, customers, analytics)")
+        })
 }
 
 /// Rows waiting to be inserted.

@@ -57,7 +57,12 @@ impl Policy for Analytics {
         // and this batch for the swap (ADR 0021).
         let counted_through = rebuild::counted_through(tx).await?;
         let mut effects = Effects::default();
-        for event in events.iter().filter(|e| e.position > counted_through) {
+        for event in events {
+            // Never recomputed (0): everything counts, as before recomputes existed, even
+            // a message without a position (none the relay publishes).
+            if counted_through > 0 && event.position <= counted_through {
+                continue;
+            }
             effects.absorb(&Effects::of(event)?)?;
         }
         effects.write(tx, rebuild::LIVE).await?;
