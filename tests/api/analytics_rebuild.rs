@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ordo::ProcessRole;
-use ordo_api::Role::{Analyst, Storefront, Support};
+use ordo_api::Role::Analyst;
 use ordo_workers::analytics::{self, RebuildError, Rebuilt};
 use ordo_workers::{Worker, WorkerRunner};
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::helpers::{spawn_app_with, TestApp};
@@ -52,39 +51,6 @@ async fn totals(app: &TestApp) -> (i64, i64) {
     (funnel.body["placed"].as_i64().unwrap(), gross)
 }
 
-/// Some of everything the worker counts: two orders, one paid and partly refunded, the
-/// other cancelled.
-async fn shop(app: &TestApp) {
-    let customer = app.register_customer().await;
-    let paid = app.place_order(&customer).await;
-    let cancelled = app.place_order(&customer).await;
-    app.post(Storefront, &format!("/v1/orders/{paid}/confirm"), json!({}))
-        .await
-        .assert_status(200);
-    let payment = app.authorized_payment(&paid, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/refund"),
-        json!({"amount": 500, "reason": "r"}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Support,
-        &format!("/v1/orders/{cancelled}/cancel"),
-        json!({"reason": "r"}),
-    )
-    .await
-    .assert_status(200);
-}
-
 /// Publish everything and let the worker handle every event.
 async fn settle(app: &TestApp, s: &Setup, runner: &WorkerRunner) {
     s.publish_all(app).await;
@@ -117,15 +83,22 @@ async fn worker(app: &TestApp, s: &Setup) -> WorkerRunner {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_recompute_from_zero_equals_what_the_worker_counted_live() {
+/// An application whose `shops` × [`TestApp::paid_and_cancelled_orders`] the live worker
+/// has counted.
+async fn counted_live(shops: usize) -> (TestApp, Setup, WorkerRunner) {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
-    for _ in 0..3 {
-        shop(&app).await;
+    for _ in 0..shops {
+        app.paid_and_cancelled_orders().await;
     }
     let s = setup(&app).await;
     let runner = worker(&app, &s).await;
     settle(&app, &s, &runner).await;
+    (app, s, runner)
+}
+
+#[tokio::test]
+async fn a_recompute_from_zero_equals_what_the_worker_counted_live() {
+    let (app, s, _runner) = counted_live(3).await;
     let live = tables(&app).await;
     assert_eq!(totals(&app).await, (6, 6 * 2999));
 
@@ -171,10 +144,10 @@ async fn each_event_is_counted_once_whichever_side_of_the_swap_the_worker_sees_i
     let s = setup(&app).await;
     let runner = worker(&app, &s).await;
     // Counted live before the recompute, then again by the recompute: once in the end.
-    shop(&app).await;
+    app.paid_and_cancelled_orders().await;
     settle(&app, &s, &runner).await;
     // Recorded before the recompute, seen by the worker only after the swap.
-    shop(&app).await;
+    app.paid_and_cancelled_orders().await;
     s.publish_all(&app).await;
 
     recompute(&app, 5).await;
@@ -187,7 +160,7 @@ async fn each_event_is_counted_once_whichever_side_of_the_swap_the_worker_sees_i
     );
 
     // Recorded after the swap: the worker counts it.
-    shop(&app).await;
+    app.paid_and_cancelled_orders().await;
     settle(&app, &s, &runner).await;
     assert_eq!(totals(&app).await, (6, 6 * 2999));
     s.cleanup().await;
@@ -195,13 +168,8 @@ async fn each_event_is_counted_once_whichever_side_of_the_swap_the_worker_sees_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recompute_during_concurrent_writes_and_a_live_worker_counts_every_event_once() {
-    let app = Arc::new(spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await);
-    for _ in 0..5 {
-        shop(&app).await;
-    }
-    let s = Arc::new(setup(&app).await);
-    let runner = Arc::new(worker(&app, &s).await);
-    settle(&app, &s, &runner).await;
+    let (app, s, runner) = counted_live(5).await;
+    let (app, s, runner) = (Arc::new(app), Arc::new(s), Arc::new(runner));
 
     // Orders keep coming, and the relay and the worker keep going, while it recomputes.
     let done = Arc::new(AtomicBool::new(false));
@@ -244,13 +212,7 @@ async fn a_recompute_during_concurrent_writes_and_a_live_worker_counts_every_eve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_recompute_leaves_the_live_tables_serving_and_the_next_one_resumes() {
-    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
-    for _ in 0..3 {
-        shop(&app).await;
-    }
-    let s = setup(&app).await;
-    let runner = worker(&app, &s).await;
-    settle(&app, &s, &runner).await;
+    let (app, s, runner) = counted_live(3).await;
     let live = tables(&app).await;
 
     // Killed after its second batch: the callback holds the recompute there until the task
@@ -288,7 +250,7 @@ async fn a_killed_recompute_leaves_the_live_tables_serving_and_the_next_one_resu
     assert_eq!(tables(&app).await, live);
     assert_eq!(totals(&app).await, (6, 6 * 2999));
     // The worker goes on counting into the live tables.
-    shop(&app).await;
+    app.paid_and_cancelled_orders().await;
     settle(&app, &s, &runner).await;
     assert_eq!(totals(&app).await, (8, 8 * 2999));
 
@@ -300,11 +262,7 @@ async fn a_killed_recompute_leaves_the_live_tables_serving_and_the_next_one_resu
 
 #[tokio::test]
 async fn a_failed_recompute_leaves_the_live_tables_serving_and_resumes_once_fixed() {
-    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
-    shop(&app).await;
-    let s = setup(&app).await;
-    let runner = worker(&app, &s).await;
-    settle(&app, &s, &runner).await;
+    let (app, s, _runner) = counted_live(1).await;
     let live = tables(&app).await;
 
     // A check the live rows were never held to, which the shadow tables (made like the live
