@@ -136,7 +136,12 @@ async fn a_hanging_endpoint_delays_only_its_own_deliveries_and_holds_no_write_tr
         async || healthy.received().len() as i64 == events,
     )
     .await;
-    assert!(hanging.accepted.load(Ordering::SeqCst) > 0);
+    eventually(
+        Duration::from_secs(4),
+        "the hanging endpoint holds requests",
+        async || hanging.accepted.load(Ordering::SeqCst) > 0,
+    )
+    .await;
     let in_flight: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM integration.outbox WHERE endpoint_id = $1::uuid
             AND status = 'pending' AND leased_until > now()",

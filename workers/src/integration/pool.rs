@@ -1,17 +1,22 @@
 //! The delivery pool: sends the outbox's due deliveries, each endpoint with its own queue.
 //!
-//! A round claims what is due in one statement: per endpoint, the oldest pending delivery
-//! of each aggregate (so an aggregate's deliveries go in order: a later one waits while an
-//! earlier one is pending, retries included), at most `per_endpoint` in flight per endpoint
-//! and `concurrency` overall. A claim is a lease (`leased_until`), longer than a request may
-//! take: no transaction is open while the request is. Each delivery is then sent on its own
-//! task and its outcome recorded in one short transaction: the attempt row, the delivery's
-//! new status or next attempt (the retry schedule), and the endpoint's failing state — an
-//! endpoint failing for longer than `disable_after` is disabled.
+//! Each endpoint with due deliveries has a driver of its own: it leases what the endpoint
+//! may take (per endpoint, the oldest pending delivery of each aggregate — an aggregate's
+//! deliveries go in order, a later one waits while an earlier one is pending, retries
+//! included — at most `per_endpoint` in flight, and no more than the pool's free slots out
+//! of `concurrency`), sends each on its own task, and leases again as soon as one is done.
+//! An endpoint that hangs holds its own slots until the timeout and nothing else; a healthy
+//! one is sent to at the pace it answers. A claim is a lease (`leased_until`), longer than
+//! a request may take: no transaction is open while the request is. Each outcome is
+//! recorded in one short transaction: the attempt row, the delivery's new status or next
+//! attempt (the retry schedule, which pushes the aggregate's later deliveries back with
+//! it), and the endpoint's failing state — an endpoint failing for longer than
+//! `disable_after` is disabled.
 //!
 //! At least once: if the process dies between a 2xx and the record, the lease runs out and
 //! the delivery is sent again with the same `webhook-id`, which receivers use to dedupe.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +25,7 @@ use chrono::Utc;
 use ordo_runtime::telemetry;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -65,6 +70,8 @@ struct Claimed {
     endpoint_id: Uuid,
     event_id: Uuid,
     event_type: String,
+    aggregate_id: String,
+    position: i64,
     body: Value,
     traceparent: Option<String>,
     /// This attempt's number (from 1).
@@ -107,63 +114,126 @@ impl DeliveryPool {
 
     /// Send due deliveries until `shutdown` turns true; then wait for the requests in
     /// flight (each bounded by the timeout) and record them.
+    ///
+    /// Every `poll`, the endpoints with due deliveries and no driver get one; a driver ends
+    /// when its endpoint has nothing due and nothing in flight.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tasks = JoinSet::new();
+        let mut drivers: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-            let claimed = match self.claim().await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim webhook deliveries");
-                    Vec::new()
+            drivers.retain(|_, driver| !driver.is_finished());
+            match self.due_endpoints().await {
+                Ok(due) => {
+                    for endpoint in due {
+                        if let Entry::Vacant(slot) = drivers.entry(endpoint) {
+                            let this = self.clone();
+                            let stop = shutdown.clone();
+                            slot.insert(tokio::spawn(this.drive(endpoint, stop)));
+                        }
+                    }
                 }
-            };
-            let found = !claimed.is_empty();
-            for delivery in claimed {
-                let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let this = self.clone();
-                tasks.spawn(async move {
-                    this.deliver(delivery).await;
-                    drop(permit);
-                });
+                Err(e) => tracing::warn!(error = %e, "cannot look for due webhook deliveries"),
             }
-            while tasks.try_join_next().is_some() {}
             tokio::select! {
-                _ = tokio::time::sleep(self.config.poll), if !found => {}
-                Some(_) = tasks.join_next(), if found && !tasks.is_empty() => {}
-                _ = tokio::time::sleep(self.config.poll / 4), if found => {}
+                _ = tokio::time::sleep(self.config.poll) => {}
                 _ = gauges.tick() => self.export_gauges().await,
                 _ = shutdown.changed() => {}
             }
         }
-        while tasks.join_next().await.is_some() {}
+        for (_, driver) in drivers {
+            let _ = driver.await;
+        }
     }
 
-    /// One round, for tests: claim what is due, send it and record it all. Returns how many
-    /// deliveries were attempted.
+    /// One endpoint's driver: lease what the endpoint may take, send it, lease again when a
+    /// request is done; end when nothing is due and nothing in flight, or at `shutdown`
+    /// once the requests in flight are recorded.
+    async fn drive(self: Arc<Self>, endpoint: Uuid, mut shutdown: watch::Receiver<bool>) {
+        let mut in_flight = JoinSet::new();
+        loop {
+            let stopping = *shutdown.borrow() || shutdown.has_changed().is_err();
+            let room = self.config.per_endpoint.saturating_sub(in_flight.len());
+            let mut found = 0;
+            if !stopping && room > 0 {
+                match self.claim(endpoint, room).await {
+                    Ok(claimed) => {
+                        found = claimed.len();
+                        for (delivery, permit) in claimed {
+                            let this = self.clone();
+                            in_flight.spawn(async move {
+                                this.deliver(delivery).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(endpoint.id = %endpoint, error = %e,
+                        "cannot claim webhook deliveries"),
+                }
+            }
+            if in_flight.is_empty() && (found == 0 || stopping) {
+                return;
+            }
+            tokio::select! {
+                Some(_) = in_flight.join_next() => {}
+                // Deliveries that came due meanwhile, while a slow request holds a slot.
+                _ = tokio::time::sleep(self.config.poll), if !stopping => {}
+                _ = shutdown.changed(), if !stopping => {}
+            }
+        }
+    }
+
+    /// The active endpoints with a delivery due and not leased (perhaps one that waits for
+    /// an earlier delivery of its aggregate: its driver finds out).
+    async fn due_endpoints(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT e.id FROM integration.endpoints e
+              WHERE e.disabled_at IS NULL
+                AND EXISTS (SELECT 1 FROM integration.outbox o
+                             WHERE o.endpoint_id = e.id AND o.status = 'pending'
+                               AND o.next_attempt_at <= now()
+                               AND (o.leased_until IS NULL OR o.leased_until <= now()))",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// One round, for tests: claim what is due at every endpoint, send it and record it
+    /// all. Returns how many deliveries were attempted.
     pub async fn step(&self) -> Result<usize, sqlx::Error> {
-        let claimed = self.claim().await?;
+        let mut claimed = Vec::new();
+        for endpoint in self.due_endpoints().await? {
+            claimed.extend(self.claim(endpoint, self.config.per_endpoint).await?);
+        }
         let n = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        futures::future::join_all(claimed.into_iter().map(|(d, _permit)| self.deliver(d))).await;
         Ok(n)
     }
 
-    /// Lease what is due, within the concurrency limits (free slots overall, and
-    /// `per_endpoint` minus what an endpoint has in flight).
-    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
-        let free = self.slots.available_permits();
-        if free == 0 {
+    /// Lease up to `room` of `endpoint`'s due deliveries, within the pool's free slots
+    /// (each delivery comes with its slot) and `per_endpoint` minus what the endpoint has
+    /// in flight from any pool.
+    async fn claim(
+        &self,
+        endpoint: Uuid,
+        room: usize,
+    ) -> Result<Vec<(Claimed, OwnedSemaphorePermit)>, sqlx::Error> {
+        let mut permits: Vec<OwnedSemaphorePermit> =
+            std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok())
+                .take(room)
+                .collect();
+        if permits.is_empty() {
             return Ok(Vec::new());
         }
         let lease = self.config.timeout + Duration::from_secs(30);
-        sqlx::query_as(CLAIM)
+        let claimed: Vec<Claimed> = sqlx::query_as(CLAIM)
+            .bind(endpoint)
+            .bind(i64::try_from(permits.len()).unwrap_or(i64::MAX))
             .bind(i64::try_from(self.config.per_endpoint).unwrap_or(i64::MAX))
-            .bind(i64::try_from(free).unwrap_or(i64::MAX))
             .bind(lease.as_secs_f64())
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        permits.truncate(claimed.len());
+        Ok(claimed.into_iter().zip(permits).collect())
     }
 
     async fn deliver(&self, delivery: Claimed) {
@@ -290,6 +360,27 @@ impl DeliveryPool {
         .bind(status)
         .bind(outcome.status_code.map(i32::from))
         .bind(&outcome.error)
+        .bind(retry_in.unwrap_or_default().as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        // The aggregate's later deliveries to this endpoint wait for this one: a retry pushes
+        // them back with it (so that claims do not walk past them meanwhile), and once it is
+        // settled they are due at once. Only those never attempted: their due time is this
+        // bookkeeping alone.
+        sqlx::query(
+            "UPDATE integration.outbox
+                SET next_attempt_at = CASE WHEN $5 = 'pending'
+                                           THEN greatest(next_attempt_at,
+                                                         now() + make_interval(secs => $6))
+                                           ELSE least(next_attempt_at, now()) END
+              WHERE endpoint_id = $1 AND aggregate_id = $2 AND status = 'pending'
+                AND attempts = 0 AND (position, id) > ($3, $4)",
+        )
+        .bind(d.endpoint_id)
+        .bind(&d.aggregate_id)
+        .bind(d.position)
+        .bind(d.id)
+        .bind(status)
         .bind(retry_in.unwrap_or_default().as_secs_f64())
         .execute(&mut *tx)
         .await?;
