@@ -203,6 +203,21 @@ pub struct Config {
     )]
     pub webhook_disable_after_secs: u64,
 
+    /// Seconds before a failed webhook delivery's first retry; each later delay is three
+    /// times the one before (each plus up to as much again of jitter), up to
+    /// `ORDO_WEBHOOK_RETRY_MAX_SECS`.
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_FIRST_SECS", default_value_t = 5)]
+    pub webhook_retry_first_secs: u64,
+
+    /// The longest delay between two attempts at a webhook delivery (before jitter).
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_MAX_SECS", default_value_t = 36_000)]
+    pub webhook_retry_max_secs: u64,
+
+    /// Attempts at a webhook delivery in all; after the last it has failed (an admin may
+    /// retry it).
+    #[arg(long, env = "ORDO_WEBHOOK_RETRY_ATTEMPTS", default_value_t = 10)]
+    pub webhook_retry_attempts: u32,
+
     /// E-mails sent at once per process.
     #[arg(long, env = "ORDO_SMTP_CONCURRENCY", default_value_t = 4)]
     pub smtp_concurrency: usize,

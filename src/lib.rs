@@ -23,6 +23,7 @@ use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};
 use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::retention::Retention;
+use ordo_workers::retry::RetrySchedule;
 use ordo_workers::tls::TrustRoots;
 use ordo_workers::{ProcessManager, RelayConfig, Worker, WorkerConfig};
 use sqlx::PgPool;
@@ -177,6 +178,12 @@ impl Application {
                 concurrency: config.webhook_concurrency,
                 per_endpoint: config.webhook_endpoint_concurrency.max(1),
                 disable_after: Duration::from_secs(config.webhook_disable_after_secs),
+                schedule: RetrySchedule {
+                    first: Duration::from_secs(config.webhook_retry_first_secs.max(1)),
+                    max_delay: Duration::from_secs(config.webhook_retry_max_secs.max(1)),
+                    attempts: config.webhook_retry_attempts.max(1),
+                    ..RetrySchedule::default()
+                },
                 ..DeliveryConfig::default()
             },
             listener,

@@ -9,11 +9,15 @@
 -- not due yet: scheduling a retry pushes the aggregate's later deliveries back with it.
 -- The target row's conditions are checked again under its lock, so two pools never lease
 -- one delivery.
+--
+-- Run unprepared (planned with its parameters each time): a plan cached while the outbox
+-- was nearly empty walked every pending delivery once per row and took seconds at a
+-- backlog of thousands. The update reaches the picked rows by primary key whatever the plan.
 WITH busy AS (
     SELECT count(*) AS n
       FROM integration.outbox
      WHERE endpoint_id = $1 AND status = 'pending' AND leased_until > now()
-), picked AS (
+), picked AS MATERIALIZED (
     SELECT o.id
       FROM integration.outbox o
      WHERE o.endpoint_id = $1
@@ -29,8 +33,8 @@ WITH busy AS (
 )
 UPDATE integration.outbox o
    SET leased_until = now() + make_interval(secs => $4), attempts = o.attempts + 1
-  FROM picked, integration.endpoints e
- WHERE o.id = picked.id AND e.id = o.endpoint_id AND e.disabled_at IS NULL
+  FROM integration.endpoints e
+ WHERE o.id = ANY (ARRAY(SELECT id FROM picked)) AND e.id = o.endpoint_id AND e.disabled_at IS NULL
    AND o.status = 'pending' AND (o.leased_until IS NULL OR o.leased_until <= now())
 RETURNING o.id, o.endpoint_id, o.event_id, o.event_type, o.aggregate_id, o.position, o.body,
           o.traceparent, o.attempts, e.url, e.secret,

@@ -100,6 +100,7 @@ pub struct DeliveryPool {
 const STATES: [&str; 3] = ["active", "failing", "disabled"];
 
 const CLAIM: &str = include_str!("claim.sql");
+const RECORD: &str = include_str!("record.sql");
 
 impl DeliveryPool {
     pub fn new(pool: PgPool, client: WebhookClient, config: DeliveryConfig) -> Arc<Self> {
@@ -225,7 +226,9 @@ impl DeliveryPool {
             return Ok(Vec::new());
         }
         let lease = self.config.timeout + Duration::from_secs(30);
+        // Unprepared: see claim.sql.
         let claimed: Vec<Claimed> = sqlx::query_as(CLAIM)
+            .persistent(false)
             .bind(endpoint)
             .bind(i64::try_from(permits.len()).unwrap_or(i64::MAX))
             .bind(i64::try_from(self.config.per_endpoint).unwrap_or(i64::MAX))
@@ -318,117 +321,42 @@ impl DeliveryPool {
         }
     }
 
-    /// Record an attempt and what follows from it, in one short transaction.
+    /// Record an attempt and what follows from it, in one statement (record.sql).
     async fn record(&self, d: &Claimed, outcome: &Outcome) -> Result<(), sqlx::Error> {
         let attempt = u32::try_from(d.attempts).unwrap_or(1);
         let retry_in = match outcome.error {
             None => None,
             Some(_) => self.config.schedule.delay_after(attempt),
         };
-        let mut tx = ordo_commands::db::begin(&self.pool).await?;
-        sqlx::query(
-            "INSERT INTO integration.deliveries
-                 (id, endpoint_id, event_id, event_type, attempt, status_code, ok, error,
-                  duration_ms, delivery_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(d.endpoint_id)
-        .bind(d.event_id)
-        .bind(&d.event_type)
-        .bind(d.attempts)
-        .bind(outcome.status_code.map(i32::from))
-        .bind(outcome.error.is_none())
-        .bind(&outcome.error)
-        .bind(i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX))
-        .bind(d.id)
-        .execute(&mut *tx)
-        .await?;
         let status = match (&outcome.error, retry_in) {
             (None, _) => "delivered",
             (Some(_), Some(_)) => "pending",
             (Some(_), None) => "failed",
         };
-        sqlx::query(
-            "UPDATE integration.outbox
-                SET status = $2, leased_until = NULL, last_status_code = $3, last_error = $4,
-                    next_attempt_at = now() + make_interval(secs => $5),
-                    delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
-              WHERE id = $1",
-        )
-        .bind(d.id)
-        .bind(status)
-        .bind(outcome.status_code.map(i32::from))
-        .bind(&outcome.error)
-        .bind(retry_in.unwrap_or_default().as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        // The aggregate's later deliveries to this endpoint wait for this one: a retry pushes
-        // them back with it (so that claims do not walk past them meanwhile), and once it is
-        // settled they are due at once. Only those never attempted: their due time is this
-        // bookkeeping alone.
-        sqlx::query(
-            "UPDATE integration.outbox
-                SET next_attempt_at = CASE WHEN $5 = 'pending'
-                                           THEN greatest(next_attempt_at,
-                                                         now() + make_interval(secs => $6))
-                                           ELSE least(next_attempt_at, now()) END
-              WHERE endpoint_id = $1 AND aggregate_id = $2 AND status = 'pending'
-                AND attempts = 0 AND (position, id) > ($3, $4)",
-        )
-        .bind(d.endpoint_id)
-        .bind(&d.aggregate_id)
-        .bind(d.position)
-        .bind(d.id)
-        .bind(status)
-        .bind(retry_in.unwrap_or_default().as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        let disabled = match outcome.error {
-            None => {
-                sqlx::query(
-                    "UPDATE integration.endpoints SET failing_since = NULL
-                      WHERE id = $1 AND failing_since IS NOT NULL",
-                )
-                .bind(d.endpoint_id)
-                .execute(&mut *tx)
-                .await?;
-                false
-            }
-            Some(_) => self.failed(&mut tx, d.endpoint_id).await?,
-        };
-        tx.commit().await?;
+        let disabled: bool = sqlx::query_scalar(RECORD)
+            .persistent(false)
+            .bind(d.id)
+            .bind(d.endpoint_id)
+            .bind(d.event_id)
+            .bind(&d.event_type)
+            .bind(d.attempts)
+            .bind(outcome.status_code.map(i32::from))
+            .bind(outcome.error.is_none())
+            .bind(&outcome.error)
+            .bind(i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX))
+            .bind(Uuid::now_v7())
+            .bind(status)
+            .bind(retry_in.unwrap_or_default().as_secs_f64())
+            .bind(&d.aggregate_id)
+            .bind(d.position)
+            .bind(self.config.disable_after.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await?;
         if disabled {
             metrics::counter!("ordo_webhook_endpoints_auto_disabled_total").increment(1);
             tracing::warn!(endpoint.id = %d.endpoint_id, "webhook endpoint disabled: failing for too long");
         }
         Ok(())
-    }
-
-    /// Note a failure of the endpoint; disable it if it has been failing for longer than
-    /// `disable_after`. Returns whether it was disabled now.
-    async fn failed(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        endpoint: Uuid,
-    ) -> Result<bool, sqlx::Error> {
-        let disabled: Option<bool> = sqlx::query_scalar(
-            "UPDATE integration.endpoints
-                SET failing_since = coalesce(failing_since, now()),
-                    disabled_at = CASE WHEN failing_since <= now() - make_interval(secs => $2)
-                                       THEN now() END,
-                    disabled_reason = CASE WHEN failing_since <= now() - make_interval(secs => $2)
-                                           THEN 'auto' END,
-                    updated_at = CASE WHEN failing_since <= now() - make_interval(secs => $2)
-                                      THEN now() ELSE updated_at END
-              WHERE id = $1 AND disabled_at IS NULL
-          RETURNING disabled_at IS NOT NULL",
-        )
-        .bind(endpoint)
-        .bind(self.config.disable_after.as_secs_f64())
-        .fetch_optional(&mut *tx)
-        .await?;
-        Ok(disabled.unwrap_or(false))
     }
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.
