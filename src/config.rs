@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ordo_commands::checkpoint::{self, AuditKeys, Signer};
 use ordo_workers::{nats, NatsSettings, RelayConfig, WorkerConfig};
 
 /// What a process runs: `ordo serve --roles …`. A process role, not an API key's role
@@ -77,6 +78,30 @@ secret_url!(
     /// `DATABASE_URL`'s value, which may hold a password.
     DatabaseUrl
 );
+
+/// `ORDO_AUDIT_SIGNING_KEY`'s text; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyText(String);
+
+impl std::fmt::Debug for SigningKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for SigningKeyText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<String> for SigningKeyText {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -262,6 +287,26 @@ pub struct Config {
     #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
+    /// The Ed25519 key that signs checkpoints of the hash chain: base64 of a 32-byte seed
+    /// (`head -c 32 /dev/urandom | base64`). Keep it outside the database. Unset (and no
+    /// `ORDO_AUDIT_SIGNING_KEY_FILE`): checkpoints are not signed.
+    #[arg(long, env = "ORDO_AUDIT_SIGNING_KEY", hide_env_values = true)]
+    pub audit_signing_key: Option<SigningKeyText>,
+
+    /// A file holding `ORDO_AUDIT_SIGNING_KEY`'s text instead (e.g. a mounted secret).
+    #[arg(long, env = "ORDO_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+
+    /// The Ed25519 public key (base64) verification trusts, so an auditor can verify
+    /// without the signing key. Unset: the signing key's own public key.
+    #[arg(long, visible_alias = "public-key", env = "ORDO_AUDIT_PUBLIC_KEY")]
+    pub audit_public_key: Option<String>,
+
+    /// Seconds between signed checkpoints (skipped when nothing was appended); 0 signs
+    /// only on demand (`ordo audit checkpoint`, `POST /v1/audit/checkpoints`).
+    #[arg(long, env = "ORDO_AUDIT_CHECKPOINT_SECS", default_value_t = 300)]
+    pub audit_checkpoint_secs: u64,
+
     /// Test-only fault injection: abort right after a command with an Idempotency-Key
     /// commits, before its answer is stored or sent. Debug builds only: a release build
     /// has neither the setting nor the hook.
@@ -299,6 +344,31 @@ impl Config {
         RelayConfig::over(&self.nats())
     }
 
+    /// The audit signing key and the public key verification trusts.
+    pub fn audit_keys(&self) -> anyhow::Result<AuditKeys> {
+        let text = match (&self.audit_signing_key, &self.audit_signing_key_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set ORDO_AUDIT_SIGNING_KEY or ORDO_AUDIT_SIGNING_KEY_FILE, not both")
+            }
+            (Some(key), None) => Some(key.0.clone()),
+            (None, Some(file)) => Some(std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("ORDO_AUDIT_SIGNING_KEY_FILE {}: {e}", file.display())
+            })?),
+            (None, None) => None,
+        };
+        let signer = text
+            .map(|t| Signer::from_base64(&t))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_SIGNING_KEY: {e}"))?;
+        let public = self
+            .audit_public_key
+            .as_deref()
+            .map(checkpoint::public_key)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_PUBLIC_KEY: {e}"))?;
+        Ok(AuditKeys::new(signer, public))
+    }
+
     /// The JetStream workers' settings (which workers run is [`Config::worker_names`]).
     pub fn workers(&self) -> WorkerConfig {
         WorkerConfig::over(&self.nats())
@@ -331,6 +401,22 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("smtps://***@mail.example.com"), "{debug}");
+    }
+
+    #[test]
+    fn the_configuration_s_debug_output_hides_the_audit_signing_key() {
+        let config = Config {
+            audit_signing_key: Some(
+                "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM="
+                    .to_owned()
+                    .into(),
+            ),
+            ..Config::defaults()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("c2lnbmluZy1rZXktc2VjcmV0"), "{debug}");
+        assert!(config.audit_keys().unwrap().signer.is_some());
+        assert!(Config::defaults().audit_keys().unwrap().signer.is_none());
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// The HTTP server's header-read timeout and connection limit.
     server_limits: ordo_api::server::ServerLimits,
+    /// How often the head is signed (`None`: on demand only).
+    checkpoint_every: Option<Duration>,
 }
 
 impl Application {
@@ -103,7 +105,14 @@ impl Application {
             None => None,
         };
         ordo_runtime::metrics::install();
+        let audit = config.audit_keys()?;
+        if audit.signer.is_none() {
+            tracing::warn!(
+                "ORDO_AUDIT_SIGNING_KEY is not set: checkpoints of the hash chain are not signed"
+            );
+        }
         let api = ApiConfig {
+            audit,
             metrics_elsewhere: metrics_listener.is_some(),
             body_limit: config.body_limit,
             #[cfg(debug_assertions)]
@@ -193,6 +202,8 @@ impl Application {
                 header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
                 max_connections: config.http_max_connections.max(1),
             },
+            checkpoint_every: (config.audit_checkpoint_secs > 0)
+                .then(|| Duration::from_secs(config.audit_checkpoint_secs)),
             state,
             roles: config.roles.clone(),
             runner: RunnerConfig::default(),
@@ -394,6 +405,16 @@ impl Application {
                     stopped.clone(),
                 ))
             });
+        // Signed checkpoints, in every process holding the key; they take turns on a lock.
+        let checkpoints = match (&self.state.config.audit.signer, self.checkpoint_every) {
+            (Some(signer), Some(every)) => Some(tokio::spawn(ordo_commands::checkpoint::run(
+                self.state.pool.clone(),
+                signer.clone(),
+                every,
+                stopped.clone(),
+            ))),
+            _ => None,
+        };
         let metrics = self.metrics_listener.map(|listener| {
             let app = ordo_api::metrics::metrics_router(self.state.clone());
             let mut stopped = stopped.clone();
@@ -446,6 +467,9 @@ impl Application {
         purge.abort();
         if let Some(retention) = retention {
             retention.abort();
+        }
+        if let Some(checkpoints) = checkpoints {
+            checkpoints.abort();
         }
         if let Some(metrics) = metrics {
             metrics.abort();

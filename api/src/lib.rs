@@ -68,6 +68,8 @@ pub struct ApiConfig {
     /// `/metrics` has a listener of its own (`ORDO_METRICS_ADDR`): the API's address does
     /// not serve it.
     pub metrics_elsewhere: bool,
+    /// The checkpoint signing key (none: signing is off) and the key verifications trust.
+    pub audit: ordo_commands::checkpoint::AuditKeys,
 }
 
 impl Default for ApiConfig {
@@ -83,6 +85,7 @@ impl Default for ApiConfig {
             limits: limits::RequestLimits::default(),
             console_secure_cookie: false,
             metrics_elsewhere: false,
+            audit: Default::default(),
         }
     }
 }
@@ -198,6 +201,7 @@ fn api_with_metrics(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenAp
         .merge(routes::payments::router())
         .merge(routes::customers::router())
         .merge(routes::audit::router())
+        .merge(routes::integrity::router())
         .merge(routes::projections::router())
         .merge(routes::analytics::router())
         .merge(routes::webhooks::router())

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
+use ordo_commands::chain;
 use ordo_domain::customer::{Customer, CustomerCommand, RegisterCustomer};
 use ordo_domain::event::EventName;
 use ordo_domain::order::{NewLine, Order, OrderCommand, PlaceOrder, ShipOrder};
@@ -57,17 +58,41 @@ fn parse_only(name: &str) -> Result<Only, String> {
         })
 }
 
-/// Rows waiting to be inserted.
+/// The metadata of every seeded event.
+const SEED_METADATA: &str = r#"{"actor_name":"seed","actor_role":"admin"}"#;
+
+/// Rows waiting to be inserted, linked into the hash chain as the appender links events
+/// (`ordo_commands::chain`), so that `ordo audit verify` has a real chain to walk.
 #[derive(Default)]
 struct Rows {
     aggregate_type: Vec<&'static str>,
     aggregate_id: Vec<String>,
     sequence: Vec<i64>,
     event_type: Vec<&'static str>,
-    payload: Vec<serde_json::Value>,
+    /// Canonical JSON text: what is hashed is what is stored.
+    payload: Vec<String>,
+    /// The hash of the last event written: the chain continues from it.
+    head: chain::Hash,
 }
 
 impl Rows {
+    /// Continue the chain from the log's last event.
+    async fn after_head(pool: &PgPool) -> anyhow::Result<Self> {
+        let last: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT hash FROM event_store.events ORDER BY global_position DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?;
+        let head = last
+            .flatten()
+            .and_then(|h| chain::Hash::try_from(h.as_slice()).ok())
+            .unwrap_or(chain::ZERO);
+        Ok(Self {
+            head,
+            ..Self::default()
+        })
+    }
+
     fn push<E: Serialize + EventName>(
         &mut self,
         aggregate_type: &'static str,
@@ -79,7 +104,8 @@ impl Rows {
         self.aggregate_id.push(id.to_string());
         self.sequence.push(sequence);
         self.event_type.push(event.name());
-        self.payload.push(serde_json::to_value(event)?);
+        self.payload
+            .push(chain::canonical(&serde_json::to_value(event)?));
         Ok(())
     }
 
@@ -91,19 +117,50 @@ impl Rows {
         if self.len() == 0 {
             return Ok(());
         }
+        let recorded_at = chain::to_micros(Utc::now());
+        let mut event_ids = Vec::with_capacity(self.len());
+        let mut hashes = Vec::with_capacity(self.len());
+        for i in 0..self.len() {
+            let event_id = Uuid::new_v4();
+            self.head = chain::link(
+                &self.head,
+                &chain::Linked {
+                    aggregate_type: self.aggregate_type[i],
+                    aggregate_id: &self.aggregate_id[i],
+                    sequence: self.sequence[i],
+                    event_type: self.event_type[i],
+                    schema_version: "1",
+                    data: &self.payload[i],
+                    metadata: SEED_METADATA,
+                    event_id,
+                    recorded_at,
+                },
+            );
+            event_ids.push(event_id);
+            hashes.push(self.head.to_vec());
+        }
         sqlx::query(
-            "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             SELECT t, i, s, e, '1', p, '{\"actor_name\": \"seed\", \"actor_role\": \"admin\"}'::jsonb
-               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[]) AS u(t, i, s, e, p)",
+            "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, event_id, recorded_at, hash)
+             SELECT t, i, s, e, '1', p::jsonb, $6::jsonb, id, $7, h
+               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $8::uuid[], $9::bytea[])
+                    WITH ORDINALITY AS u(t, i, s, e, p, id, h, n)
+              ORDER BY n",
         )
         .bind(&self.aggregate_type)
         .bind(&self.aggregate_id)
         .bind(&self.sequence)
         .bind(&self.event_type)
         .bind(&self.payload)
+        .bind(SEED_METADATA)
+        .bind(recorded_at)
+        .bind(&event_ids)
+        .bind(&hashes)
         .execute(pool)
         .await?;
-        *self = Rows::default();
+        *self = Self {
+            head: self.head,
+            ..Self::default()
+        };
         Ok(())
     }
 }
@@ -160,7 +217,7 @@ pub(crate) async fn seed(pool: &PgPool, target: i64) -> anyhow::Result<()> {
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .single()
         .context("time")?;
-    let mut rows = Rows::default();
+    let mut rows = Rows::after_head(pool).await?;
     let mut written = existing;
     let mut customer_id = Uuid::nil();
     let mut n: u64 = 0;

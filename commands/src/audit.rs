@@ -6,13 +6,19 @@
 //! edited event breaks its own link only; a deleted event breaks the link of the event after
 //! the gap; an inserted or reordered event breaks its own link and the next one's. A writer
 //! who re-computes every hash after an edit leaves a chain that links: only a signed
-//! checkpoint (which the writer cannot forge) catches that.
+//! checkpoint (which the writer cannot forge) catches that. Given the trusted public key,
+//! the walk also checks every signed checkpoint in its range ([`crate::checkpoint`]): the
+//! signature holds for that key, and the stored hash at its position is the signed one.
+
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::chain::{self, Hash};
+use crate::checkpoint::{self, Checkpoint, Invalid};
 
 /// Events read per query.
 const PAGE: i64 = 2_000;
@@ -53,6 +59,124 @@ pub struct Broken {
     /// The position of the event it was checked against (`None`: the first event).
     pub previous: Option<i64>,
     pub fault: Fault,
+    /// The first holding signed checkpoint at or after it: it certified the log before the
+    /// change (`None`: the signatures do not reach this far, or were not checked).
+    pub signed_by: Option<Signed>,
+}
+
+/// A signed checkpoint, as a report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    pub id: i64,
+    pub position: i64,
+    pub signed_at: DateTime<Utc>,
+}
+
+impl std::fmt::Display for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "signed checkpoint #{} (position {}, signed {})",
+            self.id,
+            self.position,
+            self.signed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+impl From<&Checkpoint> for Signed {
+    fn from(c: &Checkpoint) -> Self {
+        Self {
+            id: c.id,
+            position: c.position,
+            signed_at: c.signed_at,
+        }
+    }
+}
+
+/// Why a signed checkpoint does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contradiction {
+    /// Its signature is not the trusted key's: forged, or signed by another key (whose
+    /// public key, as stored beside it, is given in base64).
+    Unsigned(Invalid, String),
+    /// The signature holds but the log holds another hash at its position: events at or
+    /// before it were rewritten (hashes recomputed), after `since`, the last checkpoint
+    /// below it that holds (`None`: from the start of the walk).
+    Rewritten {
+        signed: Hash,
+        stored: Option<Hash>,
+        since: Option<i64>,
+    },
+    /// The signature holds but its position no longer exists: events were deleted (past
+    /// the head: the log's tail was cut).
+    Gone { past_head: bool },
+}
+
+/// A signed checkpoint that does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointFault {
+    pub checkpoint: Signed,
+    pub contradiction: Contradiction,
+}
+
+impl std::fmt::Display for CheckpointFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.checkpoint)?;
+        let position = self.checkpoint.position;
+        match &self.contradiction {
+            Contradiction::Unsigned(Invalid::OtherKey, key) => write!(
+                f,
+                "not signed by the trusted key (it names public key {key})"
+            ),
+            Contradiction::Unsigned(Invalid::BadSignature, _) => {
+                write!(
+                    f,
+                    "the signature does not hold: the checkpoint was forged or altered"
+                )
+            }
+            Contradiction::Rewritten {
+                signed,
+                stored,
+                since,
+            } => {
+                let since = match since {
+                    Some(p) => format!("after position {p}, the last checkpoint that holds"),
+                    None => "from the start of the walk".to_owned(),
+                };
+                write!(
+                    f,
+                    "signed hash {} but position {position} now holds {}: events up to \
+                     position {position}, {since}, were rewritten",
+                    hex::encode(signed),
+                    stored.map_or_else(|| "no hash".to_owned(), hex::encode)
+                )
+            }
+            Contradiction::Gone { past_head: true } => write!(
+                f,
+                "position {position} is past the log's head: the tail of the log was cut"
+            ),
+            Contradiction::Gone { past_head: false } => write!(
+                f,
+                "position {position} no longer exists: events were deleted"
+            ),
+        }
+    }
+}
+
+/// What the signed checkpoints in a walk's range say.
+#[derive(Debug, Clone, Default)]
+pub struct Signatures {
+    /// The trusted public key, base64.
+    pub public_key: String,
+    /// Checkpoints checked.
+    pub checked: u64,
+    /// The highest position a holding checkpoint covers: events after it are protected by
+    /// the chain only (`None`: no checkpoint holds).
+    pub covered: Option<i64>,
+    /// Checkpoints that do not hold, by position.
+    pub faults: Vec<CheckpointFault>,
 }
 
 impl std::fmt::Display for Broken {
@@ -97,11 +221,34 @@ pub struct Verification {
     pub broken: Vec<Broken>,
     /// ...and how many there are.
     pub broken_count: u64,
+    /// The signed checkpoints' verdict (`None`: no trusted key was given).
+    pub signatures: Option<Signatures>,
 }
 
 impl Verification {
     pub fn intact(&self) -> bool {
-        self.broken_count == 0
+        self.broken_count == 0 && self.signatures.as_ref().is_none_or(|s| s.faults.is_empty())
+    }
+
+    /// How far the signatures reach, in a sentence.
+    pub fn coverage(&self) -> String {
+        match self.signatures.as_ref().map(|s| s.covered) {
+            None => "signatures not checked (no trusted public key): every event is protected \
+                     by the chain only"
+                .to_owned(),
+            Some(None) => "no signed checkpoint holds in this range: every event is protected \
+                           by the chain only"
+                .to_owned(),
+            Some(Some(p)) if p >= self.head => {
+                format!(
+                    "every event up to position {p}, the head, is covered by a signed checkpoint"
+                )
+            }
+            Some(Some(p)) => format!(
+                "events up to position {p} are covered by signed checkpoints; events after \
+                 position {p}, the last signed checkpoint, are protected by the chain only"
+            ),
+        }
     }
 }
 
@@ -117,12 +264,19 @@ pub async fn genesis(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// Walk the chain from position `from` (inclusive) to the head as it is now, calling
 /// `progress` after each page. A link at `from` is checked against the stored hash of the
-/// event before it.
+/// event before it. With `trusted`, the signed checkpoints at positions from `from` on are
+/// checked against that key (never against a key read from the database).
 pub async fn verify(
     pool: &PgPool,
     from: i64,
+    trusted: Option<&VerifyingKey>,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Verification, sqlx::Error> {
+    // Checkpoints before the head: every checkpoint read here was signed at or below it.
+    let mut signed = match trusted {
+        Some(key) => Some(SignedWalk::new(key, checkpoint::all(pool).await?, from)),
+        None => None,
+    };
     let head: i64 =
         sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM event_store.events")
             .fetch_one(pool)
@@ -156,6 +310,9 @@ pub async fn verify(
         for row in rows {
             let position: i64 = row.try_get("global_position")?;
             let stored = row.try_get::<Option<Vec<u8>>, _>("hash")?.and_then(to_hash);
+            if let Some(signed) = &mut signed {
+                signed.at(position, stored.as_ref());
+            }
             if position > report.genesis {
                 if let Some(fault) = check(&row, previous_hash.as_ref(), stored.as_ref())? {
                     report.broken_count += 1;
@@ -168,6 +325,7 @@ pub async fn verify(
                             event_type: row.try_get("event_type")?,
                             previous,
                             fault,
+                            signed_by: None,
                         });
                     }
                 }
@@ -187,7 +345,102 @@ pub async fn verify(
         });
     }
     report.head_hash = previous_hash;
+    if let Some(signed) = signed {
+        let signatures = signed.finish(head);
+        for broken in &mut report.broken {
+            broken.signed_by = signatures
+                .holding
+                .iter()
+                .copied()
+                .find(|c| c.position >= broken.position);
+        }
+        report.signatures = Some(signatures.report);
+    }
     Ok(report)
+}
+
+/// The signed checkpoints met along a walk.
+struct SignedWalk {
+    /// Checkpoints whose signature holds, not yet reached, by position.
+    ahead: VecDeque<(Signed, Hash)>,
+    holding: Vec<Signed>,
+    report: Signatures,
+}
+
+impl SignedWalk {
+    fn new(trusted: &VerifyingKey, checkpoints: Vec<Checkpoint>, from: i64) -> Self {
+        let mut walk = Self {
+            ahead: VecDeque::new(),
+            holding: Vec::new(),
+            report: Signatures {
+                public_key: checkpoint::public_key_text(trusted),
+                ..Signatures::default()
+            },
+        };
+        for c in checkpoints.iter().filter(|c| c.position >= from) {
+            walk.report.checked += 1;
+            match c.check(trusted) {
+                Ok(hash) => walk.ahead.push_back((Signed::from(c), hash)),
+                Err(invalid) => walk.report.faults.push(CheckpointFault {
+                    checkpoint: c.into(),
+                    contradiction: Contradiction::Unsigned(invalid, hex_or_base64(&c.public_key)),
+                }),
+            }
+        }
+        walk
+    }
+
+    /// The walk reached `position`, whose stored hash is `stored`.
+    fn at(&mut self, position: i64, stored: Option<&Hash>) {
+        while let Some((signed, hash)) = self.ahead.front().copied() {
+            if signed.position > position {
+                break;
+            }
+            self.ahead.pop_front();
+            if signed.position < position {
+                self.fault(signed, Contradiction::Gone { past_head: false });
+            } else if stored == Some(&hash) {
+                self.holding.push(signed);
+                self.report.covered = Some(position);
+            } else {
+                let since = self.report.covered;
+                self.fault(
+                    signed,
+                    Contradiction::Rewritten {
+                        signed: hash,
+                        stored: stored.copied(),
+                        since,
+                    },
+                );
+            }
+        }
+    }
+
+    fn fault(&mut self, checkpoint: Signed, contradiction: Contradiction) {
+        self.report.faults.push(CheckpointFault {
+            checkpoint,
+            contradiction,
+        });
+    }
+
+    /// The walk ended at `head`: checkpoints not reached name positions that are gone.
+    fn finish(mut self, head: i64) -> Self {
+        while let Some((signed, _)) = self.ahead.pop_front() {
+            let past_head = signed.position > head;
+            self.fault(signed, Contradiction::Gone { past_head });
+        }
+        self.report
+            .faults
+            .sort_by_key(|f| (f.checkpoint.position, f.checkpoint.id));
+        self
+    }
+}
+
+fn hex_or_base64(key: &[u8]) -> String {
+    match VerifyingKey::try_from(key) {
+        Ok(key) => checkpoint::public_key_text(&key),
+        Err(_) => hex::encode(key),
+    }
 }
 
 fn to_hash(bytes: Vec<u8>) -> Option<Hash> {

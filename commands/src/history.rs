@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::chain;
 use crate::store::{upcast, Versioned};
 use crate::CommandError;
 
@@ -23,6 +24,21 @@ pub struct RecordedEvent {
     pub data: Value,
     /// The flat metadata map as stored.
     pub metadata: Map<String, Value>,
+    /// Whether its stored hash links it to the event before it in the log.
+    pub chain: ChainLink,
+}
+
+/// An event's place in the hash chain ([`crate::chain`]), checked as `ordo audit verify`
+/// checks one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainLink {
+    /// Its stored hash is its link to the event before it.
+    Linked,
+    /// It is not: this event was changed, or the one before it removed, inserted or moved.
+    Broken,
+    /// It predates the chain and carries no hash.
+    Unchained,
 }
 
 /// Up to `limit` events of a stream with sequence above `after`, in order.
@@ -33,27 +49,22 @@ pub async fn read_stream(
     after: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, CommandError> {
-    let rows = sqlx::query(
-        "SELECT sequence, global_position, event_id, event_type, event_version, recorded_at,
-                payload, metadata
-           FROM event_store.events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-          ORDER BY sequence
-          LIMIT $4",
-    )
-    .bind(aggregate_type)
-    .bind(id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let genesis = crate::audit::genesis(pool).await?;
+    let rows = sqlx::query(include_str!("sql/history_page.sql"))
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     rows.into_iter()
         .map(|row| {
-            let mut data: Value = row.try_get("payload")?;
+            let chain = link_of(&row, genesis)?;
+            let mut data: Value = json(&row, "payload")?;
             if let Some(fields) = data.as_object_mut() {
                 fields.remove("type");
             }
-            let metadata = match row.try_get::<Value, _>("metadata")? {
+            let metadata = match json(&row, "metadata")? {
                 Value::Object(map) => map,
                 _ => Map::new(),
             };
@@ -66,10 +77,40 @@ pub async fn read_stream(
                 recorded_at: row.try_get("recorded_at")?,
                 data,
                 metadata,
+                chain,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(CommandError::from)
+}
+
+/// A JSON column read as jsonb's text (the chain re-hashes that text).
+fn json(row: &sqlx::postgres::PgRow, column: &str) -> Result<Value, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Whether the row's stored hash is its link to the event before it in the log.
+fn link_of(row: &sqlx::postgres::PgRow, genesis: i64) -> Result<ChainLink, sqlx::Error> {
+    let position: i64 = row.try_get("global_position")?;
+    if position <= genesis {
+        return Ok(ChainLink::Unchained);
+    }
+    let hash = |column: &str| -> Result<Option<chain::Hash>, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<Vec<u8>>, _>(column)?
+            .and_then(|h| chain::Hash::try_from(h.as_slice()).ok()))
+    };
+    let previous = hash("previous_hash")?.unwrap_or(chain::ZERO);
+    let linked = match (hash("hash")?, crate::audit::expected_link(row, &previous)?) {
+        (Some(stored), Ok(expected)) => stored == expected,
+        _ => false,
+    };
+    Ok(if linked {
+        ChainLink::Linked
+    } else {
+        ChainLink::Broken
+    })
 }
 
 /// Where to stop folding.

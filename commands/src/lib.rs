@@ -8,6 +8,7 @@ pub mod appender;
 pub mod audit;
 pub mod chain;
 pub mod channels;
+pub mod checkpoint;
 pub mod db;
 pub mod error;
 pub mod feed;
@@ -18,6 +19,7 @@ pub mod leader;
 pub mod metadata;
 pub mod service;
 pub mod store;
+pub mod verification;
 
 pub use error::CommandError;
 pub use metadata::{Actor, CommandMetadata, IdempotentRequest};

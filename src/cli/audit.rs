@@ -1,4 +1,5 @@
-//! `ordo audit verify [--from POSITION]`: walk the hash chain and name the first broken link.
+//! `ordo audit verify [--from POSITION]`: walk the hash chain, check the signed checkpoints
+//! and name the first broken link; `ordo audit checkpoint`: sign the log's head now.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -6,13 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use ordo_commands::audit::{self, Verification};
+use ordo_commands::checkpoint::{self, Signed};
 
 use crate::Config;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Re-compute every event's hash from the one before it and report broken links; exits
-    /// non-zero when the chain is broken.
+    /// Re-compute every event's hash from the one before it, check every signed checkpoint
+    /// against the trusted public key (`--public-key`, else the signing key's) and report
+    /// broken links; exits non-zero when the chain or a checkpoint is broken.
     Verify {
         #[command(flatten)]
         config: Config,
@@ -20,11 +23,32 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1)]
         from: i64,
     },
+    /// Sign the log's last event now with `ORDO_AUDIT_SIGNING_KEY` (nothing new when it is
+    /// signed already).
+    Checkpoint {
+        #[command(flatten)]
+        config: Config,
+    },
 }
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
+        AuditCommand::Checkpoint { config } => {
+            let keys = config.audit_keys()?;
+            let Some(signer) = keys.signer else {
+                bail!("set ORDO_AUDIT_SIGNING_KEY (or ORDO_AUDIT_SIGNING_KEY_FILE) to sign");
+            };
+            let pool = crate::migrate(&config).await?;
+            print_signed(&checkpoint::sign(&pool, &signer).await?);
+            Ok(())
+        }
         AuditCommand::Verify { config, from } => {
+            let trusted = config.audit_keys()?.trusted;
+            if trusted.is_none() {
+                tracing::warn!(
+                    "no ORDO_AUDIT_PUBLIC_KEY or signing key: signed checkpoints are not checked"
+                );
+            }
             let pool = crate::migrate(&config).await?;
             let started = Instant::now();
             let bar = std::io::stderr().is_terminal().then(|| {
@@ -38,7 +62,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 bar
             });
             let mut last_line = Instant::now();
-            let report = audit::verify(&pool, from.max(1), |p| {
+            let report = audit::verify(&pool, from.max(1), trusted.as_ref(), |p| {
                 if let Some(bar) = &bar {
                     bar.set_length(p.head.max(0) as u64);
                     bar.set_position(p.position.max(0) as u64);
@@ -60,10 +84,14 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             if report.intact() {
                 Ok(())
             } else {
+                let faults = report.signatures.as_ref().map_or(0, |s| s.faults.len());
                 bail!(
-                    "the chain is broken: {} broken link(s), the first at position {}",
+                    "the log is broken: {} broken link(s){}, {faults} contradicted checkpoint(s)",
                     report.broken_count,
-                    report.broken.first().map_or(0, |b| b.position)
+                    report.broken.first().map_or(String::new(), |b| format!(
+                        ", the first at position {}",
+                        b.position
+                    )),
                 )
             }
         }
@@ -90,7 +118,10 @@ fn print_report(report: &Verification, took: Duration) {
         println!("head hash {}", hex_encode(hash));
     }
     for broken in &report.broken {
-        println!("BROKEN {broken}");
+        match &broken.signed_by {
+            Some(c) => println!("BROKEN {broken}; it contradicts {c}"),
+            None => println!("BROKEN {broken}"),
+        }
     }
     if report.broken_count > report.broken.len() as u64 {
         println!(
@@ -98,9 +129,38 @@ fn print_report(report: &Verification, took: Duration) {
             report.broken_count - report.broken.len() as u64
         );
     }
+    if let Some(signatures) = &report.signatures {
+        println!(
+            "{} signed checkpoint(s) checked against public key {}",
+            signatures.checked, signatures.public_key
+        );
+        for fault in &signatures.faults {
+            println!("CHECKPOINT {fault}");
+        }
+    }
+    println!("{}", report.coverage());
     if report.intact() {
         println!("chain intact");
     }
+}
+
+#[allow(clippy::print_stdout)] // the checkpoint is this command's output
+fn print_signed(signed: &Signed) {
+    let (what, c) = match signed {
+        Signed::New(c) => ("signed", c),
+        Signed::Unchanged(c) => ("already signed", c),
+        Signed::Empty => {
+            println!("nothing to sign: the log has no chained event yet");
+            return;
+        }
+    };
+    println!(
+        "{what}: checkpoint #{} position {} hash {} at {}",
+        c.id,
+        c.position,
+        hex_encode(&c.hash),
+        c.signed_at.to_rfc3339()
+    );
 }
 
 fn hex_encode(bytes: &[u8]) -> String {

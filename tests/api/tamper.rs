@@ -16,12 +16,12 @@ async fn history(app: &TestApp) -> i64 {
 }
 
 async fn verify(pool: &PgPool) -> Verification {
-    audit::verify(pool, 1, |_| {}).await.unwrap()
+    audit::verify(pool, 1, None, |_| {}).await.unwrap()
 }
 
 /// Run `statements` as a superuser would: with the log's triggers off and positions
 /// writable.
-async fn behind_the_back(pool: &PgPool, statements: &[&str]) {
+pub(crate) async fn behind_the_back(pool: &PgPool, statements: &[&str]) {
     let mut tx = ordo_commands::db::begin(pool).await.unwrap();
     let off = [
         "ALTER TABLE event_store.events DISABLE TRIGGER USER",
@@ -56,7 +56,7 @@ async fn an_untouched_log_verifies_and_every_event_is_chained() {
             .unwrap();
     assert_eq!(unhashed, 0);
     // From the middle: linked to the stored hash before it.
-    let tail = audit::verify(&app.pool, 4, |_| {}).await.unwrap();
+    let tail = audit::verify(&app.pool, 4, None, |_| {}).await.unwrap();
     assert!(tail.intact());
     assert_eq!(tail.checked, head as u64 - 3);
     assert_eq!(tail.head_hash, report.head_hash);
@@ -172,4 +172,65 @@ async fn reordered_events_break_their_links() {
     .await;
     let report = verify(&app.pool).await;
     assert_eq!(positions(&report), vec![3, 4, 5], "{:?}", report.broken);
+}
+
+#[tokio::test]
+async fn an_order_s_history_shows_which_events_link_to_their_predecessor() {
+    let app = spawn_app_without_process_manager().await;
+    let order = app.confirmed_order().await;
+    let before = chain_of(&app, &order).await;
+    assert_eq!(before.len(), 2);
+    assert!(
+        before.iter().all(|(_, chain)| chain == "linked"),
+        "{before:?}"
+    );
+
+    let edited = before[1].0;
+    behind_the_back(
+        &app.pool,
+        &[&format!(
+            "UPDATE event_store.events SET metadata = metadata || '{{\"actor_name\": \"mallory\"}}'
+              WHERE global_position = {edited}"
+        )],
+    )
+    .await;
+    let after = chain_of(&app, &order).await;
+    assert_eq!(
+        after,
+        vec![
+            (before[0].0, "linked".to_owned()),
+            (edited, "broken".to_owned())
+        ]
+    );
+
+    // Events from before the chain existed are unchained.
+    sqlx::query("UPDATE event_store.chain SET genesis = $1")
+        .bind(before[0].0)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let after = chain_of(&app, &order).await;
+    assert_eq!(after[0].1, "unchained");
+}
+
+/// Each event of the order's history: its position and its `chain` status.
+async fn chain_of(app: &TestApp, order: &str) -> Vec<(i64, String)> {
+    let resp = app
+        .get(
+            ordo_api::Role::Support,
+            &format!("/v1/orders/{order}/history"),
+        )
+        .await;
+    resp.assert_status(200);
+    resp.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["position"].as_i64().unwrap(),
+                i["chain"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }

@@ -30,6 +30,66 @@ pub struct Readiness {
     pub roles: std::collections::BTreeMap<String, String>,
 }
 
+// ------------------------------------------------------------------ audit
+
+/// A signed checkpoint as stored: Ed25519 over `ordo-checkpoint-v1`, the position
+/// (big-endian i64), the hash and `signed_at` in microseconds (big-endian i64).
+#[derive(ToSchema)]
+pub struct AuditCheckpoint {
+    pub id: i64,
+    /// The log position signed: its event's hash is `hash`.
+    pub position: i64,
+    /// Hex.
+    pub hash: String,
+    /// Base64.
+    pub signature: String,
+    /// The public key it names, base64 (never trusted by verification).
+    pub public_key: String,
+    pub signed_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct AuditCheckpointList {
+    pub items: Vec<AuditCheckpoint>,
+}
+
+#[derive(ToSchema)]
+pub struct StartVerification {
+    /// The first position to check (default 1).
+    #[schema(nullable = false, minimum = 1)]
+    pub from_position: Option<i64>,
+}
+
+/// A verification job. `result` (once `done`): `intact`, `from`, `head`, `checked`,
+/// `genesis`, `unchained`, `head_hash`, `broken_count`, `broken` (the first 100 broken
+/// links: `position`, the event, `previous`, `fault` `mismatch`|`missing`|`unreadable`,
+/// `expected_hash`, `stored_hash`, `signed_by` — the checkpoint that certified the log
+/// before — and `detail`), `signatures` (`public_key`, `checked`, `covered_through`,
+/// `faults`: each `checkpoint`, `problem` `other_key`|`bad_signature`|`rewritten`|`gone`,
+/// `detail`; null without a trusted key) and `coverage`, a sentence on how far the
+/// signatures reach.
+#[derive(ToSchema)]
+pub struct Verification {
+    pub id: Uuid,
+    /// `running`, `done`, `failed` or `interrupted` (its process stopped).
+    #[schema(example = "running")]
+    pub state: String,
+    pub from_position: i64,
+    /// The head when the walk started.
+    pub head: Option<i64>,
+    /// Events checked so far...
+    pub checked: i64,
+    /// ...of this many.
+    pub total: Option<i64>,
+    pub result: Option<Value>,
+    /// Why a `failed` walk could not finish.
+    pub error: Option<String>,
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
 // ------------------------------------------------------------------ projections
 
 #[derive(ToSchema)]

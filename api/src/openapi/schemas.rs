@@ -241,6 +241,11 @@ pub struct HistoryItem {
     /// The event's payload; its shape per type and version is in `schemas/events/`.
     pub data: BTreeMap<String, Value>,
     pub metadata: HistoryMetadata,
+    /// `linked`: its stored hash links it to the event before it in the log; `broken`: it
+    /// does not (this event was changed, or the one before it removed, inserted or moved;
+    /// `ordo audit verify` says more); `unchained`: it predates the hash chain.
+    #[schema(example = "linked")]
+    pub chain: String,
 }
 
 #[derive(ToSchema)]

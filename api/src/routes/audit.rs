@@ -157,6 +157,7 @@ fn history_item(event: RecordedEvent) -> Value {
         "schema_version": event.schema_version.parse::<u32>().map(Value::from).unwrap_or(Value::String(event.schema_version.clone())),
         "recorded_at": event.recorded_at,
         "data": event.data,
+        "chain": event.chain,
         "metadata": {
             "actor": actor,
             "correlation_id": meta("correlation_id"),

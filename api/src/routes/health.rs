@@ -61,7 +61,7 @@ async fn ready(State(app): State<AppState>) -> Response {
     let roles = app.readiness.roles.snapshot();
     let roles_up = roles.values().all(|s| *s == ProcessRoleState::Running);
     let ready = postgres_up && nats_up && roles_up;
-    let mut checks = json!({"postgres": postgres});
+    let mut checks = json!({"postgres": postgres, "audit_signing": audit_signing(&app)});
     if let Some(nats) = nats {
         checks["nats"] = nats;
     }
@@ -80,6 +80,21 @@ async fn ready(State(app): State<AppState>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Whether this process signs checkpoints of the hash chain. Off does not make it unready:
+/// the chain still links, only without signatures.
+fn audit_signing(app: &AppState) -> Value {
+    match &app.config.audit.signer {
+        Some(signer) => json!({
+            "status": "on",
+            "public_key": ordo_commands::checkpoint::public_key_text(&signer.public_key()),
+        }),
+        None => json!({
+            "status": "off",
+            "detail": "ORDO_AUDIT_SIGNING_KEY is not set: checkpoints of the hash chain are not signed",
+        }),
+    }
 }
 
 async fn postgres(app: &AppState) -> (bool, Value) {

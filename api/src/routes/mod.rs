@@ -5,6 +5,7 @@ pub mod audit;
 pub mod channels;
 pub mod customers;
 pub mod health;
+pub mod integrity;
 pub mod keys;
 pub mod notifications;
 pub mod orders;
