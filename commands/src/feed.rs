@@ -8,6 +8,8 @@
 //! however long it stays open) holds it back. Projections, the relay and the process manager
 //! all read through here.
 
+pub mod bulk;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

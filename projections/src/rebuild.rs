@@ -212,12 +212,20 @@ impl Rebuilder {
                 (job, ok)
             }));
         }
-        let reader = read_all(
-            &self.keys,
-            Checkpoint::at(from),
+        let span = feed::bulk::Span {
+            from: Checkpoint::at(from),
             target,
-            self.config.rebuild_batch_size,
-            &types,
+            limit: self.config.rebuild_batch_size,
+            want: feed::Want {
+                event_types: Some(&types),
+                metadata: false,
+            },
+        };
+        let reader = feed::bulk::fan_out_opened(
+            &self.pool,
+            Some(&self.keys),
+            span,
+            decode_all,
             senders,
             shutdown,
         )
@@ -355,40 +363,6 @@ async fn start(pool: &PgPool, projection: Projection, version: Version) -> Resul
     .execute(pool)
     .await?;
     tracing::info!(projection = projection.name(), version, "rebuild started");
-    Ok(())
-}
-
-/// Read the log once for every job: batches after `from` up to `target`, decoded, sent to
-/// every job still listening.
-async fn read_all(
-    keys: &Keyring,
-    from: Checkpoint,
-    target: i64,
-    limit: i64,
-    types: &[&str],
-    mut senders: Vec<mpsc::Sender<Batch>>,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<(), sqlx::Error> {
-    let want = feed::Want {
-        event_types: Some(types),
-        metadata: false,
-    };
-    let mut conn = keys.pool().acquire().await?;
-    let mut after = from;
-    while after.global_position < target && !senders.is_empty() && !*shutdown.borrow() {
-        let mut events = feed::read(&mut conn, after, limit.max(1), want).await?;
-        let Some(last) = events.last() else { break };
-        after = last.checkpoint;
-        keys.open_feed_on(&mut conn, &mut events).await?;
-        let batch: Batch = Arc::new(decode_all(events));
-        let mut open = Vec::with_capacity(senders.len());
-        for sender in senders {
-            if sender.send(batch.clone()).await.is_ok() {
-                open.push(sender);
-            }
-        }
-        senders = open;
-    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 mod audit;
 mod channels;
 mod privacy;
+mod progress;
 mod projections;
 mod webhooks;
 mod workers;
@@ -55,7 +56,7 @@ enum Command {
         #[command(subcommand)]
         command: projections::ProjectionsCommand,
     },
-    /// Workers on JetStream: status, replay.
+    /// Workers on JetStream: status, replay; analytics recomputed from the log.
     Workers {
         #[command(subcommand)]
         command: workers::WorkersCommand,

@@ -1,9 +1,14 @@
-//! `ordo workers status | replay NAME --from-position N | --from-time T [--reprocess]`.
+//! `ordo workers status | replay NAME --from-position N | --from-time T [--reprocess] |
+//! rebuild analytics`.
 
 use anyhow::bail;
 use chrono::{DateTime, Utc};
+use ordo_workers::analytics;
 use ordo_workers::ops::{ReplayFrom, WorkersAdmin};
+use ordo_workers::Worker;
+use tokio::sync::watch;
 
+use super::progress::Progress;
 use crate::Config;
 
 #[derive(Debug, clap::Subcommand)]
@@ -29,6 +34,19 @@ pub enum WorkersCommand {
         /// (notification and integration only; analytics would count twice).
         #[arg(long)]
         reprocess: bool,
+    },
+    /// Recompute a worker's tables from the whole event log on the bulk path, into shadow
+    /// tables swapped in at the end; the live tables serve meanwhile and the live consumer
+    /// counts, after the swap, only the events the recompute did not. Only analytics, a
+    /// pure function of events. An interrupted recompute resumes where it stopped.
+    Rebuild {
+        #[command(flatten)]
+        config: Config,
+        /// analytics.
+        name: String,
+        /// Events per read of the log.
+        #[arg(long, default_value_t = 20_000)]
+        batch_size: i64,
     },
 }
 
@@ -79,6 +97,40 @@ pub async fn run(command: WorkersCommand) -> anyhow::Result<()> {
             } else {
                 println!("{name} replays messages published since {start}");
             }
+            Ok(())
+        }
+        WorkersCommand::Rebuild {
+            config,
+            name,
+            batch_size,
+        } => {
+            match Worker::from_name(&name) {
+                Some(Worker::Analytics) => {}
+                Some(_) => bail!("{name} has side effects (e-mails, webhooks): only analytics, a pure function of events, is recomputed from the log"),
+                None => bail!("no worker is called `{name}` (analytics)"),
+            }
+            let pool = crate::migrate(&config).await?;
+            let (stop, stopped) = watch::channel(false);
+            // Ctrl-C stops before the swap: the live tables stay, the next run resumes.
+            let interrupt = tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    let _ = stop.send(true);
+                }
+            });
+            let mut progress = Progress::new("recomputing analytics");
+            let rebuilt = analytics::rebuild(&pool, batch_size, &stopped, |p| {
+                let left = (p.total - p.done).max(0) as f64;
+                let eta = (p.events_per_second > 0.0).then(|| left / p.events_per_second);
+                progress.show(p.done, p.total, Some((p.events_per_second, eta)));
+            })
+            .await;
+            interrupt.abort();
+            let rebuilt = rebuilt?;
+            progress.finish("recomputed analytics");
+            println!(
+                "analytics recomputed from the log (from position {}): {} events read, the live tables count through position {}; {} events not counted (the worker cannot read them)",
+                rebuilt.resumed_from, rebuilt.events, rebuilt.counted_through, rebuilt.skipped
+            );
             Ok(())
         }
     }

@@ -335,6 +335,44 @@ impl TestApp {
         payment
     }
 
+    /// Some of everything analytics counts: two orders of 2999 by one new customer, the
+    /// first confirmed, paid and refunded 500, the second cancelled. Returns both.
+    pub async fn paid_and_cancelled_orders(&self) -> (String, String) {
+        let customer = self.register_customer().await;
+        let paid = self.place_order(&customer).await;
+        let cancelled = self.place_order(&customer).await;
+        self.post(
+            Role::Storefront,
+            &format!("/v1/orders/{paid}/confirm"),
+            json!({}),
+        )
+        .await
+        .assert_status(200);
+        let payment = self.authorized_payment(&paid, 2999).await;
+        self.post(
+            Role::Storefront,
+            &format!("/v1/payments/{payment}/capture"),
+            json!({"amount": 2999}),
+        )
+        .await
+        .assert_status(200);
+        self.post(
+            Role::Storefront,
+            &format!("/v1/payments/{payment}/refund"),
+            json!({"amount": 500, "reason": "r"}),
+        )
+        .await
+        .assert_status(200);
+        self.post(
+            Role::Support,
+            &format!("/v1/orders/{cancelled}/cancel"),
+            json!({"reason": "r"}),
+        )
+        .await
+        .assert_status(200);
+        (paid, cancelled)
+    }
+
     /// The stored sequences of a stream, in order.
     pub async fn sequences(&self, aggregate_type: &str, id: &str) -> Vec<i64> {
         sqlx::query_scalar(

@@ -8,6 +8,7 @@ mod helpers;
 mod nats;
 
 mod advisories;
+mod analytics_rebuild;
 mod audit;
 mod auth;
 mod channels;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ordo::ProcessRole;
-use ordo_api::Role::{Analyst, Storefront, Support};
+use ordo_api::Role::{Analyst, Storefront};
 use ordo_workers::{Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
@@ -15,34 +15,7 @@ use crate::nats::{setup, work_until};
 #[tokio::test]
 async fn analytics_counts_sales_and_the_funnel_once_even_when_everything_is_delivered_again() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
-    let customer = app.register_customer().await;
-    let paid = app.place_order(&customer).await;
-    let cancelled = app.place_order(&customer).await;
-    app.post(Storefront, &format!("/v1/orders/{paid}/confirm"), json!({}))
-        .await
-        .assert_status(200);
-    let payment = app.authorized_payment(&paid, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/refund"),
-        json!({"amount": 500, "reason": "r"}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Support,
-        &format!("/v1/orders/{cancelled}/cancel"),
-        json!({"reason": "r"}),
-    )
-    .await
-    .assert_status(200);
+    app.paid_and_cancelled_orders().await;
     let events = app.event_count().await;
 
     let s = setup(&app).await;

@@ -175,12 +175,21 @@ fn traced_headers(event: &FeedEvent, subject: &str) -> HeaderMap {
 
 /// The message body: the event's fields (the stored serde tag repeats `ce-type`).
 pub fn body(event: &FeedEvent) -> Vec<u8> {
-    match serde_json::from_str::<Value>(&event.payload) {
+    match fields(&event.payload) {
+        Some(fields) => serde_json::to_vec(&fields).unwrap_or_default(),
+        None => event.payload.clone().into_bytes(),
+    }
+}
+
+/// A stored payload's fields without its serde tag: what a message body carries (`None`
+/// when the payload is not a JSON object; its body is then the payload as it is).
+pub fn fields(payload: &str) -> Option<Value> {
+    match serde_json::from_str::<Value>(payload) {
         Ok(Value::Object(mut fields)) => {
             fields.remove("type");
-            serde_json::to_vec(&fields).unwrap_or_default()
+            Some(Value::Object(fields))
         }
-        _ => event.payload.clone().into_bytes(),
+        _ => None,
     }
 }
 

@@ -24,10 +24,14 @@ WITH busy AS (
        AND o.status = 'pending'
        AND o.next_attempt_at <= now()
        AND (o.leased_until IS NULL OR o.leased_until <= now())
-       AND NOT EXISTS (
-           SELECT 1 FROM integration.outbox p
+       -- The aggregate's first pending delivery (a subquery per candidate, so that it is
+       -- always one probe of `outbox_pending`, never a scan of the endpoint's backlog).
+       AND o.id = (
+           SELECT p.id FROM integration.outbox p
             WHERE p.endpoint_id = o.endpoint_id AND p.aggregate_id = o.aggregate_id
-              AND p.status = 'pending' AND (p.position, p.id) < (o.position, o.id))
+              AND p.status = 'pending'
+            ORDER BY p.position, p.id
+            LIMIT 1)
      ORDER BY o.next_attempt_at, o.position, o.id
      LIMIT greatest(0, least($2, $3 - (SELECT n FROM busy)))
 )

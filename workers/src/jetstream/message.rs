@@ -1,6 +1,7 @@
 //! Reading a message: the event it carries, from its subject, headers and body.
 
 use async_nats::HeaderMap;
+use ordo_commands::feed::FeedEvent;
 use ordo_runtime::telemetry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -28,6 +29,21 @@ impl Delivered {
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, HandleError> {
         serde_json::from_value(self.body.clone())
             .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", self.event_type)))
+    }
+
+    /// The event as the relay would publish it, read from the log instead (a recompute on
+    /// the bulk path): the same body, position and channel. A payload that is not a JSON
+    /// object gets a `null` body, which no handler reads (the live worker dead-letters it).
+    pub fn from_feed(event: FeedEvent) -> Self {
+        Self {
+            body: crate::relay::fields(&event.payload).unwrap_or(Value::Null),
+            event_id: event.event_id,
+            event_type: event.event_type,
+            aggregate_id: event.aggregate_id,
+            position: event.checkpoint.global_position,
+            traceparent: None,
+            channel: event.channel,
+        }
     }
 
     /// The span a handler runs in: a child of the request that recorded the event, so one

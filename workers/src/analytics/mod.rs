@@ -1,6 +1,16 @@
 //! The analytics worker: sales per hour and day per currency and sales channel, and the
-//! order funnel (each order's stages, with its channel), in its own schema. Every change is a commutative sum or a set insert, so messages may arrive in
-//! any order (redeliveries reorder them) and the result is the same.
+//! order funnel (each order's stages, with its channel), in its own schema. Every change is
+//! a commutative sum or a set insert, so messages may arrive in any order (redeliveries
+//! reorder them) and the result is the same.
+//!
+//! Being a pure function of events, it is also recomputed from the whole log on the bulk
+//! path ([`rebuild`]); the live consumer then counts only what the recompute did not.
+
+mod rebuild;
+mod reports;
+
+pub use rebuild::{rebuild, Progress, RebuildError, Rebuilt};
+pub use reports::{funnel, sales_report, SalesBucket, SalesReport};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,10 +20,7 @@ use ordo_domain::order::{
     OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderShipped,
 };
 use ordo_domain::payment::{PaymentCaptured, PaymentRefunded};
-use serde::Serialize;
-use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::jetstream::{Delivered, HandleError, Policy};
@@ -46,11 +53,19 @@ impl Policy for Analytics {
         tx: &mut PgConnection,
         events: &[&Delivered],
     ) -> Result<(), HandleError> {
+        // Under a shared lock on the rebuild row: a recompute's swap waits for this batch,
+        // and this batch for the swap (ADR 0021).
+        let counted_through = rebuild::counted_through(tx).await?;
         let mut effects = Effects::default();
         for event in events {
+            // Never recomputed (0): everything counts, as before recomputes existed, even
+            // a message without a position (none the relay publishes).
+            if counted_through > 0 && event.position <= counted_through {
+                continue;
+            }
             effects.absorb(&Effects::of(event)?)?;
         }
-        effects.write(tx).await?;
+        effects.write(tx, rebuild::LIVE).await?;
         Ok(())
     }
 }
@@ -93,6 +108,17 @@ struct Effects {
 }
 
 impl Effects {
+    /// The event types that change anything (a recompute reads only their payloads).
+    const EVENT_TYPES: &'static [&'static str] = &[
+        types::ORDER_PLACED,
+        types::ORDER_CONFIRMED,
+        types::ORDER_SHIPPED,
+        types::ORDER_DELIVERED,
+        types::ORDER_CANCELLED,
+        types::PAYMENT_CAPTURED,
+        types::PAYMENT_REFUNDED,
+    ];
+
     /// What one event changes. Fails (poison) on a body that does not read or a time that
     /// cannot be bucketed; events of other types change nothing.
     fn of(event: &Delivered) -> Result<Self, HandleError> {
@@ -189,8 +215,9 @@ impl Effects {
         Ok(())
     }
 
-    /// Write them: one statement per table, however many events were folded in.
-    async fn write(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// Write them into the tables in `schema` (the live ones, or a recompute's shadow):
+    /// one statement per table, however many events were folded in.
+    async fn write(&self, tx: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         if !self.stages.is_empty() {
             let mut columns: (Vec<Uuid>, Vec<&str>, Vec<&str>) = Default::default();
             for (order, stage, channel) in &self.stages {
@@ -198,10 +225,10 @@ impl Effects {
                 columns.1.push(stage);
                 columns.2.push(channel);
             }
-            sqlx::query(
-                "INSERT INTO analytics.order_stages (order_id, stage, channel)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-            )
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.order_stages (order_id, stage, channel)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING"
+            ))
             .bind(columns.0)
             .bind(columns.1)
             .bind(columns.2)
@@ -223,15 +250,15 @@ impl Effects {
                 sums.2.push(t.paid.to_string());
                 sums.3.push(t.refunded.to_string());
             }
-            sqlx::query(
-                "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross, paid, refunded, channel)
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.sales (granularity, bucket, currency, orders, gross, paid, refunded, channel)
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[],
                                       $4::int8[], $5::text[]::numeric[], $6::text[]::numeric[],
                                       $7::text[]::numeric[], $8::text[])
                  ON CONFLICT (granularity, bucket, currency, channel) DO UPDATE SET
                      orders = sales.orders + EXCLUDED.orders, gross = sales.gross + EXCLUDED.gross,
-                     paid = sales.paid + EXCLUDED.paid, refunded = sales.refunded + EXCLUDED.refunded",
-            )
+                     paid = sales.paid + EXCLUDED.paid, refunded = sales.refunded + EXCLUDED.refunded"
+            ))
             .bind(columns.0)
             .bind(columns.1)
             .bind(columns.2)
@@ -247,106 +274,10 @@ impl Effects {
     }
 }
 
-/// The answer of `GET /v1/analytics/sales`.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct SalesReport {
-    pub items: Vec<SalesBucket>,
-}
-
-/// One bucket of one currency. Money sums may pass 2^63: they are JSON integers of any
-/// size (never strings, never floats).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct SalesBucket {
-    /// Start of the hour or day.
-    pub bucket: DateTime<Utc>,
-    pub currency: String,
-    pub orders: i64,
-    pub gross: i128,
-    pub paid: i128,
-    pub refunded: i128,
-}
-
-/// `GET /v1/analytics/sales`: buckets in `[from, to)`, oldest first, of one channel or (with
-/// `None`) summed over every channel.
-pub async fn sales_report(
-    pool: &PgPool,
-    channel: Option<&str>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    granularity: &str,
-) -> Result<SalesReport, sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, String, i64, String, String, String)> = sqlx::query_as(
-        "SELECT bucket, currency, sum(orders)::int8, sum(gross)::text, sum(paid)::text,
-                sum(refunded)::text
-           FROM analytics.sales
-          WHERE granularity = $1 AND bucket >= $2 AND bucket < $3
-            AND ($4::text IS NULL OR channel = $4)
-          GROUP BY bucket, currency
-          ORDER BY bucket, currency",
-    )
-    .bind(granularity)
-    .bind(from)
-    .bind(to)
-    .bind(channel)
-    .fetch_all(pool)
-    .await?;
-    let items = rows
-        .into_iter()
-        .map(|(bucket, currency, orders, gross, paid, refunded)| {
-            Ok(SalesBucket {
-                bucket,
-                currency,
-                orders,
-                gross: numeric(&gross)?,
-                paid: numeric(&paid)?,
-                refunded: numeric(&refunded)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-    Ok(SalesReport { items })
-}
-
-/// A whole `numeric` read as text (sqlx decodes `numeric` only with a decimal crate).
-fn numeric(text: &str) -> Result<i128, sqlx::Error> {
-    text.parse()
-        .map_err(|e| sqlx::Error::Decode(format!("`{text}` is not a whole number: {e}").into()))
-}
-
-/// `GET /v1/analytics/funnel`: orders reaching each stage, and the cancellation and refund
-/// rates (cancelled / placed, refunded / paid; 0 when nothing is placed or paid), of one
-/// channel or (with `None`) of every channel.
-pub async fn funnel(pool: &PgPool, channel: Option<&str>) -> Result<Value, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT stage, count(*) FROM analytics.order_stages
-          WHERE $1::text IS NULL OR channel = $1 GROUP BY stage",
-    )
-    .bind(channel)
-    .fetch_all(pool)
-    .await?;
-    let count = |stage: &str| rows.iter().find(|(s, _)| s == stage).map_or(0, |(_, n)| *n);
-    let rate = |part: i64, whole: i64| {
-        if whole > 0 {
-            part as f64 / whole as f64
-        } else {
-            0.0
-        }
-    };
-    Ok(json!({
-        "placed": count("placed"),
-        "confirmed": count("confirmed"),
-        "paid": count("paid"),
-        "shipped": count("shipped"),
-        "delivered": count("delivered"),
-        "cancelled": count("cancelled"),
-        "refunded": count("refunded"),
-        "cancellation_rate": rate(count("cancelled"), count("placed")),
-        "refund_rate": rate(count("refunded"), count("paid")),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn captured(order_id: Uuid, amount: i64, at: &str) -> Delivered {
         Delivered {
