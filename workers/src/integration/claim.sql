@@ -13,6 +13,13 @@
 -- Run unprepared (planned with its parameters each time): a plan cached while the outbox
 -- was nearly empty walked every pending delivery once per row and took seconds at a
 -- backlog of thousands. The update reaches the picked rows by primary key whatever the plan.
+--
+-- Committed asynchronously (synchronous_commit off for this statement's transaction), like
+-- the record of an attempt: the pool's bookkeeping needs no flush to disk before it goes on.
+-- A crash may forget the last fraction of a second of leases and attempts; a forgotten lease
+-- or outcome only means the delivery is sent again with the same webhook-id, which
+-- at-least-once delivery allows. Waiting for two flushes per delivery bounded an
+-- endpoint's pace.
 WITH busy AS (
     SELECT count(*) AS n
       FROM integration.outbox
@@ -37,7 +44,7 @@ WITH busy AS (
 )
 UPDATE integration.outbox o
    SET leased_until = now() + make_interval(secs => $4), attempts = o.attempts + 1
-  FROM integration.endpoints e
+  FROM integration.endpoints e, (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
  WHERE o.id = ANY (ARRAY(SELECT id FROM picked)) AND e.id = o.endpoint_id AND e.disabled_at IS NULL
    AND o.status = 'pending' AND (o.leased_until IS NULL OR o.leased_until <= now())
 RETURNING o.id, o.endpoint_id, o.event_id, o.event_type, o.aggregate_id, o.position, o.body,

@@ -7,7 +7,8 @@
 -- endpoint's failing state: a success ends it, a failure starts it, and an endpoint failing
 -- for longer than $15 seconds is disabled. Returns whether the endpoint was disabled now.
 --
--- Run unprepared, like the claim: planned with its parameters each time.
+-- Run unprepared, like the claim: planned with its parameters each time. Committed
+-- asynchronously, like the claim (see there).
 WITH attempt AS (
     INSERT INTO integration.deliveries
         (id, endpoint_id, event_id, event_type, attempt, status_code, ok, error, duration_ms,
@@ -39,3 +40,4 @@ WITH attempt AS (
  RETURNING disabled_at IS NOT NULL AS disabled
 )
 SELECT coalesce((SELECT disabled FROM endpoint), false)
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
