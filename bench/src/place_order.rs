@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Customers to spread orders over.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
     customers: u16,
+    /// Give every order a shipping address (personal data: sealed with the customer's key
+    /// when the server has `ORDO_MASTER_KEY`), to measure what encryption costs.
+    #[arg(long)]
+    shipping_address: bool,
 }
 
 struct Totals {
@@ -140,7 +144,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
     };
 
-    let (idempotency_keys, run) = (args.idempotency_keys, uuid::Uuid::now_v7().simple());
+    let (idempotency_keys, shipping_address, run) = (
+        args.idempotency_keys,
+        args.shipping_address,
+        uuid::Uuid::now_v7().simple(),
+    );
     let mut tasks = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let (client, base, auth) = (client.clone(), base.clone(), auth.clone());
@@ -157,7 +165,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 let customer = &customers[n % customers.len()];
                 n += 1;
-                let body = json!({
+                let mut body = json!({
                     "customer_id": customer,
                     "currency": "EUR",
                     "lines": [
@@ -165,6 +173,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                         {"sku": "TEE-2", "name": "T-shirt", "quantity": 1, "unit_price": 1999}
                     ]
                 });
+                if shipping_address {
+                    body["shipping_address"] = json!({"line1": "12 Rue des Lilas",
+                        "city": "Lyon", "postal_code": "69003", "country": "FR"});
+                }
                 let sent = Instant::now();
                 let mut request = client
                     .post(format!("{base}/v1/orders"))
