@@ -594,3 +594,86 @@ async fn history_past_its_retention_is_purged_in_batches_and_nothing_else_is() {
         .unwrap();
     assert_eq!(again, ordo_workers::retention::Purged::default());
 }
+
+/// Rows of `integration.outbox` the plan read (returned or filtered out), over all its
+/// nodes and loops.
+fn outbox_rows_read(plan: &Value) -> f64 {
+    let here = if plan["Relation Name"] == "outbox" {
+        let per_loop = [
+            "Actual Rows",
+            "Rows Removed by Filter",
+            "Rows Removed by Index Recheck",
+        ]
+        .iter()
+        .map(|k| plan[*k].as_f64().unwrap_or(0.0))
+        .sum::<f64>();
+        per_loop * plan["Actual Loops"].as_f64().unwrap_or(1.0)
+    } else {
+        0.0
+    };
+    let below: f64 = plan["Plans"]
+        .as_array()
+        .map(|plans| plans.iter().map(outbox_rows_read).sum())
+        .unwrap_or(0.0);
+    here + below
+}
+
+#[tokio::test]
+async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (stuck, _) = register(&app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
+    let (healthy, _) = register(&app, "http://127.0.0.1:9/healthy", json!(["*"])).await;
+    let claim = include_str!("../../workers/src/integration/claim.sql");
+    // The outbox's statistics are those of an empty table, as when a backlog builds up
+    // faster than autovacuum analyzes it.
+    sqlx::query("ANALYZE integration.outbox")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // 10,000 deliveries pending at one endpoint: 2,000 aggregates of five events each, every
+    // aggregate's first one failing and waiting for its retry in an hour, the four behind it
+    // due no sooner (as the integration worker writes them and a retry pushes them back);
+    // and three due at the other endpoint.
+    sqlx::query(
+        "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                position, body, next_attempt_at, attempts)
+         SELECT gen_random_uuid(), $1::uuid, gen_random_uuid(), 'order.placed', 'o' || (g / 5),
+                g, '{}'::jsonb, now() + interval '1 hour',
+                CASE WHEN g % 5 = 0 THEN 1 ELSE 0 END
+           FROM generate_series(0, 9999) g
+         UNION ALL
+         SELECT gen_random_uuid(), $2::uuid, gen_random_uuid(), 'order.placed', 'h' || g, g,
+                '{}'::jsonb, now(), 0
+           FROM generate_series(1, 3) g",
+    )
+    .bind(&stuck)
+    .bind(&healthy)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // Planned for its parameters, as the pool runs it (unprepared). A generic plan kept
+    // from an empty outbox reads the whole backlog (60,000 rows here): that is why the
+    // pool never prepares it.
+    for (endpoint, expected) in [(&healthy, 3), (&stuck, 0)] {
+        let mut tx = ordo_commands::db::begin(&app.pool).await.unwrap();
+        let explained: Value =
+            sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {claim}"))
+                .persistent(false)
+                .bind(uuid::Uuid::parse_str(endpoint).unwrap())
+                .bind(32_i64)
+                .bind(4_i64)
+                .bind(40.0_f64)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        tx.rollback().await.unwrap();
+        let plan = &explained[0]["Plan"];
+        assert_eq!(plan["Actual Rows"], json!(expected), "{explained}");
+        let read = outbox_rows_read(plan);
+        assert!(
+            read < 100.0,
+            "the claim for {endpoint} read {read} outbox rows of a 10,003-row backlog: {explained}"
+        );
+    }
+}

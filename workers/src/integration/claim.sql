@@ -28,6 +28,7 @@ WITH busy AS (
     SELECT o.id
       FROM integration.outbox o
      WHERE o.endpoint_id = $1
+       AND EXISTS (SELECT 1 FROM integration.endpoints e WHERE e.id = $1 AND e.disabled_at IS NULL)
        AND o.status = 'pending'
        AND o.next_attempt_at <= now()
        AND (o.leased_until IS NULL OR o.leased_until <= now())
@@ -41,12 +42,17 @@ WITH busy AS (
             LIMIT 1)
      ORDER BY o.next_attempt_at, o.position, o.id
      LIMIT greatest(0, least($2, $3 - (SELECT n FROM busy)))
+), leased AS (
+    -- By primary key alone: no other table here for a plan to start from.
+    UPDATE integration.outbox o
+       SET leased_until = now() + make_interval(secs => $4), attempts = o.attempts + 1
+     WHERE o.id = ANY (ARRAY(SELECT id FROM picked))
+       AND o.status = 'pending' AND (o.leased_until IS NULL OR o.leased_until <= now())
+ RETURNING o.id, o.endpoint_id, o.event_id, o.event_type, o.aggregate_id, o.position, o.body,
+           o.traceparent, o.attempts
 )
-UPDATE integration.outbox o
-   SET leased_until = now() + make_interval(secs => $4), attempts = o.attempts + 1
-  FROM integration.endpoints e, (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
- WHERE o.id = ANY (ARRAY(SELECT id FROM picked)) AND e.id = o.endpoint_id AND e.disabled_at IS NULL
-   AND o.status = 'pending' AND (o.leased_until IS NULL OR o.leased_until <= now())
-RETURNING o.id, o.endpoint_id, o.event_id, o.event_type, o.aggregate_id, o.position, o.body,
-          o.traceparent, o.attempts, e.url, e.secret,
-          CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
+SELECT l.*, e.url, e.secret,
+       CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
+  FROM leased l
+  JOIN integration.endpoints e ON e.id = l.endpoint_id,
+       (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit

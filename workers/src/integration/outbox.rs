@@ -44,9 +44,19 @@ pub(crate) async fn write(tx: &mut PgConnection, events: &[&Delivered]) -> Resul
     }
     sqlx::query(
         "INSERT INTO integration.outbox
-             (id, endpoint_id, event_id, event_type, aggregate_id, position, body, traceparent)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                              $6::int8[], $7::jsonb[], $8::text[])
+             (id, endpoint_id, event_id, event_type, aggregate_id, position, body, traceparent,
+              next_attempt_at)
+         SELECT n.*,
+                -- Behind a pending delivery of its aggregate, due no sooner than that one:
+                -- the pool's claims then need not walk past it while it waits.
+                greatest(now(), (SELECT max(p.next_attempt_at) FROM integration.outbox p
+                                  WHERE p.endpoint_id = n.endpoint_id
+                                    AND p.aggregate_id = n.aggregate_id
+                                    AND p.status = 'pending'))
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                       $6::int8[], $7::jsonb[], $8::text[])
+                AS n(id, endpoint_id, event_id, event_type, aggregate_id, position, body,
+                     traceparent)
          ON CONFLICT (endpoint_id, event_id) DO UPDATE
              SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
            WHERE outbox.status <> 'pending'",
