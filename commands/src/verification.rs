@@ -24,21 +24,32 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A running job silent this long is `interrupted`.
 pub const STALE: Duration = Duration::from_secs(30);
 
-/// A job as any process reads it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A verification job, as any process reads it. `result` (once `done`): `intact`, `from`,
+/// `head`, `checked`, `genesis`, `unchained`, `head_hash`, `broken_count`, `broken` (the
+/// first 100 broken links: `position`, the event, `previous`, `fault`
+/// `mismatch`|`missing`|`unreadable`, `expected_hash`, `stored_hash`, `signed_by` — the
+/// checkpoint that certified the log before — and `detail`), `signatures` (`public_key`,
+/// `checked`, `covered_through`, `faults`: each `checkpoint`, `problem`
+/// `other_key`|`bad_signature`|`rewritten`|`gone`, `detail`; null without a trusted key)
+/// and `coverage`, a sentence on how far the signatures reach.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Verification)]
 pub struct Job {
     pub id: Uuid,
     /// `running`, `done`, `failed` (the walk could not finish: the error says why) or
     /// `interrupted` (its process stopped beating).
+    #[schema(example = "running")]
     pub state: String,
     pub from_position: i64,
     /// The head when the walk started.
     pub head: Option<i64>,
+    /// Events checked so far...
     pub checked: i64,
-    /// Events the walk will check (from `from_position` to `head`).
+    /// ...of this many: the events the walk will check (from `from_position` to `head`).
     pub total: Option<i64>,
-    /// The verdict once `done` ([`report`]).
+    /// The verdict once `done`.
     pub result: Option<Value>,
+    /// Why a `failed` walk could not finish.
     pub error: Option<String>,
     pub requested_by: String,
     pub created_at: DateTime<Utc>,

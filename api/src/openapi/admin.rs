@@ -61,36 +61,6 @@ pub struct StartVerification {
     pub from_position: Option<i64>,
 }
 
-/// A verification job. `result` (once `done`): `intact`, `from`, `head`, `checked`,
-/// `genesis`, `unchained`, `head_hash`, `broken_count`, `broken` (the first 100 broken
-/// links: `position`, the event, `previous`, `fault` `mismatch`|`missing`|`unreadable`,
-/// `expected_hash`, `stored_hash`, `signed_by` — the checkpoint that certified the log
-/// before — and `detail`), `signatures` (`public_key`, `checked`, `covered_through`,
-/// `faults`: each `checkpoint`, `problem` `other_key`|`bad_signature`|`rewritten`|`gone`,
-/// `detail`; null without a trusted key) and `coverage`, a sentence on how far the
-/// signatures reach.
-#[derive(ToSchema)]
-pub struct Verification {
-    pub id: Uuid,
-    /// `running`, `done`, `failed` or `interrupted` (its process stopped).
-    #[schema(example = "running")]
-    pub state: String,
-    pub from_position: i64,
-    /// The head when the walk started.
-    pub head: Option<i64>,
-    /// Events checked so far...
-    pub checked: i64,
-    /// ...of this many.
-    pub total: Option<i64>,
-    pub result: Option<Value>,
-    /// Why a `failed` walk could not finish.
-    pub error: Option<String>,
-    pub requested_by: String,
-    pub created_at: DateTime<Utc>,
-    pub heartbeat_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
 // ------------------------------------------------------------------ projections
 
 #[derive(ToSchema)]

@@ -86,7 +86,7 @@ fn view(c: &Checkpoint) -> Value {
 /// the verdict.
 #[utoipa::path(post, path = "/v1/audit/verifications", tag = "audit",
     request_body = admin::StartVerification,
-    responses((status = 202, description = "Started", body = admin::Verification,
+    responses((status = 202, description = "Started", body = verification::Job,
         headers(("Location" = String, description = "The job"))), AdminBodyProblems))]
 async fn start_verification(
     State(app): State<AppState>,
@@ -123,7 +123,7 @@ async fn start_verification(
 /// done, its verdict (admin).
 #[utoipa::path(get, path = "/v1/audit/verifications/{id}", tag = "audit",
     params(("id" = uuid::Uuid, Path, description = "The job's id")),
-    responses((status = 200, description = "The job", body = admin::Verification),
+    responses((status = 200, description = "The job", body = verification::Job),
         RestrictedReadOneProblems))]
 async fn verification(
     State(app): State<AppState>,
