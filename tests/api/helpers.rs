@@ -298,9 +298,8 @@ impl TestApp {
             .id()
     }
 
-    pub async fn confirmed_order(&self) -> String {
-        let customer = self.register_customer().await;
-        let order = self.place_order(&customer).await;
+    /// Confirm `order` (storefront).
+    pub async fn confirm(&self, order: &str) {
         self.post(
             Role::Storefront,
             &format!("/v1/orders/{order}/confirm"),
@@ -308,6 +307,12 @@ impl TestApp {
         )
         .await
         .assert_status(200);
+    }
+
+    pub async fn confirmed_order(&self) -> String {
+        let customer = self.register_customer().await;
+        let order = self.place_order(&customer).await;
+        self.confirm(&order).await;
         order
     }
 
@@ -335,27 +340,27 @@ impl TestApp {
         payment
     }
 
+    /// A payment for `amount` on `order`, authorized and captured in full.
+    pub async fn captured_payment(&self, order: &str, amount: i64) -> String {
+        let payment = self.authorized_payment(order, amount).await;
+        self.post(
+            Role::Storefront,
+            &format!("/v1/payments/{payment}/capture"),
+            json!({"amount": amount}),
+        )
+        .await
+        .assert_status(200);
+        payment
+    }
+
     /// Some of everything analytics counts: two orders of 2999 by one new customer, the
     /// first confirmed, paid and refunded 500, the second cancelled. Returns both.
     pub async fn paid_and_cancelled_orders(&self) -> (String, String) {
         let customer = self.register_customer().await;
         let paid = self.place_order(&customer).await;
         let cancelled = self.place_order(&customer).await;
-        self.post(
-            Role::Storefront,
-            &format!("/v1/orders/{paid}/confirm"),
-            json!({}),
-        )
-        .await
-        .assert_status(200);
-        let payment = self.authorized_payment(&paid, 2999).await;
-        self.post(
-            Role::Storefront,
-            &format!("/v1/payments/{payment}/capture"),
-            json!({"amount": 2999}),
-        )
-        .await
-        .assert_status(200);
+        self.confirm(&paid).await;
+        let payment = self.captured_payment(&paid, 2999).await;
         self.post(
             Role::Storefront,
             &format!("/v1/payments/{payment}/refund"),

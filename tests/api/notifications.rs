@@ -401,21 +401,8 @@ pub(crate) async fn customer(app: &TestApp) -> (String, String) {
 async fn orders(app: &TestApp, customer: &str) -> (String, String) {
     let shipped = app.place_order(customer).await;
     let cancelled = app.place_order(customer).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{shipped}/confirm"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
-    let payment = app.authorized_payment(&shipped, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&shipped).await;
+    let payment = app.captured_payment(&shipped, 2999).await;
     app.post(
         Storefront,
         &format!("/v1/orders/{shipped}/ship"),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ordo::{ProcessRole, Secret};
-use ordo_api::Role::{Admin, Storefront, Support};
+use ordo_api::Role::{Admin, Support};
 use ordo_commands::privacy::{Keyring, MasterKey, MasterKeys};
 use ordo_workers::integration::Integration;
 use ordo_workers::notification::{Mailer, Notification};
@@ -125,21 +125,8 @@ async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_ve
     .await
     .assert_status(201);
     let (customer, order) = customer_with_personal_data(&app).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{order}/confirm"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
-    let payment = app.authorized_payment(&order, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&order).await;
+    app.captured_payment(&order, 2999).await;
 
     let s = setup(&app).await;
     let mailer = Mailer::new(&sink.url, "Ordo <orders@ordo.invalid>").unwrap();

@@ -16,21 +16,8 @@ async fn the_customer_360_counts_orders_spending_and_notes() {
     let delivered = app.place_order(&customer).await;
     let cancelled = app.place_order(&customer).await;
     let _open = app.place_order(&customer).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{delivered}/confirm"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
-    let payment = app.authorized_payment(&delivered, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&delivered).await;
+    let payment = app.captured_payment(&delivered, 2999).await;
     app.post(
         Storefront,
         &format!("/v1/orders/{delivered}/ship"),
