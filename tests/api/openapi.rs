@@ -1,8 +1,9 @@
 //! `GET /openapi.json`, `GET /docs`, and the document against the router that serves it.
 
-use serde_json::Value;
+use ordo_api::Role::{Admin, Storefront, Support};
+use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{read, spawn_app};
 
 /// Every `src="..."` and `href="..."` in a page.
 fn asset_urls(html: &str) -> Vec<String> {
@@ -180,4 +181,112 @@ fn the_document_states_the_limits_the_server_enforces() {
         }
     }
     assert!(checked > 30, "only {checked} operations");
+}
+
+/// `(method, path)` of every operation whose responses lack `status`, among `ops`.
+fn lacking(doc: &Value, ops: &[(&str, &str)], status: &str) -> Vec<String> {
+    ops.iter()
+        .filter(|(method, path)| {
+            doc["paths"][*path][*method]["responses"]
+                .get(status)
+                .is_none()
+        })
+        .map(|(method, path)| format!("{method} {path}"))
+        .collect()
+}
+
+/// Every operation with a `channel` query parameter can answer 403: a key scoped to one
+/// channel that names another. The document says so for each.
+#[test]
+fn every_operation_taking_a_channel_lists_403() {
+    let doc: Value = ordo_api::openapi::spec_json().parse().unwrap();
+    let mut with_channel = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let takes_channel = operation["parameters"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| p["name"] == "channel" && p["in"] == "query")
+            });
+            if takes_channel {
+                with_channel.push((method.as_str(), path.as_str()));
+            }
+        }
+    }
+
+    for list in ["/v1/orders", "/v1/payments", "/v1/customers"] {
+        assert!(
+            with_channel.contains(&("get", list)),
+            "GET {list} takes `channel`: {with_channel:?}"
+        );
+    }
+    let missing = lacking(&doc, &with_channel, "403");
+    assert!(missing.is_empty(), "no 403 documented: {missing:?}");
+}
+
+/// The lists' 403s, answered by the server, are in the document: a key scoped to one
+/// channel naming another, and a storefront listing customers without `email`.
+#[tokio::test]
+async fn the_lists_403s_are_documented() {
+    let app = spawn_app().await;
+    let doc: Value = ordo_api::openapi::spec_json().parse().unwrap();
+    for (id, name) in [("eu-web", "EU web shop"), ("us-web", "US web shop")] {
+        app.post(Admin, "/v1/channels", json!({"id": id, "name": name}))
+            .await
+            .assert_status(201);
+    }
+    let scoped = ordo_api::auth::create_key_in(&app.pool, Support, "eu support", Some("eu-web"))
+        .await
+        .unwrap();
+
+    let mut answered = Vec::new();
+    for list in ["/v1/orders", "/v1/payments", "/v1/customers"] {
+        let resp = read(
+            app.client
+                .get(app.url(&format!("{list}?channel=us-web")))
+                .bearer_auth(&scoped)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status, 403, "GET {list}?channel=us-web: {:?}", resp.body);
+        answered.push(("get", list));
+    }
+    app.get(Storefront, "/v1/customers").await.assert_status(403);
+
+    let missing = lacking(&doc, &answered, "403");
+    assert!(missing.is_empty(), "answered 403, not documented: {missing:?}");
+}
+
+/// The caps on unbounded streams are in the 409 of the operations that enforce them, with
+/// the rule's name and the number the code uses.
+#[test]
+fn the_caps_are_in_their_operations_409() {
+    let doc: Value = ordo_api::openapi::spec_json().parse().unwrap();
+    for (path, rule, cap) in [
+        (
+            "/v1/payments",
+            "too-many-payments",
+            ordo_commands::service::MAX_PAYMENTS_PER_ORDER.to_string(),
+        ),
+        (
+            "/v1/customers/{id}/notes",
+            "too-many-notes",
+            ordo_domain::customer::MAX_NOTES.to_string(),
+        ),
+    ] {
+        let reference = doc["paths"][path]["post"]["responses"]["409"]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST {path} 409 is a component"));
+        let name = reference.trim_start_matches("#/components/responses/");
+        let conflict = &doc["components"]["responses"][name];
+        let description = conflict["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(&format!("`{rule}`")) && description.contains(&format!(" {cap} ")),
+            "POST {path} 409: {conflict}"
+        );
+        assert!(
+            conflict["content"]["application/problem+json"].is_object(),
+            "POST {path} 409 is a problem: {conflict}"
+        );
+    }
 }

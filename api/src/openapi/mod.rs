@@ -135,13 +135,31 @@ pub struct CommandHeaderParams {
     idempotency_key: Option<String>,
 }
 
+/// The headers a creation reads. No `If-Match`: the stream is new, so there is no version to
+/// match (an id already taken is 409 instead).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct CreateHeaderParams {
+    /// Makes a retry safe: the same key and body within 24 h answers the stored response
+    /// with `Idempotent-Replayed: true` and records nothing new.
+    #[serde(rename = "Idempotency-Key")]
+    #[param(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[!-~]([ -~]*[!-~])?$"
+    )]
+    idempotency_key: Option<String>,
+}
+
 // ------------------------------------------------------------------ responses
 
 /// Every problem response, by status, as a named component.
 const PROBLEMS: [(u16, &str, &str); 12] = [
     (400, "BadRequest", "Malformed JSON, a bad header or a bad query parameter"),
     (401, "Unauthorized", "No API key, or not a valid one"),
-    (403, "Forbidden", "The key's role may not do this"),
+    (403, "Forbidden", "The key's role may not do this (`forbidden`), or a key scoped to one channel names another or asks for what spans channels (`channel-forbidden`)"),
     (404, "NotFound", "No such resource"),
     (408, "RequestTimeout", "The request (its body included) took longer than the server allows"),
     (409, "Conflict", "Refused by a domain rule (the `type` names it), the id exists already, a write conflict, or a request with this Idempotency-Key in flight"),
@@ -252,6 +270,56 @@ impl IntoResponses for Applied {
     }
 }
 
+fn problem_response(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        PROBLEM_JSON,
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build(),
+    )
+}
+
+/// 409s that name, beside the shared reasons, the cap an operation enforces: each a problem
+/// component of its own, referenced by the struct of the same name. Listed after the
+/// operation's problem set, it takes the place of the shared `Conflict`.
+const CAPPED_CONFLICTS: [(&str, &str); 2] = [
+    (
+        "PaymentsCapped",
+        "Refused by a domain rule (the `type` names it), among them `too-many-payments`: the \
+         order has 100 payments already (creations for one order in flight at the same time \
+         are each counted before any is recorded, so a burst can pass the cap by their \
+         number); or the id exists already, a write conflict, or a request with this \
+         Idempotency-Key in flight",
+    ),
+    (
+        "NotesCapped",
+        "Refused by a domain rule (the `type` names it), among them `too-many-notes`: the \
+         customer has 500 notes already; or a write conflict, or a request with this \
+         Idempotency-Key in flight",
+    ),
+];
+
+macro_rules! capped_conflict {
+    ($($(#[$doc:meta])* $name:ident;)+) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<SpecResponse>> {
+                let reference = Ref::from_response_name(stringify!($name));
+                BTreeMap::from([("409".to_owned(), RefOr::Ref(reference))])
+            }
+        }
+    )+};
+}
+
+capped_conflict! {
+    /// `POST /v1/payments`: an order's payments are capped.
+    PaymentsCapped;
+    /// `POST /v1/customers/{id}/notes`: a customer's notes are capped.
+    NotesCapped;
+}
+
 /// 200 with the JSON body `T` and an `ETag` of the version it reflects.
 pub fn etag_header() -> Header {
     header("`\"<version>\"` of the stream this reflects")
@@ -277,12 +345,7 @@ impl Modify for Conventions {
             ),
         );
         for (status, name, description) in PROBLEMS {
-            let mut response = ResponseBuilder::new().description(description).content(
-                PROBLEM_JSON,
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            );
+            let mut response = problem_response(description);
             if status == 503 {
                 response = response.header("Retry-After", header("Seconds to wait"));
             }
@@ -292,6 +355,11 @@ impl Modify for Conventions {
             components
                 .responses
                 .insert(name.to_owned(), RefOr::T(response.build()));
+        }
+        for (name, description) in CAPPED_CONFLICTS {
+            components
+                .responses
+                .insert(name.to_owned(), RefOr::T(problem_response(description).build()));
         }
         for response in components.responses.values_mut() {
             add_request_id(response);

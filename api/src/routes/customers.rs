@@ -18,7 +18,8 @@ use crate::auth::{self, Allowed, Policy as _};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
 use crate::openapi::{params, Added, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
+use crate::openapi::{CreateHeaderParams, CreateProblems, NotesCapped, ReadOneProblems};
+use crate::openapi::RestrictedReadProblems;
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
@@ -33,7 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Register a customer (storefront, admin). `customer_id` is generated when absent.
 #[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = body::RegisterCustomer,
-    params(CommandHeaderParams), responses(Created, CreateProblems))]
+    params(CreateHeaderParams), responses(Created, CreateProblems))]
 async fn register(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -81,7 +82,7 @@ fn parse_register(json: &Value) -> Result<RegisterCustomer, ApiError> {
 
 /// Add a support note to a customer (support, admin).
 #[utoipa::path(post, path = "/v1/customers/{id}/notes", tag = "customers", request_body = body::AddNote,
-    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Added, CommandProblems))]
+    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Added, CommandProblems, NotesCapped))]
 async fn add_note(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Notes>,
@@ -161,7 +162,7 @@ async fn show(
 /// `email=` it is a lookup by exact e-mail address (case-insensitive), which storefronts and
 /// analysts may make too — a storefront finds its own customer, never pages through all.
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(params::CustomerList),
-    responses((status = 200, description = "A page of customers", body = Page<CustomerView>), ReadProblems))]
+    responses((status = 200, description = "A page of customers", body = Page<CustomerView>), RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,

@@ -21,7 +21,8 @@ use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
 use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
+use crate::openapi::{CreateHeaderParams, CreateProblems, PaymentsCapped, ReadOneProblems};
+use crate::openapi::RestrictedReadProblems;
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
@@ -51,7 +52,7 @@ impl<'de> Deserialize<'de> for Positive {
 
 /// Create a pending payment for an order, in the order's currency (storefront, admin).
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = body::CreatePayment,
-    params(CommandHeaderParams), responses(Created, CreateProblems))]
+    params(CreateHeaderParams), responses(Created, CreateProblems, PaymentsCapped))]
 async fn create(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -216,7 +217,7 @@ async fn show(
 
 /// Payments, oldest id first, cursor-paginated (every role).
 #[utoipa::path(get, path = "/v1/payments", tag = "payments", params(params::PaymentList),
-    responses((status = 200, description = "A page of payments", body = Page<PaymentView>), ReadProblems))]
+    responses((status = 200, description = "A page of payments", body = Page<PaymentView>), RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,
