@@ -28,6 +28,30 @@ pub enum CheckError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Decode(#[from] feed::DecodeError),
+    /// A customer's spending in one currency passes what i128 holds. The customers read
+    /// model refuses such an event (it dead-letters it), so the check says so rather than
+    /// comparing a wrapped number.
+    #[error("customer {customer}'s {what} in {currency} overflows")]
+    Overflow {
+        customer: String,
+        currency: String,
+        what: &'static str,
+    },
+}
+
+/// `sum + amount`, or the overflow that names where.
+fn add_spend(
+    sum: i128,
+    amount: i64,
+    (customer, currency): &(String, String),
+    what: &'static str,
+) -> Result<i128, CheckError> {
+    sum.checked_add(i128::from(amount))
+        .ok_or_else(|| CheckError::Overflow {
+            customer: customer.clone(),
+            currency: currency.clone(),
+            what,
+        })
 }
 
 /// Every difference between the folded log and the read models. Only meaningful when the
@@ -161,18 +185,17 @@ pub async fn check_with_progress(
                 id.clone(),
                 o.currency.map(|c| c.to_string()).unwrap_or_default(),
             );
-            let s = spend.entry(key).or_default();
-            s.0 += i128::from(o.total.get());
+            let s = spend.entry(key.clone()).or_default();
+            s.0 = add_spend(s.0, o.total.get(), &key, "gross")?;
             s.2 += 1;
         }
     }
     for (p, _) in payments.values() {
         if let (Some(customer), Some(currency)) = (p.customer_id, p.currency) {
             if !p.refunded.is_zero() {
-                spend
-                    .entry((customer.to_string(), currency.to_string()))
-                    .or_default()
-                    .1 += i128::from(p.refunded.get());
+                let key = (customer.to_string(), currency.to_string());
+                let s = spend.entry(key.clone()).or_default();
+                s.1 = add_spend(s.1, p.refunded.get(), &key, "refunded")?;
             }
         }
     }
@@ -287,4 +310,19 @@ async fn compare(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spend_sum_past_i128_is_an_overflow_naming_the_customer_not_a_wrap() {
+        let key = ("c-1".to_owned(), "EUR".to_owned());
+
+        assert_eq!(add_spend(i128::MAX - 5, 5, &key, "gross").unwrap(), i128::MAX);
+        let err = add_spend(i128::MAX - 5, 6, &key, "gross").unwrap_err();
+
+        assert_eq!(err.to_string(), "customer c-1's gross in EUR overflows");
+    }
 }

@@ -563,9 +563,12 @@ pub fn order_payment_status<'a>(
                 | PaymentStatus::PartiallyRefunded
                 | PaymentStatus::Refunded
         ) {
-            authorized += i128::from(p.authorized.get());
-            captured += i128::from(p.captured.get());
-            refunded += i128::from(p.refunded.get());
+            // Saturating, not wrapping: i128 holds the sum of 2^64 amounts of i64, far more
+            // payments than an order takes (at most 100, a few more in a burst), so it never
+            // saturates; if it did, the status would stay on the side of "more", never flip.
+            authorized = authorized.saturating_add(i128::from(p.authorized.get()));
+            captured = captured.saturating_add(i128::from(p.captured.get()));
+            refunded = refunded.saturating_add(i128::from(p.refunded.get()));
         }
     }
     let total = i128::from(order_total.get());
