@@ -149,3 +149,43 @@ async fn keys_are_stored_only_as_hashes() {
     .await;
     resp.assert_problem(401, "unauthorized");
 }
+
+/// An unknown key is remembered as unknown for a few seconds (`UNKNOWN_KEY_TTL`), so a client
+/// repeating it costs no lookup of `auth.api_keys` per request. Observed by taking the table
+/// away after the first refusal: the repeats are still plain 401s (answered from the cache),
+/// while a key not seen before — which must be looked up — now fails otherwise.
+#[tokio::test]
+async fn an_unknown_key_is_looked_up_once_within_the_cache_window() {
+    let app = spawn_app().await;
+    let get = |key: &'static str| {
+        let request = app.client.get(app.url("/v1/orders")).bearer_auth(key);
+        async move { read(request.send().await.unwrap()).await }
+    };
+    get("ordo_unknown_repeated")
+        .await
+        .assert_problem(401, "unauthorized");
+
+    sqlx::query("ALTER TABLE auth.api_keys RENAME TO api_keys_away")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut repeats = Vec::new();
+    for _ in 0..5 {
+        repeats.push(get("ordo_unknown_repeated").await);
+    }
+    let fresh = get("ordo_unknown_fresh").await;
+    sqlx::query("ALTER TABLE auth.api_keys_away RENAME TO api_keys")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    for resp in &repeats {
+        resp.assert_problem(401, "unauthorized");
+    }
+    assert_ne!(
+        fresh.status, 401,
+        "a key not seen before is looked up, and the lookup fails without the table: {:?}",
+        fresh.body
+    );
+    assert_ne!(fresh.status, 200);
+}

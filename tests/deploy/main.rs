@@ -9,6 +9,7 @@
 mod compose;
 mod dashboard;
 mod dockerfile;
+mod docs;
 mod grafana;
 mod prometheus;
 
@@ -284,4 +285,37 @@ fn the_dashboard_checker_rejects_a_label_the_metric_does_not_have() {
     );
     let problems = dashboard::check(&json, &["prometheus"]).unwrap_err();
     assert_problem(&problems, &["ordo_commands_total", "route"]);
+}
+
+#[test]
+fn the_readme_and_docs_name_no_file_outside_the_repository_and_every_link_resolves() {
+    let root = root();
+    let files = docs::markdown_files(&root);
+    assert!(
+        files.len() > 10 && files.iter().any(|f| f.ends_with("API.md")),
+        "{files:?}"
+    );
+    let mut problems = Vec::new();
+    for file in &files {
+        problems.extend(docs::check(file, &read(file), |p| root.join(p).exists()));
+    }
+    assert_ok(problems);
+}
+
+#[test]
+fn the_docs_checker_rejects_outside_documents_and_links_to_nothing() {
+    let file = Path::new("docs/API.md");
+    let text = "See DESIGN.md §4 and [the notes](../../shared/notes.md).\n\
+        [ADR](decisions/0099-none.md), [here](decisions/0001-a.md#why), \
+        [web](https://example.com/x.md), [top](#top)\n\
+        ```sh\n[not a link](nowhere.md)\n```\n\
+        [gone]: ../missing.md\n";
+    let exists = |p: &Path| p == Path::new("docs/decisions/0001-a.md");
+    let problems = docs::check(file, text, exists);
+    assert_problem(&problems, &["docs/API.md:1", "DESIGN.md"]);
+    assert_problem(&problems, &["docs/API.md:1", "../shared"]);
+    assert_problem(&problems, &["../../shared/notes.md", "leaves the repository"]);
+    assert_problem(&problems, &["docs/decisions/0099-none.md", "does not exist"]);
+    assert_problem(&problems, &["missing.md", "does not exist"]);
+    assert_eq!(problems.len(), 5, "{problems:#?}");
 }
