@@ -19,10 +19,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ContentBuilder, Object, OpenApi as Spec, Ref, RefOr, Response as SpecResponse, ResponseBuilder,
-    Type,
+    ContentBuilder, Object, OpenApi as Spec, Ref, RefOr, Required, Response as SpecResponse,
+    ResponseBuilder, Schema, Type,
 };
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi};
 
@@ -382,11 +383,13 @@ pub(crate) fn finish(openapi: &mut Spec) {
         SECURITY_SCHEME,
         Vec::<String>::new(),
     )]);
+    let schemas = openapi.components.as_ref().map(|c| &c.schemas);
     for (path, item) in openapi.paths.paths.iter_mut() {
-        let operations: [&mut Option<Operation>; 4] = [
+        let operations: [&mut Option<Operation>; 5] = [
             &mut item.get,
             &mut item.post,
             &mut item.put,
+            &mut item.patch,
             &mut item.delete,
         ];
         for operation in operations.into_iter().flatten() {
@@ -403,8 +406,23 @@ pub(crate) fn finish(openapi: &mut Spec) {
             for response in operation.responses.responses.values_mut() {
                 add_request_id(response);
             }
+            if let (Some(body), Some(schemas)) = (operation.request_body.as_mut(), schemas) {
+                if body_optional(body, schemas) {
+                    body.required = Some(Required::False);
+                }
+            }
         }
     }
+}
+
+/// Whether a request body may be left out. Every handler reads an empty body as `{}`
+/// (`crate::extract::CommandBody`), so a body with no required field is optional.
+fn body_optional(body: &RequestBody, schemas: &BTreeMap<String, RefOr<Schema>>) -> bool {
+    let schema = match body.content.get("application/json").and_then(|c| c.schema.as_ref()) {
+        Some(RefOr::Ref(r)) => schemas.get(r.ref_location.trim_start_matches("#/components/schemas/")),
+        other => other,
+    };
+    matches!(schema, Some(RefOr::T(Schema::Object(o))) if o.required.is_empty())
 }
 
 #[cfg(test)]

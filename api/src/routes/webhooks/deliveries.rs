@@ -28,7 +28,7 @@ fn no_delivery() -> ApiError {
 
 /// An endpoint's deliveries, newest first; `status` = `pending`, `delivered` or `failed`
 /// (admin).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "list_deliveries",
     params(("id" = Uuid, Path, description = "The endpoint's id"),
         ("status" = Option<String>, Query, description = "`pending`, `delivered` or `failed`"),
         params::Limit),
@@ -57,7 +57,7 @@ pub(super) async fn list(
 }
 
 /// One delivery and its attempts, newest first (admin).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}", tag = "webhooks", operation_id = "show_delivery",
     params(("id" = Uuid, Path, description = "The endpoint's id"),
         ("delivery_id" = Uuid, Path, description = "The delivery's id")),
     responses((status = 200, description = "The delivery", body = DeliveryDetail),
