@@ -66,6 +66,27 @@ async fn min_position_zero_is_already_reached_even_before_any_event() {
     assert_eq!(resp.body["items"], json!([]));
 }
 
+/// A verification's `from_position: null` is the default, as the server always read it; the
+/// document said the field could not be null.
+#[tokio::test]
+async fn a_null_from_position_is_documented_as_the_default_it_is() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value = ordo_api::openapi::spec_json().parse().unwrap();
+
+    let started = app
+        .post(
+            Admin,
+            "/v1/audit/verifications",
+            json!({"from_position": null}),
+        )
+        .await;
+
+    started.assert_status(202);
+    assert_eq!(started.body["from_position"], 1);
+    let field = &doc["components"]["schemas"]["StartVerification"]["properties"]["from_position"];
+    assert_eq!(field["type"], json!(["integer", "null"]), "{field}");
+}
+
 /// The whole schemathesis run, bounded: 10 examples per operation and a fixed seed, about
 /// two minutes. Not in the default run because it needs python3 and, on first use, PyPI:
 /// `cargo test --test api -- --ignored schemathesis`.

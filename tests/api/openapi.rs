@@ -204,7 +204,8 @@ fn every_operation_taking_a_channel_lists_403() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             let takes_channel = operation["parameters"].as_array().is_some_and(|ps| {
-                ps.iter().any(|p| p["name"] == "channel" && p["in"] == "query")
+                ps.iter()
+                    .any(|p| p["name"] == "channel" && p["in"] == "query")
             });
             if takes_channel {
                 with_channel.push((method.as_str(), path.as_str()));
@@ -248,13 +249,22 @@ async fn the_lists_403s_are_documented() {
                 .unwrap(),
         )
         .await;
-        assert_eq!(resp.status, 403, "GET {list}?channel=us-web: {:?}", resp.body);
+        assert_eq!(
+            resp.status, 403,
+            "GET {list}?channel=us-web: {:?}",
+            resp.body
+        );
         answered.push(("get", list));
     }
-    app.get(Storefront, "/v1/customers").await.assert_status(403);
+    app.get(Storefront, "/v1/customers")
+        .await
+        .assert_status(403);
 
     let missing = lacking(&doc, &answered, "403");
-    assert!(missing.is_empty(), "answered 403, not documented: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "answered 403, not documented: {missing:?}"
+    );
 }
 
 /// The caps on unbounded streams are in the 409 of the operations that enforce them, with
@@ -298,7 +308,12 @@ fn operation_ids_are_unique() {
     let mut ids = Vec::new();
     for item in doc["paths"].as_object().unwrap().values() {
         for operation in item.as_object().unwrap().values() {
-            ids.push(operation["operationId"].as_str().unwrap_or_default().to_owned());
+            ids.push(
+                operation["operationId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
         }
     }
     let count = ids.len();
@@ -317,7 +332,9 @@ async fn a_body_without_required_fields_is_optional_in_the_document() {
     let schema_of = |body: &Value| -> Value {
         let schema = &body["content"]["application/json"]["schema"];
         match schema["$ref"].as_str() {
-            Some(r) => doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")].clone(),
+            Some(r) => {
+                doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")].clone()
+            }
             None => schema.clone(),
         }
     };
@@ -330,7 +347,11 @@ async fn a_body_without_required_fields_is_optional_in_the_document() {
             let needs_fields = schema_of(body)["required"]
                 .as_array()
                 .is_some_and(|r| !r.is_empty());
-            assert_eq!(body["required"] == true, needs_fields, "{method} {path}: {body}");
+            assert_eq!(
+                body["required"] == true,
+                needs_fields,
+                "{method} {path}: {body}"
+            );
             if !needs_fields {
                 optional.push(format!("{method} {path}"));
             }

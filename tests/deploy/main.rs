@@ -314,8 +314,14 @@ fn the_docs_checker_rejects_outside_documents_and_links_to_nothing() {
     let problems = docs::check(file, text, exists);
     assert_problem(&problems, &["docs/API.md:1", "DESIGN.md"]);
     assert_problem(&problems, &["docs/API.md:1", "../shared"]);
-    assert_problem(&problems, &["../../shared/notes.md", "leaves the repository"]);
-    assert_problem(&problems, &["docs/decisions/0099-none.md", "does not exist"]);
+    assert_problem(
+        &problems,
+        &["../../shared/notes.md", "leaves the repository"],
+    );
+    assert_problem(
+        &problems,
+        &["docs/decisions/0099-none.md", "does not exist"],
+    );
     assert_problem(&problems, &["missing.md", "does not exist"]);
     assert_eq!(problems.len(), 5, "{problems:#?}");
 }

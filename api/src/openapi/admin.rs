@@ -56,8 +56,8 @@ pub struct AuditCheckpointList {
 
 #[derive(ToSchema)]
 pub struct StartVerification {
-    /// The first position to check (default 1).
-    #[schema(nullable = false, minimum = 1)]
+    /// The first position to check (default 1; `null` is the default too).
+    #[schema(minimum = 1)]
     pub from_position: Option<i64>,
 }
 

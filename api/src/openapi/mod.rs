@@ -358,9 +358,10 @@ impl Modify for Conventions {
                 .insert(name.to_owned(), RefOr::T(response.build()));
         }
         for (name, description) in CAPPED_CONFLICTS {
-            components
-                .responses
-                .insert(name.to_owned(), RefOr::T(problem_response(description).build()));
+            components.responses.insert(
+                name.to_owned(),
+                RefOr::T(problem_response(description).build()),
+            );
         }
         for response in components.responses.values_mut() {
             add_request_id(response);
@@ -418,8 +419,14 @@ pub(crate) fn finish(openapi: &mut Spec) {
 /// Whether a request body may be left out. Every handler reads an empty body as `{}`
 /// (`crate::extract::CommandBody`), so a body with no required field is optional.
 fn body_optional(body: &RequestBody, schemas: &BTreeMap<String, RefOr<Schema>>) -> bool {
-    let schema = match body.content.get("application/json").and_then(|c| c.schema.as_ref()) {
-        Some(RefOr::Ref(r)) => schemas.get(r.ref_location.trim_start_matches("#/components/schemas/")),
+    let schema = match body
+        .content
+        .get("application/json")
+        .and_then(|c| c.schema.as_ref())
+    {
+        Some(RefOr::Ref(r)) => {
+            schemas.get(r.ref_location.trim_start_matches("#/components/schemas/"))
+        }
         other => other,
     };
     matches!(schema, Some(RefOr::T(Schema::Object(o))) if o.required.is_empty())

@@ -17,9 +17,9 @@ use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, P
 use crate::auth::{self, Allowed, Policy as _};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
+use crate::openapi::RestrictedReadProblems;
 use crate::openapi::{params, Added, Applied, CommandHeaderParams, CommandProblems, Created};
 use crate::openapi::{CreateHeaderParams, CreateProblems, NotesCapped, ReadOneProblems};
-use crate::openapi::RestrictedReadProblems;
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
