@@ -320,7 +320,10 @@ mod tests {
     fn a_spend_sum_past_i128_is_an_overflow_naming_the_customer_not_a_wrap() {
         let key = ("c-1".to_owned(), "EUR".to_owned());
 
-        assert_eq!(add_spend(i128::MAX - 5, 5, &key, "gross").unwrap(), i128::MAX);
+        assert_eq!(
+            add_spend(i128::MAX - 5, 5, &key, "gross").unwrap(),
+            i128::MAX
+        );
         let err = add_spend(i128::MAX - 5, 6, &key, "gross").unwrap_err();
 
         assert_eq!(err.to_string(), "customer c-1's gross in EUR overflows");
