@@ -1233,3 +1233,350 @@ async fn the_cli_creates_channels_and_keys_scoped_to_them() {
         "pos-1"
     );
 }
+
+/// A database recorded before channels existed (migrations up to 0110, rows in the shapes
+/// the code of that time wrote them), then upgraded: everything in it belongs to `default`.
+#[tokio::test]
+async fn existing_data_belongs_to_default_after_the_migration() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    use ordo_commands::chain;
+    use sqlx::migrate::Migrator;
+
+    let database_url = crate::helpers::fresh_database_url();
+    ordo_commands::db::ensure_database(&database_url)
+        .await
+        .unwrap();
+    let old = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let before_channels = Migrator {
+        migrations: ordo::MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < 110)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..Migrator::DEFAULT
+    };
+    assert!(ordo::MIGRATOR
+        .migrations
+        .iter()
+        .any(|m| m.version == 110 && m.description.contains("channels")));
+    before_channels.run(&old).await.unwrap();
+
+    // Keys as auth.api_keys held them: no channel column.
+    let storefront_key = format!("ordo_{}", Uuid::new_v4().simple());
+    let support_key = format!("ordo_{}", Uuid::new_v4().simple());
+    for (key, role, name) in [
+        (&storefront_key, "storefront", "old shop"),
+        (&support_key, "support", "old desk"),
+    ] {
+        sqlx::query(
+            "INSERT INTO auth.api_keys (id, name, role, key_hash)
+             VALUES ($1, $2, $3, sha256(convert_to($4, 'UTF8')))",
+        )
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .bind(role)
+        .bind(key)
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+
+    // One customer registered and one order placed, their metadata without `channel`,
+    // chained as the appender chained them.
+    let customer = Uuid::now_v7();
+    let order = Uuid::now_v7();
+    let placed_at = chain::to_micros(Utc::now());
+    let metadata = json!({
+        "actor_key_id": Uuid::now_v7(), "actor_name": "old shop", "actor_role": "storefront",
+        "causation_id": Uuid::now_v7(), "correlation_id": Uuid::now_v7(),
+        "request_id": Uuid::now_v7(),
+    });
+    let events = [
+        (
+            "customer",
+            customer,
+            "customer.registered",
+            json!({"type": "customer.registered", "customer_id": customer,
+                   "email": "old@example.com", "name": "Old Customer", "phone": null,
+                   "registered_at": placed_at}),
+        ),
+        (
+            "order",
+            order,
+            "order.placed",
+            json!({"type": "order.placed", "order_id": order, "customer_id": customer,
+                   "currency": "EUR", "total": 2999, "placed_at": placed_at,
+                   "lines": [
+                       {"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1250, "line_total": 2500},
+                       {"sku": "PEN-2", "name": "Pen", "quantity": 1, "unit_price": 499, "line_total": 499}],
+                   "shipping_address": {"line1": "1 Main St", "city": "Berlin",
+                                        "postal_code": "10115", "country": "DE"}}),
+        ),
+    ];
+    let mut head = chain::ZERO;
+    let mut event_ids = Vec::new();
+    for (aggregate, id, event_type, payload) in &events {
+        let (id, data, meta) = (
+            id.to_string(),
+            chain::canonical(payload),
+            chain::canonical(&metadata),
+        );
+        let event_id = Uuid::new_v4();
+        head = chain::link(
+            &head,
+            &chain::Linked {
+                aggregate_type: aggregate,
+                aggregate_id: &id,
+                sequence: 1,
+                event_type,
+                schema_version: "2",
+                data: &data,
+                metadata: &meta,
+                event_id,
+                recorded_at: placed_at,
+            },
+        );
+        sqlx::query(
+            "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type,
+                    event_version, payload, metadata, event_id, recorded_at, hash)
+             VALUES ($1, $2, 1, $3, '2', $4::jsonb, $5::jsonb, $6, $7, $8)",
+        )
+        .bind(aggregate)
+        .bind(&id)
+        .bind(event_type)
+        .bind(&data)
+        .bind(&meta)
+        .bind(event_id)
+        .bind(placed_at)
+        .bind(head.to_vec())
+        .execute(&old)
+        .await
+        .unwrap();
+        event_ids.push(event_id);
+    }
+
+    // The read models as the projector of that time built them: its tables without the
+    // channel column, caught up with both events.
+    for projection in ordo_projections::Projection::ALL {
+        let ddl: String = projection
+            .ddl("projections")
+            .lines()
+            .filter(|line| !line.contains("channel"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        sqlx::raw_sql(&ddl).execute(&old).await.unwrap();
+        sqlx::query(
+            "INSERT INTO projections.checkpoints (name, global_position, version) VALUES ($1, 2, $2)",
+        )
+        .bind(projection.name())
+        .bind(projection.version() as i32)
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO projections.customers (id, email, name, order_count, cancelled_count,
+                open_orders, notes_count, first_order_at, last_order_at, registered_at)
+         VALUES ($1, 'old@example.com', 'Old Customer', 1, 0, 1, 0, $2, $2, $2)",
+    )
+    .bind(customer)
+    .bind(placed_at)
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO projections.customer_spend (customer_id, currency, gross, refunded, orders)
+         VALUES ($1, 'EUR', 2999, 0, 1)",
+    )
+    .bind(customer)
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO projections.orders (id, customer_id, status, payment_status,
+                fulfillment_status, currency, total, line_count, lines, placed_at, updated_at, version)
+         VALUES ($1, $2, 'placed', 'unpaid', 'unfulfilled', 'EUR', 2999, 2, $3, $4, $4, 1)",
+    )
+    .bind(order)
+    .bind(customer)
+    .bind(json!([
+        {"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1250, "line_total": 2500, "shipped": 0},
+        {"sku": "PEN-2", "name": "Pen", "quantity": 1, "unit_price": 499, "line_total": 499, "shipped": 0}
+    ]))
+    .bind(placed_at)
+    .execute(&old)
+    .await
+    .unwrap();
+
+    // The workers' rows: the order counted by analytics, its confirmation mail recorded.
+    for granularity in ["hour", "day"] {
+        let bucket = placed_at
+            .duration_trunc(if granularity == "hour" {
+                TimeDelta::hours(1)
+            } else {
+                TimeDelta::days(1)
+            })
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross)
+             VALUES ($1, $2, 'EUR', 1, 2999)",
+        )
+        .bind(granularity)
+        .bind(bucket)
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO analytics.order_stages (order_id, stage) VALUES ($1, 'placed')")
+        .bind(order)
+        .execute(&old)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO analytics.processed (event_id) SELECT unnest($1::uuid[]);
+         ",
+    )
+    .bind(&event_ids)
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO notification.notifications (id, event_id, kind, order_id, customer_id,
+                recipient, subject, body, status)
+         VALUES ($1, $2, 'order_placed', $3, $4, 'old@example.com', 'Your order', 'Thanks', 'recorded')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event_ids[1])
+    .bind(order)
+    .bind(customer)
+    .execute(&old)
+    .await
+    .unwrap();
+    old.close().await;
+
+    // Upgrade: the application applies the rest of the migrations as it starts.
+    let mut config = ordo::Config::defaults();
+    config.database_url = database_url.clone().into();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.db_max_connections = 12;
+    config.roles = vec![ProcessRole::Api, ProcessRole::Projector];
+    let built = ordo::Application::build(&config).await.unwrap();
+    let pool = built.pool().clone();
+    let app = crate::helpers::start(built, pool, database_url).await;
+
+    let keys: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT name, channel FROM auth.api_keys WHERE name LIKE 'old %' ORDER BY name",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        [
+            ("old desk".to_owned(), None),
+            ("old shop".to_owned(), Some("default".to_owned()))
+        ]
+    );
+
+    // The old order and customer are `default`'s, to the old keys as to a new global one.
+    let (order, customer) = (order.to_string(), customer.to_string());
+    for key in [&storefront_key, &support_key] {
+        for path in [
+            format!("/v1/orders/{order}"),
+            format!("/v1/customers/{customer}"),
+        ] {
+            let read = request(&app, key, Method::GET, &path, None).await;
+            read.assert_status(200);
+            assert_eq!(read.body["channel"], "default", "{path}");
+        }
+        let listed = request(&app, key, Method::GET, "/v1/orders?channel=default", None).await;
+        listed.assert_status(200);
+        assert_eq!(listed.body["items"][0]["id"], order.as_str());
+    }
+    let history = app
+        .get(Support, &format!("/v1/orders/{order}/history"))
+        .await;
+    history.assert_status(200);
+    assert_eq!(history.body["items"].as_array().unwrap().len(), 1);
+
+    // Another channel's storefront does not see them.
+    app.post(Admin, "/v1/channels", json!({"id": EU, "name": "EU"}))
+        .await
+        .assert_status(201);
+    let eu_key = ordo_api::auth::create_key_in(&app.pool, Storefront, "eu", Some(EU))
+        .await
+        .unwrap();
+    request(
+        &app,
+        &eu_key,
+        Method::GET,
+        &format!("/v1/orders/{order}"),
+        None,
+    )
+    .await
+    .assert_problem(404, "not-found");
+
+    // The old storefront key orders for the old customer: the same channel.
+    let again = request(
+        &app,
+        &storefront_key,
+        Method::POST,
+        "/v1/orders",
+        Some(order_body(&customer)),
+    )
+    .await;
+    again.assert_status(201);
+    assert_eq!(
+        stream_channel(&app, Kind::Order, &again.id()).await,
+        "default"
+    );
+
+    // Analytics and notifications: `default`'s figures are the totals.
+    let sales = |path: String| {
+        let app = &app;
+        async move {
+            let resp = app.get(Analyst, &path).await;
+            resp.assert_status(200);
+            resp.body["items"].clone()
+        }
+    };
+    let all = sales("/v1/analytics/sales".into()).await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["orders"], 1);
+    assert_eq!(
+        sales("/v1/analytics/sales?channel=default".into()).await,
+        all
+    );
+    assert_eq!(
+        sales(format!("/v1/analytics/sales?channel={EU}")).await,
+        json!([])
+    );
+    let funnel = app
+        .get(Analyst, "/v1/analytics/funnel?channel=default")
+        .await;
+    assert_eq!(funnel.body["placed"], 1);
+    assert_eq!(
+        funnel.body,
+        app.get(Analyst, "/v1/analytics/funnel").await.body
+    );
+    let notifications = request(
+        &app,
+        &support_key,
+        Method::GET,
+        "/v1/notifications?channel=default",
+        None,
+    )
+    .await;
+    notifications.assert_status(200);
+    assert_eq!(notifications.body["items"][0]["channel"], "default");
+    assert_eq!(notifications.body["items"][0]["order_id"], order.as_str());
+
+    // The chain the seeded events started still holds with the new order linked to it.
+    let verification = ordo_commands::audit::verify(&app.pool, 1, None, |_| {})
+        .await
+        .unwrap();
+    assert!(verification.intact(), "{verification:?}");
+    assert_eq!(verification.checked, 3);
+}
