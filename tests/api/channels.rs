@@ -1221,6 +1221,75 @@ async fn the_console_shows_channels_and_scopes_a_session_like_its_key() {
         .js("return Array.from(document.querySelectorAll('header nav a')).map(a => a.getAttribute('href'))")
         .await;
     assert!(!links.to_string().contains("/console/keys"), "{links}");
+
+    // A global admin creates a storefront key of `eu-web` from the keys page.
+    let hook = ch
+        .app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "channel": EU}),
+        )
+        .await;
+    hook.assert_status(201);
+    browser
+        .sign_in_with(ch.key(Scope::Global, Admin), Admin)
+        .await;
+    browser.goto("/console/keys").await;
+    browser
+        .find("#key-name")
+        .await
+        .send_keys("eu till")
+        .await
+        .unwrap();
+    browser
+        .find("#key-role")
+        .await
+        .select_by_value("storefront")
+        .await
+        .unwrap();
+    browser
+        .find("#key-channel")
+        .await
+        .select_by_value(EU)
+        .await
+        .unwrap();
+    browser.click("form[action='/console/keys'] button").await;
+    browser.find("#new-key").await;
+    let key = browser
+        .js("return document.querySelector('#new-key').value")
+        .await;
+    let key = key.as_str().unwrap();
+    let channel_of = |name: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .js(&format!(
+                    "return Array.from(document.querySelectorAll('tbody tr'))
+                       .filter(r => r.cells[0].textContent === '{name}')
+                       .map(r => r.querySelector('td.channel').textContent)"
+                ))
+                .await
+        }
+    };
+    assert_eq!(channel_of("eu till").await, json!([EU]));
+    assert_eq!(channel_of("admin-Global").await, json!(["global"]));
+    let customer = request(
+        &ch.app,
+        key,
+        Method::POST,
+        "/v1/customers",
+        Some(json!({"email": "till@eu.example", "name": "Till"})),
+    )
+    .await;
+    customer.assert_status(201);
+    assert_eq!(
+        stream_channel(&ch.app, Kind::Customer, &customer.id()).await,
+        EU
+    );
+    // The webhooks page shows which channel an endpoint is subscribed to.
+    browser.goto("/console/webhooks").await;
+    assert_eq!(browser.text("td.channel").await, EU);
     browser.close().await;
 }
 
