@@ -260,6 +260,8 @@ pub struct Notification {
     pub event_id: Uuid,
     /// `order_placed`, `order_shipped`, `order_cancelled` or `payment_refunded`.
     pub kind: String,
+    /// The sales channel of the event that caused it.
+    pub channel: String,
     pub order_id: Option<Uuid>,
     pub customer_id: Option<Uuid>,
     pub recipient: Option<String>,

@@ -18,7 +18,7 @@ use crate::auth::{self, Allowed, Policy as _};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
 use crate::openapi::{params, Added, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
+use crate::openapi::{CreateProblems, ReadOneProblems, RestrictedReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
@@ -161,7 +161,7 @@ async fn show(
 /// `email=` it is a lookup by exact e-mail address (case-insensitive), which storefronts and
 /// analysts may make too — a storefront finds its own customer, never pages through all.
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(params::CustomerList),
-    responses((status = 200, description = "A page of customers", body = Page<CustomerView>), ReadProblems))]
+    responses((status = 200, description = "A page of customers", body = Page<CustomerView>), RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,

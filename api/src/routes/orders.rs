@@ -19,7 +19,7 @@ use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
 use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
+use crate::openapi::{CreateProblems, ReadOneProblems, RestrictedReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
@@ -267,7 +267,7 @@ async fn show(
 
 /// Orders, oldest id first, cursor-paginated (every role).
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(params::OrderList),
-    responses((status = 200, description = "A page of orders", body = Page<OrderView>), ReadProblems))]
+    responses((status = 200, description = "A page of orders", body = Page<OrderView>), RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,

@@ -21,7 +21,7 @@ use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
 use crate::openapi::schemas as body;
 use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateProblems, ReadOneProblems, ReadProblems};
+use crate::openapi::{CreateProblems, ReadOneProblems, RestrictedReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::Validation;
 use crate::{ApiError, AppState};
@@ -216,7 +216,7 @@ async fn show(
 
 /// Payments, oldest id first, cursor-paginated (every role).
 #[utoipa::path(get, path = "/v1/payments", tag = "payments", params(params::PaymentList),
-    responses((status = 200, description = "A page of payments", body = Page<PaymentView>), ReadProblems))]
+    responses((status = 200, description = "A page of payments", body = Page<PaymentView>), RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,
