@@ -438,6 +438,16 @@ async fn every_route_answers_each_key_by_its_channel() {
                             "{who}"
                         );
                         if let Some(own) = scope.channel() {
+                            // Naming its own channel is the same as naming none.
+                            let mut named = create_body(&ch, *kind, scope).await;
+                            named["channel"] = json!(own);
+                            let resp = ch.call(scope, role, m.clone(), path, Some(named)).await;
+                            resp.assert_status(201);
+                            assert_eq!(
+                                stream_channel(&ch.app, *kind, &resp.id()).await,
+                                own,
+                                "{who}"
+                            );
                             let other = if own == EU { US } else { EU };
                             let mut named = body.clone();
                             named["channel"] = json!(other);
@@ -1356,6 +1366,43 @@ async fn the_cli_creates_channels_and_keys_scoped_to_them() {
     assert!(
         ok && out.contains("default") && out.contains("Till 1"),
         "{out}"
+    );
+    let (ok, out, err) = ordo(&["channels", "show", "pos-1"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("pos-1") && out.contains("Till 1") && out.contains("(configured sender)"),
+        "{out}"
+    );
+    let (ok, _, err) = ordo(&["channels", "show", "nope"]);
+    assert!(!ok && err.contains("no channel has the id `nope`"), "{err}");
+
+    // The channel's e-mail sender: set, refused when not an address, then cleared.
+    let (ok, out, err) = ordo(&[
+        "channels",
+        "sender",
+        "pos-1",
+        "--address",
+        "till@shop.example",
+        "--sender-name",
+        "Till Shop",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Till Shop <till@shop.example>"), "{out}");
+    let shown = app.get(Admin, "/v1/channels/pos-1").await;
+    assert_eq!(shown.body["email_from_address"], "till@shop.example");
+    assert_eq!(shown.body["email_from_name"], "Till Shop");
+    let (ok, _, err) = ordo(&["channels", "sender", "pos-1", "--address", "not an address"]);
+    assert!(!ok && err.contains("is not an e-mail address"), "{err}");
+    let (_, out, _) = ordo(&["channels", "show", "pos-1"]);
+    assert!(
+        out.contains("Till Shop <till@shop.example>"),
+        "unchanged: {out}"
+    );
+    let (ok, out, err) = ordo(&["channels", "sender", "pos-1"]);
+    assert!(ok && out.contains("(configured sender)"), "{out} {err}");
+    assert_eq!(
+        app.get(Admin, "/v1/channels/pos-1").await.body["email_from_address"],
+        Value::Null
     );
     let (ok, out, err) = ordo(&[
         "keys",
