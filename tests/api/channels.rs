@@ -1098,6 +1098,44 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
     let shown = app.get(Admin, &format!("/v1/webhooks/{eu_endpoint}")).await;
     assert_eq!(shown.body["channel"], EU);
 
+    // An endpoint moved to another channel by a global admin receives that channel's events.
+    let moved_hook = crate::webhooks::Receiver::start(|_| 200).await;
+    let moved = app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": moved_hook.url, "event_types": ["order.placed"], "channel": EU}),
+        )
+        .await
+        .id();
+    let path = format!("/v1/webhooks/{moved}");
+    let to_all = app.patch(Admin, &path, json!({"channel": null})).await;
+    to_all.assert_status(200);
+    assert_eq!(to_all.body["channel"], Value::Null);
+    let to_us = app.patch(Admin, &path, json!({"channel": US})).await;
+    to_us.assert_status(200);
+    assert_eq!(to_us.body["channel"], US);
+    assert_eq!(to_us.body["event_types"], json!(["order.placed"]));
+    for bad in [json!("nope"), json!("Not A Slug"), json!(3)] {
+        let refused = app.patch(Admin, &path, json!({"channel": bad})).await;
+        refused.assert_problem(422, "validation");
+        assert_eq!(refused.body["errors"][0]["field"], "channel");
+    }
+    ch.call(
+        Scope::Us,
+        Admin,
+        Method::PATCH,
+        &path,
+        Some(json!({"channel": US})),
+    )
+    .await
+    .assert_problem(403, "channel-forbidden");
+    // A change without `channel` leaves it.
+    let described = app
+        .patch(Admin, &path, json!({"description": "moved"}))
+        .await;
+    assert_eq!(described.body["channel"], US);
+
     let eu = ch.world(Scope::Eu).await;
     let us = ch.world(Scope::Us).await;
     let s = setup(app).await;
@@ -1107,7 +1145,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
         app,
         &pool,
         "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
-        3,
+        4,
     )
     .await;
 
@@ -1124,6 +1162,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
         ids
     };
     assert_eq!(orders(&eu_hook), std::slice::from_ref(&eu.order));
+    assert_eq!(orders(&moved_hook), std::slice::from_ref(&us.order));
     let mut both = vec![eu.order, us.order];
     both.sort();
     assert_eq!(orders(&all_hook), both);

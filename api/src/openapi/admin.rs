@@ -181,6 +181,10 @@ pub struct UpdateWebhook {
     /// Null clears it; at most 500 characters.
     #[schema(max_length = 500)]
     pub description: Option<String>,
+    /// Subscribe it to the events of this sales channel only; null: of every channel.
+    /// Applies to events recorded from then on.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub channel: Option<String>,
 }
 
 // ------------------------------------------------------------------ workers
