@@ -1630,7 +1630,7 @@ async fn existing_data_belongs_to_default_after_the_migration() {
             "INSERT INTO projections.checkpoints (name, global_position, version) VALUES ($1, 2, $2)",
         )
         .bind(projection.name())
-        .bind(projection.version() as i32)
+        .bind(projection.version())
         .execute(&old)
         .await
         .unwrap();
@@ -1693,14 +1693,11 @@ async fn existing_data_belongs_to_default_after_the_migration() {
         .execute(&old)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO analytics.processed (event_id) SELECT unnest($1::uuid[]);
-         ",
-    )
-    .bind(&event_ids)
-    .execute(&old)
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO analytics.processed (event_id) SELECT unnest($1::uuid[])")
+        .bind(&event_ids)
+        .execute(&old)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO notification.notifications (id, event_id, kind, order_id, customer_id,
                 recipient, subject, body, status)
