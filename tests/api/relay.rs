@@ -36,16 +36,8 @@ async fn jetstream() -> jetstream::Context {
 }
 
 async fn some_events(app: &TestApp) -> String {
-    let order = app.confirmed_order().await;
-    let payment = app.authorized_payment(&order, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
-    order
+    let customer = app.register_customer().await;
+    app.paid_order(&customer).await.order
 }
 
 #[tokio::test]
