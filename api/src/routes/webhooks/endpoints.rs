@@ -156,7 +156,7 @@ async fn set_enabled(app: &AppState, id: uuid::Uuid, enabled: bool) -> Result<Re
 /// the new and the previous secret (admin).
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
-    responses((status = 200, description = "The new secret", body = admin::WebhookCreated),
+    responses((status = 200, description = "The new secret", body = super::Secret),
         RestrictedReadOneProblems))]
 pub(super) async fn rotate_secret(
     State(app): State<AppState>,
@@ -166,5 +166,5 @@ pub(super) async fn rotate_secret(
     let secret = endpoints::rotate_secret(&app.pool, id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(serde_json::json!({"id": id, "secret": secret})).into_response())
+    Ok(Json(super::Secret { id, secret }).into_response())
 }
