@@ -137,12 +137,7 @@ pub async fn apply(
     schema: &str,
     events: &[Decoded],
 ) -> Result<(), ApplyError> {
-    let mut changes = Vec::new();
-    for event in events {
-        if let Some((id, change)) = change_of(event)? {
-            changes.push((id, change, event));
-        }
-    }
+    let changes = changes(events)?;
     if changes.is_empty() {
         return Ok(());
     }
@@ -151,8 +146,31 @@ pub async fn apply(
     ids.dedup();
     let mut customers = load_customers(conn, schema, &ids).await?;
     let mut spend = load_spend(conn, schema, &ids).await?;
-    let mut touched_spend = Vec::new();
+    let touched_spend = fold(changes, &mut customers, &mut spend)?;
+    save_customers(conn, schema, &ids, &customers).await?;
+    save_spend(conn, schema, &touched_spend, &spend).await?;
+    Ok(())
+}
 
+/// What the batch changes, customer by customer, with the event each change comes from.
+fn changes(events: &[Decoded]) -> Result<Vec<(Uuid, Change, &Decoded)>, ApplyError> {
+    let mut changes = Vec::new();
+    for event in events {
+        if let Some((id, change)) = change_of(event)? {
+            changes.push((id, change, event));
+        }
+    }
+    Ok(changes)
+}
+
+/// Apply the changes to the rows in memory (every customer they name, as loaded: a missing
+/// one starts empty); returns the spending rows they changed, sorted.
+fn fold(
+    changes: Vec<(Uuid, Change, &Decoded)>,
+    customers: &mut HashMap<Uuid, CustomerRow>,
+    spend: &mut HashMap<(Uuid, String), SpendRow>,
+) -> Result<Vec<(Uuid, String)>, ApplyError> {
+    let mut touched_spend = Vec::new();
     for (id, change, event) in changes {
         let customer = customers.entry(id).or_default();
         match change {
@@ -204,9 +222,7 @@ pub async fn apply(
     }
     touched_spend.sort_unstable();
     touched_spend.dedup();
-    save_customers(conn, schema, &ids, &customers).await?;
-    save_spend(conn, schema, &touched_spend, &spend).await?;
-    Ok(())
+    Ok(touched_spend)
 }
 
 /// A checked sum, or the event that would overflow it (unreachable with amounts capped at
@@ -359,4 +375,164 @@ async fn save_spend(
 pub(crate) fn numeric(text: String) -> Result<i128, sqlx::Error> {
     text.parse()
         .map_err(|e| sqlx::Error::Decode(format!("`{text}` is not a whole number: {e}").into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use ordo_domain::customer::CustomerCommand;
+    use ordo_domain::order::OrderCommand;
+
+    use super::*;
+    use crate::fixtures::{at, line, text, Log};
+
+    const CUSTOMER: Uuid = Uuid::from_u128(1);
+
+    /// The two tables, as `apply` leaves them between batches.
+    #[derive(Default)]
+    struct Tables {
+        customers: HashMap<Uuid, CustomerRow>,
+        spend: HashMap<(Uuid, String), SpendRow>,
+    }
+
+    impl Tables {
+        fn apply(&mut self, batch: &[Decoded]) -> Result<(), ApplyError> {
+            fold(changes(batch)?, &mut self.customers, &mut self.spend)?;
+            Ok(())
+        }
+
+        fn customer(&self) -> &CustomerRow {
+            &self.customers[&CUSTOMER]
+        }
+
+        fn euros(&self) -> &SpendRow {
+            &self.spend[&(CUSTOMER, "EUR".to_owned())]
+        }
+    }
+
+    fn registered(channel: &str) -> Log {
+        let mut log = Log::new(channel);
+        log.register(CUSTOMER, "ada@example.com", "Ada Lovelace", 0);
+        log
+    }
+
+    fn note(log: &mut Log, n: u128) {
+        log.customer(
+            CUSTOMER,
+            CustomerCommand::AddNote {
+                note_id: Uuid::from_u128(100 + n),
+                text: text("called about the invoice"),
+                at: at(1),
+            },
+        );
+    }
+
+    /// Place, pay in full, confirm, ship and deliver an order of `total` minor units.
+    fn delivered(log: &mut Log, order: Uuid, payment: Uuid, total: i64, minute: i64) {
+        log.place(order, CUSTOMER, vec![line("A-1", 1, total)], minute);
+        log.pay(payment, order, total, minute);
+        log.authorize(payment, minute);
+        log.capture(payment, total, minute);
+        log.order(order, OrderCommand::Confirm { at: at(minute) });
+        log.ship(order, None, minute + 1);
+        log.order(order, OrderCommand::Deliver { at: at(minute + 2) });
+    }
+
+    #[test]
+    fn a_customer_with_orders_and_notes_counts_each_and_sums_the_spending() {
+        let mut log = registered("web");
+        note(&mut log, 1);
+        note(&mut log, 2);
+        let mut tables = Tables::default();
+        tables.apply(&log.batch()).unwrap();
+        let customer = tables.customer();
+        assert_eq!(customer.email.as_deref(), Some("ada@example.com"));
+        assert_eq!(customer.name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(customer.channel.as_deref(), Some("web"));
+        assert_eq!((customer.notes_count, customer.order_count), (2, 0));
+        assert_eq!(customer.registered_at, Some(at(0)));
+
+        let (first, second, third) = (
+            Uuid::from_u128(11),
+            Uuid::from_u128(12),
+            Uuid::from_u128(13),
+        );
+        let payment = Uuid::from_u128(21);
+        delivered(&mut log, first, payment, 4000, 10);
+        log.place(second, CUSTOMER, vec![line("B-2", 2, 1500)], 20);
+        log.place(third, CUSTOMER, vec![line("C-3", 1, 999)], 30);
+        tables.apply(&log.batch()).unwrap();
+        log.order(
+            third,
+            OrderCommand::Cancel {
+                reason: text("changed my mind"),
+                at: at(31),
+            },
+        );
+        log.refund(payment, 700, 40);
+        tables.apply(&log.batch()).unwrap();
+
+        let customer = tables.customer();
+        assert_eq!(
+            (
+                customer.order_count,
+                customer.cancelled_count,
+                customer.open_orders
+            ),
+            (3, 1, 1),
+            "three placed, one cancelled, one delivered: one still open"
+        );
+        assert_eq!(customer.first_order_at, Some(at(10)));
+        assert_eq!(customer.last_order_at, Some(at(30)));
+        assert_eq!(customer.notes_count, 2);
+        let spend = tables.euros();
+        assert_eq!((spend.gross, spend.refunded, spend.orders), (7000, 700, 2));
+    }
+
+    #[test]
+    fn erasure_drops_the_personal_fields_and_keeps_the_counts() {
+        let mut log = registered("web");
+        note(&mut log, 1);
+        log.place(Uuid::from_u128(11), CUSTOMER, vec![line("A-1", 1, 100)], 5);
+        let mut tables = Tables::default();
+        tables.apply(&log.batch()).unwrap();
+        log.customer(CUSTOMER, CustomerCommand::Erase { at: at(50) });
+        tables.apply(&log.batch()).unwrap();
+        let customer = tables.customer();
+        assert_eq!(
+            (customer.email.as_deref(), customer.name.as_deref()),
+            (None, None)
+        );
+        assert_eq!((customer.notes_count, customer.order_count), (1, 1));
+        assert_eq!(customer.channel.as_deref(), Some("web"));
+        assert_eq!(customer.registered_at, Some(at(0)));
+        assert_eq!(tables.euros().gross, 100);
+    }
+
+    #[test]
+    fn a_customer_only_known_from_orders_has_no_personal_fields_nor_channel() {
+        let mut log = Log::new("pos");
+        log.place(Uuid::from_u128(11), CUSTOMER, vec![line("A-1", 2, 250)], 5);
+        let mut tables = Tables::default();
+        tables.apply(&log.batch()).unwrap();
+        let customer = tables.customer();
+        assert_eq!(customer.email, None);
+        // Its channel is registration's: `save_customers` writes the default until then.
+        assert_eq!(customer.channel, None);
+        assert_eq!((customer.order_count, customer.open_orders), (1, 1));
+        assert_eq!(tables.euros().gross, 500);
+    }
+
+    #[test]
+    fn events_that_change_nothing_here_are_passed_over_unread() {
+        let mut log = registered("default");
+        log.place(Uuid::from_u128(11), CUSTOMER, vec![line("A-1", 1, 100)], 5);
+        log.order(Uuid::from_u128(11), OrderCommand::Confirm { at: at(6) });
+        let batch = log.batch();
+        let changes = changes(&batch).unwrap();
+        let types: Vec<&str> = changes
+            .iter()
+            .map(|(_, _, d)| d.envelope.event_type.as_str())
+            .collect();
+        assert_eq!(types, [types::CUSTOMER_REGISTERED, types::ORDER_PLACED]);
+    }
 }

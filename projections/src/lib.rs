@@ -7,6 +7,8 @@
 
 pub mod check;
 pub mod customers;
+#[cfg(test)]
+mod fixtures;
 pub mod model;
 pub mod orders;
 pub mod payments;

@@ -485,3 +485,211 @@ async fn save_payments(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use ordo_domain::order::OrderCommand;
+
+    use super::*;
+    use crate::fixtures::{at, line, Log};
+
+    const ORDER: Uuid = Uuid::from_u128(1);
+    const CUSTOMER: Uuid = Uuid::from_u128(2);
+    const PAYMENT: Uuid = Uuid::from_u128(3);
+
+    /// The two tables, as `apply` would leave them between batches.
+    #[derive(Default)]
+    struct Tables {
+        orders: HashMap<Uuid, OrderRow>,
+        payments: HashMap<Uuid, PaymentRow>,
+    }
+
+    impl Tables {
+        /// Fold a batch over the stored rows and store what it changed, the way `save_*`
+        /// and `load_*` round-trip them (the lines come back as text, unparsed).
+        fn apply(&mut self, batch: &[Decoded]) -> Result<(), ApplyError> {
+            let Batch { items, .. } = select(batch)?;
+            let (orders, payments) = fold(items, self.orders.clone(), self.payments.clone())?;
+            for mut order in orders {
+                if order.lines_changed {
+                    order.lines_json = Some(order.lines.to_string());
+                }
+                order.lines = Value::Null;
+                order.lines_changed = false;
+                self.orders.insert(order.id, order);
+            }
+            for payment in payments {
+                self.payments.insert(payment.payment_id, payment);
+            }
+            Ok(())
+        }
+
+        fn order(&self) -> &OrderRow {
+            &self.orders[&ORDER]
+        }
+
+        /// `(sku, shipped)` of each line, as stored.
+        fn shipped(&self) -> Vec<(String, u64)> {
+            let lines: Value =
+                serde_json::from_str(self.order().lines_json.as_deref().unwrap()).unwrap();
+            lines
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    (
+                        l["sku"].as_str().unwrap().to_owned(),
+                        l["shipped"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// A placed order of 2 × A-1 at 10.00 and 1 × B-2 at 5.00 (25.00), in `channel`.
+    fn placed(channel: &str) -> Log {
+        let mut log = Log::new(channel);
+        log.place(
+            ORDER,
+            CUSTOMER,
+            vec![line("A-1", 2, 1000), line("B-2", 1, 500)],
+            0,
+        );
+        log
+    }
+
+    fn pay_in_full(log: &mut Log, minute: i64) {
+        log.pay(PAYMENT, ORDER, 2500, minute);
+        log.authorize(PAYMENT, minute);
+        log.capture(PAYMENT, 2500, minute + 1);
+    }
+
+    #[test]
+    fn an_order_folds_from_placed_through_paid_and_shipped_to_refunded() {
+        let mut log = placed("web");
+        let mut tables = Tables::default();
+        tables.apply(&log.batch()).unwrap();
+        let order = tables.order();
+        assert_eq!(
+            (order.status.as_str(), order.payment_status.as_str()),
+            ("placed", "unpaid")
+        );
+        assert_eq!((order.customer_id, order.total), (CUSTOMER, 2500));
+        assert_eq!((order.currency.as_str(), order.line_count), ("EUR", 2));
+        assert_eq!(order.fulfillment_status, "unfulfilled");
+        assert_eq!(tables.shipped(), [("A-1".into(), 0), ("B-2".into(), 0)]);
+
+        log.order(ORDER, OrderCommand::Confirm { at: at(5) });
+        tables.apply(&log.batch()).unwrap();
+        assert_eq!(tables.order().status, "confirmed");
+        assert_eq!(tables.order().updated_at, at(5));
+
+        pay_in_full(&mut log, 10);
+        tables.apply(&log.batch()).unwrap();
+        assert_eq!(tables.order().payment_status, "paid");
+        assert_eq!(tables.payments[&PAYMENT].captured, 2500);
+
+        log.ship(ORDER, Some(vec![("A-1", 1)]), 20);
+        tables.apply(&log.batch()).unwrap();
+        let order = tables.order();
+        assert_eq!(
+            (order.status.as_str(), order.fulfillment_status.as_str()),
+            ("shipped", "partially_shipped")
+        );
+        assert_eq!(tables.shipped(), [("A-1".into(), 1), ("B-2".into(), 0)]);
+
+        log.ship(ORDER, None, 30);
+        tables.apply(&log.batch()).unwrap();
+        assert_eq!(tables.order().fulfillment_status, "shipped");
+        assert_eq!(tables.shipped(), [("A-1".into(), 2), ("B-2".into(), 1)]);
+        assert_eq!(tables.order().updated_at, at(30));
+
+        log.refund(PAYMENT, 500, 40);
+        tables.apply(&log.batch()).unwrap();
+        assert_eq!(tables.order().payment_status, "partially_refunded");
+        log.refund(PAYMENT, 2000, 41);
+        tables.apply(&log.batch()).unwrap();
+        let order = tables.order();
+        assert_eq!(order.payment_status, "refunded");
+        assert_eq!(
+            order.status, "shipped",
+            "a refund leaves the lifecycle alone"
+        );
+        assert_eq!(order.channel, "web", "the channel stays the stream's");
+        // Placed, confirmed, shipped twice: the payment events move no order version.
+        assert_eq!(order.version, 4);
+    }
+
+    #[test]
+    fn one_batch_folds_the_same_as_one_event_at_a_time() {
+        let mut log = placed("default");
+        log.order(ORDER, OrderCommand::Confirm { at: at(5) });
+        pay_in_full(&mut log, 10);
+        log.ship(ORDER, Some(vec![("B-2", 1)]), 20);
+        let batch = log.batch();
+        let mut whole = Tables::default();
+        whole.apply(&batch).unwrap();
+        let mut stepwise = Tables::default();
+        for event in batch.chunks(1) {
+            stepwise.apply(event).unwrap();
+        }
+        for tables in [&whole, &stepwise] {
+            let order = tables.order();
+            assert_eq!(order.payment_status, "paid");
+            assert_eq!(order.fulfillment_status, "partially_shipped");
+            assert_eq!(tables.shipped(), [("A-1".into(), 0), ("B-2".into(), 1)]);
+        }
+    }
+
+    #[test]
+    fn events_already_folded_change_nothing_when_the_batch_comes_again() {
+        let mut log = placed("default");
+        log.order(ORDER, OrderCommand::Confirm { at: at(5) });
+        let first = log.batch();
+        let mut tables = Tables::default();
+        tables.apply(&first).unwrap();
+        log.ship(ORDER, None, 20);
+        tables.apply(&log.batch()).unwrap();
+
+        tables.apply(&first).unwrap();
+        let order = tables.order();
+        assert_eq!(order.status, "shipped", "order.placed again reset the row");
+        assert_eq!(tables.shipped(), [("A-1".into(), 2), ("B-2".into(), 1)]);
+        assert_eq!(order.version, 3);
+    }
+
+    #[test]
+    fn an_authorized_payment_short_of_the_total_leaves_the_order_unpaid() {
+        let mut log = placed("default");
+        log.pay(PAYMENT, ORDER, 2000, 1);
+        log.authorize(PAYMENT, 2);
+        let mut tables = Tables::default();
+        tables.apply(&log.batch()).unwrap();
+        assert_eq!(tables.order().payment_status, "unpaid");
+        assert_eq!(tables.payments[&PAYMENT].authorized, 2000);
+
+        log.pay(Uuid::from_u128(4), ORDER, 500, 3);
+        log.authorize(Uuid::from_u128(4), 4);
+        tables.apply(&log.batch()).unwrap();
+        assert_eq!(
+            tables.order().payment_status,
+            "authorized",
+            "two payments together authorize the whole total"
+        );
+        // The fixtures record the event at position n at minute n: payment events move the
+        // order's time to when they were recorded.
+        assert_eq!(tables.order().updated_at, at(5));
+    }
+
+    #[test]
+    fn an_order_event_before_its_placement_is_inconsistent() {
+        let mut log = placed("default");
+        log.order(ORDER, OrderCommand::Confirm { at: at(5) });
+        let batch = log.batch();
+        let error = Tables::default().apply(&batch[1..]).unwrap_err();
+        assert!(
+            matches!(error, ApplyError::Inconsistent { position: 2, .. }),
+            "{error:?}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::model::{ApplyError, Decoded, DomainEvent};
+use ordo_commands::feed::FeedEvent;
 
 pub const TABLES: &[&str] = &["payments"];
 
@@ -36,7 +37,24 @@ pub async fn apply(
     schema: &str,
     events: &[Decoded],
 ) -> Result<(), ApplyError> {
-    let mut decoded = Vec::new();
+    let selected = select(events)?;
+    if selected.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = selected.iter().map(|(_, id, _)| *id).collect();
+    let mut rows = load(conn, schema, &ids).await?;
+    let touched = fold(selected, &mut rows)?;
+    let rows: Vec<&PaymentRow> = touched.iter().filter_map(|id| rows.get(id)).collect();
+    save(conn, schema, &rows).await?;
+    Ok(())
+}
+
+/// A payment event of the batch, with its envelope and its payment's id.
+type Selected<'a> = (&'a FeedEvent, Uuid, &'a PaymentEvent);
+
+/// The batch's payment events.
+fn select(events: &[Decoded]) -> Result<Vec<Selected<'_>>, ApplyError> {
+    let mut selected = Vec::new();
     for item in events
         .iter()
         .filter(|e| e.envelope.aggregate_type == "payment")
@@ -50,15 +68,19 @@ pub async fn apply(
         };
         let id = Uuid::parse_str(&event.aggregate_id)
             .map_err(|_| ApplyError::inconsistent(event, "aggregate id is not a uuid"))?;
-        decoded.push((event, id, payment));
+        selected.push((event, id, payment));
     }
-    if decoded.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = decoded.iter().map(|(_, id, _)| *id).collect();
-    let mut rows = load(conn, schema, &ids).await?;
+    Ok(selected)
+}
+
+/// Apply the batch to the rows in memory (those it touches, as loaded); returns the ids of
+/// the rows it changed, sorted.
+fn fold(
+    selected: Vec<Selected<'_>>,
+    rows: &mut HashMap<Uuid, PaymentRow>,
+) -> Result<Vec<Uuid>, ApplyError> {
     let mut touched = Vec::new();
-    for (event, id, e) in decoded {
+    for (event, id, e) in selected {
         if let PaymentEvent::Created(c) = e {
             if rows.get(&id).is_none_or(|r| r.version < event.sequence) {
                 rows.insert(
@@ -128,9 +150,7 @@ pub async fn apply(
     }
     touched.sort_unstable();
     touched.dedup();
-    let rows: Vec<&PaymentRow> = touched.iter().filter_map(|id| rows.get(id)).collect();
-    save(conn, schema, &rows).await?;
-    Ok(())
+    Ok(touched)
 }
 
 async fn load(
@@ -212,4 +232,127 @@ async fn save(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ordo_domain::payment::PaymentCommand;
+
+    use super::*;
+    use crate::fixtures::{at, line, text, Log};
+
+    const ORDER: Uuid = Uuid::from_u128(1);
+    const CUSTOMER: Uuid = Uuid::from_u128(2);
+    const PAYMENT: Uuid = Uuid::from_u128(3);
+
+    /// Fold a batch over the stored rows and store the ones it changed.
+    fn apply(rows: &mut HashMap<Uuid, PaymentRow>, batch: &[Decoded]) -> Result<(), ApplyError> {
+        let mut loaded = rows.clone();
+        for id in fold(select(batch)?, &mut loaded)? {
+            rows.insert(id, loaded[&id].clone());
+        }
+        Ok(())
+    }
+
+    /// An order of 30.00 with a pending card payment for all of it, in `channel`.
+    fn created(channel: &str) -> Log {
+        let mut log = Log::new(channel);
+        log.place(ORDER, CUSTOMER, vec![line("A-1", 3, 1000)], 0);
+        log.pay(PAYMENT, ORDER, 3000, 1);
+        log
+    }
+
+    #[test]
+    fn a_payment_folds_from_created_through_captured_to_refunded() {
+        let mut log = created("pos");
+        let mut rows = HashMap::new();
+        apply(&mut rows, &log.batch()).unwrap();
+        let row = &rows[&PAYMENT];
+        assert_eq!(row.status, PaymentStatus::Pending);
+        assert_eq!((row.order_id, row.customer_id), (ORDER, CUSTOMER));
+        assert_eq!(
+            (row.amount, row.currency.as_str(), row.method.as_str()),
+            (3000, "EUR", "card")
+        );
+        assert_eq!((row.created_at, row.updated_at), (at(1), at(1)));
+        assert_eq!(row.channel, "pos");
+
+        log.authorize(PAYMENT, 2);
+        apply(&mut rows, &log.batch()).unwrap();
+        assert_eq!(rows[&PAYMENT].status, PaymentStatus::Authorized);
+        assert_eq!(rows[&PAYMENT].authorized, 3000);
+
+        for (minute, part) in [(3, 1000), (4, 2000)] {
+            log.capture(PAYMENT, part, minute);
+        }
+        apply(&mut rows, &log.batch()).unwrap();
+        let row = &rows[&PAYMENT];
+        assert_eq!(row.status, PaymentStatus::Captured);
+        assert_eq!(
+            row.captured, 3000,
+            "the captured total, not the last capture"
+        );
+        assert_eq!(row.updated_at, at(4));
+
+        log.refund(PAYMENT, 1000, 5);
+        apply(&mut rows, &log.batch()).unwrap();
+        assert_eq!(rows[&PAYMENT].status, PaymentStatus::PartiallyRefunded);
+        assert_eq!(rows[&PAYMENT].refunded, 1000);
+        log.refund(PAYMENT, 2000, 6);
+        apply(&mut rows, &log.batch()).unwrap();
+        let row = &rows[&PAYMENT];
+        assert_eq!(row.status, PaymentStatus::Refunded);
+        assert_eq!((row.refunded, row.captured), (3000, 3000));
+        assert_eq!((row.version, row.channel.as_str()), (6, "pos"));
+    }
+
+    #[test]
+    fn a_failed_payment_and_a_voided_one_keep_what_they_had() {
+        let mut log = created("default");
+        log.payment(
+            PAYMENT,
+            PaymentCommand::Fail {
+                reason: text("card declined"),
+                at: at(2),
+            },
+        );
+        let other = Uuid::from_u128(4);
+        log.pay(other, ORDER, 3000, 3);
+        log.authorize(other, 4);
+        log.payment(other, PaymentCommand::Void { at: at(5) });
+        let mut rows = HashMap::new();
+        apply(&mut rows, &log.batch()).unwrap();
+        let failed = &rows[&PAYMENT];
+        assert_eq!(failed.status, PaymentStatus::Failed);
+        assert_eq!((failed.authorized, failed.updated_at), (0, at(2)));
+        let voided = &rows[&other];
+        assert_eq!(voided.status, PaymentStatus::Voided);
+        assert_eq!((voided.authorized, voided.updated_at), (3000, at(5)));
+    }
+
+    #[test]
+    fn events_already_folded_change_nothing_when_the_batch_comes_again() {
+        let mut log = created("default");
+        let first = log.batch();
+        let mut rows = HashMap::new();
+        apply(&mut rows, &first).unwrap();
+        log.authorize(PAYMENT, 2);
+        apply(&mut rows, &log.batch()).unwrap();
+        apply(&mut rows, &first).unwrap();
+        assert_eq!(rows[&PAYMENT].status, PaymentStatus::Authorized);
+        assert_eq!(rows[&PAYMENT].version, 2);
+    }
+
+    #[test]
+    fn a_payment_event_before_its_creation_is_inconsistent() {
+        let mut log = created("default");
+        log.authorize(PAYMENT, 2);
+        let batch = log.batch();
+        // Order placed (1), payment created (2), authorized (3).
+        let error = apply(&mut HashMap::new(), &batch[2..]).unwrap_err();
+        assert!(
+            matches!(error, ApplyError::Inconsistent { position: 3, .. }),
+            "{error:?}"
+        );
+    }
 }

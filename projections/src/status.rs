@@ -2,11 +2,13 @@
 
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 use crate::model::{Projection, Version};
 use ordo_commands::feed::{self, Checkpoint};
 
-#[derive(Debug, Clone, Serialize)]
+/// A rebuild's progress.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RebuildStatus {
     pub state: String,
     pub done: i64,
@@ -17,11 +19,14 @@ pub struct RebuildStatus {
     /// Seconds left at the current rate, when it can be told.
     pub eta_seconds: Option<f64>,
     /// The version of the read model being built (none until a process takes it).
+    #[schema(value_type = Option<i32>)]
     pub version: Option<Version>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A read model's status and lag.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectionStatus {
+    /// `orders`, `payments` or `customers`.
     pub name: String,
     /// `running`, `standby` (no active runner heard from lately), `failed` or `rebuilding`.
     pub state: String,
@@ -33,8 +38,15 @@ pub struct ProjectionStatus {
     pub error_position: Option<i64>,
     pub runner: Option<String>,
     /// The version of the read model's code that built the tables serving now.
+    #[schema(value_type = i32)]
     pub version: Version,
     pub rebuild: Option<RebuildStatus>,
+}
+
+/// `GET /v1/projections`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProjectionList {
+    pub items: Vec<ProjectionStatus>,
 }
 
 type Row = (

@@ -157,3 +157,21 @@ pub struct Spent {
     /// `gross / orders` over orders not cancelled, rounded down.
     pub average_order_value: i128,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_status_is_answered_as_it_is_stored() {
+        for status in OrderStatus::ALL {
+            let answered = serde_json::to_value(status).unwrap();
+            assert_eq!(answered, status.as_str());
+            assert_eq!(
+                OrderStatus::try_from(status.as_str().to_owned()),
+                Ok(status)
+            );
+        }
+        assert!(OrderStatus::parse("lost").is_none());
+    }
+}

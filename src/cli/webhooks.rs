@@ -135,6 +135,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                 url,
                 event_types,
                 description: description.map(Some),
+                channel: None,
             };
             print_endpoint(&found(endpoints::update(&pool, id, &change).await?, id)?)?;
         }

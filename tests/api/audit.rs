@@ -23,20 +23,8 @@ async fn history_lists_every_event_with_its_metadata() {
         )
         .await;
     let order = placed.id();
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{order}/confirm"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Support,
-        &format!("/v1/orders/{order}/cancel"),
-        json!({"reason": "duplicate"}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&order).await;
+    app.cancel(&order, "duplicate").await;
 
     let history = app
         .get(Support, &format!("/v1/orders/{order}/history"))
@@ -84,13 +72,7 @@ async fn history_pages_with_a_cursor() {
     let order = app.confirmed_order().await;
     let payment = app.authorized_payment(&order, 2999).await;
     for _ in 0..3 {
-        app.post(
-            Storefront,
-            &format!("/v1/payments/{payment}/capture"),
-            json!({"amount": 100}),
-        )
-        .await
-        .assert_status(200);
+        app.capture(&payment, 100).await;
     }
     // created, authorized, 3 × captured
     let page1 = app
@@ -143,13 +125,7 @@ async fn state_is_folded_at_a_version_or_an_instant() {
     let app = spawn_app().await;
     let customer = app.register_customer().await;
     let order = app.place_order(&customer).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{order}/confirm"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&order).await;
     let between = chrono::Utc::now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     app.post(

@@ -363,10 +363,17 @@ fn role_refused(resp: &Resp) -> bool {
 
 #[tokio::test]
 async fn every_route_answers_each_key_by_its_channel() {
-    let ch = Channels::new(spawn_app().await).await;
+    // With a signing key: `POST /v1/audit/checkpoints` answers 503 on a server without one.
+    let app = spawn_app_with(|c| {
+        c.audit_signing_key = Some(crate::verifications::KEY.to_owned().into());
+    })
+    .await;
+    let ch = Channels::new(app).await;
     let eu = ch.world(Scope::Eu).await;
     let us = ch.world(Scope::Us).await;
     let scopes = [Scope::Eu, Scope::Us, Scope::Global];
+    seed_filtered_rows(&ch.app).await;
+    wait_until_ready(&ch.app).await;
     let mut exercised = 0;
     for ((method_name, path), rule) in rules() {
         let m = method(method_name);
@@ -395,8 +402,11 @@ async fn every_route_answers_each_key_by_its_channel() {
                             }
                             admitted = true;
                             if scope == Scope::Global || scope == owner {
+                                // Reached: done, or refused by the domain (a transition
+                                // the resource's state does not allow), never an error.
                                 assert!(
-                                    resp.status != 404 && resp.status != 403,
+                                    resp.status.is_success()
+                                        || [409, 412, 422].contains(&resp.status.as_u16()),
                                     "{who} on {owner:?}'s: {} {:?}",
                                     resp.status,
                                     resp.body
@@ -428,6 +438,16 @@ async fn every_route_answers_each_key_by_its_channel() {
                             "{who}"
                         );
                         if let Some(own) = scope.channel() {
+                            // Naming its own channel is the same as naming none.
+                            let mut named = create_body(&ch, *kind, scope).await;
+                            named["channel"] = json!(own);
+                            let resp = ch.call(scope, role, m.clone(), path, Some(named)).await;
+                            resp.assert_status(201);
+                            assert_eq!(
+                                stream_channel(&ch.app, *kind, &resp.id()).await,
+                                own,
+                                "{who}"
+                            );
                             let other = if own == EU { US } else { EU };
                             let mut named = body.clone();
                             named["channel"] = json!(other);
@@ -503,6 +523,7 @@ async fn every_route_answers_each_key_by_its_channel() {
                         }
                         admitted = true;
                         resp.assert_status(200);
+                        assert_filtered(path, &resp, scope.channel(), &who);
                         for other in [EU, US] {
                             let named = ch
                                 .call(
@@ -515,6 +536,7 @@ async fn every_route_answers_each_key_by_its_channel() {
                                 .await;
                             if scope.channel().is_none_or(|own| own == other) {
                                 named.assert_status(200);
+                                assert_filtered(path, &named, Some(other), &who);
                             } else {
                                 named.assert_problem(403, "channel-forbidden");
                             }
@@ -531,12 +553,27 @@ async fn every_route_answers_each_key_by_its_channel() {
                         }
                         admitted = true;
                         if scope == Scope::Global {
-                            assert_ne!(resp.status, 403, "{who}: {:?}", resp.body);
+                            assert!(
+                                resp.status != 403 && !resp.status.is_server_error(),
+                                "{who}: {} {:?}",
+                                resp.status,
+                                resp.body
+                            );
                         } else {
                             resp.assert_problem(403, "channel-forbidden");
                         }
                     }
-                    Rule::ChannelAdmin | Rule::Unscoped => admitted = true,
+                    Rule::Unscoped => {
+                        admitted = true;
+                        if scope != Scope::Global {
+                            // What knows no channel answers a scoped key as any other.
+                            let resp = ch.call(scope, role, m.clone(), path, None).await;
+                            if !role_refused(&resp) {
+                                assert_eq!(resp.status, 200, "{who}: {:?}", resp.body);
+                            }
+                        }
+                    }
+                    Rule::ChannelAdmin => admitted = true,
                 }
             }
         }
@@ -544,6 +581,83 @@ async fn every_route_answers_each_key_by_its_channel() {
         exercised += 1;
     }
     assert_eq!(exercised, documented_routes().len());
+}
+
+/// Orders counted by analytics (day buckets of today) in each channel, for the matrix's
+/// `Filtered` routes: no worker runs there, so their rows are written here.
+const SALES: [(&str, i64); 2] = [(EU, 2), (US, 5)];
+
+async fn seed_filtered_rows(app: &TestApp) {
+    for (channel, orders) in SALES {
+        sqlx::query(
+            "INSERT INTO analytics.sales (granularity, bucket, currency, channel, orders, gross)
+             VALUES ('day', date_trunc('day', now()), 'EUR', $1, $2, 0)",
+        )
+        .bind(channel)
+        .bind(orders)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO notification.notifications (id, event_id, kind, channel, status)
+             VALUES ($1, $2, 'order_placed', $3, 'recorded')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(Uuid::now_v7())
+        .bind(channel)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// `/readyz` answers 200 once every role of the process runs: wait for that, so that the
+/// `Unscoped` routes are asked of a started process.
+async fn wait_until_ready(app: &TestApp) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.get(Support, "/readyz").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A `Filtered` answer holds only `channel`'s records (`None`: every channel's): each item
+/// that names its channel names that one, and the sales figures are that channel's.
+#[track_caller]
+fn assert_filtered(path: &str, resp: &Resp, channel: Option<&str>, who: &str) {
+    let items = resp.body["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for item in items {
+        if let (Some(own), Some(named)) = (channel, item.get("channel")) {
+            assert_eq!(named, own, "{who}: {item}");
+        }
+    }
+    let expected = |f: &dyn Fn(&str) -> bool| -> Vec<&str> {
+        SALES.iter().map(|(c, _)| *c).filter(|c| f(c)).collect()
+    };
+    let seeded = expected(&|c| channel.is_none_or(|own| own == c));
+    match path {
+        "/v1/notifications" => {
+            let mut listed: Vec<&str> = items
+                .iter()
+                .map(|i| i["channel"].as_str().unwrap())
+                .collect();
+            listed.sort();
+            assert_eq!(listed, seeded, "{who}");
+        }
+        "/v1/analytics/sales" => {
+            let orders: i64 = items.iter().map(|i| i["orders"].as_i64().unwrap()).sum();
+            let want: i64 = SALES
+                .iter()
+                .filter(|(c, _)| seeded.contains(c))
+                .map(|(_, n)| n)
+                .sum();
+            assert_eq!(orders, want, "{who}: {items:?}");
+        }
+        _ => {}
+    }
 }
 
 impl Channels {
@@ -984,6 +1098,44 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
     let shown = app.get(Admin, &format!("/v1/webhooks/{eu_endpoint}")).await;
     assert_eq!(shown.body["channel"], EU);
 
+    // An endpoint moved to another channel by a global admin receives that channel's events.
+    let moved_hook = crate::webhooks::Receiver::start(|_| 200).await;
+    let moved = app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": moved_hook.url, "event_types": ["order.placed"], "channel": EU}),
+        )
+        .await
+        .id();
+    let path = format!("/v1/webhooks/{moved}");
+    let to_all = app.patch(Admin, &path, json!({"channel": null})).await;
+    to_all.assert_status(200);
+    assert_eq!(to_all.body["channel"], Value::Null);
+    let to_us = app.patch(Admin, &path, json!({"channel": US})).await;
+    to_us.assert_status(200);
+    assert_eq!(to_us.body["channel"], US);
+    assert_eq!(to_us.body["event_types"], json!(["order.placed"]));
+    for bad in [json!("nope"), json!("Not A Slug"), json!(3)] {
+        let refused = app.patch(Admin, &path, json!({"channel": bad})).await;
+        refused.assert_problem(422, "validation");
+        assert_eq!(refused.body["errors"][0]["field"], "channel");
+    }
+    ch.call(
+        Scope::Us,
+        Admin,
+        Method::PATCH,
+        &path,
+        Some(json!({"channel": US})),
+    )
+    .await
+    .assert_problem(403, "channel-forbidden");
+    // A change without `channel` leaves it.
+    let described = app
+        .patch(Admin, &path, json!({"description": "moved"}))
+        .await;
+    assert_eq!(described.body["channel"], US);
+
     let eu = ch.world(Scope::Eu).await;
     let us = ch.world(Scope::Us).await;
     let s = setup(app).await;
@@ -993,7 +1145,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
         app,
         &pool,
         "SELECT count(*) FROM integration.outbox WHERE status = 'delivered'",
-        3,
+        4,
     )
     .await;
 
@@ -1010,6 +1162,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
         ids
     };
     assert_eq!(orders(&eu_hook), std::slice::from_ref(&eu.order));
+    assert_eq!(orders(&moved_hook), std::slice::from_ref(&us.order));
     let mut both = vec![eu.order, us.order];
     both.sort();
     assert_eq!(orders(&all_hook), both);
@@ -1117,6 +1270,75 @@ async fn the_console_shows_channels_and_scopes_a_session_like_its_key() {
         .js("return Array.from(document.querySelectorAll('header nav a')).map(a => a.getAttribute('href'))")
         .await;
     assert!(!links.to_string().contains("/console/keys"), "{links}");
+
+    // A global admin creates a storefront key of `eu-web` from the keys page.
+    let hook = ch
+        .app
+        .post(
+            Admin,
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "channel": EU}),
+        )
+        .await;
+    hook.assert_status(201);
+    browser
+        .sign_in_with(ch.key(Scope::Global, Admin), Admin)
+        .await;
+    browser.goto("/console/keys").await;
+    browser
+        .find("#key-name")
+        .await
+        .send_keys("eu till")
+        .await
+        .unwrap();
+    browser
+        .find("#key-role")
+        .await
+        .select_by_value("storefront")
+        .await
+        .unwrap();
+    browser
+        .find("#key-channel")
+        .await
+        .select_by_value(EU)
+        .await
+        .unwrap();
+    browser.click("form[action='/console/keys'] button").await;
+    browser.find("#new-key").await;
+    let key = browser
+        .js("return document.querySelector('#new-key').value")
+        .await;
+    let key = key.as_str().unwrap();
+    let channel_of = |name: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .js(&format!(
+                    "return Array.from(document.querySelectorAll('tbody tr'))
+                       .filter(r => r.cells[0].textContent === '{name}')
+                       .map(r => r.querySelector('td.channel').textContent)"
+                ))
+                .await
+        }
+    };
+    assert_eq!(channel_of("eu till").await, json!([EU]));
+    assert_eq!(channel_of("admin-Global").await, json!(["global"]));
+    let customer = request(
+        &ch.app,
+        key,
+        Method::POST,
+        "/v1/customers",
+        Some(json!({"email": "till@eu.example", "name": "Till"})),
+    )
+    .await;
+    customer.assert_status(201);
+    assert_eq!(
+        stream_channel(&ch.app, Kind::Customer, &customer.id()).await,
+        EU
+    );
+    // The webhooks page shows which channel an endpoint is subscribed to.
+    browser.goto("/console/webhooks").await;
+    assert_eq!(browser.text("td.channel").await, EU);
     browser.close().await;
 }
 
@@ -1184,6 +1406,43 @@ async fn the_cli_creates_channels_and_keys_scoped_to_them() {
         ok && out.contains("default") && out.contains("Till 1"),
         "{out}"
     );
+    let (ok, out, err) = ordo(&["channels", "show", "pos-1"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("pos-1") && out.contains("Till 1") && out.contains("(configured sender)"),
+        "{out}"
+    );
+    let (ok, _, err) = ordo(&["channels", "show", "nope"]);
+    assert!(!ok && err.contains("no channel has the id `nope`"), "{err}");
+
+    // The channel's e-mail sender: set, refused when not an address, then cleared.
+    let (ok, out, err) = ordo(&[
+        "channels",
+        "sender",
+        "pos-1",
+        "--address",
+        "till@shop.example",
+        "--sender-name",
+        "Till Shop",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Till Shop <till@shop.example>"), "{out}");
+    let shown = app.get(Admin, "/v1/channels/pos-1").await;
+    assert_eq!(shown.body["email_from_address"], "till@shop.example");
+    assert_eq!(shown.body["email_from_name"], "Till Shop");
+    let (ok, _, err) = ordo(&["channels", "sender", "pos-1", "--address", "not an address"]);
+    assert!(!ok && err.contains("is not an e-mail address"), "{err}");
+    let (_, out, _) = ordo(&["channels", "show", "pos-1"]);
+    assert!(
+        out.contains("Till Shop <till@shop.example>"),
+        "unchanged: {out}"
+    );
+    let (ok, out, err) = ordo(&["channels", "sender", "pos-1"]);
+    assert!(ok && out.contains("(configured sender)"), "{out} {err}");
+    assert_eq!(
+        app.get(Admin, "/v1/channels/pos-1").await.body["email_from_address"],
+        Value::Null
+    );
     let (ok, out, err) = ordo(&[
         "keys",
         "create",
@@ -1232,4 +1491,348 @@ async fn the_cli_creates_channels_and_keys_scoped_to_them() {
         stream_channel(&app, Kind::Customer, &customer.id()).await,
         "pos-1"
     );
+}
+
+/// A database recorded before channels existed (migrations up to 0110, rows in the shapes
+/// the code of that time wrote them), then upgraded: everything in it belongs to `default`.
+#[tokio::test]
+async fn existing_data_belongs_to_default_after_the_migration() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    use ordo_commands::chain;
+    use sqlx::migrate::Migrator;
+
+    let database_url = crate::helpers::fresh_database_url();
+    ordo_commands::db::ensure_database(&database_url)
+        .await
+        .unwrap();
+    let old = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let before_channels = Migrator {
+        migrations: ordo::MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < 110)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..Migrator::DEFAULT
+    };
+    assert!(ordo::MIGRATOR
+        .migrations
+        .iter()
+        .any(|m| m.version == 110 && m.description.contains("channels")));
+    before_channels.run(&old).await.unwrap();
+
+    // Keys as auth.api_keys held them: no channel column.
+    let storefront_key = format!("ordo_{}", Uuid::new_v4().simple());
+    let support_key = format!("ordo_{}", Uuid::new_v4().simple());
+    for (key, role, name) in [
+        (&storefront_key, "storefront", "old shop"),
+        (&support_key, "support", "old desk"),
+    ] {
+        sqlx::query(
+            "INSERT INTO auth.api_keys (id, name, role, key_hash)
+             VALUES ($1, $2, $3, sha256(convert_to($4, 'UTF8')))",
+        )
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .bind(role)
+        .bind(key)
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+
+    // One customer registered and one order placed, their metadata without `channel`,
+    // chained as the appender chained them.
+    let customer = Uuid::now_v7();
+    let order = Uuid::now_v7();
+    let placed_at = chain::to_micros(Utc::now());
+    let metadata = json!({
+        "actor_key_id": Uuid::now_v7(), "actor_name": "old shop", "actor_role": "storefront",
+        "causation_id": Uuid::now_v7(), "correlation_id": Uuid::now_v7(),
+        "request_id": Uuid::now_v7(),
+    });
+    let events = [
+        (
+            "customer",
+            customer,
+            "customer.registered",
+            json!({"type": "customer.registered", "customer_id": customer,
+                   "email": "old@example.com", "name": "Old Customer", "phone": null,
+                   "registered_at": placed_at}),
+        ),
+        (
+            "order",
+            order,
+            "order.placed",
+            json!({"type": "order.placed", "order_id": order, "customer_id": customer,
+                   "currency": "EUR", "total": 2999, "placed_at": placed_at,
+                   "lines": [
+                       {"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1250, "line_total": 2500},
+                       {"sku": "PEN-2", "name": "Pen", "quantity": 1, "unit_price": 499, "line_total": 499}],
+                   "shipping_address": {"line1": "1 Main St", "city": "Berlin",
+                                        "postal_code": "10115", "country": "DE"}}),
+        ),
+    ];
+    let mut head = chain::ZERO;
+    let mut event_ids = Vec::new();
+    for (aggregate, id, event_type, payload) in &events {
+        let (id, data, meta) = (
+            id.to_string(),
+            chain::canonical(payload),
+            chain::canonical(&metadata),
+        );
+        let event_id = Uuid::new_v4();
+        head = chain::link(
+            &head,
+            &chain::Linked {
+                aggregate_type: aggregate,
+                aggregate_id: &id,
+                sequence: 1,
+                event_type,
+                schema_version: "2",
+                data: &data,
+                metadata: &meta,
+                event_id,
+                recorded_at: placed_at,
+            },
+        );
+        sqlx::query(
+            "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type,
+                    event_version, payload, metadata, event_id, recorded_at, hash)
+             VALUES ($1, $2, 1, $3, '2', $4::jsonb, $5::jsonb, $6, $7, $8)",
+        )
+        .bind(aggregate)
+        .bind(&id)
+        .bind(event_type)
+        .bind(&data)
+        .bind(&meta)
+        .bind(event_id)
+        .bind(placed_at)
+        .bind(head.to_vec())
+        .execute(&old)
+        .await
+        .unwrap();
+        event_ids.push(event_id);
+    }
+
+    // The read models as the projector of that time built them: its tables without the
+    // channel column, caught up with both events.
+    for projection in ordo_projections::Projection::ALL {
+        let ddl: String = projection
+            .ddl("projections")
+            .lines()
+            .filter(|line| !line.contains("channel"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        sqlx::raw_sql(&ddl).execute(&old).await.unwrap();
+        sqlx::query(
+            "INSERT INTO projections.checkpoints (name, global_position, version) VALUES ($1, 2, $2)",
+        )
+        .bind(projection.name())
+        .bind(projection.version())
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO projections.customers (id, email, name, order_count, cancelled_count,
+                open_orders, notes_count, first_order_at, last_order_at, registered_at)
+         VALUES ($1, 'old@example.com', 'Old Customer', 1, 0, 1, 0, $2, $2, $2)",
+    )
+    .bind(customer)
+    .bind(placed_at)
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO projections.customer_spend (customer_id, currency, gross, refunded, orders)
+         VALUES ($1, 'EUR', 2999, 0, 1)",
+    )
+    .bind(customer)
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO projections.orders (id, customer_id, status, payment_status,
+                fulfillment_status, currency, total, line_count, lines, placed_at, updated_at, version)
+         VALUES ($1, $2, 'placed', 'unpaid', 'unfulfilled', 'EUR', 2999, 2, $3, $4, $4, 1)",
+    )
+    .bind(order)
+    .bind(customer)
+    .bind(json!([
+        {"sku": "MUG-1", "name": "Mug", "quantity": 2, "unit_price": 1250, "line_total": 2500, "shipped": 0},
+        {"sku": "PEN-2", "name": "Pen", "quantity": 1, "unit_price": 499, "line_total": 499, "shipped": 0}
+    ]))
+    .bind(placed_at)
+    .execute(&old)
+    .await
+    .unwrap();
+
+    // The workers' rows: the order counted by analytics, its confirmation mail recorded.
+    for granularity in ["hour", "day"] {
+        let bucket = placed_at
+            .duration_trunc(if granularity == "hour" {
+                TimeDelta::hours(1)
+            } else {
+                TimeDelta::days(1)
+            })
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO analytics.sales (granularity, bucket, currency, orders, gross)
+             VALUES ($1, $2, 'EUR', 1, 2999)",
+        )
+        .bind(granularity)
+        .bind(bucket)
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO analytics.order_stages (order_id, stage) VALUES ($1, 'placed')")
+        .bind(order)
+        .execute(&old)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO analytics.processed (event_id) SELECT unnest($1::uuid[])")
+        .bind(&event_ids)
+        .execute(&old)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO notification.notifications (id, event_id, kind, order_id, customer_id,
+                recipient, subject, body, status)
+         VALUES ($1, $2, 'order_placed', $3, $4, 'old@example.com', 'Your order', 'Thanks', 'recorded')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event_ids[1])
+    .bind(order)
+    .bind(customer)
+    .execute(&old)
+    .await
+    .unwrap();
+    old.close().await;
+
+    // Upgrade: the application applies the rest of the migrations as it starts.
+    let mut config = ordo::Config::defaults();
+    config.database_url = database_url.clone().into();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.db_max_connections = 12;
+    config.roles = vec![ProcessRole::Api, ProcessRole::Projector];
+    let built = ordo::Application::build(&config).await.unwrap();
+    let pool = built.pool().clone();
+    let app = crate::helpers::start(built, pool, database_url).await;
+
+    let keys: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT name, channel FROM auth.api_keys WHERE name LIKE 'old %' ORDER BY name",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        [
+            ("old desk".to_owned(), None),
+            ("old shop".to_owned(), Some("default".to_owned()))
+        ]
+    );
+
+    // The old order and customer are `default`'s, to the old keys as to a new global one.
+    let (order, customer) = (order.to_string(), customer.to_string());
+    for key in [&storefront_key, &support_key] {
+        for path in [
+            format!("/v1/orders/{order}"),
+            format!("/v1/customers/{customer}"),
+        ] {
+            let read = request(&app, key, Method::GET, &path, None).await;
+            read.assert_status(200);
+            assert_eq!(read.body["channel"], "default", "{path}");
+        }
+        let listed = request(&app, key, Method::GET, "/v1/orders?channel=default", None).await;
+        listed.assert_status(200);
+        assert_eq!(listed.body["items"][0]["id"], order.as_str());
+    }
+    let history = app
+        .get(Support, &format!("/v1/orders/{order}/history"))
+        .await;
+    history.assert_status(200);
+    assert_eq!(history.body["items"].as_array().unwrap().len(), 1);
+
+    // Another channel's storefront does not see them.
+    app.post(Admin, "/v1/channels", json!({"id": EU, "name": "EU"}))
+        .await
+        .assert_status(201);
+    let eu_key = ordo_api::auth::create_key_in(&app.pool, Storefront, "eu", Some(EU))
+        .await
+        .unwrap();
+    request(
+        &app,
+        &eu_key,
+        Method::GET,
+        &format!("/v1/orders/{order}"),
+        None,
+    )
+    .await
+    .assert_problem(404, "not-found");
+
+    // The old storefront key orders for the old customer: the same channel.
+    let again = request(
+        &app,
+        &storefront_key,
+        Method::POST,
+        "/v1/orders",
+        Some(order_body(&customer)),
+    )
+    .await;
+    again.assert_status(201);
+    assert_eq!(
+        stream_channel(&app, Kind::Order, &again.id()).await,
+        "default"
+    );
+
+    // Analytics and notifications: `default`'s figures are the totals.
+    let sales = |path: String| {
+        let app = &app;
+        async move {
+            let resp = app.get(Analyst, &path).await;
+            resp.assert_status(200);
+            resp.body["items"].clone()
+        }
+    };
+    let all = sales("/v1/analytics/sales".into()).await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["orders"], 1);
+    assert_eq!(
+        sales("/v1/analytics/sales?channel=default".into()).await,
+        all
+    );
+    assert_eq!(
+        sales(format!("/v1/analytics/sales?channel={EU}")).await,
+        json!([])
+    );
+    let funnel = app
+        .get(Analyst, "/v1/analytics/funnel?channel=default")
+        .await;
+    assert_eq!(funnel.body["placed"], 1);
+    assert_eq!(
+        funnel.body,
+        app.get(Analyst, "/v1/analytics/funnel").await.body
+    );
+    let notifications = request(
+        &app,
+        &support_key,
+        Method::GET,
+        "/v1/notifications?channel=default",
+        None,
+    )
+    .await;
+    notifications.assert_status(200);
+    assert_eq!(notifications.body["items"][0]["channel"], "default");
+    assert_eq!(notifications.body["items"][0]["order_id"], order.as_str());
+
+    // The chain the seeded events started still holds with the new order linked to it.
+    let verification = ordo_commands::audit::verify(&app.pool, 1, None, |_| {})
+        .await
+        .unwrap();
+    assert!(verification.intact(), "{verification:?}");
+    assert_eq!(verification.checked, 3);
 }

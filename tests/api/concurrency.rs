@@ -20,13 +20,7 @@ async fn order_of_fifty(app: &crate::helpers::TestApp) -> String {
         .await
         .assert_status(201)
         .id();
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{order}/confirm"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&order).await;
     app.authorized_payment(&order, 500).await;
     order
 }

@@ -7,37 +7,13 @@ use ordo_api::Role::{Admin, Analyst, Storefront, Support};
 use serde_json::json;
 
 use crate::browser::{Browser, DEADLINE};
-use crate::helpers::{read, spawn_app, TestApp};
+use crate::helpers::{read, spawn_app, Sale, TestApp};
 
 /// A customer's order taken from placement to a partial refund through the API; returns
 /// (order, payment).
 pub async fn refunded_order(app: &TestApp, customer: &str) -> (String, String) {
-    let order = app.place_order(customer).await;
-    let post = |path: String, body| async move {
-        app.post(Storefront, &path, body)
-            .await
-            .assert_status(200)
-            .body
-            .clone()
-    };
-    post(format!("/v1/orders/{order}/confirm"), json!({})).await;
-    let payment = app.authorized_payment(&order, 2999).await;
-    post(
-        format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await;
-    post(
-        format!("/v1/orders/{order}/ship"),
-        json!({"carrier": "DHL", "tracking_number": "JD0001"}),
-    )
-    .await;
-    post(format!("/v1/orders/{order}/deliver"), json!({})).await;
-    post(
-        format!("/v1/payments/{payment}/refund"),
-        json!({"amount": 500, "reason": "mug chipped"}),
-    )
-    .await;
+    let Sale { order, payment } = app.delivered_order(customer).await;
+    app.refund(&payment, 500, "mug chipped").await;
     (order, payment)
 }
 

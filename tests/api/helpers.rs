@@ -300,13 +300,69 @@ impl TestApp {
 
     /// Confirm `order` (storefront).
     pub async fn confirm(&self, order: &str) {
-        self.post(
+        self.command(
             Role::Storefront,
             &format!("/v1/orders/{order}/confirm"),
             json!({}),
         )
+        .await;
+    }
+
+    /// Ship what is left of `order` (storefront).
+    pub async fn ship(&self, order: &str) -> Resp {
+        self.command(
+            Role::Storefront,
+            &format!("/v1/orders/{order}/ship"),
+            json!({"carrier": "DHL", "tracking_number": "JD0001"}),
+        )
         .await
-        .assert_status(200);
+    }
+
+    /// Mark a shipped `order` delivered (storefront).
+    pub async fn deliver(&self, order: &str) -> Resp {
+        self.command(
+            Role::Storefront,
+            &format!("/v1/orders/{order}/deliver"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// Cancel `order` for `reason` (support).
+    pub async fn cancel(&self, order: &str, reason: &str) -> Resp {
+        self.command(
+            Role::Support,
+            &format!("/v1/orders/{order}/cancel"),
+            json!({"reason": reason}),
+        )
+        .await
+    }
+
+    /// Capture `amount` of an authorized `payment` (storefront).
+    pub async fn capture(&self, payment: &str, amount: i64) -> Resp {
+        self.command(
+            Role::Storefront,
+            &format!("/v1/payments/{payment}/capture"),
+            json!({"amount": amount}),
+        )
+        .await
+    }
+
+    /// Refund `amount` of a captured `payment` for `reason` (storefront).
+    pub async fn refund(&self, payment: &str, amount: i64, reason: &str) -> Resp {
+        self.command(
+            Role::Storefront,
+            &format!("/v1/payments/{payment}/refund"),
+            json!({"amount": amount, "reason": reason}),
+        )
+        .await
+    }
+
+    /// A command the API must accept (200).
+    async fn command(&self, role: Role, path: &str, body: Value) -> Resp {
+        let resp = self.post(role, path, body).await;
+        resp.assert_status(200);
+        resp
     }
 
     pub async fn confirmed_order(&self) -> String {
@@ -343,14 +399,32 @@ impl TestApp {
     /// A payment for `amount` on `order`, authorized and captured in full.
     pub async fn captured_payment(&self, order: &str, amount: i64) -> String {
         let payment = self.authorized_payment(order, amount).await;
-        self.post(
-            Role::Storefront,
-            &format!("/v1/payments/{payment}/capture"),
-            json!({"amount": amount}),
-        )
-        .await
-        .assert_status(200);
+        self.capture(&payment, amount).await;
         payment
+    }
+
+    // ------------------------------------------------ chained fixtures (each builds on the last)
+
+    /// A new order of `customer`'s, confirmed and paid in full (one payment of 2999, captured).
+    pub async fn paid_order(&self, customer: &str) -> Sale {
+        let order = self.place_order(customer).await;
+        self.confirm(&order).await;
+        let payment = self.captured_payment(&order, 2999).await;
+        Sale { order, payment }
+    }
+
+    /// A [`TestApp::paid_order`], shipped whole.
+    pub async fn shipped_order(&self, customer: &str) -> Sale {
+        let sale = self.paid_order(customer).await;
+        self.ship(&sale.order).await;
+        sale
+    }
+
+    /// A [`TestApp::shipped_order`], delivered.
+    pub async fn delivered_order(&self, customer: &str) -> Sale {
+        let sale = self.shipped_order(customer).await;
+        self.deliver(&sale.order).await;
+        sale
     }
 
     /// Some of everything analytics counts: two orders of 2999 by one new customer, the
@@ -361,20 +435,8 @@ impl TestApp {
         let cancelled = self.place_order(&customer).await;
         self.confirm(&paid).await;
         let payment = self.captured_payment(&paid, 2999).await;
-        self.post(
-            Role::Storefront,
-            &format!("/v1/payments/{payment}/refund"),
-            json!({"amount": 500, "reason": "r"}),
-        )
-        .await
-        .assert_status(200);
-        self.post(
-            Role::Support,
-            &format!("/v1/orders/{cancelled}/cancel"),
-            json!({"reason": "r"}),
-        )
-        .await
-        .assert_status(200);
+        self.refund(&payment, 500, "r").await;
+        self.cancel(&cancelled, "r").await;
         (paid, cancelled)
     }
 
@@ -407,6 +469,12 @@ impl TestApp {
             .await
             .expect("query")
     }
+}
+
+/// What a chained fixture made: an order and its one payment.
+pub struct Sale {
+    pub order: String,
+    pub payment: String,
 }
 
 pub fn order_body(customer_id: &str) -> Value {

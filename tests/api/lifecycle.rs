@@ -44,14 +44,7 @@ async fn an_order_goes_from_placement_to_delivery() {
     .await
     .assert_problem(409, "order-not-paid");
 
-    let payment = app.authorized_payment(&order, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
+    app.captured_payment(&order, 2999).await;
 
     app.post(
         Storefront,
@@ -302,13 +295,7 @@ async fn pending_payments_fail_and_authorized_ones_are_voided() {
 async fn support_cancels_an_order_and_it_takes_no_further_commands() {
     let app = spawn_app().await;
     let order = app.confirmed_order().await;
-    app.post(
-        Support,
-        &format!("/v1/orders/{order}/cancel"),
-        json!({"reason": "customer called"}),
-    )
-    .await
-    .assert_status(200);
+    app.cancel(&order, "customer called").await;
     app.post(
         Storefront,
         &format!("/v1/orders/{order}/confirm"),

@@ -403,27 +403,9 @@ async fn orders(app: &TestApp, customer: &str) -> (String, String) {
     let cancelled = app.place_order(customer).await;
     app.confirm(&shipped).await;
     let payment = app.captured_payment(&shipped, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{shipped}/ship"),
-        json!({"carrier": "DHL", "tracking_number": "JD0001"}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/refund"),
-        json!({"amount": 500, "reason": "dented mug"}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Support,
-        &format!("/v1/orders/{cancelled}/cancel"),
-        json!({"reason": "changed my mind"}),
-    )
-    .await
-    .assert_status(200);
+    app.ship(&shipped).await;
+    app.refund(&payment, 500, "dented mug").await;
+    app.cancel(&cancelled, "changed my mind").await;
     (shipped, cancelled)
 }
 

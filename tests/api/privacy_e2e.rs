@@ -174,13 +174,7 @@ async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_ve
         .await
         .assert_status(200);
     let mails_before = sink.mails().len();
-    app.post(
-        Support,
-        &format!("/v1/orders/{order}/cancel"),
-        json!({"reason": "customer request"}),
-    )
-    .await
-    .assert_status(200);
+    app.cancel(&order, "customer request").await;
     s.publish_all(&app).await;
     work_all(&app, &notifier, &integration, &deliveries).await;
 

@@ -100,30 +100,11 @@ async fn the_order_records_the_payment_status_its_payments_amount_to() {
 
     let payment = app.authorized_payment(&order, total).await;
     wait_for_order_payment_status(&app, &order, "authorized").await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": total}),
-    )
-    .await
-    .assert_status(200);
+    app.capture(&payment, total).await;
     wait_for_order_payment_status(&app, &order, "paid").await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/refund"),
-        json!({"amount": 1, "reason": "scratched"}),
-    )
-    .await
-    .assert_status(200);
+    app.refund(&payment, 1, "scratched").await;
     wait_for_order_payment_status(&app, &order, "partially_refunded").await;
-    let refund = app
-        .post(
-            Storefront,
-            &format!("/v1/payments/{payment}/refund"),
-            json!({"amount": total - 1, "reason": "returned"}),
-        )
-        .await;
-    refund.assert_status(200);
+    app.refund(&payment, total - 1, "returned").await;
     wait_for_order_payment_status(&app, &order, "refunded").await;
 
     // Each change is an event on the order's stream, caused by the payment event, recorded
@@ -201,13 +182,7 @@ async fn recording_payment_statuses_again_records_nothing_new() {
         .as_i64()
         .unwrap();
     let payment = app.authorized_payment(&order, total).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 10}),
-    )
-    .await
-    .assert_status(200);
+    app.capture(&payment, 10).await;
 
     let (before, after) = step_until_then_handle_all_again(&app, async || {
         order_payment_status(&app, &order).await == "authorized"
@@ -226,30 +201,12 @@ async fn cancelling_a_paid_order_refunds_and_voids_its_payments() {
     let app = spawn_app().await;
     let order = app.confirmed_order().await;
     let captured = app.authorized_payment(&order, 2000).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{captured}/capture"),
-        json!({"amount": 1500}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{captured}/refund"),
-        json!({"amount": 100, "reason": "r"}),
-    )
-    .await
-    .assert_status(200);
+    app.capture(&captured, 1500).await;
+    app.refund(&captured, 100, "r").await;
     let authorized = app.authorized_payment(&order, 999).await;
     let pending = app.payment(&order, 10).await;
 
-    app.post(
-        Support,
-        &format!("/v1/orders/{order}/cancel"),
-        json!({"reason": "customer called"}),
-    )
-    .await
-    .assert_status(200);
+    app.cancel(&order, "customer called").await;
 
     let refunded = wait_for_status(&app, &captured, "refunded").await;
     assert_eq!(
@@ -296,14 +253,7 @@ async fn cancelling_a_paid_order_refunds_and_voids_its_payments() {
 async fn handling_the_same_cancellation_again_has_no_second_effect() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let order = app.confirmed_order().await;
-    let payment = app.authorized_payment(&order, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
+    let payment = app.captured_payment(&order, 2999).await;
     app.post(
         Storefront,
         &format!("/v1/orders/{order}/cancel"),

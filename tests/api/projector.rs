@@ -199,13 +199,7 @@ pub(crate) async fn write_scenario(app: &TestApp, orders: usize) {
     let customer = app.register_customer().await;
     for i in 0..orders {
         let order = app.place_order(&customer).await;
-        app.post(
-            Storefront,
-            &format!("/v1/orders/{order}/confirm"),
-            json!({}),
-        )
-        .await
-        .assert_status(200);
+        app.confirm(&order).await;
         let payment = app.authorized_payment(&order, 2999).await;
         if i % 3 == 0 {
             // Void first: cancelling would have the process manager void it, racing us.
@@ -224,21 +218,9 @@ pub(crate) async fn write_scenario(app: &TestApp, orders: usize) {
             .await
             .assert_status(200);
         } else {
-            app.post(
-                Storefront,
-                &format!("/v1/payments/{payment}/capture"),
-                json!({"amount": 2999}),
-            )
-            .await
-            .assert_status(200);
+            app.capture(&payment, 2999).await;
             if i % 3 == 1 {
-                app.post(
-                    Storefront,
-                    &format!("/v1/payments/{payment}/refund"),
-                    json!({"amount": 99, "reason": "r"}),
-                )
-                .await
-                .assert_status(200);
+                app.refund(&payment, 99, "r").await;
             }
         }
     }

@@ -18,34 +18,10 @@ async fn the_customer_360_counts_orders_spending_and_notes() {
     let _open = app.place_order(&customer).await;
     app.confirm(&delivered).await;
     let payment = app.captured_payment(&delivered, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{delivered}/ship"),
-        json!({"carrier": "DHL", "tracking_number": "1"}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{delivered}/deliver"),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/refund"),
-        json!({"amount": 1000, "reason": "scratch"}),
-    )
-    .await
-    .assert_status(200);
-    app.post(
-        Support,
-        &format!("/v1/orders/{cancelled}/cancel"),
-        json!({"reason": "duplicate"}),
-    )
-    .await
-    .assert_status(200);
+    app.ship(&delivered).await;
+    app.deliver(&delivered).await;
+    app.refund(&payment, 1000, "scratch").await;
+    app.cancel(&cancelled, "duplicate").await;
     app.post(
         Support,
         &format!("/v1/customers/{customer}/notes"),
@@ -104,13 +80,7 @@ async fn orders_are_listed_by_customer_and_status_with_a_cursor() {
         ada_orders.push(app.place_order(&ada).await);
     }
     app.place_order(&bob).await;
-    app.post(
-        Storefront,
-        &format!("/v1/orders/{}/confirm", ada_orders[1]),
-        json!({}),
-    )
-    .await
-    .assert_status(200);
+    app.confirm(&ada_orders[1]).await;
 
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;

@@ -36,22 +36,34 @@ async fn jetstream() -> jetstream::Context {
 }
 
 async fn some_events(app: &TestApp) -> String {
-    let order = app.confirmed_order().await;
-    let payment = app.authorized_payment(&order, 2999).await;
-    app.post(
-        Storefront,
-        &format!("/v1/payments/{payment}/capture"),
-        json!({"amount": 2999}),
-    )
-    .await
-    .assert_status(200);
-    order
+    let customer = app.register_customer().await;
+    app.paid_order(&customer).await.order
 }
 
 #[tokio::test]
 async fn every_event_is_published_once_in_commit_order_with_its_headers() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let order = some_events(&app).await;
+    // And an event of another sales channel: its messages carry that channel.
+    app.post(
+        ordo_api::Role::Admin,
+        "/v1/channels",
+        json!({"id": "eu-web", "name": "EU"}),
+    )
+    .await
+    .assert_status(201);
+    let eu_key = ordo_api::auth::create_key_in(&app.pool, Storefront, "eu", Some("eu-web"))
+        .await
+        .unwrap();
+    let eu_customer = app
+        .client
+        .post(app.url("/v1/customers"))
+        .bearer_auth(&eu_key)
+        .json(&json!({"email": "eu@example.com", "name": "Eu"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(eu_customer.status(), 201);
     let config = config(&format!("nats://{NATS}"));
     let relay = Relay::connect(app.pool.clone(), config.clone())
         .await
@@ -61,8 +73,9 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
 
     let js = jetstream().await;
     let mut stream = js.get_stream(&config.stream).await.unwrap();
-    let stored: Vec<(String, uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT event_type, event_id, global_position, sequence FROM event_store.events ORDER BY global_position",
+    let stored: Vec<(String, uuid::Uuid, i64, i64, String)> = sqlx::query_as(
+        "SELECT event_type, event_id, global_position, sequence, metadata ->> 'channel'
+           FROM event_store.events ORDER BY global_position",
     )
     .fetch_all(&app.pool)
     .await
@@ -71,7 +84,8 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
         stream.info().await.unwrap().state.messages,
         stored.len() as u64
     );
-    for (i, (event_type, event_id, position, sequence)) in stored.iter().enumerate() {
+    let mut channels = std::collections::BTreeSet::new();
+    for (i, (event_type, event_id, position, sequence, channel)) in stored.iter().enumerate() {
         let msg = stream.get_raw_message(i as u64 + 1).await.unwrap();
         assert_eq!(
             msg.subject.as_str(),
@@ -89,7 +103,11 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
         assert_eq!(h("ce-type"), Some(format!("ordo.{event_type}.v{version}")));
         assert_eq!(h("ordo-position"), Some(position.to_string()));
         assert_eq!(h("ordo-sequence"), Some(sequence.to_string()));
-        assert_eq!(h("ce-ordochannel").as_deref(), Some("default"));
+        assert_eq!(
+            h(ordo_workers::relay::CHANNEL_HEADER).as_ref(),
+            Some(channel)
+        );
+        channels.insert(h("ce-ordochannel").unwrap());
         assert!(h("ce-time").is_some() && h("ce-source").is_some() && h("traceparent").is_some());
         assert!(h("ordo-correlation-id").is_some() && h("ordo-causation-id").is_some());
         let body: Value = serde_json::from_slice(&msg.payload).unwrap();
@@ -99,6 +117,10 @@ async fn every_event_is_published_once_in_commit_order_with_its_headers() {
             assert_eq!(h("ce-subject"), Some(order.clone()));
         }
     }
+    assert_eq!(
+        channels.into_iter().collect::<Vec<_>>(),
+        ["default", "eu-web"]
+    );
     js.delete_stream(&config.stream).await.unwrap();
 }
 

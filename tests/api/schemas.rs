@@ -52,22 +52,10 @@ async fn every_stored_event_of_a_full_lifecycle_matches_its_schema() {
 
     // Paid in two captures, shipped in two parts, delivered, partly refunded.
     let order = app.place_order(&customer).await;
-    ok(
-        &app,
-        Storefront,
-        &format!("/v1/orders/{order}/confirm"),
-        json!({}),
-    )
-    .await;
+    app.confirm(&order).await;
     let payment = app.authorized_payment(&order, 2999).await;
     for amount in [1000, 1999] {
-        ok(
-            &app,
-            Storefront,
-            &format!("/v1/payments/{payment}/capture"),
-            json!({"amount": amount}),
-        )
-        .await;
+        app.capture(&payment, amount).await;
     }
     ok(
         &app,
@@ -83,13 +71,7 @@ async fn every_stored_event_of_a_full_lifecycle_matches_its_schema() {
         json!({"carrier": "DHL", "tracking_number": "T2"}),
     )
     .await;
-    ok(
-        &app,
-        Storefront,
-        &format!("/v1/orders/{order}/deliver"),
-        json!({}),
-    )
-    .await;
+    app.deliver(&order).await;
     ok(
         &app,
         Admin,

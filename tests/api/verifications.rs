@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::helpers::{spawn_app_with, Resp, TestApp};
 use crate::tamper::behind_the_back;
 
-const KEY: &str = "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM=";
+pub(crate) const KEY: &str = "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM=";
 
 async fn app_with_key() -> TestApp {
     spawn_app_with(|c| {

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -95,18 +95,25 @@ async fn outbox(pool: &PgPool, worker: Worker) -> Result<Option<OutboxStatus>, s
     .map(Some)
 }
 
-/// id, worker, event id, subject, stream sequence, attempts, error, created, redriven.
-type DeadLetterRow = (
-    Uuid,
-    String,
-    Option<Uuid>,
-    String,
-    i64,
-    i64,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
+/// A message a worker gave up on, kept to be redriven.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub worker: String,
+    pub event_id: Option<Uuid>,
+    pub subject: String,
+    pub stream_sequence: i64,
+    pub attempts: i64,
+    pub error: String,
+    pub created_at: DateTime<Utc>,
+    pub redriven_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/dead-letters`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterList {
+    pub items: Vec<DeadLetter>,
+}
 
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy)]
@@ -253,26 +260,16 @@ impl WorkersAdmin {
         &self,
         pool: &PgPool,
         worker: Option<&str>,
-    ) -> Result<Value, OpsError> {
-        let rows: Vec<DeadLetterRow> = sqlx::query_as(
-                "SELECT id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at
-                   FROM workers.dead_letters WHERE ($1::text IS NULL OR worker = $1)
-                  ORDER BY created_at DESC LIMIT 500",
-            )
-            .bind(worker)
-            .fetch_all(pool)
-            .await?;
-        let items: Vec<Value> = rows
-            .into_iter()
-            .map(
-                |(id, worker, event_id, subject, seq, attempts, error, created_at, redriven_at)| {
-                    json!({"id": id, "worker": worker, "event_id": event_id, "subject": subject,
-                       "stream_sequence": seq, "attempts": attempts, "error": error,
-                       "created_at": created_at, "redriven_at": redriven_at})
-                },
-            )
-            .collect();
-        Ok(json!({ "items": items }))
+    ) -> Result<DeadLetterList, OpsError> {
+        let items = sqlx::query_as(
+            "SELECT id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at
+               FROM workers.dead_letters WHERE ($1::text IS NULL OR worker = $1)
+              ORDER BY created_at DESC LIMIT 500",
+        )
+        .bind(worker)
+        .fetch_all(pool)
+        .await?;
+        Ok(DeadLetterList { items })
     }
 
     /// Publish a dead letter again as the event it was; `false` if there is no such dead

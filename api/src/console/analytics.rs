@@ -124,12 +124,12 @@ async fn show(
         h2 { "Funnel (all time)" }
         table.funnel {
             thead { tr { th { "Stage" } th { "Orders" } } }
-            tbody { @for stage in ["placed", "confirmed", "paid", "shipped", "delivered", "cancelled", "refunded"] {
-                tr { th scope="row" { (stage) } td.num { (layout::text(&funnel[stage])) } }
+            tbody { @for (stage, count) in funnel.stages() {
+                tr { th scope="row" { (stage) } td.num { (count) } }
             } }
         }
-        p { "Cancellation rate " strong { (layout::percent(funnel["cancellation_rate"].as_f64().unwrap_or(0.0))) }
-            " · refund rate " strong { (layout::percent(funnel["refund_rate"].as_f64().unwrap_or(0.0))) } }
+        p { "Cancellation rate " strong { (layout::percent(funnel.cancellation_rate)) }
+            " · refund rate " strong { (layout::percent(funnel.refund_rate)) } }
     };
     Ok(page(&session, "Analytics", Nav::Analytics, body))
 }

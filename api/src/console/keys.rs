@@ -7,6 +7,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
+use ordo_commands::channels::ChannelId;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -24,11 +25,18 @@ pub fn router() -> Router<AppState> {
         .route("/console/sessions/{id}/revoke", post(revoke_session))
 }
 
-type KeyRow = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+type KeyRow = (
+    Uuid,
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
 async fn keys(pool: &PgPool) -> Result<Vec<KeyRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, role, created_at, revoked_at FROM auth.api_keys
+        "SELECT id, name, role, channel, created_at, revoked_at FROM auth.api_keys
           ORDER BY revoked_at IS NOT NULL, created_at DESC LIMIT 1000",
     )
     .fetch_all(pool)
@@ -45,6 +53,7 @@ async fn render(
     created: Option<(Role, String)>,
 ) -> Result<Markup, ConsoleError> {
     let rows = keys(&app.pool).await?;
+    let channels = ordo_commands::channels::list(&app.pool).await?;
     let body = html! {
         @if let Some((role, secret)) = &created {
             div.created role="status" {
@@ -58,12 +67,19 @@ async fn render(
             input #key-name type="text" name="name" required maxlength="100";
             label for="key-role" { "Role" }
             select #key-role name="role" { @for role in Role::ALL { option value=(role) { (role) } } }
+            label for="key-channel" { "Channel" }
+            select #key-channel name="channel" {
+                option value="" { "global (storefront: default)" }
+                @for c in &channels { option value=(c.id) { (c.id) " — " (c.name) } }
+            }
             button type="submit" { "Create key" }
         }
         table {
-            thead { tr { th { "Name" } th { "Role" } th { "Created" } th { "State" } th {} } }
-            tbody { @for (id, name, role, created_at, revoked_at) in &rows { tr {
-                td { (name) } td { (role) } td { (layout::time(created_at)) }
+            thead { tr { th { "Name" } th { "Role" } th { "Channel" } th { "Created" } th { "State" } th {} } }
+            tbody { @for (id, name, role, channel, created_at, revoked_at) in &rows { tr {
+                td { (name) } td { (role) }
+                td.channel { @if let Some(c) = channel { (c) } @else { em { "global" } } }
+                td { (layout::time(created_at)) }
                 td { @if let Some(at) = revoked_at { "revoked " (layout::time(at)) } @else { "active" } }
                 td { @if revoked_at.is_none() && *id != session.caller.key_id {
                     form method="post" action=(format!("/console/keys/{id}/revoke")) {
@@ -103,8 +119,29 @@ async fn create(
         .unwrap_or("")
         .parse()
         .map_err(ConsoleError::BadInput)?;
-    let secret = auth::create_key(&app.pool, role, name).await?;
-    tracing::info!(key.role = %role, by = %session.caller.key_id, "console created an API key");
+    // Empty: the role's default (`default` for a storefront key, global for the others).
+    let channel = match form.text("channel") {
+        None => None,
+        Some(raw) => {
+            let id = ChannelId::parse(raw).map_err(ConsoleError::BadInput)?;
+            if !ordo_commands::channels::exists(&app.pool, id.as_str()).await? {
+                return Err(ConsoleError::BadInput(format!(
+                    "There is no channel `{}`.",
+                    id.as_str()
+                )));
+            }
+            Some(id)
+        }
+    };
+    let secret = auth::create_key_in(
+        &app.pool,
+        role,
+        name,
+        channel.as_ref().map(ChannelId::as_str),
+    )
+    .await?;
+    tracing::info!(key.role = %role, key.channel = ?channel.as_ref().map(ChannelId::as_str),
+        by = %session.caller.key_id, "console created an API key");
     Ok(render(&app, &session, Some((role, secret)))
         .await?
         .into_response())

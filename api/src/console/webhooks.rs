@@ -63,11 +63,12 @@ async fn render(
         @if list.items.is_empty() { (layout::none("webhook endpoints")) }
         @else {
             table {
-                thead { tr { th { "Endpoint" } th { "Events" } th { "State" } th { "Pending" } th { "Delivered" } th { "Failed" } th { "Actions" } } }
+                thead { tr { th { "Endpoint" } th { "Events" } th { "Channel" } th { "State" } th { "Pending" } th { "Delivered" } th { "Failed" } th { "Actions" } } }
                 tbody { @for e in &list.items { tr {
                     td { a href=(format!("/console/webhooks/{}", e.id)) { (e.url) }
                          @if let Some(d) = &e.description { br; small { (d) } } }
                     td { (e.event_types.join(", ")) }
+                    td.channel { @if let Some(c) = &e.channel { (c) } @else { em { "all" } } }
                     td { (e.state)
                          @if let Some(at) = &e.failing_since { br; small { "failing since " (layout::time(at)) } }
                          @if let Some(r) = &e.disabled_reason { br; small { "disabled (" (r) ")" } } }

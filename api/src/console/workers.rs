@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use maud::{html, Markup};
-use ordo_workers::ops::ReplayFrom;
+use ordo_workers::ops::{DeadLetter, ReplayFrom};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -75,11 +75,8 @@ async fn fragment(app: &AppState, session: &Session) -> Result<Markup, ConsoleEr
         .dead_letters(&app.pool, None)
         .await
         .map_err(ApiError::from)?;
-    let letters = letters["items"].as_array().cloned().unwrap_or_default();
-    let ids: Vec<Uuid> = letters
-        .iter()
-        .filter_map(|l| l["id"].as_str()?.parse().ok())
-        .collect();
+    let letters = letters.items;
+    let ids: Vec<Uuid> = letters.iter().map(|l| l.id).collect();
     let bodies: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
         "SELECT id, body FROM workers.dead_letters WHERE id = ANY($1)",
     )
@@ -126,9 +123,9 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "—".into(), |v| v.to_string())
 }
 
-fn letter(session: &Session, l: &Value, bodies: &HashMap<Uuid, String>) -> Markup {
-    let id = layout::text(&l["id"]);
-    let body = id.parse().ok().and_then(|id: Uuid| bodies.get(&id));
+fn letter(session: &Session, l: &DeadLetter, bodies: &HashMap<Uuid, String>) -> Markup {
+    let id = l.id;
+    let body = bodies.get(&id);
     let pretty = body
         .and_then(|b| serde_json::from_str::<Value>(b).ok())
         .map_or_else(
@@ -137,12 +134,12 @@ fn letter(session: &Session, l: &Value, bodies: &HashMap<Uuid, String>) -> Marku
         );
     html! {
         article.letter data-dead-letter=(id) {
-            h3 { (layout::text(&l["worker"])) " · " code { (layout::text(&l["subject"])) } }
-            p { "Attempts " (layout::text(&l["attempts"])) " · " (layout::time_value(&l["created_at"]))
-                @if !l["redriven_at"].is_null() { " · redriven " (layout::time_value(&l["redriven_at"])) } }
-            p.error { (layout::text(&l["error"])) }
+            h3 { (l.worker) " · " code { (l.subject) } }
+            p { "Attempts " (l.attempts) " · " (layout::time(&l.created_at))
+                @if let Some(at) = &l.redriven_at { " · redriven " (layout::time(at)) } }
+            p.error { (l.error) }
             details { summary { "Payload" } pre.json { (pretty) } }
-            @if l["redriven_at"].is_null() {
+            @if l.redriven_at.is_none() {
                 form method="post" action=(format!("/console/dead-letters/{id}/redrive")) {
                     (layout::csrf(session))
                     button type="submit" { "Redrive" }

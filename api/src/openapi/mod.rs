@@ -160,10 +160,10 @@ pub struct CreateHeaderParams {
 const PROBLEMS: [(u16, &str, &str); 12] = [
     (400, "BadRequest", "Malformed JSON, a bad header or a bad query parameter"),
     (401, "Unauthorized", "No API key, or not a valid one"),
-    (403, "Forbidden", "The key's role may not do this (`forbidden`), or a key scoped to one channel names another or asks for what spans channels (`channel-forbidden`)"),
+    (403, "Forbidden", "The key's role may not do this (`forbidden`), or the key is scoped to one sales channel and named another or asked for what spans channels (`channel-forbidden`)"),
     (404, "NotFound", "No such resource"),
     (408, "RequestTimeout", "The request (its body included) took longer than the server allows"),
-    (409, "Conflict", "Refused by a domain rule (the `type` names it), the id exists already, a write conflict, or a request with this Idempotency-Key in flight"),
+    (409, "Conflict", "Refused by a domain rule (the `type` names it; `channel-mismatch`: an order's customer or a payment's order is of another sales channel), the id exists already, a write conflict, or a request with this Idempotency-Key in flight"),
     (412, "PreconditionFailed", "If-Match names a version the stream is no longer at"),
     (413, "PayloadTooLarge", "The body is larger than the server accepts"),
     (415, "UnsupportedMediaType", "The body is not `application/json`"),
@@ -208,11 +208,10 @@ macro_rules! problems {
 problems! {
     /// Operations routes: only the store can fail.
     Unavailable: 503;
-    /// A read open to every role.
-    ReadProblems: 400, 401, 408, 429, 503;
     /// A read of one resource open to every role.
     ReadOneProblems: 400, 401, 404, 408, 429, 503;
-    /// A read limited to some roles.
+    /// A read limited to some roles, or a list a channel-scoped key may not widen to another
+    /// channel (`channel-forbidden`).
     RestrictedReadProblems: 400, 401, 403, 408, 429, 503;
     /// A read of one resource limited to some roles.
     RestrictedReadOneProblems: 400, 401, 403, 404, 408, 429, 503;

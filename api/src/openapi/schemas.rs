@@ -4,10 +4,6 @@
 //! (`scripts/fuzz-api`) checks that they match. The read models' responses are not here:
 //! each is its view type in `ordo_projections::views`, which the handlers answer with.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use serde_json::Value;
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
@@ -218,53 +214,6 @@ pub struct FailPayment {
 }
 
 // ------------------------------------------------------------------ audit
-
-/// A page of a list; `next_cursor` is the `cursor` for the next page, null on the last.
-#[derive(ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
-/// One event of a stream with its metadata.
-#[derive(ToSchema)]
-pub struct HistoryItem {
-    pub sequence: i64,
-    pub position: i64,
-    pub event_id: Option<Uuid>,
-    /// The event type, e.g. `order.placed`.
-    #[schema(rename = "type")]
-    pub kind: String,
-    /// A number (a string only for versions recorded before versions were numbers).
-    pub schema_version: Value,
-    pub recorded_at: Option<DateTime<Utc>>,
-    /// The event's payload; its shape per type and version is in `schemas/events/`.
-    pub data: BTreeMap<String, Value>,
-    pub metadata: HistoryMetadata,
-    /// `linked`: its stored hash links it to the event before it in the log; `broken`: it
-    /// does not (this event was changed, or the one before it removed, inserted or moved;
-    /// `ordo audit verify` says more); `unchained`: it predates the hash chain.
-    #[schema(example = "linked")]
-    pub chain: String,
-}
-
-#[derive(ToSchema)]
-pub struct HistoryMetadata {
-    pub actor: Actor,
-    pub correlation_id: Option<String>,
-    pub causation_id: Option<String>,
-    pub request_id: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub traceparent: Option<String>,
-    /// The sales channel of the stream.
-    pub channel: String,
-}
-
-#[derive(ToSchema)]
-pub struct Actor {
-    pub name: Option<String>,
-    pub role: Option<String>,
-}
 
 /// A stream's state folded from the log: every field the aggregate holds (richer than the
 /// read model), with `id` and `version`.

@@ -160,3 +160,61 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/webhooks/{id}/deliveries/{delivery_id}"),
     ("POST", "/v1/webhooks/{id}/deliveries/{delivery_id}/retry"),
 ];
+
+/// A parameter of an operation, resolved if it is a reference.
+fn parameter<'a>(doc: &'a Value, param: &'a Value) -> &'a Value {
+    match param["$ref"].as_str() {
+        Some(r) => {
+            let name = r.rsplit('/').next().unwrap_or_default();
+            &doc["components"]["parameters"][name]
+        }
+        None => param,
+    }
+}
+
+/// An operation taking `?channel=` answers 403 (`channel-forbidden`) to a key scoped to
+/// another channel: it says so, and the problem components name the channel rules.
+#[test]
+fn every_operation_with_a_channel_parameter_documents_its_403() {
+    let doc = document();
+    let mut with_channel = Vec::new();
+    for (method, path) in operations(&doc) {
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        if params.iter().any(|p| {
+            let p = parameter(&doc, p);
+            p["name"] == "channel" && p["in"] == "query"
+        }) {
+            assert!(
+                op["responses"].get("403").is_some(),
+                "{method} {path} takes `channel` but does not list 403"
+            );
+            with_channel.push(path);
+        }
+    }
+    for list in [
+        "/v1/orders",
+        "/v1/payments",
+        "/v1/customers",
+        "/v1/notifications",
+    ] {
+        assert!(
+            with_channel.contains(&list.to_owned()),
+            "{list}: {with_channel:?}"
+        );
+    }
+    let description = |name: &str| {
+        doc["components"]["responses"][name]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(description("Forbidden").contains("`channel-forbidden`"));
+    assert!(description("Conflict").contains("`channel-mismatch`"));
+    assert!(
+        doc["components"]["schemas"]["Notification"]["properties"]
+            .get("channel")
+            .is_some(),
+        "a notification shows its channel"
+    );
+}

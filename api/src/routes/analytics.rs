@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::Params;
 use crate::auth::{self, Allowed};
-use crate::openapi::{admin, params, RestrictedReadProblems};
+use crate::openapi::{params, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -36,7 +36,7 @@ fn time_param(q: &Params, param: &'static str) -> Result<Option<DateTime<Utc>>, 
 /// Sales per hour or day per currency (analyst, admin). `from` defaults to seven days
 /// before `to`, `to` to now; granularity to `day`.
 #[utoipa::path(get, path = "/v1/analytics/sales", tag = "analytics", params(params::Sales),
-    responses((status = 200, description = "Buckets", body = admin::SalesReport),
+    responses((status = 200, description = "Buckets", body = analytics::SalesReport),
         RestrictedReadProblems))]
 async fn sales(
     State(app): State<AppState>,
@@ -67,7 +67,7 @@ async fn sales(
 /// Orders reaching each stage, and the cancellation and refund rates (analyst, admin).
 #[utoipa::path(get, path = "/v1/analytics/funnel", tag = "analytics",
     params(super::channels::ChannelParam),
-    responses((status = 200, description = "The funnel", body = admin::Funnel),
+    responses((status = 200, description = "The funnel", body = analytics::Funnel),
         RestrictedReadProblems))]
 async fn funnel(
     State(app): State<AppState>,

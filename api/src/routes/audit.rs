@@ -7,13 +7,17 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use ordo_commands::history::{self, RecordedEvent, Until};
+use ordo_commands::history::{self, ChainLink, RecordedEvent, Until};
 use ordo_domain::customer::Customer;
 use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
-use serde_json::{json, Map, Value};
+use ordo_projections::views::Page;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use super::int_param;
 use crate::auth::{self, Allowed};
@@ -57,14 +61,14 @@ macro_rules! audit_routes {
         /// The stream's events with their metadata, oldest first (support, admin).
         #[utoipa::path(get, path = $history_path, tag = "audit",
             params(("id" = Uuid, Path, description = "The stream's id"), params::History),
-            responses((status = 200, description = "A page of events", body = body::Page<body::HistoryItem>),
+            responses((status = 200, description = "A page of events", body = Page<HistoryItem>),
                 RestrictedReadOneProblems))]
         async fn $history(
             State(app): State<AppState>,
             Allowed(caller, _): Allowed<auth::Auditors>,
             PathId(id): PathId,
             Query(q): Query<HashMap<String, String>>,
-        ) -> Result<Json<Value>, ApiError> {
+        ) -> Result<Json<Page<HistoryItem>>, ApiError> {
             visible(&app, &caller, $kind, &id.to_string()).await?;
             history(app, $kind, id.to_string(), q).await
         }
@@ -117,7 +121,7 @@ async fn history(
     kind: Kind,
     id: String,
     q: HashMap<String, String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<HistoryItem>>, ApiError> {
     let after = int_param(&q, "after")?.unwrap_or(0);
     let limit = int_param(&q, "limit")?.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -143,38 +147,98 @@ async fn history(
     let more = events.len() as i64 > limit;
     events.truncate(limit as usize);
     let next_cursor = match (more, events.last()) {
-        (true, Some(last)) => Value::String(last.sequence.to_string()),
-        _ => Value::Null,
+        (true, Some(last)) => Some(last.sequence.to_string()),
+        _ => None,
     };
-    let items: Vec<Value> = events.into_iter().map(history_item).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    let items = events.into_iter().map(history_item).collect();
+    Ok(Json(Page { items, next_cursor }))
 }
 
-fn history_item(event: RecordedEvent) -> Value {
+/// One event of a stream with its metadata.
+#[derive(Serialize, ToSchema)]
+struct HistoryItem {
+    sequence: i64,
+    position: i64,
+    event_id: Uuid,
+    /// The event type, e.g. `order.placed`.
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    kind: String,
+    /// A number (a string only for versions recorded before versions were numbers).
+    schema_version: Value,
+    recorded_at: DateTime<Utc>,
+    /// The event's payload; its shape per type and version is in `schemas/events/`.
+    #[schema(value_type = BTreeMap<String, Value>)]
+    data: Value,
+    metadata: HistoryMetadata,
+    /// `linked`: its stored hash links it to the event before it in the log; `broken`: it
+    /// does not (this event was changed, or the one before it removed, inserted or moved;
+    /// `ordo audit verify` says more); `unchained`: it predates the hash chain.
+    #[schema(value_type = String, example = "linked")]
+    chain: ChainLink,
+}
+
+/// What was recorded with an event, as stored (null where nothing was).
+#[derive(Serialize, ToSchema)]
+struct HistoryMetadata {
+    actor: Actor,
+    #[schema(value_type = Option<String>)]
+    correlation_id: Value,
+    #[schema(value_type = Option<String>)]
+    causation_id: Value,
+    #[schema(value_type = Option<String>)]
+    request_id: Value,
+    #[schema(value_type = Option<String>)]
+    idempotency_key: Value,
+    #[schema(value_type = Option<String>)]
+    traceparent: Value,
+    /// The sales channel of the stream.
+    #[schema(value_type = String)]
+    channel: Value,
+}
+
+/// Who issued the command that recorded the event.
+#[derive(Serialize, ToSchema)]
+struct Actor {
+    #[schema(value_type = Option<String>)]
+    name: Value,
+    #[schema(value_type = Option<String>)]
+    role: Value,
+}
+
+fn history_item(event: RecordedEvent) -> HistoryItem {
     let meta = |key: &str| event.metadata.get(key).cloned().unwrap_or(Value::Null);
-    let mut actor = Map::new();
-    actor.insert("name".into(), meta("actor_name"));
-    actor.insert("role".into(), meta("actor_role"));
-    json!({
-        "sequence": event.sequence,
-        "position": event.position,
-        "event_id": event.event_id,
-        "type": event.event_type,
-        "schema_version": event.schema_version.parse::<u32>().map(Value::from).unwrap_or(Value::String(event.schema_version.clone())),
-        "recorded_at": event.recorded_at,
-        "data": event.data,
-        "chain": event.chain,
-        "metadata": {
-            "actor": actor,
-            "correlation_id": meta("correlation_id"),
-            "causation_id": meta("causation_id"),
-            "request_id": meta("request_id"),
-            "idempotency_key": meta("idempotency_key"),
-            "traceparent": meta("traceparent"),
-            "channel": event.metadata.get("channel").cloned()
+    let schema_version = event
+        .schema_version
+        .parse::<u32>()
+        .map(Value::from)
+        .unwrap_or(Value::String(event.schema_version.clone()));
+    HistoryItem {
+        sequence: event.sequence,
+        position: event.position,
+        event_id: event.event_id,
+        kind: event.event_type.clone(),
+        schema_version,
+        recorded_at: event.recorded_at,
+        metadata: HistoryMetadata {
+            actor: Actor {
+                name: meta("actor_name"),
+                role: meta("actor_role"),
+            },
+            correlation_id: meta("correlation_id"),
+            causation_id: meta("causation_id"),
+            request_id: meta("request_id"),
+            idempotency_key: meta("idempotency_key"),
+            traceparent: meta("traceparent"),
+            channel: event
+                .metadata
+                .get("channel")
+                .cloned()
                 .unwrap_or_else(|| Value::from(ordo_commands::channels::DEFAULT)),
         },
-    })
+        chain: event.chain,
+        data: event.data,
+    }
 }
 
 async fn state(

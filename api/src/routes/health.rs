@@ -1,16 +1,18 @@
 //! Liveness and readiness; no API key needed, never rate limited.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::openapi::admin;
 use crate::AppState;
 use ordo_runtime::process::ProcessRoleState;
 
@@ -23,18 +25,48 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Alive: the process answers and no role has stayed down (failing, and restarted without
 /// running stably) for a minute. 503 names the roles that have: restart the process.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Alive", body = admin::Health),
-        (status = 503, description = "A role stays down: `down` names it", body = admin::Health)))]
+    responses((status = 200, description = "Alive", body = Health),
+        (status = 503, description = "A role stays down: `down` names it", body = Health)))]
 async fn live(State(app): State<AppState>) -> Response {
     let down = app.readiness.roles.down();
     if down.is_empty() {
-        return Json(json!({"status": "ok"})).into_response();
+        return Json(Health {
+            status: "ok",
+            down: None,
+        })
+        .into_response();
     }
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "down", "down": down})),
-    )
-        .into_response()
+    let body = Health {
+        status: "down",
+        down: Some(down),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// The answer of `/healthz`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// `ok`, or `down` when a role stays down.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// The roles that stay down (only with `down`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    down: Option<Vec<String>>,
+}
+
+/// `status` is `ready` or `not_ready`; `checks` has `postgres` (`status` `up`|`down`,
+/// `latency_ms` or `error`), `encryption` (`status` `on` with `master_key_version`, or `off`
+/// with a `detail`: new personal data is then stored in clear, and the process is still
+/// ready) and, when this process has a NATS probe, `nats` (`status`, `required`); `roles` maps each role of the process (`api`, `projector.orders`, `relay`,
+/// `worker.analytics`, …) to `starting`, `running`, `stopping`, `stopped` or `failed`.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    #[schema(example = "ready")]
+    status: &'static str,
+    checks: BTreeMap<String, Value>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    roles: BTreeMap<String, ProcessRoleState>,
 }
 
 /// How long PostgreSQL gets to answer `SELECT 1`.
@@ -43,8 +75,8 @@ const POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
 /// 200 when PostgreSQL answers, NATS is connected (if this process needs it) and every role
 /// is running; otherwise 503 with the same body saying what is not.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready", body = admin::Readiness),
-        (status = 503, description = "Not ready: the same body says what is not", body = admin::Readiness)))]
+    responses((status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the same body says what is not", body = Readiness)))]
 async fn ready(State(app): State<AppState>) -> Response {
     let (postgres_up, postgres) = postgres(&app).await;
     let (nats_up, nats) = match &app.readiness.nats {
@@ -61,19 +93,19 @@ async fn ready(State(app): State<AppState>) -> Response {
     let roles = app.readiness.roles.snapshot();
     let roles_up = roles.values().all(|s| *s == ProcessRoleState::Running);
     let ready = postgres_up && nats_up && roles_up;
-    let mut checks = json!({
-        "postgres": postgres,
-        "encryption": encryption(&app),
-        "audit_signing": audit_signing(&app),
-    });
+    let mut checks = BTreeMap::from([
+        ("postgres".to_owned(), postgres),
+        ("encryption".to_owned(), encryption(&app)),
+        ("audit_signing".to_owned(), audit_signing(&app)),
+    ]);
     if let Some(nats) = nats {
-        checks["nats"] = nats;
+        checks.insert("nats".to_owned(), nats);
     }
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": checks,
-        "roles": roles,
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        checks,
+        roles,
+    };
     let status = if ready {
         StatusCode::OK
     } else {

@@ -7,9 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use ordo_commands::checkpoint::{self, Checkpoint, Signed};
 use ordo_commands::verification;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -32,8 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Sign the log's last event now (admin). 201 with the new checkpoint; 200 with the last
 /// one when nothing was appended since. 503 when this server has no signing key.
 #[utoipa::path(post, path = "/v1/audit/checkpoints", tag = "audit",
-    responses((status = 201, description = "Signed", body = admin::AuditCheckpoint),
-        (status = 200, description = "The head was signed already", body = admin::AuditCheckpoint),
+    responses((status = 201, description = "Signed", body = CheckpointView),
+        (status = 200, description = "The head was signed already", body = CheckpointView),
         AdminBodyProblems))]
 async fn sign(
     State(app): State<AppState>,
@@ -56,29 +58,52 @@ async fn sign(
 /// The latest signed checkpoints, newest first, at most 100 (admin). As stored: check them
 /// with `ordo audit verify` or a verification, against a public key you trust.
 #[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "audit",
-    responses((status = 200, description = "Checkpoints", body = admin::AuditCheckpointList),
+    responses((status = 200, description = "Checkpoints", body = CheckpointList),
         RestrictedReadProblems))]
 async fn checkpoints(
     State(app): State<AppState>,
     Global(_, _): Global<auth::Admins>,
 ) -> Result<Response, ApiError> {
-    let items: Vec<Value> = checkpoint::latest(&app.pool, LISTED)
+    let items = checkpoint::latest(&app.pool, LISTED)
         .await?
         .iter()
         .map(view)
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(CheckpointList { items }).into_response())
 }
 
-fn view(c: &Checkpoint) -> Value {
-    json!({
-        "id": c.id,
-        "position": c.position,
-        "hash": hex::encode(&c.hash),
-        "signature": BASE64.encode(&c.signature),
-        "public_key": BASE64.encode(&c.public_key),
-        "signed_at": c.signed_at,
-    })
+/// A signed checkpoint as stored: Ed25519 over `ordo-checkpoint-v1`, the position
+/// (big-endian i64), the hash and `signed_at` in microseconds (big-endian i64).
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditCheckpoint)]
+struct CheckpointView {
+    id: i64,
+    /// The log position signed: its event's hash is `hash`.
+    position: i64,
+    /// Hex.
+    hash: String,
+    /// Base64.
+    signature: String,
+    /// The public key it names, base64 (never trusted by verification).
+    public_key: String,
+    signed_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditCheckpointList)]
+struct CheckpointList {
+    items: Vec<CheckpointView>,
+}
+
+fn view(c: &Checkpoint) -> CheckpointView {
+    CheckpointView {
+        id: c.id,
+        position: c.position,
+        hash: hex::encode(&c.hash),
+        signature: BASE64.encode(&c.signature),
+        public_key: BASE64.encode(&c.public_key),
+        signed_at: c.signed_at,
+    }
 }
 
 /// Verify the chain and the signed checkpoints in the background (admin). Body (optional):

@@ -5,12 +5,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ordo_projections::{status, Projection};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{self, Allowed, Global};
-use crate::openapi::{admin, AdminBodyProblems, RestrictedReadProblems};
+use crate::openapi::{AdminBodyProblems, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -21,21 +22,30 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Status and lag of each read model (support, analyst, admin).
 #[utoipa::path(get, path = "/v1/projections", tag = "projections",
-    responses((status = 200, description = "Every projection", body = admin::ProjectionList),
+    responses((status = 200, description = "Every projection", body = status::ProjectionList),
         RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,
     Allowed(_, _): Allowed<auth::ProjectionReaders>,
 ) -> Result<Response, ApiError> {
     let items = status::all(&app.pool).await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(status::ProjectionList { items }).into_response())
+}
+
+/// The answer to a rebuild request.
+#[derive(Serialize, ToSchema)]
+struct RebuildAccepted {
+    name: &'static str,
+    /// False when a rebuild was already requested or running.
+    requested: bool,
+    status: status::ProjectionStatus,
 }
 
 /// 202: the active runner builds a fresh copy from position zero and swaps it in once it
 /// has caught up; progress shows in `GET /v1/projections`.
 #[utoipa::path(post, path = "/v1/projections/{name}/rebuild", tag = "projections",
     params(("name" = String, Path, description = "`orders`, `payments` or `customers`")),
-    responses((status = 202, description = "Requested", body = admin::RebuildAccepted),
+    responses((status = 202, description = "Requested", body = RebuildAccepted),
         AdminBodyProblems))]
 async fn rebuild(
     State(app): State<AppState>,
@@ -48,7 +58,11 @@ async fn rebuild(
     let current = status::one(&app.pool, projection).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"name": projection.name(), "requested": accepted, "status": current})),
+        Json(RebuildAccepted {
+            name: projection.name(),
+            requested: accepted,
+            status: current,
+        }),
     )
         .into_response())
 }

@@ -6,9 +6,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ordo_workers::ops::{OpsError, ReplayFrom};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use super::Params;
 use crate::auth::{self, Global};
@@ -42,6 +44,35 @@ impl From<OpsError> for ApiError {
     }
 }
 
+/// The answer to a replay.
+#[derive(Serialize, ToSchema)]
+struct ReplayAccepted {
+    worker: String,
+    /// The time the worker's consumer starts again from.
+    from_time: DateTime<Utc>,
+    reprocess: bool,
+    /// Events whose processed record was forgotten so their effects repeat (0 without
+    /// `reprocess`).
+    forgotten: u64,
+}
+
+/// The answer to redriving one dead letter.
+#[derive(Serialize, ToSchema)]
+struct Redriven {
+    id: Uuid,
+    redriven: bool,
+}
+
+/// The answer to redriving a worker's oldest dead letters.
+#[derive(Serialize, ToSchema)]
+struct RedrivenAll {
+    worker: String,
+    /// How many dead letters were published again.
+    redriven: u64,
+    /// How many still wait: ask again until none do.
+    remaining: u64,
+}
+
 /// Each worker's lag and dead letters (admin).
 #[utoipa::path(get, path = "/v1/workers", tag = "workers",
     responses((status = 200, description = "Every worker", body = ordo_workers::ops::WorkerList),
@@ -60,7 +91,7 @@ async fn status(
 #[utoipa::path(post, path = "/v1/workers/{name}/replay", tag = "workers",
     request_body = admin::Replay,
     params(("name" = String, Path, description = "`notification`, `analytics` or `integration`")),
-    responses((status = 202, description = "Replaying", body = admin::ReplayAccepted),
+    responses((status = 202, description = "Replaying", body = ReplayAccepted),
         AdminBodyProblems))]
 async fn replay(
     State(app): State<AppState>,
@@ -93,19 +124,19 @@ async fn replay(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "worker": name,
-            "from_time": start,
-            "reprocess": reprocess,
-            "forgotten": forgotten,
-        })),
+        Json(ReplayAccepted {
+            worker: name,
+            from_time: start,
+            reprocess,
+            forgotten,
+        }),
     )
         .into_response())
 }
 
 /// Dead letters, newest first, at most 500 (admin).
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "workers", params(params::DeadLetters),
-    responses((status = 200, description = "Dead letters", body = admin::DeadLetterList),
+    responses((status = 200, description = "Dead letters", body = ordo_workers::ops::DeadLetterList),
         RestrictedReadProblems))]
 async fn dead_letters(
     State(app): State<AppState>,
@@ -122,7 +153,7 @@ async fn dead_letters(
 /// Publish one dead letter again (admin).
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "workers",
     params(("id" = uuid::Uuid, Path, description = "The dead letter's id")),
-    responses((status = 202, description = "Published again", body = admin::Redriven),
+    responses((status = 202, description = "Published again", body = Redriven),
         AdminBodyProblems))]
 async fn redrive(
     State(app): State<AppState>,
@@ -130,11 +161,7 @@ async fn redrive(
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     if app.workers.redrive(&app.pool, id).await? {
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "redriven": true})),
-        )
-            .into_response())
+        Ok((StatusCode::ACCEPTED, Json(Redriven { id, redriven: true })).into_response())
     } else {
         Err(ApiError::NotFound(
             "no dead letter waiting with this id".into(),
@@ -150,7 +177,7 @@ const MAX_REDRIVE: i64 = 1000;
 /// repeat until none do. Bounded, so no request runs for a whole backlog.
 #[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "workers",
     request_body = admin::RedriveAll,
-    responses((status = 202, description = "Published again", body = admin::RedrivenAll),
+    responses((status = 202, description = "Published again", body = RedrivenAll),
         AdminBodyProblems))]
 async fn redrive_all(
     State(app): State<AppState>,
@@ -175,7 +202,11 @@ async fn redrive_all(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"worker": worker, "redriven": n, "remaining": remaining})),
+        Json(RedrivenAll {
+            worker,
+            redriven: n as u64,
+            remaining: remaining.max(0) as u64,
+        }),
     )
         .into_response())
 }

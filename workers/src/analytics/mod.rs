@@ -10,7 +10,7 @@ mod rebuild;
 mod reports;
 
 pub use rebuild::{rebuild, Progress, RebuildError, Rebuilt};
-pub use reports::{funnel, sales_report, SalesBucket, SalesReport};
+pub use reports::{funnel, sales_report, Funnel, SalesBucket, SalesReport};
 
 use std::collections::{BTreeMap, BTreeSet};
 

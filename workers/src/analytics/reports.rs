@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
@@ -71,10 +70,40 @@ fn numeric(text: &str) -> Result<i128, sqlx::Error> {
         .map_err(|e| sqlx::Error::Decode(format!("`{text}` is not a whole number: {e}").into()))
 }
 
-/// `GET /v1/analytics/funnel`: orders reaching each stage, and the cancellation and refund
-/// rates (cancelled / placed, refunded / paid; 0 when nothing is placed or paid), of one
-/// channel or (with `None`) of every channel.
-pub async fn funnel(pool: &PgPool, channel: Option<&str>) -> Result<Value, sqlx::Error> {
+/// The answer of `GET /v1/analytics/funnel`: orders reaching each stage, and two rates.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Funnel {
+    pub placed: i64,
+    pub confirmed: i64,
+    pub paid: i64,
+    pub shipped: i64,
+    pub delivered: i64,
+    pub cancelled: i64,
+    pub refunded: i64,
+    /// cancelled / placed; 0 when nothing is placed.
+    pub cancellation_rate: f64,
+    /// refunded / paid; 0 when nothing is paid.
+    pub refund_rate: f64,
+}
+
+impl Funnel {
+    /// Each stage's name and count, in the order an order reaches them.
+    pub fn stages(&self) -> [(&'static str, i64); 7] {
+        [
+            ("placed", self.placed),
+            ("confirmed", self.confirmed),
+            ("paid", self.paid),
+            ("shipped", self.shipped),
+            ("delivered", self.delivered),
+            ("cancelled", self.cancelled),
+            ("refunded", self.refunded),
+        ]
+    }
+}
+
+/// `GET /v1/analytics/funnel`: the [`Funnel`] of one channel or (with `None`) of every
+/// channel.
+pub async fn funnel(pool: &PgPool, channel: Option<&str>) -> Result<Funnel, sqlx::Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT stage, count(*) FROM analytics.order_stages
           WHERE $1::text IS NULL OR channel = $1 GROUP BY stage",
@@ -90,15 +119,15 @@ pub async fn funnel(pool: &PgPool, channel: Option<&str>) -> Result<Value, sqlx:
             0.0
         }
     };
-    Ok(json!({
-        "placed": count("placed"),
-        "confirmed": count("confirmed"),
-        "paid": count("paid"),
-        "shipped": count("shipped"),
-        "delivered": count("delivered"),
-        "cancelled": count("cancelled"),
-        "refunded": count("refunded"),
-        "cancellation_rate": rate(count("cancelled"), count("placed")),
-        "refund_rate": rate(count("refunded"), count("paid")),
-    }))
+    Ok(Funnel {
+        placed: count("placed"),
+        confirmed: count("confirmed"),
+        paid: count("paid"),
+        shipped: count("shipped"),
+        delivered: count("delivered"),
+        cancelled: count("cancelled"),
+        refunded: count("refunded"),
+        cancellation_rate: rate(count("cancelled"), count("placed")),
+        refund_rate: rate(count("refunded"), count("paid")),
+    })
 }

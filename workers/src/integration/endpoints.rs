@@ -59,6 +59,9 @@ pub struct EndpointUpdate {
     pub event_types: Option<Vec<String>>,
     /// `Some(None)` clears it.
     pub description: Option<Option<String>>,
+    /// The sales channel it is subscribed to; `Some(None)`: every channel. Events recorded
+    /// from then on are matched against it; deliveries already written stay.
+    pub channel: Option<Option<String>>,
 }
 
 const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.channel,
@@ -136,7 +139,8 @@ pub async fn update(
     let updated = sqlx::query(
         "UPDATE integration.endpoints
             SET url = coalesce($2, url), event_types = coalesce($3, event_types),
-                description = CASE WHEN $4 THEN $5 ELSE description END, updated_at = now()
+                description = CASE WHEN $4 THEN $5 ELSE description END,
+                channel = CASE WHEN $6 THEN $7 ELSE channel END, updated_at = now()
           WHERE id = $1",
     )
     .bind(id)
@@ -144,6 +148,8 @@ pub async fn update(
     .bind(&change.event_types)
     .bind(change.description.is_some())
     .bind(change.description.clone().flatten())
+    .bind(change.channel.is_some())
+    .bind(change.channel.clone().flatten())
     .execute(pool)
     .await?;
     if updated.rows_affected() == 0 {

@@ -61,17 +61,22 @@ fn parse_update(json: &Value) -> Result<EndpointUpdate, ApiError> {
         Some(Value::Null) => Some(None),
         Some(_) => Some(description_field(&mut v, o)),
     };
+    let channel = o
+        .contains_key("channel")
+        .then(|| super::super::channels::optional_channel(&mut v, o))
+        .flatten();
     v.finish(|| {
         Some(EndpointUpdate {
             url,
             event_types,
             description,
+            channel: channel.map(|c| c.map(|c| c.as_str().to_owned())),
         })
     })
 }
 
-/// Change an endpoint's `url`, `event_types` or `description` (null clears it); fields
-/// left out stay as they are (admin).
+/// Change an endpoint's `url`, `event_types`, `description` (null clears it) or `channel`
+/// (null: every channel's events); fields left out stay as they are (global admin).
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
     request_body = admin::UpdateWebhook,
@@ -83,6 +88,11 @@ pub(super) async fn update(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let change = parse_update(&body.json)?;
+    if let Some(Some(channel)) = &change.channel {
+        let id = ordo_commands::channels::ChannelId::parse(channel)
+            .map_err(|detail| ApiError::field("channel", detail))?;
+        super::super::channels::known(&app, &id).await?;
+    }
     if let Some(url) = &change.url {
         check_egress(&app, url).await?;
     }
@@ -146,7 +156,7 @@ async fn set_enabled(app: &AppState, id: uuid::Uuid, enabled: bool) -> Result<Re
 /// the new and the previous secret (admin).
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
-    responses((status = 200, description = "The new secret", body = admin::WebhookCreated),
+    responses((status = 200, description = "The new secret", body = super::Secret),
         RestrictedReadOneProblems))]
 pub(super) async fn rotate_secret(
     State(app): State<AppState>,
@@ -156,5 +166,5 @@ pub(super) async fn rotate_secret(
     let secret = endpoints::rotate_secret(&app.pool, id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(serde_json::json!({"id": id, "secret": secret})).into_response())
+    Ok(Json(super::Secret { id, secret }).into_response())
 }

@@ -10,9 +10,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ordo_workers::{egress, integration};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::auth::{self, Global};
 use crate::extract::CommandBody;
@@ -139,12 +142,22 @@ fn parse_register(json: &Value) -> Result<Registration, ApiError> {
     v.finish(|| Some((url?, event_types?, description, channel?)))
 }
 
+/// An endpoint's id and its signing secret: the answer to registering an endpoint and to
+/// rotating its secret.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookCreated)]
+struct Secret {
+    id: Uuid,
+    /// The signing secret (`whsec_...`), shown only here.
+    secret: String,
+}
+
 /// Register a webhook endpoint (admin). 201 `{"id", "secret"}` with
 /// `Location: /v1/webhooks/{id}`; the secret is shown once. A URL whose host is or resolves
 /// to a non-public address (loopback, private, link-local, ULA, multicast) is a 422 unless
 /// `ORDO_WEBHOOK_ALLOW_PRIVATE=true`.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = admin::RegisterWebhook,
-    responses((status = 201, description = "Registered", body = admin::WebhookCreated,
+    responses((status = 201, description = "Registered", body = Secret,
         headers(("Location" = String, description = "The new endpoint"))), AdminBodyProblems))]
 async fn register(
     State(app): State<AppState>,
@@ -165,11 +178,7 @@ async fn register(
         channel,
     )
     .await?;
-    let mut response = (
-        StatusCode::CREATED,
-        Json(json!({"id": id, "secret": secret})),
-    )
-        .into_response();
+    let mut response = (StatusCode::CREATED, Json(Secret { id, secret })).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -178,6 +187,8 @@ async fn register(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
