@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ordo_api::{ApiConfig, AppState, NatsProbe, RateLimit};
+use ordo_api::{ApiConfig, AppState, RateLimit};
 use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
+use ordo_runtime::readiness::NatsProbe;
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};

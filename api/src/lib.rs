@@ -11,7 +11,6 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod read_wait;
-pub mod readiness;
 pub mod request_id;
 pub mod respond;
 pub mod routes;
@@ -37,8 +36,8 @@ use utoipa_axum::routes;
 
 pub use auth::{create_key, Caller, KeyCache, Role};
 pub use error::ApiError;
+use ordo_runtime::readiness::Readiness;
 pub use rate_limit::{RateLimit, RateLimiter};
-pub use readiness::{NatsProbe, Readiness};
 
 /// Settings the API needs at run time.
 #[derive(Debug, Clone)]

@@ -7,7 +7,10 @@
 //! - [`process`]: the life cycle of the process roles this process runs (`api`,
 //!   `projector.orders`, `relay`, `worker.analytics`, …) as `/readyz` reports them. A process
 //!   role is what a process does; it has nothing to do with an API key's role.
+//! - [`readiness`]: what `/readyz` reports besides the database: those process roles and a
+//!   probe of the NATS connection.
 
 pub mod metrics;
 pub mod process;
+pub mod readiness;
 pub mod telemetry;

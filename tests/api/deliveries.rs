@@ -677,3 +677,138 @@ async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_outbox_write_reads_a_handful_of_rows_once_the_pool_has_analyzed_a_backlog_it_had_never_seen(
+) {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (stuck, _) = register(&app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
+    let stuck = uuid::Uuid::parse_str(&stuck).unwrap();
+    // 10,000 deliveries pending at one endpoint, written faster than autovacuum first
+    // analyzes the outbox: the planner has no statistics of it at all.
+    let mut writer = app.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                position, body, next_attempt_at)
+         SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o' || g, g,
+                '{}'::jsonb, now() + interval '1 hour'
+           FROM generate_series(1, 10000) g",
+    )
+    .bind(stuck)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    // A session reports its changes to the statistics a second or more later; this one
+    // reports them when its next statement ends.
+    for statement in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
+        sqlx::query(statement).execute(&mut *writer).await.unwrap();
+    }
+    drop(writer);
+    let pool = quick_pool(&app, None, 3);
+    assert!(
+        pool.keep_statistics().await.unwrap(),
+        "the pool analyzes an outbox it has no statistics of"
+    );
+    assert!(
+        !pool.keep_statistics().await.unwrap(),
+        "and not again while its statistics are current"
+    );
+
+    // The integration worker's write of 300 new deliveries at that endpoint: one probe of
+    // the aggregate's pending deliveries each, not a walk through the endpoint's backlog
+    // (which read 1,826 rows per delivery from a backlog of 5,477 in the benchmark).
+    let n = 300;
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+    let events: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+    let aggregates: Vec<String> = (0..n).map(|i| format!("new-{i}")).collect();
+    let positions: Vec<i64> = (0..n).map(|i| 20_000 + i64::from(i)).collect();
+    let bodies: Vec<Value> = (0..n).map(|_| json!({})).collect();
+    let mut tx = ordo_commands::db::begin(&app.pool).await.unwrap();
+    let explained: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        integration::outbox::WRITE
+    ))
+    .bind(&ids)
+    .bind(vec![stuck; ids.len()])
+    .bind(&events)
+    .bind(vec!["order.placed".to_string(); ids.len()])
+    .bind(&aggregates)
+    .bind(&positions)
+    .bind(&bodies)
+    .bind(vec![None::<String>; ids.len()])
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let read = outbox_rows_read(&explained[0]["Plan"]);
+    assert!(
+        read < 100.0,
+        "writing {n} deliveries read {read} outbox rows of a 10,000-row backlog: {explained}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_probed_one_request_at_a_time_with_nothing_leased_ahead() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let hanging = Hanging::start().await;
+    let (endpoint, _) = register(&app, &hanging.url, json!(["*"])).await;
+    let endpoint = uuid::Uuid::parse_str(&endpoint).unwrap();
+    // The endpoint failed before, and six deliveries are due at it.
+    sqlx::query("UPDATE integration.endpoints SET failing_since = now() WHERE id = $1")
+        .bind(endpoint)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                position, body)
+         SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o' || g, g, '{}'
+           FROM generate_series(1, 6) g",
+    )
+    .bind(endpoint)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let pool = DeliveryPool::new(
+        app.pool.clone(),
+        integration::client_with(None, true).unwrap(),
+        DeliveryConfig {
+            timeout: Duration::from_millis(500),
+            per_endpoint: 4,
+            poll: Duration::from_millis(20),
+            schedule: RetrySchedule::quick(Duration::from_secs(60), 3),
+            ..DeliveryConfig::default()
+        },
+    );
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(pool.run(stopped));
+
+    // Until three probes have timed out one after another, never more than one of its
+    // deliveries is leased (a healthy endpoint gets eight: two rounds of four).
+    let mut most_leased = 0;
+    eventually(
+        Duration::from_secs(20),
+        "three probes of the hanging endpoint recorded",
+        async || {
+            let (leased, attempts): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM integration.outbox
+                          WHERE endpoint_id = $1 AND leased_until > now()),
+                        (SELECT count(*) FROM integration.deliveries WHERE endpoint_id = $1)",
+            )
+            .bind(endpoint)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            most_leased = most_leased.max(leased);
+            attempts >= 3
+        },
+    )
+    .await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(
+        most_leased, 1,
+        "deliveries leased at once at a failing endpoint"
+    );
+    assert!(hanging.accepted.load(Ordering::SeqCst) >= 3);
+}

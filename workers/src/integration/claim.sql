@@ -1,7 +1,9 @@
 -- Lease one endpoint's due deliveries ($1: the endpoint): only the oldest pending delivery
 -- of each aggregate (a later one waits while an earlier one is pending, retries included),
--- at most $2 (the free slots of this pool), and at most $3 in flight to the endpoint,
--- counting those any pool has leased already; $4: the lease, in seconds.
+-- at most $2 (what this pool's driver has room for), and at most $3 leased at the endpoint,
+-- counting those any pool has leased already (the window), or one while the endpoint is
+-- failing (its last attempt failed: it is probed one request at a time); $4: the lease,
+-- in seconds.
 --
 -- Walks the endpoint's pending deliveries in the order they are due (index `outbox_due`)
 -- and stops at the last one it needs: a backlog at this endpoint or any other does not
@@ -20,7 +22,11 @@
 -- or outcome only means the delivery is sent again with the same webhook-id, which
 -- at-least-once delivery allows. Waiting for two flushes per delivery bounded an
 -- endpoint's pace.
-WITH busy AS (
+WITH endpoint AS (
+    SELECT failing_since IS NOT NULL AS failing
+      FROM integration.endpoints
+     WHERE id = $1 AND disabled_at IS NULL
+), busy AS (
     SELECT count(*) AS n
       FROM integration.outbox
      WHERE endpoint_id = $1 AND status = 'pending' AND leased_until > now()
@@ -28,7 +34,7 @@ WITH busy AS (
     SELECT o.id
       FROM integration.outbox o
      WHERE o.endpoint_id = $1
-       AND EXISTS (SELECT 1 FROM integration.endpoints e WHERE e.id = $1 AND e.disabled_at IS NULL)
+       AND EXISTS (SELECT 1 FROM endpoint)
        AND o.status = 'pending'
        AND o.next_attempt_at <= now()
        AND (o.leased_until IS NULL OR o.leased_until <= now())
@@ -41,7 +47,8 @@ WITH busy AS (
             ORDER BY p.position, p.id
             LIMIT 1)
      ORDER BY o.next_attempt_at, o.position, o.id
-     LIMIT greatest(0, least($2, $3 - (SELECT n FROM busy)))
+     LIMIT greatest(0, least($2, CASE WHEN (SELECT failing FROM endpoint) THEN 1 ELSE $3 END
+                                 - (SELECT n FROM busy)))
 ), leased AS (
     -- By primary key alone: no other table here for a plan to start from.
     UPDATE integration.outbox o
@@ -52,7 +59,8 @@ WITH busy AS (
            o.traceparent, o.attempts
 )
 SELECT l.*, e.url, e.secret,
-       CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
+       CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret,
+       e.failing_since IS NOT NULL AS failing
   FROM leased l
   JOIN integration.endpoints e ON e.id = l.endpoint_id,
        (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit

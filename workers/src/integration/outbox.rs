@@ -17,6 +17,9 @@ pub const TEST_EVENT: &str = "webhook.test";
 /// after its last scheduled attempt.
 pub const STATUSES: [&str; 3] = ["pending", "delivered", "failed"];
 
+/// The statement that writes deliveries (`write.sql`).
+pub const WRITE: &str = include_str!("write.sql");
+
 /// Write the deliveries of `events`: one per active endpoint subscribed to each event's
 /// type and channel (or every channel), in one statement. There is one delivery per endpoint and event: a pending one is
 /// left as it is; one delivered or failed is due again (an operator's replay that repeats
@@ -42,35 +45,19 @@ pub(crate) async fn write(tx: &mut PgConnection, events: &[&Delivered]) -> Resul
     if rows.ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO integration.outbox
-             (id, endpoint_id, event_id, event_type, aggregate_id, position, body, traceparent,
-              next_attempt_at)
-         SELECT n.*,
-                -- Behind a pending delivery of its aggregate, due no sooner than that one:
-                -- the pool's claims then need not walk past it while it waits.
-                greatest(now(), (SELECT max(p.next_attempt_at) FROM integration.outbox p
-                                  WHERE p.endpoint_id = n.endpoint_id
-                                    AND p.aggregate_id = n.aggregate_id
-                                    AND p.status = 'pending'))
-           FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                       $6::int8[], $7::jsonb[], $8::text[])
-                AS n(id, endpoint_id, event_id, event_type, aggregate_id, position, body,
-                     traceparent)
-         ON CONFLICT (endpoint_id, event_id) DO UPDATE
-             SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
-           WHERE outbox.status <> 'pending'",
-    )
-    .bind(rows.ids)
-    .bind(rows.endpoints)
-    .bind(rows.events)
-    .bind(rows.types)
-    .bind(rows.aggregates)
-    .bind(rows.positions)
-    .bind(rows.bodies)
-    .bind(rows.traceparents)
-    .execute(&mut *tx)
-    .await?;
+    // Prepared: its plan depends on the outbox's statistics, which the delivery pool keeps
+    // current (`DeliveryPool::keep_statistics`).
+    sqlx::query(WRITE)
+        .bind(rows.ids)
+        .bind(rows.endpoints)
+        .bind(rows.events)
+        .bind(rows.types)
+        .bind(rows.aggregates)
+        .bind(rows.positions)
+        .bind(rows.bodies)
+        .bind(rows.traceparents)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

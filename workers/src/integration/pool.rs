@@ -1,13 +1,15 @@
 //! The delivery pool: sends the outbox's due deliveries, each endpoint with its own queue.
 //!
-//! Each endpoint with due deliveries has a driver of its own: it leases what the endpoint
-//! may take (per endpoint, the oldest pending delivery of each aggregate — an aggregate's
-//! deliveries go in order, a later one waits while an earlier one is pending, retries
-//! included — at most `per_endpoint` in flight, and no more than the pool's free slots out
-//! of `concurrency`), sends each on its own task, and leases again as soon as one is done.
-//! An endpoint that hangs holds its own slots until the timeout and nothing else; a healthy
-//! one is sent to at the pace it answers. A claim is a lease (`leased_until`), longer than
-//! a request may take: no transaction is open while the request is. Each outcome is
+//! Each endpoint with due deliveries has a driver of its own: it leases a window of what
+//! the endpoint may take (per endpoint, the oldest pending delivery of each aggregate — an
+//! aggregate's deliveries go in order, a later one waits while an earlier one is pending,
+//! retries included — at most two rounds of `per_endpoint`), sends them at most
+//! `per_endpoint` at a time and within the pool's free slots out of `concurrency`, each on
+//! its own task, and leases the next window when this one is sent. An endpoint whose last
+//! attempt failed is probed one request at a time with nothing leased ahead, so a hanging
+//! endpoint holds one slot until its timeout and nothing else; a healthy one is sent to at
+//! the pace it answers. A claim is a lease (`leased_until`), longer than two requests
+//! may take: no transaction is open while a request is. Each outcome is
 //! recorded in one short transaction: the attempt row, the delivery's new status or next
 //! attempt (the retry schedule, which pushes the aggregate's later deliveries back with
 //! it), and the endpoint's failing state — an endpoint failing for longer than
@@ -17,7 +19,7 @@
 //! the delivery is sent again with the same `webhook-id`, which receivers use to dedupe.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,7 @@ use chrono::Utc;
 use ordo_runtime::telemetry;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -79,6 +81,8 @@ struct Claimed {
     url: String,
     secret: String,
     previous_secret: Option<String>,
+    /// Whether the endpoint's last attempt failed (it is probed one request at a time).
+    failing: bool,
 }
 
 /// What one attempt got.
@@ -137,7 +141,12 @@ impl DeliveryPool {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.poll) => {}
-                _ = gauges.tick() => self.export_gauges().await,
+                _ = gauges.tick() => {
+                    self.export_gauges().await;
+                    if let Err(e) = self.keep_statistics().await {
+                        tracing::warn!(error = %e, "cannot analyze the webhook outbox");
+                    }
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -146,40 +155,101 @@ impl DeliveryPool {
         }
     }
 
-    /// One endpoint's driver: lease what the endpoint may take, send it, lease again when a
-    /// request is done; end when nothing is due and nothing in flight, or at `shutdown`
-    /// once the requests in flight are recorded.
+    /// One endpoint's driver: lease a window of the endpoint's due deliveries, send them
+    /// at most `per_endpoint` at a time (one at a time while the endpoint is failing), lease
+    /// the next window when this one is sent; end when nothing is due and nothing in
+    /// flight, or at `shutdown` once the requests in flight are recorded (deliveries leased
+    /// and not yet sent are handed back).
+    ///
+    /// Leasing a window rather than one delivery per finished request takes one claim per
+    /// `per_endpoint` deliveries instead of one each: under load, the claims' round trips
+    /// and planning, not the requests, bounded a healthy endpoint's pace.
     async fn drive(self: Arc<Self>, endpoint: Uuid, mut shutdown: watch::Receiver<bool>) {
+        let mut leased: VecDeque<Claimed> = VecDeque::new();
+        let mut leased_at = Instant::now();
         let mut in_flight = JoinSet::new();
+        // Whether the endpoint's last attempt failed: then one request at a time probes it,
+        // and nothing is leased ahead, so that a hanging endpoint holds one of the pool's
+        // slots and no deliveries it cannot take.
+        let mut failing = false;
         loop {
             let stopping = *shutdown.borrow() || shutdown.has_changed().is_err();
-            let room = self.config.per_endpoint.saturating_sub(in_flight.len());
+            // Leased deliveries wait for a round of requests at most; ones that waited
+            // longer (the pool's slots all taken) go back before their lease runs out.
+            if stopping || (!leased.is_empty() && leased_at.elapsed() > 2 * self.config.timeout) {
+                self.hand_back(&mut leased).await;
+            }
+            let limit = if failing { 1 } else { self.config.per_endpoint };
             let mut found = 0;
-            if !stopping && room > 0 {
+            if !stopping && leased.is_empty() {
+                let window = if failing { 1 } else { self.window() };
+                let room = window.saturating_sub(in_flight.len());
                 match self.claim(endpoint, room).await {
                     Ok(claimed) => {
                         found = claimed.len();
-                        for (delivery, permit) in claimed {
-                            let this = self.clone();
-                            in_flight.spawn(async move {
-                                this.deliver(delivery).await;
-                                drop(permit);
-                            });
-                        }
+                        failing = claimed.first().map_or(failing, |d| d.failing);
+                        leased.extend(claimed);
+                        leased_at = Instant::now();
                     }
                     Err(e) => tracing::warn!(endpoint.id = %endpoint, error = %e,
                         "cannot claim webhook deliveries"),
                 }
             }
-            if in_flight.is_empty() && (found == 0 || stopping) {
+            while in_flight.len() < limit && !leased.is_empty() {
+                let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(delivery) = leased.pop_front() else {
+                    break;
+                };
+                let this = self.clone();
+                in_flight.spawn(async move {
+                    let ok = this.deliver(delivery).await;
+                    drop(permit);
+                    ok
+                });
+            }
+            if in_flight.is_empty() && leased.is_empty() && (found == 0 || stopping) {
                 return;
             }
             tokio::select! {
-                Some(_) = in_flight.join_next() => {}
-                // Deliveries that came due meanwhile, while a slow request holds a slot.
+                Some(done) = in_flight.join_next() => {
+                    failing = !done.unwrap_or(false);
+                    if failing {
+                        self.hand_back(&mut leased).await;
+                    }
+                }
+                // Deliveries that came due meanwhile, or a slot of the pool freed.
                 _ = tokio::time::sleep(self.config.poll), if !stopping => {}
                 _ = shutdown.changed(), if !stopping => {}
             }
+        }
+    }
+
+    /// How many deliveries of one endpoint may be leased at once, across every pool: two
+    /// rounds of `per_endpoint`.
+    fn window(&self) -> usize {
+        2 * self.config.per_endpoint.max(1)
+    }
+
+    /// Give back leased deliveries that were not sent: due again at once, their attempt
+    /// not counted.
+    async fn hand_back(&self, leased: &mut VecDeque<Claimed>) {
+        if leased.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = leased.drain(..).map(|d| d.id).collect();
+        let handed = sqlx::query(
+            "UPDATE integration.outbox
+                SET leased_until = NULL, attempts = attempts - 1
+              WHERE id = ANY ($1) AND status = 'pending' AND leased_until IS NOT NULL",
+        )
+        .bind(&ids)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = handed {
+            // Their leases run out and they are sent then.
+            tracing::warn!(error = %e, "cannot hand back leased webhook deliveries");
         }
     }
 
@@ -206,40 +276,31 @@ impl DeliveryPool {
             claimed.extend(self.claim(endpoint, self.config.per_endpoint).await?);
         }
         let n = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|(d, _permit)| self.deliver(d))).await;
+        futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
         Ok(n)
     }
 
-    /// Lease up to `room` of `endpoint`'s due deliveries, within the pool's free slots
-    /// (each delivery comes with its slot) and `per_endpoint` minus what the endpoint has
-    /// in flight from any pool.
-    async fn claim(
-        &self,
-        endpoint: Uuid,
-        room: usize,
-    ) -> Result<Vec<(Claimed, OwnedSemaphorePermit)>, sqlx::Error> {
-        let mut permits: Vec<OwnedSemaphorePermit> =
-            std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok())
-                .take(room)
-                .collect();
-        if permits.is_empty() {
+    /// Lease up to `room` of `endpoint`'s due deliveries, no more than the window minus
+    /// what any pool has leased at the endpoint already.
+    async fn claim(&self, endpoint: Uuid, room: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+        if room == 0 {
             return Ok(Vec::new());
         }
-        let lease = self.config.timeout + Duration::from_secs(30);
+        // Long enough for a delivery that waits for a round of requests before its own.
+        let lease = 3 * self.config.timeout + Duration::from_secs(30);
         // Unprepared: see claim.sql.
-        let claimed: Vec<Claimed> = sqlx::query_as(CLAIM)
+        sqlx::query_as(CLAIM)
             .persistent(false)
             .bind(endpoint)
-            .bind(i64::try_from(permits.len()).unwrap_or(i64::MAX))
-            .bind(i64::try_from(self.config.per_endpoint).unwrap_or(i64::MAX))
+            .bind(i64::try_from(room).unwrap_or(i64::MAX))
+            .bind(i64::try_from(self.window()).unwrap_or(i64::MAX))
             .bind(lease.as_secs_f64())
             .fetch_all(&self.pool)
-            .await?;
-        permits.truncate(claimed.len());
-        Ok(claimed.into_iter().zip(permits).collect())
+            .await
     }
 
-    async fn deliver(&self, delivery: Claimed) {
+    /// Send one delivery and record the outcome; returns whether the endpoint took it.
+    async fn deliver(&self, delivery: Claimed) -> bool {
         let span = tracing::info_span!("webhook.deliver", endpoint.id = %delivery.endpoint_id,
             event.id = %delivery.event_id, attempt = delivery.attempts);
         async {
@@ -255,6 +316,7 @@ impl DeliveryPool {
                 // The lease runs out and the delivery is tried again.
                 tracing::warn!(error = %e, "cannot record a webhook attempt");
             }
+            ok
         }
         .instrument(span)
         .await
@@ -357,6 +419,33 @@ impl DeliveryPool {
             tracing::warn!(endpoint.id = %d.endpoint_id, "webhook endpoint disabled: failing for too long");
         }
         Ok(())
+    }
+
+    /// Analyze the outbox when its statistics are missing or far behind it: changed by more
+    /// rows since the last analyze than four times the rows it then had (at least 1,000).
+    /// Returns whether it analyzed.
+    ///
+    /// Autovacuum analyzes a table at most once a minute (`autovacuum_naptime`), and a
+    /// busy outbox outgrows an empty table's statistics within seconds: the planner then
+    /// sees one endpoint's backlog as a row or two, and the integration worker's write
+    /// (`write.sql`) walked that whole backlog once per delivery — a 500-event batch took
+    /// seconds, and every endpoint's deliveries fell behind. Afterwards autovacuum keeps
+    /// up; this only catches what it has not seen yet.
+    pub async fn keep_statistics(&self) -> Result<bool, sqlx::Error> {
+        let behind: Option<bool> = sqlx::query_scalar(
+            "SELECT s.n_mod_since_analyze >= greatest(1000, 4 * c.reltuples)
+               FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+              WHERE s.relid = 'integration.outbox'::regclass",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if behind != Some(true) {
+            return Ok(false);
+        }
+        sqlx::query("ANALYZE integration.outbox")
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
     }
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.

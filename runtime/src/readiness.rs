@@ -1,7 +1,7 @@
-//! What `/readyz` looks at: PostgreSQL (the pool), NATS, and the process roles this process
-//! runs ([`ordo_runtime::process`]).
+//! What `/readyz` looks at besides PostgreSQL (the pool): a probe of NATS, and the process
+//! roles this process runs ([`crate::process`]).
 
-use ordo_runtime::process::ProcessRoles;
+use crate::process::ProcessRoles;
 
 /// A NATS connection kept only to report whether the server is reachable.
 #[derive(Debug, Clone)]
