@@ -8,7 +8,7 @@ use ordo_commands::history::{self, RecordedEvent, Until};
 use ordo_commands::privacy::Keyring;
 use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -69,10 +69,10 @@ pub async fn state(
 ) -> Result<(Value, u64), ConsoleError> {
     Ok(if stream == "payment" {
         let s = history::fold_until::<Payment>(keys, id, until).await?;
-        (views::payment(&s.state, s.version), s.version)
+        (json!(views::payment(&s.state, s.version)), s.version)
     } else {
         let s = history::fold_until::<Order>(keys, id, until).await?;
-        (views::order(&s.state, s.version), s.version)
+        (json!(views::order(&s.state, s.version)), s.version)
     })
 }
 

@@ -212,13 +212,3 @@ pub struct RefundPayment {
 pub struct FailPayment {
     pub reason: Text,
 }
-
-// ------------------------------------------------------------------ audit
-
-/// A stream's state folded from the log: every field the aggregate holds (richer than the
-/// read model), with `id` and `version`.
-#[derive(ToSchema)]
-pub struct StreamState {
-    pub id: Uuid,
-    pub version: u64,
-}

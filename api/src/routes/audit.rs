@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::int_param;
 use crate::auth::{self, Allowed};
 use crate::extract::PathId;
-use crate::openapi::{params, schemas as body, RestrictedReadOneProblems};
+use crate::openapi::{params, RestrictedReadOneProblems};
 use crate::{views, ApiError, AppState};
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -57,7 +57,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The two audit reads of one kind of stream, as handlers with their OpenAPI descriptions.
 macro_rules! audit_routes {
-    ($kind:expr, $history:ident: $history_path:literal, $state:ident: $state_path:literal) => {
+    ($kind:expr, $history:ident: $history_path:literal, $state:ident: $state_path:literal, $body:ty) => {
         /// The stream's events with their metadata, oldest first (support, admin).
         #[utoipa::path(get, path = $history_path, tag = "audit",
             params(("id" = Uuid, Path, description = "The stream's id"), params::History),
@@ -76,7 +76,7 @@ macro_rules! audit_routes {
         /// The state folded from the log at a version or an instant (support, admin).
         #[utoipa::path(get, path = $state_path, tag = "audit",
             params(("id" = Uuid, Path, description = "The stream's id"), params::State),
-            responses((status = 200, description = "The state", body = body::StreamState,
+            responses((status = 200, description = "The state", body = $body,
                 headers(("ETag" = String, description = "`\"<version>\"` folded"))),
                 RestrictedReadOneProblems))]
         async fn $state(
@@ -92,11 +92,14 @@ macro_rules! audit_routes {
 }
 
 audit_routes!(Kind::Order,
-    order_history: "/v1/orders/{id}/history", order_state: "/v1/orders/{id}/state");
+    order_history: "/v1/orders/{id}/history", order_state: "/v1/orders/{id}/state",
+    views::OrderState);
 audit_routes!(Kind::Payment,
-    payment_history: "/v1/payments/{id}/history", payment_state: "/v1/payments/{id}/state");
+    payment_history: "/v1/payments/{id}/history", payment_state: "/v1/payments/{id}/state",
+    views::PaymentState);
 audit_routes!(Kind::Customer,
-    customer_history: "/v1/customers/{id}/history", customer_state: "/v1/customers/{id}/state");
+    customer_history: "/v1/customers/{id}/history", customer_state: "/v1/customers/{id}/state",
+    views::CustomerState);
 
 /// 404, as for a stream that does not exist, unless `caller` sees the stream's channel.
 async fn visible(
@@ -270,20 +273,41 @@ async fn state(
         (None, Some(t)) => Until::Time(t),
         (None, None) => Until::Version(u64::MAX),
     };
-    let (body, folded) = match kind {
+    let keys = app.commands.keys();
+    match kind {
         Kind::Order => {
-            let s = history::fold_until::<Order>(app.commands.keys(), &id, until).await?;
-            (views::order(&s.state, s.version), s.version)
+            let s = history::fold_until::<Order>(keys, &id, until).await?;
+            folded_state(kind, version, s.version, views::order(&s.state, s.version))
         }
         Kind::Payment => {
-            let s = history::fold_until::<Payment>(app.commands.keys(), &id, until).await?;
-            (views::payment(&s.state, s.version), s.version)
+            let s = history::fold_until::<Payment>(keys, &id, until).await?;
+            folded_state(
+                kind,
+                version,
+                s.version,
+                views::payment(&s.state, s.version),
+            )
         }
         Kind::Customer => {
-            let s = history::fold_until::<Customer>(app.commands.keys(), &id, until).await?;
-            (views::customer(&s.state, s.version), s.version)
+            let s = history::fold_until::<Customer>(keys, &id, until).await?;
+            folded_state(
+                kind,
+                version,
+                s.version,
+                views::customer(&s.state, s.version),
+            )
         }
-    };
+    }
+}
+
+/// The state folded to version `folded`, or 404 when the stream did not exist then or has
+/// no such `version` as asked for.
+fn folded_state(
+    kind: Kind,
+    version: Option<i64>,
+    folded: u64,
+    body: impl Serialize,
+) -> Result<Response, ApiError> {
     if folded == 0 {
         return Err(ApiError::NotFound(format!(
             "no {} with this id existed at that point",
