@@ -6,15 +6,34 @@ use ordo_commands::CommandError;
 use ordo_domain::DomainError;
 use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Seconds a client should wait before retrying when the store is unavailable.
 pub const RETRY_AFTER_SECS: u32 = 2;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// Path of the field, e.g. `lines[1].quantity`; `body` for the whole body.
     pub field: String,
     pub message: String,
+}
+
+/// An RFC 9457 problem. `type` is `urn:ordo:problem:<slug>`; a refused command names the
+/// broken rule in its slug (e.g. `urn:ordo:problem:order-not-paid`).
+#[derive(Serialize, ToSchema)]
+pub struct Problem<'a> {
+    #[serde(rename = "type")]
+    #[schema(rename = "type", example = "urn:ordo:problem:validation")]
+    pub kind: String,
+    pub title: &'a str,
+    pub status: u16,
+    pub detail: &'a str,
+    /// Present on validation problems (422): one entry per invalid field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub errors: Option<&'a [FieldError]>,
 }
 
 #[derive(Debug)]
@@ -331,16 +350,13 @@ fn problem_body(
     detail: &str,
     errors: Option<&[FieldError]>,
 ) -> Value {
-    let mut body = json!({
-        "type": problem_type(slug),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Some(errors) = errors {
-        body["errors"] = json!(errors);
-    }
-    body
+    json!(Problem {
+        kind: problem_type(slug),
+        title,
+        status: status.as_u16(),
+        detail,
+        errors,
+    })
 }
 
 /// A problem body as a response (also used to replay stored problems).

@@ -8,12 +8,25 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ordo_commands::appender::{Answer, StoredAnswer};
 use ordo_commands::{Actor, CommandError, CommandMetadata, Committed, IdempotentRequest};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{problem_response, ApiError};
 use crate::extract::{CommandBody, CommandHeaders};
 use crate::{AppState, Caller};
+
+/// What every command answers: the stream, its version after the command (also the
+/// `ETag`), and the global position of its last event (usable as `min_position`).
+#[derive(Serialize, ToSchema)]
+pub struct CommandResult<'a> {
+    #[schema(value_type = Uuid)]
+    pub id: &'a str,
+    pub version: u64,
+    #[schema(value_type = u64)]
+    pub position: i64,
+}
 
 /// How a successful command answers.
 #[derive(Debug, Clone, Copy)]
@@ -33,10 +46,10 @@ impl Success {
     }
 
     fn body(committed: &Committed) -> Value {
-        json!({
-            "id": committed.id,
-            "version": committed.version,
-            "position": committed.position,
+        json!(CommandResult {
+            id: &committed.id,
+            version: committed.version,
+            position: committed.position,
         })
     }
 

@@ -44,7 +44,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(docs),
-    components(schemas(schemas::Problem, schemas::FieldError, schemas::CommandResult)),
+    components(schemas(crate::error::Problem, crate::error::FieldError, crate::respond::CommandResult)),
     modifiers(&Conventions),
     tags(
         (name = "orders", description = "Order commands and the orders read model"),

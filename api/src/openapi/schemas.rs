@@ -1,8 +1,9 @@
-//! The shapes of request bodies, problems and the audit trail, for the OpenAPI document.
-//! Handlers read bodies field by field (`validate.rs`, so that every invalid field is
-//! reported at once), so these types describe what they accept; schemathesis
-//! (`scripts/fuzz-api`) checks that they match. The read models' responses are not here:
-//! each is its view type in `ordo_projections::views`, which the handlers answer with.
+//! The shapes of request bodies, for the OpenAPI document only. Handlers read bodies field by
+//! field (`validate.rs`, so that every invalid field is reported at once), so these types
+//! describe what they accept; schemathesis (`scripts/fuzz-api`) checks that they match.
+//! Responses are not here: each is the type its handler answers with (the read models'
+//! views in `ordo_projections::views`, problems in `crate::error`, command results in
+//! `crate::respond`).
 
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::RefOr;
@@ -56,39 +57,7 @@ value_schema!(
         .examples([2999])
 );
 
-// ------------------------------------------------------------------ problems
-
-/// An RFC 9457 problem. `type` is `urn:ordo:problem:<slug>`; a refused command names the
-/// broken rule in its slug (e.g. `urn:ordo:problem:order-not-paid`).
-#[derive(ToSchema)]
-pub struct Problem {
-    #[schema(rename = "type", example = "urn:ordo:problem:validation")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    /// Present on validation problems (422): one entry per invalid field.
-    #[schema(nullable = false)]
-    pub errors: Option<Vec<FieldError>>,
-}
-
-#[derive(ToSchema)]
-pub struct FieldError {
-    /// Path of the field, e.g. `lines[1].quantity`; `body` for the whole body.
-    pub field: String,
-    pub message: String,
-}
-
 // ------------------------------------------------------------------ commands
-
-/// What every command answers: the stream, its version after the command (also the
-/// `ETag`), and the global position of its last event (usable as `min_position`).
-#[derive(ToSchema)]
-pub struct CommandResult {
-    pub id: Uuid,
-    pub version: u64,
-    pub position: u64,
-}
 
 /// A body with nothing to say: `{}` (or no body at all).
 #[derive(ToSchema)]
