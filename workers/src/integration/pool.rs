@@ -167,11 +167,15 @@ impl DeliveryPool {
     async fn drive(self: Arc<Self>, endpoint: Uuid, mut shutdown: watch::Receiver<bool>) {
         let mut leased: VecDeque<Claimed> = VecDeque::new();
         let mut leased_at = Instant::now();
+        // Requests in flight, and outcomes being recorded: a request's slot is free for the
+        // next one while its outcome is written.
         let mut in_flight = JoinSet::new();
+        let mut recording = JoinSet::new();
         // Whether the endpoint's last attempt failed: then one request at a time probes it,
         // and nothing is leased ahead, so that a hanging endpoint holds one of the pool's
         // slots and no deliveries it cannot take.
         let mut failing = false;
+        let per_endpoint = self.config.per_endpoint.max(1);
         loop {
             let stopping = *shutdown.borrow() || shutdown.has_changed().is_err();
             // Leased deliveries wait for a round of requests at most; ones that waited
@@ -179,11 +183,10 @@ impl DeliveryPool {
             if stopping || (!leased.is_empty() && leased_at.elapsed() > 2 * self.config.timeout) {
                 self.hand_back(&mut leased).await;
             }
-            let limit = if failing { 1 } else { self.config.per_endpoint };
             let mut found = 0;
             if !stopping && leased.is_empty() {
                 let window = if failing { 1 } else { self.window() };
-                let room = window.saturating_sub(in_flight.len());
+                let room = window.saturating_sub(in_flight.len() + recording.len());
                 match self.claim(endpoint, room).await {
                     Ok(claimed) => {
                         found = claimed.len();
@@ -195,7 +198,8 @@ impl DeliveryPool {
                         "cannot claim webhook deliveries"),
                 }
             }
-            while in_flight.len() < limit && !leased.is_empty() {
+            let limit = if failing { 1 } else { per_endpoint };
+            while in_flight.len() < limit && recording.len() < per_endpoint && !leased.is_empty() {
                 let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                     break;
                 };
@@ -204,21 +208,33 @@ impl DeliveryPool {
                 };
                 let this = self.clone();
                 in_flight.spawn(async move {
-                    let ok = this.deliver(delivery).await;
+                    let outcome = this.attempt(&delivery).await;
                     drop(permit);
-                    ok
+                    (delivery, outcome)
                 });
             }
-            if in_flight.is_empty() && leased.is_empty() && (found == 0 || stopping) {
+            if in_flight.is_empty()
+                && recording.is_empty()
+                && leased.is_empty()
+                && (found == 0 || stopping)
+            {
                 return;
             }
             tokio::select! {
-                Some(done) = in_flight.join_next() => {
-                    failing = !done.unwrap_or(false);
+                Some(sent) = in_flight.join_next() => {
+                    let Ok((delivery, outcome)) = sent else {
+                        // A panicking request: its lease runs out and it is tried again.
+                        failing = true;
+                        continue;
+                    };
+                    failing = outcome.error.is_some();
                     if failing {
                         self.hand_back(&mut leased).await;
                     }
+                    let this = self.clone();
+                    recording.spawn(async move { this.settle(&delivery, &outcome).await });
                 }
+                Some(_) = recording.join_next() => {}
                 // Deliveries that came due meanwhile, or a slot of the pool freed.
                 _ = tokio::time::sleep(self.config.poll), if !stopping => {}
                 _ = shutdown.changed(), if !stopping => {}
@@ -276,7 +292,11 @@ impl DeliveryPool {
             claimed.extend(self.claim(endpoint, self.config.per_endpoint).await?);
         }
         let n = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        futures::future::join_all(claimed.iter().map(|d| async move {
+            let outcome = self.attempt(d).await;
+            self.settle(d, &outcome).await;
+        }))
+        .await;
         Ok(n)
     }
 
@@ -299,27 +319,31 @@ impl DeliveryPool {
             .await
     }
 
-    /// Send one delivery and record the outcome; returns whether the endpoint took it.
-    async fn deliver(&self, delivery: Claimed) -> bool {
+    /// Send one delivery and count the attempt in the metrics.
+    async fn attempt(&self, delivery: &Claimed) -> Outcome {
         let span = tracing::info_span!("webhook.deliver", endpoint.id = %delivery.endpoint_id,
             event.id = %delivery.event_id, attempt = delivery.attempts);
         async {
-            let outcome = self.send(&delivery).await;
-            let ok = outcome.error.is_none();
+            let outcome = self.send(delivery).await;
             let endpoint = delivery.endpoint_id.to_string();
             metrics::counter!("ordo_webhook_attempts_total", "endpoint" => endpoint.clone(),
-                "outcome" => if ok { "ok" } else { "failed" })
+                "outcome" => if outcome.error.is_none() { "ok" } else { "failed" })
             .increment(1);
             metrics::histogram!("ordo_webhook_attempt_duration_seconds", "endpoint" => endpoint)
                 .record(outcome.duration.as_secs_f64());
-            if let Err(e) = self.record(&delivery, &outcome).await {
-                // The lease runs out and the delivery is tried again.
-                tracing::warn!(error = %e, "cannot record a webhook attempt");
-            }
-            ok
+            outcome
         }
         .instrument(span)
         .await
+    }
+
+    /// Record an attempt's outcome; a failure to record is logged (the lease runs out and
+    /// the delivery is tried again).
+    async fn settle(&self, delivery: &Claimed, outcome: &Outcome) {
+        if let Err(e) = self.record(delivery, outcome).await {
+            tracing::warn!(endpoint.id = %delivery.endpoint_id, event.id = %delivery.event_id,
+                error = %e, "cannot record a webhook attempt");
+        }
     }
 
     /// POST the delivery, signed with the endpoint's secret (and the previous one during a
