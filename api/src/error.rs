@@ -68,7 +68,12 @@ pub enum ApiError {
     },
     IdempotencyInFlight,
     Command(CommandError),
+    /// A dependency cannot be reached; the detail is logged, never shown (it may name
+    /// internals).
     Unavailable(String),
+    /// This server is not set up for the operation (say, no signing key); the detail says
+    /// what is missing and is shown.
+    NotConfigured(String),
     /// This API key (or, without a valid key, this client address) used up its rate limit;
     /// the limiter adds `Retry-After`.
     RateLimited,
@@ -116,6 +121,7 @@ impl ApiError {
                 | Self::Command(CommandError::Unavailable(_))
                 | Self::Command(CommandError::Internal(_))
                 | Self::Unavailable(_)
+                | Self::NotConfigured(_)
                 | Self::Internal(_)
                 | Self::IdempotencyInFlight
                 | Self::RateLimited
@@ -237,6 +243,13 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable".into(),
                 "the event store or the message broker cannot be reached; retry later".into(),
+                None,
+            ),
+            Self::NotConfigured(detail) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-configured",
+                "Not configured".into(),
+                detail.clone(),
                 None,
             ),
             Self::RateLimited => (

@@ -289,9 +289,16 @@ async fn without_a_key_signing_is_off_and_readyz_says_so_but_stays_ready() {
         .unwrap()
         .contains("ORDO_AUDIT_SIGNING_KEY is not set"));
     app.confirmed_order().await;
-    app.post(Admin, "/v1/audit/checkpoints", json!({}))
-        .await
-        .assert_problem(503, "unavailable");
+    let refused = app.post(Admin, "/v1/audit/checkpoints", json!({})).await;
+    refused.assert_problem(503, "not-configured");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no ORDO_AUDIT_SIGNING_KEY"),
+        "{:#?}",
+        refused.body
+    );
 
     let signing = spawn_app_with(with_key).await;
     let ready = read(

@@ -169,7 +169,7 @@ const PROBLEMS: [(u16, &str, &str); 12] = [
     (415, "UnsupportedMediaType", "The body is not `application/json`"),
     (422, "UnprocessableContent", "Invalid fields (`errors` lists each), or an Idempotency-Key reused with another request"),
     (429, "TooManyRequests", "The API key's rate limit is spent (see the `RateLimit` and `RateLimit-Policy` headers); retry after `Retry-After` seconds"),
-    (503, "ServiceUnavailable", "The store or a read model is not available (`unavailable`, `projection-behind`), or the server has as many requests in flight as it takes (`overloaded`); retry after `Retry-After` seconds"),
+    (503, "ServiceUnavailable", "The store or a read model is not available (`unavailable`, `projection-behind`), or the server has as many requests in flight as it takes (`overloaded`); retry after `Retry-After` seconds. `not-configured`: this server is not set up for the operation (signing a checkpoint without a signing key), the detail says what is missing"),
 ];
 
 fn problem_component(status: u16) -> Ref {

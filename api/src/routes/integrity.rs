@@ -42,7 +42,7 @@ async fn sign(
     Global(_, _): Global<auth::Admins>,
 ) -> Result<Response, ApiError> {
     let signer = app.config.audit.signer.as_ref().ok_or_else(|| {
-        ApiError::Unavailable(
+        ApiError::NotConfigured(
             "checkpoint signing is off: this server has no ORDO_AUDIT_SIGNING_KEY".into(),
         )
     })?;
