@@ -24,7 +24,7 @@ pub fn postgres_base() -> String {
 
 /// The API and the projector, without the process manager: for tests that pin an order's
 /// stream versions, which the process manager's `order.payment_status_changed` events would
-/// interleave with (tests/api/process_manager.rs covers those).
+/// interleave with (tests/api/workers/process_manager.rs covers those).
 pub async fn spawn_app_without_process_manager() -> TestApp {
     spawn_app_with(|c| c.roles = vec![ProcessRole::Api, ProcessRole::Projector]).await
 }

@@ -1,4 +1,6 @@
 //! End-to-end tests of the HTTP API against real PostgreSQL: one fresh database per test.
+//! One folder per stage of the data flow a test exercises (docs/ARCHITECTURE.md, "Tests");
+//! `helpers`, `nats` and `browser` are the set-ups they share.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -7,48 +9,9 @@ mod browser;
 mod helpers;
 mod nats;
 
-mod advisories;
-mod analytics_rebuild;
 mod audit;
-mod auth;
-mod channels;
-mod checkpoints;
-mod concurrency;
+mod commands;
 mod console;
-mod console_ops;
-mod crash;
-mod deliveries;
-mod errors;
-mod fuzz_findings;
-mod hostile_input;
-mod idempotency;
-mod keys;
-mod lifecycle;
-mod limits;
-mod metrics;
-mod money;
-mod notifications;
-mod openapi;
-mod privacy;
-mod privacy_e2e;
-mod process_manager;
-mod projector;
-mod rate_limits;
+mod operations;
 mod read_models;
-mod readiness;
-mod rebuilds;
-mod relay;
-mod schemas;
-mod secrets;
-mod shutdown;
-mod ssrf;
-mod startup;
-mod store;
-mod tamper;
-mod tls;
-mod trace_context;
-mod verifications;
-mod webhooks;
-mod worker_ops;
 mod workers;
-mod write_path;

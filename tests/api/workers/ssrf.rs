@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::setup;
-use crate::webhooks::{history, quick_pool, register, Receiver};
+use crate::workers::webhooks::{history, quick_pool, register, Receiver};
 
 async fn strict_app() -> TestApp {
     spawn_app_with(|c| {

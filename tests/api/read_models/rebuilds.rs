@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use crate::projector::{fast, wait_until_caught_up, write_scenario};
+use crate::read_models::projector::{fast, wait_until_caught_up, write_scenario};
 
 /// Wait until no rebuild is requested or running.
 pub(crate) async fn wait_until_rebuilt(app: &TestApp) {

@@ -9,7 +9,7 @@ use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
 use crate::browser::{Browser, DEADLINE};
-use crate::console::refunded_order;
+use crate::console::pages::refunded_order;
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::NATS;
 

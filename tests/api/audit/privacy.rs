@@ -7,7 +7,7 @@ use ordo_commands::privacy::{KeyState, Keyring, MasterKey, MasterKeys};
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use crate::rebuilds::wait_until_rebuilt;
+use crate::read_models::rebuilds::wait_until_rebuilt;
 
 /// A development master key (base64 of 32 bytes), for tests only.
 pub const MASTER_KEY: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";

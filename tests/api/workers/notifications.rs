@@ -712,7 +712,7 @@ async fn a_sender_killed_between_sending_and_recording_sends_again_with_the_same
         ids[0], ids[1],
         "with one Message-ID, for the receiver to drop the repeat"
     );
-    let event_id = crate::webhooks::placed_event_id(&app, &order).await;
+    let event_id = crate::workers::webhooks::placed_event_id(&app, &order).await;
     assert_eq!(ids[0], format!("<{event_id}.order_placed@ordo.invalid>"));
     let attempts: Vec<(i32, bool)> =
         sqlx::query_as("SELECT attempt, ok FROM notification.attempts")

@@ -63,8 +63,8 @@ async fn a_key_sees_its_quota_shrink_then_gets_429_with_retry_after() {
     assert_eq!(current(other.header("ratelimit")).0, 2);
 
     // Refusals are counted (the recorder is process-wide: at least these two).
-    let text = crate::metrics::scrape(&app).await;
-    let refused_total = crate::metrics::has(&text, "ordo_rate_limited_total", &[]);
+    let text = crate::operations::metrics::scrape(&app).await;
+    let refused_total = crate::operations::metrics::has(&text, "ordo_rate_limited_total", &[]);
     assert!(refused_total >= 2.0, "{refused_total}");
 }
 

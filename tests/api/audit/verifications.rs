@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use ordo_api::Role::{Admin, Support};
 use serde_json::{json, Value};
 
+use crate::audit::tamper::behind_the_back;
 use crate::helpers::{spawn_app_with, Resp, TestApp};
-use crate::tamper::behind_the_back;
 
 pub(crate) const KEY: &str = "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM=";
 

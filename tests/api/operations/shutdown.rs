@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::crash::create_key;
+use crate::commands::crash::create_key;
 use crate::helpers::{fresh_database_url, order_body, read};
 use crate::nats::NATS;
 

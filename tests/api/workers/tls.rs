@@ -16,8 +16,8 @@ use serde_json::json;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::setup;
-use crate::notifications::{customer, notify_until, SinkConfig, SinkTls, SmtpSink};
-use crate::webhooks::{history, placed_event_id, quick_pool, register, Receiver};
+use crate::workers::notifications::{customer, notify_until, SinkConfig, SinkTls, SmtpSink};
+use crate::workers::webhooks::{history, placed_event_id, quick_pool, register, Receiver};
 
 /// A CA of the test's own, its PEM in a file, and a server certificate it signed.
 struct Pki {

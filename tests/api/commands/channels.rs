@@ -356,7 +356,7 @@ fn method(name: &str) -> Method {
     Method::from_bytes(name.to_uppercase().as_bytes()).unwrap()
 }
 
-/// Whether `resp` is a refusal of the key's role (the role matrix, tests/api/auth.rs).
+/// Whether `resp` is a refusal of the key's role (the role matrix, tests/api/commands/auth.rs).
 fn role_refused(resp: &Resp) -> bool {
     resp.status == 403 && resp.problem() == "forbidden"
 }
@@ -365,7 +365,7 @@ fn role_refused(resp: &Resp) -> bool {
 async fn every_route_answers_each_key_by_its_channel() {
     // With a signing key: `POST /v1/audit/checkpoints` answers 503 on a server without one.
     let app = spawn_app_with(|c| {
-        c.audit_signing_key = Some(crate::verifications::KEY.to_owned().into());
+        c.audit_signing_key = Some(crate::audit::verifications::KEY.to_owned().into());
     })
     .await;
     let ch = Channels::new(app).await;
@@ -1061,8 +1061,8 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let ch = Channels::new(app).await;
     let app = &ch.app;
-    let eu_hook = crate::webhooks::Receiver::start(|_| 200).await;
-    let all_hook = crate::webhooks::Receiver::start(|_| 200).await;
+    let eu_hook = crate::workers::webhooks::Receiver::start(|_| 200).await;
+    let all_hook = crate::workers::webhooks::Receiver::start(|_| 200).await;
     let created = app
         .post(
             Admin,
@@ -1099,7 +1099,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
     assert_eq!(shown.body["channel"], EU);
 
     // An endpoint moved to another channel by a global admin receives that channel's events.
-    let moved_hook = crate::webhooks::Receiver::start(|_| 200).await;
+    let moved_hook = crate::workers::webhooks::Receiver::start(|_| 200).await;
     let moved = app
         .post(
             Admin,
@@ -1140,7 +1140,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
     let us = ch.world(Scope::Us).await;
     let s = setup(app).await;
     s.publish_all(app).await;
-    let pool = crate::webhooks::quick_pool(app, None, 3);
+    let pool = crate::workers::webhooks::quick_pool(app, None, 3);
     s.deliver_until(
         app,
         &pool,
@@ -1149,7 +1149,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
     )
     .await;
 
-    let orders = |hook: &crate::webhooks::Receiver| -> Vec<String> {
+    let orders = |hook: &crate::workers::webhooks::Receiver| -> Vec<String> {
         let mut ids: Vec<String> = hook
             .received()
             .iter()
@@ -1171,7 +1171,7 @@ async fn a_webhook_subscribed_to_one_channel_receives_only_its_events() {
 
 #[tokio::test]
 async fn a_channel_with_its_own_sender_mails_from_it() {
-    use crate::notifications::{notify_until, SmtpSink};
+    use crate::workers::notifications::{notify_until, SmtpSink};
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let ch = Channels::new(app).await;
     let app = &ch.app;
@@ -1238,7 +1238,7 @@ async fn the_console_shows_channels_and_scopes_a_session_like_its_key() {
     let ch = Channels::new(spawn_app().await).await;
     let eu = ch.world(Scope::Eu).await;
     let us = ch.world(Scope::Us).await;
-    crate::console::wait_for_sql(
+    crate::console::pages::wait_for_sql(
         &ch.app,
         "SELECT EXISTS (SELECT 1 FROM projections.customers c JOIN projections.orders o ON o.customer_id = c.id WHERE o.id = $1::uuid)",
         &us.order,
@@ -1353,7 +1353,7 @@ async fn a_rebuild_fills_every_read_model_s_channel_from_the_log() {
             .await
             .assert_status(202);
     }
-    crate::rebuilds::wait_until_rebuilt(&ch.app).await;
+    crate::read_models::rebuilds::wait_until_rebuilt(&ch.app).await;
     for (scope, world) in [(Scope::Eu, &eu), (Scope::Us, &us)] {
         let channel = scope.channel().unwrap();
         for (collection, id) in [

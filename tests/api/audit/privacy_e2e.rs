@@ -13,16 +13,16 @@ use ordo_workers::notification::{Mailer, Notification};
 use ordo_workers::WorkerRunner;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, TestApp};
-use crate::nats::{setup, Setup};
-use crate::notifications::{quick_sender, Notifier, SmtpSink};
-use crate::privacy::{
+use crate::audit::privacy::{
     assert_chain_intact, customer_with_personal_data, leaked, stored_payloads, EMAIL, MASTER_KEY,
     NAME,
 };
-use crate::rebuilds::wait_until_rebuilt;
-use crate::trace_context::{share_callsite_interest, Capture};
-use crate::webhooks::{quick_pool, Receiver};
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::nats::{setup, Setup};
+use crate::read_models::rebuilds::wait_until_rebuilt;
+use crate::workers::notifications::{quick_sender, Notifier, SmtpSink};
+use crate::workers::trace_context::{share_callsite_interest, Capture};
+use crate::workers::webhooks::{quick_pool, Receiver};
 
 fn keys(app: &TestApp) -> Keyring {
     let master = MasterKeys::new(MasterKey::parse(1, MASTER_KEY).unwrap(), Vec::new()).unwrap();

@@ -236,7 +236,7 @@ async fn a_requests_trace_id_reaches_the_event_the_nats_message_and_the_webhook(
     let runner = p.worker(Worker::Integration).await;
     p.work_until(&runner, "SELECT count(*) FROM integration.outbox")
         .await;
-    let pool = crate::webhooks::quick_pool(&p.app, None, 3);
+    let pool = crate::workers::webhooks::quick_pool(&p.app, None, 3);
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.lock().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "no webhook sent");

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::setup;
-use crate::webhooks::{deliveries, placed_event_id, quick_pool, register};
+use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
 
 /// A TCP listener that accepts connections, reads nothing and never answers: the partner
 /// that hangs. Counts the connections it holds.
@@ -623,7 +623,7 @@ async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let (stuck, _) = register(&app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
     let (healthy, _) = register(&app, "http://127.0.0.1:9/healthy", json!(["*"])).await;
-    let claim = include_str!("../../workers/src/integration/claim.sql");
+    let claim = include_str!("../../../workers/src/integration/claim.sql");
     // The outbox's statistics are those of an empty table, as when a backlog builds up
     // faster than autovacuum analyzes it.
     sqlx::query("ANALYZE integration.outbox")

@@ -10,8 +10,8 @@ use ordo_commands::checkpoint::{self, Invalid, Signed, Signer};
 use serde_json::json;
 use sqlx::{PgPool, Row};
 
+use crate::audit::tamper::behind_the_back;
 use crate::helpers::{read, spawn_app_with, TestApp};
-use crate::tamper::behind_the_back;
 
 /// A test key (`head -c 32 /dev/urandom | base64` in real life).
 const KEY: &str = "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM=";
@@ -50,7 +50,7 @@ async fn verify(pool: &PgPool) -> Verification {
 /// What a careful forger does after an edit: recompute every hash from the first one on,
 /// so that every link holds again.
 async fn rehash_everything(pool: &PgPool) {
-    let rows = sqlx::query(include_str!("../../commands/src/sql/chain_page.sql"))
+    let rows = sqlx::query(include_str!("../../../commands/src/sql/chain_page.sql"))
         .bind(0_i64)
         .bind(i64::MAX)
         .bind(i64::MAX)

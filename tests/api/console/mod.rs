@@ -1,0 +1,4 @@
+//! The console in a real headless Chromium.
+
+pub mod operators;
+pub mod pages;
