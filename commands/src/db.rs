@@ -116,3 +116,33 @@ pub async fn drop_database(database_url: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&drop).execute(&mut admin).await?;
     admin.close().await
 }
+
+/// Analyze `table` (schema-qualified, one of Ordo's own) when its statistics are missing or
+/// far behind it: changed by more rows since its last analyze than four times the rows it
+/// then had (at least 1,000). Returns whether it analyzed.
+///
+/// For the queue tables (the webhook and mail outboxes), whose claims must stay cheap
+/// whatever the backlog. Autovacuum analyzes a table at most once a minute
+/// (`autovacuum_naptime`), and a busy outbox outgrows an empty table's statistics within
+/// seconds: the planner then takes an endpoint's backlog for a row or two and picks plans
+/// that walk all of it once per row. Afterwards autovacuum keeps up; this catches what it
+/// has not seen yet. A session reports its changes to the statistics a second or so after
+/// it makes them (at most ten), so this lags by as much.
+pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<bool, sqlx::Error> {
+    let behind: Option<bool> = sqlx::query_scalar(
+        "SELECT s.n_mod_since_analyze >= greatest(1000, 4 * c.reltuples)
+           FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+          WHERE s.relid = $1::regclass",
+    )
+    .bind(table)
+    .fetch_optional(pool)
+    .await?;
+    if behind != Some(true) {
+        return Ok(false);
+    }
+    // `table` is a name in Ordo's code, never input; regclass checked that it exists.
+    sqlx::query(&format!("ANALYZE {table}"))
+        .execute(pool)
+        .await?;
+    Ok(true)
+}

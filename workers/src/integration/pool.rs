@@ -445,31 +445,12 @@ impl DeliveryPool {
         Ok(())
     }
 
-    /// Analyze the outbox when its statistics are missing or far behind it: changed by more
-    /// rows since the last analyze than four times the rows it then had (at least 1,000).
-    /// Returns whether it analyzed.
-    ///
-    /// Autovacuum analyzes a table at most once a minute (`autovacuum_naptime`), and a
-    /// busy outbox outgrows an empty table's statistics within seconds: the planner then
-    /// sees one endpoint's backlog as a row or two, and the integration worker's write
-    /// (`write.sql`) walked that whole backlog once per delivery — a 500-event batch took
-    /// seconds, and every endpoint's deliveries fell behind. Afterwards autovacuum keeps
-    /// up; this only catches what it has not seen yet.
+    /// Analyze the outbox when its statistics are missing or far behind it (see
+    /// [`ordo_commands::db::analyze_if_behind`]): without, the integration worker's write
+    /// (`write.sql`) walked an endpoint's whole backlog once per delivery, and a 500-event
+    /// batch took seconds. Returns whether it analyzed.
     pub async fn keep_statistics(&self) -> Result<bool, sqlx::Error> {
-        let behind: Option<bool> = sqlx::query_scalar(
-            "SELECT s.n_mod_since_analyze >= greatest(1000, 4 * c.reltuples)
-               FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-              WHERE s.relid = 'integration.outbox'::regclass",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        if behind != Some(true) {
-            return Ok(false);
-        }
-        sqlx::query("ANALYZE integration.outbox")
-            .execute(&self.pool)
-            .await?;
-        Ok(true)
+        ordo_commands::db::analyze_if_behind(&self.pool, "integration.outbox").await
     }
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.

@@ -108,7 +108,19 @@ impl MailSender {
                 _ = tokio::time::sleep(self.config.poll), if !found => {}
                 Some(_) = tasks.join_next(), if found && !tasks.is_empty() => {}
                 _ = tokio::time::sleep(self.config.poll / 4), if found => {}
-                _ = gauges.tick() => self.export_gauges().await,
+                _ = gauges.tick() => {
+                    self.export_gauges().await;
+                    // The claim takes the oldest due mails by `notifications_pending` in
+                    // order only when the planner knows the table's size.
+                    let analyzed = ordo_commands::db::analyze_if_behind(
+                        &self.pool,
+                        "notification.notifications",
+                    )
+                    .await;
+                    if let Err(e) = analyzed {
+                        tracing::warn!(error = %e, "cannot analyze the mail outbox");
+                    }
+                }
                 _ = shutdown.changed() => {}
             }
         }
