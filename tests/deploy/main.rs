@@ -325,3 +325,48 @@ fn the_docs_checker_rejects_outside_documents_and_links_to_nothing() {
     assert_problem(&problems, &["missing.md", "does not exist"]);
     assert_eq!(problems.len(), 5, "{problems:#?}");
 }
+
+/// `start NAME PORT ROLES POOL` lines of scripts/connection-budget, by name.
+fn budget_processes(script: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    script
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "start")?;
+            match words[at..] {
+                ["start", name, _port, roles, pool] => {
+                    Some((name.to_string(), (roles.to_string(), pool.to_string())))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_connection_budget_script_runs_the_compose_processes_with_their_roles_and_pools() {
+    let deployment = deployment();
+    let script = budget_processes(&read("scripts/connection-budget"));
+    let mut compose = std::collections::BTreeMap::new();
+    for (name, service) in &deployment.file.services {
+        let command = service.command.clone().unwrap_or_default();
+        if let ["serve", "--roles", roles] = command
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            let pool = service
+                .environment
+                .get("ORDO_DB_MAX_CONNECTIONS")
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} sets no ORDO_DB_MAX_CONNECTIONS"));
+            compose.insert(name.clone(), (roles.to_string(), pool));
+        }
+    }
+    assert_eq!(compose.len(), 5, "{compose:?}");
+    assert_eq!(
+        script, compose,
+        "scripts/connection-budget must start docker-compose.yml's processes as it does"
+    );
+}
