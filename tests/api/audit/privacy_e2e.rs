@@ -20,6 +20,7 @@ use crate::audit::privacy::{
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::{setup, Setup};
 use crate::read_models::rebuilds::wait_until_rebuilt;
+use crate::workers::analytics_rebuild;
 use crate::workers::notifications::{quick_sender, Notifier, SmtpSink};
 use crate::workers::trace_context::{share_callsite_interest, Capture};
 use crate::workers::webhooks::{quick_pool, Receiver};
@@ -257,4 +258,49 @@ async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_ve
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(logs.contains(&customer), "the capture saw the scenario");
     assert!(leaked(&logs).is_empty(), "{:?} was logged", leaked(&logs));
+}
+
+#[tokio::test]
+async fn erasure_leaves_analytics_as_counted_live_and_as_recomputed() {
+    // Arrange: two customers with paid orders (one also with a cancelled one), counted by
+    // the live analytics worker.
+    let app = spawn_app_with(|c| {
+        c.master_key = Some(Secret::new(MASTER_KEY));
+        c.roles = vec![ProcessRole::Api];
+    })
+    .await;
+    let (erased, order) = customer_with_personal_data(&app).await;
+    app.confirm(&order).await;
+    app.captured_payment(&order, 2999).await;
+    let cancelled = app.place_order(&erased).await;
+    app.cancel(&cancelled, "customer request").await;
+    let kept = app.register_customer().await;
+    app.paid_order(&kept).await;
+    let s = setup(&app).await;
+    let runner = analytics_rebuild::worker(&app, &s).await;
+    analytics_rebuild::settle(&app, &s, &runner).await;
+    let tables = analytics_rebuild::tables(&app).await;
+    let totals = analytics_rebuild::totals(&app).await;
+    assert_eq!(totals, (3, 3 * 2999), "three orders placed, all counted");
+    assert!(!tables.0.is_empty() && !tables.1.is_empty());
+
+    // Act: erase one customer; the live worker sees `customer.erased` like any event.
+    app.post(Admin, &format!("/v1/customers/{erased}/erase"), json!({}))
+        .await
+        .assert_status(200);
+    assert_eq!(
+        app.event_types("customer", &erased).await.last().unwrap(),
+        "customer.erased"
+    );
+    analytics_rebuild::settle(&app, &s, &runner).await;
+
+    // Assert: the figures are what they were, live and after a recompute from the log.
+    assert_eq!(analytics_rebuild::tables(&app).await, tables);
+    assert_eq!(analytics_rebuild::totals(&app).await, totals);
+    let rebuilt = analytics_rebuild::recompute(&app, 5).await;
+    assert_eq!(rebuilt.events, app.event_count().await);
+    assert_eq!(rebuilt.skipped, 0, "the recompute reads every erased event");
+    assert_eq!(analytics_rebuild::tables(&app).await, tables);
+    assert_eq!(analytics_rebuild::totals(&app).await, totals);
+    s.cleanup().await;
 }

@@ -17,7 +17,7 @@ use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::{setup, work_until, Setup};
 
 /// Every row of both tables, as text, in order.
-async fn tables(app: &TestApp) -> (Vec<String>, Vec<String>) {
+pub async fn tables(app: &TestApp) -> (Vec<String>, Vec<String>) {
     let sales = sqlx::query_scalar(
         "SELECT concat_ws(' ', granularity, bucket, currency, channel, orders, gross, paid, refunded)
            FROM analytics.sales ORDER BY 1",
@@ -35,7 +35,7 @@ async fn tables(app: &TestApp) -> (Vec<String>, Vec<String>) {
 }
 
 /// Orders placed and gross sales over every day, as the API answers them.
-async fn totals(app: &TestApp) -> (i64, i64) {
+pub async fn totals(app: &TestApp) -> (i64, i64) {
     let funnel = app.get(Analyst, "/v1/analytics/funnel").await;
     funnel.assert_status(200);
     let sales = app
@@ -52,7 +52,7 @@ async fn totals(app: &TestApp) -> (i64, i64) {
 }
 
 /// Publish everything and let the worker handle every event.
-async fn settle(app: &TestApp, s: &Setup, runner: &WorkerRunner) {
+pub async fn settle(app: &TestApp, s: &Setup, runner: &WorkerRunner) {
     s.publish_all(app).await;
     work_until(
         runner,
@@ -64,7 +64,7 @@ async fn settle(app: &TestApp, s: &Setup, runner: &WorkerRunner) {
 }
 
 /// Recompute, waiting out a killed recompute's session (its lock goes with it).
-async fn recompute(app: &TestApp, batch_size: i64) -> Rebuilt {
+pub async fn recompute(app: &TestApp, batch_size: i64) -> Rebuilt {
     let (_stop, stopped) = watch::channel(false);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -77,7 +77,7 @@ async fn recompute(app: &TestApp, batch_size: i64) -> Rebuilt {
     }
 }
 
-async fn worker(app: &TestApp, s: &Setup) -> WorkerRunner {
+pub async fn worker(app: &TestApp, s: &Setup) -> WorkerRunner {
     WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
         .await
         .unwrap()
