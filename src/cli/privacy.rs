@@ -21,7 +21,7 @@ pub enum CustomersCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum PrivacyCommand {
     /// Bring data written before encryption under it: index the e-mail of every customer
-    /// the customers read model holds in clear (the blind index lookups use), withhold
+    /// not yet indexed under the current master key (the blind index lookups use), withhold
     /// erased customers' fields wherever a read model or worker still holds them, and report
     /// the events stored with clear personal fields (their rows cannot change without
     /// breaking the hash chain; reads mask them once the customer is erased).
@@ -30,7 +30,8 @@ pub enum PrivacyCommand {
         config: Config,
     },
     /// Re-wrap every data key wrapped by an older master key (ORDO_PREVIOUS_MASTER_KEYS)
-    /// with the current one, so the older key can be retired.
+    /// with the current one and recompute the e-mail blind index under the current one, so
+    /// the older key can be retired.
     Rewrap {
         #[command(flatten)]
         config: Config,
@@ -105,8 +106,13 @@ pub async fn run(command: PrivacyCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no master key is configured (ORDO_MASTER_KEY)");
             }
             let done = keys.rewrap().await?;
+            let indexed = ordo_commands::privacy::reindex_emails(&keys).await?;
             pool.close().await;
-            tracing::info!(rewrapped = done, "data keys re-wrapped");
+            tracing::info!(
+                rewrapped = done,
+                reindexed = indexed,
+                "data keys re-wrapped, e-mail blind index under the current master key"
+            );
             Ok(())
         }
     }

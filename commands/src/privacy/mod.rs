@@ -22,5 +22,5 @@ mod seal;
 
 pub use keys::{KeyState, Keyring, PrivacyError};
 pub use master::{MasterKey, MasterKeys};
-pub use migrate::{migrate, MigrationReport};
+pub use migrate::{migrate, reindex_emails, MigrationReport};
 pub use seal::{open_fields, seal_fields, DataKey, Mode};

@@ -404,6 +404,93 @@ async fn migrate_indexes_customers_registered_in_clear_and_rewrap_retires_an_old
     );
 }
 
+/// The master key versions `customer` has a blind index entry under.
+async fn indexed_versions(app: &TestApp, customer: uuid::Uuid) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT master_version FROM privacy.email_index WHERE customer_id = $1 ORDER BY 1",
+    )
+    .bind(customer)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn lookup_by_email_survives_a_master_key_rotation_and_the_old_key_can_be_retired() {
+    // Registered (sealed, indexed) under master key 1.
+    let app = spawn_encrypting_app().await;
+    let (customer, _) = customer_with_personal_data(&app).await;
+    let id: uuid::Uuid = customer.parse().unwrap();
+    let gone = app.register_customer().await;
+    erase(&app, &gone).await.assert_status(200);
+    let other_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    // Rotated to 2 with 1 still given: found through the digest under 1.
+    let rotated = keyring(&app, 2, other_key, &format!("1:{MASTER_KEY}"));
+    assert_eq!(
+        rotated.customers_by_email(EMAIL).await.unwrap(),
+        Some(vec![id])
+    );
+    let v2_alone = keyring(&app, 2, other_key, "");
+    assert_eq!(
+        v2_alone.customers_by_email(EMAIL).await.unwrap(),
+        Some(vec![]),
+        "before the re-index, nothing is indexed under 2"
+    );
+
+    // `ordo privacy rewrap` re-wraps the data key and re-indexes under 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["privacy", "rewrap"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("ORDO_MASTER_KEY", other_key)
+        .env("ORDO_MASTER_KEY_VERSION", "2")
+        .env("ORDO_PREVIOUS_MASTER_KEYS", format!("1:{MASTER_KEY}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        indexed_versions(&app, id).await,
+        [2],
+        "the entry under 1 is dropped"
+    );
+    let erased_entries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM privacy.email_index WHERE customer_id = $1")
+            .bind(gone.parse::<uuid::Uuid>().unwrap())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(erased_entries, 0, "an erased customer is not re-indexed");
+
+    // Key 1 retired: still found, case-insensitively, and opened with key 2 alone.
+    assert_eq!(
+        v2_alone
+            .customers_by_email(&EMAIL.to_uppercase())
+            .await
+            .unwrap(),
+        Some(vec![id])
+    );
+    assert!(matches!(
+        v2_alone.states(&[id]).await.unwrap()[&id],
+        KeyState::Key(_)
+    ));
+    let v1_alone = keyring(&app, 1, MASTER_KEY, "");
+    assert_eq!(
+        v1_alone.customers_by_email(EMAIL).await.unwrap(),
+        Some(vec![])
+    );
+    assert_eq!(
+        ordo_commands::privacy::reindex_emails(&v2_alone)
+            .await
+            .unwrap(),
+        0,
+        "nothing left to re-index"
+    );
+}
+
 #[tokio::test]
 async fn the_cli_erases_a_customer() {
     let app = spawn_app().await;
