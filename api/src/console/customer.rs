@@ -1,5 +1,6 @@
 //! `/console/customers/{id}` (support, admin): the customer 360 — profile, orders, payments,
-//! spent per currency, notes (and adding one), notifications.
+//! spent per currency, notes (and adding one), notifications; for admins, erasing the
+//! customer's personal data (ADR 0020), confirmed by typing the customer's id.
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -27,6 +28,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console/customers/{id}", get(show))
         .route("/console/customers/{id}/notes", post(add_note))
+        .route("/console/customers/{id}/erase", post(erase))
 }
 
 fn customer_id(raw: &str) -> Result<Uuid, ConsoleError> {
@@ -78,6 +80,7 @@ async fn show(
     } else {
         None
     };
+    let erased = events.iter().find(|e| e.event_type == "customer.erased");
     let name = layout::text(&registered.data["name"]);
     let body = html! {
         section.profile {
@@ -121,10 +124,20 @@ async fn show(
                 p.note { (layout::text(&n.data["text"])) }
                 small { (n.metadata.get("actor_name").map(layout::text).unwrap_or_default()) ", " (layout::time(&n.recorded_at)) }
             } } }
-            @if session.may::<auth::Notes>() { (note_form(&session, id)) }
+            @if erased.is_none() && session.may::<auth::Notes>() { (note_form(&session, id)) }
         }
         @if let Some(list) = &notifications {
             section aria-labelledby="nt" { h2 #nt { "Notifications" } (super::order::notification_table(list)) }
+        }
+        @if let Some(e) = erased {
+            section.erased aria-labelledby="er" {
+                h2 #er { "Personal data erased" }
+                p { "Erased " (layout::time(&e.recorded_at)) " by "
+                    (e.metadata.get("actor_name").map(layout::text).unwrap_or_default())
+                    ". Orders, payments and analytics are kept; the e-mail, name, phone, notes and shipping addresses can never be read again." }
+            }
+        } @else if session.may::<auth::Erasers>() {
+            (erase_form(&session, id))
         }
     };
     Ok(page(
@@ -142,6 +155,24 @@ fn note_form(session: &Session, id: Uuid) -> Markup {
             label for="note" { "Add a note" }
             textarea #note name="text" rows="3" maxlength="2000" required {}
             button type="submit" { "Add note" }
+        }
+    }
+}
+
+/// Erasure cannot be undone, so the form asks for the customer's id typed out.
+fn erase_form(session: &Session, id: Uuid) -> Markup {
+    html! {
+        section.erase aria-labelledby="er" {
+            h2 #er { "Erase personal data" }
+            p { "Destroys this customer's data key: their e-mail, name, phone, notes and shipping addresses "
+                "read \"[erased]\" from then on, and nothing more is mailed to them. Orders, payments and "
+                "analytics are kept. This cannot be undone." }
+            form.erase method="post" action=(format!("/console/customers/{id}/erase")) {
+                (layout::csrf(session))
+                label for="confirm" { "Type the customer's id (" code { (id) } ") to confirm" }
+                input #confirm name="confirm" type="text" autocomplete="off" spellcheck="false" required;
+                button.danger type="submit" { "Erase personal data" }
+            }
         }
     }
 }
@@ -189,11 +220,45 @@ async fn add_note(
     let id = customer_id(&id)?;
     let text: Text = serde_json::from_value(Value::String(form.text("text").unwrap_or("").into()))
         .map_err(|e| ConsoleError::BadInput(format!("The note {e}.")))?;
+    let meta = command_metadata(&session, &headers);
+    let cmd = CustomerCommand::AddNote {
+        note_id: Uuid::now_v7(),
+        text,
+        at: Utc::now(),
+    };
+    app.commands.customer(id, None, cmd, &meta).await?;
+    Ok(see_other(&format!("/console/customers/{id}#no")))
+}
+
+/// Erase the customer's personal data (admins only) exactly as `POST /v1/customers/{id}/erase`
+/// does, once the form's `confirm` field is the customer's id.
+async fn erase(
+    State(app): State<AppState>,
+    Signed(session, _): Signed<auth::Erasers>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(&form)?;
+    let id = customer_id(&id)?;
+    if form.text("confirm") != Some(id.to_string().as_str()) {
+        return Err(ConsoleError::BadInput(format!(
+            "Nothing was erased: type the customer's id ({id}) to confirm the erasure."
+        )));
+    }
+    let meta = command_metadata(&session, &headers);
+    app.commands.erase_customer(id, Utc::now(), &meta).await?;
+    Ok(see_other(&format!("/console/customers/{id}")))
+}
+
+/// The metadata of a command sent from the console: the signed-in key as the actor, the
+/// request's id (or a fresh one), as the API records it.
+fn command_metadata(session: &Session, headers: &HeaderMap) -> CommandMetadata {
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
-    let meta = CommandMetadata {
+    CommandMetadata {
         correlation_id: Uuid::new_v4(),
         causation_id: Uuid::parse_str(&request_id).unwrap_or_else(|_| Uuid::new_v4()),
         actor: Actor {
@@ -206,12 +271,5 @@ async fn add_note(
         idempotent: None,
         traceparent: None,
         channel: session.caller.channel.clone(),
-    };
-    let cmd = CustomerCommand::AddNote {
-        note_id: Uuid::now_v7(),
-        text,
-        at: Utc::now(),
-    };
-    app.commands.customer(id, None, cmd, &meta).await?;
-    Ok(see_other(&format!("/console/customers/{id}#no")))
+    }
 }

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use ordo_api::Role::{Admin, Analyst, Storefront, Support};
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::audit::privacy::{customer_with_personal_data, leaked, spawn_encrypting_app, NAME};
 use crate::browser::{Browser, DEADLINE};
 use crate::helpers::{read, spawn_app, Sale, TestApp};
 
@@ -306,4 +307,100 @@ async fn console_responses_carry_security_headers_and_a_strict_http_only_cookie(
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
+}
+
+/// POST `/console/customers/{customer}/erase` from the page, with the page's CSRF token and
+/// `confirm` = `customer`; the answer's status.
+async fn post_erase(browser: &Browser, customer: &str) -> Value {
+    browser
+        .js(&format!(
+            "const x = new XMLHttpRequest();
+             x.open('POST', '/console/customers/{customer}/erase', false);
+             x.setRequestHeader('Content-Type', 'application/x-www-form-urlencoded');
+             const csrf = document.querySelector('input[name=csrf]').value;
+             x.send('csrf=' + encodeURIComponent(csrf) + '&confirm={customer}');
+             return x.status;"
+        ))
+        .await
+}
+
+#[tokio::test]
+async fn only_an_admin_erases_a_customer_from_the_console_after_typing_its_id() {
+    let app = spawn_encrypting_app().await;
+    let (customer, _) = customer_with_personal_data(&app).await;
+    let erasures = || async {
+        app.event_types("customer", &customer)
+            .await
+            .iter()
+            .filter(|t| *t == "customer.erased")
+            .count()
+    };
+
+    // Support sees the customer, no erase form, and is refused the erasure posted anyway.
+    let browser = Browser::start(&app).await;
+    browser.sign_in(&app, Support).await;
+    browser
+        .goto(&format!("/console/customers/{customer}"))
+        .await;
+    assert_eq!(browser.text("dd.name").await, NAME);
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('form.erase').length")
+            .await,
+        json!(0)
+    );
+    assert_eq!(post_erase(&browser, &customer).await, json!(403));
+    browser.close().await;
+    assert_eq!(erasures().await, 0);
+
+    // An admin who types something else than the id erases nothing.
+    let browser = Browser::start(&app).await;
+    browser.sign_in(&app, Admin).await;
+    browser
+        .goto(&format!("/console/customers/{customer}"))
+        .await;
+    browser
+        .find("#confirm")
+        .await
+        .send_keys("yes")
+        .await
+        .unwrap();
+    browser.click("form.erase button").await;
+    browser.wait_for_text("h1", "Bad input").await;
+    assert_eq!(erasures().await, 0);
+
+    // Typing the id erases: the page shows "[erased]" and offers neither form again.
+    browser
+        .goto(&format!("/console/customers/{customer}"))
+        .await;
+    browser
+        .find("#confirm")
+        .await
+        .send_keys(&customer)
+        .await
+        .unwrap();
+    browser.click("form.erase button").await;
+    browser.wait_for_text("section.erased h2", "erased").await;
+    assert_eq!(browser.text("dd.name").await, "[erased]");
+    assert_eq!(browser.text("p.note").await, "[erased]");
+    let page = browser.text("main").await;
+    assert!(leaked(&page).is_empty(), "{:?} in {page}", leaked(&page));
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('form.erase, form.note').length")
+            .await,
+        json!(0)
+    );
+    assert_eq!(erasures().await, 1);
+    // The same erasure as over the API: the key is destroyed.
+    let destroyed: bool = sqlx::query_scalar(
+        "SELECT wrapped_key IS NULL AND erased_at IS NOT NULL FROM privacy.customer_keys
+          WHERE customer_id = $1",
+    )
+    .bind(customer.parse::<uuid::Uuid>().unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(destroyed);
+    browser.close().await;
 }
