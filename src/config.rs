@@ -354,8 +354,9 @@ pub struct Config {
     #[arg(long, env = "ORDO_AUDIT_SIGNING_KEY_FILE")]
     pub audit_signing_key_file: Option<PathBuf>,
 
-    /// The Ed25519 public key (base64) verification trusts, so an auditor can verify
-    /// without the signing key. Unset: the signing key's own public key.
+    /// The Ed25519 public keys verification trusts, so an auditor can verify without the
+    /// signing key: comma-separated, each base64 or `name=base64` (a retired key beside the
+    /// current one keeps its checkpoints verifiable). Unset: the signing key's own.
     #[arg(long, visible_alias = "public-key", env = "ORDO_AUDIT_PUBLIC_KEY")]
     pub audit_public_key: Option<String>,
 
@@ -444,9 +445,10 @@ impl Config {
         let public = self
             .audit_public_key
             .as_deref()
-            .map(checkpoint::public_key)
+            .map(checkpoint::trusted_keys)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_PUBLIC_KEY: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_PUBLIC_KEY: {e}"))?
+            .unwrap_or_default();
         Ok(AuditKeys::new(signer, public))
     }
 

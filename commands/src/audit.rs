@@ -6,9 +6,10 @@
 //! edited event breaks its own link only; a deleted event breaks the link of the event after
 //! the gap; an inserted or reordered event breaks its own link and the next one's. A writer
 //! who re-computes every hash after an edit leaves a chain that links: only a signed
-//! checkpoint (which the writer cannot forge) catches that. Given the trusted public key,
+//! checkpoint (which the writer cannot forge) catches that. Given the trusted public keys,
 //! the walk also checks every signed checkpoint in its range ([`crate::checkpoint`]): the
-//! signature holds for that key, and the stored hash at its position is the signed one.
+//! signature holds for the trusted key it names, and the stored hash at its position is the
+//! signed one; the report says which key signed which checkpoints.
 
 use std::collections::VecDeque;
 
@@ -18,7 +19,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::chain::{self, Hash};
-use crate::checkpoint::{self, Checkpoint, Invalid};
+use crate::checkpoint::{self, Checkpoint, Invalid, TrustedKey};
 
 /// Events read per query.
 const PAGE: i64 = 2_000;
@@ -98,7 +99,7 @@ impl From<&Checkpoint> for Signed {
 /// Why a signed checkpoint does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contradiction {
-    /// Its signature is not the trusted key's: forged, or signed by another key (whose
+    /// Its signature is not a trusted key's: forged, or signed by another key (whose
     /// public key, as stored beside it, is given in base64).
     Unsigned(Invalid, String),
     /// The signature holds but the log holds another hash at its position: events at or
@@ -126,10 +127,9 @@ impl std::fmt::Display for CheckpointFault {
         write!(f, "{}: ", self.checkpoint)?;
         let position = self.checkpoint.position;
         match &self.contradiction {
-            Contradiction::Unsigned(Invalid::OtherKey, key) => write!(
-                f,
-                "not signed by the trusted key (it names public key {key})"
-            ),
+            Contradiction::Unsigned(Invalid::OtherKey, key) => {
+                write!(f, "not signed by a trusted key (it names public key {key})")
+            }
             Contradiction::Unsigned(Invalid::BadSignature, _) => {
                 write!(
                     f,
@@ -168,8 +168,8 @@ impl std::fmt::Display for CheckpointFault {
 /// What the signed checkpoints in a walk's range say.
 #[derive(Debug, Clone, Default)]
 pub struct Signatures {
-    /// The trusted public key, base64.
-    pub public_key: String,
+    /// Each trusted public key, in the trust list's order, and the checkpoints it signed.
+    pub keys: Vec<KeyUse>,
     /// Checkpoints checked.
     pub checked: u64,
     /// The highest position a holding checkpoint covers: events after it are protected by
@@ -177,6 +177,38 @@ pub struct Signatures {
     pub covered: Option<i64>,
     /// Checkpoints that do not hold, by position.
     pub faults: Vec<CheckpointFault>,
+}
+
+/// One trusted key and the checkpoints of a walk whose signature is its and holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUse {
+    /// Its name in the trust list (its base64 text when unnamed).
+    pub name: String,
+    /// The public key, base64.
+    pub public_key: String,
+    /// Holding checkpoints it signed.
+    pub signed: u64,
+    /// The lowest and highest positions of those checkpoints.
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+}
+
+impl std::fmt::Display for KeyUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == self.public_key {
+            write!(f, "public key {}", self.public_key)?;
+        } else {
+            write!(f, "key {:?} ({})", self.name, self.public_key)?;
+        }
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => write!(
+                f,
+                ": {} holding checkpoint(s), positions {first}..={last}",
+                self.signed
+            ),
+            _ => write!(f, ": no holding checkpoint"),
+        }
+    }
 }
 
 impl std::fmt::Display for Broken {
@@ -264,18 +296,20 @@ pub async fn genesis(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// Walk the chain from position `from` (inclusive) to the head as it is now, calling
 /// `progress` after each page. A link at `from` is checked against the stored hash of the
-/// event before it. With `trusted`, the signed checkpoints at positions from `from` on are
-/// checked against that key (never against a key read from the database).
+/// event before it. With `trusted` keys, the signed checkpoints at positions from `from` on
+/// are checked against them, each against the key it names if that key is trusted (never
+/// against a key read from the database alone); empty, signatures are not checked.
 pub async fn verify(
     pool: &PgPool,
     from: i64,
-    trusted: Option<&VerifyingKey>,
+    trusted: &[TrustedKey],
     mut progress: impl FnMut(&Progress),
 ) -> Result<Verification, sqlx::Error> {
     // Checkpoints before the head: every checkpoint read here was signed at or below it.
-    let mut signed = match trusted {
-        Some(key) => Some(SignedWalk::new(key, checkpoint::all(pool).await?, from)),
-        None => None,
+    let mut signed = if trusted.is_empty() {
+        None
+    } else {
+        Some(SignedWalk::new(trusted, checkpoint::all(pool).await?, from))
     };
     let head: i64 =
         sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM event_store.events")
@@ -361,26 +395,34 @@ pub async fn verify(
 
 /// The signed checkpoints met along a walk.
 struct SignedWalk {
-    /// Checkpoints whose signature holds, not yet reached, by position.
-    ahead: VecDeque<(Signed, Hash)>,
+    /// Checkpoints whose signature holds, not yet reached, by position, with the index of
+    /// the key that signed each.
+    ahead: VecDeque<(Signed, Hash, usize)>,
     holding: Vec<Signed>,
     report: Signatures,
 }
 
 impl SignedWalk {
-    fn new(trusted: &VerifyingKey, checkpoints: Vec<Checkpoint>, from: i64) -> Self {
+    fn new(trusted: &[TrustedKey], checkpoints: Vec<Checkpoint>, from: i64) -> Self {
         let mut walk = Self {
             ahead: VecDeque::new(),
             holding: Vec::new(),
             report: Signatures {
-                public_key: checkpoint::public_key_text(trusted),
+                keys: trusted
+                    .iter()
+                    .map(|t| KeyUse {
+                        name: t.name.clone(),
+                        public_key: checkpoint::public_key_text(&t.key),
+                        ..KeyUse::default()
+                    })
+                    .collect(),
                 ..Signatures::default()
             },
         };
         for c in checkpoints.iter().filter(|c| c.position >= from) {
             walk.report.checked += 1;
-            match c.check(trusted) {
-                Ok(hash) => walk.ahead.push_back((Signed::from(c), hash)),
+            match c.check_any(trusted) {
+                Ok((hash, key)) => walk.ahead.push_back((Signed::from(c), hash, key)),
                 Err(invalid) => walk.report.faults.push(CheckpointFault {
                     checkpoint: c.into(),
                     contradiction: Contradiction::Unsigned(invalid, hex_or_base64(&c.public_key)),
@@ -392,7 +434,7 @@ impl SignedWalk {
 
     /// The walk reached `position`, whose stored hash is `stored`.
     fn at(&mut self, position: i64, stored: Option<&Hash>) {
-        while let Some((signed, hash)) = self.ahead.front().copied() {
+        while let Some((signed, hash, key)) = self.ahead.front().copied() {
             if signed.position > position {
                 break;
             }
@@ -402,6 +444,10 @@ impl SignedWalk {
             } else if stored == Some(&hash) {
                 self.holding.push(signed);
                 self.report.covered = Some(position);
+                let used = &mut self.report.keys[key];
+                used.signed += 1;
+                used.first.get_or_insert(position);
+                used.last = Some(position);
             } else {
                 let since = self.report.covered;
                 self.fault(
@@ -425,7 +471,7 @@ impl SignedWalk {
 
     /// The walk ended at `head`: checkpoints not reached name positions that are gone.
     fn finish(mut self, head: i64) -> Self {
-        while let Some((signed, _)) = self.ahead.pop_front() {
+        while let Some((signed, _, _)) = self.ahead.pop_front() {
             let past_head = signed.position > head;
             self.fault(signed, Contradiction::Gone { past_head });
         }

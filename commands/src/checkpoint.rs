@@ -48,6 +48,52 @@ pub fn public_key(text: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_bytes(&key_bytes(text)?).map_err(|_| KeyError::Invalid)
 }
 
+/// A public key verification trusts, under a name reports use: the name given in the trust
+/// list (`name=base64`), else the key's base64 text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub name: String,
+    pub key: VerifyingKey,
+}
+
+impl TrustedKey {
+    /// An unnamed key: named by its base64 text.
+    pub fn unnamed(key: VerifyingKey) -> Self {
+        Self {
+            name: public_key_text(&key),
+            key,
+        }
+    }
+}
+
+/// A trust list (`ORDO_AUDIT_PUBLIC_KEY`, `--public-key`): comma-separated public keys, each
+/// base64 or `name=base64`, so that checkpoints signed by a retired key still verify beside
+/// those of the current one. Blank items are skipped; names and keys must not repeat.
+pub fn trusted_keys(text: &str) -> Result<Vec<TrustedKey>, String> {
+    let mut keys: Vec<TrustedKey> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        // A bare key may end in `=` (base64 padding): try it whole before splitting a name.
+        let key = match public_key(item) {
+            Ok(key) => TrustedKey::unnamed(key),
+            Err(whole) => match item.split_once('=') {
+                Some((name, key)) if !name.trim().is_empty() => TrustedKey {
+                    name: name.trim().to_owned(),
+                    key: public_key(key).map_err(|e| format!("key {:?}: {e}", name.trim()))?,
+                },
+                _ => return Err(format!("{item:?}: {whole}")),
+            },
+        };
+        if let Some(twin) = keys.iter().find(|k| k.name == key.name || k.key == key.key) {
+            return Err(format!(
+                "{:?} repeats the name or the key of {:?}",
+                key.name, twin.name
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
 /// A public key as base64 text, the form [`public_key`] reads.
 pub fn public_key_text(key: &VerifyingKey) -> String {
     BASE64.encode(key.as_bytes())
@@ -78,17 +124,26 @@ impl std::fmt::Debug for Signer {
     }
 }
 
-/// The keys a process holds: the signer (`ORDO_AUDIT_SIGNING_KEY`), and the public key
-/// verification trusts (`ORDO_AUDIT_PUBLIC_KEY`, else the signer's).
+/// The keys a process holds: the signer (`ORDO_AUDIT_SIGNING_KEY`), and the public keys
+/// verification trusts (`ORDO_AUDIT_PUBLIC_KEY`'s list, else the signer's alone; empty:
+/// signatures are not checked).
 #[derive(Debug, Clone, Default)]
 pub struct AuditKeys {
     pub signer: Option<Signer>,
-    pub trusted: Option<VerifyingKey>,
+    pub trusted: Vec<TrustedKey>,
 }
 
 impl AuditKeys {
-    pub fn new(signer: Option<Signer>, public_key: Option<VerifyingKey>) -> Self {
-        let trusted = public_key.or_else(|| signer.as_ref().map(Signer::public_key));
+    pub fn new(signer: Option<Signer>, public_keys: Vec<TrustedKey>) -> Self {
+        let trusted = if public_keys.is_empty() {
+            signer
+                .as_ref()
+                .map(|s| TrustedKey::unnamed(s.public_key()))
+                .into_iter()
+                .collect()
+        } else {
+            public_keys
+        };
         Self { signer, trusted }
     }
 }
@@ -124,6 +179,16 @@ pub enum Invalid {
 }
 
 impl Checkpoint {
+    /// Whether the signature is one trusted key's over this checkpoint's fields: the hash
+    /// it certifies and the index in `trusted` of the key that signed it.
+    pub fn check_any(&self, trusted: &[TrustedKey]) -> Result<(Hash, usize), Invalid> {
+        let index = trusted
+            .iter()
+            .position(|t| self.public_key.as_slice() == t.key.as_bytes())
+            .ok_or(Invalid::OtherKey)?;
+        Ok((self.check(&trusted[index].key)?, index))
+    }
+
     /// Whether the signature is the trusted key's over this checkpoint's fields.
     pub fn check(&self, trusted: &VerifyingKey) -> Result<Hash, Invalid> {
         if self.public_key.as_slice() != trusted.as_bytes() {
@@ -334,5 +399,35 @@ mod tests {
         let text = public_key_text(&signer.public_key());
         assert_eq!(public_key(&text).unwrap(), signer.public_key());
         assert!(!format!("{signer:?}").contains(&BASE64.encode([3u8; 32])));
+    }
+
+    #[test]
+    fn a_trust_list_takes_bare_and_named_keys_and_refuses_repeats_and_bad_keys() {
+        let a = public_key_text(
+            &Signer::from_base64(&BASE64.encode([7u8; 32]))
+                .unwrap()
+                .public_key(),
+        );
+        let b = public_key_text(
+            &Signer::from_base64(&BASE64.encode([8u8; 32]))
+                .unwrap()
+                .public_key(),
+        );
+        let keys = trusted_keys(&format!(" {a} , retired={b},")).unwrap();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, [a.as_str(), "retired"]);
+        assert_eq!(public_key_text(&keys[1].key), b);
+        assert!(trusted_keys("").unwrap().is_empty());
+        assert!(
+            trusted_keys(&format!("{a},x={a}")).is_err(),
+            "same key twice"
+        );
+        assert!(
+            trusted_keys(&format!("x={a},x={b}")).is_err(),
+            "same name twice"
+        );
+        let bad = trusted_keys("x=bm90IGEga2V5").unwrap_err();
+        assert!(bad.contains("\"x\""), "{bad}");
+        assert!(trusted_keys("not base64 at all").is_err());
     }
 }

@@ -10,14 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::audit::{self, Contradiction, Fault, Progress, Verification};
-use crate::checkpoint::Invalid;
+use crate::checkpoint::{Invalid, TrustedKey};
 
 /// How often a running job records its progress and proves its process alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -28,9 +27,11 @@ pub const STALE: Duration = Duration::from_secs(30);
 /// `head`, `checked`, `genesis`, `unchained`, `head_hash`, `broken_count`, `broken` (the
 /// first 100 broken links: `position`, the event, `previous`, `fault`
 /// `mismatch`|`missing`|`unreadable`, `expected_hash`, `stored_hash`, `signed_by` — the
-/// checkpoint that certified the log before — and `detail`), `signatures` (`public_key`,
-/// `checked`, `covered_through`, `faults`: each `checkpoint`, `problem`
-/// `other_key`|`bad_signature`|`rewritten`|`gone`, `detail`; null without a trusted key)
+/// checkpoint that certified the log before — and `detail`), `signatures` (`keys`: each
+/// trusted key's `name`, `public_key` and the holding checkpoints it `signed`, from
+/// `first_position` to `last_position`; `checked`, `covered_through`, `faults`: each
+/// `checkpoint`, `problem` `other_key`|`bad_signature`|`rewritten`|`gone`, `detail`; null
+/// without a trusted key)
 /// and `coverage`, a sentence on how far the signatures reach.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[schema(as = Verification)]
@@ -89,10 +90,10 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
 }
 
 /// Walk the chain for job `id` and record the outcome; beats the heartbeat meanwhile.
-pub async fn run(pool: PgPool, id: Uuid, from: i64, trusted: Option<VerifyingKey>) {
+pub async fn run(pool: PgPool, id: Uuid, from: i64, trusted: Vec<TrustedKey>) {
     let latest: Arc<Mutex<Option<Progress>>> = Arc::default();
     let seen = latest.clone();
-    let walk = audit::verify(&pool, from, trusted.as_ref(), move |p| {
+    let walk = audit::verify(&pool, from, &trusted, move |p| {
         if let Ok(mut latest) = seen.lock() {
             *latest = Some(*p);
         }
@@ -210,7 +211,13 @@ pub fn report(report: &Verification) -> Value {
             })
             .collect();
         json!({
-            "public_key": s.public_key,
+            "keys": s.keys.iter().map(|k| json!({
+                "name": k.name,
+                "public_key": k.public_key,
+                "signed": k.signed,
+                "first_position": k.first,
+                "last_position": k.last,
+            })).collect::<Vec<Value>>(),
             "checked": s.checked,
             "covered_through": s.covered,
             "faults": faults,

@@ -14,8 +14,9 @@ use crate::Config;
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
     /// Re-compute every event's hash from the one before it, check every signed checkpoint
-    /// against the trusted public key (`--public-key`, else the signing key's) and report
-    /// broken links; exits non-zero when the chain or a checkpoint is broken.
+    /// against the trusted public keys (`--public-key`, comma-separated, each base64 or
+    /// `name=base64`; else the signing key's), report broken links and which key signed
+    /// which checkpoints; exits non-zero when the chain or a checkpoint is broken.
     Verify {
         #[command(flatten)]
         config: Config,
@@ -44,7 +45,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Verify { config, from } => {
             let trusted = config.audit_keys()?.trusted;
-            if trusted.is_none() {
+            if trusted.is_empty() {
                 tracing::warn!(
                     "no ORDO_AUDIT_PUBLIC_KEY or signing key: signed checkpoints are not checked"
                 );
@@ -62,7 +63,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 bar
             });
             let mut last_line = Instant::now();
-            let report = audit::verify(&pool, from.max(1), trusted.as_ref(), |p| {
+            let report = audit::verify(&pool, from.max(1), &trusted, |p| {
                 if let Some(bar) = &bar {
                     bar.set_length(p.head.max(0) as u64);
                     bar.set_position(p.position.max(0) as u64);
@@ -131,9 +132,13 @@ fn print_report(report: &Verification, took: Duration) {
     }
     if let Some(signatures) = &report.signatures {
         println!(
-            "{} signed checkpoint(s) checked against public key {}",
-            signatures.checked, signatures.public_key
+            "{} signed checkpoint(s) checked against {} trusted key(s)",
+            signatures.checked,
+            signatures.keys.len()
         );
+        for key in &signatures.keys {
+            println!("signed by {key}");
+        }
         for fault in &signatures.faults {
             println!("CHECKPOINT {fault}");
         }

@@ -132,7 +132,7 @@ async fn start_verification(
         app.pool.clone(),
         id,
         from,
-        app.config.audit.trusted,
+        app.config.audit.trusted.clone(),
     ));
     let job = verification::get(&app.pool, id)
         .await?

@@ -6,7 +6,7 @@
 use ordo::Config;
 use ordo_api::Role::{Admin, Support};
 use ordo_commands::audit::{self, Contradiction, Verification};
-use ordo_commands::checkpoint::{self, Invalid, Signed, Signer};
+use ordo_commands::checkpoint::{self, Invalid, Signed, Signer, TrustedKey};
 use serde_json::json;
 use sqlx::{PgPool, Row};
 
@@ -41,10 +41,8 @@ async fn signed_history(app: &TestApp) -> i64 {
 }
 
 async fn verify(pool: &PgPool) -> Verification {
-    let trusted = signer(KEY).public_key();
-    audit::verify(pool, 1, Some(&trusted), |_| {})
-        .await
-        .unwrap()
+    let trusted = [TrustedKey::unnamed(signer(KEY).public_key())];
+    audit::verify(pool, 1, &trusted, |_| {}).await.unwrap()
 }
 
 /// What a careful forger does after an edit: recompute every hash from the first one on,
@@ -231,6 +229,84 @@ async fn a_checkpoint_signed_with_another_key_is_reported() {
         faults[0].contradiction,
         Contradiction::Unsigned(Invalid::BadSignature, _)
     ));
+}
+
+#[tokio::test]
+async fn checkpoints_of_a_retired_key_still_verify_beside_the_current_keys() {
+    // Signed with the old key, then (rotated) with the new one.
+    let app = spawn_app_with(with_key).await;
+    let old_head = signed_history(&app).await;
+    app.confirmed_order().await;
+    let Signed::New(by_new) = checkpoint::sign(&app.pool, &signer(OTHER_KEY))
+        .await
+        .unwrap()
+    else {
+        panic!("the new key signs the head anew");
+    };
+    let old = checkpoint::public_key_text(&signer(KEY).public_key());
+    let new = checkpoint::public_key_text(&signer(OTHER_KEY).public_key());
+
+    // Both trusted: intact, and each checkpoint is credited to the key that signed it.
+    let trusted = checkpoint::trusted_keys(&format!("old={old}, {new}")).unwrap();
+    assert_eq!(trusted[0].name, "old");
+    assert_eq!(
+        trusted[1].name, new,
+        "an unnamed key is named by its base64"
+    );
+    let report = audit::verify(&app.pool, 1, &trusted, |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.signatures);
+    let signatures = report.signatures.unwrap();
+    assert_eq!(signatures.covered, Some(by_new.position));
+    let used: Vec<_> = signatures
+        .keys
+        .iter()
+        .map(|k| (k.name.as_str(), k.signed, k.first, k.last))
+        .collect();
+    assert_eq!(
+        used,
+        [
+            ("old", 1, Some(old_head), Some(old_head)),
+            (
+                new.as_str(),
+                1,
+                Some(by_new.position),
+                Some(by_new.position)
+            ),
+        ]
+    );
+    // The new key alone: the old key's checkpoint is another key's.
+    let alone = checkpoint::trusted_keys(&new).unwrap();
+    let faults = audit::verify(&app.pool, 1, &alone, |_| {})
+        .await
+        .unwrap()
+        .signatures
+        .unwrap()
+        .faults;
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert_eq!(faults[0].checkpoint.position, old_head);
+
+    // The CLI of an auditor with both public keys says which key signed what.
+    let (ok, out) = cli(
+        &app,
+        &[("ORDO_AUDIT_PUBLIC_KEY", &format!("old={old},new={new}"))],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "signed by key \"old\" ({old}): 1 holding checkpoint(s), positions {old_head}..={old_head}"
+        )),
+        "{out}"
+    );
+    let at = by_new.position;
+    assert!(
+        out.contains(&format!(
+            "signed by key \"new\" ({new}): 1 holding checkpoint(s), positions {at}..={at}"
+        )),
+        "{out}"
+    );
+    // A malformed list stops the command before it reads anything.
+    let (ok, _) = cli(&app, &[("ORDO_AUDIT_PUBLIC_KEY", &format!("{old},{old}"))]);
+    assert!(!ok, "a repeated key is refused");
 }
 
 #[tokio::test]

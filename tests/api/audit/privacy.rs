@@ -77,7 +77,7 @@ async fn erase(app: &TestApp, customer: &str) -> crate::helpers::Resp {
 }
 
 pub async fn assert_chain_intact(app: &TestApp) {
-    let report = ordo_commands::audit::verify(&app.pool, 1, None, |_| {})
+    let report = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
         .await
         .unwrap();
     assert!(report.intact(), "{report:?}");

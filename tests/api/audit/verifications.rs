@@ -62,6 +62,16 @@ async fn a_verification_job_reports_progress_and_the_first_broken_link() {
     assert_eq!(result["intact"], true);
     assert_eq!(result["signatures"]["checked"], 1);
     assert_eq!(result["signatures"]["covered_through"], head);
+    let key = &result["signatures"]["keys"][0];
+    assert_eq!(
+        (
+            &key["signed"],
+            &key["first_position"],
+            &key["last_position"]
+        ),
+        (&json!(1), &json!(head), &json!(head)),
+        "the signing key, trusted alone, signed the one checkpoint: {key}"
+    );
     assert!(result["coverage"]
         .as_str()
         .unwrap()

@@ -1830,7 +1830,7 @@ async fn existing_data_belongs_to_default_after_the_migration() {
     assert_eq!(notifications.body["items"][0]["order_id"], order.as_str());
 
     // The chain the seeded events started still holds with the new order linked to it.
-    let verification = ordo_commands::audit::verify(&app.pool, 1, None, |_| {})
+    let verification = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
         .await
         .unwrap();
     assert!(verification.intact(), "{verification:?}");
