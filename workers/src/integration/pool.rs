@@ -3,7 +3,7 @@
 //! Each endpoint with due deliveries has a driver of its own: it leases a window of what
 //! the endpoint may take (per endpoint, the oldest pending delivery of each aggregate — an
 //! aggregate's deliveries go in order, a later one waits while an earlier one is pending,
-//! retries included — at most two rounds of `per_endpoint`), sends them at most
+//! retries included — at most three rounds of `per_endpoint`), sends them at most
 //! `per_endpoint` at a time and within the pool's free slots out of `concurrency`, each on
 //! its own task, and leases the next window when this one is sent. An endpoint whose last
 //! attempt failed is probed one request at a time with nothing leased ahead, so a hanging
@@ -242,10 +242,10 @@ impl DeliveryPool {
         }
     }
 
-    /// How many deliveries of one endpoint may be leased at once, across every pool: two
-    /// rounds of `per_endpoint`.
+    /// How many deliveries of one endpoint may be leased at once, across every pool: three
+    /// rounds of `per_endpoint` (those being recorded are still leased).
     fn window(&self) -> usize {
-        2 * self.config.per_endpoint.max(1)
+        3 * self.config.per_endpoint.max(1)
     }
 
     /// Give back leased deliveries that were not sent: due again at once, their attempt
@@ -306,7 +306,7 @@ impl DeliveryPool {
         if room == 0 {
             return Ok(Vec::new());
         }
-        // Long enough for a delivery that waits for a round of requests before its own.
+        // Long enough for a delivery that waits for two rounds of requests before its own.
         let lease = 3 * self.config.timeout + Duration::from_secs(30);
         // Unprepared: see claim.sql.
         sqlx::query_as(CLAIM)
@@ -419,8 +419,8 @@ impl DeliveryPool {
             (Some(_), Some(_)) => "pending",
             (Some(_), None) => "failed",
         };
+        // Prepared: see record.sql.
         let disabled: bool = sqlx::query_scalar(RECORD)
-            .persistent(false)
             .bind(d.id)
             .bind(d.endpoint_id)
             .bind(d.event_id)
