@@ -104,6 +104,9 @@ pub struct DeliveryPool {
 const STATES: [&str; 3] = ["active", "failing", "disabled"];
 
 const CLAIM: &str = include_str!("claim.sql");
+
+/// How long a driver whose endpoint's queue is drained waits before it claims again.
+const DRAINED_PAUSE: Duration = Duration::from_millis(20);
 const RECORD: &str = include_str!("record.sql");
 
 impl DeliveryPool {
@@ -176,6 +179,10 @@ impl DeliveryPool {
         // slots and no deliveries it cannot take.
         let mut failing = false;
         let per_endpoint = self.config.per_endpoint.max(1);
+        // When a claim found less than it had room for, the endpoint's queue is drained:
+        // the next claim waits a moment for more to arrive rather than asking again as each
+        // request or record ends (which made claims most of the database's work).
+        let mut next_claim = Instant::now();
         loop {
             let stopping = *shutdown.borrow() || shutdown.has_changed().is_err();
             // Leased deliveries wait for a round of requests at most; ones that waited
@@ -183,19 +190,26 @@ impl DeliveryPool {
             if stopping || (!leased.is_empty() && leased_at.elapsed() > 2 * self.config.timeout) {
                 self.hand_back(&mut leased).await;
             }
-            let mut found = 0;
-            if !stopping && leased.is_empty() {
-                let window = if failing { 1 } else { self.window() };
-                let room = window.saturating_sub(in_flight.len() + recording.len());
+            let window = if failing { 1 } else { self.window() };
+            let room = window.saturating_sub(in_flight.len() + recording.len());
+            // Whether a claim just found nothing due.
+            let mut drained = false;
+            if !stopping && leased.is_empty() && room > 0 && Instant::now() >= next_claim {
                 match self.claim(endpoint, room).await {
                     Ok(claimed) => {
-                        found = claimed.len();
+                        drained = claimed.is_empty();
+                        if claimed.len() < room {
+                            next_claim = Instant::now() + DRAINED_PAUSE;
+                        }
                         failing = claimed.first().map_or(failing, |d| d.failing);
                         leased.extend(claimed);
                         leased_at = Instant::now();
                     }
-                    Err(e) => tracing::warn!(endpoint.id = %endpoint, error = %e,
-                        "cannot claim webhook deliveries"),
+                    Err(e) => {
+                        next_claim = Instant::now() + self.config.poll;
+                        tracing::warn!(endpoint.id = %endpoint, error = %e,
+                            "cannot claim webhook deliveries");
+                    }
                 }
             }
             let limit = if failing { 1 } else { per_endpoint };
@@ -216,7 +230,7 @@ impl DeliveryPool {
             if in_flight.is_empty()
                 && recording.is_empty()
                 && leased.is_empty()
-                && (found == 0 || stopping)
+                && (drained || stopping)
             {
                 return;
             }
@@ -235,6 +249,8 @@ impl DeliveryPool {
                     recording.spawn(async move { this.settle(&delivery, &outcome).await });
                 }
                 Some(_) = recording.join_next() => {}
+                _ = tokio::time::sleep_until(next_claim.into()),
+                    if !stopping && leased.is_empty() && next_claim > Instant::now() => {}
                 // Deliveries that came due meanwhile, or a slot of the pool freed.
                 _ = tokio::time::sleep(self.config.poll), if !stopping => {}
                 _ = shutdown.changed(), if !stopping => {}
