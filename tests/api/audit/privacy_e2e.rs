@@ -44,17 +44,20 @@ async fn stream_contents(s: &Setup) -> String {
     all
 }
 
-/// Step both workers (and the mail sender and delivery pool) until each has processed every
-/// event of the log.
+/// Relay and step both workers (and the mail sender and delivery pool) until each has
+/// processed every event of the log, including those the process manager appends
+/// meanwhile (a cancelled order's payment is voided or refunded after the cancel answered).
 async fn work_all(
     app: &TestApp,
+    s: &Setup,
     notifier: &Notifier,
     integration: &WorkerRunner,
     deliveries: &ordo_workers::integration::DeliveryPool,
 ) {
-    let events = app.event_count().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
+        s.publish_all(app).await;
+        let events = app.event_count().await;
         let (mailed, hooked): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM notification.processed),
                     (SELECT count(*) FROM integration.processed)",
@@ -149,8 +152,7 @@ async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_ve
     .await
     .unwrap();
     let deliveries = quick_pool(&app, None, 3);
-    s.publish_all(&app).await;
-    work_all(&app, &notifier, &integration, &deliveries).await;
+    work_all(&app, &s, &notifier, &integration, &deliveries).await;
 
     // Before the erasure: Ordo's workers opened the sealed fields; the stream did not.
     let mails = sink.mails();
@@ -176,8 +178,7 @@ async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_ve
         .assert_status(200);
     let mails_before = sink.mails().len();
     app.cancel(&order, "customer request").await;
-    s.publish_all(&app).await;
-    work_all(&app, &notifier, &integration, &deliveries).await;
+    work_all(&app, &s, &notifier, &integration, &deliveries).await;
 
     // Assert: no mail after the erasure; later notifications are skipped with the reason.
     assert_eq!(
