@@ -164,9 +164,10 @@ impl DeliveryPool {
     /// flight, or at `shutdown` once the requests in flight are recorded (deliveries leased
     /// and not yet sent are handed back).
     ///
-    /// Leasing a window rather than one delivery per finished request takes one claim per
-    /// `per_endpoint` deliveries instead of one each: under load, the claims' round trips
-    /// and planning, not the requests, bounded a healthy endpoint's pace.
+    /// Leasing a window, and pausing briefly after a claim that found the queue drained,
+    /// takes one claim per several deliveries instead of one per finished request and
+    /// record: under load, the claims' round trips and planning, not the requests, bounded
+    /// a healthy endpoint's pace.
     async fn drive(self: Arc<Self>, endpoint: Uuid, mut shutdown: watch::Receiver<bool>) {
         let mut leased: VecDeque<Claimed> = VecDeque::new();
         let mut leased_at = Instant::now();
@@ -185,7 +186,7 @@ impl DeliveryPool {
         let mut next_claim = Instant::now();
         loop {
             let stopping = *shutdown.borrow() || shutdown.has_changed().is_err();
-            // Leased deliveries wait for a round of requests at most; ones that waited
+            // Leased deliveries wait for two rounds of requests at most; ones that waited
             // longer (the pool's slots all taken) go back before their lease runs out.
             if stopping || (!leased.is_empty() && leased_at.elapsed() > 2 * self.config.timeout) {
                 self.hand_back(&mut leased).await;
