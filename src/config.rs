@@ -360,6 +360,12 @@ pub struct Config {
     #[arg(long, visible_alias = "public-key", env = "ORDO_AUDIT_PUBLIC_KEY")]
     pub audit_public_key: Option<String>,
 
+    /// A file outside the database that every checkpoint this process signs is appended
+    /// to, one JSON line each (the witness): `ordo audit verify --witness FILE` then catches
+    /// checkpoint rows deleted from the database. Unset: no witness is written.
+    #[arg(long, env = "ORDO_AUDIT_WITNESS_FILE")]
+    pub audit_witness_file: Option<PathBuf>,
+
     /// Seconds between signed checkpoints (skipped when nothing was appended); 0 signs
     /// only on demand (`ordo audit checkpoint`, `POST /v1/audit/checkpoints`).
     #[arg(long, env = "ORDO_AUDIT_CHECKPOINT_SECS", default_value_t = 300)]
@@ -441,7 +447,11 @@ impl Config {
         let signer = text
             .map(|t| Signer::from_base64(&t))
             .transpose()
-            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_SIGNING_KEY: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("ORDO_AUDIT_SIGNING_KEY: {e}"))?
+            .map(|s| match &self.audit_witness_file {
+                Some(path) => s.witnessed_in(path),
+                None => s,
+            });
         let public = self
             .audit_public_key
             .as_deref()

@@ -9,7 +9,9 @@
 //! checkpoint (which the writer cannot forge) catches that. Given the trusted public keys,
 //! the walk also checks every signed checkpoint in its range ([`crate::checkpoint`]): the
 //! signature holds for the trusted key it names, and the stored hash at its position is the
-//! signed one; the report says which key signed which checkpoints.
+//! signed one; the report says which key signed which checkpoints. Deleting checkpoint rows
+//! before such a rewrite hides it from the database alone: a witness file kept outside it
+//! ([`crate::witness`]) still names them, and [`verify_witnessed`] reports each as a fault.
 
 use std::collections::VecDeque;
 
@@ -68,30 +70,46 @@ pub struct Broken {
 /// A signed checkpoint, as a report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signed {
-    pub id: i64,
+    /// Its row in `audit.checkpoints`; `None` for a checkpoint known only from the witness
+    /// file ([`crate::witness`]): its row is missing.
+    pub id: Option<i64>,
     pub position: i64,
     pub signed_at: DateTime<Utc>,
 }
 
 impl std::fmt::Display for Signed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "signed checkpoint #{} (position {}, signed {})",
-            self.id,
-            self.position,
-            self.signed_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )
+        let signed_at = self
+            .signed_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match self.id {
+            Some(id) => write!(
+                f,
+                "signed checkpoint #{id} (position {}, signed {signed_at})",
+                self.position
+            ),
+            None => write!(
+                f,
+                "witnessed checkpoint (position {}, signed {signed_at}, not in the database)",
+                self.position
+            ),
+        }
     }
 }
 
-impl From<&Checkpoint> for Signed {
-    fn from(c: &Checkpoint) -> Self {
+impl Signed {
+    fn stored(c: &Checkpoint) -> Self {
         Self {
-            id: c.id,
+            id: Some(c.id),
             position: c.position,
             signed_at: c.signed_at,
+        }
+    }
+
+    fn witnessed(c: &Checkpoint) -> Self {
+        Self {
+            id: None,
+            ..Self::stored(c)
         }
     }
 }
@@ -113,6 +131,9 @@ pub enum Contradiction {
     /// The signature holds but its position no longer exists: events were deleted (past
     /// the head: the log's tail was cut).
     Gone { past_head: bool },
+    /// In the witness file, its signature holds and the log still holds its hash, but its
+    /// row is missing from `audit.checkpoints`: checkpoint rows were deleted.
+    Unrecorded,
 }
 
 /// A signed checkpoint that does not hold.
@@ -161,6 +182,11 @@ impl std::fmt::Display for CheckpointFault {
                 f,
                 "position {position} no longer exists: events were deleted"
             ),
+            Contradiction::Unrecorded => write!(
+                f,
+                "the witness file holds it but audit.checkpoints does not: checkpoint rows \
+                 were deleted"
+            ),
         }
     }
 }
@@ -170,8 +196,10 @@ impl std::fmt::Display for CheckpointFault {
 pub struct Signatures {
     /// Each trusted public key, in the trust list's order, and the checkpoints it signed.
     pub keys: Vec<KeyUse>,
-    /// Checkpoints checked.
+    /// Checkpoints checked (those of the database, and those only the witness holds).
     pub checked: u64,
+    /// Witness lines in the walk's range (`None`: no witness file was given).
+    pub witnessed: Option<u64>,
     /// The highest position a holding checkpoint covers: events after it are protected by
     /// the chain only (`None`: no checkpoint holds).
     pub covered: Option<i64>,
@@ -303,13 +331,40 @@ pub async fn verify(
     pool: &PgPool,
     from: i64,
     trusted: &[TrustedKey],
+    progress: impl FnMut(&Progress),
+) -> Result<Verification, sqlx::Error> {
+    verify_witnessed(pool, from, trusted, None, progress).await
+}
+
+/// [`verify`], and with a `witness` ([`crate::witness::read`]) each witnessed checkpoint
+/// from `from` on as well: one whose row is missing from the database is checked against
+/// the chain like a stored one and is a fault in any case ([`Contradiction::Unrecorded`]
+/// when the chain still agrees with it). Without `trusted` keys, the public keys the witness
+/// names are trusted.
+pub async fn verify_witnessed(
+    pool: &PgPool,
+    from: i64,
+    trusted: &[TrustedKey],
+    witness: Option<&[Checkpoint]>,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Verification, sqlx::Error> {
+    let witnessed_keys;
+    let trusted = match witness {
+        Some(lines) if trusted.is_empty() => {
+            witnessed_keys = keys_of(lines);
+            &witnessed_keys
+        }
+        _ => trusted,
+    };
     // Checkpoints before the head: every checkpoint read here was signed at or below it.
     let mut signed = if trusted.is_empty() {
         None
     } else {
-        Some(SignedWalk::new(trusted, checkpoint::all(pool).await?, from))
+        let mut walk = SignedWalk::new(trusted, checkpoint::all(pool).await?, from);
+        if let Some(lines) = witness {
+            walk.witness(trusted, lines, from);
+        }
+        Some(walk)
     };
     let head: i64 =
         sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM event_store.events")
@@ -393,8 +448,25 @@ pub async fn verify(
     Ok(report)
 }
 
+/// The distinct public keys a witness names, unnamed, in order of first appearance (a
+/// malformed key is left out: its lines then fault as another key's).
+fn keys_of(lines: &[Checkpoint]) -> Vec<TrustedKey> {
+    let mut keys: Vec<TrustedKey> = Vec::new();
+    for key in lines
+        .iter()
+        .filter_map(|c| VerifyingKey::try_from(c.public_key.as_slice()).ok())
+    {
+        if keys.iter().all(|k| k.key != key) {
+            keys.push(TrustedKey::unnamed(key));
+        }
+    }
+    keys
+}
+
 /// The signed checkpoints met along a walk.
 struct SignedWalk {
+    /// The stored checkpoints' (position, hash, signature), to tell witnessed ones apart.
+    stored: std::collections::HashSet<(i64, Vec<u8>, Vec<u8>)>,
     /// Checkpoints whose signature holds, not yet reached, by position, with the index of
     /// the key that signed each.
     ahead: VecDeque<(Signed, Hash, usize)>,
@@ -405,6 +477,10 @@ struct SignedWalk {
 impl SignedWalk {
     fn new(trusted: &[TrustedKey], checkpoints: Vec<Checkpoint>, from: i64) -> Self {
         let mut walk = Self {
+            stored: checkpoints
+                .iter()
+                .map(|c| (c.position, c.hash.clone(), c.signature.clone()))
+                .collect(),
             ahead: VecDeque::new(),
             holding: Vec::new(),
             report: Signatures {
@@ -420,16 +496,41 @@ impl SignedWalk {
             },
         };
         for c in checkpoints.iter().filter(|c| c.position >= from) {
-            walk.report.checked += 1;
-            match c.check_any(trusted) {
-                Ok((hash, key)) => walk.ahead.push_back((Signed::from(c), hash, key)),
-                Err(invalid) => walk.report.faults.push(CheckpointFault {
-                    checkpoint: c.into(),
-                    contradiction: Contradiction::Unsigned(invalid, hex_or_base64(&c.public_key)),
-                }),
-            }
+            walk.check(trusted, c, Signed::stored(c));
         }
         walk
+    }
+
+    /// Take in the witness's checkpoints from `from` on whose row is missing (a line
+    /// repeated, or matching a stored checkpoint, counts once).
+    fn witness(&mut self, trusted: &[TrustedKey], lines: &[Checkpoint], from: i64) {
+        let mut seen = std::collections::HashSet::new();
+        let mut witnessed = 0;
+        for c in lines.iter().filter(|c| c.position >= from) {
+            let id = (c.position, c.hash.clone(), c.signature.clone());
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            witnessed += 1;
+            if !self.stored.contains(&id) {
+                self.check(trusted, c, Signed::witnessed(c));
+            }
+        }
+        self.report.witnessed = Some(witnessed);
+        self.ahead
+            .make_contiguous()
+            .sort_by_key(|(s, _, _)| (s.position, s.id));
+    }
+
+    fn check(&mut self, trusted: &[TrustedKey], c: &Checkpoint, signed: Signed) {
+        self.report.checked += 1;
+        match c.check_any(trusted) {
+            Ok((hash, key)) => self.ahead.push_back((signed, hash, key)),
+            Err(invalid) => self.fault(
+                signed,
+                Contradiction::Unsigned(invalid, hex_or_base64(&c.public_key)),
+            ),
+        }
     }
 
     /// The walk reached `position`, whose stored hash is `stored`.
@@ -442,6 +543,9 @@ impl SignedWalk {
             if signed.position < position {
                 self.fault(signed, Contradiction::Gone { past_head: false });
             } else if stored == Some(&hash) {
+                if signed.id.is_none() {
+                    self.fault(signed, Contradiction::Unrecorded);
+                }
                 self.holding.push(signed);
                 self.report.covered = Some(position);
                 let used = &mut self.report.keys[key];

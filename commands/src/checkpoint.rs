@@ -8,6 +8,7 @@
 //! i64), the 32-byte hash and the signing time in microseconds since the Unix epoch
 //! (big-endian i64).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::chain::{self, Hash};
+use crate::witness;
 
 const TAG: &[u8] = b"ordo-checkpoint-v1";
 
@@ -99,22 +101,43 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
     BASE64.encode(key.as_bytes())
 }
 
-/// The signing key. `Debug` shows only the public half.
+/// The signing key, and the witness file each checkpoint it signs is copied to
+/// ([`crate::witness`]). `Debug` shows only the public half.
 #[derive(Clone)]
-pub struct Signer(Arc<SigningKey>);
+pub struct Signer {
+    key: Arc<SigningKey>,
+    witness: Option<PathBuf>,
+}
 
 impl Signer {
     /// From the base64 of a 32-byte seed (`head -c 32 /dev/urandom | base64`).
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        Ok(Self(Arc::new(SigningKey::from_bytes(&key_bytes(text)?))))
+        Ok(Self {
+            key: Arc::new(SigningKey::from_bytes(&key_bytes(text)?)),
+            witness: None,
+        })
+    }
+
+    /// The same key, appending every checkpoint it signs to the witness file at `path`
+    /// (`ORDO_AUDIT_WITNESS_FILE`).
+    pub fn witnessed_in(self, path: impl Into<PathBuf>) -> Self {
+        Self {
+            witness: Some(path.into()),
+            ..self
+        }
+    }
+
+    /// The witness file, if any.
+    pub fn witness(&self) -> Option<&Path> {
+        self.witness.as_deref()
     }
 
     pub fn public_key(&self) -> VerifyingKey {
-        self.0.verifying_key()
+        self.key.verifying_key()
     }
 
     fn sign(&self, message: &[u8]) -> Signature {
-        self.0.sign(message)
+        self.key.sign(message)
     }
 }
 
@@ -214,8 +237,38 @@ pub enum Signed {
     Empty,
 }
 
-/// Sign the log's last event unless this key signed it already.
-pub async fn sign(pool: &PgPool, signer: &Signer) -> Result<Signed, sqlx::Error> {
+/// Why [`sign`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The checkpoint is signed and stored, but its witness line could not be written: the
+    /// witness lacks it (verification with the witness simply does not know it).
+    #[error(
+        "signed checkpoint #{id} but could not append it to the witness file {path}: {source}"
+    )]
+    Witness {
+        id: i64,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Sign the log's last event unless this key signed it already; a new checkpoint is
+/// appended to the signer's witness file, if it has one, once it is committed.
+pub async fn sign(pool: &PgPool, signer: &Signer) -> Result<Signed, SignError> {
+    let signed = sign_head(pool, signer).await?;
+    if let (Signed::New(c), Some(path)) = (&signed, signer.witness()) {
+        witness::append(path, c).map_err(|source| SignError::Witness {
+            id: c.id,
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(signed)
+}
+
+async fn sign_head(pool: &PgPool, signer: &Signer) -> Result<Signed, sqlx::Error> {
     let public = signer.public_key();
     let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -21,6 +21,7 @@ pub mod privacy;
 pub mod service;
 pub mod store;
 pub mod verification;
+pub mod witness;
 
 pub use error::CommandError;
 pub use metadata::{Actor, CommandMetadata, IdempotentRequest};

@@ -30,8 +30,9 @@ pub const STALE: Duration = Duration::from_secs(30);
 /// checkpoint that certified the log before — and `detail`), `signatures` (`keys`: each
 /// trusted key's `name`, `public_key` and the holding checkpoints it `signed`, from
 /// `first_position` to `last_position`; `checked`, `covered_through`, `faults`: each
-/// `checkpoint`, `problem` `other_key`|`bad_signature`|`rewritten`|`gone`, `detail`; null
-/// without a trusted key)
+/// `checkpoint` (`id` null for one only a witness file holds), `problem`
+/// `other_key`|`bad_signature`|`rewritten`|`gone`|`unrecorded`, `detail`; `witnessed`, the
+/// witness lines checked, null without a witness file; null without a trusted key)
 /// and `coverage`, a sentence on how far the signatures reach.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[schema(as = Verification)]
@@ -202,6 +203,7 @@ pub fn report(report: &Verification) -> Value {
                     Contradiction::Unsigned(Invalid::BadSignature, _) => "bad_signature",
                     Contradiction::Rewritten { .. } => "rewritten",
                     Contradiction::Gone { .. } => "gone",
+                    Contradiction::Unrecorded => "unrecorded",
                 };
                 json!({
                     "checkpoint": signed(f.checkpoint),
@@ -219,6 +221,7 @@ pub fn report(report: &Verification) -> Value {
                 "last_position": k.last,
             })).collect::<Vec<Value>>(),
             "checked": s.checked,
+            "witnessed": s.witnessed,
             "covered_through": s.covered,
             "faults": faults,
         })

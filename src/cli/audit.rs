@@ -1,13 +1,16 @@
-//! `ordo audit verify [--from POSITION]`: walk the hash chain, check the signed checkpoints
-//! and name the first broken link; `ordo audit checkpoint`: sign the log's head now.
+//! `ordo audit verify [--from POSITION] [--witness FILE]`: walk the hash chain, check the
+//! signed checkpoints (and those a witness file holds) and name the first broken link;
+//! `ordo audit checkpoint`: sign the log's head now and print its witness line.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use ordo_commands::audit::{self, Verification};
 use ordo_commands::checkpoint::{self, Signed};
+use ordo_commands::witness;
 
 use crate::Config;
 
@@ -23,9 +26,16 @@ pub enum AuditCommand {
         /// The first position to check (its link to the event before it included).
         #[arg(long, default_value_t = 1)]
         from: i64,
+        /// A witness file (`ORDO_AUDIT_WITNESS_FILE`'s lines, or `ordo audit checkpoint`'s
+        /// output kept elsewhere): every checkpoint in it is checked against the chain too,
+        /// and one missing from the database is a finding. Without a trusted public key, the
+        /// keys it names are trusted.
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
     /// Sign the log's last event now with `ORDO_AUDIT_SIGNING_KEY` (nothing new when it is
-    /// signed already).
+    /// signed already), append it to `ORDO_AUDIT_WITNESS_FILE` if set, and print its witness
+    /// line last on stdout in any case, for operators to keep outside the database.
     Checkpoint {
         #[command(flatten)]
         config: Config,
@@ -43,9 +53,14 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             print_signed(&checkpoint::sign(&pool, &signer).await?);
             Ok(())
         }
-        AuditCommand::Verify { config, from } => {
+        AuditCommand::Verify {
+            config,
+            from,
+            witness,
+        } => {
             let trusted = config.audit_keys()?.trusted;
-            if trusted.is_empty() {
+            let witness = witness.as_deref().map(witness::read).transpose()?;
+            if trusted.is_empty() && witness.is_none() {
                 tracing::warn!(
                     "no ORDO_AUDIT_PUBLIC_KEY or signing key: signed checkpoints are not checked"
                 );
@@ -63,21 +78,22 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 bar
             });
             let mut last_line = Instant::now();
-            let report = audit::verify(&pool, from.max(1), &trusted, |p| {
-                if let Some(bar) = &bar {
-                    bar.set_length(p.head.max(0) as u64);
-                    bar.set_position(p.position.max(0) as u64);
-                } else if last_line.elapsed() >= Duration::from_secs(2) {
-                    tracing::info!(
-                        position = p.position,
-                        head = p.head,
-                        checked = p.checked,
-                        "verify progress"
-                    );
-                    last_line = Instant::now();
-                }
-            })
-            .await?;
+            let report =
+                audit::verify_witnessed(&pool, from.max(1), &trusted, witness.as_deref(), |p| {
+                    if let Some(bar) = &bar {
+                        bar.set_length(p.head.max(0) as u64);
+                        bar.set_position(p.position.max(0) as u64);
+                    } else if last_line.elapsed() >= Duration::from_secs(2) {
+                        tracing::info!(
+                            position = p.position,
+                            head = p.head,
+                            checked = p.checked,
+                            "verify progress"
+                        );
+                        last_line = Instant::now();
+                    }
+                })
+                .await?;
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
@@ -136,6 +152,9 @@ fn print_report(report: &Verification, took: Duration) {
             signatures.checked,
             signatures.keys.len()
         );
+        if let Some(witnessed) = signatures.witnessed {
+            println!("{witnessed} witnessed checkpoint(s) checked against the database");
+        }
         for key in &signatures.keys {
             println!("signed by {key}");
         }
@@ -166,6 +185,7 @@ fn print_signed(signed: &Signed) {
         hex_encode(&c.hash),
         c.signed_at.to_rfc3339()
     );
+    println!("{}", witness::line(c));
 }
 
 fn hex_encode(bytes: &[u8]) -> String {

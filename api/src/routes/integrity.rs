@@ -8,7 +8,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ordo_commands::checkpoint::{self, Checkpoint, Signed};
+use ordo_commands::checkpoint::{self, Checkpoint, SignError, Signed};
 use ordo_commands::verification;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -46,7 +46,14 @@ async fn sign(
             "checkpoint signing is off: this server has no ORDO_AUDIT_SIGNING_KEY".into(),
         )
     })?;
-    match checkpoint::sign(&app.pool, signer).await? {
+    let signed = checkpoint::sign(&app.pool, signer)
+        .await
+        .map_err(|e| match e {
+            SignError::Database(e) => ApiError::from(e),
+            // Signed and stored; the witness file lacks it. Logged once where answered.
+            witness @ SignError::Witness { .. } => ApiError::Internal(witness.to_string()),
+        })?;
+    match signed {
         Signed::New(c) => Ok((StatusCode::CREATED, Json(view(&c))).into_response()),
         Signed::Unchanged(c) => Ok(Json(view(&c)).into_response()),
         Signed::Empty => Err(ApiError::NotFound(

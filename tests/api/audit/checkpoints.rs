@@ -14,21 +14,21 @@ use crate::audit::tamper::behind_the_back;
 use crate::helpers::{read, spawn_app_with, TestApp};
 
 /// A test key (`head -c 32 /dev/urandom | base64` in real life).
-const KEY: &str = "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM=";
+pub(crate) const KEY: &str = "c2lnbmluZy1rZXktc2VjcmV0LXNlZWQtMzItYnl0ZXM=";
 const OTHER_KEY: &str = "YW5vdGhlci1rZXktLW5vdC10aGUtdHJ1c3RlZC1vbmU=";
 
-fn signer(key: &str) -> Signer {
+pub(crate) fn signer(key: &str) -> Signer {
     Signer::from_base64(key).unwrap()
 }
 
-fn with_key(c: &mut Config) {
+pub(crate) fn with_key(c: &mut Config) {
     c.roles = vec![ordo::ProcessRole::Api, ordo::ProcessRole::Projector];
     c.audit_signing_key = Some(KEY.to_owned().into());
     c.audit_checkpoint_secs = 0;
 }
 
 /// Two orders (six events) and a checkpoint signed over the API at the head.
-async fn signed_history(app: &TestApp) -> i64 {
+pub(crate) async fn signed_history(app: &TestApp) -> i64 {
     app.confirmed_order().await;
     app.confirmed_order().await;
     let head = app.event_count().await;
@@ -47,7 +47,7 @@ async fn verify(pool: &PgPool) -> Verification {
 
 /// What a careful forger does after an edit: recompute every hash from the first one on,
 /// so that every link holds again.
-async fn rehash_everything(pool: &PgPool) {
+pub(crate) async fn rehash_everything(pool: &PgPool) {
     let rows = sqlx::query(include_str!("../../../commands/src/sql/chain_page.sql"))
         .bind(0_i64)
         .bind(i64::MAX)
@@ -71,8 +71,13 @@ async fn rehash_everything(pool: &PgPool) {
 }
 
 fn cli(app: &TestApp, env: &[(&str, &str)]) -> (bool, String) {
+    ordo(app, &["audit", "verify"], env)
+}
+
+/// Run `ordo ARGS` against the app's database: whether it succeeded, and its stdout.
+pub(crate) fn ordo(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args(["audit", "verify"])
+        .args(args)
         .env("DATABASE_URL", &app.database_url)
         .env("ORDO_LOG", "error")
         .envs(env.iter().copied())
@@ -211,7 +216,7 @@ async fn a_checkpoint_signed_with_another_key_is_reported() {
     assert_eq!(report.broken_count, 0);
     let faults = &report.signatures.as_ref().unwrap().faults;
     assert_eq!(faults.len(), 1, "{faults:?}");
-    assert_eq!(faults[0].checkpoint.id, foreign.id);
+    assert_eq!(faults[0].checkpoint.id, Some(foreign.id));
     assert!(matches!(
         faults[0].contradiction,
         Contradiction::Unsigned(Invalid::OtherKey, _)

@@ -7,3 +7,4 @@ pub mod privacy_e2e;
 pub mod tamper;
 pub mod trail;
 pub mod verifications;
+pub mod witness;
