@@ -1,9 +1,79 @@
 //! Reading a JSON body field by field, collecting every invalid field before answering 422.
+//!
+//! A request body is declared once with [`request_body!`]: the struct the OpenAPI document
+//! describes (`ToSchema`) and its reader, which reads each field by the field's type
+//! ([`Field`]), so the document and what the handler accepts come from one list.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
+
+/// Declares a request body: the struct, deriving `ToSchema` (docs and `#[schema(..)]` on
+/// the fields go to the document), and `read`, which reads each field as its type says
+/// ([`Field`]) and answers 422 with every invalid field.
+macro_rules! request_body {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty),* $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(utoipa::ToSchema)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty),*
+        }
+
+        impl $name {
+            /// The body, or 422 with every invalid field.
+            pub fn read(json: &serde_json::Value) -> Result<Self, $crate::ApiError> {
+                let mut v = $crate::validate::Validation::new();
+                let Some(_o) = v.object(json, "") else {
+                    return v.finish(|| None);
+                };
+                $(let $field =
+                    <$ty as $crate::validate::Field>::read(&mut v, _o, "", stringify!($field));)*
+                v.finish(|| Some(Self { $($field: $field?),* }))
+            }
+        }
+    };
+}
+pub(crate) use request_body;
+
+/// How a body field of this type is read at `path`.`key`: `None` when it is missing or
+/// invalid, with the error recorded.
+pub trait Field: Sized {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self>;
+}
+
+/// A value read whole by serde (a value object's parsing constructor): required, or
+/// optional (absent or null) as `Option`.
+pub trait Scalar: DeserializeOwned {}
+
+impl<T: Scalar> Field for T {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        v.required(o, path, key)
+    }
+}
+
+impl<T: Scalar> Field for Option<T> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        Some(v.optional(o, path, key))
+    }
+}
+
+impl Scalar for Uuid {}
+impl Scalar for ordo_domain::values::Text {}
+impl Scalar for ordo_domain::values::Email {}
+impl Scalar for ordo_domain::values::Sku {}
+impl Scalar for ordo_domain::values::Quantity {}
+impl Scalar for ordo_domain::values::Address {}
+impl Scalar for ordo_domain::Amount {}
+impl Scalar for ordo_domain::Currency {}
+
+request_body! {
+    /// A body with nothing to say: `{}` (or no body at all).
+    pub struct Empty {}
+}
 
 #[derive(Default)]
 pub struct Validation {

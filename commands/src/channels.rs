@@ -8,6 +8,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 
 /// The channel every deployment has, and the one everything recorded before channels
 /// existed belongs to.
@@ -51,6 +53,22 @@ impl ChannelId {
         &self.0
     }
 }
+
+impl utoipa::PartialSchema for ChannelId {
+    fn schema() -> RefOr<Schema> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A sales channel's id: a-z, 0-9 and `-`, starting with a letter or digit, 1 to \
+                 63 characters.",
+            ))
+            .pattern(Some("^[a-z0-9][a-z0-9-]{0,62}$"))
+            .examples([DEFAULT]);
+        RefOr::T(Schema::Object(schema.build()))
+    }
+}
+
+impl utoipa::ToSchema for ChannelId {}
 
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -9,6 +9,7 @@ pub mod customer;
 pub mod error;
 pub mod event;
 pub mod money;
+pub mod openapi;
 pub mod order;
 pub mod payment;
 pub mod personal;

@@ -203,7 +203,7 @@ impl<'de> Deserialize<'de> for Amount {
 }
 
 // Frozen: released event schemas embed this one, so it cannot state the cap of
-// `Amount::MAX` that `Amount::new` adds; the OpenAPI document does.
+// `Amount::MAX` that `Amount::new` adds; the OpenAPI document's (`crate::openapi`) does.
 impl JsonSchema for Amount {
     fn schema_name() -> Cow<'static, str> {
         "Amount".into()

@@ -80,7 +80,8 @@ value_schema!(Email, {
 });
 
 // Frozen: released event schemas embed this one, so it cannot state the refusal of
-// invisible formatting characters that `Text::parse` adds; the OpenAPI document does.
+// invisible formatting characters that `Text::parse` adds; the OpenAPI document's (in
+// `crate::openapi`) describes the request side.
 value_schema!(Text, {
     "description": "Trimmed free text: 1 to 2000 characters, neither starting nor ending with blank space.",
     "type": "string",
@@ -208,7 +209,7 @@ impl<'de> Deserialize<'de> for Quantity {
 }
 
 /// A postal address; `country` is an ISO 3166-1 alpha-2 code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Address {
     pub line1: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,6 +9,7 @@ use axum::Router;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use maud::{html, Markup};
 use ordo_commands::history::Until;
+use ordo_workers::notification::NotificationList;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -199,17 +200,17 @@ fn render_step(step: &Step, steps: &[Step], index: &HashMap<String, usize>) -> M
 }
 
 /// The notifications list (as `GET /v1/notifications` serves it) as a table.
-pub fn notification_table(list: &Value) -> Markup {
-    let items = list["items"].as_array().cloned().unwrap_or_default();
+pub fn notification_table(list: &NotificationList) -> Markup {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".into());
     html! {
-        @if items.is_empty() { (layout::none("notifications")) }
+        @if list.items.is_empty() { (layout::none("notifications")) }
         @else {
             table {
                 thead { tr { th { "Kind" } th { "To" } th { "Subject" } th { "Status" } th { "At" } } }
-                tbody { @for n in &items { tr {
-                    td { (layout::text(&n["kind"])) } td { (layout::text(&n["recipient"])) }
-                    td { (layout::text(&n["subject"])) } td { (layout::text(&n["status"])) }
-                    td { (layout::time_value(&n["created_at"])) }
+                tbody { @for n in &list.items { tr {
+                    td { (n.kind) } td { (or_dash(&n.recipient)) }
+                    td { (or_dash(&n.subject)) } td { (n.status) }
+                    td { (layout::time(&n.created_at)) }
                 } } }
             }
         }

@@ -1,12 +1,11 @@
 //! Request bodies of the operations routes (audit, webhooks, workers), which handlers read
-//! field by field (see `schemas.rs`), and the notification list, for the OpenAPI document
-//! only. Their answers are described by the types they serialize, beside the handlers.
+//! field by field, for the OpenAPI document only. Their answers are described by the types
+//! they serialize, beside the handlers.
 
 use chrono::{DateTime, Utc};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
-use uuid::Uuid;
 
 // ------------------------------------------------------------------ audit
 
@@ -89,30 +88,4 @@ pub struct RedriveAll {
     /// The most dead letters to redrive now, oldest first (default 100).
     #[schema(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
-}
-
-// ------------------------------------------------------------------ notifications
-
-#[derive(ToSchema)]
-pub struct NotificationList {
-    pub items: Vec<Notification>,
-}
-
-#[derive(ToSchema)]
-pub struct Notification {
-    pub id: Uuid,
-    pub event_id: Uuid,
-    /// `order_placed`, `order_shipped`, `order_cancelled` or `payment_refunded`.
-    pub kind: String,
-    /// The sales channel of the event that caused it.
-    pub channel: String,
-    pub order_id: Option<Uuid>,
-    pub customer_id: Option<Uuid>,
-    pub recipient: Option<String>,
-    pub subject: Option<String>,
-    pub body: Option<String>,
-    /// `sent`, `recorded` or `failed`.
-    pub status: String,
-    pub error: Option<String>,
-    pub created_at: DateTime<Utc>,
 }

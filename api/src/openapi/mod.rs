@@ -9,7 +9,6 @@
 
 pub mod admin;
 pub mod params;
-pub mod schemas;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

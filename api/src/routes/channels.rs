@@ -26,7 +26,7 @@ use crate::extract::CommandBody;
 use crate::openapi::{
     AdminBodyProblems, AdminCreateProblems, RestrictedReadOneProblems, RestrictedReadProblems,
 };
-use crate::validate::Validation;
+use crate::validate::{Field, Validation};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -58,6 +58,14 @@ pub(crate) fn optional_channel(
     }
 }
 
+/// A request body's `channel`, always a top-level field (see
+/// [`request_body!`](crate::validate::request_body)).
+impl Field for Option<ChannelId> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, _: &str, _: &str) -> Option<Self> {
+        optional_channel(v, o)
+    }
+}
+
 /// 422 on `channel` unless channel `id` exists.
 pub(crate) async fn known(app: &AppState, id: &ChannelId) -> Result<(), ApiError> {
     if channels::exists(&app.pool, id.as_str()).await? {
@@ -68,19 +76,13 @@ pub(crate) async fn known(app: &AppState, id: &ChannelId) -> Result<(), ApiError
 }
 
 /// The channel a command that creates a stream records it in: a scoped key's own (naming
-/// another is 403), or the one a global key's body names (`default` when none; it must
-/// exist: 422 otherwise).
+/// another is 403), or the one a global key's body names (`named`; `default` when none; it
+/// must exist: 422 otherwise).
 pub(crate) async fn creation_channel(
     app: &AppState,
     caller: &Caller,
-    json: &Value,
+    named: Option<ChannelId>,
 ) -> Result<String, ApiError> {
-    let mut v = Validation::new();
-    let named = match json.as_object() {
-        Some(o) => optional_channel(&mut v, o),
-        None => Some(None),
-    };
-    let named = v.finish(|| named)?;
     match (caller.scope(), named) {
         (Some(scope), Some(named)) if named.as_str() != scope => Err(ApiError::ChannelScoped),
         (Some(scope), _) => Ok(scope.to_owned()),

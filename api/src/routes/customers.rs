@@ -3,12 +3,12 @@
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use ordo_domain::customer::{CustomerCommand, RegisterCustomer};
+use ordo_commands::channels::ChannelId;
+use ordo_domain::customer::{self, CustomerCommand};
 use ordo_domain::values::{Email, Text};
 use ordo_projections::queries::ByEmail;
 use ordo_projections::views::{CustomerView, Page};
 use ordo_projections::{queries, Projection};
-use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -16,12 +16,11 @@ use uuid::Uuid;
 use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed, Policy as _};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
-use crate::openapi::schemas as body;
 use crate::openapi::RestrictedReadProblems;
 use crate::openapi::{params, Added, Applied, CommandHeaderParams, CommandProblems, Created};
 use crate::openapi::{CreateHeaderParams, CreateProblems, NotesCapped, ReadOneProblems};
 use crate::respond::{run_command, Success};
-use crate::validate::Validation;
+use crate::validate::{request_body, Empty};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,8 +31,27 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(erase))
 }
 
+request_body! {
+    pub struct RegisterCustomer {
+        /// Generated when absent.
+        pub customer_id: Option<Uuid>,
+        pub email: Email,
+        pub name: Text,
+        pub phone: Option<Text>,
+        /// The sales channel to create it in: only a global key may name one (default
+        /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+        pub channel: Option<ChannelId>,
+    }
+}
+
+request_body! {
+    pub struct AddNote {
+        pub text: Text,
+    }
+}
+
 /// Register a customer (storefront, admin). `customer_id` is generated when absent.
-#[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = body::RegisterCustomer,
+#[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = RegisterCustomer,
     params(CreateHeaderParams), responses(Created, CreateProblems))]
 async fn register(
     State(app): State<AppState>,
@@ -52,36 +70,24 @@ async fn register(
         &body,
         success,
         |mut meta| async move {
-            let cmd = parse_register(json)?;
-            meta.channel = Some(super::channels::creation_channel(scope.0, scope.1, json).await?);
+            let request = RegisterCustomer::read(json)?;
+            meta.channel =
+                Some(super::channels::creation_channel(scope.0, scope.1, request.channel).await?);
+            let cmd = customer::RegisterCustomer {
+                customer_id: request.customer_id.unwrap_or_else(Uuid::now_v7),
+                email: request.email,
+                name: request.name,
+                phone: request.phone,
+                registered_at: Utc::now(),
+            };
             Ok(commands.register_customer(cmd, &meta).await?)
         },
     )
     .await
 }
 
-fn parse_register(json: &Value) -> Result<RegisterCustomer, ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let customer_id = v.optional::<Uuid>(o, "", "customer_id");
-    let email = v.required::<Email>(o, "", "email");
-    let name = v.required::<Text>(o, "", "name");
-    let phone = v.optional::<Text>(o, "", "phone");
-    v.finish(|| {
-        Some(RegisterCustomer {
-            customer_id: customer_id.unwrap_or_else(Uuid::now_v7),
-            email: email?,
-            name: name?,
-            phone,
-            registered_at: Utc::now(),
-        })
-    })
-}
-
 /// Add a support note to a customer (support, admin).
-#[utoipa::path(post, path = "/v1/customers/{id}/notes", tag = "customers", request_body = body::AddNote,
+#[utoipa::path(post, path = "/v1/customers/{id}/notes", tag = "customers", request_body = AddNote,
     params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Added, CommandProblems, NotesCapped))]
 async fn add_note(
     State(app): State<AppState>,
@@ -95,15 +101,9 @@ async fn add_note(
     };
     let (json, commands) = (&body.json, &app.commands);
     run_command(&app, &caller, &headers, &body, success, |meta| async move {
-        let mut v = Validation::new();
-        let text = match v.object(json, "") {
-            Some(o) => v.required::<Text>(o, "", "text"),
-            None => None,
-        };
-        let text = v.finish(|| text)?;
         let cmd = CustomerCommand::AddNote {
             note_id: Uuid::now_v7(),
-            text,
+            text: AddNote::read(json)?.text,
             at: Utc::now(),
         };
         Ok(commands.customer(id, headers.if_match, cmd, &meta).await?)
@@ -117,7 +117,7 @@ async fn add_note(
 /// on, also for fields recorded in clear before encryption; read models drop them; no
 /// e-mail is sent to the customer any more. Erasing again answers 200 with the erasure
 /// already recorded.
-#[utoipa::path(post, path = "/v1/customers/{id}/erase", tag = "customers", request_body = body::Empty,
+#[utoipa::path(post, path = "/v1/customers/{id}/erase", tag = "customers", request_body = Empty,
     params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn erase(
     State(app): State<AppState>,
@@ -134,7 +134,7 @@ async fn erase(
         &body,
         Success::Ok,
         |meta| async move {
-            super::orders::empty(json)?;
+            Empty::read(json)?;
             Ok(commands.erase_customer(id, Utc::now(), &meta).await?)
         },
     )

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::{uuid_param, Params};
 use crate::auth::{self, Allowed};
-use crate::openapi::{admin, params, RestrictedReadProblems};
+use crate::openapi::{params, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
 /// The most a list returns.
@@ -22,7 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Notifications sent or recorded, newest first, at most 100 (support, admin).
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(params::Notifications),
-    responses((status = 200, description = "Notifications", body = admin::NotificationList),
+    responses((status = 200, description = "Notifications", body = notification::NotificationList),
         RestrictedReadProblems))]
 async fn list(
     State(app): State<AppState>,

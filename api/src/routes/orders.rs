@@ -3,13 +3,14 @@
 use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::Utc;
+use ordo_commands::channels::ChannelId;
 use ordo_commands::service::ShipRequest;
-use ordo_domain::order::{NewLine, OrderCommand, PlaceOrder, ShipmentLine};
+use ordo_domain::order::{self, NewLine, OrderCommand, ShipmentLine};
 use ordo_domain::values::{Address, Text};
 use ordo_domain::Currency;
 use ordo_projections::views::{OrderStatus, OrderView, Page};
 use ordo_projections::{queries, Projection};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -17,11 +18,10 @@ use uuid::Uuid;
 use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
-use crate::openapi::schemas as body;
 use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
 use crate::openapi::{CreateHeaderParams, CreateProblems, ReadOneProblems, RestrictedReadProblems};
 use crate::respond::{run_command, Success};
-use crate::validate::Validation;
+use crate::validate::{request_body, Empty, Field, Validation};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -34,9 +34,78 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deliver))
 }
 
+request_body! {
+    pub struct PlaceOrder {
+        /// Generated when absent.
+        pub order_id: Option<Uuid>,
+        pub customer_id: Uuid,
+        pub currency: Currency,
+        #[schema(min_items = 1, max_items = 200)]
+        pub lines: Vec<NewLine>,
+        pub shipping_address: Option<Address>,
+        /// The sales channel to create it in: only a global key may name one (default
+        /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+        pub channel: Option<ChannelId>,
+    }
+}
+
+request_body! {
+    pub struct CancelOrder {
+        pub reason: Text,
+    }
+}
+
+request_body! {
+    pub struct ShipOrder {
+        pub carrier: Text,
+        pub tracking_number: Text,
+        /// What this shipment holds; everything not yet shipped when absent.
+        #[schema(min_items = 1)]
+        pub lines: Option<Vec<ShipmentLine>>,
+    }
+}
+
+/// An order's lines, each field read on its own (`lines[2].sku`).
+impl Field for Vec<NewLine> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        v.array(o, path, key, |v, item, path| {
+            let line = v.object(item, path)?;
+            let sku = Field::read(v, line, path, "sku");
+            let name = Field::read(v, line, path, "name");
+            let quantity = Field::read(v, line, path, "quantity");
+            let unit_price = Field::read(v, line, path, "unit_price");
+            Some(NewLine {
+                sku: sku?,
+                name: name?,
+                quantity: quantity?,
+                unit_price: unit_price?,
+            })
+        })
+    }
+}
+
+/// A shipment's lines, absent or null for everything not yet shipped.
+impl Field for Option<Vec<ShipmentLine>> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        if o.get(key).is_none_or(Value::is_null) {
+            return Some(None);
+        }
+        let lines = v.array(o, path, key, |v, item, path| {
+            let line = v.object(item, path)?;
+            let sku = Field::read(v, line, path, "sku");
+            let quantity = Field::read(v, line, path, "quantity");
+            Some(ShipmentLine {
+                sku: sku?,
+                quantity: quantity?,
+            })
+        });
+        lines.map(Some)
+    }
+}
+
 /// Place an order (storefront, admin). `order_id` is generated when absent; totals are
 /// computed by the server.
-#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = body::PlaceOrder,
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrder,
     params(CreateHeaderParams), responses(Created, CreateProblems))]
 async fn place(
     State(app): State<AppState>,
@@ -55,46 +124,21 @@ async fn place(
         &body,
         success,
         |mut meta| async move {
-            let cmd = parse_place(json)?;
-            meta.channel = Some(super::channels::creation_channel(scope.0, scope.1, json).await?);
+            let request = PlaceOrder::read(json)?;
+            meta.channel =
+                Some(super::channels::creation_channel(scope.0, scope.1, request.channel).await?);
+            let cmd = order::PlaceOrder {
+                order_id: request.order_id.unwrap_or_else(Uuid::now_v7),
+                customer_id: request.customer_id,
+                currency: request.currency,
+                lines: request.lines,
+                shipping_address: request.shipping_address,
+                placed_at: Utc::now(),
+            };
             Ok(commands.place_order(cmd, &meta).await?)
         },
     )
     .await
-}
-
-fn parse_place(json: &Value) -> Result<PlaceOrder, ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let order_id = v.optional::<Uuid>(o, "", "order_id");
-    let customer_id = v.required::<Uuid>(o, "", "customer_id");
-    let currency = v.required::<Currency>(o, "", "currency");
-    let lines = v.array(o, "", "lines", |v, item, path| {
-        let line = v.object(item, path)?;
-        let sku = v.required(line, path, "sku");
-        let name = v.required(line, path, "name");
-        let quantity = v.required(line, path, "quantity");
-        let unit_price = v.required(line, path, "unit_price");
-        Some(NewLine {
-            sku: sku?,
-            name: name?,
-            quantity: quantity?,
-            unit_price: unit_price?,
-        })
-    });
-    let shipping_address = v.optional::<Address>(o, "", "shipping_address");
-    v.finish(|| {
-        Some(PlaceOrder {
-            order_id: order_id.unwrap_or_else(Uuid::now_v7),
-            customer_id: customer_id?,
-            currency: currency?,
-            lines: lines?,
-            shipping_address,
-            placed_at: Utc::now(),
-        })
-    })
 }
 
 /// Run a lifecycle command on an existing order.
@@ -121,15 +165,8 @@ async fn lifecycle(
     .await
 }
 
-/// `{}`: a command whose body carries nothing.
-pub(super) fn empty(json: &Value) -> Result<(), ApiError> {
-    let mut v = Validation::new();
-    v.object(json, "");
-    v.finish(|| Some(()))
-}
-
 /// Confirm a placed order (storefront, admin).
-#[utoipa::path(post, path = "/v1/orders/{id}/confirm", tag = "orders", request_body = body::Empty,
+#[utoipa::path(post, path = "/v1/orders/{id}/confirm", tag = "orders", request_body = Empty,
     params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn confirm(
     State(app): State<AppState>,
@@ -139,14 +176,14 @@ async fn confirm(
     body: CommandBody,
 ) -> Response {
     lifecycle(app, caller, id, headers, body, |json| {
-        empty(json)?;
+        Empty::read(json)?;
         Ok(OrderCommand::Confirm { at: Utc::now() })
     })
     .await
 }
 
 /// Cancel an order while nothing has shipped (storefront, support, admin).
-#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = body::CancelOrder,
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = CancelOrder,
     params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn cancel(
     State(app): State<AppState>,
@@ -156,23 +193,16 @@ async fn cancel(
     body: CommandBody,
 ) -> Response {
     lifecycle(app, caller, id, headers, body, |json| {
-        let mut v = Validation::new();
-        let Some(o) = v.object(json, "") else {
-            return v.finish(|| None);
-        };
-        let reason = v.required::<Text>(o, "", "reason");
-        v.finish(|| {
-            Some(OrderCommand::Cancel {
-                reason: reason?,
-                at: Utc::now(),
-            })
+        Ok(OrderCommand::Cancel {
+            reason: CancelOrder::read(json)?.reason,
+            at: Utc::now(),
         })
     })
     .await
 }
 
 /// Mark a shipped order delivered (storefront, admin).
-#[utoipa::path(post, path = "/v1/orders/{id}/deliver", tag = "orders", request_body = body::Empty,
+#[utoipa::path(post, path = "/v1/orders/{id}/deliver", tag = "orders", request_body = Empty,
     params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn deliver(
     State(app): State<AppState>,
@@ -182,14 +212,14 @@ async fn deliver(
     body: CommandBody,
 ) -> Response {
     lifecycle(app, caller, id, headers, body, |json| {
-        empty(json)?;
+        Empty::read(json)?;
         Ok(OrderCommand::Deliver { at: Utc::now() })
     })
     .await
 }
 
 /// Ship a confirmed, paid order, in full or in part (storefront, admin).
-#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", request_body = body::ShipOrder,
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", request_body = ShipOrder,
     params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
 async fn ship(
     State(app): State<AppState>,
@@ -206,44 +236,19 @@ async fn ship(
         &body,
         Success::Ok,
         |meta| async move {
-            let request = parse_ship(json)?;
+            let request = ShipOrder::read(json)?;
+            let request = ShipRequest {
+                carrier: request.carrier,
+                tracking_number: request.tracking_number,
+                lines: request.lines,
+                at: Utc::now(),
+            };
             Ok(commands
                 .ship_order(id, headers.if_match, request, &meta)
                 .await?)
         },
     )
     .await
-}
-
-fn parse_ship(json: &Value) -> Result<ShipRequest, ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let carrier = v.required::<Text>(o, "", "carrier");
-    let tracking_number = v.required::<Text>(o, "", "tracking_number");
-    let lines = match o.get("lines") {
-        None | Some(Value::Null) => Some(None),
-        Some(_) => v
-            .array(o, "", "lines", |v, item, path| {
-                let line = v.object(item, path)?;
-                let sku = v.required(line, path, "sku");
-                let quantity = v.required(line, path, "quantity");
-                Some(ShipmentLine {
-                    sku: sku?,
-                    quantity: quantity?,
-                })
-            })
-            .map(Some),
-    };
-    v.finish(|| {
-        Some(ShipRequest {
-            carrier: carrier?,
-            tracking_number: tracking_number?,
-            lines: lines?,
-            at: Utc::now(),
-        })
-    })
 }
 
 /// One order from the orders read model (every role).

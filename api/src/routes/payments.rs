@@ -3,6 +3,7 @@
 use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::Utc;
+use ordo_commands::channels::ChannelId;
 use ordo_commands::service::NewPayment;
 use ordo_domain::payment::PaymentCommand;
 use ordo_domain::values::Text;
@@ -11,7 +12,9 @@ use ordo_projections::views::{Page, PaymentView};
 use ordo_projections::{queries, Projection};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -19,12 +22,11 @@ use uuid::Uuid;
 use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
 use crate::extract::{CommandBody, CommandHeaders, PathId};
-use crate::openapi::schemas as body;
 use crate::openapi::RestrictedReadProblems;
 use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
 use crate::openapi::{CreateHeaderParams, CreateProblems, PaymentsCapped, ReadOneProblems};
 use crate::respond::{run_command, Success};
-use crate::validate::Validation;
+use crate::validate::{request_body, Empty, Scalar};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,20 +40,83 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(fail))
 }
 
-/// An amount that must be above zero.
-struct Positive(Amount);
+/// An amount that must be above zero: what a payment, its authorization, a capture and a
+/// refund move.
+pub struct PositiveAmount(Amount);
 
-impl<'de> Deserialize<'de> for Positive {
+impl<'de> Deserialize<'de> for PositiveAmount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = i64::deserialize(d)?;
         Amount::positive(raw)
-            .map(Positive)
+            .map(PositiveAmount)
             .map_err(D::Error::custom)
     }
 }
 
+impl Scalar for PositiveAmount {}
+
+impl PartialSchema for PositiveAmount {
+    fn schema() -> RefOr<Schema> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .description(Some(
+                "An amount in the currency's minor unit (cents for EUR), above zero and at \
+                 most 10^15.",
+            ))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .maximum(Some(Amount::MAX.get() as f64))
+            .examples([2999]);
+        RefOr::T(Schema::Object(schema.build()))
+    }
+}
+
+impl ToSchema for PositiveAmount {}
+
+request_body! {
+    pub struct CreatePayment {
+        /// Generated when absent.
+        pub payment_id: Option<Uuid>,
+        pub order_id: Uuid,
+        pub amount: PositiveAmount,
+        pub currency: Currency,
+        #[schema(example = "card")]
+        pub method: Text,
+        /// The sales channel to create it in: only a global key may name one (default
+        /// `default`); a key scoped to a channel creates in its own (naming another is 403).
+        pub channel: Option<ChannelId>,
+    }
+}
+
+request_body! {
+    pub struct AuthorizePayment {
+        pub provider_reference: Text,
+        /// Defaults to the payment's amount.
+        pub amount: Option<PositiveAmount>,
+    }
+}
+
+request_body! {
+    pub struct CapturePayment {
+        pub amount: PositiveAmount,
+    }
+}
+
+request_body! {
+    pub struct RefundPayment {
+        pub amount: PositiveAmount,
+        pub reason: Text,
+    }
+}
+
+request_body! {
+    pub struct FailPayment {
+        pub reason: Text,
+    }
+}
+
 /// Create a pending payment for an order, in the order's currency (storefront, admin).
-#[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = body::CreatePayment,
+#[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = CreatePayment,
     params(CreateHeaderParams), responses(Created, CreateProblems, PaymentsCapped))]
 async fn create(
     State(app): State<AppState>,
@@ -70,44 +135,31 @@ async fn create(
         &body,
         success,
         |mut meta| async move {
-            let request = parse_create(json)?;
-            meta.channel = Some(super::channels::creation_channel(scope.0, scope.1, json).await?);
-            Ok(commands.create_payment(request, &meta).await?)
+            let request = CreatePayment::read(json)?;
+            meta.channel =
+                Some(super::channels::creation_channel(scope.0, scope.1, request.channel).await?);
+            let payment = NewPayment {
+                payment_id: request.payment_id.unwrap_or_else(Uuid::now_v7),
+                order_id: request.order_id,
+                amount: request.amount.0,
+                currency: request.currency,
+                method: request.method,
+                at: Utc::now(),
+            };
+            Ok(commands.create_payment(payment, &meta).await?)
         },
     )
     .await
 }
 
-fn parse_create(json: &Value) -> Result<NewPayment, ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let payment_id = v.optional::<Uuid>(o, "", "payment_id");
-    let order_id = v.required::<Uuid>(o, "", "order_id");
-    let amount = v.required::<Positive>(o, "", "amount");
-    let currency = v.required::<Currency>(o, "", "currency");
-    let method = v.required::<Text>(o, "", "method");
-    v.finish(|| {
-        Some(NewPayment {
-            payment_id: payment_id.unwrap_or_else(Uuid::now_v7),
-            order_id: order_id?,
-            amount: amount?.0,
-            currency: currency?,
-            method: method?,
-            at: Utc::now(),
-        })
-    })
-}
-
-/// Run a lifecycle command on an existing payment.
+/// Run a lifecycle command, read from its body by `parse`, on an existing payment.
 async fn lifecycle(
     app: AppState,
     caller: auth::Caller,
     id: Uuid,
     headers: CommandHeaders,
     body: CommandBody,
-    parse: impl FnOnce(&mut Validation, &serde_json::Map<String, Value>) -> Option<PaymentCommand>,
+    parse: impl FnOnce(&serde_json::Value) -> Result<PaymentCommand, ApiError>,
 ) -> Response {
     let (json, commands) = (&body.json, &app.commands);
     run_command(
@@ -117,12 +169,7 @@ async fn lifecycle(
         &body,
         Success::Ok,
         |meta| async move {
-            let mut v = Validation::new();
-            let cmd = match v.object(json, "") {
-                Some(o) => parse(&mut v, o),
-                None => None,
-            };
-            let cmd = v.finish(|| cmd)?;
+            let cmd = parse(json)?;
             Ok(commands.payment(id, headers.if_match, cmd, &meta).await?)
         },
     )
@@ -130,7 +177,7 @@ async fn lifecycle(
 }
 
 macro_rules! payment_route {
-    ($(#[$doc:meta])* $name:ident, $path:literal, $body:ty, |$v:ident, $o:ident| $parse:expr) => {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $body:ident, |$b:ident| $command:expr) => {
         $(#[$doc])*
         #[utoipa::path(post, path = $path, tag = "payments", request_body = $body,
             params(("id" = Uuid, Path, description = "The payment's id"), CommandHeaderParams),
@@ -142,57 +189,47 @@ macro_rules! payment_route {
             headers: CommandHeaders,
             body: CommandBody,
         ) -> Response {
-            lifecycle(app, caller, id, headers, body, |$v, $o| $parse).await
+            lifecycle(app, caller, id, headers, body, |json| {
+                let $b = $body::read(json)?;
+                Ok($command)
+            })
+            .await
         }
     };
 }
 
 payment_route!(
-    /// Authorize a pending payment, for its amount unless `amount` says less (storefront, admin).
-    authorize, "/v1/payments/{id}/authorize", body::AuthorizePayment, |v, o| {
-    let provider_reference = v.required::<Text>(o, "", "provider_reference");
-    let amount = v.optional::<Positive>(o, "", "amount");
-    Some(PaymentCommand::Authorize {
-        provider_reference: provider_reference?,
-        amount: amount.map(|a| a.0),
-        at: Utc::now(),
-    })
+/// Authorize a pending payment, for its amount unless `amount` says less (storefront, admin).
+authorize, "/v1/payments/{id}/authorize", AuthorizePayment, |b| PaymentCommand::Authorize {
+    provider_reference: b.provider_reference,
+    amount: b.amount.map(|a| a.0),
+    at: Utc::now(),
 });
 
 payment_route!(
-    /// Capture (part of) what is authorized (storefront, admin).
-    capture, "/v1/payments/{id}/capture", body::CapturePayment, |v, o| {
-    let amount = v.required::<Positive>(o, "", "amount");
-    Some(PaymentCommand::Capture {
-        amount: amount?.0,
-        at: Utc::now(),
-    })
+/// Capture (part of) what is authorized (storefront, admin).
+capture, "/v1/payments/{id}/capture", CapturePayment, |b| PaymentCommand::Capture {
+    amount: b.amount.0,
+    at: Utc::now(),
 });
 
 payment_route!(
-    /// Refund (part of) what is captured (storefront, admin).
-    refund, "/v1/payments/{id}/refund", body::RefundPayment, |v, o| {
-    let amount = v.required::<Positive>(o, "", "amount");
-    let reason = v.required::<Text>(o, "", "reason");
-    Some(PaymentCommand::Refund {
-        amount: amount?.0,
-        reason: reason?,
-        at: Utc::now(),
-    })
+/// Refund (part of) what is captured (storefront, admin).
+refund, "/v1/payments/{id}/refund", RefundPayment, |b| PaymentCommand::Refund {
+    amount: b.amount.0,
+    reason: b.reason,
+    at: Utc::now(),
 });
 
 payment_route!(
     /// Void an authorized payment while nothing is captured (storefront, admin).
-    void, "/v1/payments/{id}/void", body::Empty, |_v, _o| Some(PaymentCommand::Void { at: Utc::now() }));
+    void, "/v1/payments/{id}/void", Empty, |_b| PaymentCommand::Void { at: Utc::now() });
 
 payment_route!(
-    /// Record that a pending payment failed (storefront, admin).
-    fail, "/v1/payments/{id}/fail", body::FailPayment, |v, o| {
-    let reason = v.required::<Text>(o, "", "reason");
-    Some(PaymentCommand::Fail {
-        reason: reason?,
-        at: Utc::now(),
-    })
+/// Record that a pending payment failed (storefront, admin).
+fail, "/v1/payments/{id}/fail", FailPayment, |b| PaymentCommand::Fail {
+    reason: b.reason,
+    at: Utc::now(),
 });
 
 /// One payment from the payments read model (every role).

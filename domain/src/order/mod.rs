@@ -50,11 +50,14 @@ pub struct PlaceOrder {
     pub placed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A line of an order being placed, as a request body gives it (the server computes the
+/// line's total).
+#[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
 pub struct NewLine {
     pub sku: Sku,
     pub name: Text,
     pub quantity: Quantity,
+    /// Minor units, zero or more, at most 10^15; the order's total is at most 10^15 too.
     pub unit_price: Amount,
 }
 
@@ -71,7 +74,7 @@ pub struct ShipOrder {
 }
 
 /// How many units of one SKU a shipment holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ShipmentLine {
     pub sku: Sku,
     pub quantity: Quantity,

@@ -35,8 +35,9 @@ use ordo_commands::privacy::Keyring;
 use ordo_domain::customer::{CustomerErased, CustomerRegistered};
 use ordo_domain::order::{OrderCancelled, OrderPlaced, OrderShipped};
 use ordo_domain::payment::PaymentRefunded;
-use serde_json::{json, Value};
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::jetstream::{Delivered, HandleError, Policy};
@@ -202,6 +203,38 @@ async fn notify(
     Ok(())
 }
 
+// One type for the row, the JSON answer of `GET /v1/notifications` and the OpenAPI
+// document's `Notification`, so that the three cannot drift apart.
+/// An e-mail notification about an event, as the notification worker recorded it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = Notification)]
+pub struct NotificationView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    /// `order_placed`, `order_shipped`, `order_cancelled` or `payment_refunded`.
+    pub kind: String,
+    /// The sales channel of the event that caused it.
+    pub channel: String,
+    pub order_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub recipient: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    /// `pending` (the mail sender has yet to send it, or retries it), `sent`, `failed`
+    /// (after the last attempt; `error` says why), `recorded` (no SMTP server is configured:
+    /// written, never sent) or `skipped` (the customer's e-mail address cannot be read, or
+    /// their personal data was erased before it was sent).
+    pub status: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Notifications, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationList {
+    pub items: Vec<NotificationView>,
+}
+
 /// `GET /v1/notifications?order_id=&customer_id=`: newest first, at most `limit`, of one
 /// channel or (with `None`) of every channel.
 pub async fn list(
@@ -210,24 +243,10 @@ pub async fn list(
     order_id: Option<Uuid>,
     customer_id: Option<Uuid>,
     limit: i64,
-) -> Result<Value, sqlx::Error> {
-    type Row = (
-        Uuid,
-        Uuid,
-        String,
-        Option<Uuid>,
-        Option<Uuid>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        String,
-        Option<String>,
-        DateTime<Utc>,
-        String,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error,
-                created_at, channel
+) -> Result<NotificationList, sqlx::Error> {
+    let items = sqlx::query_as(
+        "SELECT id, event_id, kind, channel, order_id, customer_id, recipient, subject, body,
+                status, error, created_at
            FROM notification.notifications
           WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)
             AND ($4::text IS NULL OR channel = $4)
@@ -240,29 +259,5 @@ pub async fn list(
     .bind(channel)
     .fetch_all(pool)
     .await?;
-    let items: Vec<Value> = rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                event_id,
-                kind,
-                order_id,
-                customer_id,
-                recipient,
-                subject,
-                body,
-                status,
-                error,
-                created_at,
-                channel,
-            )| {
-                json!({"id": id, "event_id": event_id, "kind": kind, "order_id": order_id,
-                       "customer_id": customer_id, "recipient": recipient, "subject": subject,
-                       "body": body, "status": status, "error": error, "created_at": created_at,
-                       "channel": channel})
-            },
-        )
-        .collect();
-    Ok(json!({ "items": items }))
+    Ok(NotificationList { items })
 }
