@@ -9,6 +9,9 @@
 //! all read through here.
 
 pub mod bulk;
+mod known;
+
+pub use known::KnownHead;
 
 use std::time::Duration;
 
@@ -148,8 +151,12 @@ pub async fn read(
 }
 
 /// Whether any event lies beyond `after`: what a reader checks, without locking or writing
-/// anything, before it takes a step.
+/// anything, before it takes a step. Asks the database only when this process knows of no
+/// such event (see [`KnownHead`]).
 pub async fn written_after(pool: &PgPool, after: Checkpoint) -> Result<bool, sqlx::Error> {
+    if KnownHead::of(pool).get() > after.global_position {
+        return Ok(true);
+    }
     Ok(head(pool).await? > after.global_position)
 }
 
@@ -189,11 +196,15 @@ pub async fn lag(pool: &PgPool, after: Checkpoint) -> Result<(i64, f64), sqlx::E
     Ok((head - after.global_position, seconds))
 }
 
-/// Wakes a reader when new events commit. Notifications may be missed (a dropped
-/// connection), so waiting also ends after `poll`: polling is the fallback.
+/// Wakes a reader when new events commit: this process's own commits through the
+/// [`KnownHead`], other processes' through the `ordo_events` notifications (which raise the
+/// known head too). Notifications may be missed (a dropped connection), so waiting also ends
+/// after `poll`: polling is the fallback.
 pub struct Wakeup {
     listener: Option<PgListener>,
     pool: PgPool,
+    known: KnownHead,
+    moved: tokio::sync::watch::Receiver<i64>,
 }
 
 pub const CHANNEL: &str = "ordo_events";
@@ -207,9 +218,12 @@ pub const LINGER: Duration = Duration::from_millis(10);
 
 impl Wakeup {
     pub async fn new(pool: &PgPool) -> Self {
+        let known = KnownHead::of(pool);
         let mut this = Self {
             listener: None,
             pool: pool.clone(),
+            moved: known.subscribe(),
+            known,
         };
         this.connect().await;
         this
@@ -231,18 +245,64 @@ impl Wakeup {
         };
     }
 
-    /// Wait for a notification or `poll`, whichever comes first.
-    pub async fn wait(&mut self, poll: Duration) {
+    /// The highest committed position this process knows of (see [`KnownHead`]).
+    pub fn known_head(&self) -> i64 {
+        self.known.get()
+    }
+
+    /// Wait until the known head rises above `seen`, a notification arrives or `poll` passes,
+    /// whichever comes first; at once if the head is already above `seen`. `false` when
+    /// `poll` passed: nothing said anything was new, and the reader should look for itself.
+    pub async fn wait_beyond(&mut self, seen: i64, poll: Duration) -> bool {
+        if self.known.get() > seen {
+            return true;
+        }
+        self.moved.borrow_and_update();
+        let known = &self.known;
+        let moved = &mut self.moved;
+        let own = async {
+            while moved.changed().await.is_ok() {
+                if *moved.borrow_and_update() > seen {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
         match &mut self.listener {
-            Some(listener) => match tokio::time::timeout(poll, listener.try_recv()).await {
-                Ok(Ok(Some(_))) | Err(_) => {}
-                // Connection lost: reconnect next time; this wait is over.
-                Ok(Ok(None)) | Ok(Err(_)) => self.listener = None,
-            },
+            Some(listener) => {
+                let woken = tokio::select! {
+                    () = own => Ok(true),
+                    received = listener.try_recv() => match received {
+                        Ok(Some(notification)) => {
+                            if let Ok(position) = notification.payload().parse::<i64>() {
+                                known.raise(position);
+                            }
+                            Ok(true)
+                        }
+                        // Connection lost: reconnect next time; this wait is over.
+                        Ok(None) | Err(_) => Err(()),
+                    },
+                    () = tokio::time::sleep(poll) => Ok(false),
+                };
+                woken.unwrap_or_else(|()| {
+                    self.listener = None;
+                    true
+                })
+            }
             None => {
-                tokio::time::sleep(poll).await;
+                let woken = tokio::select! {
+                    () = own => true,
+                    () = tokio::time::sleep(poll) => false,
+                };
                 self.connect().await;
+                woken
             }
         }
+    }
+
+    /// Wait for a notification, a commit of this process or `poll`, whichever comes first.
+    pub async fn wait(&mut self, poll: Duration) {
+        let seen = self.known.get();
+        self.wait_beyond(seen, poll).await;
     }
 }

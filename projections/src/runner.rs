@@ -261,6 +261,9 @@ impl Runner {
                 .await?;
                 last_beat = Instant::now();
             }
+            // What this step will read up to at least: anything committed later raises the
+            // known head above it.
+            let head_at_step = wakeup.known_head();
             let live = match self.step(limit).await {
                 Ok(step) => step,
                 Err(e) => {
@@ -282,6 +285,14 @@ impl Runner {
                             _ = tokio::time::sleep(feed::LINGER) => {}
                             _ = shutdown.changed() => {}
                         }
+                        if wakeup.known_head() <= head_at_step {
+                            // Nothing committed since the step read, as far as this process
+                            // knows: wait for news rather than step to find out.
+                            tokio::select! {
+                                _ = wakeup.wait_beyond(head_at_step, self.config.poll) => {}
+                                _ = shutdown.changed() => {}
+                            }
+                        }
                     }
                 }
                 Step::Failed(_) => {
@@ -295,7 +306,7 @@ impl Runner {
                 }
                 Step::Idle => {
                     tokio::select! {
-                        _ = self.idle_wait(&mut wakeup) => {}
+                        _ = wakeup.wait_beyond(head_at_step, self.config.poll) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -319,23 +330,6 @@ impl Runner {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(built_by > self.version)
-    }
-
-    /// Wait for new events: not at all if some committed since the last read, else until
-    /// notified or the poll interval passes.
-    async fn idle_wait(&self, wakeup: &mut Wakeup) {
-        let pending = async {
-            let position: i64 = sqlx::query_scalar(
-                "SELECT global_position FROM projections.checkpoints WHERE name = $1",
-            )
-            .bind(self.projection.name())
-            .fetch_one(&self.pool)
-            .await?;
-            feed::written_after(&self.pool, Checkpoint::at(position)).await
-        };
-        if !matches!(pending.await, Ok(true)) {
-            wakeup.wait(self.config.poll).await;
-        }
     }
 }
 

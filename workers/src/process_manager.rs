@@ -261,9 +261,13 @@ impl ProcessManager {
 
     /// Run steps until `shutdown` turns true, waking on new events.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        const POLL: Duration = Duration::from_millis(500);
         let mut wakeup = Wakeup::new(&self.pool).await;
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+            // What this step reads up to at least: anything committed later raises the known
+            // head above it.
+            let head_at_step = wakeup.known_head();
             match self.step().await {
                 Ok(Step::Handled(read)) => {
                     backoff = Duration::from_millis(200);
@@ -272,11 +276,17 @@ impl ProcessManager {
                             _ = tokio::time::sleep(feed::LINGER) => {}
                             _ = shutdown.changed() => {}
                         }
+                        if wakeup.known_head() <= head_at_step {
+                            tokio::select! {
+                                _ = wakeup.wait_beyond(head_at_step, POLL) => {}
+                                _ = shutdown.changed() => {}
+                            }
+                        }
                     }
                 }
                 Ok(Step::Idle) => {
                     tokio::select! {
-                        _ = wakeup.wait(Duration::from_millis(500)) => {}
+                        _ = wakeup.wait_beyond(head_at_step, POLL) => {}
                         _ = shutdown.changed() => {}
                     }
                 }

@@ -409,6 +409,9 @@ impl Relay {
                 last_gauges = Some(Instant::now());
             }
             let stored = line;
+            // What this step reads up to at least: anything committed later raises the known
+            // head above it.
+            let head_at_step = wakeup.known_head();
             let result = if stream_ready {
                 // Reads go through the lock's session too: the pool is the commands', and
                 // waiting in its queue behind them would be on every event's path.
@@ -453,11 +456,14 @@ impl Relay {
                     _ = tokio::time::sleep(feed::LINGER) => {}
                     _ = shutdown.changed() => {}
                 }
-                continue;
+                if wakeup.known_head() > head_at_step {
+                    continue;
+                }
             }
-            // Nothing new: wait for the next commit's wake-up.
+            // Nothing new as far as this process knows: wait for the next commit's wake-up
+            // rather than read to find out.
             tokio::select! {
-                _ = wakeup.wait(POLL) => {}
+                _ = wakeup.wait_beyond(head_at_step, POLL) => {}
                 _ = shutdown.changed() => {}
             }
         }
