@@ -14,6 +14,7 @@
 //! - its stream moved (the version it was decided on is stale), or a stream it read facts
 //!   from moved: that append alone is answered [`Appended::Stale`]; the caller re-decides
 //!   or reports the conflict;
+//! - a customer whose personal data its events carry was erased: [`Appended::Erased`];
 //! - its `Idempotency-Key` already has an answer (a duplicate that won a race in another
 //!   process): answered [`Appended::Answered`] with it;
 //! - otherwise its events go in, all of them, and its idempotency answer with them.
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use crate::chain;
 
@@ -110,6 +112,8 @@ pub struct Append {
     pub events: Vec<NewEvent>,
     /// Streams the decision read facts from, at the versions it read.
     pub reads: Vec<StreamVersion>,
+    /// The customers whose personal data the events carry: refused if any is erased.
+    pub owners: Vec<Uuid>,
     pub answer: Option<Answer>,
 }
 
@@ -138,6 +142,8 @@ pub enum Appended {
     Answered(StoredAnswer),
     /// Another append of this batch carries the same idempotency key.
     InFlight,
+    /// A customer whose personal data the events carry was erased; nothing was written.
+    Erased,
 }
 
 /// Only a record of an idempotent refusal: no events, no checks.
@@ -159,8 +165,9 @@ pub struct Appender {
 
 impl Appender {
     /// Start the appender's task on the current runtime; `committed` runs after each commit
+    /// with the highest position it wrote
     /// (the feed's wake-up).
-    pub fn start(pool: PgPool, committed: impl Fn() + Send + 'static) -> Self {
+    pub fn start(pool: PgPool, committed: impl Fn(i64) + Send + 'static) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
         tokio::spawn(run(pool, queue, committed));
         Self { jobs }
@@ -177,7 +184,7 @@ impl Appender {
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn()) {
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn(i64)) {
     while let Some(first) = queue.recv().await {
         let mut size = weight(&first.append);
         let mut batch = vec![first];
@@ -191,7 +198,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn())
         let appends: Vec<&Append> = batch.iter().map(|j| &j.append).collect();
         match commit(&pool, &appends).await {
             Ok(outcomes) => {
-                committed();
+                committed(highest(&outcomes));
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
                 }
@@ -205,14 +212,26 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn())
                 tracing::warn!(error = %e, appends = batch.len(), "batch failed; appending one by one");
                 for job in batch {
                     let result = commit(&pool, &[&job.append]).await.map(|mut o| o.remove(0));
-                    if result.is_ok() {
-                        committed();
+                    if let Ok(outcome) = &result {
+                        committed(highest(std::slice::from_ref(outcome)));
                     }
                     let _ = job.reply.send(result);
                 }
             }
         }
     }
+}
+
+/// The highest position a batch committed (0 when it wrote no event).
+fn highest(outcomes: &[Appended]) -> i64 {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Appended::Committed { position, .. } => Some(*position),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Events and bytes of an append, for the batch bounds.
@@ -241,6 +260,7 @@ pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>,
     let UnderLock {
         mut current,
         stored,
+        erased,
         head,
     } = UnderLock::read(&mut tx, appends).await?;
 
@@ -248,7 +268,7 @@ pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>,
     let mut claimed: HashSet<(String, String)> = HashSet::new();
     let mut rows = Rows::default();
     for append in appends {
-        let decision = decide(append, &mut current, &stored, &mut claimed);
+        let decision = decide(append, &mut current, &stored, &erased, &mut claimed);
         if matches!(decision, Decision::Accept) && !is_refusal(append) {
             let from = append.stream.version;
             for (i, event) in append.events.iter().enumerate() {
@@ -321,6 +341,7 @@ fn decide(
     append: &Append,
     current: &mut HashMap<StreamKey, (u64, i64)>,
     stored: &HashMap<(String, String), StoredAnswer>,
+    erased: &HashSet<Uuid>,
     claimed: &mut HashSet<(String, String)>,
 ) -> Decision {
     if let Some(answer) = &append.answer {
@@ -334,6 +355,12 @@ fn decide(
     }
     if is_refusal(append) {
         return Decision::Accept;
+    }
+    if append.owners.iter().any(|c| erased.contains(c)) {
+        if let Some(answer) = &append.answer {
+            claimed.remove(&(answer.scope.clone(), answer.key.clone()));
+        }
+        return Decision::Refuse(Appended::Erased);
     }
     let version_of = |s: &StreamVersion, current: &HashMap<StreamKey, (u64, i64)>| {
         current.get(&key_of(s)).map_or(0, |v| v.0)
@@ -371,6 +398,8 @@ struct UnderLock {
     current: HashMap<StreamKey, (u64, i64)>,
     /// The answers already stored for the batch's idempotency keys.
     stored: HashMap<(String, String), StoredAnswer>,
+    /// Of the customers whose personal data the batch carries, those erased.
+    erased: HashSet<Uuid>,
     /// The hash of the log's last event: the chain continues from it.
     head: chain::Hash,
 }
@@ -394,16 +423,25 @@ impl UnderLock {
             .filter_map(|a| a.answer.as_ref())
             .map(|a| (a.scope.clone(), a.key.clone()))
             .unzip();
+        let mut owners: Vec<Uuid> = appends
+            .iter()
+            .filter(|a| !is_refusal(a))
+            .flat_map(|a| a.owners.iter().copied())
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
         let rows = sqlx::query(include_str!("sql/under_the_lock.sql"))
             .bind(types)
             .bind(ids)
             .bind(scopes)
             .bind(keys)
+            .bind(owners)
             .fetch_all(&mut **tx)
             .await?;
         let mut read = Self {
             current: HashMap::new(),
             stored: HashMap::new(),
+            erased: HashSet::new(),
             // No event yet, or the last one predates the chain (or was written around the
             // appender, which verify reports): the chain (re)starts at zero.
             head: chain::ZERO,
@@ -429,6 +467,12 @@ impl UnderLock {
                             body: body.unwrap_or(Value::Null),
                         },
                     );
+                }
+                "erased" => {
+                    let customer: String = row.try_get("a")?;
+                    if let Ok(customer) = customer.parse() {
+                        read.erased.insert(customer);
+                    }
                 }
                 _ => {
                     let hash: Option<Vec<u8>> = row.try_get("hash")?;

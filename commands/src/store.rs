@@ -19,6 +19,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::appender::{Answer, Append, Appended, Appender, NewEvent, StoredAnswer, StreamVersion};
+use crate::feed::KnownHead;
 use crate::{CommandError, CommandMetadata};
 
 pub const EVENTS_TABLE: &str = "event_store.events";
@@ -204,7 +205,7 @@ impl EventStore {
         let wake = Wake::start(&pool);
         Self {
             keys,
-            appender: Appender::start(pool.clone(), move || wake.notify()),
+            appender: Appender::start(pool.clone(), move |position| wake.notify(position)),
             orders: cqrs_store(&pool),
             payments: cqrs_store(&pool),
             customers: cqrs_store(&pool),
@@ -403,7 +404,8 @@ impl EventStore {
                 .map(String::as_str)
                 .zip(payloads.iter_mut())
                 .collect();
-            self.keys
+            let owners = self
+                .keys
                 .seal_for_append(&mut personal)
                 .await
                 .map_err(|e| match e {
@@ -425,6 +427,7 @@ impl EventStore {
                     .map(|(event, payload)| new_event(event, payload, metadata))
                     .collect::<Result<_, _>>()?,
                 reads,
+                owners,
                 answer: metadata.answer(),
             };
             match self.appender.append(append).await? {
@@ -445,6 +448,9 @@ impl EventStore {
                 }
                 Appended::Answered(stored) => return Err(CommandError::Answered(stored)),
                 Appended::InFlight => return Err(CommandError::InFlight),
+                Appended::Erased => {
+                    return Err(CommandError::Domain(ordo_domain::customer::erased()))
+                }
                 Appended::Stale { own, actual, .. } => {
                     if let (Some(expected), true) = (expected, own) {
                         return Err(CommandError::VersionMismatch { expected, actual });
@@ -512,6 +518,7 @@ impl EventStore {
             },
             events: Vec::new(),
             reads: Vec::new(),
+            owners: Vec::new(),
             answer: Some(answer),
         };
         match self.appender.append(append).await? {
@@ -552,7 +559,9 @@ fn new_event<E: DomainEvent>(
     ))
 }
 
-/// Tells the feed's readers (`LISTEN ordo_events`) that events were committed.
+/// Tells the feed's readers that events were committed: this process's at once, through
+/// the [`KnownHead`], and every process's by `NOTIFY ordo_events` with the highest committed
+/// position as payload.
 ///
 /// Not from inside the appending transaction: a transaction that sends NOTIFY holds a
 /// database-wide lock through its commit, which would queue every command's commit behind
@@ -560,6 +569,7 @@ fn new_event<E: DomainEvent>(
 /// made while one is in flight share the next. Readers also poll, so a lost wake-up only
 /// delays.
 pub struct Wake {
+    known: KnownHead,
     shared: Option<std::sync::Arc<WakeShared>>,
 }
 
@@ -570,21 +580,26 @@ struct WakeShared {
 
 impl Wake {
     fn start(pool: &PgPool) -> Self {
+        let known = KnownHead::of(pool);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Self { shared: None };
+            return Self {
+                known,
+                shared: None,
+            };
         };
         let shared = std::sync::Arc::new(WakeShared {
             signal: tokio::sync::Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
-        let (pool, task) = (pool.clone(), shared.clone());
+        let (pool, task, head) = (pool.clone(), shared.clone(), known.clone());
         runtime.spawn(async move {
             loop {
                 task.signal.notified().await;
                 if task.closed.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                if let Err(e) = sqlx::query("SELECT pg_notify('ordo_events', '')")
+                if let Err(e) = sqlx::query("SELECT pg_notify('ordo_events', $1)")
+                    .bind(head.get().to_string())
                     .execute(&pool)
                     .await
                 {
@@ -593,11 +608,13 @@ impl Wake {
             }
         });
         Self {
+            known,
             shared: Some(shared),
         }
     }
 
-    fn notify(&self) {
+    fn notify(&self, position: i64) {
+        self.known.raise(position);
         if let Some(shared) = &self.shared {
             shared.signal.notify_one();
         }

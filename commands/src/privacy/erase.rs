@@ -9,6 +9,7 @@ impl Keyring {
     /// Destroy the customer's data key and e-mail index, and mark them erased (also when they
     /// never had a key: their clear fields are then masked on read). Idempotent.
     pub async fn erase(&self, customer: Uuid) -> Result<(), sqlx::Error> {
+        self.forget_sealing_key(customer);
         let mut tx = crate::db::begin(&self.pool).await?;
         sqlx::query(
             "INSERT INTO privacy.customer_keys (customer_id, erased_at) VALUES ($1, now())

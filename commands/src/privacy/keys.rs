@@ -2,7 +2,7 @@
 //! blind index in `privacy.email_index`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -44,7 +44,14 @@ pub enum PrivacyError {
 pub struct Keyring {
     pub(super) pool: PgPool,
     pub(super) master: Option<Arc<MasterKeys>>,
+    /// The data keys this process sealed with, unwrapped: a customer's second command seals
+    /// without reading the key store. Whether the customer was erased meanwhile is checked
+    /// by the appender under the commit point, for every append ([`Keyring::seal_for_append`]).
+    sealing: Arc<Mutex<HashMap<Uuid, DataKey>>>,
 }
+
+/// Above this many cached data keys the cache starts over.
+const SEALING_KEYS: usize = 100_000;
 
 type KeyRow = (Uuid, Option<Vec<u8>>, Option<i32>, bool);
 
@@ -53,6 +60,7 @@ impl Keyring {
         Self {
             pool,
             master: master.map(Arc::new),
+            sealing: Arc::default(),
         }
     }
 
@@ -71,16 +79,21 @@ impl Keyring {
     }
 
     /// Seal the personal fields of events about to be appended, creating the customer's key
-    /// on first use. Refuses events with personal data of an erased customer. Events of a
-    /// `customer.registered` type also record the e-mail's blind index.
+    /// on first use. Events of a `customer.registered` type also record the e-mail's blind
+    /// index. Returns the customers whose personal data the events carry: the append must be
+    /// refused if any of them is erased, which the appender checks under the commit point
+    /// (so no erasure can slip between the check and the commit). A customer known erased
+    /// here is refused at once.
     pub async fn seal_for_append(
         &self,
         events: &mut [(&str, &mut Value)],
-    ) -> Result<(), PrivacyError> {
+    ) -> Result<Vec<Uuid>, PrivacyError> {
+        let mut owners = Vec::new();
         for (event_type, payload) in events.iter_mut() {
             let Some(customer) = customer_of(event_type, payload) else {
                 continue;
             };
+            owners.push(customer);
             let Some(key) = self.key_for_writing(customer).await? else {
                 continue;
             };
@@ -91,26 +104,53 @@ impl Keyring {
             }
             seal_fields(event_type, payload, customer, &key);
         }
-        Ok(())
+        owners.sort_unstable();
+        owners.dedup();
+        Ok(owners)
     }
 
     /// The customer's data key for sealing (created if missing); `None` when encryption is
-    /// off. Erased customers are refused either way.
+    /// off, without reading anything: the appender checks erasure.
     async fn key_for_writing(&self, customer: Uuid) -> Result<Option<DataKey>, PrivacyError> {
+        let Some(master) = &self.master else {
+            return Ok(None);
+        };
+        let cached = || self.sealing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = cached().get(&customer) {
+            return Ok(Some(key.clone()));
+        }
+        let key = self.stored_key_for_writing(customer, master).await?;
+        let mut cache = cached();
+        if cache.len() >= SEALING_KEYS {
+            cache.clear();
+        }
+        cache.insert(customer, key.clone());
+        Ok(Some(key))
+    }
+
+    /// Forget a customer's cached data key (their erasure destroys the stored one).
+    pub(super) fn forget_sealing_key(&self, customer: Uuid) {
+        self.sealing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&customer);
+    }
+
+    async fn stored_key_for_writing(
+        &self,
+        customer: Uuid,
+        master: &MasterKeys,
+    ) -> Result<DataKey, PrivacyError> {
         let row = self.row(customer).await?;
         if row.as_ref().is_some_and(|r| r.3) {
             return Err(PrivacyError::Erased);
         }
-        let Some(master) = &self.master else {
-            return Ok(None);
-        };
         if let Some((_, Some(wrapped), Some(version), _)) = &row {
             let key = master
                 .get(*version)
                 .ok_or(PrivacyError::UnknownMasterKey(customer, *version))?;
             return key
                 .unwrap(customer, wrapped)
-                .map(Some)
                 .ok_or(PrivacyError::UnknownMasterKey(customer, *version));
         }
         let fresh = DataKey::generate();
@@ -128,12 +168,9 @@ impl Keyring {
         self.key_for_writing_existing(customer).await
     }
 
-    async fn key_for_writing_existing(
-        &self,
-        customer: Uuid,
-    ) -> Result<Option<DataKey>, PrivacyError> {
+    async fn key_for_writing_existing(&self, customer: Uuid) -> Result<DataKey, PrivacyError> {
         match self.states(&[customer]).await?.remove(&customer) {
-            Some(KeyState::Key(key)) => Ok(Some(key)),
+            Some(KeyState::Key(key)) => Ok(key),
             Some(KeyState::Erased) => Err(PrivacyError::Erased),
             _ => Err(PrivacyError::UnknownMasterKey(customer, 0)),
         }

@@ -4,6 +4,8 @@
 --             stream ($1 types, $2 ids); 0 and 0 for a stream with no events;
 --   'answer': the answer already stored for each of the batch's Idempotency-Keys ($3 scopes,
 --             $4 keys);
+--   'erased': each of the customers whose personal data the batch carries ($5) who is
+--             erased;
 --   'head':   the hash of the log's last event, which the batch's chain continues.
 SELECT 'stream' AS kind, s.aggregate_type AS a, s.aggregate_id AS b,
        coalesce(l.sequence, 0) AS version, coalesce(l.global_position, 0) AS position,
@@ -24,6 +26,10 @@ SELECT 'answer', k.scope, k.key, NULL, NULL, i.request_hash, i.response_status,
   JOIN LATERAL (
         SELECT request_hash, response_status, response_body FROM event_store.idempotency_keys
          WHERE scope = k.scope AND key = k.key LIMIT 1) i ON true
+UNION ALL
+SELECT 'erased', k.customer_id::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM privacy.customer_keys k
+ WHERE k.customer_id = ANY($5::uuid[]) AND k.erased_at IS NOT NULL
 UNION ALL
 (SELECT 'head', NULL, NULL, NULL, NULL, NULL, NULL, NULL, hash
    FROM event_store.events ORDER BY global_position DESC LIMIT 1)

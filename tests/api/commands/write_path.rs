@@ -29,6 +29,7 @@ fn probe(id: &str, version: u64, events: usize) -> Append {
             .map(|_| NewEvent::new("probe.written", "1", &json!({}), &json!({})))
             .collect(),
         reads: Vec::new(),
+        owners: Vec::new(),
         answer: None,
     }
 }
@@ -102,6 +103,35 @@ async fn in_one_batch_a_stale_append_fails_alone_and_the_others_commit() {
         unreachable!()
     };
     assert_eq!(position, *positions.last().unwrap());
+}
+
+/// Whether a customer was erased is decided under the commit point, with the batch: an
+/// append carrying an erased customer's personal data is refused alone, and the erasure is
+/// seen even by a process that never read the customer's key (as one that cached it before).
+#[tokio::test]
+async fn in_one_batch_an_append_for_an_erased_customer_fails_alone() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (erased, kept) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    ordo_commands::privacy::Keyring::new(app.pool.clone(), None)
+        .erase(erased)
+        .await
+        .unwrap();
+    let mut for_erased = probe("for-erased", 0, 1);
+    for_erased.owners = vec![kept, erased];
+    let mut for_kept = probe("for-kept", 0, 1);
+    for_kept.owners = vec![kept];
+
+    let outcomes = appender::commit(&app.pool, &[&for_erased, &for_kept])
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes[0], Appended::Erased);
+    assert!(matches!(
+        outcomes[1],
+        Appended::Committed { version: 1, .. }
+    ));
+    assert!(app.sequences("probe", "for-erased").await.is_empty());
+    assert_eq!(app.sequences("probe", "for-kept").await, [1]);
 }
 
 #[tokio::test]
