@@ -12,11 +12,18 @@ use crate::error::{ApiError, FieldError};
 
 /// Declares a request body: the struct, deriving `ToSchema` (docs and `#[schema(..)]` on
 /// the fields go to the document), and `read`, which reads each field as its type says
-/// ([`Field`]) and answers 422 with every invalid field.
+/// ([`Field`]) and answers 422 with every invalid field. A `check |v, body| { .. }` after
+/// the struct adds rules across fields, run when every field could be read, whose errors
+/// join the others.
 macro_rules! request_body {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $crate::validate::request_body! {
+            $(#[$meta])* pub struct $name { $($fields)* } check |_v, _body| {}
+        }
+    };
     ($(#[$meta:meta])* pub struct $name:ident {
         $($(#[$field_meta:meta])* pub $field:ident: $ty:ty),* $(,)?
-    }) => {
+    } check |$v:ident, $body:ident| $check:block) => {
         $(#[$meta])*
         #[derive(utoipa::ToSchema)]
         pub struct $name {
@@ -32,7 +39,16 @@ macro_rules! request_body {
                 };
                 $(let $field =
                     <$ty as $crate::validate::Field>::read(&mut v, _o, "", stringify!($field));)*
-                v.finish(|| Some(Self { $($field: $field?),* }))
+                #[allow(unused_labels)] // a body without fields (`Empty`) never breaks
+                let body = 'read: {
+                    $(let Some($field) = $field else { break 'read None };)*
+                    Some(Self { $($field),* })
+                };
+                if let Some($body) = &body {
+                    let $v = &mut v;
+                    $check
+                }
+                v.finish(|| body)
             }
         }
     };
@@ -61,7 +77,23 @@ impl<T: Scalar> Field for Option<T> {
     }
 }
 
+/// A field of an update: left out (`None`: stays as it is), null (`Some(None)`: cleared)
+/// or a value.
+impl<T: Scalar> Field for Option<Option<T>> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        match o.get(key) {
+            None => Some(None),
+            Some(Value::Null) => Some(Some(None)),
+            Some(_) => Some(Some(v.optional(o, path, key))),
+        }
+    }
+}
+
 impl Scalar for Uuid {}
+impl Scalar for i64 {}
+impl Scalar for bool {}
+impl Scalar for String {}
+impl Scalar for chrono::DateTime<chrono::Utc> {}
 impl Scalar for ordo_domain::values::Text {}
 impl Scalar for ordo_domain::values::Email {}
 impl Scalar for ordo_domain::values::Sku {}

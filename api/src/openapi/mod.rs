@@ -7,7 +7,6 @@
 //! is described. Problem responses are shared components, referenced per handler through
 //! the problem sets below.
 
-pub mod admin;
 pub mod params;
 
 use std::collections::BTreeMap;

@@ -66,6 +66,17 @@ impl Field for Option<ChannelId> {
     }
 }
 
+/// An update's `channel`: left out (`None`), null (`Some(None)`: every channel) or one.
+impl Field for Option<Option<ChannelId>> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, _: &str, key: &str) -> Option<Self> {
+        Some(
+            o.contains_key(key)
+                .then(|| optional_channel(v, o))
+                .flatten(),
+        )
+    }
+}
+
 /// 422 on `channel` unless channel `id` exists.
 pub(crate) async fn known(app: &AppState, id: &ChannelId) -> Result<(), ApiError> {
     if channels::exists(&app.pool, id.as_str()).await? {

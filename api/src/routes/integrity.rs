@@ -17,8 +17,8 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, Global};
 use crate::extract::{CommandBody, PathId};
-use crate::openapi::{admin, AdminBodyProblems, RestrictedReadOneProblems, RestrictedReadProblems};
-use crate::validate::Validation;
+use crate::openapi::{AdminBodyProblems, RestrictedReadOneProblems, RestrictedReadProblems};
+use crate::validate::request_body;
 use crate::{ApiError, AppState};
 
 /// Checkpoints listed at most.
@@ -113,11 +113,24 @@ fn view(c: &Checkpoint) -> CheckpointView {
     }
 }
 
+request_body! {
+    pub struct StartVerification {
+        /// The first position to check (default 1; `null` is the default too).
+        #[schema(minimum = 1)]
+        pub from_position: Option<i64>,
+    }
+    check |v, body| {
+        if body.from_position.is_some_and(|from| from < 1) {
+            v.error("from_position", "must be 1 or more");
+        }
+    }
+}
+
 /// Verify the chain and the signed checkpoints in the background (admin). Body (optional):
 /// `{"from_position": N}`. 202 with the job and `Location`; follow it for progress and
 /// the verdict.
 #[utoipa::path(post, path = "/v1/audit/verifications", tag = "audit",
-    request_body = admin::StartVerification,
+    request_body = StartVerification,
     responses((status = 202, description = "Started", body = verification::Job,
         headers(("Location" = String, description = "The job"))), AdminBodyProblems))]
 async fn start_verification(
@@ -125,15 +138,9 @@ async fn start_verification(
     Global(caller, _): Global<auth::Admins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let mut v = Validation::new();
-    let from = v
-        .object(&body.json, "")
-        .and_then(|o| v.optional::<i64>(o, "", "from_position"))
+    let from = StartVerification::read(&body.json)?
+        .from_position
         .unwrap_or(1);
-    if from < 1 {
-        v.error("from_position", "must be 1 or more");
-    }
-    let from = v.finish(|| Some(from))?;
     let id = verification::create(&app.pool, from, &caller.name).await?;
     tokio::spawn(verification::run(
         app.pool.clone(),

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::Params;
 use crate::auth::{self, Global};
 use crate::extract::{CommandBody, PathId};
-use crate::openapi::{admin, params, AdminBodyProblems, RestrictedReadProblems};
-use crate::validate::Validation;
+use crate::openapi::{params, AdminBodyProblems, RestrictedReadProblems};
+use crate::validate::{request_body, Scalar};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -85,11 +85,27 @@ async fn status(
     Ok(Json(ordo_workers::ops::WorkerList { items }).into_response())
 }
 
+request_body! {
+    /// Give exactly one of the two.
+    pub struct Replay {
+        /// Repeat side effects (e-mails, webhooks) from there; refused (422) for analytics.
+        pub reprocess: Option<bool>,
+        /// The global position of the first event to deliver again.
+        pub from_position: Option<i64>,
+        pub from_time: Option<DateTime<Utc>>,
+    }
+    check |v, body| {
+        if body.from_position.is_some() == body.from_time.is_some() {
+            v.error("from_position", "give either from_position or from_time");
+        }
+    }
+}
+
 /// Body: `{"from_position": N}` or `{"from_time": "RFC 3339"}`, and `"reprocess": true` to
 /// repeat side effects (e-mails, webhooks) from there. 202: the worker's consumer starts
 /// again from there; without `reprocess` handlers skip what they already did.
 #[utoipa::path(post, path = "/v1/workers/{name}/replay", tag = "workers",
-    request_body = admin::Replay,
+    request_body = Replay,
     params(("name" = String, Path, description = "`notification`, `analytics` or `integration`")),
     responses((status = 202, description = "Replaying", body = ReplayAccepted),
         AdminBodyProblems))]
@@ -99,25 +115,17 @@ async fn replay(
     Path(name): Path<String>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let mut v = Validation::new();
-    let mut reprocess = false;
-    let from = match v.object(&body.json, "") {
-        Some(o) => {
-            reprocess = v.optional::<bool>(o, "", "reprocess").unwrap_or(false);
-            let position = v.optional::<i64>(o, "", "from_position");
-            let time = v.optional::<DateTime<Utc>>(o, "", "from_time");
-            match (position, time) {
-                (Some(p), None) => Some(ReplayFrom::Position(p)),
-                (None, Some(t)) => Some(ReplayFrom::Time(t)),
-                _ => {
-                    v.error("from_position", "give either from_position or from_time");
-                    None
-                }
-            }
+    let request = Replay::read(&body.json)?;
+    let reprocess = request.reprocess.unwrap_or(false);
+    let from = match (request.from_position, request.from_time) {
+        (Some(position), _) => ReplayFrom::Position(position),
+        (None, Some(time)) => ReplayFrom::Time(time),
+        (None, None) => {
+            return Err(ApiError::Internal(
+                "a replay passed its check without a start".into(),
+            ))
         }
-        None => None,
     };
-    let from = v.finish(|| from)?;
     let (start, forgotten) = app
         .workers
         .replay(&app.pool, &name, from, reprocess)
@@ -172,11 +180,36 @@ async fn redrive(
 /// The most dead letters one `POST /v1/dead-letters/redrive` publishes again.
 const MAX_REDRIVE: i64 = 1000;
 
+/// How many dead letters to redrive: 1 to [`MAX_REDRIVE`].
+pub struct RedriveLimit(i64);
+
+impl<'de> serde::Deserialize<'de> for RedriveLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let limit = i64::deserialize(d)?;
+        if (1..=MAX_REDRIVE).contains(&limit) {
+            Ok(Self(limit))
+        } else {
+            Err(serde::de::Error::custom("must be from 1 to 1000"))
+        }
+    }
+}
+
+impl Scalar for RedriveLimit {}
+
+request_body! {
+    pub struct RedriveAll {
+        pub worker: String,
+        /// The most dead letters to redrive now, oldest first (default 100).
+        #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+        pub limit: Option<RedriveLimit>,
+    }
+}
+
 /// Body: `{"worker": NAME, "limit"?: N}`: redrive the oldest `limit` (default 100, at most
 /// 1000) waiting dead letters of that worker. The answer says how many `remaining` wait:
 /// repeat until none do. Bounded, so no request runs for a whole backlog.
 #[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "workers",
-    request_body = admin::RedriveAll,
+    request_body = RedriveAll,
     responses((status = 202, description = "Published again", body = RedrivenAll),
         AdminBodyProblems))]
 async fn redrive_all(
@@ -184,22 +217,10 @@ async fn redrive_all(
     Global(_, _): Global<auth::Admins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let mut v = Validation::new();
-    let (worker, limit) = match v.object(&body.json, "") {
-        Some(o) => (
-            v.required::<String>(o, "", "worker"),
-            v.optional::<i64>(o, "", "limit"),
-        ),
-        None => (None, None),
-    };
-    if limit.is_some_and(|l| !(1..=MAX_REDRIVE).contains(&l)) {
-        v.error("limit", "must be from 1 to 1000");
-    }
-    let worker = v.finish(|| worker)?;
-    let (n, remaining) = app
-        .workers
-        .redrive_all(&app.pool, &worker, limit.unwrap_or(100))
-        .await?;
+    let request = RedriveAll::read(&body.json)?;
+    let worker = request.worker;
+    let limit = request.limit.map_or(100, |limit| limit.0);
+    let (n, remaining) = app.workers.redrive_all(&app.pool, &worker, limit).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(RedrivenAll {

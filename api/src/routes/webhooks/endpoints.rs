@@ -5,13 +5,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ordo_workers::integration::endpoints::{self, EndpointList, EndpointUpdate, EndpointView};
-use serde_json::Value;
 
-use super::{check_egress, description_field, event_types_field, url_field};
+use ordo_commands::channels::ChannelId;
+
+use super::{check_egress, Description, EventTypePattern, EventTypes, WebhookUrl};
 use crate::auth::{self, Global};
 use crate::extract::{CommandBody, PathId};
-use crate::openapi::{admin, AdminBodyProblems, RestrictedReadOneProblems, RestrictedReadProblems};
-use crate::validate::Validation;
+use crate::openapi::{AdminBodyProblems, RestrictedReadOneProblems, RestrictedReadProblems};
+use crate::validate::request_body;
 use crate::{ApiError, AppState};
 
 pub(super) fn not_found() -> ApiError {
@@ -45,41 +46,40 @@ pub(super) async fn show(
     Ok(Json(endpoint).into_response())
 }
 
-fn parse_update(json: &Value) -> Result<EndpointUpdate, ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let url = v.optional::<String>(o, "", "url");
-    let url = url_field(&mut v, url);
-    let event_types = o
-        .contains_key("event_types")
-        .then(|| event_types_field(&mut v, o))
-        .flatten();
-    let description = match o.get("description") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(_) => Some(description_field(&mut v, o)),
-    };
-    let channel = o
-        .contains_key("channel")
-        .then(|| super::super::channels::optional_channel(&mut v, o))
-        .flatten();
-    v.finish(|| {
-        Some(EndpointUpdate {
-            url,
-            event_types,
-            description,
-            channel: channel.map(|c| c.map(|c| c.as_str().to_owned())),
-        })
-    })
+request_body! {
+    /// `PATCH /v1/webhooks/{id}`: fields left out stay as they are.
+    pub struct UpdateWebhook {
+        #[schema(value_type = Option<String>, example = "https://shop.example.com/hooks/ordo",
+            max_length = 2048)]
+        pub url: Option<WebhookUrl>,
+        #[schema(value_type = Option<Vec<EventTypePattern>>, min_items = 1)]
+        pub event_types: Option<EventTypes>,
+        /// Null clears it; at most 500 characters.
+        #[schema(value_type = Option<String>, max_length = 500)]
+        pub description: Option<Option<Description>>,
+        /// Subscribe it to the events of this sales channel only; null: of every channel.
+        /// Applies to events recorded from then on.
+        #[schema(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+        pub channel: Option<Option<ChannelId>>,
+    }
+}
+
+impl From<UpdateWebhook> for EndpointUpdate {
+    fn from(update: UpdateWebhook) -> Self {
+        Self {
+            url: update.url.map(|url| url.0),
+            event_types: update.event_types.map(|types| types.0),
+            description: update.description.map(|d| d.map(|d| d.0)),
+            channel: update.channel.map(|c| c.map(|c| c.as_str().to_owned())),
+        }
+    }
 }
 
 /// Change an endpoint's `url`, `event_types`, `description` (null clears it) or `channel`
 /// (null: every channel's events); fields left out stay as they are (global admin).
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
-    request_body = admin::UpdateWebhook,
+    request_body = UpdateWebhook,
     responses((status = 200, description = "The endpoint", body = EndpointView), AdminBodyProblems))]
 pub(super) async fn update(
     State(app): State<AppState>,
@@ -87,7 +87,7 @@ pub(super) async fn update(
     PathId(id): PathId,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let change = parse_update(&body.json)?;
+    let change = EndpointUpdate::from(UpdateWebhook::read(&body.json)?);
     if let Some(Some(channel)) = &change.channel {
         let id = ordo_commands::channels::ChannelId::parse(channel)
             .map_err(|detail| ApiError::field("channel", detail))?;

@@ -9,18 +9,21 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ordo_commands::channels::ChannelId;
 use ordo_workers::{egress, integration};
-use serde::Serialize;
-use serde_json::Value;
-use utoipa::ToSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{self, Global};
 use crate::extract::CommandBody;
-use crate::openapi::{admin, AdminBodyProblems};
-use crate::validate::Validation;
+use crate::openapi::AdminBodyProblems;
+use crate::validate::{request_body, Field, Scalar, Validation};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -71,21 +74,23 @@ async fn check_egress(app: &AppState, url: &str) -> Result<(), ApiError> {
         .map_err(|refused| ApiError::field("url", refused.to_string()))
 }
 
-fn url_field(v: &mut Validation, url: Option<String>) -> Option<String> {
-    url.and_then(|url| match url_problem(&url) {
-        Some(message) => {
-            v.error("url", message);
-            None
+/// A webhook's `url`: `http://` or `https://` with a host ([`url_problem`]).
+pub struct WebhookUrl(String);
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let url = String::deserialize(d)?;
+        match url_problem(&url) {
+            Some(message) => Err(serde::de::Error::custom(message)),
+            None => Ok(Self(url)),
         }
-        None => Some(url),
-    })
+    }
 }
 
+impl Scalar for WebhookUrl {}
+
 /// `event_types`, each a valid pattern, not empty.
-fn event_types_field(
-    v: &mut Validation,
-    o: &serde_json::Map<String, Value>,
-) -> Option<Vec<String>> {
+fn event_types_field(v: &mut Validation, o: &Map<String, Value>) -> Option<Vec<String>> {
     let event_types = v.array(o, "", "event_types", |v, item, path| {
         let Some(pattern) = item.as_str() else {
             v.error(path, "must be a string");
@@ -107,39 +112,77 @@ fn event_types_field(
     event_types
 }
 
-/// `description`: optional, at most [`MAX_DESCRIPTION`] characters.
-fn description_field(v: &mut Validation, o: &serde_json::Map<String, Value>) -> Option<String> {
-    let description: Option<String> = v.optional(o, "", "description");
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        v.error("description", "must be at most 500 characters");
+/// `event_types` (`EventTypes` in a registration, `Option<EventTypes>`, left out to keep
+/// them, in an update).
+pub struct EventTypes(Vec<String>);
+
+impl Field for EventTypes {
+    fn read(v: &mut Validation, o: &Map<String, Value>, _: &str, _: &str) -> Option<Self> {
+        event_types_field(v, o).map(Self)
     }
-    description
 }
+
+impl Field for Option<EventTypes> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, _: &str, key: &str) -> Option<Self> {
+        let event_types = o.contains_key(key).then(|| event_types_field(v, o));
+        Some(event_types.flatten().map(EventTypes))
+    }
+}
+
+/// `*`, an event type (`order.placed`) or a prefix (`payment.*`): dot-separated segments of
+/// lower-case letters, digits, `_` or `-` (`integration::valid_event_type`): how the
+/// document describes each of `event_types`.
+pub struct EventTypePattern;
+
+impl PartialSchema for EventTypePattern {
+    fn schema() -> RefOr<Schema> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^(\*|[a-z0-9_-]+(\.[a-z0-9_-]+)*(\.\*)?)$"))
+            .examples(["order.placed"]);
+        RefOr::T(Schema::Object(schema.build()))
+    }
+}
+
+impl ToSchema for EventTypePattern {}
+
+/// A webhook's `description`: at most [`MAX_DESCRIPTION`] characters.
+pub struct Description(String);
+
+impl<'de> Deserialize<'de> for Description {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let description = String::deserialize(d)?;
+        if description.chars().count() > MAX_DESCRIPTION {
+            return Err(serde::de::Error::custom("must be at most 500 characters"));
+        }
+        Ok(Self(description))
+    }
+}
+
+impl Scalar for Description {}
 
 const MAX_DESCRIPTION: usize = 500;
 
-/// A registration: URL, event types, optional description, optional channel.
-type Registration = (
-    String,
-    Vec<String>,
-    Option<String>,
-    Option<ordo_commands::channels::ChannelId>,
-);
-
-fn parse_register(json: &Value) -> Result<Registration, ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let url = v.required::<String>(o, "", "url");
-    let url = url_field(&mut v, url);
-    let event_types = event_types_field(&mut v, o);
-    let description = description_field(&mut v, o);
-    let channel = super::channels::optional_channel(&mut v, o);
-    v.finish(|| Some((url?, event_types?, description, channel?)))
+request_body! {
+    pub struct RegisterWebhook {
+        /// `http://` or `https://` with a host, at most 2048 characters.
+        #[schema(
+            value_type = String,
+            example = "https://shop.example.com/hooks/ordo",
+            max_length = 2048,
+            pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#:\s\x00-\x1f\x7f-\x9f][^\s\x00-\x1f\x7f-\x9f]*$"
+        )]
+        pub url: WebhookUrl,
+        /// Event types (`order.placed`), prefixes (`payment.*`) or `*`.
+        #[schema(value_type = Vec<EventTypePattern>, min_items = 1,
+            example = json!(["order.placed", "payment.*"]))]
+        pub event_types: EventTypes,
+        /// What the endpoint is for; at most 500 characters.
+        #[schema(value_type = Option<String>, max_length = 500)]
+        pub description: Option<Description>,
+        /// Only this sales channel's events; absent or null: every channel's.
+        pub channel: Option<ChannelId>,
+    }
 }
 
 /// An endpoint's id and its signing secret: the answer to registering an endpoint and to
@@ -156,7 +199,7 @@ struct Secret {
 /// `Location: /v1/webhooks/{id}`; the secret is shown once. A URL whose host is or resolves
 /// to a non-public address (loopback, private, link-local, ULA, multicast) is a 422 unless
 /// `ORDO_WEBHOOK_ALLOW_PRIVATE=true`.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = admin::RegisterWebhook,
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = RegisterWebhook,
     responses((status = 201, description = "Registered", body = Secret,
         headers(("Location" = String, description = "The new endpoint"))), AdminBodyProblems))]
 async fn register(
@@ -164,7 +207,12 @@ async fn register(
     Global(_, _): Global<auth::WebhookAdmins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let (url, event_types, description, channel) = parse_register(&body.json)?;
+    let RegisterWebhook {
+        url: WebhookUrl(url),
+        event_types: EventTypes(event_types),
+        description,
+        channel,
+    } = RegisterWebhook::read(&body.json)?;
     if let Some(channel) = &channel {
         super::channels::known(&app, channel).await?;
     }
@@ -174,7 +222,7 @@ async fn register(
         &app.pool,
         &url,
         &event_types,
-        description.as_deref(),
+        description.as_ref().map(|d| d.0.as_str()),
         channel,
     )
     .await?;
@@ -204,18 +252,20 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_reported() {
-        let err = parse_register(&json!({"url": "nope", "event_types": ["order.placed", 3, "x*"]}));
+        let err = RegisterWebhook::read(
+            &json!({"url": "nope", "event_types": ["order.placed", 3, "x*"]}),
+        );
         let Err(ApiError::Validation(errors)) = err else {
             panic!("expected validation errors");
         };
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["url", "event_types[1]", "event_types[2]"]);
         let Err(ApiError::Validation(errors)) =
-            parse_register(&json!({"url": "http://h", "event_types": []}))
+            RegisterWebhook::read(&json!({"url": "http://h", "event_types": []}))
         else {
             panic!("expected validation errors");
         };
         assert_eq!(errors[0].field, "event_types");
-        assert!(parse_register(&json!({"url": "http://h", "event_types": ["*"]})).is_ok());
+        assert!(RegisterWebhook::read(&json!({"url": "http://h", "event_types": ["*"]})).is_ok());
     }
 }
