@@ -250,52 +250,53 @@ impl Wakeup {
         self.known.get()
     }
 
-    /// Wait until the known head rises above `seen`, a notification arrives or `poll` passes,
-    /// whichever comes first; at once if the head is already above `seen`. `false` when
-    /// `poll` passed: nothing said anything was new, and the reader should look for itself.
+    /// Wait until the known head rises above `seen` (a commit of this process, or a
+    /// notification of a position above it) or `poll` passes, whichever comes first; at once
+    /// if the head is already above `seen`. Notifications of positions up to `seen` (commits
+    /// the reader has read already) do not wake it; one without a position does. `false`
+    /// when `poll` passed: nothing said anything was new, and the reader should look for
+    /// itself.
     pub async fn wait_beyond(&mut self, seen: i64, poll: Duration) -> bool {
         if self.known.get() > seen {
             return true;
         }
         self.moved.borrow_and_update();
+        if self.listener.is_none() {
+            let woken = tokio::time::timeout(poll, rises_above(&mut self.moved, seen))
+                .await
+                .is_ok();
+            self.connect().await;
+            return woken;
+        }
         let known = &self.known;
         let moved = &mut self.moved;
-        let own = async {
-            while moved.changed().await.is_ok() {
-                if *moved.borrow_and_update() > seen {
-                    return;
-                }
-            }
-            std::future::pending::<()>().await
+        let own = rises_above(moved, seen);
+        tokio::pin!(own);
+        let timeout = tokio::time::sleep(poll);
+        tokio::pin!(timeout);
+        let Some(listener) = &mut self.listener else {
+            return true;
         };
-        match &mut self.listener {
-            Some(listener) => {
-                let woken = tokio::select! {
-                    () = own => Ok(true),
-                    received = listener.try_recv() => match received {
-                        Ok(Some(notification)) => {
-                            if let Ok(position) = notification.payload().parse::<i64>() {
-                                known.raise(position);
+        loop {
+            tokio::select! {
+                () = &mut own => return true,
+                () = &mut timeout => return false,
+                received = listener.try_recv() => match received {
+                    Ok(Some(notification)) => match notification.payload().parse::<i64>() {
+                        Ok(position) => {
+                            known.raise(position);
+                            if position > seen {
+                                return true;
                             }
-                            Ok(true)
                         }
-                        // Connection lost: reconnect next time; this wait is over.
-                        Ok(None) | Err(_) => Err(()),
+                        Err(_) => return true,
                     },
-                    () = tokio::time::sleep(poll) => Ok(false),
-                };
-                woken.unwrap_or_else(|()| {
-                    self.listener = None;
-                    true
-                })
-            }
-            None => {
-                let woken = tokio::select! {
-                    () = own => true,
-                    () = tokio::time::sleep(poll) => false,
-                };
-                self.connect().await;
-                woken
+                    // Connection lost: reconnect next time; this wait is over.
+                    Ok(None) | Err(_) => {
+                        self.listener = None;
+                        return true;
+                    }
+                },
             }
         }
     }
@@ -305,4 +306,14 @@ impl Wakeup {
         let seen = self.known.get();
         self.wait_beyond(seen, poll).await;
     }
+}
+
+/// Until this process's commits raise the known head above `seen` (never, if they stop).
+async fn rises_above(moved: &mut tokio::sync::watch::Receiver<i64>, seen: i64) {
+    while moved.changed().await.is_ok() {
+        if *moved.borrow_and_update() > seen {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }

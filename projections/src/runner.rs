@@ -158,16 +158,22 @@ impl Runner {
 
     /// Apply the next batch (at most `limit` events) to the live tables.
     pub async fn step(&self, limit: i64) -> Result<Step, sqlx::Error> {
+        self.step_reaching(limit).await.map(|(step, _)| step)
+    }
+
+    /// [`Runner::step`], and the position the read model stands at after it.
+    async fn step_reaching(&self, limit: i64) -> Result<(Step, i64), sqlx::Error> {
         let mut tx = ordo_commands::db::begin(&self.pool).await?;
         let (checkpoint, built_by) = lock_checkpoint(&mut tx, self.projection).await?;
+        let at = checkpoint.global_position;
         if built_by > self.version {
-            return Ok(Step::Superseded);
+            return Ok((Step::Superseded, at));
         }
         let mut events = feed::read(&mut tx, checkpoint, limit, self.want()).await?;
         self.keys.open_feed_on(&mut tx, &mut events).await?;
         let events = decode_all(events);
         if events.is_empty() {
-            return Ok(Step::Idle);
+            return Ok((Step::Idle, at));
         }
         match self.projection.apply(&mut tx, LIVE, &events).await {
             Ok(()) => {
@@ -184,11 +190,13 @@ impl Runner {
                 .await?;
                 tx.commit().await?;
                 status::announce(&self.pool, self.projection).await;
-                Ok(Step::Applied(events.len()))
+                Ok((Step::Applied(events.len()), to.global_position))
             }
             Err(e) => {
                 drop(tx);
-                record_error(&self.pool, self.projection, e, &events, false).await
+                record_error(&self.pool, self.projection, e, &events, false)
+                    .await
+                    .map(|step| (step, at))
             }
         }
     }
@@ -264,7 +272,7 @@ impl Runner {
             // What this step will read up to at least: anything committed later raises the
             // known head above it.
             let head_at_step = wakeup.known_head();
-            let live = match self.step(limit).await {
+            let (live, reached) = match self.step_reaching(limit).await {
                 Ok(step) => step,
                 Err(e) => {
                     tracing::warn!(projection = self.projection.name(), error = %e, "projection step failed");
@@ -285,11 +293,12 @@ impl Runner {
                             _ = tokio::time::sleep(feed::LINGER) => {}
                             _ = shutdown.changed() => {}
                         }
-                        if wakeup.known_head() <= head_at_step {
+                        let seen = head_at_step.max(reached);
+                        if wakeup.known_head() <= seen {
                             // Nothing committed since the step read, as far as this process
                             // knows: wait for news rather than step to find out.
                             tokio::select! {
-                                _ = wakeup.wait_beyond(head_at_step, self.config.poll) => {}
+                                _ = wakeup.wait_beyond(seen, self.config.poll) => {}
                                 _ = shutdown.changed() => {}
                             }
                         }
@@ -306,7 +315,7 @@ impl Runner {
                 }
                 Step::Idle => {
                     tokio::select! {
-                        _ = wakeup.wait_beyond(head_at_step, self.config.poll) => {}
+                        _ = wakeup.wait_beyond(head_at_step.max(reached), self.config.poll) => {}
                         _ = shutdown.changed() => {}
                     }
                 }

@@ -456,14 +456,14 @@ impl Relay {
                     _ = tokio::time::sleep(feed::LINGER) => {}
                     _ = shutdown.changed() => {}
                 }
-                if wakeup.known_head() > head_at_step {
+                if wakeup.known_head() > head_at_step.max(line.global_position) {
                     continue;
                 }
             }
             // Nothing new as far as this process knows: wait for the next commit's wake-up
             // rather than read to find out.
             tokio::select! {
-                _ = wakeup.wait_beyond(head_at_step, POLL) => {}
+                _ = wakeup.wait_beyond(head_at_step.max(line.global_position), POLL) => {}
                 _ = shutdown.changed() => {}
             }
         }
