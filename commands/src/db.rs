@@ -41,6 +41,18 @@ pub fn pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx:
         .connect_lazy_with(connect_options(database_url)?))
 }
 
+/// A name for the database `pool` connects to (host, port and database), for state a
+/// process keeps per database: tests run many databases in one process.
+pub fn database_key(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )
+}
+
 /// Begin a transaction on a pooled connection; use this instead of `PgPool::begin`.
 ///
 /// `PgPool::begin` is not cancel-safe in sqlx 0.8 on PostgreSQL (upstream issue

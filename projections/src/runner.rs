@@ -189,7 +189,7 @@ impl Runner {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                status::announce(&self.pool, self.projection).await;
+                status::announce(&self.pool).await;
                 Ok((Step::Applied(events.len()), to.global_position))
             }
             Err(e) => {

@@ -1,5 +1,9 @@
 //! Projection status and lag, read-your-writes waits, and rebuild requests.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
 use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -187,22 +191,53 @@ pub async fn reached(
     .await
 }
 
-/// The channel on which a runner announces that it applied a batch (the payload is the
-/// projection's name), so that reads waiting for `min_position` wake without polling.
+/// The channel on which a runner announces that it applied a batch, so that reads waiting
+/// for `min_position` wake without polling (they then check their projection; the payload
+/// is empty).
 pub const PROJECTED_CHANNEL: &str = "ordo_projected";
 
-/// Announce on [`PROJECTED_CHANNEL`] that `projection` moved. After the batch's commit, not
-/// inside it: a NOTIFY in a transaction serialises commits database-wide. A lost
+/// Announce on [`PROJECTED_CHANNEL`] that a projection moved. After the batch's commit, not
+/// inside it: a NOTIFY in a transaction serialises commits database-wide. One announcement
+/// per database is in flight at a time in a process; the batches of every runner that commit
+/// meanwhile share the next one, which the caller in flight sends (under load each batch's
+/// announcement had been a transaction of its own, one for every six commands). A lost
 /// announcement only delays a waiting read until its next check.
-pub async fn announce(pool: &PgPool, projection: Projection) {
-    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(PROJECTED_CHANNEL)
-        .bind(projection.name())
-        .execute(pool)
-        .await
-    {
-        tracing::debug!(error = %e, "cannot announce projection progress");
+pub async fn announce(pool: &PgPool) {
+    let state = announcing(pool);
+    state.again.store(true, Ordering::SeqCst);
+    while state.again.load(Ordering::SeqCst) {
+        if state.in_flight.swap(true, Ordering::SeqCst) {
+            // The caller in flight sends again once it is done.
+            return;
+        }
+        state.again.store(false, Ordering::SeqCst);
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(PROJECTED_CHANNEL)
+            .execute(pool)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot announce projection progress");
+        }
+        state.in_flight.store(false, Ordering::SeqCst);
     }
+}
+
+/// Whether an announcement is in flight, and whether another was asked for meanwhile.
+#[derive(Default)]
+struct Announcing {
+    in_flight: AtomicBool,
+    again: AtomicBool,
+}
+
+fn announcing(pool: &PgPool) -> Arc<Announcing> {
+    static STATES: OnceLock<Mutex<HashMap<String, Arc<Announcing>>>> = OnceLock::new();
+    STATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(ordo_commands::db::database_key(pool))
+        .or_default()
+        .clone()
 }
 
 /// Ask the active runner to rebuild `projection`. `false` if one is already under way.

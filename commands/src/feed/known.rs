@@ -33,13 +33,7 @@ fn registry() -> &'static Mutex<HashMap<String, KnownHead>> {
 impl KnownHead {
     /// The known head of `pool`'s database.
     pub fn of(pool: &PgPool) -> Self {
-        let options = pool.connect_options();
-        let database = format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or_default()
-        );
+        let database = crate::db::database_key(pool);
         registry()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
