@@ -395,8 +395,8 @@ impl Application {
                 self.mailer.clone(),
             ) {
                 // The notification worker only records; this sender sends.
-                let (pool, concurrency, stop) = (
-                    self.state.pool.clone(),
+                let (keys, concurrency, stop) = (
+                    self.state.commands.keys().clone(),
                     self.smtp_concurrency,
                     stopped.clone(),
                 );
@@ -410,7 +410,7 @@ impl Application {
                             concurrency,
                             ..MailConfig::default()
                         };
-                        MailSender::new(pool.clone(), mailer.clone(), config).run(stop.clone())
+                        MailSender::new(keys.clone(), mailer.clone(), config).run(stop.clone())
                     },
                 ));
             }

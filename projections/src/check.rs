@@ -226,7 +226,10 @@ pub async fn check_with_progress(
     compare(
         pool,
         "customers",
-        "SELECT id::text, to_jsonb(t) FROM projections.customers t",
+        // Sealed personal values (ADR 0020) are left out: this check holds no master key.
+        "SELECT id::text,
+                CASE WHEN t.sealed THEN to_jsonb(t) - 'email' - 'name' ELSE to_jsonb(t) END
+           FROM projections.customers t",
         &expected_customers,
         &mut mismatches,
     )
@@ -286,7 +289,10 @@ async fn compare(
             continue;
         };
         for (field, value) in want.as_object().into_iter().flatten() {
-            let got = have.get(field).cloned().unwrap_or(Value::Null);
+            // A field the row's query leaves out (a sealed value) is not compared.
+            let Some(got) = have.get(field).cloned() else {
+                continue;
+            };
             if normal(value) != normal(&got) {
                 out.push(Mismatch {
                     table,

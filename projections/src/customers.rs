@@ -1,5 +1,11 @@
 //! The CRM customer 360: counts and spending per customer, from customer, order and
 //! payment events.
+//!
+//! The e-mail and name are kept sealed with the customer's data key (ADR 0020) whenever the
+//! customer has one: the feed opens them for the fold, and [`seal`] seals them again before
+//! the row is written, so the table never holds them in clear while encryption is on (a
+//! rebuild included). [`crate::queries`] opens them for authorized reads; once the key is
+//! destroyed they open no more, and `customer.erased` drops them.
 
 use std::collections::HashMap;
 
@@ -11,6 +17,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::model::{ApplyError, Decoded, DomainEvent};
+use ordo_commands::privacy::{KeyState, Keyring};
 use ordo_domain::event::types;
 
 pub const TABLES: &[&str] = &["customers", "customer_spend"];
@@ -21,6 +28,9 @@ struct CustomerRow {
     channel: Option<String>,
     email: Option<String>,
     name: Option<String>,
+    /// `email` and `name` hold the base64 of their values sealed with the customer's data
+    /// key, not the values.
+    sealed: bool,
     order_count: i64,
     cancelled_count: i64,
     open_orders: i64,
@@ -136,6 +146,7 @@ pub async fn apply(
     conn: &mut PgConnection,
     schema: &str,
     events: &[Decoded],
+    keys: &Keyring,
 ) -> Result<(), ApplyError> {
     let changes = changes(events)?;
     if changes.is_empty() {
@@ -147,9 +158,55 @@ pub async fn apply(
     let mut customers = load_customers(conn, schema, &ids).await?;
     let mut spend = load_spend(conn, schema, &ids).await?;
     let touched_spend = fold(changes, &mut customers, &mut spend)?;
+    seal(conn, keys, &ids, &mut customers).await?;
     save_customers(conn, schema, &ids, &customers).await?;
     save_spend(conn, schema, &touched_spend, &spend).await?;
     Ok(())
+}
+
+/// Seal the clear e-mail and name of the batch's customers (`ids`, sorted) that have a data
+/// key, with one key lookup for the batch: those just registered, and rows written in clear
+/// before (encryption off then, or not sealed by `ordo privacy migrate` yet). Without a
+/// master key (encryption off) they stay clear.
+async fn seal(
+    conn: &mut PgConnection,
+    keys: &Keyring,
+    ids: &[Uuid],
+    customers: &mut HashMap<Uuid, CustomerRow>,
+) -> Result<(), sqlx::Error> {
+    if !keys.encrypts() {
+        return Ok(());
+    }
+    let clear: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| customers.get(id).is_some_and(CustomerRow::holds_clear))
+        .collect();
+    if clear.is_empty() {
+        return Ok(());
+    }
+    for (id, state) in keys.states_on(conn, &clear).await? {
+        if let Some(row) = customers.get_mut(&id) {
+            row.seal_with(id, &state);
+        }
+    }
+    Ok(())
+}
+
+impl CustomerRow {
+    pub(crate) fn holds_clear(&self) -> bool {
+        !self.sealed && (self.email.is_some() || self.name.is_some())
+    }
+
+    /// Seal the clear e-mail and name with `state`'s key, if it holds one.
+    pub(crate) fn seal_with(&mut self, id: Uuid, state: &KeyState) {
+        if !matches!(state, KeyState::Key(_)) || self.sealed {
+            return;
+        }
+        state.seal_in_place(id, "email", &mut self.email);
+        state.seal_in_place(id, "name", &mut self.name);
+        self.sealed = true;
+    }
 }
 
 /// What the batch changes, customer by customer, with the event each change comes from.
@@ -183,11 +240,13 @@ fn fold(
                 customer.channel = Some(channel);
                 customer.email = email;
                 customer.name = name;
+                customer.sealed = false;
                 customer.registered_at = Some(at);
             }
             Change::Erased => {
                 customer.email = None;
                 customer.name = None;
+                customer.sealed = false;
             }
             Change::Note => customer.notes_count += 1,
             Change::Placed {
@@ -237,8 +296,8 @@ async fn load_customers(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, CustomerRow>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT id, channel, email, name, order_count, cancelled_count, open_orders, notes_count,
-                first_order_at, last_order_at, registered_at
+        "SELECT id, channel, email, name, sealed, order_count, cancelled_count, open_orders,
+                notes_count, first_order_at, last_order_at, registered_at
            FROM {schema}.customers WHERE id = ANY($1)"
     ))
     .bind(ids)
@@ -252,6 +311,7 @@ async fn load_customers(
                     channel: r.try_get("channel")?,
                     email: r.try_get("email")?,
                     name: r.try_get("name")?,
+                    sealed: r.try_get("sealed")?,
                     order_count: r.try_get("order_count")?,
                     cancelled_count: r.try_get("cancelled_count")?,
                     open_orders: r.try_get("open_orders")?,
@@ -303,15 +363,16 @@ async fn save_customers(
         .collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.customers (id, email, name, order_count, cancelled_count,
-                open_orders, notes_count, first_order_at, last_order_at, registered_at, channel)
+                open_orders, notes_count, first_order_at, last_order_at, registered_at, channel,
+                sealed)
          SELECT id, email, name, order_count, cancelled_count, open_orders, notes_count,
-                first_order_at, last_order_at, registered_at, coalesce(channel, 'default')
+                first_order_at, last_order_at, registered_at, coalesce(channel, 'default'), sealed
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
                 $6::bigint[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                $11::text[])
+                $11::text[], $12::boolean[])
              AS u(id, email, name, order_count, cancelled_count, open_orders, notes_count,
-                  first_order_at, last_order_at, registered_at, channel)
-         ON CONFLICT (id) DO UPDATE SET channel = EXCLUDED.channel,
+                  first_order_at, last_order_at, registered_at, channel, sealed)
+         ON CONFLICT (id) DO UPDATE SET channel = EXCLUDED.channel, sealed = EXCLUDED.sealed,
              email = EXCLUDED.email, name = EXCLUDED.name, order_count = EXCLUDED.order_count,
              cancelled_count = EXCLUDED.cancelled_count, open_orders = EXCLUDED.open_orders,
              notes_count = EXCLUDED.notes_count, first_order_at = EXCLUDED.first_order_at,
@@ -328,6 +389,7 @@ async fn save_customers(
     .bind(rows.iter().map(|(_, r)| r.last_order_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.registered_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.channel.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.sealed).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

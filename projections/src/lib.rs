@@ -15,6 +15,7 @@ pub mod payments;
 pub mod queries;
 pub mod rebuild;
 pub mod runner;
+pub mod sealing;
 pub mod status;
 pub mod views;
 

@@ -5,6 +5,7 @@ use sqlx::PgConnection;
 
 use crate::{customers, orders, payments};
 use ordo_commands::feed::{DecodeError, FeedEvent};
+use ordo_commands::privacy::Keyring;
 use ordo_domain::customer::CustomerEvent;
 use ordo_domain::event::types;
 use ordo_domain::order::OrderEvent;
@@ -222,17 +223,20 @@ impl Projection {
     }
 
     /// Apply a batch of feed events to this projection's tables in `schema`. Deterministic
-    /// and free of side effects beyond those tables, so rebuilds may run it again.
+    /// and free of side effects beyond those tables, so rebuilds may run it again (sealed
+    /// personal values differ in their random nonce only). `keys` seal the personal values
+    /// a read model keeps (ADR 0020).
     pub async fn apply(
         self,
         conn: &mut PgConnection,
         schema: &str,
         events: &[Decoded],
+        keys: &Keyring,
     ) -> Result<(), ApplyError> {
         match self {
             Self::Orders => orders::apply(conn, schema, events).await,
             Self::Payments => payments::apply(conn, schema, events).await,
-            Self::Customers => customers::apply(conn, schema, events).await,
+            Self::Customers => customers::apply(conn, schema, events, keys).await,
         }
     }
 

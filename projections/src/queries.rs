@@ -1,8 +1,12 @@
 //! Reading the read models into their views ([`crate::views`]), the shapes the API answers.
 //! Lists are ordered by id and cursor-paginated: the cursor is the last id of a page.
+//!
+//! Customers' sealed e-mail and name (ADR 0020) are opened here, for the authorized reads
+//! that call these queries: a page at a time, with one key lookup for all of its customers.
 
 use std::collections::BTreeMap;
 
+use ordo_commands::privacy::{KeyState, Keyring};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -158,12 +162,39 @@ async fn with_spent(
 }
 
 const CUSTOMER_COLUMNS: &str =
-    "id, channel, email, name, order_count, cancelled_count, open_orders,
+    "id, channel, email, name, sealed, order_count, cancelled_count, open_orders,
     notes_count, first_order_at, last_order_at, registered_at";
 
-/// Customer `id`, if it is in `channel` (`None`: any channel).
+/// Open the sealed e-mail and name of `customers` with their data keys, looked up once for
+/// all of them. A customer whose key is destroyed (erased, the read model not caught up
+/// yet) or not available to this process shows neither.
+async fn open(keys: &Keyring, customers: &mut [CustomerView]) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<Uuid> = customers
+        .iter()
+        .filter(|c| c.sealed)
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let states = keys.states(&ids).await?;
+    for customer in customers.iter_mut().filter(|c| c.sealed) {
+        let id = customer.id;
+        let state = states.get(&id).unwrap_or(&KeyState::None);
+        state.open_in_place(id, "email", &mut customer.email);
+        state.open_in_place(id, "name", &mut customer.name);
+        customer.sealed = false;
+    }
+    Ok(())
+}
+
+/// Customer `id`, if it is in `channel` (`None`: any channel), its personal data opened
+/// with `keys`.
 pub async fn customer(
     pool: &PgPool,
+    keys: &Keyring,
     channel: Option<&str>,
     id: Uuid,
 ) -> Result<Option<CustomerView>, sqlx::Error> {
@@ -176,21 +207,28 @@ pub async fn customer(
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    Ok(with_spent(pool, vec![row]).await?.pop())
+    let mut rows = vec![row];
+    open(keys, &mut rows).await?;
+    Ok(with_spent(pool, rows).await?.pop())
 }
 
 /// Which customers a lookup by e-mail finds.
 #[derive(Debug, Clone, Copy)]
 pub enum ByEmail<'a> {
-    /// By the read model's clear text, case-insensitive (encryption off).
+    /// By the read model's clear text, case-insensitive (encryption off; a scan, since no
+    /// index holds e-mail addresses, and rows still sealed by an earlier master key are not
+    /// found).
     Clear(&'a str),
     /// The customers the key store's blind index names for the address (encryption on).
     Indexed(&'a [Uuid]),
 }
 
-/// Customers, oldest id first, by e-mail if given, after `cursor` (a customer id).
+/// Customers, oldest id first, by e-mail if given, after `cursor` (a customer id), their
+/// personal data opened with `keys`. Never sorted by a personal field: the table holds them
+/// sealed.
 pub async fn customers(
     pool: &PgPool,
+    keys: &Keyring,
     channel: Option<&str>,
     email: Option<ByEmail<'_>>,
     cursor: Option<Uuid>,
@@ -203,7 +241,7 @@ pub async fn customers(
     };
     let rows: Vec<CustomerView> = sqlx::query_as(&format!(
         "SELECT {CUSTOMER_COLUMNS} FROM projections.customers
-          WHERE ($1::text IS NULL OR lower(email) = lower($1)) AND ($2::uuid IS NULL OR id > $2)
+          WHERE ($1::text IS NULL OR (NOT sealed AND lower(email) = lower($1))) AND ($2::uuid IS NULL OR id > $2)
             AND ($4::text IS NULL OR channel = $4) AND ($5::uuid[] IS NULL OR id = ANY($5))
           ORDER BY id LIMIT $3"
     ))
@@ -215,6 +253,7 @@ pub async fn customers(
     .fetch_all(pool)
     .await?;
     let mut page = page(rows, limit, |c| c.id);
+    open(keys, &mut page.items).await?;
     page.items = with_spent(pool, page.items).await?;
     Ok(page)
 }

@@ -46,6 +46,8 @@ struct Job {
     version: Version,
     position: i64,
     lock: Lock,
+    /// Seal the personal values the shadow tables keep, as the live runner does.
+    keys: Keyring,
 }
 
 type Batch = Arc<Vec<Decoded>>;
@@ -181,6 +183,7 @@ impl Rebuilder {
             version,
             position,
             lock,
+            keys: self.keys.clone(),
         }))
     }
 
@@ -444,7 +447,7 @@ async fn apply_or_record(
     job: &Job,
     events: &[Decoded],
 ) -> Result<bool, sqlx::Error> {
-    if let Err(e) = job.projection.apply(tx, SHADOW, events).await {
+    if let Err(e) = job.projection.apply(tx, SHADOW, events, &job.keys).await {
         // The transaction is aborted; the error goes through the pool.
         record_error(pool, job.projection, e, events, true).await?;
         return Ok(false);

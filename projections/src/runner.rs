@@ -175,7 +175,11 @@ impl Runner {
         if events.is_empty() {
             return Ok((Step::Idle, at));
         }
-        match self.projection.apply(&mut tx, LIVE, &events).await {
+        match self
+            .projection
+            .apply(&mut tx, LIVE, &events, &self.keys)
+            .await
+        {
             Ok(()) => {
                 let to = last_checkpoint(&events);
                 sqlx::query(

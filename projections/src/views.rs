@@ -145,6 +145,10 @@ pub struct CustomerView {
     /// Per currency code.
     #[sqlx(skip)]
     pub spent: BTreeMap<String, Spent>,
+    /// Whether `email` and `name` are still sealed as the table holds them (ADR 0020): the
+    /// queries open them before answering. Never answered.
+    #[serde(skip)]
+    pub sealed: bool,
 }
 
 /// A customer's spending in one currency, minor units. Sums over many orders may pass

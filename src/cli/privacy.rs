@@ -20,11 +20,13 @@ pub enum CustomersCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PrivacyCommand {
-    /// Bring data written before encryption under it: index the e-mail of every customer
-    /// not yet indexed under the current master key (the blind index lookups use), withhold
-    /// erased customers' fields wherever a read model or worker still holds them, and report
-    /// the events stored with clear personal fields (their rows cannot change without
-    /// breaking the hash chain; reads mask them once the customer is erased).
+    /// Bring data written before encryption under it: give a data key to every registered
+    /// customer without one, index the e-mail of every customer not yet indexed under the
+    /// current master key (the blind index lookups use), seal every read-model and
+    /// notification row still holding personal data in clear with its customer's key
+    /// (dropping an erased customer's), and report the events stored with clear personal
+    /// fields (their rows cannot change without breaking the hash chain; reads mask them
+    /// once the customer is erased). Running it again seals nothing new.
     Migrate {
         #[command(flatten)]
         config: Config,
@@ -83,10 +85,18 @@ pub async fn run(command: PrivacyCommand) -> anyhow::Result<()> {
     match command {
         PrivacyCommand::Migrate { config } => {
             let (pool, keys) = keyring(&config).await?;
+            if !keys.encrypts() {
+                tracing::warn!("no master key is configured (ORDO_MASTER_KEY): nothing is sealed");
+            }
             let report = ordo_commands::privacy::migrate(&keys).await?;
+            let customers = ordo_projections::sealing::seal_customers(&keys).await?;
+            let notifications = ordo_workers::notification::sealing::seal_rows(&keys).await?;
             pool.close().await;
+            let sealed = customers.sealed + notifications;
             tracing::info!(
+                keys_created = report.keys_created,
                 indexed = report.indexed,
+                rows_sealed = sealed,
                 clear_events = report.clear_events,
                 clear_events_of_erased = report.clear_events_of_erased,
                 "privacy migration done"
@@ -94,8 +104,17 @@ pub async fn run(command: PrivacyCommand) -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)] // the report is this command's output
             {
                 println!(
-                    "e-mail addresses indexed: {}\nevents with personal fields in clear: {} (of erased customers: {}; masked on every read, their rows unchanged)",
-                    report.indexed, report.clear_events, report.clear_events_of_erased
+                    "data keys created for customers registered before encryption: {}",
+                    report.keys_created
+                );
+                println!("e-mail addresses indexed: {}", report.indexed);
+                println!(
+                    "read-model rows sealed: {sealed} (customers: {}, notifications and their recipients: {notifications}); erased customers' clear rows dropped: {}",
+                    customers.sealed, customers.withheld
+                );
+                println!(
+                    "events with personal fields in clear: {} (of erased customers: {}; masked on every read, their rows unchanged)",
+                    report.clear_events, report.clear_events_of_erased
                 );
             }
             Ok(())

@@ -48,7 +48,7 @@ async fn show(
         return Err(ConsoleError::NotFound("No customer has this id.".into()));
     };
     let read = crate::routes::read_error;
-    let profile = queries::customer(&app.pool, session.caller.scope(), id)
+    let profile = queries::customer(&app.pool, app.commands.keys(), session.caller.scope(), id)
         .await
         .map_err(read)?;
     let orders = queries::orders(&app.pool, session.caller.scope(), Some(id), None, None, 200)
@@ -70,6 +70,7 @@ async fn show(
         Some(
             ordo_workers::notification::list(
                 &app.pool,
+                app.commands.keys(),
                 session.caller.scope(),
                 None,
                 Some(id),

@@ -89,6 +89,7 @@ async fn show(
         Some(
             ordo_workers::notification::list(
                 &app.pool,
+                app.commands.keys(),
                 session.caller.scope(),
                 Some(id),
                 None,

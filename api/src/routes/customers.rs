@@ -151,7 +151,7 @@ async fn show(
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Customers, &q).await?;
-    let customer = queries::customer(&app.pool, caller.scope(), id)
+    let customer = queries::customer(&app.pool, app.commands.keys(), caller.scope(), id)
         .await
         .map_err(super::read_error)?
         .ok_or_else(|| ApiError::NotFound("no customer has this id".into()))?;
@@ -206,5 +206,13 @@ pub(crate) async fn customers(
         (None, Some(email)) => Some(ByEmail::Clear(email)),
         (None, None) => None,
     };
-    queries::customers(&app.pool, channel, by_email, cursor, limit).await
+    queries::customers(
+        &app.pool,
+        app.commands.keys(),
+        channel,
+        by_email,
+        cursor,
+        limit,
+    )
+    .await
 }

@@ -32,7 +32,14 @@ async fn list(
     let channel = super::channels::read_scope(&caller, &q)?;
     let order_id = uuid_param(&q, "order_id")?;
     let customer_id = uuid_param(&q, "customer_id")?;
-    let items =
-        notification::list(&app.pool, channel.as_deref(), order_id, customer_id, LIMIT).await?;
+    let items = notification::list(
+        &app.pool,
+        app.commands.keys(),
+        channel.as_deref(),
+        order_id,
+        customer_id,
+        LIMIT,
+    )
+    .await?;
     Ok(Json(items).into_response())
 }

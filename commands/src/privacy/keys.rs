@@ -111,7 +111,10 @@ impl Keyring {
 
     /// The customer's data key for sealing (created if missing); `None` when encryption is
     /// off, without reading anything: the appender checks erasure.
-    async fn key_for_writing(&self, customer: Uuid) -> Result<Option<DataKey>, PrivacyError> {
+    pub(super) async fn key_for_writing(
+        &self,
+        customer: Uuid,
+    ) -> Result<Option<DataKey>, PrivacyError> {
         let Some(master) = &self.master else {
             return Ok(None);
         };

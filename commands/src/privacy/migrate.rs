@@ -1,4 +1,11 @@
 //! `ordo privacy migrate`: bring customers registered before encryption under it.
+//!
+//! Here: a data key for every registered customer who has none ([`create_keys`]), the
+//! e-mail blind index ([`reindex_emails`]), and the count of events stored in clear. The
+//! read models and workers then seal the rows they still hold in clear with those keys
+//! (`ordo_projections::sealing`, `ordo_workers::notification::sealing`; the CLI runs them
+//! after this), so that a later erasure shreds a customer's read-model data too, whenever
+//! they registered.
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -12,6 +19,8 @@ const REINDEX_BATCH: i64 = 500;
 /// What a migration did and found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationReport {
+    /// Customers registered before encryption who were given a data key now.
+    pub keys_created: u64,
     /// Customers whose clear e-mail (from their `customer.registered`) was blind-indexed.
     pub indexed: u64,
     /// Stored events with at least one personal field in clear.
@@ -21,10 +30,12 @@ pub struct MigrationReport {
     pub clear_events_of_erased: i64,
 }
 
-/// Index the e-mail of every customer who is neither indexed under the current master key
-/// nor erased ([`reindex_emails`]), and count the events stored with clear personal fields.
+/// Give every registered customer without one a data key ([`create_keys`]), index the
+/// e-mail of every customer who is neither indexed under the current master key nor erased
+/// ([`reindex_emails`]), and count the events stored with clear personal fields.
 pub async fn migrate(keys: &Keyring) -> Result<MigrationReport, super::PrivacyError> {
     let mut report = MigrationReport {
+        keys_created: create_keys(keys).await?,
         indexed: reindex_emails(keys).await?,
         ..MigrationReport::default()
     };
@@ -35,6 +46,47 @@ pub async fn migrate(keys: &Keyring) -> Result<MigrationReport, super::PrivacyEr
     report.clear_events = clear;
     report.clear_events_of_erased = erased;
     Ok(report)
+}
+
+/// Give a data key to every customer with a `customer.registered` event and no key row
+/// (registered before encryption, so nothing of theirs was sealed): their read-model rows
+/// can then be sealed, and erasing them destroys a key that those rows need. Their events
+/// stay clear (rows of the chained log cannot change). Returns how many keys were created;
+/// without a master key, does nothing.
+pub async fn create_keys(keys: &Keyring) -> Result<u64, super::PrivacyError> {
+    if !keys.encrypts() {
+        return Ok(0);
+    }
+    let mut created = 0;
+    let mut after = 0_i64;
+    loop {
+        let batch: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT e.global_position, e.aggregate_id FROM event_store.events e
+              WHERE e.event_type = 'customer.registered' AND e.global_position > $1
+                AND NOT EXISTS (SELECT 1 FROM privacy.customer_keys k
+                                 WHERE k.customer_id::text = e.aggregate_id)
+              ORDER BY e.global_position LIMIT $2",
+        )
+        .bind(after)
+        .bind(REINDEX_BATCH)
+        .fetch_all(keys.pool())
+        .await?;
+        let Some((last, _)) = batch.last() else {
+            return Ok(created);
+        };
+        after = *last;
+        for (_, customer) in batch {
+            let Ok(customer) = customer.parse::<Uuid>() else {
+                continue;
+            };
+            match keys.key_for_writing(customer).await {
+                Ok(Some(_)) => created += 1,
+                // Erased meanwhile: no key to give.
+                Ok(None) | Err(super::PrivacyError::Erased) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Blind-index, under the current master key, the e-mail of every customer not indexed under

@@ -10,9 +10,11 @@
 //!
 //! Readers open what they may through a [`Keyring`]: the audit trail shows `"[erased]"` in
 //! place of every personal field of an erased customer (also the clear fields of events
-//! written before encryption), the read models and workers keep clear text only until the
-//! customer is erased.
+//! written before encryption). The read models and workers keep personal values sealed with
+//! the same data key ([`KeyState::seal_text`]) and open them on authorized reads; clear
+//! text stays only where encryption is off, and leaves on `customer.erased`.
 
+mod columns;
 mod erase;
 mod keys;
 mod master;
@@ -20,6 +22,7 @@ mod migrate;
 mod open;
 mod seal;
 
+pub use columns::{RowsSealed, SealedColumns};
 pub use keys::{KeyState, Keyring, PrivacyError};
 pub use master::{MasterKey, MasterKeys};
 pub use migrate::{migrate, reindex_emails, MigrationReport};

@@ -11,9 +11,13 @@ CREATE TABLE IF NOT EXISTS {schema}.customers (
     notes_count     bigint      NOT NULL,
     first_order_at  timestamptz,
     last_order_at   timestamptz,
-    registered_at   timestamptz
+    registered_at   timestamptz,
+    -- `email` and `name` hold the base64 of their values sealed with the customer's data
+    -- key when true (ADR 0020, projections/src/customers.rs), else the clear values
+    -- (encryption off, or a row `ordo privacy migrate` has not sealed yet). No index on
+    -- them: lookups by e-mail go through the blind index (privacy.email_index).
+    sealed          boolean     NOT NULL DEFAULT false
 );
-CREATE INDEX IF NOT EXISTS customers_by_email ON {schema}.customers (lower(email), id);
 CREATE INDEX IF NOT EXISTS customers_by_channel ON {schema}.customers (channel, id);
 
 -- Spending per customer and currency. net and average order value are derived on read:

@@ -4,6 +4,7 @@
 pub mod checkpoints;
 pub mod privacy;
 pub mod privacy_e2e;
+pub mod sealed_read_models;
 pub mod tamper;
 pub mod trail;
 pub mod verifications;

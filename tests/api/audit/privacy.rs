@@ -335,6 +335,24 @@ async fn sealed_events_match_their_released_schemas() {
     }
 }
 
+/// The metadata of a command run directly (not over the API) by a test.
+pub fn test_metadata() -> ordo_commands::CommandMetadata {
+    ordo_commands::CommandMetadata {
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+        actor: ordo_commands::Actor {
+            key_id: None,
+            name: "test".into(),
+            role: "support".into(),
+        },
+        request_id: "r".into(),
+        idempotency_key: None,
+        idempotent: None,
+        traceparent: None,
+        channel: None,
+    }
+}
+
 fn keyring(app: &TestApp, version: i32, key: &str, previous: &str) -> Keyring {
     let master = MasterKeys::new(
         MasterKey::parse(version, key).unwrap(),
@@ -351,6 +369,10 @@ async fn migrate_indexes_customers_registered_in_clear_and_rewrap_retires_an_old
     let (customer, _) = customer_with_personal_data(&app).await;
     let v1 = keyring(&app, 1, MASTER_KEY, "");
     let report = ordo_commands::privacy::migrate(&v1).await.unwrap();
+    assert_eq!(
+        report.keys_created, 1,
+        "a key for the customer registered in clear"
+    );
     assert_eq!(report.indexed, 1);
     assert_eq!(
         report.clear_events, 3,
@@ -359,10 +381,8 @@ async fn migrate_indexes_customers_registered_in_clear_and_rewrap_retires_an_old
     assert_eq!(report.clear_events_of_erased, 0);
     let found = v1.customers_by_email(&EMAIL.to_uppercase()).await.unwrap();
     assert_eq!(found, Some(vec![customer.parse().unwrap()]));
-    assert_eq!(
-        ordo_commands::privacy::migrate(&v1).await.unwrap().indexed,
-        0
-    );
+    let again = ordo_commands::privacy::migrate(&v1).await.unwrap();
+    assert_eq!((again.keys_created, again.indexed), (0, 0));
 
     // A key wrapped by master key 1, then rotated to 2 with 1 still given, re-wrapped.
     let sealed = app.register_customer().await;
@@ -372,27 +392,17 @@ async fn migrate_indexes_customers_registered_in_clear_and_rewrap_retires_an_old
         text: ordo_domain::values::Text::parse(NOTE).unwrap(),
         at: chrono::Utc::now(),
     };
-    let meta = ordo_commands::CommandMetadata {
-        correlation_id: uuid::Uuid::now_v7(),
-        causation_id: uuid::Uuid::now_v7(),
-        actor: ordo_commands::Actor {
-            key_id: None,
-            name: "test".into(),
-            role: "support".into(),
-        },
-        request_id: "r".into(),
-        idempotency_key: None,
-        idempotent: None,
-        traceparent: None,
-        channel: None,
-    };
     commands
-        .customer(sealed.parse().unwrap(), None, note, &meta)
+        .customer(sealed.parse().unwrap(), None, note, &test_metadata())
         .await
         .unwrap();
     let other_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let v2 = keyring(&app, 2, other_key, &format!("1:{MASTER_KEY}"));
-    assert_eq!(v2.rewrap().await.unwrap(), 1);
+    assert_eq!(
+        v2.rewrap().await.unwrap(),
+        2,
+        "the key migrate created and the one sealing the note"
+    );
     let v2_alone = keyring(&app, 2, other_key, "");
     let id: uuid::Uuid = sealed.parse().unwrap();
     let states = v2_alone.states(&[id]).await.unwrap();

@@ -341,8 +341,18 @@ impl Setup {
 
 /// A mail sender with quick retries (5 attempts) and the given lease.
 pub(crate) fn quick_sender(app: &TestApp, mailer: Mailer, lease: Duration) -> Arc<MailSender> {
+    let no_master_key = ordo_commands::privacy::Keyring::new(app.pool.clone(), None);
+    quick_sender_with_keys(no_master_key, mailer, lease)
+}
+
+/// [`quick_sender`] opening sealed recipients with `keys`.
+pub(crate) fn quick_sender_with_keys(
+    keys: ordo_commands::privacy::Keyring,
+    mailer: Mailer,
+    lease: Duration,
+) -> Arc<MailSender> {
     MailSender::new(
-        app.pool.clone(),
+        keys,
         mailer,
         MailConfig {
             poll: Duration::from_millis(20),

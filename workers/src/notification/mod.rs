@@ -26,6 +26,7 @@
 
 pub mod drafts;
 pub mod recipients;
+pub mod sealing;
 pub mod sender;
 
 use async_trait::async_trait;
@@ -134,28 +135,39 @@ async fn handle(
         types::PAYMENT_REFUNDED => refunded(&event.data()?),
         _ => return Ok(()),
     };
-    notify(tx, event, draft, mails).await
+    notify(tx, keys, event, draft, mails).await
 }
 
+/// Write the notification of `draft` to its customer, its recipient and body sealed with
+/// the customer's data key when they have one ([`sealing`]).
 async fn notify(
     tx: &mut PgConnection,
+    keys: &Keyring,
     event: &Delivered,
     draft: Draft,
     mails: bool,
 ) -> Result<(), HandleError> {
-    type Recipient = (Option<String>, Option<String>, bool);
+    type Recipient = (Option<String>, Option<String>, bool, bool);
     let customer: Option<Recipient> = sqlx::query_as(
-        "SELECT email, name, erased_at IS NOT NULL FROM notification.customers WHERE customer_id = $1",
+        "SELECT email, name, erased_at IS NOT NULL, sealed FROM notification.customers
+          WHERE customer_id = $1",
     )
     .bind(draft.customer_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((email, name, erased)) = customer else {
+    let Some((email, name, erased, sealed)) = customer else {
         return Err(HandleError::Retry(format!(
             "customer {} not registered yet (customer.registered not handled)",
             draft.customer_id
         )));
     };
+    let state = sealing::state(tx, keys, draft.customer_id).await?;
+    let [email, name] = sealing::open(
+        &state,
+        draft.customer_id,
+        sealed,
+        [("email", email), ("name", name)],
+    );
     let (email, body, status, error) = match (email, name) {
         (Some(email), Some(name)) if !erased => {
             let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
@@ -181,23 +193,29 @@ async fn notify(
             (None, None, "skipped", Some(why.to_owned()))
         }
     };
+    let [email, body] = sealing::seal(
+        &state,
+        draft.customer_id,
+        [("recipient", email.as_deref()), ("body", body.as_deref())],
+    );
     sqlx::query(
         "INSERT INTO notification.notifications
              (id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error,
-              channel)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+              channel, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(Uuid::now_v7())
     .bind(event.event_id)
     .bind(draft.kind)
     .bind(draft.order_id)
     .bind(draft.customer_id)
-    .bind(&email)
+    .bind(&email.text)
     .bind(&draft.subject)
-    .bind(&body)
+    .bind(&body.text)
     .bind(status)
     .bind(error)
     .bind(&event.channel)
+    .bind(email.sealed)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -227,6 +245,10 @@ pub struct NotificationView {
     pub status: String,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Whether `recipient` and `body` are still sealed as the table holds them (ADR 0020):
+    /// [`list`] opens them before answering. Never answered.
+    #[serde(skip)]
+    pub sealed: bool,
 }
 
 /// Notifications, newest first.
@@ -236,17 +258,19 @@ pub struct NotificationList {
 }
 
 /// `GET /v1/notifications?order_id=&customer_id=`: newest first, at most `limit`, of one
-/// channel or (with `None`) of every channel.
+/// channel or (with `None`) of every channel; sealed recipients and bodies opened with
+/// `keys` (one key lookup for the page), null where they no longer open.
 pub async fn list(
     pool: &PgPool,
+    keys: &Keyring,
     channel: Option<&str>,
     order_id: Option<Uuid>,
     customer_id: Option<Uuid>,
     limit: i64,
 ) -> Result<NotificationList, sqlx::Error> {
-    let items = sqlx::query_as(
+    let mut items: Vec<NotificationView> = sqlx::query_as(
         "SELECT id, event_id, kind, channel, order_id, customer_id, recipient, subject, body,
-                status, error, created_at
+                status, error, created_at, sealed
            FROM notification.notifications
           WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)
             AND ($4::text IS NULL OR channel = $4)
@@ -259,5 +283,26 @@ pub async fn list(
     .bind(channel)
     .fetch_all(pool)
     .await?;
+    let states = sealing::states(
+        keys,
+        items
+            .iter()
+            .filter(|n| n.sealed)
+            .filter_map(|n| n.customer_id),
+    )
+    .await?;
+    for n in items.iter_mut().filter(|n| n.sealed) {
+        let opened = match n.customer_id.and_then(|c| states.get(&c).map(|s| (c, s))) {
+            Some((customer, state)) => sealing::open(
+                state,
+                customer,
+                true,
+                [("recipient", n.recipient.take()), ("body", n.body.take())],
+            ),
+            None => [None, None],
+        };
+        [n.recipient, n.body] = opened;
+        n.sealed = false;
+    }
     Ok(NotificationList { items })
 }

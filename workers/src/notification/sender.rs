@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use lettre::message::Mailbox;
 use lettre::Address;
+use ordo_commands::privacy::{KeyState, Keyring};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::sealing;
 use crate::mailer::Mailer;
 use crate::retry::RetrySchedule;
 
@@ -46,16 +48,22 @@ impl Default for MailConfig {
     }
 }
 
-/// A claimed notification.
+/// A claimed notification: its recipient, name and body as stored until
+/// [`MailSender::claim`] opens them.
 #[derive(Debug, sqlx::FromRow)]
 struct Claimed {
     id: Uuid,
     event_id: Uuid,
     kind: String,
-    recipient: String,
+    customer_id: Option<Uuid>,
+    recipient: Option<String>,
     name: Option<String>,
     subject: String,
-    body: String,
+    body: Option<String>,
+    /// The recipient and body are sealed (ADR 0020).
+    sealed: bool,
+    /// The name is sealed.
+    name_sealed: Option<bool>,
     /// This attempt's number (from 1).
     attempts: i32,
     /// The sales channel of the event that caused it: its sender, if it has its own.
@@ -64,16 +72,20 @@ struct Claimed {
 
 pub struct MailSender {
     pool: PgPool,
+    /// Opens the sealed recipients, names and bodies (ADR 0020).
+    keys: Keyring,
     mailer: Mailer,
     config: MailConfig,
     slots: Arc<Semaphore>,
 }
 
 impl MailSender {
-    pub fn new(pool: PgPool, mailer: Mailer, config: MailConfig) -> Arc<Self> {
+    /// A sender over `keys`' database, opening sealed recipients with them.
+    pub fn new(keys: Keyring, mailer: Mailer, config: MailConfig) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Arc::new(Self {
-            pool,
+            pool: keys.pool().clone(),
+            keys,
             mailer,
             config,
             slots,
@@ -136,12 +148,13 @@ impl MailSender {
         Ok(n)
     }
 
+    /// Lease what is due and open the sealed values, one key lookup for the round.
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
         let free = self.slots.available_permits();
         if free == 0 {
             return Ok(Vec::new());
         }
-        sqlx::query_as(
+        let mut claimed: Vec<Claimed> = sqlx::query_as(
             "UPDATE notification.notifications n
                 SET leased_until = now() + make_interval(secs => $2), attempts = n.attempts + 1
                FROM (SELECT id FROM notification.notifications
@@ -150,31 +163,71 @@ impl MailSender {
                       ORDER BY next_attempt_at, id LIMIT $1
                       FOR UPDATE SKIP LOCKED) due
               WHERE n.id = due.id
-          RETURNING n.id, n.event_id, n.kind, n.recipient,
-                    (SELECT c.name FROM notification.customers c WHERE c.customer_id = n.customer_id),
-                    n.subject, n.body, n.attempts, n.channel",
+          RETURNING n.id, n.event_id, n.kind, n.customer_id, n.recipient,
+                    (SELECT c.name FROM notification.customers c WHERE c.customer_id = n.customer_id)
+                      AS name,
+                    (SELECT c.sealed FROM notification.customers c
+                      WHERE c.customer_id = n.customer_id) AS name_sealed,
+                    n.subject, n.body, n.sealed, n.attempts, n.channel",
         )
         .bind(i64::try_from(free).unwrap_or(i64::MAX))
         .bind(self.config.lease.as_secs_f64())
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        let states = sealing::states(
+            &self.keys,
+            claimed
+                .iter()
+                .filter(|c| c.sealed || c.name_sealed == Some(true))
+                .filter_map(|c| c.customer_id),
+        )
+        .await?;
+        for c in &mut claimed {
+            let Some(customer) = c.customer_id else {
+                continue;
+            };
+            let state = states.get(&customer).unwrap_or(&KeyState::None);
+            [c.recipient, c.body] = sealing::open(
+                state,
+                customer,
+                c.sealed,
+                [("recipient", c.recipient.take()), ("body", c.body.take())],
+            );
+            [c.name] = sealing::open(
+                state,
+                customer,
+                c.name_sealed == Some(true),
+                [("name", c.name.take())],
+            );
+        }
+        Ok(claimed)
     }
 
     async fn send(&self, n: Claimed) {
         let message_id = self.mailer.message_id(n.event_id, &n.kind);
         let started = Instant::now();
-        let outcome = match (
-            n.recipient.parse::<Address>(),
-            self.sender_of(&n.channel).await,
-        ) {
-            (Ok(address), Ok(from)) => {
-                let to = Mailbox::new(n.name.clone(), address);
-                self.mailer
-                    .send(from.as_ref(), to, &n.subject, &n.body, &message_id)
-                    .await
+        let outcome = match (&n.recipient, &n.body) {
+            (Some(recipient), Some(body)) => {
+                match (
+                    recipient.parse::<Address>(),
+                    self.sender_of(&n.channel).await,
+                ) {
+                    (Ok(address), Ok(from)) => {
+                        let to = Mailbox::new(n.name.clone(), address);
+                        self.mailer
+                            .send(from.as_ref(), to, &n.subject, body, &message_id)
+                            .await
+                    }
+                    (Err(e), _) => Err(format!("recipient `{recipient}` refused: {e}")),
+                    (_, Err(e)) => Err(e),
+                }
             }
-            (Err(e), _) => Err(format!("recipient `{}` refused: {e}", n.recipient)),
-            (_, Err(e)) => Err(e),
+            // Erased since it was written, or its key is not available to this process.
+            _ => Err(
+                "the recipient or the body cannot be read (the customer was erased, or \
+                      their data key is not available)"
+                    .to_owned(),
+            ),
         };
         let elapsed = started.elapsed();
         metrics::counter!("ordo_mail_attempts_total",
