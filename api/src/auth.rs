@@ -58,6 +58,15 @@ impl FromStr for Role {
     }
 }
 
+/// A role by its name, as `FromStr` reads it (a request body's `role`).
+impl<'de> serde::Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The authenticated API key behind a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {

@@ -66,7 +66,10 @@ async fn sales(
 
 /// Orders reaching each stage, and the cancellation and refund rates (analyst, admin).
 #[utoipa::path(get, path = "/v1/analytics/funnel", tag = "analytics",
-    params(super::channels::ChannelParam),
+    params(("channel" = Option<String>, Query, nullable = false,
+        pattern = "^[a-z0-9][a-z0-9-]{0,62}$",
+        description = "Only this channel's (a global key; default: every channel). A scoped key \
+            sees its own channel only; naming another is 403.")),
     responses((status = 200, description = "The funnel", body = analytics::Funnel),
         RestrictedReadProblems))]
 async fn funnel(

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ordo_commands::channels::{self, Channel, ChannelId, ChannelUpdate};
+use ordo_domain::values::Text;
 use ordo_domain::DomainError;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,7 +27,7 @@ use crate::extract::CommandBody;
 use crate::openapi::{
     AdminBodyProblems, AdminCreateProblems, RestrictedReadOneProblems, RestrictedReadProblems,
 };
-use crate::validate::{Field, Validation};
+use crate::validate::{request_body, Field, Scalar, Validation};
 use crate::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -166,122 +167,122 @@ pub struct ChannelList {
     pub items: Vec<ChannelView>,
 }
 
-/// `POST /v1/channels`.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)] // the request's shape, for the OpenAPI document; parsed by `parse_create`
-pub struct CreateChannel {
-    /// A lowercase slug: `a-z`, `0-9` and `-`, starting with a letter or digit.
-    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
-    pub id: String,
-    /// 1 to 200 characters.
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: String,
-    /// The sender address of this channel's e-mail (default: the server's).
-    pub email_from_address: Option<String>,
-    /// The sender name of this channel's e-mail.
-    pub email_from_name: Option<String>,
-}
-
-/// `PATCH /v1/channels/{id}`: the fields to change; `null` e-mail fields fall back to the
-/// server's sender.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)] // the request's shape, for the OpenAPI document; parsed by `parse_update`
-pub struct UpdateChannel {
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: Option<String>,
-    pub email_from_address: Option<String>,
-    pub email_from_name: Option<String>,
-}
-
-fn name_field(v: &mut Validation, o: &Map<String, Value>, required: bool) -> Option<String> {
-    let name = if required {
-        v.required::<ordo_domain::values::Text>(o, "", "name")
-    } else {
-        v.optional::<ordo_domain::values::Text>(o, "", "name")
-    }?;
-    if name.as_str().chars().count() > channels::MAX_NAME_LEN {
-        v.error(
-            "name",
-            format!("must be at most {} characters", channels::MAX_NAME_LEN),
-        );
-        return None;
-    }
-    Some(name.as_str().to_owned())
-}
-
-/// An e-mail sender field: absent → `None`, `null` → `Some(None)`, a value → `Some(Some)`.
-fn sender_field(
-    v: &mut Validation,
-    o: &Map<String, Value>,
-    key: &str,
-    address: bool,
-) -> Option<Option<String>> {
-    match o.get(key)? {
-        Value::Null => Some(None),
-        Value::String(raw) => {
-            let raw = raw.trim();
-            let valid = if address {
-                channels::valid_sender_address(raw)
-            } else {
-                !raw.is_empty() && raw.chars().count() <= 200 && !raw.chars().any(char::is_control)
-            };
-            if valid {
-                Some(Some(raw.to_owned()))
-            } else if address {
-                v.error(key, "must be an e-mail address");
-                None
-            } else {
-                v.error(
-                    key,
-                    "must be 1 to 200 characters, without control characters",
-                );
-                None
-            }
-        }
-        _ => {
-            v.error(key, "must be a string or null");
-            None
-        }
+/// A channel id as a body's required field (`id` of a creation).
+impl Field for ChannelId {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        let raw: String = v.required(o, path, key)?;
+        ChannelId::parse(&raw)
+            .map_err(|message| v.error(key, message))
+            .ok()
     }
 }
 
-fn parse_update(
-    json: &Value,
-    creating: bool,
-) -> Result<(Option<ChannelId>, ChannelUpdate), ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let id = if creating {
-        match v.required::<String>(o, "", "id") {
-            Some(raw) => match ChannelId::parse(&raw) {
-                Ok(id) => Some(id),
-                Err(message) => {
-                    v.error("id", message);
-                    None
-                }
-            },
-            None => None,
+/// A name an admin gives (a channel's, a key's): text of 1 to [`channels::MAX_NAME_LEN`]
+/// characters.
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = Text::deserialize(d)?;
+        if name.as_str().chars().count() > channels::MAX_NAME_LEN {
+            return Err(serde::de::Error::custom(format!(
+                "must be at most {} characters",
+                channels::MAX_NAME_LEN
+            )));
         }
-    } else {
-        None
-    };
-    let name = name_field(&mut v, o, creating);
-    let email_from_address = sender_field(&mut v, o, "email_from_address", true);
-    let email_from_name = sender_field(&mut v, o, "email_from_name", false);
-    let update = ChannelUpdate {
-        name,
-        email_from_address,
-        email_from_name,
-    };
-    v.finish(|| {
-        if creating {
-            Some((Some(id?), update))
+        Ok(Self(name.as_str().to_owned()))
+    }
+}
+
+impl Scalar for Name {}
+
+/// The sender address of a channel's e-mail.
+pub struct SenderAddress(String);
+
+impl<'de> Deserialize<'de> for SenderAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = sender(d)?;
+        if channels::valid_sender_address(&raw) {
+            Ok(Self(raw))
         } else {
-            Some((None, update))
+            Err(serde::de::Error::custom("must be an e-mail address"))
         }
-    })
+    }
+}
+
+impl Scalar for SenderAddress {}
+
+/// The sender name of a channel's e-mail: 1 to 200 characters, no control characters.
+pub struct SenderName(String);
+
+impl<'de> Deserialize<'de> for SenderName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = sender(d)?;
+        if !raw.is_empty() && raw.chars().count() <= 200 && !raw.chars().any(char::is_control) {
+            Ok(Self(raw))
+        } else {
+            Err(serde::de::Error::custom(
+                "must be 1 to 200 characters, without control characters",
+            ))
+        }
+    }
+}
+
+impl Scalar for SenderName {}
+
+/// A sender field's string, trimmed (`null` never gets here: it clears the field).
+fn sender<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(raw) => Ok(raw.trim().to_owned()),
+        _ => Err(serde::de::Error::custom("must be a string or null")),
+    }
+}
+
+request_body! {
+    /// `POST /v1/channels`.
+    pub struct CreateChannel {
+        /// A lowercase slug: `a-z`, `0-9` and `-`, starting with a letter or digit.
+        #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+        pub id: ChannelId,
+        /// 1 to 200 characters.
+        #[schema(value_type = String, min_length = 1, max_length = 200)]
+        pub name: Name,
+        /// The sender address of this channel's e-mail (default: the server's).
+        #[schema(value_type = Option<String>)]
+        pub email_from_address: Option<SenderAddress>,
+        /// The sender name of this channel's e-mail.
+        #[schema(value_type = Option<String>)]
+        pub email_from_name: Option<SenderName>,
+    }
+}
+
+request_body! {
+    /// `PATCH /v1/channels/{id}`: the fields to change; `null` e-mail fields fall back to the
+    /// server's sender.
+    pub struct UpdateChannel {
+        #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+        pub name: Option<Name>,
+        #[schema(value_type = Option<String>)]
+        pub email_from_address: Option<Option<SenderAddress>>,
+        #[schema(value_type = Option<String>)]
+        pub email_from_name: Option<Option<SenderName>>,
+    }
+}
+
+impl From<UpdateChannel> for ChannelUpdate {
+    fn from(body: UpdateChannel) -> Self {
+        Self {
+            name: body.name.map(|n| n.0),
+            email_from_address: body.email_from_address.map(|a| a.map(|a| a.0)),
+            email_from_name: body.email_from_name.map(|n| n.map(|n| n.0)),
+        }
+    }
 }
 
 /// Every channel (admin); a scoped admin sees its own only.
@@ -325,18 +326,18 @@ async fn create(
     Global(_, _): Global<auth::Admins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let (id, update) = parse_update(&body.json, true)?;
-    let (Some(id), Some(name)) = (id, update.name.as_deref()) else {
-        return Err(ApiError::Internal(
-            "a parsed creation has an id and a name".into(),
-        ));
-    };
-    let created =
-        channels::create(&app.pool, &id, name)
-            .await?
-            .ok_or(DomainError::AlreadyExists {
-                aggregate: "channel",
-            })?;
+    let body = CreateChannel::read(&body.json)?;
+    let id = body.id;
+    let update = ChannelUpdate::from(UpdateChannel {
+        name: None,
+        email_from_address: body.email_from_address.map(Some),
+        email_from_name: body.email_from_name.map(Some),
+    });
+    let created = channels::create(&app.pool, &id, body.name.as_str())
+        .await?
+        .ok_or(DomainError::AlreadyExists {
+            aggregate: "channel",
+        })?;
     let channel = if update.email_from_address.is_some() || update.email_from_name.is_some() {
         channels::update(&app.pool, &created.id, &update)
             .await?
@@ -361,20 +362,9 @@ async fn update(
     Path(id): Path<String>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let (_, update) = parse_update(&body.json, false)?;
+    let update = ChannelUpdate::from(UpdateChannel::read(&body.json)?);
     let channel = channels::update(&app.pool, &id, &update)
         .await?
         .ok_or_else(|| ApiError::NotFound("no channel has this id".into()))?;
     Ok(Json(ChannelView::from(channel)).into_response())
-}
-
-/// `?channel=` on lists, analytics and notifications, for the OpenAPI document.
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct ChannelParam {
-    /// Only this channel's (a global key; default: every channel). A scoped key sees its own
-    /// channel only; naming another is 403.
-    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
-    channel: Option<String>,
 }

@@ -5,16 +5,17 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::channels::Name;
 use crate::auth::{self, Global};
 use crate::extract::{CommandBody, PathId};
 use crate::keys::{self, CreatedKey, KeyInfo};
 use crate::openapi::{AdminBodyProblems, RestrictedReadOneProblems, RestrictedReadProblems};
-use crate::validate::Validation;
+use crate::validate::{request_body, Scalar};
 use crate::{ApiError, AppState, Role};
 use ordo_commands::channels::ChannelId;
 
@@ -30,20 +31,22 @@ pub struct KeyList {
     pub items: Vec<KeyInfo>,
 }
 
-/// `POST /v1/keys`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)] // the request's shape, for the OpenAPI document; parsed by `parse_create`
-pub struct CreateKey {
-    /// `storefront`, `support`, `analyst` or `admin`.
-    #[schema(pattern = "^(storefront|support|analyst|admin)$")]
-    pub role: String,
-    /// Who holds it, for the audit trail (1 to 200 characters).
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: String,
-    /// The channel the key is scoped to. Storefront keys always belong to one (default
-    /// `default`); other roles' keys are global unless one is named.
-    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
-    pub channel: Option<String>,
+impl Scalar for Role {}
+
+request_body! {
+    /// `POST /v1/keys`.
+    pub struct CreateKey {
+        /// `storefront`, `support`, `analyst` or `admin`.
+        #[schema(value_type = String, pattern = "^(storefront|support|analyst|admin)$")]
+        pub role: Role,
+        /// Who holds it, for the audit trail (1 to 200 characters).
+        #[schema(value_type = String, min_length = 1, max_length = 200)]
+        pub name: Name,
+        /// The channel the key is scoped to. Storefront keys always belong to one (default
+        /// `default`); other roles' keys are global unless one is named.
+        #[schema(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+        pub channel: Option<ChannelId>,
+    }
 }
 
 /// Every key: id, name, role, channel, when created and revoked; never the key (global
@@ -58,34 +61,6 @@ async fn list(
     Ok(Json(KeyList { items }).into_response())
 }
 
-fn parse_create(json: &serde_json::Value) -> Result<(Role, String, Option<ChannelId>), ApiError> {
-    let mut v = Validation::new();
-    let Some(o) = v.object(json, "") else {
-        return v.finish(|| None);
-    };
-    let role = v
-        .required::<String>(o, "", "role")
-        .and_then(|role| match role.parse::<Role>() {
-            Ok(role) => Some(role),
-            Err(message) => {
-                v.error("role", message);
-                None
-            }
-        });
-    let name = v
-        .required::<ordo_domain::values::Text>(o, "", "name")
-        .and_then(|name| {
-            if name.as_str().chars().count() > 200 {
-                v.error("name", "must be at most 200 characters");
-                None
-            } else {
-                Some(name.as_str().to_owned())
-            }
-        });
-    let channel = super::channels::optional_channel(&mut v, o);
-    v.finish(|| Some((role?, name?, channel?)))
-}
-
 /// Create a key (global admin). 201 with the key, shown this once: only its hash is stored.
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, description = "Created; `key` is shown only now", body = CreatedKey),
@@ -95,12 +70,13 @@ async fn create(
     Global(_, _): Global<auth::Admins>,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let (role, name, channel) = parse_create(&body.json)?;
-    if let Some(channel) = &channel {
+    let request = CreateKey::read(&body.json)?;
+    if let Some(channel) = &request.channel {
         super::channels::known(&app, channel).await?;
     }
-    let channel = channel.as_ref().map(ChannelId::as_str);
-    let created: CreatedKey = keys::create(&app.pool, role, &name, channel).await?;
+    let channel = request.channel.as_ref().map(ChannelId::as_str);
+    let created: CreatedKey =
+        keys::create(&app.pool, request.role, request.name.as_str(), channel).await?;
     let mut response = (StatusCode::CREATED, Json(created)).into_response();
     response
         .headers_mut()
