@@ -9,19 +9,67 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 
-/// Headers a command uses.
-#[derive(Debug, Clone)]
+/// Headers a command uses. The OpenAPI document lists those a client sets for the command
+/// (`If-Match`, `Idempotency-Key`) from here, with their doc comments.
+#[derive(Debug, Clone, IntoParams)]
+#[into_params(parameter_in = Header)]
 pub struct CommandHeaders {
-    /// `If-Match: "<version>"`; `*` or absent means any version.
+    /// `"<version>"` as the `ETag` gave it (or `*`): the command fails with 412 if the stream
+    /// has moved on.
+    // Read as the version; `*` or absent means any version.
+    #[param(
+        rename = "If-Match",
+        value_type = Option<String>,
+        nullable = false,
+        pattern = r#"^(\*|"[0-9]{1,18}")$"#,
+        example = "\"3\""
+    )]
     pub if_match: Option<u64>,
+    /// Makes a retry safe: the same key and body within 24 h answers the stored response
+    /// with `Idempotent-Replayed: true` and records nothing new.
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[!-~]([ -~]*[!-~])?$"
+    )]
     pub idempotency_key: Option<String>,
+    #[param(ignore)]
     pub request_id: String,
+    #[param(ignore)]
     pub traceparent: String,
+    #[param(ignore)]
     pub correlation_id: Uuid,
+}
+
+/// The headers of a command that creates a stream: a command's, read the same way, but the
+/// document lists no `If-Match`: the stream is new, so there is no version to match (an id
+/// already taken is 409 instead).
+pub struct CreationHeaders(pub CommandHeaders);
+
+impl IntoParams for CreationHeaders {
+    fn into_params(parameter_in: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = CommandHeaders::into_params(parameter_in);
+        params.retain(|p| p.name != "If-Match");
+        params
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CreationHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        CommandHeaders::from_request_parts(parts, state)
+            .await
+            .map(Self)
+    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {

@@ -14,7 +14,6 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::request_body::RequestBody;
@@ -23,7 +22,7 @@ use utoipa::openapi::{
     ContentBuilder, Object, OpenApi as Spec, Ref, RefOr, Required, Response as SpecResponse,
     ResponseBuilder, Schema, Type,
 };
-use utoipa::{IntoParams, IntoResponses, Modify, OpenApi};
+use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::error::PROBLEM_JSON;
 
@@ -104,52 +103,6 @@ pub fn docs_router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
     utoipa_swagger_ui::SwaggerUi::new("/docs")
         .config(utoipa_swagger_ui::Config::from("/openapi.json"))
         .into()
-}
-
-// ------------------------------------------------------------------ parameters
-
-/// The headers every command reads.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct CommandHeaderParams {
-    /// `"<version>"` as the `ETag` gave it (or `*`): the command fails with 412 if the stream
-    /// has moved on.
-    #[serde(rename = "If-Match")]
-    #[param(
-        nullable = false,
-        pattern = r#"^(\*|"[0-9]{1,18}")$"#,
-        example = "\"3\""
-    )]
-    if_match: Option<String>,
-    /// Makes a retry safe: the same key and body within 24 h answers the stored response
-    /// with `Idempotent-Replayed: true` and records nothing new.
-    #[serde(rename = "Idempotency-Key")]
-    #[param(
-        nullable = false,
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[!-~]([ -~]*[!-~])?$"
-    )]
-    idempotency_key: Option<String>,
-}
-
-/// The headers a creation reads. No `If-Match`: the stream is new, so there is no version to
-/// match (an id already taken is 409 instead).
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct CreateHeaderParams {
-    /// Makes a retry safe: the same key and body within 24 h answers the stored response
-    /// with `Idempotent-Replayed: true` and records nothing new.
-    #[serde(rename = "Idempotency-Key")]
-    #[param(
-        nullable = false,
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[!-~]([ -~]*[!-~])?$"
-    )]
-    idempotency_key: Option<String>,
 }
 
 // ------------------------------------------------------------------ responses

@@ -15,10 +15,10 @@ use uuid::Uuid;
 
 use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed, Policy as _};
-use crate::extract::{CommandBody, CommandHeaders, PathId};
+use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
 use crate::openapi::RestrictedReadProblems;
-use crate::openapi::{params, Added, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateHeaderParams, CreateProblems, NotesCapped, ReadOneProblems};
+use crate::openapi::{params, Added, Applied, CommandProblems, Created};
+use crate::openapi::{CreateProblems, NotesCapped, ReadOneProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::{request_body, Empty};
 use crate::{ApiError, AppState};
@@ -52,11 +52,11 @@ request_body! {
 
 /// Register a customer (storefront, admin). `customer_id` is generated when absent.
 #[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = RegisterCustomer,
-    params(CreateHeaderParams), responses(Created, CreateProblems))]
+    params(CreationHeaders), responses(Created, CreateProblems))]
 async fn register(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
-    headers: CommandHeaders,
+    CreationHeaders(headers): CreationHeaders,
     body: CommandBody,
 ) -> Response {
     let success = Success::Created {
@@ -88,7 +88,7 @@ async fn register(
 
 /// Add a support note to a customer (support, admin).
 #[utoipa::path(post, path = "/v1/customers/{id}/notes", tag = "customers", request_body = AddNote,
-    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Added, CommandProblems, NotesCapped))]
+    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaders), responses(Added, CommandProblems, NotesCapped))]
 async fn add_note(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Notes>,
@@ -118,7 +118,7 @@ async fn add_note(
 /// e-mail is sent to the customer any more. Erasing again answers 200 with the erasure
 /// already recorded.
 #[utoipa::path(post, path = "/v1/customers/{id}/erase", tag = "customers", request_body = Empty,
-    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
+    params(("id" = Uuid, Path, description = "The customer's id"), CommandHeaders), responses(Applied, CommandProblems))]
 async fn erase(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Erasers>,

@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
-use crate::extract::{CommandBody, CommandHeaders, PathId};
-use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateHeaderParams, CreateProblems, ReadOneProblems, RestrictedReadProblems};
+use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
+use crate::openapi::{params, Applied, CommandProblems, Created};
+use crate::openapi::{CreateProblems, ReadOneProblems, RestrictedReadProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::{request_body, Empty, Field, Validation};
 use crate::{ApiError, AppState};
@@ -106,11 +106,11 @@ impl Field for Option<Vec<ShipmentLine>> {
 /// Place an order (storefront, admin). `order_id` is generated when absent; totals are
 /// computed by the server.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrder,
-    params(CreateHeaderParams), responses(Created, CreateProblems))]
+    params(CreationHeaders), responses(Created, CreateProblems))]
 async fn place(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
-    headers: CommandHeaders,
+    CreationHeaders(headers): CreationHeaders,
     body: CommandBody,
 ) -> Response {
     let success = Success::Created {
@@ -167,7 +167,7 @@ async fn lifecycle(
 
 /// Confirm a placed order (storefront, admin).
 #[utoipa::path(post, path = "/v1/orders/{id}/confirm", tag = "orders", request_body = Empty,
-    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaders), responses(Applied, CommandProblems))]
 async fn confirm(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -184,7 +184,7 @@ async fn confirm(
 
 /// Cancel an order while nothing has shipped (storefront, support, admin).
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = CancelOrder,
-    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaders), responses(Applied, CommandProblems))]
 async fn cancel(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Cancel>,
@@ -203,7 +203,7 @@ async fn cancel(
 
 /// Mark a shipped order delivered (storefront, admin).
 #[utoipa::path(post, path = "/v1/orders/{id}/deliver", tag = "orders", request_body = Empty,
-    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaders), responses(Applied, CommandProblems))]
 async fn deliver(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
@@ -220,7 +220,7 @@ async fn deliver(
 
 /// Ship a confirmed, paid order, in full or in part (storefront, admin).
 #[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", request_body = ShipOrder,
-    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaderParams), responses(Applied, CommandProblems))]
+    params(("id" = Uuid, Path, description = "The order's id"), CommandHeaders), responses(Applied, CommandProblems))]
 async fn ship(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,

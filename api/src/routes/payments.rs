@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
 use crate::auth::{self, Allowed};
-use crate::extract::{CommandBody, CommandHeaders, PathId};
+use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
 use crate::openapi::RestrictedReadProblems;
-use crate::openapi::{params, Applied, CommandHeaderParams, CommandProblems, Created};
-use crate::openapi::{CreateHeaderParams, CreateProblems, PaymentsCapped, ReadOneProblems};
+use crate::openapi::{params, Applied, CommandProblems, Created};
+use crate::openapi::{CreateProblems, PaymentsCapped, ReadOneProblems};
 use crate::respond::{run_command, Success};
 use crate::validate::{request_body, Empty, Scalar};
 use crate::{ApiError, AppState};
@@ -117,11 +117,11 @@ request_body! {
 
 /// Create a pending payment for an order, in the order's currency (storefront, admin).
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = CreatePayment,
-    params(CreateHeaderParams), responses(Created, CreateProblems, PaymentsCapped))]
+    params(CreationHeaders), responses(Created, CreateProblems, PaymentsCapped))]
 async fn create(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Commands>,
-    headers: CommandHeaders,
+    CreationHeaders(headers): CreationHeaders,
     body: CommandBody,
 ) -> Response {
     let success = Success::Created {
@@ -180,7 +180,7 @@ macro_rules! payment_route {
     ($(#[$doc:meta])* $name:ident, $path:literal, $body:ident, |$b:ident| $command:expr) => {
         $(#[$doc])*
         #[utoipa::path(post, path = $path, tag = "payments", request_body = $body,
-            params(("id" = Uuid, Path, description = "The payment's id"), CommandHeaderParams),
+            params(("id" = Uuid, Path, description = "The payment's id"), CommandHeaders),
             responses(Applied, CommandProblems))]
         async fn $name(
             State(app): State<AppState>,
