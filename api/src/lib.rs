@@ -215,7 +215,8 @@ fn api_with_metrics(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenAp
         .merge(routes::channels::router())
         .merge(routes::workers::router())
         .merge(routes::notifications::router())
-        .routes(routes!(openapi::openapi_json));
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::docs));
     if metrics {
         api = api.routes(routes!(metrics::scrape));
     }

@@ -10,10 +10,12 @@
 pub mod params;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Path;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::request_body::RequestBody;
@@ -40,7 +42,6 @@ pub const SECURITY_SCHEME: &str = "api_key";
             carries `x-request-id`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(docs),
     components(schemas(crate::error::Problem, crate::error::FieldError, crate::respond::CommandResult)),
     modifiers(&Conventions),
     tags(
@@ -95,14 +96,34 @@ pub async fn openapi_json() -> Response {
         (status = 303, description = "To `/docs/`"),
     ),
 )]
-#[allow(dead_code)]
-fn docs() {}
+pub async fn docs() -> Redirect {
+    // The page's assets are relative to it: they resolve under `/docs/` only.
+    Redirect::to("/docs/")
+}
 
-/// Swagger UI at `/docs/`, reading `/openapi.json`.
+/// Swagger UI's page and assets under `/docs/` (compiled into the binary), reading
+/// `/openapi.json`; the page is reached through [`docs`].
 pub fn docs_router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
-    utoipa_swagger_ui::SwaggerUi::new("/docs")
-        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
-        .into()
+    let config = Arc::new(utoipa_swagger_ui::Config::from("/openapi.json"));
+    let file = move |rest: Option<Path<String>>| {
+        let response = swagger_file(rest.as_deref().map_or("", String::as_str), &config);
+        async move { response }
+    };
+    axum::Router::new()
+        .route("/docs/", get(file.clone()))
+        .route("/docs/{*rest}", get(file))
+}
+
+fn swagger_file(path: &str, config: &Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
+    match utoipa_swagger_ui::serve(path, Arc::clone(config)) {
+        Ok(Some(file)) => (
+            [(header::CONTENT_TYPE, file.content_type)],
+            file.bytes.into_owned(),
+        )
+            .into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => crate::ApiError::Internal(format!("swagger ui: {e}")).into_response(),
+    }
 }
 
 // ------------------------------------------------------------------ responses
