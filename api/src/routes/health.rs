@@ -8,7 +8,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use serde_json::{json, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -55,18 +54,88 @@ struct Health {
     down: Option<Vec<String>>,
 }
 
-/// `status` is `ready` or `not_ready`; `checks` has `postgres` (`status` `up`|`down`,
-/// `latency_ms` or `error`), `encryption` (`status` `on` with `master_key_version`, or `off`
-/// with a `detail`: new personal data is then stored in clear, and the process is still
-/// ready) and, when this process has a NATS probe, `nats` (`status`, `required`); `roles` maps each role of the process (`api`, `projector.orders`, `relay`,
-/// `worker.analytics`, …) to `starting`, `running`, `stopping`, `stopped` or `failed`.
+/// `status` is `ready` or `not_ready`; `checks` says what was checked; `roles` maps each
+/// role of the process (`api`, `projector.orders`, `relay`, `worker.analytics`, …) to
+/// `starting`, `running`, `stopping`, `stopped` or `failed`.
 #[derive(Serialize, ToSchema)]
 struct Readiness {
     #[schema(example = "ready")]
     status: &'static str,
-    checks: BTreeMap<String, Value>,
+    checks: ReadinessChecks,
     #[schema(value_type = BTreeMap<String, String>)]
     roles: BTreeMap<String, ProcessRoleState>,
+}
+
+/// What `/readyz` checked: `postgres` and `nats` count towards readiness (with the roles);
+/// `encryption` and `audit_signing` are reported only.
+#[derive(Serialize, ToSchema)]
+struct ReadinessChecks {
+    audit_signing: AuditSigningCheck,
+    encryption: EncryptionCheck,
+    /// Only when this process has a NATS probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    nats: Option<NatsCheck>,
+    postgres: PostgresCheck,
+}
+
+/// Whether PostgreSQL answers `SELECT 1`.
+#[derive(Serialize, ToSchema)]
+struct PostgresCheck {
+    /// `up` or `down`.
+    #[schema(example = "up")]
+    status: &'static str,
+    /// How long the answer took (when `up`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    latency_ms: Option<u64>,
+    /// Why it is `down`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    error: Option<String>,
+}
+
+/// Whether NATS is connected, and whether this process needs it to be ready.
+#[derive(Serialize, ToSchema)]
+struct NatsCheck {
+    /// `up` or `down`.
+    #[schema(example = "up")]
+    status: &'static str,
+    required: bool,
+}
+
+/// Whether new personal data is sealed (ADR 0020). `off` is reported, never "not ready":
+/// new personal data is then stored in clear.
+#[derive(Serialize, ToSchema)]
+struct EncryptionCheck {
+    /// `on` or `off`.
+    #[schema(example = "on")]
+    status: &'static str,
+    /// The master key sealing new data (when `on`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    master_key_version: Option<i32>,
+    /// What is missing (when `off`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    detail: Option<&'static str>,
+}
+
+/// Whether this process signs checkpoints of the hash chain. `off` does not make it
+/// unready: the chain still links, only without signatures.
+#[derive(Serialize, ToSchema)]
+struct AuditSigningCheck {
+    /// `on` or `off`.
+    #[schema(example = "on")]
+    status: &'static str,
+    /// The key that verifies the signatures (when `on`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    public_key: Option<String>,
+    /// What is missing (when `off`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    detail: Option<&'static str>,
 }
 
 /// How long PostgreSQL gets to answer `SELECT 1`.
@@ -82,10 +151,10 @@ async fn ready(State(app): State<AppState>) -> Response {
     let (nats_up, nats) = match &app.readiness.nats {
         Some(probe) => {
             let up = probe.connected();
-            let check = json!({
-                "status": if up { "up" } else { "down" },
-                "required": probe.required,
-            });
+            let check = NatsCheck {
+                status: if up { "up" } else { "down" },
+                required: probe.required,
+            };
             (up || !probe.required, Some(check))
         }
         None => (true, None),
@@ -93,14 +162,12 @@ async fn ready(State(app): State<AppState>) -> Response {
     let roles = app.readiness.roles.snapshot();
     let roles_up = roles.values().all(|s| *s == ProcessRoleState::Running);
     let ready = postgres_up && nats_up && roles_up;
-    let mut checks = BTreeMap::from([
-        ("postgres".to_owned(), postgres),
-        ("encryption".to_owned(), encryption(&app)),
-        ("audit_signing".to_owned(), audit_signing(&app)),
-    ]);
-    if let Some(nats) = nats {
-        checks.insert("nats".to_owned(), nats);
-    }
+    let checks = ReadinessChecks {
+        audit_signing: audit_signing(&app),
+        encryption: encryption(&app),
+        nats,
+        postgres,
+    };
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
         checks,
@@ -118,47 +185,52 @@ async fn ready(State(app): State<AppState>) -> Response {
     response
 }
 
-/// Whether new personal data is sealed (ADR 0020). Off is reported, never "not ready".
-fn encryption(app: &AppState) -> Value {
-    match app.commands.keys().master_version() {
-        Some(version) => json!({"status": "on", "master_key_version": version}),
-        None => json!({
-            "status": "off",
-            "detail": "no master key (ORDO_MASTER_KEY or ORDO_MASTER_KEY_FILE): new personal data is stored in clear",
-        }),
+fn encryption(app: &AppState) -> EncryptionCheck {
+    let version = app.commands.keys().master_version();
+    EncryptionCheck {
+        status: if version.is_some() { "on" } else { "off" },
+        master_key_version: version,
+        detail: version.is_none().then_some(
+            "no master key (ORDO_MASTER_KEY or ORDO_MASTER_KEY_FILE): new personal data is stored in clear",
+        ),
     }
 }
 
-/// Whether this process signs checkpoints of the hash chain. Off does not make it unready:
-/// the chain still links, only without signatures.
-fn audit_signing(app: &AppState) -> Value {
-    match &app.config.audit.signer {
-        Some(signer) => json!({
-            "status": "on",
-            "public_key": ordo_commands::checkpoint::public_key_text(&signer.public_key()),
-        }),
-        None => json!({
-            "status": "off",
-            "detail": "ORDO_AUDIT_SIGNING_KEY is not set: checkpoints of the hash chain are not signed",
-        }),
+fn audit_signing(app: &AppState) -> AuditSigningCheck {
+    let signer = app.config.audit.signer.as_ref();
+    AuditSigningCheck {
+        status: if signer.is_some() { "on" } else { "off" },
+        public_key: signer.map(|s| ordo_commands::checkpoint::public_key_text(&s.public_key())),
+        detail: signer.is_none().then_some(
+            "ORDO_AUDIT_SIGNING_KEY is not set: checkpoints of the hash chain are not signed",
+        ),
     }
 }
 
-async fn postgres(app: &AppState) -> (bool, Value) {
+async fn postgres(app: &AppState) -> (bool, PostgresCheck) {
     let started = Instant::now();
     let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.pool);
+    let down = |error: String| PostgresCheck {
+        status: "down",
+        latency_ms: None,
+        error: Some(error),
+    };
     match tokio::time::timeout(POSTGRES_TIMEOUT, ping).await {
         Ok(Ok(_)) => (
             true,
-            json!({"status": "up", "latency_ms": started.elapsed().as_millis() as u64}),
+            PostgresCheck {
+                status: "up",
+                latency_ms: Some(started.elapsed().as_millis() as u64),
+                error: None,
+            },
         ),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: postgres unreachable");
-            (false, json!({"status": "down", "error": "query failed"}))
+            (false, down("query failed".into()))
         }
         Err(_) => (
             false,
-            json!({"status": "down", "error": format!("no answer within {POSTGRES_TIMEOUT:?}")}),
+            down(format!("no answer within {POSTGRES_TIMEOUT:?}")),
         ),
     }
 }
