@@ -1,6 +1,8 @@
 //! Connecting to PostgreSQL and creating the database when it is missing.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -41,16 +43,31 @@ pub fn pool(database_url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx:
         .connect_lazy_with(connect_options(database_url)?))
 }
 
-/// A name for the database `pool` connects to (host, port and database), for state a
-/// process keeps per database: tests run many databases in one process.
-pub fn database_key(pool: &PgPool) -> String {
+/// Values a process keeps once per database (tests run many databases in one process),
+/// for [`per_database`].
+pub type PerDatabase<T> = OnceLock<Mutex<HashMap<String, T>>>;
+
+/// The value `values` holds for the database `pool` connects to (host, port and database),
+/// made by `new` on first use.
+pub fn per_database<T: Clone>(
+    values: &'static PerDatabase<T>,
+    pool: &PgPool,
+    new: impl FnOnce() -> T,
+) -> T {
     let options = pool.connect_options();
-    format!(
+    let database = format!(
         "{}:{}/{}",
         options.get_host(),
         options.get_port(),
         options.get_database().unwrap_or_default()
-    )
+    );
+    values
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(database)
+        .or_insert_with(new)
+        .clone()
 }
 
 /// Begin a transaction on a pooled connection; use this instead of `PgPool::begin`.

@@ -300,12 +300,6 @@ impl Wakeup {
             }
         }
     }
-
-    /// Wait for a notification, a commit of this process or `poll`, whichever comes first.
-    pub async fn wait(&mut self, poll: Duration) {
-        let seen = self.known.get();
-        self.wait_beyond(seen, poll).await;
-    }
 }
 
 /// Until this process's commits raise the known head above `seen` (never, if they stop).

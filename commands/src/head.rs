@@ -14,10 +14,3 @@ pub async fn committed(pool: &PgPool, global_position: i64) -> Result<bool, sqlx
     .fetch_one(pool)
     .await
 }
-
-/// The highest committed position, `None` for an empty log.
-pub async fn head(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT max(global_position) FROM event_store.events")
-        .fetch_one(pool)
-        .await
-}

@@ -1,14 +1,14 @@
 //! Projection status and lag, read-your-writes waits, and rebuild requests.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::model::{Projection, Version};
+use ordo_commands::db::{per_database, PerDatabase};
 use ordo_commands::feed::{self, Checkpoint};
 
 /// A rebuild's progress.
@@ -230,14 +230,8 @@ struct Announcing {
 }
 
 fn announcing(pool: &PgPool) -> Arc<Announcing> {
-    static STATES: OnceLock<Mutex<HashMap<String, Arc<Announcing>>>> = OnceLock::new();
-    STATES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(ordo_commands::db::database_key(pool))
-        .or_default()
-        .clone()
+    static STATES: PerDatabase<Arc<Announcing>> = PerDatabase::new();
+    per_database(&STATES, pool, Arc::default)
 }
 
 /// Ask the active runner to rebuild `projection`. `false` if one is already under way.

@@ -11,11 +11,10 @@
 //! reader still reads after its poll interval whatever the hint says, and a reader never
 //! spins on a hint that did not move since its last read.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::db::{per_database, PerDatabase};
 
 /// One database's known head, shared by every reader and appender of this process that
 /// uses it. Cheap to clone.
@@ -24,24 +23,13 @@ pub struct KnownHead {
     position: watch::Sender<i64>,
 }
 
-/// Known heads by database (tests run many databases in one process).
-fn registry() -> &'static Mutex<HashMap<String, KnownHead>> {
-    static HEADS: OnceLock<Mutex<HashMap<String, KnownHead>>> = OnceLock::new();
-    HEADS.get_or_init(Default::default)
-}
-
 impl KnownHead {
     /// The known head of `pool`'s database.
     pub fn of(pool: &PgPool) -> Self {
-        let database = crate::db::database_key(pool);
-        registry()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(database)
-            .or_insert_with(|| Self {
-                position: watch::Sender::new(0),
-            })
-            .clone()
+        static HEADS: PerDatabase<KnownHead> = PerDatabase::new();
+        per_database(&HEADS, pool, || Self {
+            position: watch::Sender::new(0),
+        })
     }
 
     /// The highest position known to be committed (0 when none is known yet).
