@@ -915,3 +915,53 @@ async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone()
     assert_eq!(letters.len(), 1, "only the poison: {letters:?}");
     s.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_orders_of_many_customers_in_one_batch_are_each_written_to_their_own_customer() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let mut expected = Vec::new();
+    for _ in 0..4 {
+        let (id, email) = customer(&app).await;
+        for _ in 0..2 {
+            let order = app.place_order(&id).await;
+            expected.push((order, email.clone()));
+        }
+    }
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    let runner = s.runner(&app, None).await;
+
+    // The registrations and the orders, interleaved: one fetch, one batch, one transaction.
+    assert_eq!(
+        runner
+            .runner
+            .step(50, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        12
+    );
+    let (written, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT created_at) FROM notification.notifications",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (written, transactions),
+        (8, 1),
+        "eight notifications, written together"
+    );
+    for (order, email) in &expected {
+        let listed = app
+            .get(Support, &format!("/v1/notifications?order_id={order}"))
+            .await;
+        assert_eq!(field(&listed.body, "kind"), ["order_placed"], "{order}");
+        assert_eq!(
+            field(&listed.body, "recipient"),
+            [email.as_str()],
+            "{order}"
+        );
+        assert_eq!(field(&listed.body, "status"), ["recorded"], "{order}");
+    }
+    s.cleanup().await;
+}

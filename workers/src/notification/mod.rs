@@ -29,10 +29,12 @@ pub mod recipients;
 pub mod sealing;
 pub mod sender;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lettre::Address;
-use ordo_commands::privacy::Keyring;
+use ordo_commands::privacy::{KeyState, Keyring};
 use ordo_domain::customer::{CustomerErased, CustomerRegistered};
 use ordo_domain::order::{OrderCancelled, OrderPlaced, OrderShipped};
 use ordo_domain::payment::PaymentRefunded;
@@ -112,113 +114,167 @@ impl Policy for Notification {
             .keys
             .clone()
             .unwrap_or_else(|| Keyring::new(pool.clone(), None));
+        // Consecutive notifications are written together; a registration or an erasure
+        // first writes those before it, so each event sees the recipients as they were.
+        let mut drafts = Vec::new();
         for event in events {
-            handle(tx, &keys, event, self.mails).await?;
+            match event.event_type.as_str() {
+                types::CUSTOMER_REGISTERED => {
+                    notify(tx, &keys, std::mem::take(&mut drafts), self.mails).await?;
+                    recipients::remember(tx, &keys, event).await?;
+                }
+                types::CUSTOMER_ERASED => {
+                    notify(tx, &keys, std::mem::take(&mut drafts), self.mails).await?;
+                    recipients::forget(tx, &event.data()?).await?;
+                }
+                _ => {
+                    if let Some(draft) = draft(event)? {
+                        drafts.push((*event, draft));
+                    }
+                }
+            }
         }
-        Ok(())
+        notify(tx, &keys, drafts, self.mails).await
     }
 }
 
-/// Handle one event, inside the transaction that also records it as processed.
-async fn handle(
-    tx: &mut PgConnection,
-    keys: &Keyring,
-    event: &Delivered,
-    mails: bool,
-) -> Result<(), HandleError> {
-    let draft = match event.event_type.as_str() {
-        types::CUSTOMER_REGISTERED => return recipients::remember(tx, keys, event).await,
-        types::CUSTOMER_ERASED => return recipients::forget(tx, &event.data()?).await,
+/// The e-mail an event calls for, if any.
+fn draft(event: &Delivered) -> Result<Option<Draft>, HandleError> {
+    Ok(Some(match event.event_type.as_str() {
         types::ORDER_PLACED => placed(&event.data()?),
         types::ORDER_SHIPPED => shipped(&event.data()?),
         types::ORDER_CANCELLED => cancelled(&event.data()?),
         types::PAYMENT_REFUNDED => refunded(&event.data()?),
-        _ => return Ok(()),
-    };
-    notify(tx, keys, event, draft, mails).await
+        _ => return Ok(None),
+    }))
 }
 
-/// Write the notification of `draft` to its customer, its recipient and body sealed with
-/// the customer's data key when they have one ([`sealing`]).
+/// Write the notifications of `drafts` to their customers in one statement (after one
+/// lookup of their recipients and one of their keys), each recipient and body sealed with
+/// the customer's data key when they have one ([`sealing`]). A customer not known yet
+/// fails the lot: redelivered, the events are handled one by one.
 async fn notify(
     tx: &mut PgConnection,
     keys: &Keyring,
-    event: &Delivered,
-    draft: Draft,
+    drafts: Vec<(&Delivered, Draft)>,
     mails: bool,
 ) -> Result<(), HandleError> {
-    type Recipient = (Option<String>, Option<String>, bool, bool);
-    let customer: Option<Recipient> = sqlx::query_as(
-        "SELECT email, name, erased_at IS NOT NULL, sealed FROM notification.customers
-          WHERE customer_id = $1",
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let mut customers: Vec<Uuid> = drafts.iter().map(|(_, d)| d.customer_id).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    type Recipient = (Uuid, Option<String>, Option<String>, bool, bool);
+    let known: HashMap<Uuid, Recipient> = sqlx::query_as::<_, Recipient>(
+        "SELECT customer_id, email, name, erased_at IS NOT NULL, sealed FROM notification.customers
+          WHERE customer_id = ANY($1)",
     )
-    .bind(draft.customer_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((email, name, erased, sealed)) = customer else {
-        return Err(HandleError::Retry(format!(
-            "customer {} not registered yet (customer.registered not handled)",
-            draft.customer_id
-        )));
-    };
-    let state = sealing::state(tx, keys, draft.customer_id).await?;
-    let [email, name] = sealing::open(
-        &state,
-        draft.customer_id,
-        sealed,
-        [("email", email), ("name", name)],
-    );
-    let (email, body, status, error) = match (email, name) {
-        (Some(email), Some(name)) if !erased => {
-            let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
-            // An address the SMTP client refuses will be refused on every attempt: recorded
-            // as failed rather than retried.
-            let refused = email
-                .parse::<Address>()
-                .err()
-                .map(|e| format!("recipient `{email}` refused: {e}"));
-            let (status, error) = match (mails, refused) {
-                (false, _) => ("recorded", None),
-                (true, None) => ("pending", None),
-                (true, Some(e)) => ("failed", Some(e)),
-            };
-            (Some(email), Some(body), status, error)
-        }
-        _ => {
-            let why = if erased {
-                SKIPPED_ERASED
-            } else {
-                "the customer's e-mail address cannot be read (its key is not available)"
-            };
-            (None, None, "skipped", Some(why.to_owned()))
-        }
-    };
-    let [email, body] = sealing::seal(
-        &state,
-        draft.customer_id,
-        [("recipient", email.as_deref()), ("body", body.as_deref())],
-    );
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.0, row))
+    .collect();
+    let states = sealing::states_on(tx, keys, &customers).await?;
+    let mut rows = Rows::default();
+    for (event, draft) in drafts {
+        let Some((_, email, name, erased, sealed)) = known.get(&draft.customer_id).cloned() else {
+            return Err(HandleError::Retry(format!(
+                "customer {} not registered yet (customer.registered not handled)",
+                draft.customer_id
+            )));
+        };
+        let state = states.get(&draft.customer_id).unwrap_or(&KeyState::None);
+        let [email, name] = sealing::open(
+            state,
+            draft.customer_id,
+            sealed,
+            [("email", email), ("name", name)],
+        );
+        let (email, body, status, error) = match (email, name) {
+            (Some(email), Some(name)) if !erased => {
+                let body = format!("Hello {name},\n\n{}\nOrdo\n", draft.text);
+                // An address the SMTP client refuses will be refused on every attempt:
+                // recorded as failed rather than retried.
+                let refused = email
+                    .parse::<Address>()
+                    .err()
+                    .map(|e| format!("recipient `{email}` refused: {e}"));
+                let (status, error) = match (mails, refused) {
+                    (false, _) => ("recorded", None),
+                    (true, None) => ("pending", None),
+                    (true, Some(e)) => ("failed", Some(e)),
+                };
+                (Some(email), Some(body), status, error)
+            }
+            _ => {
+                let why = if erased {
+                    SKIPPED_ERASED
+                } else {
+                    "the customer's e-mail address cannot be read (its key is not available)"
+                };
+                (None, None, "skipped", Some(why.to_owned()))
+            }
+        };
+        let [email, body] = sealing::seal(
+            state,
+            draft.customer_id,
+            [("recipient", email.as_deref()), ("body", body.as_deref())],
+        );
+        rows.id.push(Uuid::now_v7());
+        rows.event_id.push(event.event_id);
+        rows.kind.push(draft.kind);
+        rows.order_id.push(draft.order_id);
+        rows.customer_id.push(draft.customer_id);
+        rows.recipient.push(email.text);
+        rows.subject.push(draft.subject);
+        rows.body.push(body.text);
+        rows.status.push(status);
+        rows.error.push(error);
+        rows.channel.push(event.channel.clone());
+        rows.sealed.push(email.sealed);
+    }
     sqlx::query(
         "INSERT INTO notification.notifications
              (id, event_id, kind, order_id, customer_id, recipient, subject, body, status, error,
               channel, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                              $11::text[], $12::bool[])",
     )
-    .bind(Uuid::now_v7())
-    .bind(event.event_id)
-    .bind(draft.kind)
-    .bind(draft.order_id)
-    .bind(draft.customer_id)
-    .bind(&email.text)
-    .bind(&draft.subject)
-    .bind(&body.text)
-    .bind(status)
-    .bind(error)
-    .bind(&event.channel)
-    .bind(email.sealed)
+    .bind(rows.id)
+    .bind(rows.event_id)
+    .bind(rows.kind)
+    .bind(rows.order_id)
+    .bind(rows.customer_id)
+    .bind(rows.recipient)
+    .bind(rows.subject)
+    .bind(rows.body)
+    .bind(rows.status)
+    .bind(rows.error)
+    .bind(rows.channel)
+    .bind(rows.sealed)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The columns of the notifications one statement writes.
+#[derive(Default)]
+struct Rows {
+    id: Vec<Uuid>,
+    event_id: Vec<Uuid>,
+    kind: Vec<&'static str>,
+    order_id: Vec<Uuid>,
+    customer_id: Vec<Uuid>,
+    recipient: Vec<Option<String>>,
+    subject: Vec<String>,
+    body: Vec<Option<String>>,
+    status: Vec<&'static str>,
+    error: Vec<Option<String>>,
+    channel: Vec<String>,
+    sealed: Vec<bool>,
 }
 
 // One type for the row, the JSON answer of `GET /v1/notifications` and the OpenAPI

@@ -26,14 +26,23 @@ pub(super) async fn state(
     keys: &Keyring,
     customer: Uuid,
 ) -> Result<KeyState, sqlx::Error> {
-    if !keys.encrypts() {
-        return Ok(KeyState::None);
-    }
-    Ok(keys
-        .states_on(conn, &[customer])
+    Ok(states_on(conn, keys, &[customer])
         .await?
         .remove(&customer)
         .unwrap_or(KeyState::None))
+}
+
+/// The key states of `customers`, in one lookup, and only when encryption is on (else
+/// none: a customer missing from the map has no key).
+pub(super) async fn states_on(
+    conn: &mut PgConnection,
+    keys: &Keyring,
+    customers: &[Uuid],
+) -> Result<HashMap<Uuid, KeyState>, sqlx::Error> {
+    if !keys.encrypts() || customers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    keys.states_on(conn, customers).await
 }
 
 /// `values` (column name, clear value) as their columns store them: sealed with `state`'s
