@@ -20,6 +20,10 @@ use uuid::Uuid;
 /// `span`. Call it before the span is first entered. A malformed value is ignored: the span
 /// then starts a trace of its own.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    // A span no subscriber records (its level filtered out) has no parent to set.
+    if span.is_disabled() {
+        return;
+    }
     let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
     let cx = TraceContextPropagator::new().extract(&carrier);
     if cx.span().span_context().is_valid() {

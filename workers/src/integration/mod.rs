@@ -86,15 +86,23 @@ impl Policy for Integration {
             .keys
             .clone()
             .unwrap_or_else(|| Keyring::new(pool.clone(), None));
-        let mut opened: Vec<Delivered> = events.iter().map(|e| (*e).clone()).collect();
-        let mut payloads: Vec<(&str, &mut serde_json::Value)> = opened
-            .iter_mut()
-            .map(|e| (e.event_type.as_str(), &mut e.body))
+        // Only the events some endpoint wants are opened and written.
+        let endpoints = outbox::Endpoints::active(&mut *tx).await?;
+        let mut opened: Vec<Delivered> = events
+            .iter()
+            .filter(|e| endpoints.want(e))
+            .map(|e| (*e).clone())
             .collect();
-        keys.open_on(&mut *tx, &mut payloads, Mode::Fold).await?;
-        let opened_refs: Vec<&Delivered> = opened.iter().collect();
-        outbox::write(tx, &opened_refs).await?;
-        for event in &opened {
+        if !opened.is_empty() {
+            let mut payloads: Vec<(&str, &mut serde_json::Value)> = opened
+                .iter_mut()
+                .map(|e| (e.event_type.as_str(), &mut e.body))
+                .collect();
+            keys.open_on(&mut *tx, &mut payloads, Mode::Fold).await?;
+            let opened: Vec<&Delivered> = opened.iter().collect();
+            endpoints.write(tx, &opened).await?;
+        }
+        for event in events {
             if event.event_type == ordo_domain::event::types::CUSTOMER_ERASED {
                 let erased: ordo_domain::customer::CustomerErased = event.data()?;
                 outbox::withhold(tx, erased.customer_id).await?;

@@ -20,45 +20,74 @@ pub const STATUSES: [&str; 3] = ["pending", "delivered", "failed"];
 /// The statement that writes deliveries (`write.sql`).
 pub const WRITE: &str = include_str!("write.sql");
 
-/// Write the deliveries of `events`: one per active endpoint subscribed to each event's
-/// type and channel (or every channel), in one statement. There is one delivery per endpoint and event: a pending one is
-/// left as it is; one delivered or failed is due again (an operator's replay that repeats
-/// effects; a plain redelivery never gets here, the event being processed already).
-pub(crate) async fn write(tx: &mut PgConnection, events: &[&Delivered]) -> Result<(), sqlx::Error> {
-    let endpoints: Vec<(Uuid, Vec<String>, Option<String>)> = sqlx::query_as(
-        "SELECT id, event_types, channel FROM integration.endpoints WHERE disabled_at IS NULL",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut rows = Rows::default();
-    for event in events {
-        for (endpoint, patterns, channel) in &endpoints {
-            if channel.as_ref().is_none_or(|c| *c == event.channel)
-                && patterns
-                    .iter()
-                    .any(|p| pattern_matches(p, &event.event_type))
-            {
-                rows.push(*endpoint, event);
+/// The active endpoints: each one's id, event-type patterns and channel (`None`: every
+/// channel).
+pub(crate) struct Endpoints(Vec<(Uuid, Vec<String>, Option<String>)>);
+
+impl Endpoints {
+    /// Read the active endpoints, inside the transaction that will write their deliveries.
+    pub(crate) async fn active(tx: &mut PgConnection) -> Result<Self, sqlx::Error> {
+        Ok(Self(
+            sqlx::query_as(
+                "SELECT id, event_types, channel FROM integration.endpoints WHERE disabled_at IS NULL",
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+        ))
+    }
+
+    /// The endpoints subscribed to `event`'s type and channel.
+    fn of<'a>(&'a self, event: &'a Delivered) -> impl Iterator<Item = Uuid> + 'a {
+        self.0
+            .iter()
+            .filter_map(move |(endpoint, patterns, channel)| {
+                (channel.as_ref().is_none_or(|c| *c == event.channel)
+                    && patterns
+                        .iter()
+                        .any(|p| pattern_matches(p, &event.event_type)))
+                .then_some(*endpoint)
+            })
+    }
+
+    /// Whether any endpoint is subscribed to `event`.
+    pub(crate) fn want(&self, event: &Delivered) -> bool {
+        self.of(event).next().is_some()
+    }
+
+    /// Write the deliveries of `events`: one per endpoint subscribed to each event's type
+    /// and channel (or every channel), in one statement. There is one delivery per
+    /// endpoint and event: a pending one is left as it is; one delivered or failed is due
+    /// again (an operator's replay that repeats effects; a plain redelivery never gets
+    /// here, the event being processed already).
+    pub(crate) async fn write(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Delivered],
+    ) -> Result<(), sqlx::Error> {
+        let mut rows = Rows::default();
+        for event in events {
+            for endpoint in self.of(event) {
+                rows.push(endpoint, event);
             }
         }
+        if rows.ids.is_empty() {
+            return Ok(());
+        }
+        // Prepared: its plan depends on the outbox's statistics, which the delivery pool
+        // keeps current (`DeliveryPool::keep_statistics`).
+        sqlx::query(WRITE)
+            .bind(rows.ids)
+            .bind(rows.endpoints)
+            .bind(rows.events)
+            .bind(rows.types)
+            .bind(rows.aggregates)
+            .bind(rows.positions)
+            .bind(rows.bodies)
+            .bind(rows.traceparents)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
     }
-    if rows.ids.is_empty() {
-        return Ok(());
-    }
-    // Prepared: its plan depends on the outbox's statistics, which the delivery pool keeps
-    // current (`DeliveryPool::keep_statistics`).
-    sqlx::query(WRITE)
-        .bind(rows.ids)
-        .bind(rows.endpoints)
-        .bind(rows.events)
-        .bind(rows.types)
-        .bind(rows.aggregates)
-        .bind(rows.positions)
-        .bind(rows.bodies)
-        .bind(rows.traceparents)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 /// Outbox rows as columns, for one `UNNEST` insert.

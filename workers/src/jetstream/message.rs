@@ -27,7 +27,7 @@ pub struct Delivered {
 impl Delivered {
     /// The event's data as `T`; a body that does not read as `T` never will (poison).
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, HandleError> {
-        serde_json::from_value(self.body.clone())
+        T::deserialize(&self.body)
             .map_err(|e| HandleError::Poison(format!("{} body unreadable: {e}", self.event_type)))
     }
 
