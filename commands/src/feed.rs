@@ -48,14 +48,15 @@ pub struct FeedEvent {
     /// The event's JSON as stored, unparsed (parsing is the reader's cost to pay, once, into
     /// its own type). Empty when the reader asked for other event types only.
     pub payload: String,
-    /// The metadata's JSON as stored, unparsed; empty unless asked for.
+    /// The metadata's JSON as stored, unparsed; empty unless asked for, and for the events
+    /// whose payload the reader does not want.
     pub metadata: String,
     /// The channel of the event's stream (see [`crate::channels`]), always.
     pub channel: String,
 }
 
 /// What a reader wants of each event: the payload only of the event types it handles (the
-/// others still pass by, so its checkpoint advances over them), and the metadata or not.
+/// others still pass by, so its checkpoint advances over them), and their metadata or not.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Want<'a> {
     /// `None`: every payload.
