@@ -87,7 +87,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
-    // With a target rate, each client sends on its own fixed schedule.
+    // With a target rate, each client sends on its own fixed schedule, staggered.
     let interval = (args.rate > 0)
         .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
 
@@ -157,7 +157,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut ok, mut failed) = (0u64, 0u64);
             let mut n = worker;
-            let mut next = Instant::now();
+            // The clients' schedules are staggered over one interval, so that together they
+            // send a steady stream at the target rate, not bursts of `concurrency` at once.
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |every| {
+                    every.mul_f64(worker as f64 / args.concurrency as f64)
+                });
             while Instant::now() < end {
                 if let Some(every) = interval {
                     tokio::time::sleep_until(next.into()).await;
