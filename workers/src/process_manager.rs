@@ -273,7 +273,7 @@ impl ProcessManager {
                     backoff = Duration::from_millis(200);
                     if (read as i64) < BATCH {
                         tokio::select! {
-                            _ = tokio::time::sleep(feed::LINGER) => {}
+                            _ = tokio::time::sleep(feed::LINGER_BACKGROUND) => {}
                             _ = shutdown.changed() => {}
                         }
                         if wakeup.known_head() <= head_at_step {

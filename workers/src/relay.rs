@@ -453,7 +453,7 @@ impl Relay {
             }
             if advance.published > 0 {
                 tokio::select! {
-                    _ = tokio::time::sleep(feed::LINGER) => {}
+                    _ = tokio::time::sleep(feed::LINGER_BACKGROUND) => {}
                     _ = shutdown.changed() => {}
                 }
                 if wakeup.known_head() > head_at_step.max(line.global_position) {

@@ -20,8 +20,8 @@ const BATCH: usize = 500;
 
 /// How long a batch that is not full waits for more messages before it is handled, while
 /// messages keep coming (the last batch was handled less than [`FLOWING`] ago). The feed's
-/// readers linger the same way ([`ordo_commands::feed::LINGER`]).
-const LINGER: Duration = Duration::from_millis(10);
+/// background readers linger the same way ([`ordo_commands::feed::LINGER_BACKGROUND`]).
+const LINGER: Duration = ordo_commands::feed::LINGER_BACKGROUND;
 const FLOWING: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
