@@ -229,16 +229,18 @@ impl Runner {
             // not full lingers for more, so that one transaction settles many messages; after
             // a quiet spell the first message is handled at once.
             let flowing = last_batch.is_some_and(|at| at.elapsed() < FLOWING);
+            // It goes as soon as it is full: a backlog is not held back.
             if flowing && batch.len() < BATCH {
-                tokio::select! {
-                    _ = tokio::time::sleep(LINGER) => {}
-                    _ = shutdown.changed() => {}
-                }
+                let deadline = tokio::time::Instant::now() + LINGER;
                 while batch.len() < BATCH {
-                    let Some(Some(more)) = batches.next().now_or_never() else {
-                        break;
-                    };
-                    batch.extend(more);
+                    tokio::select! {
+                        more = batches.next() => match more {
+                            Some(more) => batch.extend(more),
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = shutdown.changed() => break,
+                    }
                 }
             }
             let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
