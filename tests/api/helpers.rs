@@ -43,6 +43,8 @@ pub struct TestApp {
     pub database_url: String,
     keys: HashMap<Role, String>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The application's task: done once every role has stopped.
+    running: Option<tokio::task::JoinHandle<()>>,
     /// The highest global position any command answered with.
     last_position: AtomicI64,
 }
@@ -135,9 +137,13 @@ pub async fn start(app: Application, pool: PgPool, database_url: String) -> Test
     let addr = app.local_addr().expect("bound");
     let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let running = tokio::spawn(async move {
+        let _ = app
+            .run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
     let mut keys = HashMap::new();
     for role in Role::ALL {
         let key = ordo_api::create_key(&pool, role, &format!("test-{role}"))
@@ -153,6 +159,7 @@ pub async fn start(app: Application, pool: PgPool, database_url: String) -> Test
         database_url,
         keys,
         shutdown: Some(tx),
+        running: Some(running),
         last_position: AtomicI64::new(0),
     }
 }
@@ -194,6 +201,17 @@ pub async fn read(resp: reqwest::Response) -> Resp {
 }
 
 impl TestApp {
+    /// Shut the application down and wait until every role has stopped (a relay still
+    /// running would create again the stream a test is about to delete).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+    }
+
     pub fn key(&self, role: Role) -> &str {
         &self.keys[&role]
     }

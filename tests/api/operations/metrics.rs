@@ -201,7 +201,20 @@ async fn a_process_without_the_api_role_still_serves_health_and_metrics() {
         let resp = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
     }
-    let text = scrape(&app).await;
+    // The runner exports its lag once it has stepped: scrape until it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&app).await;
+        let lag = sample(
+            &text,
+            "ordo_projection_lag_events",
+            &[r#"projection="orders""#],
+        );
+        if lag.is_some() || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     has(
         &text,
         "ordo_projection_lag_events",

@@ -86,6 +86,8 @@ async fn a_relay_with_nats_becomes_ready() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Stopped first: a running relay would create the stream again.
+    app.stop().await;
     let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
     let _ = js.delete_stream(&stream).await;
     ready.assert_status(200);
