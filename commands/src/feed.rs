@@ -259,6 +259,14 @@ impl Wakeup {
         self.known.get()
     }
 
+    /// After a step that read all there was up to `seen`: linger for `linger` (under a
+    /// steady flow the next step then reads many events at once), then wait for news beyond
+    /// `seen` ([`Wakeup::wait_beyond`], at once if some came meanwhile).
+    pub async fn linger_then_wait(&mut self, seen: i64, linger: Duration, poll: Duration) {
+        tokio::time::sleep(linger).await;
+        self.wait_beyond(seen, poll).await;
+    }
+
     /// Wait until the known head rises above `seen` (a commit of this process, or a
     /// notification of a position above it) or `poll` passes, whichever comes first; at once
     /// if the head is already above `seen`. Notifications of positions up to `seen` (commits

@@ -293,18 +293,11 @@ impl Runner {
                     }
                     backoff = Duration::from_millis(200);
                     if !full {
-                        tokio::select! {
-                            _ = tokio::time::sleep(feed::LINGER) => {}
-                            _ = shutdown.changed() => {}
-                        }
+                        // Wait for news rather than step to find out.
                         let seen = head_at_step.max(reached);
-                        if wakeup.known_head() <= seen {
-                            // Nothing committed since the step read, as far as this process
-                            // knows: wait for news rather than step to find out.
-                            tokio::select! {
-                                _ = wakeup.wait_beyond(seen, self.config.poll) => {}
-                                _ = shutdown.changed() => {}
-                            }
+                        tokio::select! {
+                            _ = wakeup.linger_then_wait(seen, feed::LINGER, self.config.poll) => {}
+                            _ = shutdown.changed() => {}
                         }
                     }
                 }

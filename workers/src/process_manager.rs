@@ -273,14 +273,8 @@ impl ProcessManager {
                     backoff = Duration::from_millis(200);
                     if (read as i64) < BATCH {
                         tokio::select! {
-                            _ = tokio::time::sleep(feed::LINGER_BACKGROUND) => {}
+                            _ = wakeup.linger_then_wait(head_at_step, feed::LINGER_BACKGROUND, POLL) => {}
                             _ = shutdown.changed() => {}
-                        }
-                        if wakeup.known_head() <= head_at_step {
-                            tokio::select! {
-                                _ = wakeup.wait_beyond(head_at_step, POLL) => {}
-                                _ = shutdown.changed() => {}
-                            }
                         }
                     }
                 }

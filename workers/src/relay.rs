@@ -451,19 +451,16 @@ impl Relay {
             if advance.full {
                 continue;
             }
-            if advance.published > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(feed::LINGER_BACKGROUND) => {}
-                    _ = shutdown.changed() => {}
-                }
-                if wakeup.known_head() > head_at_step.max(line.global_position) {
-                    continue;
-                }
-            }
-            // Nothing new as far as this process knows: wait for the next commit's wake-up
-            // rather than read to find out.
+            // Wait for the next commit's wake-up rather than read to find out; after a read
+            // that published, linger first.
+            let linger = if advance.published > 0 {
+                feed::LINGER_BACKGROUND
+            } else {
+                Duration::ZERO
+            };
+            let seen = head_at_step.max(line.global_position);
             tokio::select! {
-                _ = wakeup.wait_beyond(head_at_step.max(line.global_position), POLL) => {}
+                _ = wakeup.linger_then_wait(seen, linger, POLL) => {}
                 _ = shutdown.changed() => {}
             }
         }

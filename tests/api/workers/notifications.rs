@@ -325,6 +325,14 @@ pub(crate) struct Notifier {
     pub sender: Option<Arc<MailSender>>,
 }
 
+impl Notifier {
+    /// Handle one fetch of the waiting messages (up to 50, waiting at most 5 s); returns how
+    /// many were settled.
+    pub(crate) async fn fetch_once(&self) -> usize {
+        self.runner.step(50, Duration::from_secs(5)).await.unwrap()
+    }
+}
+
 impl Setup {
     pub(crate) async fn runner(&self, app: &TestApp, mailer: Option<Mailer>) -> Notifier {
         let runner = WorkerRunner::connect(
@@ -848,14 +856,7 @@ async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone()
     let runner = s.runner(&app, None).await;
 
     // The three registrations and the order: one fetch, one batch.
-    assert_eq!(
-        runner
-            .runner
-            .step(50, Duration::from_secs(5))
-            .await
-            .unwrap(),
-        4
-    );
+    assert_eq!(runner.fetch_once().await, 4);
     let (processed, transactions): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT p.processed_at) FROM notification.processed p
            JOIN event_store.events e USING (event_id) WHERE e.event_type = 'customer.registered'",
@@ -894,14 +895,7 @@ async fn events_that_send_no_mail_are_recorded_together_and_a_poison_one_alone()
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(
-        runner
-            .runner
-            .step(50, Duration::from_secs(5))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(runner.fetch_once().await, 2);
     let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.customers")
         .fetch_one(&app.pool)
         .await
@@ -932,14 +926,7 @@ async fn the_orders_of_many_customers_in_one_batch_are_each_written_to_their_own
     let runner = s.runner(&app, None).await;
 
     // The registrations and the orders, interleaved: one fetch, one batch, one transaction.
-    assert_eq!(
-        runner
-            .runner
-            .step(50, Duration::from_secs(5))
-            .await
-            .unwrap(),
-        12
-    );
+    assert_eq!(runner.fetch_once().await, 12);
     let (written, transactions): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT created_at) FROM notification.notifications",
     )
