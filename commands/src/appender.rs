@@ -519,7 +519,9 @@ impl Rows {
         let mut event_ids = Vec::with_capacity(self.types.len());
         let mut hashes = Vec::with_capacity(self.types.len());
         for i in 0..self.types.len() {
-            let event_id = uuid::Uuid::new_v4();
+            // Time-ordered (UUIDv7): each index on an event id (the log's, the workers' processed
+            // tables, notifications) grows at its right edge instead of at a random page.
+            let event_id = uuid::Uuid::now_v7();
             previous = chain::link(
                 &previous,
                 &chain::Linked {
