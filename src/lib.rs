@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ordo_api::{ApiConfig, AppState, RateLimit};
-use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig};
+use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig, SharedFeed};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
 use ordo_runtime::readiness::NatsProbe;
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
@@ -267,12 +267,15 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if self.roles.contains(&ProcessRole::Projector) {
+            // The three runners read each batch of the feed once between them.
+            let shared = SharedFeed::new(self.state.commands.keys().clone());
             for projection in Projection::ALL {
-                let (pool, config, stop, keys) = (
+                let (pool, config, stop, keys, shared) = (
                     self.state.pool.clone(),
                     self.runner.clone(),
                     stopped.clone(),
                     self.state.commands.keys().clone(),
+                    shared.clone(),
                 );
                 let name = format!("projector.{}", projection.name());
                 tasks.push(supervise(
@@ -283,6 +286,7 @@ impl Application {
                     move || {
                         Runner::new(pool.clone(), projection, config.clone())
                             .with_keys(keys.clone())
+                            .with_shared_feed(shared.clone())
                             .run(stop.clone())
                     },
                 ));

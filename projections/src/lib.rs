@@ -16,9 +16,11 @@ pub mod queries;
 pub mod rebuild;
 pub mod runner;
 pub mod sealing;
+pub mod shared;
 pub mod status;
 pub mod views;
 
 pub use model::{ApplyError, Projection, Version};
 pub use rebuild::Rebuilder;
 pub use runner::{Runner, RunnerConfig, Step};
+pub use shared::SharedFeed;

@@ -11,6 +11,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 use crate::model::{decode_all, ApplyError, Decoded, Projection, Version, LIVE};
+use crate::shared::{SharedFeed, Slice};
 use crate::status;
 use ordo_commands::feed::{self, Checkpoint, Wakeup};
 use ordo_commands::leader;
@@ -63,6 +64,8 @@ pub struct Runner {
     config: RunnerConfig,
     id: String,
     version: Version,
+    /// The batches this runner shares with the process's other runners, if it does.
+    shared: Option<SharedFeed>,
 }
 
 /// Create the live tables and the checkpoint row if they are missing (a fresh checkpoint
@@ -122,7 +125,16 @@ impl Runner {
                 std::process::id()
             ),
             version: projection.version(),
+            shared: None,
         }
+    }
+
+    /// Share what this runner reads with the other runners given the same [`SharedFeed`]
+    /// (one read of the feed for every read model of the process). Its batches are opened
+    /// with the shared feed's keys.
+    pub fn with_shared_feed(mut self, shared: SharedFeed) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Run as if this code were `version` of the read model (tests of rolling deploys; a
@@ -169,9 +181,21 @@ impl Runner {
         if built_by > self.version {
             return Ok((Step::Superseded, at));
         }
-        let mut events = feed::read(&mut tx, checkpoint, limit, self.want()).await?;
-        self.keys.open_feed_on(&mut tx, &mut events).await?;
-        let events = decode_all(events);
+        // Full batches from the shared feed; single steps through a failed batch read alone.
+        let shared = match &self.shared {
+            Some(shared) if limit == self.config.batch_size => {
+                shared.after(&mut tx, at, limit).await?
+            }
+            _ => None,
+        };
+        let events = match shared {
+            Some(events) => events,
+            None => {
+                let mut events = feed::read(&mut tx, checkpoint, limit, self.want()).await?;
+                self.keys.open_feed_on(&mut tx, &mut events).await?;
+                Slice::whole(decode_all(events))
+            }
+        };
         if events.is_empty() {
             return Ok((Step::Idle, at));
         }

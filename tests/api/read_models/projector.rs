@@ -8,7 +8,8 @@ use futures::future::join_all;
 use ordo::ProcessRole;
 use ordo_api::Role::{Analyst, Storefront};
 use ordo_commands::feed::{self, Checkpoint};
-use ordo_projections::{check, status, Projection, Runner, RunnerConfig};
+use ordo_commands::privacy::Keyring;
+use ordo_projections::{check, status, Projection, Runner, RunnerConfig, SharedFeed, Step};
 use serde_json::json;
 use sqlx::Connection;
 use tokio::sync::watch;
@@ -295,6 +296,73 @@ async fn runners_killed_mid_batch_leave_read_models_equal_to_the_fold() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// The runners of one process read each batch once between them: the first to step reads
+/// it, the others apply it (from their own checkpoint, where that falls inside it), and the
+/// read models are what a fold of the log gives.
+#[tokio::test]
+async fn runners_sharing_the_feed_read_each_batch_once_and_build_the_folds_read_models() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    write_scenario(&app, 4).await;
+    let pool = app.pool.clone();
+    for projection in Projection::ALL {
+        ordo_projections::runner::prepare(&pool, projection)
+            .await
+            .unwrap();
+    }
+    // Payments first moves a little on its own, so that its checkpoint lies inside the batch
+    // the others will read.
+    let alone = Runner::new(pool.clone(), Projection::Payments, fast());
+    assert_eq!(alone.step(3).await.unwrap(), Step::Applied(3));
+
+    let shared = SharedFeed::new(Keyring::new(pool.clone(), None));
+    let config = RunnerConfig {
+        batch_size: 1000,
+        ..fast()
+    };
+    let runner = |projection| {
+        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(shared.clone())
+    };
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let events = events as usize;
+    assert_eq!(
+        runner(Projection::Orders).step(1000).await.unwrap(),
+        Step::Applied(events)
+    );
+    assert_eq!(
+        runner(Projection::Payments).step(1000).await.unwrap(),
+        Step::Applied(events - 3),
+        "payments applies the rest of the batch after its own checkpoint"
+    );
+    assert_eq!(
+        runner(Projection::Customers).step(1000).await.unwrap(),
+        Step::Applied(events)
+    );
+    assert_eq!(shared.reads(), 1, "one read of the log for the three");
+
+    // New events: a new batch, read once again.
+    write_scenario(&app, 1).await;
+    for projection in [
+        Projection::Customers,
+        Projection::Orders,
+        Projection::Payments,
+    ] {
+        assert!(matches!(
+            runner(projection).step(1000).await.unwrap(),
+            Step::Applied(n) if n > 0
+        ));
+    }
+    assert_eq!(shared.reads(), 2);
+    let head = app.last_position();
+    for projection in Projection::ALL {
+        assert!(status::reached(&pool, projection, head).await.unwrap());
+    }
+    let mismatches = check::check(&pool).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
 #[tokio::test]
