@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 
 use crate::model::{decode_all, Decoded, DomainEvent, Projection};
-use ordo_commands::feed::{self, Checkpoint};
+use ordo_commands::feed::{self, Checkpoint, KnownHead};
 use ordo_commands::privacy::Keyring;
 
 /// How long a batch may be applied after it was read: the personal fields it opened are
@@ -29,6 +29,7 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// The last batch read for the runners that share it. Cheap to clone; the clones share.
 #[derive(Clone)]
 pub struct SharedFeed {
+    pool: PgPool,
     keys: Keyring,
     last: Arc<Mutex<Option<Batch>>>,
     reads: Arc<AtomicU64>,
@@ -64,10 +65,12 @@ impl Slice {
 }
 
 impl Batch {
-    /// Where the events after `at` start in this batch, if `at` falls inside it.
-    fn start_after(&self, at: i64) -> Option<usize> {
+    /// Where the events after `at` start in this batch, if `at` falls inside it and the
+    /// batch reaches `head`: a batch read before later commits would make a runner step
+    /// twice (and linger between) for what one read gives it now.
+    fn start_after(&self, at: i64, head: i64) -> Option<usize> {
         let last = self.events.last()?.position();
-        if at < self.after || at >= last || self.read_at.elapsed() >= FRESH_FOR {
+        if at < self.after || at >= last || last < head || self.read_at.elapsed() >= FRESH_FOR {
             return None;
         }
         Some(self.events.partition_point(|e| e.position() <= at))
@@ -91,8 +94,9 @@ fn every_read_models_types() -> &'static [&'static str] {
 impl SharedFeed {
     /// A shared feed whose batches are opened with `keys` (the keys of every runner that
     /// shares it).
-    pub fn new(keys: Keyring) -> Self {
+    pub fn new(pool: PgPool, keys: Keyring) -> Self {
         Self {
+            pool,
             keys,
             last: Arc::default(),
             reads: Arc::default(),
@@ -104,8 +108,9 @@ impl SharedFeed {
         self.reads.load(Ordering::Relaxed)
     }
 
-    /// Up to `limit` events after `at`: the rest of the last batch if `at` falls inside it,
-    /// else a batch read on `conn` (which the next runner may share). `None` when the events
+    /// Up to `limit` events after `at`: the rest of the last batch if `at` falls inside it
+    /// and it reaches the head this process knows of (or holds `limit` events), else a batch
+    /// read on `conn` (which the next runner may share). `None` when the events
     /// hold one that cannot be decoded: the runner reads for itself, so that only a read
     /// model that follows that event stops on it.
     pub(crate) async fn after(
@@ -117,9 +122,15 @@ impl SharedFeed {
         // Held while reading: the runners that wake with this one wait for its batch rather
         // than read the same events beside it.
         let mut last = self.last.lock().await;
-        let shared = last
-            .as_ref()
-            .and_then(|b| b.start_after(at).map(|from| (b.events.clone(), from)));
+        let head = KnownHead::of(&self.pool).get();
+        let shared = last.as_ref().and_then(|b| {
+            let head = if b.events.len() as i64 >= limit {
+                0
+            } else {
+                head
+            };
+            b.start_after(at, head).map(|from| (b.events.clone(), from))
+        });
         let (events, from) = match shared {
             Some(shared) => shared,
             None => {
