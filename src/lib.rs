@@ -18,7 +18,7 @@ use anyhow::Context;
 use ordo_api::{ApiConfig, AppState, RateLimit};
 use ordo_projections::{Projection, Rebuilder, Runner, RunnerConfig, SharedFeed};
 use ordo_runtime::process::{ProcessRoleState, ProcessRoles};
-use ordo_runtime::readiness::NatsProbe;
+use ordo_runtime::readiness::{NatsProbe, Readiness};
 use ordo_workers::integration::{self, DeliveryConfig, DeliveryPool, Integration};
 use ordo_workers::jetstream::Policy;
 use ordo_workers::notification::sender::{MailConfig, MailSender};
@@ -175,14 +175,15 @@ impl Application {
                 }
             }
         }
-        let mut state = AppState::new(pool, api);
+        let mut readiness = Readiness::default();
         let needs_nats = config.roles.contains(&ProcessRole::Relay)
             || config.roles.contains(&ProcessRole::Workers);
         match NatsProbe::start(&config.nats_url, needs_nats).await {
-            Ok(probe) => state.readiness.nats = Some(probe),
+            Ok(probe) => readiness.nats = Some(probe),
             Err(e) if needs_nats => return Err(e).context("bad NATS_URL"),
             Err(e) => tracing::warn!(error = %e, "NATS readiness probe off"),
         }
+        let state = AppState::new(pool, api, readiness);
         Ok(Self {
             mailer,
             webhooks,

@@ -93,9 +93,20 @@ impl Default for ApiConfig {
     }
 }
 
-/// Shared by every handler.
+/// Shared by every handler: one reference-counted pointer, so that the clone each
+/// middleware layer and handler takes is one counter, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+pub struct Shared {
     /// The database: the event store's tables and `auth.api_keys`.
     pub pool: PgPool,
     /// The `Idempotency-Key`s this process is running commands for.
@@ -120,8 +131,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, config: ApiConfig) -> Self {
-        Self {
+    pub fn new(pool: PgPool, config: ApiConfig, readiness: Readiness) -> Self {
+        Self(Arc::new(Shared {
             in_flight: Default::default(),
             commands: Arc::new(Commands::with_keys(
                 pool.clone(),
@@ -135,10 +146,10 @@ impl AppState {
                 .anonymous_rate_limit
                 .map(|l| Arc::new(rate_limit::AddressLimiter::new(l))),
             gate: limits::Gate::new(config.limits),
-            readiness: Readiness::default(),
+            readiness,
             progress: read_wait::Progress::default(),
             config: Arc::new(config),
-        }
+        }))
     }
 }
 
