@@ -286,7 +286,8 @@ mod tests {
             aggregate_id: String::new(),
             position: 0,
             body: json!({"payment_id": Uuid::new_v4(), "order_id": order_id, "currency": "EUR",
-                         "amount": amount, "captured_total": amount, "captured_at": at}),
+                         "amount": amount, "captured_total": amount, "captured_at": at})
+            .into(),
             traceparent: None,
             channel: "default".into(),
         }
@@ -317,7 +318,7 @@ mod tests {
     #[test]
     fn an_unreadable_body_is_poison() {
         let mut event = captured(Uuid::new_v4(), 1, "2026-11-21T10:05:00Z");
-        event.body = json!({"not": "a capture"});
+        event.body = json!({"not": "a capture"}).into();
         assert!(matches!(Effects::of(&event), Err(HandleError::Poison(_))));
     }
 }

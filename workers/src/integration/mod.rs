@@ -88,18 +88,24 @@ impl Policy for Integration {
             .unwrap_or_else(|| Keyring::new(pool.clone(), None));
         // Only the events some endpoint wants are opened and written.
         let endpoints = outbox::Endpoints::active(&mut *tx).await?;
-        let mut opened: Vec<Delivered> = events
+        let wanted: Vec<&Delivered> = events
             .iter()
+            .copied()
             .filter(|e| endpoints.want(e))
-            .map(|e| (*e).clone())
             .collect();
-        if !opened.is_empty() {
-            let mut payloads: Vec<(&str, &mut serde_json::Value)> = opened
-                .iter_mut()
-                .map(|e| (e.event_type.as_str(), &mut e.body))
+        if !wanted.is_empty() {
+            let mut bodies = wanted
+                .iter()
+                .map(|e| e.value())
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut payloads: Vec<(&str, &mut serde_json::Value)> = wanted
+                .iter()
+                .zip(bodies.iter_mut())
+                .map(|(e, body)| (e.event_type.as_str(), body))
                 .collect();
             keys.open_on(&mut *tx, &mut payloads, Mode::Fold).await?;
-            let opened: Vec<&Delivered> = opened.iter().collect();
+            let opened: Vec<(&Delivered, serde_json::Value)> =
+                wanted.into_iter().zip(bodies).collect();
             endpoints.write(tx, &opened).await?;
         }
         for event in events {

@@ -62,12 +62,12 @@ impl Endpoints {
     pub(crate) async fn write(
         &self,
         tx: &mut PgConnection,
-        events: &[&Delivered],
+        events: &[(&Delivered, Value)],
     ) -> Result<(), sqlx::Error> {
         let mut rows = Rows::default();
-        for event in events {
+        for (event, body) in events {
             for endpoint in self.of(event) {
-                rows.push(endpoint, event);
+                rows.push(endpoint, event, body);
             }
         }
         if rows.ids.is_empty() {
@@ -104,14 +104,14 @@ struct Rows {
 }
 
 impl Rows {
-    fn push(&mut self, endpoint: Uuid, event: &Delivered) {
+    fn push(&mut self, endpoint: Uuid, event: &Delivered, body: &Value) {
         self.ids.push(Uuid::now_v7());
         self.endpoints.push(endpoint);
         self.events.push(event.event_id);
         self.types.push(event.event_type.clone());
         self.aggregates.push(event.aggregate_id.clone());
         self.positions.push(event.position);
-        self.bodies.push(event.body.clone());
+        self.bodies.push(body.clone());
         self.traceparents.push(event.traceparent.clone());
     }
 }

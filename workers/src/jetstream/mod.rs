@@ -20,6 +20,6 @@ mod runner;
 
 pub use advisory::{AdvisoryOutcome, MaxDeliveriesAdvisory};
 pub use config::WorkerConfig;
-pub use message::{headers_json, Delivered};
+pub use message::{headers_json, Body, Delivered};
 pub use policy::{pattern_matches, HandleError, Policy};
 pub use runner::{Runner, WorkerError};

@@ -19,7 +19,7 @@ pub(super) async fn remember(
     keys: &Keyring,
     event: &Delivered,
 ) -> Result<(), HandleError> {
-    let mut body = event.body.clone();
+    let mut body = event.value()?;
     keys.open_on(
         &mut *tx,
         &mut [(event.event_type.as_str(), &mut body)],
