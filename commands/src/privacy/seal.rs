@@ -121,17 +121,18 @@ pub enum Mode {
 }
 
 /// Open the personal fields of an event's payload for a reader, given the state of the
-/// customer's key.
+/// customer's key. Whether any field changed.
 pub fn open_fields(
     event_type: &str,
     payload: &mut Value,
     customer: Uuid,
     state: &KeyState,
     mode: Mode,
-) {
+) -> bool {
     let Some(fields) = payload.as_object_mut() else {
-        return;
+        return false;
     };
+    let mut changed = false;
     for field in personal_fields(event_type) {
         let Some(value) = fields.get_mut(*field) else {
             continue;
@@ -152,7 +153,9 @@ pub fn open_fields(
             (None, _, Mode::Fold) => continue,
             (None, _, Mode::Display) => Value::from(UNREADABLE),
         };
+        changed = true;
     }
+    changed
 }
 
 /// The base64 text of a sealed value (`{"sealed": "…"}`), or `None` for a clear one.
@@ -190,13 +193,13 @@ mod tests {
         assert_eq!(payload["phone"], Value::Null);
         assert_eq!(payload["customer_id"], registered()["customer_id"]);
 
-        open_fields(
+        assert!(open_fields(
             "customer.registered",
             &mut payload,
             customer(),
             &KeyState::Key(key),
             Mode::Fold,
-        );
+        ));
         assert_eq!(payload, registered());
     }
 
@@ -232,13 +235,13 @@ mod tests {
             assert_eq!(shown["name"], json!("[erased]"));
             assert_eq!(shown["phone"], Value::Null);
             let mut folded = payload.clone();
-            open_fields(
+            assert!(open_fields(
                 "customer.registered",
                 &mut folded,
                 customer(),
                 &KeyState::Erased,
                 Mode::Fold,
-            );
+            ));
             assert_eq!(folded["email"], json!({"sealed": ""}));
         }
     }
@@ -261,12 +264,15 @@ mod tests {
         );
         assert_eq!(payload["email"], json!("[encrypted]"));
         let mut clear = registered();
-        open_fields(
-            "customer.registered",
-            &mut clear,
-            customer(),
-            &KeyState::None,
-            Mode::Display,
+        assert!(
+            !open_fields(
+                "customer.registered",
+                &mut clear,
+                customer(),
+                &KeyState::None,
+                Mode::Display,
+            ),
+            "nothing to open: unchanged"
         );
         assert_eq!(clear, registered());
     }
