@@ -10,6 +10,7 @@
 
 pub mod bulk;
 mod known;
+mod listener;
 
 pub use known::KnownHead;
 
@@ -18,7 +19,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -198,14 +198,16 @@ pub async fn lag(pool: &PgPool, after: Checkpoint) -> Result<(i64, f64), sqlx::E
 }
 
 /// Wakes a reader when new events commit: this process's own commits through the
-/// [`KnownHead`], other processes' through the `ordo_events` notifications (which raise the
-/// known head too). Notifications may be missed (a dropped connection), so waiting also ends
-/// after `poll`: polling is the fallback.
+/// [`KnownHead`], other processes' through the `ordo_events` notifications, which the
+/// process's one listener of the database turns into a higher known head
+/// (`feed/listener.rs`). Notifications may be missed (a dropped connection), so waiting
+/// also ends after `poll`: polling is the fallback.
 pub struct Wakeup {
-    listener: Option<PgListener>,
-    pool: PgPool,
     known: KnownHead,
     moved: tokio::sync::watch::Receiver<i64>,
+    nudged: tokio::sync::watch::Receiver<u64>,
+    /// Keeps the shared listener running while this reader waits on it.
+    _listening: std::sync::Arc<listener::Listening>,
 }
 
 pub const CHANNEL: &str = "ordo_events";
@@ -228,30 +230,13 @@ pub const LINGER_BACKGROUND: Duration = Duration::from_millis(50);
 impl Wakeup {
     pub async fn new(pool: &PgPool) -> Self {
         let known = KnownHead::of(pool);
-        let mut this = Self {
-            listener: None,
-            pool: pool.clone(),
+        let listening = listener::Listening::of(pool);
+        Self {
             moved: known.subscribe(),
+            nudged: listening.subscribe(),
             known,
-        };
-        this.connect().await;
-        this
-    }
-
-    async fn connect(&mut self) {
-        self.listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot LISTEN; polling");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot LISTEN; polling");
-                None
-            }
-        };
+            _listening: listening,
+        }
     }
 
     /// The highest committed position this process knows of (see [`KnownHead`]).
@@ -270,51 +255,20 @@ impl Wakeup {
     /// Wait until the known head rises above `seen` (a commit of this process, or a
     /// notification of a position above it) or `poll` passes, whichever comes first; at once
     /// if the head is already above `seen`. Notifications of positions up to `seen` (commits
-    /// the reader has read already) do not wake it; one without a position does. `false`
-    /// when `poll` passed: nothing said anything was new, and the reader should look for
-    /// itself.
+    /// the reader has read already) do not wake it; one without a position does, and so
+    /// does the listener's reconnection. `false` when `poll` passed: nothing said anything
+    /// was new, and the reader should look for itself.
     pub async fn wait_beyond(&mut self, seen: i64, poll: Duration) -> bool {
         if self.known.get() > seen {
             return true;
         }
         self.moved.borrow_and_update();
-        if self.listener.is_none() {
-            let woken = tokio::time::timeout(poll, rises_above(&mut self.moved, seen))
-                .await
-                .is_ok();
-            self.connect().await;
-            return woken;
-        }
-        let known = &self.known;
-        let moved = &mut self.moved;
-        let own = rises_above(moved, seen);
-        tokio::pin!(own);
-        let timeout = tokio::time::sleep(poll);
-        tokio::pin!(timeout);
-        let Some(listener) = &mut self.listener else {
-            return true;
-        };
-        loop {
-            tokio::select! {
-                () = &mut own => return true,
-                () = &mut timeout => return false,
-                received = listener.try_recv() => match received {
-                    Ok(Some(notification)) => match notification.payload().parse::<i64>() {
-                        Ok(position) => {
-                            known.raise(position);
-                            if position > seen {
-                                return true;
-                            }
-                        }
-                        Err(_) => return true,
-                    },
-                    // Connection lost: reconnect next time; this wait is over.
-                    Ok(None) | Err(_) => {
-                        self.listener = None;
-                        return true;
-                    }
-                },
-            }
+        self.nudged.borrow_and_update();
+        let nudged = &mut self.nudged;
+        tokio::select! {
+            () = rises_above(&mut self.moved, seen) => true,
+            changed = nudged.changed() => changed.is_ok(),
+            () = tokio::time::sleep(poll) => false,
         }
     }
 }
