@@ -365,6 +365,69 @@ async fn runners_sharing_the_feed_read_each_batch_once_and_build_the_folds_read_
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
+/// Every reader of a process waits on one LISTEN connection: a notification from another
+/// process (here a plain NOTIFY) raises the known head they all wait on, and one without a
+/// position wakes them too.
+#[tokio::test]
+async fn the_readers_of_a_process_share_one_listener_that_wakes_them_all() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let pool = app.pool.clone();
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        readers.push(feed::Wakeup::new(&pool).await);
+    }
+    let listening = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND query ILIKE 'LISTEN%ordo_events%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    // The listener connects in the background: wait for it, then make sure it is alone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening().await == 0 {
+        assert!(Instant::now() < deadline, "no listener connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listening().await, 1, "one LISTEN for the three readers");
+
+    let seen = readers[0].known_head();
+    let woken = join_all(
+        readers
+            .iter_mut()
+            .map(|reader| async { reader.wait_beyond(seen, Duration::from_secs(20)).await }),
+    );
+    let notify = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sqlx::query("SELECT pg_notify('ordo_events', $1)")
+            .bind((seen + 1_000_000).to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    let (woken, ()) = tokio::join!(woken, notify);
+    assert_eq!(
+        woken,
+        vec![true; 3],
+        "each woken by the notification, not the poll"
+    );
+    assert_eq!(readers[1].known_head(), seen + 1_000_000);
+
+    // A notification without a position wakes a reader that has read everything known.
+    let head = readers[2].known_head();
+    let reader = &mut readers[2];
+    let (woken, ()) = tokio::join!(reader.wait_beyond(head, Duration::from_secs(20)), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sqlx::query("SELECT pg_notify('ordo_events', '')")
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    assert!(woken);
+}
+
 #[tokio::test]
 async fn only_one_runner_leads_and_a_standby_takes_over_when_it_dies() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
