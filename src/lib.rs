@@ -269,8 +269,7 @@ impl Application {
         let mut tasks = Vec::new();
         if self.roles.contains(&ProcessRole::Projector) {
             // The three runners read each batch of the feed once between them.
-            let shared =
-                SharedFeed::new(self.state.pool.clone(), self.state.commands.keys().clone());
+            let shared = SharedFeed::new(&self.state.pool, self.state.commands.keys().clone());
             for projection in Projection::ALL {
                 let (pool, config, stop, keys, shared) = (
                     self.state.pool.clone(),

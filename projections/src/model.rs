@@ -182,6 +182,18 @@ impl Projection {
         }
     }
 
+    /// Every event type some of `projections` reads, each once (what one read of the feed
+    /// for all of them asks for).
+    pub fn event_types_of(projections: impl IntoIterator<Item = Self>) -> Vec<&'static str> {
+        let mut types: Vec<&'static str> = projections
+            .into_iter()
+            .flat_map(|p| p.event_types().iter().copied())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        types
+    }
+
     fn template(self) -> &'static str {
         match self {
             Self::Orders => include_str!("sql/orders.sql"),

@@ -197,12 +197,7 @@ impl Rebuilder {
     ) -> Result<Vec<Job>, sqlx::Error> {
         let target = feed::head(&self.pool).await?;
         let from = jobs.iter().map(|j| j.position).min().unwrap_or(0);
-        let mut types: Vec<&'static str> = jobs
-            .iter()
-            .flat_map(|j| j.projection.event_types().iter().copied())
-            .collect();
-        types.sort_unstable();
-        types.dedup();
+        let types = Projection::event_types_of(jobs.iter().map(|j| j.projection));
 
         let mut senders = Vec::new();
         let mut appliers = Vec::new();

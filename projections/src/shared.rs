@@ -29,7 +29,8 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// The last batch read for the runners that share it. Cheap to clone; the clones share.
 #[derive(Clone)]
 pub struct SharedFeed {
-    pool: PgPool,
+    /// What this process knows is committed: a batch is shared only while it reaches it.
+    known: KnownHead,
     keys: Keyring,
     last: Arc<Mutex<Option<Batch>>>,
     reads: Arc<AtomicU64>,
@@ -66,11 +67,12 @@ impl Slice {
 
 impl Batch {
     /// Where the events after `at` start in this batch, if `at` falls inside it and the
-    /// batch reaches `head`: a batch read before later commits would make a runner step
-    /// twice (and linger between) for what one read gives it now.
-    fn start_after(&self, at: i64, head: i64) -> Option<usize> {
+    /// batch is full (`limit` events) or reaches `head`: a batch read before later commits
+    /// would make a runner step twice (and linger between) for what one read gives it now.
+    fn start_after(&self, at: i64, head: i64, limit: i64) -> Option<usize> {
         let last = self.events.last()?.position();
-        if at < self.after || at >= last || last < head || self.read_at.elapsed() >= FRESH_FOR {
+        let reaches = self.events.len() as i64 >= limit || last >= head;
+        if at < self.after || at >= last || !reaches || self.read_at.elapsed() >= FRESH_FOR {
             return None;
         }
         Some(self.events.partition_point(|e| e.position() <= at))
@@ -80,23 +82,15 @@ impl Batch {
 /// Every event type some read model reads.
 fn every_read_models_types() -> &'static [&'static str] {
     static TYPES: OnceLock<Vec<&'static str>> = OnceLock::new();
-    TYPES.get_or_init(|| {
-        let mut types: Vec<&'static str> = Projection::ALL
-            .into_iter()
-            .flat_map(|p| p.event_types().iter().copied())
-            .collect();
-        types.sort_unstable();
-        types.dedup();
-        types
-    })
+    TYPES.get_or_init(|| Projection::event_types_of(Projection::ALL))
 }
 
 impl SharedFeed {
     /// A shared feed whose batches are opened with `keys` (the keys of every runner that
     /// shares it).
-    pub fn new(pool: PgPool, keys: Keyring) -> Self {
+    pub fn new(pool: &PgPool, keys: Keyring) -> Self {
         Self {
-            pool,
+            known: KnownHead::of(pool),
             keys,
             last: Arc::default(),
             reads: Arc::default(),
@@ -122,14 +116,10 @@ impl SharedFeed {
         // Held while reading: the runners that wake with this one wait for its batch rather
         // than read the same events beside it.
         let mut last = self.last.lock().await;
-        let head = KnownHead::of(&self.pool).get();
+        let head = self.known.get();
         let shared = last.as_ref().and_then(|b| {
-            let head = if b.events.len() as i64 >= limit {
-                0
-            } else {
-                head
-            };
-            b.start_after(at, head).map(|from| (b.events.clone(), from))
+            b.start_after(at, head, limit)
+                .map(|from| (b.events.clone(), from))
         });
         let (events, from) = match shared {
             Some(shared) => shared,

@@ -316,7 +316,7 @@ async fn runners_sharing_the_feed_read_each_batch_once_and_build_the_folds_read_
     let alone = Runner::new(pool.clone(), Projection::Payments, fast());
     assert_eq!(alone.step(3).await.unwrap(), Step::Applied(3));
 
-    let shared = SharedFeed::new(pool.clone(), Keyring::new(pool.clone(), None));
+    let shared = SharedFeed::new(&pool, Keyring::new(pool.clone(), None));
     let config = RunnerConfig {
         batch_size: 1000,
         ..fast()
