@@ -1,11 +1,12 @@
 //! Connecting to PostgreSQL and creating the database when it is missing.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
 
 /// Pool settings. `acquire_timeout` bounds how long a request waits for PostgreSQL before
@@ -26,9 +27,35 @@ impl Default for PoolSettings {
 }
 
 pub fn connect_options(database_url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(database_url)?
+    let options = PgConnectOptions::from_str(database_url)?
         .log_statements(log::LevelFilter::Trace)
-        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500)))
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
+    let stated = states_ssl_mode(database_url) || std::env::var_os("PGSSLMODE").is_some();
+    Ok(without_tls_on_loopback(options, stated))
+}
+
+/// Whether the URL names an `sslmode` (or sqlx's `ssl-mode`).
+fn states_ssl_mode(database_url: &str) -> bool {
+    url::Url::parse(database_url).is_ok_and(|url| {
+        url.query_pairs()
+            .any(|(name, _)| name == "sslmode" || name == "ssl-mode")
+    })
+}
+
+/// A connection that never leaves the machine gains nothing from TLS and pays for it in
+/// CPU on both ends (a tenth of all CPU per command with every role in the process, ADR
+/// 0008). Unless a mode was stated (in the URL or `PGSSLMODE`), a loopback host is
+/// connected to in the clear; libpq's default, `prefer`, would encrypt it. Every other
+/// host keeps that default.
+fn without_tls_on_loopback(options: PgConnectOptions, stated: bool) -> PgConnectOptions {
+    let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback && !stated {
+        options.ssl_mode(PgSslMode::Disable)
+    } else {
+        options
+    }
 }
 
 /// A lazily connecting pool: the process starts even while PostgreSQL is down, and each
@@ -174,4 +201,55 @@ pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<boo
         .execute(pool)
         .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(database_url: &str) -> PgSslMode {
+        let options = PgConnectOptions::from_str(database_url).unwrap();
+        without_tls_on_loopback(options, states_ssl_mode(database_url)).get_ssl_mode()
+    }
+
+    #[test]
+    fn a_loopback_host_is_connected_to_in_the_clear_unless_a_mode_is_stated() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/ordo",
+            "postgres://postgres@127.0.0.53/ordo",
+            "postgres://postgres@[::1]:5432/ordo",
+            "postgres://postgres@localhost/ordo",
+        ] {
+            assert!(matches!(mode(url), PgSslMode::Disable), "{url}");
+        }
+        assert!(matches!(
+            mode("postgres://postgres@127.0.0.1:5432/ordo?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://postgres@localhost/ordo?ssl-mode=prefer"),
+            PgSslMode::Prefer
+        ));
+    }
+
+    #[test]
+    fn any_other_host_keeps_the_default_or_the_stated_mode() {
+        // Parsed only, never connected to.
+        let default = PgConnectOptions::new().get_ssl_mode();
+        for url in [
+            "postgres://postgres@db.example.com/ordo",
+            "postgres://postgres@10.0.0.5/ordo",
+            "postgres://postgres@[2001:db8::1]:5432/ordo",
+        ] {
+            assert_eq!(
+                format!("{:?}", mode(url)),
+                format!("{default:?}"),
+                "{url}"
+            );
+        }
+        assert!(matches!(
+            mode("postgres://postgres@10.0.0.5/ordo?sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+    }
 }
