@@ -8,6 +8,7 @@
 #   ROLES=api scripts/bench-cost.sh               # the write path alone (also api,projector …)
 #   scripts/bench-cost.sh --rate 700              # extra arguments go to `ordo-bench place-order`
 #   scripts/bench-cost.sh --stages                # downstream roles alone, over a backlog
+#   ORDO=/tmp/ordo-before scripts/bench-cost.sh   # another build of ordo (A/B comparisons)
 #
 # --stages writes a backlog with the API alone, then runs the relay alone and the JetStream
 # workers alone until each has caught up, and prints each one's rate and CPU per event.
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly DB=ordo_cost
-readonly ORDO=./target/release/ordo
+readonly ORDO=${ORDO:-./target/release/ordo}
 readonly BENCH=./target/release/ordo-bench
 readonly URL=http://127.0.0.1:18288
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"

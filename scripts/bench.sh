@@ -12,6 +12,7 @@
 #   scripts/bench.sh --customers 50            # extra arguments go to `ordo-bench place-order`
 #
 #   BUILD=0 scripts/bench.sh                   # the release binaries as they are, unbuilt
+#   BUILD=0 ORDO=/tmp/ordo-before scripts/bench.sh   # another build of ordo (A/B comparisons)
 #   HANGING_WEBHOOK=1 scripts/bench.sh         # with a webhook endpoint that never answers
 #
 # Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, JetStream streams
@@ -23,7 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 readonly DB=ordo_bench
 readonly ADDR=127.0.0.1:18088
 readonly URL="http://$ADDR"
-readonly ORDO=./target/release/ordo
+readonly ORDO=${ORDO:-./target/release/ordo}
 readonly BENCH=./target/release/ordo-bench
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export ORDO_HTTP_ADDR=$ADDR
