@@ -48,7 +48,10 @@ fn states_ssl_mode(database_url: &str) -> bool {
 /// connected to in the clear; libpq's default, `prefer`, would encrypt it. Every other
 /// host keeps that default.
 fn without_tls_on_loopback(options: PgConnectOptions, stated: bool) -> PgConnectOptions {
-    let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if loopback && !stated {
@@ -241,11 +244,7 @@ mod tests {
             "postgres://postgres@10.0.0.5/ordo",
             "postgres://postgres@[2001:db8::1]:5432/ordo",
         ] {
-            assert_eq!(
-                format!("{:?}", mode(url)),
-                format!("{default:?}"),
-                "{url}"
-            );
+            assert_eq!(format!("{:?}", mode(url)), format!("{default:?}"), "{url}");
         }
         assert!(matches!(
             mode("postgres://postgres@10.0.0.5/ordo?sslmode=verify-full"),
