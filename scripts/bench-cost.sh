@@ -9,6 +9,7 @@
 #   scripts/bench-cost.sh --rate 700              # extra arguments go to `ordo-bench place-order`
 #   scripts/bench-cost.sh --stages                # downstream roles alone, over a backlog
 #   ORDO=/tmp/ordo-before scripts/bench-cost.sh   # another build of ordo (A/B comparisons)
+#   CONCURRENCY=64 scripts/bench-cost.sh          # more clients than the 32 of the targets
 #
 # --stages writes a backlog with the API alone, then runs the relay alone and the JetStream
 # workers alone until each has caught up, and prints each one's rate and CPU per event.
@@ -79,7 +80,7 @@ KEY=$("$ORDO" keys create --role storefront --name bench-cost)
 
 if [[ "${1:-}" == --stages ]]; then
     serve api 127.0.0.1:18288
-    "$BENCH" place-order --url "$URL" --key "$KEY" --concurrency 32 --duration "${DURATION:-10}" |
+    "$BENCH" place-order --url "$URL" --key "$KEY" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-10}" |
         sed -n 's/^throughput: /backlog written at /p'
     stop_server
     events=$(query "select count(*) from event_store.events")
@@ -108,7 +109,7 @@ fi
 
 serve "${ROLES:-api,projector,process-manager,relay,workers}" 127.0.0.1:18288
 duration=${DURATION:-15}
-"$BENCH" place-order --url "$URL" --key "$KEY" --concurrency 32 --duration "$duration" "$@" >"/tmp/bench-cost.$$" &
+"$BENCH" place-order --url "$URL" --key "$KEY" --concurrency "${CONCURRENCY:-32}" --duration "$duration" "$@" >"/tmp/bench-cost.$$" &
 bench_pid=$!
 # The window: from 4 s into the run (customers registered, warm-up over) to 3 s before its end.
 sleep 4
