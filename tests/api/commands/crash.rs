@@ -25,6 +25,9 @@ impl Server {
             .env("DATABASE_URL", database_url)
             .env("ORDO_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("ORDO_LOG", "error")
+            // Off the shared NATS server: the relay and the workers would use the default
+            // streams, which no test may touch.
+            .env("ORDO_ROLES", "api,projector,process-manager")
             .env(
                 "ORDO_TEST_CRASH_AFTER_COMMIT",
                 crash_after_commit.to_string(),

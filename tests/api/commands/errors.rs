@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ordo::Application;
+use ordo::{Application, ProcessRole};
 use ordo_api::Role::Storefront;
 use serde_json::json;
 
@@ -244,6 +244,12 @@ async fn an_unreachable_store_is_503_with_retry_after_and_recovers() {
     config.database_url = proxied_url.clone().into();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.db_acquire_timeout_secs = 1;
+    // Off the shared NATS server: the relay and the workers would use the default streams.
+    config.roles = vec![
+        ProcessRole::Api,
+        ProcessRole::Projector,
+        ProcessRole::ProcessManager,
+    ];
     let pool = ordo_commands::db::pool(
         &proxied_url,
         &ordo_commands::db::PoolSettings {
