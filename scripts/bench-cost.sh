@@ -30,6 +30,8 @@ export ORDO_HTTP_ADDR=127.0.0.1:18288
 export ORDO_LOG=${ORDO_LOG:-error}
 export ORDO_NATS_STREAM=ORDO_COST_$$
 export ORDO_NATS_SUBJECT_PREFIX=ordo.cost$$
+export ORDO_NATS_DLQ_STREAM=${ORDO_NATS_STREAM}_DLQ
+export ORDO_NATS_DLQ_SUBJECT_PREFIX=ordo.cost$$-dlq
 
 psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -h 127.0.0.1 -U postgres -d postgres "$@"; }
 query() { psql -X -q -At -h 127.0.0.1 -U postgres -d "$DB" -c "$1"; }
@@ -45,7 +47,7 @@ stop_server() {
 cleanup() {
     stop_server
     psql_admin -c "drop database if exists $DB with (force)" || true
-    "$BENCH" drop-streams "$ORDO_NATS_STREAM" "${ORDO_NATS_STREAM}_ADVISORIES" >/dev/null 2>&1 || true
+    "$BENCH" drop-streams "$ORDO_NATS_STREAM" "${ORDO_NATS_STREAM}_ADVISORIES" "$ORDO_NATS_DLQ_STREAM" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -33,6 +33,8 @@ export ORDO_LOG=${ORDO_LOG:-warn}
 # to the workers (its messages name customers this fresh database never had).
 export ORDO_NATS_STREAM=ORDO_BENCH_$$
 export ORDO_NATS_SUBJECT_PREFIX=ordo.bench$$
+export ORDO_NATS_DLQ_STREAM=${ORDO_NATS_STREAM}_DLQ
+export ORDO_NATS_DLQ_SUBJECT_PREFIX=ordo.bench$$-dlq
 
 psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
@@ -50,7 +52,7 @@ cleanup() {
     fi
     [[ -n "$HANG_PID" ]] && kill "$HANG_PID" 2>/dev/null || true
     psql_admin -c "drop database if exists $DB with (force)" || true
-    "$BENCH" drop-streams "$ORDO_NATS_STREAM" "${ORDO_NATS_STREAM}_ADVISORIES" 2>/dev/null || true
+    "$BENCH" drop-streams "$ORDO_NATS_STREAM" "${ORDO_NATS_STREAM}_ADVISORIES" "$ORDO_NATS_DLQ_STREAM" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

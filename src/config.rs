@@ -163,6 +163,14 @@ pub struct Config {
     #[arg(long, env = "ORDO_NATS_SUBJECT_PREFIX", default_value = nats::DEFAULT_SUBJECT_PREFIX)]
     pub nats_subject_prefix: String,
 
+    /// The JetStream stream that keeps the workers' dead letters.
+    #[arg(long, env = "ORDO_NATS_DLQ_STREAM", default_value = nats::DEFAULT_DLQ_STREAM)]
+    pub nats_dlq_stream: String,
+
+    /// Dead letters are published to `<prefix>.<worker>`.
+    #[arg(long, env = "ORDO_NATS_DLQ_SUBJECT_PREFIX", default_value = nats::DEFAULT_DLQ_SUBJECT_PREFIX)]
+    pub nats_dlq_subject_prefix: String,
+
     /// Where the HTTP API listens.
     #[arg(long, env = "ORDO_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -464,7 +472,11 @@ impl Config {
 
     /// The JetStream workers' settings (which workers run is [`Config::worker_names`]).
     pub fn workers(&self) -> WorkerConfig {
-        WorkerConfig::over(&self.nats())
+        WorkerConfig {
+            dlq_stream: self.nats_dlq_stream.clone(),
+            dlq_prefix: self.nats_dlq_subject_prefix.clone(),
+            ..WorkerConfig::over(&self.nats())
+        }
     }
 }
 
@@ -483,6 +495,27 @@ mod tests {
         );
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
         assert!(config.smtp_url.is_none());
+        let workers = config.workers();
+        assert_eq!(
+            (workers.dlq_stream.as_str(), workers.dlq_prefix.as_str()),
+            ("ORDO_DLQ", "ordo.dlq")
+        );
+    }
+
+    #[test]
+    fn the_workers_dead_letters_go_where_the_configuration_says() {
+        let config = Config {
+            nats_dlq_stream: "SHOP2_DLQ".into(),
+            nats_dlq_subject_prefix: "shop2.dlq".into(),
+            ..Config::defaults()
+        };
+        let workers = config.workers();
+        assert_eq!(workers.dlq_stream, "SHOP2_DLQ");
+        assert_eq!(workers.dlq_prefix, "shop2.dlq");
+        assert_eq!(
+            workers.stream, "ORDO_EVENTS",
+            "the events stream is its own setting"
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@ pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_STREAM: &str = "ORDO_EVENTS";
 /// Subjects are `<prefix>.<aggregate>.<event>` (`ORDO_NATS_SUBJECT_PREFIX`).
 pub const DEFAULT_SUBJECT_PREFIX: &str = "ordo.events";
+/// The JetStream stream of the workers' dead letters (`ORDO_NATS_DLQ_STREAM`).
+pub const DEFAULT_DLQ_STREAM: &str = "ORDO_DLQ";
+/// Dead letters are published to `<prefix>.<worker>` (`ORDO_NATS_DLQ_SUBJECT_PREFIX`).
+pub const DEFAULT_DLQ_SUBJECT_PREFIX: &str = "ordo.dlq";
 
 /// The server and the events stream: what the relay publishes to and the workers read.
 /// Tests give each run its own stream and prefix.

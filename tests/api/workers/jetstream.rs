@@ -211,6 +211,8 @@ async fn ordo_worker_runs_one_worker_alone() {
         .env("DATABASE_URL", &app.database_url)
         .env("ORDO_NATS_STREAM", &s.relay_config.stream)
         .env("ORDO_NATS_SUBJECT_PREFIX", &s.relay_config.subject_prefix)
+        .env("ORDO_NATS_DLQ_STREAM", &s.worker_config.dlq_stream)
+        .env("ORDO_NATS_DLQ_SUBJECT_PREFIX", &s.worker_config.dlq_prefix)
         .env("ORDO_LOG", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

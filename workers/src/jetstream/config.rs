@@ -35,8 +35,8 @@ impl WorkerConfig {
             nats_url: nats.url.clone(),
             stream: nats.stream.clone(),
             subject_prefix: nats.subject_prefix.clone(),
-            dlq_stream: "ORDO_DLQ".into(),
-            dlq_prefix: "ordo.dlq".into(),
+            dlq_stream: crate::nats::DEFAULT_DLQ_STREAM.into(),
+            dlq_prefix: crate::nats::DEFAULT_DLQ_SUBJECT_PREFIX.into(),
             max_deliver: 5,
             backoff: vec![
                 Duration::from_secs(1),

@@ -1,6 +1,6 @@
 //! Dead letters: a message that can never be handled, or that failed on its last allowed
-//! delivery, is published to the dead-letter stream (`ORDO_DLQ`, subject
-//! `ordo.dlq.<worker>`), recorded in `workers.dead_letters`, and terminated. The worker
+//! delivery, is published to the dead-letter stream (`ORDO_DLQ` and subject
+//! `ordo.dlq.<worker>` by default), recorded in `workers.dead_letters`, and terminated. The worker
 //! publishes that dead letter itself (nats-server 2.9 drops a termination's reason).
 //!
 //! No row is written before the publish: the transaction around it holds only a lock.
@@ -51,9 +51,9 @@ impl Runner {
         Ok(())
     }
 
-    /// Publish the dead letter to `ORDO_DLQ` and record its row, unless the worker handled
-    /// the event after all or already has a dead letter for it (waiting, or for this very
-    /// delivery); `false` then. The check and the insert run under a transaction-scoped lock
+    /// Publish the dead letter to the dead-letter stream and record its row, unless the
+    /// worker handled the event after all or already has a dead letter for it (waiting, or
+    /// for this very delivery); `false` then. The check and the insert run under a transaction-scoped lock
     /// on the event, so the two ways a message becomes a dead letter (the worker's last
     /// delivery, JetStream's max-deliveries advisory) and a repeated advisory record one.
     pub(super) async fn dead_letter_once(
@@ -107,7 +107,8 @@ impl Runner {
         Ok(true)
     }
 
-    /// Publish a dead letter to `ORDO_DLQ` (`ordo.dlq.<worker>`) and wait for its ack.
+    /// Publish a dead letter to the dead-letter stream (`<dlq prefix>.<worker>`) and wait for
+    /// its ack.
     async fn publish_dead_letter(
         &self,
         letter: &Letter<'_>,
