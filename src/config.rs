@@ -168,7 +168,11 @@ pub struct Config {
     pub nats_dlq_stream: String,
 
     /// Dead letters are published to `<prefix>.<worker>`.
-    #[arg(long, env = "ORDO_NATS_DLQ_SUBJECT_PREFIX", default_value = nats::DEFAULT_DLQ_SUBJECT_PREFIX)]
+    #[arg(
+        long,
+        env = "ORDO_NATS_DLQ_SUBJECT_PREFIX",
+        default_value = nats::DEFAULT_DLQ_SUBJECT_PREFIX
+    )]
     pub nats_dlq_subject_prefix: String,
 
     /// Where the HTTP API listens.

@@ -228,7 +228,7 @@ pub const LINGER: Duration = Duration::from_millis(10);
 pub const LINGER_BACKGROUND: Duration = Duration::from_millis(50);
 
 impl Wakeup {
-    pub async fn new(pool: &PgPool) -> Self {
+    pub fn new(pool: &PgPool) -> Self {
         let known = KnownHead::of(pool);
         let listening = listener::Listening::of(pool);
         Self {
@@ -263,7 +263,8 @@ impl Wakeup {
             return true;
         }
         self.moved.borrow_and_update();
-        self.nudged.borrow_and_update();
+        // A nudge since the last wait is not marked seen: it may have come (a reconnection)
+        // after the reader's last read, and then only a look finds what it stands for.
         let nudged = &mut self.nudged;
         tokio::select! {
             () = rises_above(&mut self.moved, seen) => true,

@@ -270,7 +270,7 @@ impl Runner {
         lock: &mut PgConnection,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), sqlx::Error> {
-        let mut wakeup = Wakeup::new(&self.pool).await;
+        let mut wakeup = Wakeup::new(&self.pool);
         let mut last_beat = Instant::now() - self.config.heartbeat;
         let mut limit = self.config.batch_size;
         // After a failure, events go one at a time through what was the failed batch, so

@@ -262,7 +262,7 @@ impl ProcessManager {
     /// Run steps until `shutdown` turns true, waking on new events.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         const POLL: Duration = Duration::from_millis(500);
-        let mut wakeup = Wakeup::new(&self.pool).await;
+        let mut wakeup = Wakeup::new(&self.pool);
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             // What this step reads up to at least: anything committed later raises the known

@@ -397,7 +397,7 @@ impl Relay {
         sqlx::query("SET synchronous_commit = off")
             .execute(&mut *lock)
             .await?;
-        let mut wakeup = Wakeup::new(&self.pool).await;
+        let mut wakeup = Wakeup::new(&self.pool);
         let mut line = self.stored_line().await?;
         let mut stream_ready = false;
         let mut backoff = Duration::from_millis(200);

@@ -374,7 +374,7 @@ async fn the_readers_of_a_process_share_one_listener_that_wakes_them_all() {
     let pool = app.pool.clone();
     let mut readers = Vec::new();
     for _ in 0..3 {
-        readers.push(feed::Wakeup::new(&pool).await);
+        readers.push(feed::Wakeup::new(&pool));
     }
     let listening = || async {
         sqlx::query_scalar::<_, i64>(
@@ -392,6 +392,13 @@ async fn the_readers_of_a_process_share_one_listener_that_wakes_them_all() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(listening().await, 1, "one LISTEN for the three readers");
+    // Connecting nudges every reader (what was sent before is unknown), even one that was
+    // not waiting yet.
+    for reader in &mut readers {
+        let head = reader.known_head();
+        assert!(reader.wait_beyond(head, Duration::from_secs(20)).await);
+        assert_eq!(reader.known_head(), head, "woken by the nudge alone");
+    }
 
     let seen = readers[0].known_head();
     let woken = join_all(

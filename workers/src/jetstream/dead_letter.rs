@@ -53,9 +53,10 @@ impl Runner {
 
     /// Publish the dead letter to the dead-letter stream and record its row, unless the
     /// worker handled the event after all or already has a dead letter for it (waiting, or
-    /// for this very delivery); `false` then. The check and the insert run under a transaction-scoped lock
-    /// on the event, so the two ways a message becomes a dead letter (the worker's last
-    /// delivery, JetStream's max-deliveries advisory) and a repeated advisory record one.
+    /// for this very delivery); `false` then. The check and the insert run under a
+    /// transaction-scoped lock on the event, so the two ways a message becomes a dead letter
+    /// (the worker's last delivery, JetStream's max-deliveries advisory) and a repeated
+    /// advisory record one.
     pub(super) async fn dead_letter_once(
         &self,
         letter: &Letter<'_>,
