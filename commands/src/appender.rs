@@ -23,14 +23,26 @@
 //! the appender picks each event's id and the batch's recorded time itself so that what it
 //! hashes is exactly what is stored.
 //!
+//! Round trips under the commit point are what bound the rate (ADR 0008), so the appender
+//! keeps them few. It writes on a connection of its own, and:
+//! - while the log's head is still the last event it wrote itself (no other process appended
+//!   since), it decides a batch without reading first: one statement checks everything the
+//!   decisions above would read (versions, stored answers, erasures, the chain's head) and
+//!   inserts only if all of it holds. When a check fails, nothing is written and the batch
+//!   is read and decided as above, in the same transaction (the *fast path*);
+//! - while more appends wait, its commit begins the next batch's transaction and tries the
+//!   commit point for it in the same round trip, without waiting for it.
+//!
 //! A batch whose statements fail as a whole (which the checks above should make impossible)
 //! is retried one append per transaction, so one bad append never fails the others.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -49,6 +61,18 @@ pub const COMMIT_POINT: i64 = 8_030_591_515_127_410_029;
 /// (Planning every batch afresh instead cost the unkeyed rate.)
 const BEGIN_AT_COMMIT_POINT: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
                                      SELECT pg_advisory_xact_lock(8030591515127410029)";
+
+/// Commits a batch and, in the same round trip, begins the next one's transaction and asks
+/// for the commit point without waiting (the one row says whether it was granted). Only the
+/// lock's holder begins ahead, and only after its commit released the lock: an appender of
+/// another process waiting for it is granted it first, and this one then waits its turn
+/// ([`LOCK_COMMIT_POINT`]). A transaction begun ahead of the lock by anyone else could take
+/// it before the batch it was meant to follow (ADR 0008).
+const COMMIT_AND_BEGIN_AHEAD: &str = "COMMIT; BEGIN; SET LOCAL enable_seqscan = off; \
+                                      SELECT pg_try_advisory_xact_lock(8030591515127410029)";
+
+/// Takes the commit point in a transaction begun ahead that did not get it at once.
+const LOCK_COMMIT_POINT: &str = "SELECT pg_advisory_xact_lock(8030591515127410029)";
 
 /// A batch holds at most this many events...
 const MAX_BATCH_EVENTS: usize = 2_000;
@@ -161,16 +185,40 @@ struct Job {
 #[derive(Clone)]
 pub struct Appender {
     jobs: mpsc::Sender<Job>,
+    batches: Arc<Batches>,
+}
+
+/// How the appender's committed batches were decided, counted since it started.
+#[derive(Debug, Default)]
+pub struct Batches {
+    /// Checked and inserted in one statement, without reading first.
+    pub fast: AtomicU64,
+    /// Read under the commit point, then decided (the first batch, after another process
+    /// appended, or when a check of the fast path failed).
+    pub read: AtomicU64,
 }
 
 impl Appender {
     /// Start the appender's task on the current runtime; `committed` runs after each commit
-    /// with the highest position it wrote
-    /// (the feed's wake-up).
+    /// with the highest position it wrote (the feed's wake-up). It writes on a connection of
+    /// its own, made with `pool`'s options.
     pub fn start(pool: PgPool, committed: impl Fn(i64) + Send + 'static) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, queue, committed));
-        Self { jobs }
+        let batches = Arc::new(Batches::default());
+        let writer = Writer {
+            pool,
+            conn: None,
+            open: Open::Nothing,
+            head: None,
+            batches: batches.clone(),
+        };
+        tokio::spawn(run(writer, queue, committed));
+        Self { jobs, batches }
+    }
+
+    /// How the batches committed so far were decided.
+    pub fn batches(&self) -> &Batches {
+        &self.batches
     }
 
     /// Append and wait for the outcome.
@@ -184,7 +232,7 @@ impl Appender {
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn(i64)) {
+async fn run(mut writer: Writer, mut queue: mpsc::Receiver<Job>, committed: impl Fn(i64)) {
     while let Some(first) = queue.recv().await {
         let mut size = weight(&first.append);
         let mut batch = vec![first];
@@ -196,7 +244,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn(i6
         }
         metrics::histogram!("ordo_append_batch_size").record(batch.len() as f64);
         let appends: Vec<&Append> = batch.iter().map(|j| &j.append).collect();
-        match commit(&pool, &appends).await {
+        match writer.write(&appends, !queue.is_empty()).await {
             Ok(outcomes) => {
                 committed(highest(&outcomes));
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -211,7 +259,8 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn(i6
             Err(e) => {
                 tracing::warn!(error = %e, appends = batch.len(), "batch failed; appending one by one");
                 for job in batch {
-                    let result = commit(&pool, &[&job.append]).await.map(|mut o| o.remove(0));
+                    let result = writer.write(&[&job.append], false).await;
+                    let result = result.map(|mut o| o.remove(0));
                     if let Ok(outcome) = &result {
                         committed(highest(std::slice::from_ref(outcome)));
                     }
@@ -220,6 +269,105 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, committed: impl Fn(i6
             }
         }
     }
+    // Every handle is gone and every append answered; nothing is open (a transaction is
+    // begun ahead only while appends wait).
+    if let Some(conn) = writer.conn.take() {
+        let _ = conn.close().await;
+    }
+}
+
+/// The transaction the appender's connection has open between batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Nothing,
+    /// Begun ahead by the last commit, without the commit point.
+    Begun,
+    /// Begun ahead and holding the commit point.
+    AtCommitPoint,
+}
+
+/// The appender's connection and what it knows between batches.
+struct Writer {
+    /// Whose options and acquire timeout the connection is made with.
+    pool: PgPool,
+    conn: Option<PgConnection>,
+    open: Open,
+    /// The hash of the last event this appender committed: the log's head for as long as
+    /// no other process appends, which the fast path checks.
+    head: Option<chain::Hash>,
+    batches: Arc<Batches>,
+}
+
+impl Writer {
+    /// Write a batch in one transaction and commit it; with `more` waiting, begin the next
+    /// in the same round trip. After a failure the connection is dropped, which rolls back
+    /// whatever it had open, and the next batch starts on a new one.
+    async fn write(
+        &mut self,
+        appends: &[&Append],
+        more: bool,
+    ) -> Result<Vec<Appended>, sqlx::Error> {
+        let result = self.try_write(appends, more).await;
+        if result.is_err() {
+            self.conn = None;
+            self.open = Open::Nothing;
+            self.head = None;
+        }
+        result
+    }
+
+    async fn try_write(
+        &mut self,
+        appends: &[&Append],
+        more: bool,
+    ) -> Result<Vec<Appended>, sqlx::Error> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(&self.pool).await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        match self.open {
+            Open::Nothing => conn.execute(BEGIN_AT_COMMIT_POINT).await?,
+            Open::Begun => conn.execute(LOCK_COMMIT_POINT).await?,
+            Open::AtCommitPoint => Default::default(),
+        };
+        let written = decide_and_write(conn, appends, self.head).await?;
+        self.open = if more {
+            let granted = conn.fetch_all(COMMIT_AND_BEGIN_AHEAD).await?;
+            match granted
+                .first()
+                .map(|row| row.try_get::<bool, _>(0))
+                .transpose()?
+            {
+                Some(true) => Open::AtCommitPoint,
+                _ => Open::Begun,
+            }
+        } else {
+            conn.execute("COMMIT").await?;
+            Open::Nothing
+        };
+        self.head = Some(written.head);
+        let counter = if written.fast {
+            &self.batches.fast
+        } else {
+            &self.batches.read
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let path = if written.fast { "fast" } else { "read" };
+        metrics::counter!("ordo_append_batches_total", "path" => path).increment(1);
+        Ok(written.outcomes)
+    }
+}
+
+/// A connection of the appender's own, made as the pool makes its connections and given as
+/// long as the pool would wait for one.
+async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let options = pool.connect_options();
+    let within = pool.options().get_acquire_timeout();
+    tokio::time::timeout(within, PgConnection::connect_with(&options))
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// The highest position a batch committed (0 when it wrote no event).
@@ -250,38 +398,90 @@ fn key_of(stream: &StreamVersion) -> StreamKey {
     (stream.aggregate_type.clone(), stream.aggregate_id.clone())
 }
 
-/// Append a batch in one transaction; one outcome per append, in order.
-///
-/// Four round trips whatever the batch holds: begin and lock; read what the decisions need
-/// (versions, stored answers, the chain's head); insert events and answers in one statement;
-/// commit.
+/// Append a batch in one transaction on a connection of `pool`, read and decided under the
+/// commit point (without the fast path); one outcome per append, in order.
 pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>, sqlx::Error> {
     let mut tx = crate::db::begin_with(pool, BEGIN_AT_COMMIT_POINT).await?;
+    let written = decide_and_write(&mut tx, appends, None).await?;
+    tx.commit().await?;
+    Ok(written.outcomes)
+}
+
+/// A batch written, not yet committed.
+struct Written {
+    outcomes: Vec<Appended>,
+    /// The hash of the log's last event after the batch.
+    head: chain::Hash,
+    /// Whether it went the fast path.
+    fast: bool,
+}
+
+/// Decide and write a batch in a transaction that holds the commit point.
+///
+/// With `head`, the hash of the last event this appender wrote, and a batch of appends that
+/// cannot depend on one another ([`Checks::of`]), the fast path first: every append is taken
+/// as accepted and written with the checks, in one round trip. Otherwise, or when a check
+/// failed (which wrote nothing), two: read what the decisions need (versions, stored answers,
+/// erasures, the chain's head), then write what they accepted.
+async fn decide_and_write(
+    conn: &mut PgConnection,
+    appends: &[&Append],
+    head: Option<chain::Hash>,
+) -> Result<Written, sqlx::Error> {
+    if let (Some(head), Some(checks)) = (head, Checks::of(appends)) {
+        let decisions: Vec<Decision> = appends.iter().map(|_| Decision::Accept).collect();
+        let current = HashMap::new();
+        let (rows, answers) = rows_of(appends, &decisions, &current);
+        if let Some(inserted) = write(conn, rows, answers, head, Some(checks)).await? {
+            return Ok(Written {
+                outcomes: outcomes(appends, decisions, &current, &inserted.positions)?,
+                head: inserted.head,
+                fast: true,
+            });
+        }
+    }
     let UnderLock {
         mut current,
         stored,
         erased,
         head,
-    } = UnderLock::read(&mut tx, appends).await?;
-
-    let mut decisions = Vec::with_capacity(appends.len());
+    } = UnderLock::read(conn, appends).await?;
     let mut claimed: HashSet<(String, String)> = HashSet::new();
+    let decisions: Vec<Decision> = appends
+        .iter()
+        .map(|append| decide(append, &mut current, &stored, &erased, &mut claimed))
+        .collect();
+    let (rows, answers) = rows_of(appends, &decisions, &current);
+    let inserted = write(conn, rows, answers, head, None)
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("an unchecked insert was refused".into()))?;
+    Ok(Written {
+        outcomes: outcomes(appends, decisions, &current, &inserted.positions)?,
+        head: inserted.head,
+        fast: false,
+    })
+}
+
+/// The event rows and answers of a batch's accepted appends. `current`: each stream's version
+/// and last position, for the answer of an append without events.
+fn rows_of(
+    appends: &[&Append],
+    decisions: &[Decision],
+    current: &HashMap<StreamKey, (u64, i64)>,
+) -> (Rows, AnswerRows) {
     let mut rows = Rows::default();
-    for append in appends {
-        let decision = decide(append, &mut current, &stored, &erased, &mut claimed);
-        if matches!(decision, Decision::Accept) && !is_refusal(append) {
+    let mut answers = AnswerRows::default();
+    for (append, decision) in appends.iter().zip(decisions) {
+        if !matches!(decision, Decision::Accept) {
+            continue;
+        }
+        if !is_refusal(append) {
             let from = append.stream.version;
             for (i, event) in append.events.iter().enumerate() {
                 rows.push(&append.stream, from + 1 + i as u64, event);
             }
         }
-        decisions.push(decision);
-    }
-
-    // Each accepted append's answer, and its outcome once the insert has given positions.
-    let mut answers = AnswerRows::default();
-    for (append, decision) in appends.iter().zip(&decisions) {
-        let (Some(answer), Decision::Accept) = (&append.answer, decision) else {
+        let Some(answer) = &append.answer else {
             continue;
         };
         let version = append.stream.version + append.events.len() as u64;
@@ -298,8 +498,16 @@ pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>,
         };
         answers.push(answer, &append.stream, version, body);
     }
-    let positions = write(&mut tx, rows, answers, head).await?;
+    (rows, answers)
+}
 
+/// Each append's outcome, once the insert has given the positions.
+fn outcomes(
+    appends: &[&Append],
+    decisions: Vec<Decision>,
+    current: &HashMap<StreamKey, (u64, i64)>,
+    positions: &HashMap<(String, String, i64), i64>,
+) -> Result<Vec<Appended>, sqlx::Error> {
     let mut result = Vec::with_capacity(appends.len());
     for (append, decision) in appends.iter().zip(decisions) {
         result.push(match decision {
@@ -326,8 +534,54 @@ pub async fn commit(pool: &PgPool, appends: &[&Append]) -> Result<Vec<Appended>,
             Decision::Refuse(appended) => appended,
         });
     }
-    tx.commit().await?;
     Ok(result)
+}
+
+/// What the fast path checks in its insert: everything the decisions would have read.
+#[derive(Default)]
+struct Checks {
+    /// Each appended stream and each stream read, at the version the decision saw.
+    types: Vec<String>,
+    ids: Vec<String>,
+    versions: Vec<i64>,
+    /// The customers whose personal data the batch carries: none may be erased.
+    owners: Vec<Uuid>,
+}
+
+impl Checks {
+    /// The checks of a batch that can be decided without reading first: every append has
+    /// events, on a stream no other append of the batch appends to or read, and no two carry
+    /// the same key. Then each append is accepted exactly when the checks hold for the whole
+    /// batch, as [`decide`] would find. `None` for any other batch.
+    fn of(appends: &[&Append]) -> Option<Self> {
+        let mut appended = HashSet::new();
+        let mut keys = HashSet::new();
+        for append in appends {
+            if append.events.is_empty() || !appended.insert(key_of(&append.stream)) {
+                return None;
+            }
+            if let Some(answer) = &append.answer {
+                if !keys.insert((&answer.scope, &answer.key)) {
+                    return None;
+                }
+            }
+        }
+        let reads = appends.iter().flat_map(|a| &a.reads);
+        if reads.clone().any(|r| appended.contains(&key_of(r))) {
+            return None;
+        }
+        let mut checks = Self::default();
+        for stream in appends.iter().map(|a| &a.stream).chain(reads) {
+            checks.types.push(stream.aggregate_type.clone());
+            checks.ids.push(stream.aggregate_id.clone());
+            checks.versions.push(stream.version as i64);
+        }
+        checks.owners = appends
+            .iter()
+            .flat_map(|a| a.owners.iter().copied())
+            .collect();
+        Some(checks)
+    }
 }
 
 enum Decision {
@@ -405,10 +659,7 @@ struct UnderLock {
 }
 
 impl UnderLock {
-    async fn read(
-        tx: &mut Transaction<'_, Postgres>,
-        appends: &[&Append],
-    ) -> Result<Self, sqlx::Error> {
+    async fn read(conn: &mut PgConnection, appends: &[&Append]) -> Result<Self, sqlx::Error> {
         let mut streams: Vec<StreamKey> = appends
             .iter()
             .filter(|a| !is_refusal(a))
@@ -436,7 +687,7 @@ impl UnderLock {
             .bind(scopes)
             .bind(keys)
             .bind(owners)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *conn)
             .await?;
         let mut read = Self {
             current: HashMap::new(),
@@ -543,18 +794,34 @@ impl Rows {
     }
 }
 
+/// What an insert gave back.
+struct Inserted {
+    /// The position of each event, by (type, id, sequence).
+    positions: HashMap<(String, String, i64), i64>,
+    /// The hash of the last event inserted (`head` when none was).
+    head: chain::Hash,
+}
+
 /// Insert the batch's events, chained after `head`, and its idempotency answers, in one
-/// statement; the position of each event, by (type, id, sequence).
+/// statement. With `checks`, only if all of them hold: `None` when they did not.
 async fn write(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     rows: Rows,
     answers: AnswerRows,
     head: chain::Hash,
-) -> Result<HashMap<(String, String, i64), i64>, sqlx::Error> {
+    checks: Option<Checks>,
+) -> Result<Option<Inserted>, sqlx::Error> {
     if rows.types.is_empty() && answers.keys.is_empty() {
-        return Ok(HashMap::new());
+        let positions = HashMap::new();
+        return Ok(Some(Inserted { positions, head }));
     }
+    let expected = rows.types.len();
     let (event_ids, hashes, recorded_at) = rows.link(head);
+    let last = hashes
+        .last()
+        .and_then(|h| chain::Hash::try_from(h.as_slice()).ok());
+    let checked = checks.is_some();
+    let checks = checks.unwrap_or_default();
     let inserted = sqlx::query(include_str!("sql/append.sql"))
         .bind(rows.types)
         .bind(rows.ids)
@@ -574,9 +841,19 @@ async fn write(
         .bind(answers.aggregate_types)
         .bind(answers.aggregate_ids)
         .bind(answers.versions)
-        .fetch_all(&mut **tx)
+        .bind(checks.types)
+        .bind(checks.ids)
+        .bind(checks.versions)
+        .bind(checks.owners)
+        .bind(head.to_vec())
+        .bind(checked)
+        .fetch_all(&mut *conn)
         .await?;
-    inserted
+    if checked && inserted.len() < expected {
+        // A check failed: the statement inserted nothing.
+        return Ok(None);
+    }
+    let positions = inserted
         .into_iter()
         .map(|row| {
             Ok((
@@ -588,7 +865,11 @@ async fn write(
                 row.try_get("global_position")?,
             ))
         })
-        .collect()
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Some(Inserted {
+        positions,
+        head: last.unwrap_or(head),
+    }))
 }
 
 /// The idempotency answers of a batch, as arrays for the same insert as its events.
@@ -624,8 +905,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_begin_statement_takes_the_commit_point_the_trigger_checks() {
+    fn every_statement_that_takes_the_commit_point_takes_the_lock_the_trigger_checks() {
         let lock = format!("pg_advisory_xact_lock({COMMIT_POINT})");
         assert!(BEGIN_AT_COMMIT_POINT.contains(&lock));
+        assert!(LOCK_COMMIT_POINT.contains(&lock));
+        let try_lock = format!("pg_try_advisory_xact_lock({COMMIT_POINT})");
+        assert!(COMMIT_AND_BEGIN_AHEAD.contains(&try_lock));
+        // The next transaction skips sequential scans as the first does.
+        assert!(COMMIT_AND_BEGIN_AHEAD.contains("SET LOCAL enable_seqscan = off"));
+    }
+
+    fn append(id: &str, events: usize, reads: &[&str], key: Option<&str>) -> Append {
+        let stream = |id: &str| StreamVersion {
+            aggregate_type: "probe".into(),
+            aggregate_id: id.into(),
+            version: 0,
+        };
+        Append {
+            stream: stream(id),
+            events: (0..events)
+                .map(|_| NewEvent::new("probe.written", "1", &json!({}), &json!({})))
+                .collect(),
+            reads: reads.iter().map(|r| stream(r)).collect(),
+            owners: vec![Uuid::nil()],
+            answer: key.map(|key| Answer {
+                scope: "probe".into(),
+                key: key.into(),
+                request_hash: "h".into(),
+                status: 201,
+                body: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn only_a_batch_of_independent_appends_with_events_goes_the_fast_path() {
+        let fast = |batch: &[Append]| Checks::of(&batch.iter().collect::<Vec<_>>()).is_some();
+        let independent = [
+            append("a", 1, &["c"], Some("k1")),
+            append("b", 2, &["c"], Some("k2")),
+        ];
+        assert!(fast(&independent));
+        let checks = Checks::of(&independent.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            checks.ids,
+            ["a", "b", "c", "c"],
+            "each stream and each read"
+        );
+        assert_eq!(checks.owners.len(), 2);
+
+        assert!(!fast(&[
+            append("a", 1, &[], None),
+            append("a", 1, &[], None)
+        ]));
+        assert!(!fast(&[
+            append("a", 1, &[], None),
+            append("b", 1, &["a"], None)
+        ]));
+        assert!(!fast(&[
+            append("b", 1, &["a"], None),
+            append("a", 1, &[], None)
+        ]));
+        assert!(!fast(&[
+            append("a", 1, &[], Some("k")),
+            append("b", 1, &[], Some("k"))
+        ]));
+        assert!(!fast(&[append("a", 0, &[], Some("k"))]), "no events");
     }
 }

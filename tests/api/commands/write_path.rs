@@ -3,12 +3,13 @@
 //! writes that no open transaction on the server can hold back.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures::future::join_all;
 use ordo::ProcessRole;
 use ordo_api::Role::{Storefront, Support};
-use ordo_commands::appender::{self, Append, Appended, NewEvent, StreamVersion};
+use ordo_commands::appender::{self, Answer, Append, Appended, Appender, NewEvent, StreamVersion};
 use ordo_commands::feed::{self, Checkpoint};
 use ordo_commands::EventStore;
 use serde_json::json;
@@ -134,6 +135,118 @@ async fn in_one_batch_an_append_for_an_erased_customer_fails_alone() {
     assert_eq!(app.sequences("probe", "for-kept").await, [1]);
 }
 
+/// The appender decides a batch without reading first (the fast path) only while everything
+/// the decision would have read still holds; when a check fails, nothing of the batch is
+/// written by it and the batch is read and decided as before. Another process appending
+/// sends the next batch to the read too, and the chain stays whole through all of it.
+#[tokio::test]
+async fn the_fast_path_is_taken_only_while_its_checks_hold() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let appender = Appender::start(app.pool.clone(), |_| {});
+    let other_process = Appender::start(app.pool.clone(), |_| {});
+    let batches = |a: &Appender| {
+        let b = a.batches();
+        (b.fast.load(Relaxed), b.read.load(Relaxed))
+    };
+    let committed = |outcome: Appended, expected: u64| {
+        assert!(
+            matches!(outcome, Appended::Committed { version, .. } if version == expected),
+            "{outcome:?}"
+        );
+    };
+
+    // Before its first commit the appender does not know the log's head: it reads.
+    committed(appender.append(probe("x", 0, 1)).await.unwrap(), 1);
+    assert_eq!(batches(&appender), (0, 1));
+    committed(appender.append(probe("y", 0, 2)).await.unwrap(), 2);
+    assert_eq!(
+        batches(&appender),
+        (1, 1),
+        "the second batch goes the fast path"
+    );
+
+    // Its own stream moved.
+    assert_eq!(
+        appender.append(probe("x", 0, 1)).await.unwrap(),
+        Appended::Stale {
+            own: true,
+            stream: "probe/x".into(),
+            actual: 1
+        }
+    );
+    // A stream it read moved.
+    let mut reading = probe("z", 0, 1);
+    reading.reads.push(StreamVersion {
+        aggregate_type: "probe".into(),
+        aggregate_id: "y".into(),
+        version: 1,
+    });
+    assert_eq!(
+        appender.append(reading).await.unwrap(),
+        Appended::Stale {
+            own: false,
+            stream: "probe/y".into(),
+            actual: 2
+        }
+    );
+    // A customer whose data it carries was erased.
+    let erased = uuid::Uuid::now_v7();
+    ordo_commands::privacy::Keyring::new(app.pool.clone(), None)
+        .erase(erased)
+        .await
+        .unwrap();
+    let mut for_erased = probe("for-erased", 0, 1);
+    for_erased.owners = vec![erased];
+    assert_eq!(appender.append(for_erased).await.unwrap(), Appended::Erased);
+    // Its key was answered by an earlier append.
+    let keyed = |id: &str| {
+        let mut append = probe(id, 0, 1);
+        append.answer = Some(Answer {
+            scope: "probe".into(),
+            key: "k".into(),
+            request_hash: "h".into(),
+            status: 201,
+            body: None,
+        });
+        append
+    };
+    committed(appender.append(keyed("first")).await.unwrap(), 1);
+    let Appended::Answered(stored) = appender.append(keyed("second")).await.unwrap() else {
+        panic!("the stored answer")
+    };
+    assert_eq!(
+        (stored.status, stored.body["id"].as_str()),
+        (201, Some("first"))
+    );
+    // Each failed check went to the read; each success before and after it, fast.
+    assert_eq!(batches(&appender), (2, 5));
+
+    // Another process appended: the head moved, so the next batch reads, the one after is
+    // fast again.
+    committed(other_process.append(probe("o", 0, 1)).await.unwrap(), 1);
+    committed(appender.append(probe("v", 0, 1)).await.unwrap(), 1);
+    committed(appender.append(probe("w", 0, 1)).await.unwrap(), 1);
+    assert_eq!(batches(&appender), (3, 6));
+
+    for (id, sequences) in [
+        ("x", vec![1]),
+        ("y", vec![1, 2]),
+        ("z", vec![]),
+        ("for-erased", vec![]),
+        ("first", vec![1]),
+        ("second", vec![]),
+        ("o", vec![1]),
+        ("v", vec![1]),
+        ("w", vec![1]),
+    ] {
+        assert_eq!(app.sequences("probe", id).await, sequences, "{id}");
+    }
+    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
+        .await
+        .unwrap();
+    assert!(chain.intact(), "{:?}", chain.broken);
+}
+
 #[tokio::test]
 async fn forty_concurrent_writers_on_one_stream_lose_no_update() {
     let app = spawn_app_without_process_manager().await;
@@ -237,6 +350,11 @@ async fn two_processes_append_while_a_reader_sees_every_event_once_in_order() {
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "every event exactly once");
     assert_eq!(app.event_count().await, (4 * PER_WRITER) as i64);
+    // Each appender's fast path checked that the head was its own: the chain is whole.
+    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
+        .await
+        .unwrap();
+    assert!(chain.intact(), "{:?}", chain.broken);
 }
 
 /// A write transaction left open on the server (in this database and another) does not hold
