@@ -39,6 +39,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -210,6 +213,7 @@ impl Appender {
             conn: None,
             open: Open::Nothing,
             head: None,
+            committing: false,
             batches: batches.clone(),
         };
         tokio::spawn(run(writer, queue, committed));
@@ -295,25 +299,43 @@ struct Writer {
     /// The hash of the last event this appender committed: the log's head for as long as
     /// no other process appends, which the fast path checks.
     head: Option<chain::Hash>,
+    /// Whether the last batch got as far as sending its commit.
+    committing: bool,
     batches: Arc<Batches>,
 }
 
 impl Writer {
     /// Write a batch in one transaction and commit it; with `more` waiting, begin the next
     /// in the same round trip. After a failure the connection is dropped, which rolls back
-    /// whatever it had open, and the next batch starts on a new one.
+    /// whatever it had open, and the next batch starts on a new one. A connection found
+    /// broken before the commit was sent (PostgreSQL restarted while it idled, say) committed
+    /// nothing, so the batch is tried once more on a new connection: only a failure while
+    /// committing, whose outcome is unknown, reaches the callers as one.
     async fn write(
         &mut self,
         appends: &[&Append],
         more: bool,
     ) -> Result<Vec<Appended>, sqlx::Error> {
-        let result = self.try_write(appends, more).await;
-        if result.is_err() {
-            self.conn = None;
-            self.open = Open::Nothing;
-            self.head = None;
+        let reused = self.conn.is_some();
+        let mut result = self.try_write(appends, more).await;
+        if let Err(e) = &result {
+            let again = reused && !self.committing && crate::error::is_unavailable(e);
+            self.reset();
+            if again {
+                tracing::debug!(error = %e, "the appender's connection broke; trying a new one");
+                result = self.try_write(appends, more).await;
+                if result.is_err() {
+                    self.reset();
+                }
+            }
         }
         result
+    }
+
+    fn reset(&mut self) {
+        self.conn = None;
+        self.open = Open::Nothing;
+        self.head = None;
     }
 
     async fn try_write(
@@ -321,6 +343,7 @@ impl Writer {
         appends: &[&Append],
         more: bool,
     ) -> Result<Vec<Appended>, sqlx::Error> {
+        self.committing = false;
         if self.conn.is_none() {
             self.conn = Some(connect(&self.pool).await?);
         }
@@ -333,6 +356,7 @@ impl Writer {
             Open::AtCommitPoint => Default::default(),
         };
         let written = decide_and_write(conn, appends, self.head).await?;
+        self.committing = true;
         self.open = if more {
             let granted = conn.fetch_all(COMMIT_AND_BEGIN_AHEAD).await?;
             match granted
@@ -360,14 +384,39 @@ impl Writer {
     }
 }
 
-/// A connection of the appender's own, made as the pool makes its connections and given as
-/// long as the pool would wait for one.
+/// The name the appender's connection shows in `pg_stat_activity`, unless the database URL
+/// names the application.
+pub const APPLICATION_NAME: &str = "ordo appender";
+
+/// A connection of the appender's own, made with the pool's options. Like the pool, it keeps
+/// trying while PostgreSQL cannot be reached (restarting, say), for as long as the pool
+/// would wait for a connection; the delays between tries come from `backon` (ADR 0009).
 async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
-    let options = pool.connect_options();
-    let within = pool.options().get_acquire_timeout();
-    tokio::time::timeout(within, PgConnection::connect_with(&options))
-        .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+    let mut options = (*pool.connect_options()).clone();
+    if options.get_application_name().is_none() {
+        options = options.application_name(APPLICATION_NAME);
+    }
+    let deadline = tokio::time::Instant::now() + pool.options().get_acquire_timeout();
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(500))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let tried = tokio::time::timeout_at(deadline, PgConnection::connect_with(&options)).await;
+        let error = match tried {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) if crate::error::is_unavailable(&e) => e,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+        };
+        let delay = delays.next().unwrap_or(Duration::from_millis(500));
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// The highest position a batch committed (0 when it wrote no event).

@@ -247,6 +247,48 @@ async fn the_fast_path_is_taken_only_while_its_checks_hold() {
     assert!(chain.intact(), "{:?}", chain.broken);
 }
 
+/// The appender writes on a connection of its own. Cut while it idles (as a PostgreSQL
+/// restart would), the next batch is written on a new connection: it committed nothing on
+/// the old one, so its callers see no error.
+#[tokio::test]
+async fn an_appender_whose_connection_was_cut_writes_the_next_batch_on_a_new_one() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let appender = Appender::start(app.pool.clone(), |_| {});
+    assert!(matches!(
+        appender.append(probe("before", 0, 1)).await.unwrap(),
+        Appended::Committed { version: 1, .. }
+    ));
+
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(appender::APPLICATION_NAME)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(cut, [true], "the appender's one connection");
+
+    for (id, version) in [("after", 1), ("before", 2)] {
+        let stream = if id == "before" {
+            probe(id, 1, 1)
+        } else {
+            probe(id, 0, 1)
+        };
+        let outcome = appender.append(stream).await.unwrap();
+        assert!(
+            matches!(outcome, Appended::Committed { version: v, .. } if v == version),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(app.sequences("probe", "before").await, [1, 2]);
+    assert_eq!(app.sequences("probe", "after").await, [1]);
+    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
+        .await
+        .unwrap();
+    assert!(chain.intact(), "{:?}", chain.broken);
+}
+
 #[tokio::test]
 async fn forty_concurrent_writers_on_one_stream_lose_no_update() {
     let app = spawn_app_without_process_manager().await;
