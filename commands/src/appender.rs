@@ -248,7 +248,7 @@ async fn run(mut writer: Writer, mut queue: mpsc::Receiver<Job>, committed: impl
         }
         metrics::histogram!("ordo_append_batch_size").record(batch.len() as f64);
         let appends: Vec<&Append> = batch.iter().map(|j| &j.append).collect();
-        match writer.write(&appends, !queue.is_empty()).await {
+        match writer.write(&appends, &|| !queue.is_empty()).await {
             Ok(outcomes) => {
                 committed(highest(&outcomes));
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -263,7 +263,7 @@ async fn run(mut writer: Writer, mut queue: mpsc::Receiver<Job>, committed: impl
             Err(e) => {
                 tracing::warn!(error = %e, appends = batch.len(), "batch failed; appending one by one");
                 for job in batch {
-                    let result = writer.write(&[&job.append], false).await;
+                    let result = writer.write(&[&job.append], &|| false).await;
                     let result = result.map(|mut o| o.remove(0));
                     if let Ok(outcome) = &result {
                         committed(highest(std::slice::from_ref(outcome)));
@@ -305,8 +305,8 @@ struct Writer {
 }
 
 impl Writer {
-    /// Write a batch in one transaction and commit it; with `more` waiting, begin the next
-    /// in the same round trip. After a failure the connection is dropped, which rolls back
+    /// Write a batch in one transaction and commit it; when `more` says appends wait as it
+    /// commits, begin the next in the same round trip. After a failure the connection is dropped, which rolls back
     /// whatever it had open, and the next batch starts on a new one. A connection found
     /// broken before the commit was sent (PostgreSQL restarted while it idled, say) committed
     /// nothing, so the batch is tried once more on a new connection: only a failure while
@@ -314,7 +314,7 @@ impl Writer {
     async fn write(
         &mut self,
         appends: &[&Append],
-        more: bool,
+        more: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Appended>, sqlx::Error> {
         let reused = self.conn.is_some();
         let mut result = self.try_write(appends, more).await;
@@ -341,7 +341,7 @@ impl Writer {
     async fn try_write(
         &mut self,
         appends: &[&Append],
-        more: bool,
+        more: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Appended>, sqlx::Error> {
         self.committing = false;
         if self.conn.is_none() {
@@ -357,7 +357,7 @@ impl Writer {
         };
         let written = decide_and_write(conn, appends, self.head).await?;
         self.committing = true;
-        self.open = if more {
+        self.open = if more() {
             let granted = conn.fetch_all(COMMIT_AND_BEGIN_AHEAD).await?;
             match granted
                 .first()

@@ -289,6 +289,108 @@ async fn an_appender_whose_connection_was_cut_writes_the_next_batch_on_a_new_one
     assert!(chain.intact(), "{:?}", chain.broken);
 }
 
+/// The query the session named `application` waits in for a lock, once it waits.
+async fn waiting_for_lock(watch: &mut sqlx::PgConnection, application: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let query: Option<String> = sqlx::query_scalar(
+            "SELECT query FROM pg_stat_activity
+              WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(application)
+        .fetch_optional(&mut *watch)
+        .await
+        .unwrap();
+        if let Some(query) = query {
+            return query;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{application} never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// While appends wait, the appender's commit begins the next transaction and asks for the
+/// commit point without waiting. When another session was already waiting for it, that
+/// session gets it first; the appender waits its turn and then writes every waiting append.
+#[tokio::test]
+async fn an_appender_that_began_ahead_waits_its_turn_behind_another_writer() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let appender = Appender::start(app.pool.clone(), |_| {});
+    let connect = || sqlx::PgConnection::connect(&app.database_url);
+    let (mut holder, mut next, mut watch) = (
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+    );
+    let lock = format!("SELECT pg_advisory_xact_lock({})", appender::COMMIT_POINT);
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query(&lock).execute(&mut holder).await.unwrap();
+    // The first append's batch waits for the lock in its BEGIN; 49 more queue behind it.
+    let first = tokio::spawn({
+        let appender = appender.clone();
+        async move { appender.append(probe("ahead-0", 0, 1)).await }
+    });
+    let began = waiting_for_lock(&mut watch, appender::APPLICATION_NAME).await;
+    assert!(began.starts_with("BEGIN"), "{began}");
+    let rest: Vec<_> = (1..50)
+        .map(|i| {
+            let appender = appender.clone();
+            tokio::spawn(async move { appender.append(probe(&format!("ahead-{i}"), 0, 1)).await })
+        })
+        .collect();
+    // Let them queue, then another writer asks for the lock after the appender.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("SET application_name = 'next writer'")
+        .execute(&mut next)
+        .await
+        .unwrap();
+    let next_writer = tokio::spawn(async move {
+        sqlx::query("BEGIN").execute(&mut next).await.unwrap();
+        sqlx::query(&format!(
+            "SELECT pg_advisory_xact_lock({})",
+            appender::COMMIT_POINT
+        ))
+        .execute(&mut next)
+        .await
+        .unwrap();
+        next
+    });
+    waiting_for_lock(&mut watch, "next writer").await;
+
+    // The appender gets the lock first, commits the first batch, and cannot take the lock
+    // again at once: the next writer holds it, and the appender waits in its own query.
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    assert!(matches!(
+        first.await.unwrap().unwrap(),
+        Appended::Committed { version: 1, .. }
+    ));
+    let mut next = next_writer.await.unwrap();
+    let ahead = waiting_for_lock(&mut watch, appender::APPLICATION_NAME).await;
+    assert!(ahead.starts_with("SELECT pg_advisory_xact_lock"), "{ahead}");
+    assert_eq!(
+        app.event_count().await,
+        1,
+        "nothing written while another holds the lock"
+    );
+
+    sqlx::query("COMMIT").execute(&mut next).await.unwrap();
+    for append in rest {
+        let outcome = append.await.unwrap().unwrap();
+        assert!(
+            matches!(outcome, Appended::Committed { version: 1, .. }),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(app.event_count().await, 50);
+    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
+        .await
+        .unwrap();
+    assert!(chain.intact(), "{:?}", chain.broken);
+}
+
 #[tokio::test]
 async fn forty_concurrent_writers_on_one_stream_lose_no_update() {
     let app = spawn_app_without_process_manager().await;
