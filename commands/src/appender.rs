@@ -213,7 +213,6 @@ impl Appender {
             conn: None,
             open: Open::Nothing,
             head: None,
-            committing: false,
             batches: batches.clone(),
         };
         tokio::spawn(run(writer, queue, committed));
@@ -299,37 +298,46 @@ struct Writer {
     /// The hash of the last event this appender committed: the log's head for as long as
     /// no other process appends, which the fast path checks.
     head: Option<chain::Hash>,
-    /// Whether the last batch got as far as sending its commit.
-    committing: bool,
     batches: Arc<Batches>,
+}
+
+/// How far a failed batch got.
+enum Failed {
+    /// Before its commit was sent: nothing of it was committed.
+    BeforeCommit(sqlx::Error),
+    /// While committing: the outcome is unknown.
+    Committing(sqlx::Error),
 }
 
 impl Writer {
     /// Write a batch in one transaction and commit it; when `more` says appends wait as it
-    /// commits, begin the next in the same round trip. After a failure the connection is dropped, which rolls back
-    /// whatever it had open, and the next batch starts on a new one. A connection found
-    /// broken before the commit was sent (PostgreSQL restarted while it idled, say) committed
-    /// nothing, so the batch is tried once more on a new connection: only a failure while
-    /// committing, whose outcome is unknown, reaches the callers as one.
+    /// commits, begin the next in the same round trip. After a failure the connection is
+    /// dropped, which rolls back whatever it had open, and the next batch starts on a new
+    /// one. A connection found broken before the commit was sent (PostgreSQL restarted
+    /// while it idled, say) committed nothing, so the batch is tried once more on a new
+    /// connection: only a failure while committing, whose outcome is unknown, reaches the
+    /// callers as one.
     async fn write(
         &mut self,
         appends: &[&Append],
         more: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Appended>, sqlx::Error> {
         let reused = self.conn.is_some();
-        let mut result = self.try_write(appends, more).await;
-        if let Err(e) = &result {
-            let again = reused && !self.committing && crate::error::is_unavailable(e);
-            self.reset();
-            if again {
+        match self.try_write(appends, more).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(Failed::BeforeCommit(e)) if reused && crate::error::is_unavailable(&e) => {
+                self.reset();
                 tracing::debug!(error = %e, "the appender's connection broke; trying a new one");
-                result = self.try_write(appends, more).await;
-                if result.is_err() {
+                self.try_write(appends, more).await.map_err(|failed| {
                     self.reset();
-                }
+                    failed.into_error()
+                })
+            }
+            Err(failed) => {
+                self.reset();
+                Err(failed.into_error())
             }
         }
-        result
     }
 
     fn reset(&mut self) {
@@ -342,45 +350,64 @@ impl Writer {
         &mut self,
         appends: &[&Append],
         more: &(dyn Fn() -> bool + Sync),
-    ) -> Result<Vec<Appended>, sqlx::Error> {
-        self.committing = false;
-        if self.conn.is_none() {
-            self.conn = Some(connect(&self.pool).await?);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(sqlx::Error::PoolClosed);
+    ) -> Result<Vec<Appended>, Failed> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            empty => empty.insert(connect(&self.pool).await.map_err(Failed::BeforeCommit)?),
         };
-        match self.open {
+        let written = Self::begun(conn, self.open, appends, self.head)
+            .await
+            .map_err(Failed::BeforeCommit)?;
+        self.open = Self::commit(conn, more())
+            .await
+            .map_err(Failed::Committing)?;
+        self.head = Some(written.head);
+        let (counter, path) = if written.fast {
+            (&self.batches.fast, "fast")
+        } else {
+            (&self.batches.read, "read")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ordo_append_batches_total", "path" => path).increment(1);
+        Ok(written.outcomes)
+    }
+
+    /// Take the commit point in the transaction `open` left (or a new one), then decide and
+    /// write the batch.
+    async fn begun(
+        conn: &mut PgConnection,
+        open: Open,
+        appends: &[&Append],
+        head: Option<chain::Hash>,
+    ) -> Result<Written, sqlx::Error> {
+        match open {
             Open::Nothing => conn.execute(BEGIN_AT_COMMIT_POINT).await?,
             Open::Begun => conn.execute(LOCK_COMMIT_POINT).await?,
             Open::AtCommitPoint => Default::default(),
         };
-        let written = decide_and_write(conn, appends, self.head).await?;
-        self.committing = true;
-        self.open = if more() {
-            let granted = conn.fetch_all(COMMIT_AND_BEGIN_AHEAD).await?;
-            match granted
-                .first()
-                .map(|row| row.try_get::<bool, _>(0))
-                .transpose()?
-            {
-                Some(true) => Open::AtCommitPoint,
-                _ => Open::Begun,
-            }
-        } else {
+        decide_and_write(conn, appends, head).await
+    }
+
+    /// Commit; with `more`, begin the next transaction ahead. What is open afterwards.
+    async fn commit(conn: &mut PgConnection, more: bool) -> Result<Open, sqlx::Error> {
+        if !more {
             conn.execute("COMMIT").await?;
-            Open::Nothing
-        };
-        self.head = Some(written.head);
-        let counter = if written.fast {
-            &self.batches.fast
-        } else {
-            &self.batches.read
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let path = if written.fast { "fast" } else { "read" };
-        metrics::counter!("ordo_append_batches_total", "path" => path).increment(1);
-        Ok(written.outcomes)
+            return Ok(Open::Nothing);
+        }
+        let granted = conn.fetch_all(COMMIT_AND_BEGIN_AHEAD).await?;
+        let granted = granted.first().map(|row| row.try_get::<bool, _>(0));
+        Ok(match granted.transpose()? {
+            Some(true) => Open::AtCommitPoint,
+            _ => Open::Begun,
+        })
+    }
+}
+
+impl Failed {
+    fn into_error(self) -> sqlx::Error {
+        match self {
+            Self::BeforeCommit(e) | Self::Committing(e) => e,
+        }
     }
 }
 
