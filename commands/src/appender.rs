@@ -224,6 +224,11 @@ impl Appender {
         &self.batches
     }
 
+    /// Appends queued for the appender and not yet taken into a batch.
+    pub fn waiting(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Append and wait for the outcome.
     pub async fn append(&self, append: Append) -> Result<Appended, sqlx::Error> {
         let (reply, answer) = oneshot::channel();

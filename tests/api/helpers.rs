@@ -481,6 +481,14 @@ impl TestApp {
         .expect("query")
     }
 
+    /// Panics unless the hash chain over the whole log verifies.
+    pub async fn assert_chain_intact(&self) {
+        let chain = ordo_commands::audit::verify(&self.pool, 1, &[], |_| {})
+            .await
+            .expect("verify the chain");
+        assert!(chain.intact(), "{:?}", chain.broken);
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM event_store.events")
             .fetch_one(&self.pool)

@@ -241,10 +241,7 @@ async fn the_fast_path_is_taken_only_while_its_checks_hold() {
     ] {
         assert_eq!(app.sequences("probe", id).await, sequences, "{id}");
     }
-    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
-        .await
-        .unwrap();
-    assert!(chain.intact(), "{:?}", chain.broken);
+    app.assert_chain_intact().await;
 }
 
 /// The appender writes on a connection of its own. Cut while it idles (as a PostgreSQL
@@ -269,13 +266,8 @@ async fn an_appender_whose_connection_was_cut_writes_the_next_batch_on_a_new_one
     .unwrap();
     assert_eq!(cut, [true], "the appender's one connection");
 
-    for (id, version) in [("after", 1), ("before", 2)] {
-        let stream = if id == "before" {
-            probe(id, 1, 1)
-        } else {
-            probe(id, 0, 1)
-        };
-        let outcome = appender.append(stream).await.unwrap();
+    for (append, version) in [(probe("after", 0, 1), 1), (probe("before", 1, 1), 2)] {
+        let outcome = appender.append(append).await.unwrap();
         assert!(
             matches!(outcome, Appended::Committed { version: v, .. } if v == version),
             "{outcome:?}"
@@ -283,10 +275,7 @@ async fn an_appender_whose_connection_was_cut_writes_the_next_batch_on_a_new_one
     }
     assert_eq!(app.sequences("probe", "before").await, [1, 2]);
     assert_eq!(app.sequences("probe", "after").await, [1]);
-    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
-        .await
-        .unwrap();
-    assert!(chain.intact(), "{:?}", chain.broken);
+    app.assert_chain_intact().await;
 }
 
 /// The query the session named `application` waits in for a lock, once it waits.
@@ -341,8 +330,15 @@ async fn an_appender_that_began_ahead_waits_its_turn_behind_another_writer() {
             tokio::spawn(async move { appender.append(probe(&format!("ahead-{i}"), 0, 1)).await })
         })
         .collect();
-    // Let them queue, then another writer asks for the lock after the appender.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once they wait in the queue, another writer asks for the lock after the appender.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while appender.waiting() < rest.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the appends never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     sqlx::query("SET application_name = 'next writer'")
         .execute(&mut next)
         .await
@@ -385,10 +381,7 @@ async fn an_appender_that_began_ahead_waits_its_turn_behind_another_writer() {
         );
     }
     assert_eq!(app.event_count().await, 50);
-    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
-        .await
-        .unwrap();
-    assert!(chain.intact(), "{:?}", chain.broken);
+    app.assert_chain_intact().await;
 }
 
 #[tokio::test]
@@ -495,10 +488,7 @@ async fn two_processes_append_while_a_reader_sees_every_event_once_in_order() {
     assert_eq!(unique.len(), seen.len(), "every event exactly once");
     assert_eq!(app.event_count().await, (4 * PER_WRITER) as i64);
     // Each appender's fast path checked that the head was its own: the chain is whole.
-    let chain = ordo_commands::audit::verify(&app.pool, 1, &[], |_| {})
-        .await
-        .unwrap();
-    assert!(chain.intact(), "{:?}", chain.broken);
+    app.assert_chain_intact().await;
 }
 
 /// A write transaction left open on the server (in this database and another) does not hold
