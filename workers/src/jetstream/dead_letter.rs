@@ -1,7 +1,7 @@
 //! Dead letters: a message that can never be handled, or that failed on its last allowed
 //! delivery, is published to the dead-letter stream (`ORDO_DLQ` and subject
-//! `ordo.dlq.<worker>` by default), recorded in `workers.dead_letters`, and terminated. The worker
-//! publishes that dead letter itself (nats-server 2.9 drops a termination's reason).
+//! `ordo.dlq.<worker>` by default), recorded in `workers.dead_letters`, and terminated. The
+//! worker publishes that dead letter itself (nats-server 2.9 drops a termination's reason).
 //!
 //! No row is written before the publish: the transaction around it holds only a lock.
 
