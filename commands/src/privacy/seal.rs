@@ -94,6 +94,32 @@ pub(super) fn customer_of(event_type: &str, payload: &Value) -> Option<Uuid> {
         .and_then(|id| id.parse().ok())
 }
 
+/// The customer an event's payload names, read from its JSON text without building the
+/// payload's tree; `None` when its type has no personal fields or the text names none.
+pub(super) fn customer_in(event_type: &str, json: &str) -> Option<Uuid> {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        // ordo_domain::personal::CUSTOMER_FIELD (serde takes only a literal; a test checks).
+        #[serde(borrow)]
+        customer_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    if personal_fields(event_type).is_empty() {
+        return None;
+    }
+    let named: Named = serde_json::from_str(json).ok()?;
+    named.customer_id?.parse().ok()
+}
+
+/// Whether [`open_fields`] can change a payload of a customer in `state`: for a fold, the
+/// values of a customer with no key to open them with (none, or one this process cannot
+/// unwrap) stay as they are.
+pub(super) fn can_change(state: &KeyState, mode: Mode) -> bool {
+    match (state, mode) {
+        (KeyState::Key(_) | KeyState::Erased, _) | (_, Mode::Display) => true,
+        (KeyState::None | KeyState::Unreadable, Mode::Fold) => false,
+    }
+}
+
 /// Seal the personal fields of an event's payload (those present and not null) with the
 /// customer's key.
 pub fn seal_fields(event_type: &str, payload: &mut Value, customer: Uuid, key: &DataKey) {
@@ -178,6 +204,53 @@ mod tests {
 
     fn customer() -> Uuid {
         "018f0000-0000-7000-8000-000000000002".parse().unwrap()
+    }
+
+    #[test]
+    fn the_customer_is_read_from_the_text_as_from_the_tree() {
+        assert_eq!(ordo_domain::personal::CUSTOMER_FIELD, "customer_id");
+        let text = registered().to_string();
+        assert_eq!(customer_in("customer.registered", &text), Some(customer()));
+        assert_eq!(
+            customer_in("customer.registered", &text),
+            customer_of("customer.registered", &registered())
+        );
+        // A type without personal fields, a body that names no customer or is not JSON.
+        assert_eq!(customer_in("order.shipped", &text), None);
+        assert_eq!(
+            customer_in("customer.registered", r#"{"email": "a@b.c"}"#),
+            None
+        );
+        assert_eq!(customer_in("customer.registered", "not json"), None);
+    }
+
+    #[test]
+    fn a_fold_changes_nothing_for_a_customer_without_a_key_it_can_use() {
+        let mut sealed = registered();
+        seal_fields(
+            "customer.registered",
+            &mut sealed,
+            customer(),
+            &DataKey::generate(),
+        );
+        for state in [KeyState::None, KeyState::Unreadable] {
+            assert!(!can_change(&state, Mode::Fold));
+            for payload in [sealed.clone(), registered()] {
+                let mut folded = payload.clone();
+                let changed = open_fields(
+                    "customer.registered",
+                    &mut folded,
+                    customer(),
+                    &state,
+                    Mode::Fold,
+                );
+                assert!(!changed);
+                assert_eq!(folded, payload);
+            }
+        }
+        assert!(can_change(&KeyState::Erased, Mode::Fold));
+        assert!(can_change(&KeyState::Key(DataKey::generate()), Mode::Fold));
+        assert!(can_change(&KeyState::None, Mode::Display));
     }
 
     #[test]
