@@ -9,6 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::policy::HandleError;
+use crate::relay::header;
 
 /// An event as a worker receives it, from the message's headers and body.
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ impl Delivered {
 /// The event id a message carries (`ce-id`).
 pub(super) fn event_id_in(headers: Option<&HeaderMap>) -> Option<Uuid> {
     headers
-        .and_then(|h| h.get("ce-id"))
+        .and_then(|h| h.get(header("ce-id")))
         .and_then(|v| Uuid::parse_str(v.as_str()).ok())
 }
 
@@ -106,9 +107,9 @@ pub(super) fn delivered(
     prefix: &str,
     payload: &Bytes,
 ) -> Result<Delivered, String> {
-    let header = |name: &str| {
+    let text = |name: &'static str| {
         headers
-            .and_then(|h| h.get(name))
+            .and_then(|h| h.get(header(name)))
             .map(|v| v.as_str().to_owned())
     };
     let event_id = event_id_in(headers).ok_or("no ce-id header with an event id")?;
@@ -123,13 +124,13 @@ pub(super) fn delivered(
     Ok(Delivered {
         event_id,
         event_type,
-        aggregate_id: header("ce-subject").unwrap_or_default(),
-        position: header("ordo-position")
+        aggregate_id: text("ce-subject").unwrap_or_default(),
+        position: text("ordo-position")
             .and_then(|p| p.parse().ok())
             .unwrap_or_default(),
         body: Body::Json(payload.clone()),
-        traceparent: header("traceparent"),
-        channel: header(crate::relay::CHANNEL_HEADER)
+        traceparent: text("traceparent"),
+        channel: text(crate::relay::CHANNEL_HEADER)
             .unwrap_or_else(|| ordo_commands::channels::DEFAULT.to_owned()),
     })
 }
