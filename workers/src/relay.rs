@@ -111,8 +111,9 @@ pub async fn lag(pool: &PgPool, stream: &str) -> Result<Option<i64>, sqlx::Error
 pub const CHANNEL_HEADER: &str = "ce-ordochannel";
 
 /// A message header's name, known when compiling: a name given as text is validated and
-/// copied into an allocation of its own on every insert and every lookup (a fifth of the
-/// time the workers spent reading each message's headers, three workers for every event).
+/// copied into an allocation of its own on every insert and every lookup (the workers'
+/// lookups alone were 7 % of their CPU over a backlog: five per message, three workers for
+/// every event).
 pub(crate) const fn header(name: &'static str) -> HeaderName {
     HeaderName::from_static(name)
 }
