@@ -64,7 +64,7 @@ pub struct Want<'a> {
     pub metadata: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("event {position} ({event_type}) cannot be read: {reason}")]
 pub struct DecodeError {
     pub position: i64,

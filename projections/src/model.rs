@@ -13,7 +13,7 @@ use ordo_domain::payment::PaymentEvent;
 
 /// A feed event's payload as the domain type of its aggregate, parsed once and shared by
 /// every read model that reads it (a rebuild of all three decodes the log once).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum DomainEvent {
     Order(OrderEvent),
     Payment(PaymentEvent),
@@ -26,7 +26,7 @@ pub enum DomainEvent {
 }
 
 /// A feed event with its payload decoded (and the raw payload dropped).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Decoded {
     pub envelope: FeedEvent,
     pub event: DomainEvent,

@@ -4,7 +4,10 @@
 //! same commits: each used to read the same events, open their personal fields and decode
 //! them, three times over. A [`SharedFeed`] keeps the last batch one of them read (for every
 //! read model's event types, opened and decoded once); a runner whose checkpoint falls
-//! inside it applies the rest of it instead of reading again.
+//! inside it applies the rest of it instead of reading again, and reads from the log only
+//! what was committed after the batch's end (the batch then grows by it, for the next
+//! runner). Under a steady flow the runners step a few milliseconds apart, and commits land
+//! between their steps: each event is still read from the log and decoded once.
 //!
 //! Safe because the feed is final: positions are handed out in commit order, so the events
 //! after a position never change once read, and any prefix of them is a batch a runner may
@@ -34,6 +37,7 @@ pub struct SharedFeed {
     keys: Keyring,
     last: Arc<Mutex<Option<Batch>>>,
     reads: Arc<AtomicU64>,
+    events_read: Arc<AtomicU64>,
 }
 
 struct Batch {
@@ -66,16 +70,18 @@ impl Slice {
 }
 
 impl Batch {
-    /// Where the events after `at` start in this batch, if `at` falls inside it and the
-    /// batch is full (`limit` events) or reaches `head`: a batch read before later commits
-    /// would make a runner step twice (and linger between) for what one read gives it now.
-    fn start_after(&self, at: i64, head: i64, limit: i64) -> Option<usize> {
+    /// Where the events after `at` start in this batch, if `at` falls inside it (before its
+    /// last event) and the batch is fresh enough to apply.
+    fn start_after(&self, at: i64) -> Option<usize> {
         let last = self.events.last()?.position();
-        let reaches = self.events.len() as i64 >= limit || last >= head;
-        if at < self.after || at >= last || !reaches || self.read_at.elapsed() >= FRESH_FOR {
+        if at < self.after || at >= last || self.read_at.elapsed() >= FRESH_FOR {
             return None;
         }
         Some(self.events.partition_point(|e| e.position() <= at))
+    }
+
+    fn last_position(&self) -> i64 {
+        self.events.last().map_or(self.after, Decoded::position)
     }
 }
 
@@ -94,19 +100,26 @@ impl SharedFeed {
             keys,
             last: Arc::default(),
             reads: Arc::default(),
+            events_read: Arc::default(),
         }
     }
 
-    /// How many batches were read from the log (the others were shared).
+    /// How many reads of the log the runners made (the rest they shared).
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
 
-    /// Up to `limit` events after `at`: the rest of the last batch if `at` falls inside it
-    /// and it reaches the head this process knows of (or holds `limit` events), else a batch
-    /// read on `conn` (which the next runner may share). `None` when the events
-    /// hold one that cannot be decoded: the runner reads for itself, so that only a read
-    /// model that follows that event stops on it.
+    /// How many events those reads returned: once each event, when the runners share well.
+    pub fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
+    }
+
+    /// Up to `limit` events after `at`: the rest of the last batch if `at` falls inside it,
+    /// with the events committed after that batch read from the log when the batch holds
+    /// fewer than `limit` after `at` and does not reach the head this process knows of; else
+    /// a batch read from the log on `conn`. What is read is kept for the next runner. `None`
+    /// when the events hold one that cannot be decoded: the runner reads for itself, so that
+    /// only a read model that follows that event stops on it.
     pub(crate) async fn after(
         &self,
         conn: &mut PgConnection,
@@ -117,33 +130,79 @@ impl SharedFeed {
         // than read the same events beside it.
         let mut last = self.last.lock().await;
         let head = self.known.get();
-        let shared = last.as_ref().and_then(|b| {
-            b.start_after(at, head, limit)
-                .map(|from| (b.events.clone(), from))
-        });
-        let (events, from) = match shared {
-            Some(shared) => shared,
+        let cached = last
+            .as_ref()
+            .and_then(|b| b.start_after(at).map(|from| (b, from)));
+        let slice = match cached {
+            Some((batch, from)) => {
+                let held = batch.events.len() - from;
+                let end = batch.last_position();
+                if held as i64 >= limit || end >= head {
+                    Slice {
+                        events: batch.events.clone(),
+                        from,
+                    }
+                } else {
+                    // The batch's rest, then what was committed after it: what a read
+                    // from `at` would give (the feed is final). The grown batch keeps the
+                    // events before `at` for a runner further behind, up to twice `limit`,
+                    // and the older read's time, so that no opened field outlives
+                    // FRESH_FOR.
+                    let newer = self.read(conn, end, limit - held as i64).await?;
+                    let keep_from = if batch.events.len() + newer.len() <= 2 * limit as usize {
+                        0
+                    } else {
+                        from
+                    };
+                    let grown = Batch {
+                        after: if keep_from == 0 { batch.after } else { at },
+                        events: batch.events[keep_from..]
+                            .iter()
+                            .cloned()
+                            .chain(newer)
+                            .collect(),
+                        read_at: batch.read_at,
+                    };
+                    let slice = Slice {
+                        events: grown.events.clone(),
+                        from: from - keep_from,
+                    };
+                    *last = Some(grown);
+                    slice
+                }
+            }
             None => {
-                let want = feed::Want {
-                    event_types: Some(every_read_models_types()),
-                    metadata: false,
-                };
-                let mut read = feed::read(conn, Checkpoint::at(at), limit, want).await?;
-                self.keys.open_feed_on(conn, &mut read).await?;
-                self.reads.fetch_add(1, Ordering::Relaxed);
-                let events: Arc<[Decoded]> = decode_all(read).into();
+                let events: Arc<[Decoded]> = self.read(conn, at, limit).await?.into();
                 *last = Some(Batch {
                     after: at,
                     events: events.clone(),
                     read_at: Instant::now(),
                 });
-                (events, 0)
+                Slice { events, from: 0 }
             }
         };
-        let slice = Slice { events, from };
         let undecodable = slice
             .iter()
             .any(|e| matches!(e.event, DomainEvent::Undecodable(_)));
         Ok((!undecodable).then_some(slice))
+    }
+
+    /// Up to `limit` events after `at` from the log, opened and decoded for every read model.
+    async fn read(
+        &self,
+        conn: &mut PgConnection,
+        at: i64,
+        limit: i64,
+    ) -> Result<Vec<Decoded>, sqlx::Error> {
+        let want = feed::Want {
+            event_types: Some(every_read_models_types()),
+            metadata: false,
+        };
+        let mut read = feed::read(conn, Checkpoint::at(at), limit, want).await?;
+        self.keys.open_feed_on(conn, &mut read).await?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.events_read
+            .fetch_add(read.len() as u64, Ordering::Relaxed);
+        Ok(decode_all(read))
     }
 }

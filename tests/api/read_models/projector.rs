@@ -365,6 +365,73 @@ async fn runners_sharing_the_feed_read_each_batch_once_and_build_the_folds_read_
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
+/// Under a steady flow, commits land between the runners' steps. A runner whose checkpoint
+/// falls inside the last batch applies its rest and reads from the log only what was
+/// committed after it; the next runner shares the grown batch. Each event is read once.
+#[tokio::test]
+async fn runners_stepping_between_commits_read_only_what_the_batch_lacks() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    write_scenario(&app, 4).await;
+    let pool = app.pool.clone();
+    for projection in Projection::ALL {
+        ordo_projections::runner::prepare(&pool, projection)
+            .await
+            .unwrap();
+    }
+    // Payments and customers first move a little on their own.
+    for projection in [Projection::Payments, Projection::Customers] {
+        let alone = Runner::new(pool.clone(), projection, fast());
+        assert_eq!(alone.step(3).await.unwrap(), Step::Applied(3));
+    }
+    let shared = SharedFeed::new(&pool, Keyring::new(pool.clone(), None));
+    let config = RunnerConfig {
+        batch_size: 1000,
+        ..fast()
+    };
+    let runner = |projection| {
+        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(shared.clone())
+    };
+    let count = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n as usize
+    };
+    let before = count().await;
+    assert_eq!(
+        runner(Projection::Orders).step(1000).await.unwrap(),
+        Step::Applied(before)
+    );
+
+    // Commits after the orders runner's read, known to this process.
+    write_scenario(&app, 2).await;
+    let head = app.last_position();
+    feed::KnownHead::of(&pool).raise(head);
+    let after = count().await;
+    assert!(after > before);
+    assert_eq!(
+        runner(Projection::Payments).step(1000).await.unwrap(),
+        Step::Applied(after - 3),
+        "the batch's rest after payments' checkpoint, and the new events"
+    );
+    assert_eq!(
+        runner(Projection::Customers).step(1000).await.unwrap(),
+        Step::Applied(after - 3)
+    );
+    assert_eq!(
+        runner(Projection::Orders).step(1000).await.unwrap(),
+        Step::Applied(after - before)
+    );
+    assert_eq!(shared.reads(), 2, "the first batch, then what it lacked");
+    assert_eq!(shared.events_read(), after as u64, "each event read once");
+    for projection in Projection::ALL {
+        assert!(status::reached(&pool, projection, head).await.unwrap());
+    }
+    let mismatches = check::check(&pool).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
 /// Every reader of a process waits on one LISTEN connection: a notification from another
 /// process (here a plain NOTIFY) raises the known head they all wait on, and one without a
 /// position wakes them too.
