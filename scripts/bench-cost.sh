@@ -10,6 +10,13 @@
 #   scripts/bench-cost.sh --stages                # downstream roles alone, over a backlog
 #   ORDO=/tmp/ordo-before scripts/bench-cost.sh   # another build of ordo (A/B comparisons)
 #   CONCURRENCY=64 scripts/bench-cost.sh          # more clients than the 32 of the targets
+#   STATEMENTS=1 scripts/bench-cost.sh            # and PostgreSQL's time per statement (below)
+#
+# STATEMENTS=1 also prints, for the window, the statements that took PostgreSQL the most
+# time, per command. It needs pg_stat_statements loaded by the server (as a superuser:
+# `ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`, then a restart); the
+# extension is created in the database `postgres`, never in Ordo's. Execution time is wall
+# time, waits included: read it as shares, not as CPU.
 #
 # --stages writes a backlog with the API alone, then runs the relay alone and the JetStream
 # workers alone until each has caught up, and prints each one's rate and CPU per event.
@@ -120,12 +127,36 @@ snapshot() {
         "$(query "select count(*) from event_store.events where event_type = 'order.placed'")" \
         "$(query "select xact_commit from pg_stat_database where datname = current_database()")"
 }
+statements() { psql_admin -At -v ON_ERROR_STOP=1 "$@"; }
+if [[ "${STATEMENTS:-0}" == 1 ]]; then
+    [[ "$(statements -c "show shared_preload_libraries")" == *pg_stat_statements* ]] || {
+        echo "bench-cost: STATEMENTS=1 needs pg_stat_statements in shared_preload_libraries" >&2
+        exit 1
+    }
+    statements -c "create extension if not exists pg_stat_statements" \
+        -c "select pg_stat_statements_reset(0, (select oid from pg_database where datname = '$DB'), 0)" >/dev/null
+fi
 read -r o0 p0 n0 b0 m0 e0 x0 < <(snapshot)
 sleep $((duration - 7))
 read -r o1 p1 n1 b1 m1 e1 x1 < <(snapshot)
+if [[ "${STATEMENTS:-0}" == 1 ]]; then
+    statements -F $'\t' -c "
+        select round((total_exec_time / $((e1 - e0)))::numeric, 4), round((calls * 1000.0 / $((e1 - e0)))::numeric, 1),
+               round((rows::numeric / $((e1 - e0))), 2),
+               round((100 * total_exec_time / sum(total_exec_time) over ())::numeric, 1),
+               left(regexp_replace(regexp_replace(query, '--[^\n]*', '', 'g'), '\s+', ' ', 'g'), 90)
+          from pg_stat_statements where dbid = (select oid from pg_database where datname = '$DB')
+         order by total_exec_time desc limit ${TOP:-15}" >"/tmp/bench-cost-statements.$$"
+fi
 wait "$bench_pid"
 cat "/tmp/bench-cost.$$"
 rm -f "/tmp/bench-cost.$$"
+if [[ -s "/tmp/bench-cost-statements.$$" ]]; then
+    printf 'PostgreSQL statements in the window, by execution time:\n%10s %10s %8s %6s  %s\n' \
+        "ms/command" "calls/1000" "rows/cmd" "share" "statement"
+    awk -F '\t' '{ printf "%10s %10s %8s %5s%%  %s\n", $1, $2, $3, $4, $5 }' "/tmp/bench-cost-statements.$$"
+    rm -f "/tmp/bench-cost-statements.$$"
+fi
 awk -v c=$((e1 - e0)) -v o=$((o1 - o0)) -v p=$((p1 - p0)) -v n=$((n1 - n0)) -v b=$((b1 - b0)) -v m=$((m1 - m0)) -v x=$((x1 - x0)) 'BEGIN {
     printf "window: %d orders; ms CPU per command: ordo %.3f  postgres %.3f  nats %.3f  load generator %.3f  machine %.3f; PostgreSQL transactions per command %.2f\n",
         c, o * 10 / c, p * 10 / c, n * 10 / c, b * 10 / c, m * 10 / c, x / c }'
