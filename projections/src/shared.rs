@@ -47,24 +47,30 @@ struct Batch {
     read_at: Instant,
 }
 
-/// Events a runner applies: `events[from..]`.
+/// Events a runner applies: `events[range]`.
 pub(crate) struct Slice {
     events: Arc<[Decoded]>,
-    from: usize,
+    range: std::ops::Range<usize>,
 }
 
 impl std::ops::Deref for Slice {
     type Target = [Decoded];
     fn deref(&self) -> &[Decoded] {
-        &self.events[self.from..]
+        &self.events[self.range.clone()]
     }
 }
 
 impl Slice {
     pub(crate) fn whole(events: Vec<Decoded>) -> Self {
+        Self::after(events.into(), 0, usize::MAX)
+    }
+
+    /// Up to `limit` events of `events` from index `from` on.
+    fn after(events: Arc<[Decoded]>, from: usize, limit: usize) -> Self {
+        let to = events.len().min(from.saturating_add(limit));
         Self {
-            events: events.into(),
-            from: 0,
+            events,
+            range: from..to,
         }
     }
 }
@@ -138,10 +144,8 @@ impl SharedFeed {
                 let held = batch.events.len() - from;
                 let end = batch.last_position();
                 if held as i64 >= limit || end >= head {
-                    Slice {
-                        events: batch.events.clone(),
-                        from,
-                    }
+                    // A grown batch may hold more than `limit` after `at`.
+                    Slice::after(batch.events.clone(), from, limit as usize)
                 } else {
                     // The batch's rest, then what was committed after it: what a read
                     // from `at` would give (the feed is final). The grown batch keeps the
@@ -163,10 +167,8 @@ impl SharedFeed {
                             .collect(),
                         read_at: batch.read_at,
                     };
-                    let slice = Slice {
-                        events: grown.events.clone(),
-                        from: from - keep_from,
-                    };
+                    let slice =
+                        Slice::after(grown.events.clone(), from - keep_from, limit as usize);
                     *last = Some(grown);
                     slice
                 }
@@ -178,7 +180,7 @@ impl SharedFeed {
                     events: events.clone(),
                     read_at: Instant::now(),
                 });
-                Slice { events, from: 0 }
+                Slice::after(events, 0, limit as usize)
             }
         };
         let undecodable = slice

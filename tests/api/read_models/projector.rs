@@ -432,6 +432,67 @@ async fn runners_stepping_between_commits_read_only_what_the_batch_lacks() {
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
+/// Small batches, commits between every round of steps: a grown batch never hands a runner
+/// more than its batch size, and the read models end as a fold of the log gives them.
+#[tokio::test]
+async fn a_grown_shared_batch_never_hands_a_runner_more_than_its_batch_size() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let pool = app.pool.clone();
+    for projection in Projection::ALL {
+        ordo_projections::runner::prepare(&pool, projection)
+            .await
+            .unwrap();
+    }
+    const LIMIT: i64 = 4;
+    let shared = SharedFeed::new(&pool, Keyring::new(pool.clone(), None));
+    let config = RunnerConfig {
+        batch_size: LIMIT,
+        ..fast()
+    };
+    let runner = |projection| {
+        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(shared.clone())
+    };
+    // A batch grown past LIMIT: orders reads four events, payments (one event on) grows the
+    // batch by one, and customers, at the batch's start, gets four of its five.
+    write_scenario(&app, 1).await;
+    feed::KnownHead::of(&pool).raise(app.last_position());
+    let alone = Runner::new(pool.clone(), Projection::Payments, fast());
+    assert_eq!(alone.step(1).await.unwrap(), Step::Applied(1));
+    for projection in Projection::ALL {
+        assert_eq!(
+            runner(projection).step(LIMIT).await.unwrap(),
+            Step::Applied(LIMIT as usize),
+            "{projection:?}"
+        );
+    }
+    assert_eq!(shared.events_read(), LIMIT as u64 + 1);
+
+    let mut applied = 0;
+    for _ in 0..4 {
+        write_scenario(&app, 1).await;
+        feed::KnownHead::of(&pool).raise(app.last_position());
+        for projection in Projection::ALL {
+            match runner(projection).step(LIMIT).await.unwrap() {
+                Step::Applied(n) => {
+                    assert!(n as i64 <= LIMIT, "{projection:?} applied {n} events");
+                    applied += n;
+                }
+                step => panic!("{projection:?}: {step:?}"),
+            }
+        }
+    }
+    assert!(applied > 0);
+    let head = app.last_position();
+    for projection in Projection::ALL {
+        while let Step::Applied(n) = runner(projection).step(LIMIT).await.unwrap() {
+            assert!(n as i64 <= LIMIT);
+        }
+        assert!(status::reached(&pool, projection, head).await.unwrap());
+    }
+    let mismatches = check::check(&pool).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
 /// Every reader of a process waits on one LISTEN connection: a notification from another
 /// process (here a plain NOTIFY) raises the known head they all wait on, and one without a
 /// position wakes them too.
