@@ -298,6 +298,29 @@ async fn runners_killed_mid_batch_leave_read_models_equal_to_the_fold() {
     }
 }
 
+/// Every read model's tables prepared, a feed to share, and a maker of runners of
+/// `batch_size` that share it.
+async fn sharing_runners(
+    pool: &sqlx::PgPool,
+    batch_size: i64,
+) -> (SharedFeed, impl Fn(Projection) -> Runner) {
+    for projection in Projection::ALL {
+        ordo_projections::runner::prepare(pool, projection)
+            .await
+            .unwrap();
+    }
+    let shared = SharedFeed::new(pool, Keyring::new(pool.clone(), None));
+    let config = RunnerConfig {
+        batch_size,
+        ..fast()
+    };
+    let (pool, feed) = (pool.clone(), shared.clone());
+    let runner = move |projection| {
+        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(feed.clone())
+    };
+    (shared, runner)
+}
+
 /// The runners of one process read each batch once between them: the first to step reads
 /// it, the others apply it (from their own checkpoint, where that falls inside it), and the
 /// read models are what a fold of the log gives.
@@ -306,29 +329,12 @@ async fn runners_sharing_the_feed_read_each_batch_once_and_build_the_folds_read_
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     write_scenario(&app, 4).await;
     let pool = app.pool.clone();
-    for projection in Projection::ALL {
-        ordo_projections::runner::prepare(&pool, projection)
-            .await
-            .unwrap();
-    }
+    let (shared, runner) = sharing_runners(&pool, 1000).await;
     // Payments first moves a little on its own, so that its checkpoint lies inside the batch
     // the others will read.
     let alone = Runner::new(pool.clone(), Projection::Payments, fast());
     assert_eq!(alone.step(3).await.unwrap(), Step::Applied(3));
-
-    let shared = SharedFeed::new(&pool, Keyring::new(pool.clone(), None));
-    let config = RunnerConfig {
-        batch_size: 1000,
-        ..fast()
-    };
-    let runner = |projection| {
-        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(shared.clone())
-    };
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let events = events as usize;
+    let events = app.event_count().await as usize;
     assert_eq!(
         runner(Projection::Orders).step(1000).await.unwrap(),
         Step::Applied(events)
@@ -373,32 +379,13 @@ async fn runners_stepping_between_commits_read_only_what_the_batch_lacks() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     write_scenario(&app, 4).await;
     let pool = app.pool.clone();
-    for projection in Projection::ALL {
-        ordo_projections::runner::prepare(&pool, projection)
-            .await
-            .unwrap();
-    }
+    let (shared, runner) = sharing_runners(&pool, 1000).await;
     // Payments and customers first move a little on their own.
     for projection in [Projection::Payments, Projection::Customers] {
         let alone = Runner::new(pool.clone(), projection, fast());
         assert_eq!(alone.step(3).await.unwrap(), Step::Applied(3));
     }
-    let shared = SharedFeed::new(&pool, Keyring::new(pool.clone(), None));
-    let config = RunnerConfig {
-        batch_size: 1000,
-        ..fast()
-    };
-    let runner = |projection| {
-        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(shared.clone())
-    };
-    let count = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        n as usize
-    };
-    let before = count().await;
+    let before = app.event_count().await as usize;
     assert_eq!(
         runner(Projection::Orders).step(1000).await.unwrap(),
         Step::Applied(before)
@@ -408,7 +395,7 @@ async fn runners_stepping_between_commits_read_only_what_the_batch_lacks() {
     write_scenario(&app, 2).await;
     let head = app.last_position();
     feed::KnownHead::of(&pool).raise(head);
-    let after = count().await;
+    let after = app.event_count().await as usize;
     assert!(after > before);
     assert_eq!(
         runner(Projection::Payments).step(1000).await.unwrap(),
@@ -438,20 +425,8 @@ async fn runners_stepping_between_commits_read_only_what_the_batch_lacks() {
 async fn a_grown_shared_batch_never_hands_a_runner_more_than_its_batch_size() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let pool = app.pool.clone();
-    for projection in Projection::ALL {
-        ordo_projections::runner::prepare(&pool, projection)
-            .await
-            .unwrap();
-    }
     const LIMIT: i64 = 4;
-    let shared = SharedFeed::new(&pool, Keyring::new(pool.clone(), None));
-    let config = RunnerConfig {
-        batch_size: LIMIT,
-        ..fast()
-    };
-    let runner = |projection| {
-        Runner::new(pool.clone(), projection, config.clone()).with_shared_feed(shared.clone())
-    };
+    let (shared, runner) = sharing_runners(&pool, LIMIT).await;
     // A batch grown past LIMIT: orders reads four events, payments (one event on) grows the
     // batch by one, and customers, at the batch's start, gets four of its five.
     write_scenario(&app, 1).await;
