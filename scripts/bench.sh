@@ -4,8 +4,10 @@
 #   1. pgbench's one-row insert with one commit each, 32 clients, on the same PostgreSQL;
 #   2. Ordo's place-order over HTTP, 32 connections, as fast as it goes;
 #   3. the same at half that rate (latency when not saturated);
-#   4. the same as 2 with an Idempotency-Key on every command.
-# Prints the machine, each report, then both rates, their ratio and the latencies.
+#   4. the same as 2 with an Idempotency-Key on every command;
+#   5. pgbench again, since a VM's speed can drift within the run.
+# Prints the machine, each report, then both rates (pgbench's the mean of 1 and 5), their
+# ratio, how far 1 and 5 differ, and the latencies.
 #
 #   scripts/bench.sh                           # 32 clients, 20 s per run
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
@@ -108,16 +110,24 @@ echo "postgres: $pg"
 echo "ordo: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)'), release build"
 
 # PostgreSQL's own rate for the same kind of write: one-row inserts, one commit each, from
-# 32 clients, on the same server in the same run.
-psql_admin -c "drop database if exists ${DB}_pgbench with (force)" -c "create database ${DB}_pgbench"
-psql_admin -d "${DB}_pgbench" -c "create table t (id bigserial primary key, v int not null)"
-pgbench_script=$(mktemp)
-echo 'INSERT INTO t (v) VALUES (1);' >"$pgbench_script"
-pg_tps=$(pgbench -h 127.0.0.1 -p 5432 -U postgres -n -c "${CONCURRENCY:-32}" -j 2 -T "${DURATION:-20}" \
-             -f "$pgbench_script" "${DB}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
-rm -f "$pgbench_script"
-psql_admin -c "drop database if exists ${DB}_pgbench with (force)"
-echo "pgbench: ${pg_tps} one-row inserts/s (one commit each, ${CONCURRENCY:-32} clients)"
+# 32 clients, on the same server in the same run; timed before Ordo's runs and again after
+# them, since a VM's speed can drift by a quarter within minutes: the ratio is against the
+# mean of the two, and the summary says how far apart they are.
+pgbench_rate() {
+    local script tps
+    psql_admin -c "drop database if exists ${DB}_pgbench with (force)" -c "create database ${DB}_pgbench" >/dev/null
+    psql_admin -d "${DB}_pgbench" -c "create table t (id bigserial primary key, v int not null)" >/dev/null
+    script=$(mktemp)
+    echo 'INSERT INTO t (v) VALUES (1);' >"$script"
+    tps=$(pgbench -h 127.0.0.1 -p 5432 -U postgres -n -c "${CONCURRENCY:-32}" -j 2 -T "${DURATION:-20}" \
+              -f "$script" "${DB}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
+    rm -f "$script"
+    psql_admin -c "drop database if exists ${DB}_pgbench with (force)" >/dev/null
+    [[ -n "$tps" ]] || { echo "bench: pgbench gave no rate" >&2; exit 1; }
+    echo "$tps"
+}
+pg_before=$(pgbench_rate)
+echo "pgbench: ${pg_before} one-row inserts/s (one commit each, ${CONCURRENCY:-32} clients)"
 
 place_order() {
     "$BENCH" place-order --url "$URL" --key "$KEY" \
@@ -164,11 +174,21 @@ echo "$keyed"
 keyed_rate=$(echo "$keyed" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
 
 echo
+echo "== pgbench again"
+settle
+pg_after=$(pgbench_rate)
+echo "pgbench: ${pg_after} one-row inserts/s"
+
+echo
 echo "== summary"
-awk -v o="$rate" -v p="$pg_tps" -v k="$keyed_rate" \
+awk -v o="$rate" -v p1="$pg_before" -v p2="$pg_after" -v k="$keyed_rate" \
     -v p50="$(echo "$full" | field p50)" -v p99="$(echo "$full" | field p99)" \
     -v h50="$(echo "$half" | field p50)" -v h99="$(echo "$half" | field p99)" 'BEGIN {
+    p = (p1 + p2) / 2
+    drift = 100 * (p2 - p1) / p1
     printf "ordo place-order: %.0f/s   pgbench one-insert-per-commit: %.0f/s   ratio: %.2f\n", o, p, o / p
+    printf "pgbench before and after: %.0f/s and %.0f/s (%+.0f %%)%s\n", p1, p2, drift,
+        (drift > 10 || drift < -10) ? "; the machine changed speed during the run: compare with care" : ""
     printf "latency at full rate: p50 %s ms  p99 %s ms;  at half rate: p50 %s ms  p99 %s ms\n", p50, p99, h50, h99
     printf "with Idempotency-Key: %.0f/s (%.0f %% of the rate without)\n", k, 100 * k / o
 }'
