@@ -321,6 +321,18 @@ async fn sharing_runners(
     (shared, runner)
 }
 
+/// Every read model has reached `head`, and holds what a fold of the log gives.
+async fn assert_every_read_model_at(pool: &sqlx::PgPool, head: i64) {
+    for projection in Projection::ALL {
+        assert!(
+            status::reached(pool, projection, head).await.unwrap(),
+            "{projection:?} has not reached {head}"
+        );
+    }
+    let mismatches = check::check(pool).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
 /// The runners of one process read each batch once between them: the first to step reads
 /// it, the others apply it (from their own checkpoint, where that falls inside it), and the
 /// read models are what a fold of the log gives.
@@ -364,11 +376,7 @@ async fn runners_sharing_the_feed_read_each_batch_once_and_build_the_folds_read_
     }
     assert_eq!(shared.reads(), 2);
     let head = app.last_position();
-    for projection in Projection::ALL {
-        assert!(status::reached(&pool, projection, head).await.unwrap());
-    }
-    let mismatches = check::check(&pool).await.unwrap();
-    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    assert_every_read_model_at(&pool, head).await;
 }
 
 /// Under a steady flow, commits land between the runners' steps. A runner whose checkpoint
@@ -412,11 +420,7 @@ async fn runners_stepping_between_commits_read_only_what_the_batch_lacks() {
     );
     assert_eq!(shared.reads(), 2, "the first batch, then what it lacked");
     assert_eq!(shared.events_read(), after as u64, "each event read once");
-    for projection in Projection::ALL {
-        assert!(status::reached(&pool, projection, head).await.unwrap());
-    }
-    let mismatches = check::check(&pool).await.unwrap();
-    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    assert_every_read_model_at(&pool, head).await;
 }
 
 /// Small batches, commits between every round of steps: a grown batch never hands a runner
@@ -462,10 +466,8 @@ async fn a_grown_shared_batch_never_hands_a_runner_more_than_its_batch_size() {
         while let Step::Applied(n) = runner(projection).step(LIMIT).await.unwrap() {
             assert!(n as i64 <= LIMIT);
         }
-        assert!(status::reached(&pool, projection, head).await.unwrap());
     }
-    let mismatches = check::check(&pool).await.unwrap();
-    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    assert_every_read_model_at(&pool, head).await;
 }
 
 /// Every reader of a process waits on one LISTEN connection: a notification from another
