@@ -5,9 +5,11 @@
 #   2. Ordo's place-order over HTTP, 32 connections, as fast as it goes;
 #   3. the same at half that rate (latency when not saturated);
 #   4. the same as 2 with an Idempotency-Key on every command;
-#   5. pgbench again, since a VM's speed can drift within the run.
-# Prints the machine, each report, then both rates (pgbench's the mean of 1 and 5), their
-# ratio, how far 1 and 5 differ, and the latencies.
+#   5. the same as 2 again, and
+#   6. pgbench again, since a VM's speed can drift within the run.
+# Prints the machine, each report, then both rates (Ordo's the mean of 2 and 5, pgbench's
+# of 1 and 6), their ratio, how far each pair differs, the latencies, and the keyed rate
+# against the mean of the plain runs on either side of it.
 #
 #   scripts/bench.sh                           # 32 clients, 20 s per run
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
@@ -172,6 +174,12 @@ settle
 keyed=$(place_order --idempotency-keys "$@")
 echo "$keyed"
 keyed_rate=$(echo "$keyed" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
+echo
+echo "== full rate again"
+settle
+again=$(place_order "$@")
+echo "$again"
+rate_again=$(echo "$again" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
 
 echo
 echo "== pgbench again"
@@ -181,14 +189,20 @@ echo "pgbench: ${pg_after} one-row inserts/s"
 
 echo
 echo "== summary"
-awk -v o="$rate" -v p1="$pg_before" -v p2="$pg_after" -v k="$keyed_rate" \
+awk -v o1="$rate" -v o2="$rate_again" -v p1="$pg_before" -v p2="$pg_after" -v k="$keyed_rate" \
     -v p50="$(echo "$full" | field p50)" -v p99="$(echo "$full" | field p99)" \
-    -v h50="$(echo "$half" | field p50)" -v h99="$(echo "$half" | field p99)" 'BEGIN {
+    -v h50="$(echo "$half" | field p50)" -v h99="$(echo "$half" | field p99)" '
+function drift(a, b,   d) {
+    d = 100 * (b - a) / a
+    return sprintf("%.0f/s and %.0f/s (%+.0f %%)%s", a, b, d,
+        (d > 10 || d < -10) ? "; the machine changed speed during the run: compare with care" : "")
+}
+BEGIN {
+    o = (o1 + o2) / 2
     p = (p1 + p2) / 2
-    drift = 100 * (p2 - p1) / p1
     printf "ordo place-order: %.0f/s   pgbench one-insert-per-commit: %.0f/s   ratio: %.2f\n", o, p, o / p
-    printf "pgbench before and after: %.0f/s and %.0f/s (%+.0f %%)%s\n", p1, p2, drift,
-        (drift > 10 || drift < -10) ? "; the machine changed speed during the run: compare with care" : ""
+    printf "ordo first and last: %s\n", drift(o1, o2)
+    printf "pgbench before and after: %s\n", drift(p1, p2)
     printf "latency at full rate: p50 %s ms  p99 %s ms;  at half rate: p50 %s ms  p99 %s ms\n", p50, p99, h50, h99
-    printf "with Idempotency-Key: %.0f/s (%.0f %% of the rate without)\n", k, 100 * k / o
+    printf "with Idempotency-Key: %.0f/s (%.0f %% of the plain runs before and after it)\n", k, 100 * k / o
 }'
