@@ -75,24 +75,26 @@ pub struct WorkerList {
 }
 
 /// The outbox of `worker`, if it has one.
+///
+/// Each count reads only its own rows: the mail queue through partial indexes and a total
+/// kept as notifications are sent ([`crate::notification::QUEUE`]), since notifications are
+/// kept for good; the webhook outbox through its pending indexes, and its settled rows,
+/// which the retention purge bounds.
 async fn outbox(pool: &PgPool, worker: Worker) -> Result<Option<OutboxStatus>, sqlx::Error> {
-    let (table, done) = match worker {
-        Worker::Notification => ("notification.notifications", "sent"),
-        Worker::Integration => ("integration.outbox", "delivered"),
+    let query = match worker {
+        Worker::Notification => crate::notification::QUEUE,
+        Worker::Integration => {
+            "SELECT waiting.pending, waiting.oldest_pending_seconds,
+                    (SELECT count(*) FROM integration.outbox WHERE status = 'delivered') AS done,
+                    (SELECT count(*) FROM integration.outbox WHERE status = 'failed') AS failed
+               FROM (SELECT count(*) AS pending,
+                            coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+                                AS oldest_pending_seconds
+                       FROM integration.outbox WHERE status = 'pending') waiting"
+        }
         Worker::Analytics => return Ok(None),
     };
-    sqlx::query_as(&format!(
-        "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-                coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
-                    AS oldest_pending_seconds,
-                count(*) FILTER (WHERE status = $1) AS done,
-                count(*) FILTER (WHERE status = 'failed') AS failed
-           FROM {table}"
-    ))
-    .bind(done)
-    .fetch_one(pool)
-    .await
-    .map(Some)
+    sqlx::query_as(query).fetch_one(pool).await.map(Some)
 }
 
 /// A message a worker gave up on, kept to be redriven.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::setup;
+use crate::workers::rows_read;
 use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
 
 /// A TCP listener that accepts connections, reads nothing and never answers: the partner
@@ -595,29 +596,6 @@ async fn history_past_its_retention_is_purged_in_batches_and_nothing_else_is() {
     assert_eq!(again, ordo_workers::retention::Purged::default());
 }
 
-/// Rows of `integration.outbox` the plan read (returned or filtered out), over all its
-/// nodes and loops.
-fn outbox_rows_read(plan: &Value) -> f64 {
-    let here = if plan["Relation Name"] == "outbox" {
-        let per_loop = [
-            "Actual Rows",
-            "Rows Removed by Filter",
-            "Rows Removed by Index Recheck",
-        ]
-        .iter()
-        .map(|k| plan[*k].as_f64().unwrap_or(0.0))
-        .sum::<f64>();
-        per_loop * plan["Actual Loops"].as_f64().unwrap_or(1.0)
-    } else {
-        0.0
-    };
-    let below: f64 = plan["Plans"]
-        .as_array()
-        .map(|plans| plans.iter().map(outbox_rows_read).sum())
-        .unwrap_or(0.0);
-    here + below
-}
-
 #[tokio::test]
 async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
@@ -670,7 +648,7 @@ async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
         tx.rollback().await.unwrap();
         let plan = &explained[0]["Plan"];
         assert_eq!(plan["Actual Rows"], json!(expected), "{explained}");
-        let read = outbox_rows_read(plan);
+        let read = rows_read(plan, "outbox");
         assert!(
             read < 100.0,
             "the claim for {endpoint} read {read} outbox rows of a 10,003-row backlog: {explained}"
@@ -740,7 +718,7 @@ async fn the_outbox_write_reads_a_handful_of_rows_once_the_pool_has_analyzed_a_b
     .await
     .unwrap();
     tx.rollback().await.unwrap();
-    let read = outbox_rows_read(&explained[0]["Plan"]);
+    let read = rows_read(&explained[0]["Plan"], "outbox");
     assert!(
         read < 100.0,
         "writing {n} deliveries read {read} outbox rows of a 10,000-row backlog: {explained}"

@@ -14,3 +14,26 @@ pub mod tls;
 pub mod trace_context;
 pub mod webhooks;
 pub mod worker_ops;
+
+/// Rows of the table `relation` a plan (`EXPLAIN (ANALYZE, FORMAT JSON)`) read, returned or
+/// filtered out, over all its nodes and loops.
+pub(crate) fn rows_read(plan: &serde_json::Value, relation: &str) -> f64 {
+    let here = if plan["Relation Name"] == relation {
+        let per_loop = [
+            "Actual Rows",
+            "Rows Removed by Filter",
+            "Rows Removed by Index Recheck",
+        ]
+        .iter()
+        .map(|k| plan[*k].as_f64().unwrap_or(0.0))
+        .sum::<f64>();
+        per_loop * plan["Actual Loops"].as_f64().unwrap_or(1.0)
+    } else {
+        0.0
+    };
+    let below: f64 = plan["Plans"]
+        .as_array()
+        .map(|plans| plans.iter().map(|p| rows_read(p, relation)).sum())
+        .unwrap_or(0.0);
+    here + below
+}

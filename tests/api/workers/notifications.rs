@@ -650,6 +650,90 @@ async fn an_smtp_outage_delays_the_mail_records_every_attempt_and_ends_when_the_
     s.cleanup().await;
 }
 
+/// `GET /v1/workers` counts the mail queue without reading the notifications already sent:
+/// they are kept for good, so counting them would cost more on every call as the shop's
+/// history grows. The sent total follows every change of status, once per notification.
+#[tokio::test]
+async fn the_mail_queue_status_counts_sent_mail_without_reading_it() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let run = async |sql: &str| {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    };
+    // Written pending, as the worker writes them; one refused address written failed.
+    run(
+        "INSERT INTO notification.notifications (id, event_id, kind, status)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'order_placed', 'pending'
+           FROM generate_series(1, 5000)",
+    )
+    .await;
+    run(
+        "INSERT INTO notification.notifications (id, event_id, kind, status, error)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'order_placed', 'failed', 'refused')",
+    )
+    .await;
+    // The sender records 4,990 sent in one statement, then three failed.
+    let some_pending = |n: u32| {
+        format!(
+            "WHERE id IN (SELECT id FROM notification.notifications
+                           WHERE status = 'pending' ORDER BY id LIMIT {n})"
+        )
+    };
+    run(&format!(
+        "UPDATE notification.notifications SET status = 'sent' {}",
+        some_pending(4990)
+    ))
+    .await;
+    run(&format!(
+        "UPDATE notification.notifications SET status = 'failed' {}",
+        some_pending(3)
+    ))
+    .await;
+    // A lease ran out while one mail was on its way: a second sender records it sent again.
+    run(
+        "UPDATE notification.notifications SET status = 'sent', sent_at = now()
+          WHERE id = (SELECT id FROM notification.notifications WHERE status = 'sent' ORDER BY id LIMIT 1)",
+    )
+    .await;
+    // Two customers erased: their pending mail is skipped. An operator deletes one sent.
+    run(&format!(
+        "UPDATE notification.notifications SET status = 'skipped' {}",
+        some_pending(2)
+    ))
+    .await;
+    run("DELETE FROM notification.notifications
+          WHERE id = (SELECT id FROM notification.notifications WHERE status = 'sent' ORDER BY id DESC LIMIT 1)")
+    .await;
+
+    let workers = app.get(Admin, "/v1/workers").await;
+    let outbox = workers.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "notification")
+        .map(|w| w["outbox"].clone())
+        .unwrap();
+    assert_eq!(
+        (&outbox["pending"], &outbox["done"], &outbox["failed"]),
+        (&json!(5), &json!(4989), &json!(4)),
+        "{outbox}"
+    );
+    assert!(outbox["oldest_pending_seconds"].as_f64().unwrap() >= 0.0);
+
+    run("ANALYZE notification.notifications").await;
+    let explained: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        ordo_workers::notification::QUEUE
+    ))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let read = crate::workers::rows_read(&explained[0]["Plan"], "notifications");
+    assert!(
+        read <= 9.0,
+        "the mail queue's counts read {read} notifications of 5,000, 9 of them pending or failed: {explained}"
+    );
+}
+
 #[tokio::test]
 async fn a_sender_killed_between_sending_and_recording_sends_again_with_the_same_message_id() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;

@@ -51,6 +51,10 @@ pub use recipients::SKIPPED_ERASED;
 
 pub const NAME: &str = "notification";
 
+/// The mail queue's counts for `GET /v1/workers`: pending, the oldest one's age, sent and
+/// failed, without reading the notifications already sent.
+pub const QUEUE: &str = include_str!("queue.sql");
+
 /// The notification worker's policy: its effects are rows only (the mail sender sends),
 /// so a batch of events is handled in one transaction.
 #[derive(Debug, Clone, Default)]
