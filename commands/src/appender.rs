@@ -15,6 +15,9 @@
 //!   from moved: that append alone is answered [`Appended::Stale`]; the caller re-decides
 //!   or reports the conflict;
 //! - a customer whose personal data its events carry was erased: [`Appended::Erased`];
+//! - it creates a payment for an order that has its cap of payments already, counting those
+//!   accepted before it in the batch ([`PaymentCap`]): answered [`Appended::Stale`] too, so
+//!   that the caller decides again and refuses it;
 //! - its `Idempotency-Key` already has an answer (a duplicate that won a race in another
 //!   process): answered [`Appended::Answered`] with it;
 //! - otherwise its events go in, all of them, and its idempotency answer with them.
@@ -132,6 +135,17 @@ pub struct Answer {
     pub body: Option<Value>,
 }
 
+/// A payment's creation, capped per order: accepted only while fewer than `max` payments
+/// were created for the order, counted under the commit point with those accepted before it
+/// in the same batch. Creations for one order in flight at the same time are each decided
+/// against a count taken before any of them is recorded; this is what keeps a burst of them
+/// from passing the cap together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentCap {
+    pub order_id: String,
+    pub max: i64,
+}
+
 /// What to append: a command's events on its stream, decided at `stream.version`.
 #[derive(Debug, Clone)]
 pub struct Append {
@@ -139,6 +153,8 @@ pub struct Append {
     pub events: Vec<NewEvent>,
     /// Streams the decision read facts from, at the versions it read.
     pub reads: Vec<StreamVersion>,
+    /// The cap this append's payment creation is under, if it creates one.
+    pub payment_cap: Option<PaymentCap>,
     /// The customers whose personal data the events carry: refused if any is erased.
     pub owners: Vec<Uuid>,
     pub answer: Option<Answer>,
@@ -525,12 +541,22 @@ async fn decide_and_write(
         mut current,
         stored,
         erased,
+        mut payments,
         head,
     } = UnderLock::read(conn, appends).await?;
     let mut claimed: HashSet<(String, String)> = HashSet::new();
     let decisions: Vec<Decision> = appends
         .iter()
-        .map(|append| decide(append, &mut current, &stored, &erased, &mut claimed))
+        .map(|append| {
+            decide(
+                append,
+                &mut current,
+                &stored,
+                &erased,
+                &mut payments,
+                &mut claimed,
+            )
+        })
         .collect();
     let (rows, answers) = rows_of(appends, &decisions, &current);
     let inserted = write(conn, rows, answers, head, None)
@@ -627,22 +653,32 @@ struct Checks {
     versions: Vec<i64>,
     /// The customers whose personal data the batch carries: none may be erased.
     owners: Vec<Uuid>,
+    /// The orders the batch creates a payment for, each under its cap.
+    capped_orders: Vec<String>,
+    caps: Vec<i64>,
 }
 
 impl Checks {
     /// The checks of a batch that can be decided without reading first: every append has
-    /// events, on a stream no other append of the batch appends to or read, and no two carry
-    /// the same key. Then each append is accepted exactly when the checks hold for the whole
-    /// batch, as [`decide`] would find. `None` for any other batch.
+    /// events, on a stream no other append of the batch appends to or read, no two carry the
+    /// same key, and no two create a payment for the same order. Then each append is accepted
+    /// exactly when the checks hold for the whole batch, as [`decide`] would find. `None` for
+    /// any other batch.
     fn of(appends: &[&Append]) -> Option<Self> {
         let mut appended = HashSet::new();
         let mut keys = HashSet::new();
+        let mut capped = HashSet::new();
         for append in appends {
             if append.events.is_empty() || !appended.insert(key_of(&append.stream)) {
                 return None;
             }
             if let Some(answer) = &append.answer {
                 if !keys.insert((&answer.scope, &answer.key)) {
+                    return None;
+                }
+            }
+            if let Some(cap) = &append.payment_cap {
+                if !capped.insert(&cap.order_id) {
                     return None;
                 }
             }
@@ -661,6 +697,10 @@ impl Checks {
             .iter()
             .flat_map(|a| a.owners.iter().copied())
             .collect();
+        for cap in appends.iter().filter_map(|a| a.payment_cap.as_ref()) {
+            checks.capped_orders.push(cap.order_id.clone());
+            checks.caps.push(cap.max);
+        }
         Some(checks)
     }
 }
@@ -677,6 +717,7 @@ fn decide(
     current: &mut HashMap<StreamKey, (u64, i64)>,
     stored: &HashMap<(String, String), StoredAnswer>,
     erased: &HashSet<Uuid>,
+    payments: &mut HashMap<String, i64>,
     claimed: &mut HashSet<(String, String)>,
 ) -> Decision {
     if let Some(answer) = &append.answer {
@@ -702,29 +743,47 @@ fn decide(
     };
     let own = version_of(&append.stream, current);
     let stale = if own != append.stream.version {
-        Some((true, &append.stream, own))
+        Some((true, format_stream(&append.stream), own))
     } else {
         append
             .reads
             .iter()
             .map(|r| (false, r, version_of(r, current)))
             .find(|(_, r, actual)| *actual != r.version)
+            .map(|(own, r, actual)| (own, format_stream(r), actual))
     };
-    if let Some((own, stream, actual)) = stale {
+    // A creation past its order's cap: stale as well, since the count it was decided on
+    // moved; decided again, it is refused.
+    let capped = || {
+        let cap = append.payment_cap.as_ref()?;
+        let created = payments.get(&cap.order_id).copied().unwrap_or(0);
+        (created >= cap.max).then(|| {
+            let stream = format!("the payments of order {}", cap.order_id);
+            (false, stream, created as u64)
+        })
+    };
+    if let Some((own, stream, actual)) = stale.or_else(capped) {
         if let Some(answer) = &append.answer {
             claimed.remove(&(answer.scope.clone(), answer.key.clone()));
         }
         return Decision::Refuse(Appended::Stale {
             own,
-            stream: format!("{}/{}", stream.aggregate_type, stream.aggregate_id),
+            stream,
             actual,
         });
+    }
+    if let Some(cap) = &append.payment_cap {
+        *payments.entry(cap.order_id.clone()).or_insert(0) += 1;
     }
     if !append.events.is_empty() {
         let entry = current.entry(key_of(&append.stream)).or_insert((0, 0));
         entry.0 = append.stream.version + append.events.len() as u64;
     }
     Decision::Accept
+}
+
+fn format_stream(stream: &StreamVersion) -> String {
+    format!("{}/{}", stream.aggregate_type, stream.aggregate_id)
 }
 
 /// What the decisions of a batch read under the commit point, in one round trip.
@@ -735,6 +794,8 @@ struct UnderLock {
     stored: HashMap<(String, String), StoredAnswer>,
     /// Of the customers whose personal data the batch carries, those erased.
     erased: HashSet<Uuid>,
+    /// The payments created so far for each order the batch creates one for.
+    payments: HashMap<String, i64>,
     /// The hash of the log's last event: the chain continues from it.
     head: chain::Hash,
 }
@@ -762,18 +823,27 @@ impl UnderLock {
             .collect();
         owners.sort_unstable();
         owners.dedup();
+        let mut capped: Vec<String> = appends
+            .iter()
+            .filter(|a| !is_refusal(a))
+            .filter_map(|a| a.payment_cap.as_ref().map(|c| c.order_id.clone()))
+            .collect();
+        capped.sort_unstable();
+        capped.dedup();
         let rows = sqlx::query(include_str!("sql/under_the_lock.sql"))
             .bind(types)
             .bind(ids)
             .bind(scopes)
             .bind(keys)
             .bind(owners)
+            .bind(capped)
             .fetch_all(&mut *conn)
             .await?;
         let mut read = Self {
             current: HashMap::new(),
             stored: HashMap::new(),
             erased: HashSet::new(),
+            payments: HashMap::new(),
             // No event yet, or the last one predates the chain (or was written around the
             // appender, which verify reports): the chain (re)starts at zero.
             head: chain::ZERO,
@@ -805,6 +875,10 @@ impl UnderLock {
                     if let Ok(customer) = customer.parse() {
                         read.erased.insert(customer);
                     }
+                }
+                "payments" => {
+                    read.payments
+                        .insert(row.try_get("a")?, row.try_get("version")?);
                 }
                 _ => {
                     let hash: Option<Vec<u8>> = row.try_get("hash")?;
@@ -928,6 +1002,8 @@ async fn write(
         .bind(checks.owners)
         .bind(head.to_vec())
         .bind(checked)
+        .bind(checks.capped_orders)
+        .bind(checks.caps)
         .fetch_all(&mut *conn)
         .await?;
     if checked && inserted.len() < expected {
@@ -1008,6 +1084,7 @@ mod tests {
                 .map(|_| NewEvent::new("probe.written", "1", &json!({}), &json!({})))
                 .collect(),
             reads: reads.iter().map(|r| stream(r)).collect(),
+            payment_cap: None,
             owners: vec![Uuid::nil()],
             answer: key.map(|key| Answer {
                 scope: "probe".into(),
@@ -1052,5 +1129,23 @@ mod tests {
             append("b", 1, &[], Some("k"))
         ]));
         assert!(!fast(&[append("a", 0, &[], Some("k"))]), "no events");
+
+        let paying = |id: &str, order: &str| Append {
+            payment_cap: Some(PaymentCap {
+                order_id: order.into(),
+                max: 100,
+            }),
+            ..append(id, 1, &[], None)
+        };
+        let two_orders = [paying("a", "o1"), paying("b", "o2")];
+        let checks = Checks::of(&two_orders.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            (checks.capped_orders, checks.caps),
+            (vec!["o1".to_owned(), "o2".to_owned()], vec![100, 100])
+        );
+        assert!(
+            !fast(&[paying("a", "o1"), paying("b", "o1")]),
+            "two creations for one order: the second counts the first"
+        );
     }
 }

@@ -12,8 +12,8 @@ use cqrs_es::Aggregate;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::appender::StreamVersion;
-use crate::store::Versioned;
+use crate::appender::{PaymentCap, StreamVersion};
+use crate::store::{Facts, Versioned};
 use crate::{CommandError, CommandMetadata, Committed, EventStore};
 
 pub struct Commands {
@@ -21,8 +21,9 @@ pub struct Commands {
 }
 
 /// At most this many payments per order: shipping and the process manager fold every payment
-/// of an order, so an order's payments must stay few. Concurrent creations for one order can
-/// pass the limit by the number in flight (they do not change the order's stream).
+/// of an order, so an order's payments must stay few. A creation is decided against the count
+/// it read, then counted again by the appender under the commit point (creations do not
+/// change the order's stream), so concurrent ones cannot pass the limit together.
 pub const MAX_PAYMENTS_PER_ORDER: i64 = 100;
 
 /// A shipment as requested; the covered amount is found by [`Commands::ship_order`].
@@ -210,7 +211,7 @@ impl Commands {
                     let covered =
                         Amount::checked_sum(payments.iter().map(|(_, p)| p.state.coverage()))
                             .unwrap_or(Amount::MAX);
-                    let reads = payments
+                    let reads: Vec<StreamVersion> = payments
                         .iter()
                         .map(|(id, p)| StreamVersion {
                             aggregate_type: Payment::TYPE.to_owned(),
@@ -225,7 +226,7 @@ impl Commands {
                         covered,
                         at: request.at,
                     });
-                    Ok((cmd, reads))
+                    Ok((cmd, reads.into()))
                 },
             )
             .await
@@ -280,7 +281,14 @@ impl Commands {
                         aggregate_id: order_id.clone(),
                         version: order.version,
                     };
-                    Ok((cmd, vec![read]))
+                    let facts = Facts {
+                        reads: vec![read],
+                        payment_cap: Some(PaymentCap {
+                            order_id: order_id.clone(),
+                            max: MAX_PAYMENTS_PER_ORDER,
+                        }),
+                    };
+                    Ok((cmd, facts))
                 },
             )
             .await

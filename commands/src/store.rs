@@ -18,7 +18,9 @@ use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::appender::{Answer, Append, Appended, Appender, NewEvent, StoredAnswer, StreamVersion};
+use crate::appender::{
+    Answer, Append, Appended, Appender, NewEvent, PaymentCap, StoredAnswer, StreamVersion,
+};
 use crate::feed::KnownHead;
 use crate::{CommandError, CommandMetadata};
 
@@ -41,6 +43,25 @@ pub struct Committed {
 }
 
 /// An aggregate's state with the version (last sequence) it was folded to.
+/// What a command's decision relied on besides its own stream, which the appender checks
+/// under the commit point.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Streams it read facts from, at the versions it read.
+    pub reads: Vec<StreamVersion>,
+    /// The cap of the payment it creates, if it creates one.
+    pub payment_cap: Option<PaymentCap>,
+}
+
+impl From<Vec<StreamVersion>> for Facts {
+    fn from(reads: Vec<StreamVersion>) -> Self {
+        Self {
+            reads,
+            payment_cap: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Versioned<A> {
     pub state: A,
@@ -285,14 +306,15 @@ impl EventStore {
         let assume_new = A::creates(&command);
         self.execute_with::<A, _, _>(id, expected, assume_new, metadata, || {
             let command = command.clone();
-            async move { Ok((command, Vec::new())) }
+            async move { Ok((command, Facts::default())) }
         })
         .await
     }
 
     /// [`EventStore::execute`] for a command that needs facts from other streams: `prepare`
     /// reads them and builds the command, and names the streams it read at the versions it
-    /// read (the appender checks they are still current under the commit lock). It runs
+    /// read, and the cap of a payment it creates ([`Facts`]; the appender checks they still
+    /// hold under the commit lock). It runs
     /// again for every attempt. `assume_new`: the stream is most likely new (a creation with
     /// a fresh id), so the first attempt decides against an empty stream without loading it;
     /// if it was not new after all, the append finds it moved and the next attempt loads it.
@@ -312,7 +334,7 @@ impl EventStore {
         A: Stored,
         A::Command: Clone,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(A::Command, Vec<StreamVersion>), CommandError>>,
+        Fut: Future<Output = Result<(A::Command, Facts), CommandError>>,
     {
         let span = tracing::info_span!(
             "command",
@@ -356,7 +378,7 @@ impl EventStore {
         A: Stored,
         A::Command: Clone,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(A::Command, Vec<StreamVersion>), CommandError>>,
+        Fut: Future<Output = Result<(A::Command, Facts), CommandError>>,
     {
         let store = A::store(self);
         let mut attempt = 0;
@@ -364,7 +386,7 @@ impl EventStore {
         let mut recorded: Option<CommandMetadata> = None;
         loop {
             attempt += 1;
-            let (command, reads) = prepare().await?;
+            let (command, facts) = prepare().await?;
             *name = A::command_name(&command);
             if recorded.is_none() {
                 recorded = Some(self.in_channel::<A>(id, &command, metadata).await?);
@@ -426,7 +448,8 @@ impl EventStore {
                     .zip(&payloads)
                     .map(|(event, payload)| new_event(event, payload, metadata))
                     .collect::<Result<_, _>>()?,
-                reads,
+                reads: facts.reads,
+                payment_cap: facts.payment_cap,
                 owners,
                 answer: metadata.answer(),
             };
@@ -518,6 +541,7 @@ impl EventStore {
             },
             events: Vec::new(),
             reads: Vec::new(),
+            payment_cap: None,
             owners: Vec::new(),
             answer: Some(answer),
         };

@@ -258,9 +258,8 @@ const CAPPED_CONFLICTS: [(&str, &str); 2] = [
     (
         "PaymentsCapped",
         "Refused by a domain rule (the `type` names it), among them `too-many-payments`: the \
-         order has 100 payments already (creations for one order in flight at the same time \
-         are each counted before any is recorded, so a burst can pass the cap by their \
-         number); or the id exists already, a write conflict, or a request with this \
+         order has 100 payments already (counted as each is recorded, so creations in \
+         flight at the same time cannot pass the cap together); or the id exists already, a write conflict, or a request with this \
          Idempotency-Key in flight",
     ),
     (

@@ -11,10 +11,11 @@
 --
 -- Checked ($24 true), nothing is written unless everything the batch was decided on still
 -- holds: each named stream ($19 types, $20 ids) is at its version ($21), none of the keys
--- ($11, $12) has an answer, none of the customers ($22) is erased, and the log's last event
--- has the hash $23 the chain continues from. The appender's fast path: decisions, checks and
--- insert in one round trip, and an empty result when a check failed. Unchecked, the
--- appender has read and decided under the lock already.
+-- ($11, $12) has an answer, none of the customers ($22) is erased, each order the batch
+-- creates a payment for ($25, at most one payment each) has fewer payments than its cap
+-- ($26), and the log's last event has the hash $23 the chain continues from. The appender's
+-- fast path: decisions, checks and insert in one round trip, and an empty result when a
+-- check failed. Unchecked, the appender has read and decided under the lock already.
 WITH checked AS (
     SELECT NOT $24::boolean OR (
            NOT EXISTS (
@@ -35,6 +36,12 @@ WITH checked AS (
        AND NOT EXISTS (
                SELECT 1 FROM privacy.customer_keys c
                 WHERE c.customer_id = ANY($22::uuid[]) AND c.erased_at IS NOT NULL)
+       -- Through events_payments_by_order, as in under_the_lock.sql.
+       AND NOT EXISTS (
+               SELECT 1 FROM unnest($25::text[], $26::bigint[]) AS c(order_id, cap)
+                WHERE (SELECT count(*) FROM event_store.events e
+                        WHERE e.aggregate_type = 'payment' AND e.sequence = 1
+                          AND e.payload ->> 'order_id' = c.order_id) >= c.cap)
        AND (SELECT hash FROM event_store.events ORDER BY global_position DESC LIMIT 1)
            IS NOT DISTINCT FROM $23::bytea
     ) AS ok

@@ -6,6 +6,8 @@
 --             $4 keys);
 --   'erased': each of the customers whose personal data the batch carries ($5) who is
 --             erased;
+--   'payments': the payments created so far (`version`) for each order the batch creates
+--             one for ($6), through the partial index events_payments_by_order;
 --   'head':   the hash of the log's last event, which the batch's chain continues.
 SELECT 'stream' AS kind, s.aggregate_type AS a, s.aggregate_id AS b,
        coalesce(l.sequence, 0) AS version, coalesce(l.global_position, 0) AS position,
@@ -30,6 +32,13 @@ UNION ALL
 SELECT 'erased', k.customer_id::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM privacy.customer_keys k
  WHERE k.customer_id = ANY($5::uuid[]) AND k.erased_at IS NOT NULL
+UNION ALL
+SELECT 'payments', o.order_id, NULL,
+       (SELECT count(*) FROM event_store.events e
+         WHERE e.aggregate_type = 'payment' AND e.sequence = 1
+           AND e.payload ->> 'order_id' = o.order_id),
+       NULL, NULL, NULL, NULL, NULL
+  FROM unnest($6::text[]) AS o(order_id)
 UNION ALL
 (SELECT 'head', NULL, NULL, NULL, NULL, NULL, NULL, NULL, hash
    FROM event_store.events ORDER BY global_position DESC LIMIT 1)

@@ -564,7 +564,7 @@ pub fn order_payment_status<'a>(
                 | PaymentStatus::Refunded
         ) {
             // Saturating, not wrapping: i128 holds the sum of 2^64 amounts of i64, far more
-            // payments than an order takes (at most 100, a few more in a burst), so it never
+            // payments than an order takes (at most 100), so it never
             // saturates; if it did, the status would stay on the side of "more", never flip.
             authorized = authorized.saturating_add(i128::from(p.authorized.get()));
             captured = captured.saturating_add(i128::from(p.captured.get()));

@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use ordo::ProcessRole;
 use ordo_api::Role::{Storefront, Support};
-use ordo_commands::appender::{self, Answer, Append, Appended, Appender, NewEvent, StreamVersion};
+use ordo_commands::appender::{
+    self, Answer, Append, Appended, Appender, NewEvent, PaymentCap, StreamVersion,
+};
 use ordo_commands::feed::{self, Checkpoint};
 use ordo_commands::EventStore;
 use serde_json::json;
@@ -30,6 +32,31 @@ fn probe(id: &str, version: u64, events: usize) -> Append {
             .map(|_| NewEvent::new("probe.written", "1", &json!({}), &json!({})))
             .collect(),
         reads: Vec::new(),
+        payment_cap: None,
+        owners: Vec::new(),
+        answer: None,
+    }
+}
+
+/// A payment's creation for `order`, capped at `max` payments per order.
+fn capped_payment(id: &str, order: &str, max: i64) -> Append {
+    Append {
+        stream: StreamVersion {
+            aggregate_type: "payment".into(),
+            aggregate_id: id.into(),
+            version: 0,
+        },
+        events: vec![NewEvent::new(
+            "payment.created",
+            "1",
+            &json!({"order_id": order}),
+            &json!({}),
+        )],
+        reads: Vec::new(),
+        payment_cap: Some(PaymentCap {
+            order_id: order.into(),
+            max,
+        }),
         owners: Vec::new(),
         answer: None,
     }
@@ -135,6 +162,64 @@ async fn in_one_batch_an_append_for_an_erased_customer_fails_alone() {
     assert_eq!(app.sequences("probe", "for-kept").await, [1]);
 }
 
+/// An order's cap of payments is counted under the commit point, with the creations its
+/// batch accepted before: of five creations for one order in one batch, with a cap of three,
+/// the first three commit and the other two are stale, whatever the count they were decided
+/// on; another order's creation in the batch is not held back by them.
+#[tokio::test]
+async fn in_one_batch_payment_creations_past_their_orders_cap_fail_alone() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let batch = [
+        capped_payment("p1", "o1", 3),
+        capped_payment("p2", "o1", 3),
+        capped_payment("q1", "o2", 3),
+        capped_payment("p3", "o1", 3),
+        capped_payment("p4", "o1", 3),
+        capped_payment("p5", "o1", 3),
+    ];
+    let outcomes = appender::commit(&app.pool, &batch.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    let committed: Vec<bool> = outcomes
+        .iter()
+        .map(|o| matches!(o, Appended::Committed { version: 1, .. }))
+        .collect();
+    assert_eq!(
+        committed,
+        [true, true, true, true, false, false],
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes[4],
+        Appended::Stale {
+            own: false,
+            stream: "the payments of order o1".into(),
+            actual: 3
+        }
+    );
+    // A later batch finds the three committed ones.
+    let again = appender::commit(&app.pool, &[&capped_payment("p6", "o1", 3)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        again[0],
+        Appended::Stale {
+            own: false,
+            actual: 3,
+            ..
+        }
+    ));
+    for (id, sequences) in [
+        ("p1", vec![1]),
+        ("p3", vec![1]),
+        ("p4", vec![]),
+        ("q1", vec![1]),
+    ] {
+        assert_eq!(app.sequences("payment", id).await, sequences, "{id}");
+    }
+}
+
 /// The appender decides a batch without reading first (the fast path) only while everything
 /// the decision would have read still holds; when a check fails, nothing of the batch is
 /// written by it and the batch is read and decided as before. Another process appending
@@ -198,6 +283,26 @@ async fn the_fast_path_is_taken_only_while_its_checks_hold() {
     let mut for_erased = probe("for-erased", 0, 1);
     for_erased.owners = vec![erased];
     assert_eq!(appender.append(for_erased).await.unwrap(), Appended::Erased);
+    // The order it creates a payment for has its cap of payments (one, here).
+    committed(
+        appender
+            .append(capped_payment("p1", "o1", 1))
+            .await
+            .unwrap(),
+        1,
+    );
+    assert_eq!(batches(&appender), (2, 4));
+    assert!(matches!(
+        appender
+            .append(capped_payment("p2", "o1", 1))
+            .await
+            .unwrap(),
+        Appended::Stale {
+            own: false,
+            actual: 1,
+            ..
+        }
+    ));
     // Its key was answered by an earlier append.
     let keyed = |id: &str| {
         let mut append = probe(id, 0, 1);
@@ -219,14 +324,14 @@ async fn the_fast_path_is_taken_only_while_its_checks_hold() {
         (201, Some("first"))
     );
     // Each failed check went to the read; each success before and after it, fast.
-    assert_eq!(batches(&appender), (2, 5));
+    assert_eq!(batches(&appender), (3, 6));
 
     // Another process appended: the head moved, so the next batch reads, the one after is
     // fast again.
     committed(other_process.append(probe("o", 0, 1)).await.unwrap(), 1);
     committed(appender.append(probe("v", 0, 1)).await.unwrap(), 1);
     committed(appender.append(probe("w", 0, 1)).await.unwrap(), 1);
-    assert_eq!(batches(&appender), (3, 6));
+    assert_eq!(batches(&appender), (4, 7));
 
     for (id, sequences) in [
         ("x", vec![1]),
@@ -550,6 +655,40 @@ async fn an_order_refuses_payments_beyond_its_limit() {
         )
         .await;
     refused.assert_problem(409, "too-many-payments");
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_store.events WHERE aggregate_type = 'payment'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(count, limit);
+}
+
+/// Creations for one order in flight at the same time are each decided against a count read
+/// before any of them is recorded; counted again under the commit point, they cannot pass
+/// the limit together.
+#[tokio::test]
+async fn a_burst_of_payments_for_one_order_stops_at_its_limit() {
+    let app = spawn_app_without_process_manager().await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    let limit = ordo_commands::service::MAX_PAYMENTS_PER_ORDER;
+    join_all((0..limit - 5).map(|_| app.payment(&order, 1))).await;
+
+    let burst = join_all((0..20).map(|_| {
+        app.post(
+            Storefront,
+            "/v1/payments",
+            json!({"order_id": order, "amount": 1, "currency": "EUR", "method": "card"}),
+        )
+    }))
+    .await;
+
+    let created = burst.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, 5, "the five the limit leaves");
+    for refused in burst.iter().filter(|r| r.status != 201) {
+        refused.assert_problem(409, "too-many-payments");
+    }
     let count: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM event_store.events WHERE aggregate_type = 'payment'",
     )
