@@ -225,9 +225,18 @@ impl Effects {
                 columns.1.push(stage);
                 columns.2.push(channel);
             }
+            // The funnel counts only the stages this statement added: a repeat adds none. Its
+            // rows are locked in one order, so that two batches cannot wait on each other.
             sqlx::query(&format!(
-                "INSERT INTO {schema}.order_stages (order_id, stage, channel)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING"
+                "WITH recorded AS (
+                     INSERT INTO {schema}.order_stages (order_id, stage, channel)
+                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[])
+                     ON CONFLICT DO NOTHING
+                     RETURNING channel, stage)
+                 INSERT INTO {schema}.funnel AS f (channel, stage, orders)
+                 SELECT channel, stage, count(*) FROM recorded
+                  GROUP BY channel, stage ORDER BY channel, stage
+                 ON CONFLICT (channel, stage) DO UPDATE SET orders = f.orders + EXCLUDED.orders"
             ))
             .bind(columns.0)
             .bind(columns.1)

@@ -30,7 +30,7 @@ use crate::jetstream::Delivered;
 
 pub(super) const LIVE: &str = "analytics";
 const SHADOW: &str = "analytics_rebuild";
-const TABLES: [&str; 2] = ["sales", "order_stages"];
+const TABLES: [&str; 3] = ["sales", "order_stages", "funnel"];
 
 /// The advisory lock of the one process recomputing analytics.
 const LOCK_KEY: i64 = 0x4f52_444f_414e;
@@ -238,12 +238,15 @@ async fn run(
 /// Where to begin: where an interrupted recompute had come to if its shadow tables are
 /// there, else at zero with fresh shadow tables (primary keys only).
 async fn resume_or_start(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    // Every shadow table must be there: a recompute begun by a version with fewer tables
+    // starts over.
     let (position, shadows): (Option<i64>, bool) = sqlx::query_as(
         "SELECT position,
-                to_regclass('analytics_rebuild.sales') IS NOT NULL
-                AND to_regclass('analytics_rebuild.order_stages') IS NOT NULL
+                (SELECT bool_and(to_regclass($1 || '.' || t) IS NOT NULL) FROM unnest($2::text[]) t)
            FROM analytics.rebuild",
     )
+    .bind(SHADOW)
+    .bind(&TABLES[..])
     .fetch_one(pool)
     .await?;
     if let (Some(position), true) = (position, shadows) {

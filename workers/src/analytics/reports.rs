@@ -105,7 +105,7 @@ impl Funnel {
 /// channel.
 pub async fn funnel(pool: &PgPool, channel: Option<&str>) -> Result<Funnel, sqlx::Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT stage, count(*) FROM analytics.order_stages
+        "SELECT stage, sum(orders)::int8 FROM analytics.funnel
           WHERE $1::text IS NULL OR channel = $1 GROUP BY stage",
     )
     .bind(channel)
