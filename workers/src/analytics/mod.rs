@@ -216,7 +216,8 @@ impl Effects {
     }
 
     /// Write them into the tables in `schema` (the live ones, or a recompute's shadow):
-    /// one statement per table, however many events were folded in.
+    /// one statement for the stages and the funnel, one for the sales, however many events
+    /// were folded in.
     async fn write(&self, tx: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         if !self.stages.is_empty() {
             let mut columns: (Vec<Uuid>, Vec<&str>, Vec<&str>) = Default::default();
