@@ -76,17 +76,18 @@ pub struct WorkerList {
 
 /// The outbox of `worker`, if it has one.
 ///
-/// Each count reads only its own rows: the mail queue through partial indexes and a total
-/// kept as notifications are sent ([`crate::notification::QUEUE`]), since notifications are
-/// kept for good; the webhook outbox through its pending indexes, and its settled rows,
-/// which the retention purge bounds.
+/// Neither reads the history it counts: pending rows are counted through partial indexes,
+/// sent mail and settled webhooks from totals kept as rows change (migrations 0173, 0175;
+/// [`crate::notification::QUEUE`]).
 async fn outbox(pool: &PgPool, worker: Worker) -> Result<Option<OutboxStatus>, sqlx::Error> {
     let query = match worker {
         Worker::Notification => crate::notification::QUEUE,
         Worker::Integration => {
             "SELECT waiting.pending, waiting.oldest_pending_seconds,
-                    (SELECT count(*) FROM integration.outbox WHERE status = 'delivered') AS done,
-                    (SELECT count(*) FROM integration.outbox WHERE status = 'failed') AS failed
+                    coalesce((SELECT sum(n) FROM integration.outbox_totals
+                               WHERE status = 'delivered'), 0)::int8 AS done,
+                    coalesce((SELECT sum(n) FROM integration.outbox_totals
+                               WHERE status = 'failed'), 0)::int8 AS failed
                FROM (SELECT count(*) AS pending,
                             coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
                                 AS oldest_pending_seconds

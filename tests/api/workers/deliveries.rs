@@ -596,6 +596,108 @@ async fn history_past_its_retention_is_purged_in_batches_and_nothing_else_is() {
     assert_eq!(again, ordo_workers::retention::Purged::default());
 }
 
+/// An endpoint's delivered and failed counts are kept as deliveries change, through every
+/// path that changes them (recorded, written settled, due again, purged, deleted with the
+/// endpoint), so that showing an endpoint or the workers reads its backlog only, not the
+/// deliveries kept for the retention window.
+#[tokio::test]
+async fn webhook_counts_are_kept_as_deliveries_change_and_read_none_of_the_settled_ones() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (busy, _) = register(&app, "http://127.0.0.1:9/busy", json!(["*"])).await;
+    let (quiet, _) = register(&app, "http://127.0.0.1:9/quiet", json!(["*"])).await;
+    let (gone, _) = register(&app, "http://127.0.0.1:9/gone", json!(["*"])).await;
+    let run = async |sql: &str, endpoint: &str| {
+        sqlx::query(sql)
+            .bind(uuid::Uuid::parse_str(endpoint).unwrap())
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    };
+    let write = |n: u32, status: &str| {
+        format!(
+            "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                    position, body, status)
+             SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o', g, '{{}}',
+                    '{status}'
+               FROM generate_series(1, {n}) g"
+        )
+    };
+    let settle = |n: u32, from: &str, to: &str| {
+        format!(
+            "UPDATE integration.outbox SET status = '{to}'
+              WHERE id IN (SELECT id FROM integration.outbox
+                            WHERE endpoint_id = $1 AND status = '{from}' ORDER BY id LIMIT {n})"
+        )
+    };
+    // The worker writes 3,000 deliveries; the pool records 2,990 delivered and three failed.
+    run(&write(3000, "pending"), &busy).await;
+    run(&settle(2990, "pending", "delivered"), &busy).await;
+    run(&settle(3, "pending", "failed"), &busy).await;
+    // A replay that repeats effects makes five due again; the purge deletes ten.
+    run(&settle(5, "delivered", "pending"), &busy).await;
+    run(
+        "DELETE FROM integration.outbox WHERE id IN (SELECT id FROM integration.outbox
+          WHERE endpoint_id = $1 AND status = 'delivered' ORDER BY id LIMIT 10)",
+        &busy,
+    )
+    .await;
+    // Settled rows written as such (as the retention test does), and an endpoint deleted
+    // with its deliveries.
+    run(&write(2, "delivered"), &quiet).await;
+    run(&write(4, "delivered"), &gone).await;
+    app.delete(Admin, &format!("/v1/webhooks/{gone}"))
+        .await
+        .assert_status(204);
+
+    let shown = app.get(Admin, &format!("/v1/webhooks/{busy}")).await;
+    assert_eq!(
+        (
+            &shown.body["pending"],
+            &shown.body["delivered"],
+            &shown.body["failed"]
+        ),
+        (&json!(12), &json!(2975), &json!(3)),
+        "{}",
+        shown.body
+    );
+    let shown = app.get(Admin, &format!("/v1/webhooks/{quiet}")).await;
+    assert_eq!(
+        (&shown.body["pending"], &shown.body["delivered"]),
+        (&json!(0), &json!(2))
+    );
+    let workers = app.get(Admin, "/v1/workers").await;
+    let outbox = workers.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "integration")
+        .map(|w| w["outbox"].clone())
+        .unwrap();
+    assert_eq!(
+        (&outbox["pending"], &outbox["done"], &outbox["failed"]),
+        (&json!(12), &json!(2977), &json!(3)),
+        "{outbox}"
+    );
+
+    sqlx::query("ANALYZE integration.outbox")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let explained: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {} WHERE e.id = $1",
+        integration::endpoints::VIEW
+    ))
+    .bind(uuid::Uuid::parse_str(&busy).unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let read = rows_read(&explained[0]["Plan"], "outbox");
+    assert!(
+        read <= 12.0,
+        "showing an endpoint read {read} of its 2,990 deliveries, 12 of them pending: {explained}"
+    );
+}
+
 #[tokio::test]
 async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;

@@ -64,22 +64,28 @@ pub struct EndpointUpdate {
     pub channel: Option<Option<String>>,
 }
 
-const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.channel,
+/// An endpoint with its deliveries' counts: the pending ones (the backlog) through the
+/// outbox's pending indexes, the settled ones from the totals kept as deliveries change
+/// (migration 0175), never by reading the deliveries kept for the retention window.
+pub const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.channel,
         CASE WHEN e.disabled_at IS NOT NULL THEN 'disabled'
              WHEN e.failing_since IS NOT NULL THEN 'failing'
              ELSE 'active' END AS state,
         e.failing_since, e.disabled_at, e.disabled_reason,
         CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_until END
             AS previous_secret_until,
-        count(o.id) FILTER (WHERE o.status = 'pending') AS pending,
-        coalesce(extract(epoch FROM now() - min(o.created_at) FILTER (WHERE o.status = 'pending'))::float8, 0)
-            AS oldest_pending_seconds,
-        count(o.id) FILTER (WHERE o.status = 'delivered') AS delivered,
-        count(o.id) FILTER (WHERE o.status = 'failed') AS failed,
+        waiting.pending, waiting.oldest_pending_seconds,
+        coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
+                   WHERE t.endpoint_id = e.id AND t.status = 'delivered'), 0)::int8 AS delivered,
+        coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
+                   WHERE t.endpoint_id = e.id AND t.status = 'failed'), 0)::int8 AS failed,
         e.created_at, e.updated_at
-   FROM integration.endpoints e LEFT JOIN integration.outbox o ON o.endpoint_id = e.id";
-
-const GROUP: &str = "GROUP BY e.id";
+   FROM integration.endpoints e
+  CROSS JOIN LATERAL (
+        SELECT count(*) AS pending,
+               coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
+                   AS oldest_pending_seconds
+          FROM integration.outbox o WHERE o.endpoint_id = e.id AND o.status = 'pending') waiting";
 
 /// Register an endpoint for the events of `channel` (`None`: every channel's); returns its
 /// id and its signing secret.
@@ -116,14 +122,14 @@ pub(crate) async fn exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error>
 
 /// Every endpoint, oldest first.
 pub async fn list(pool: &PgPool) -> Result<EndpointList, sqlx::Error> {
-    let items = sqlx::query_as(&format!("{VIEW} {GROUP} ORDER BY e.created_at, e.id"))
+    let items = sqlx::query_as(&format!("{VIEW} ORDER BY e.created_at, e.id"))
         .fetch_all(pool)
         .await?;
     Ok(EndpointList { items })
 }
 
 pub async fn show(pool: &PgPool, id: Uuid) -> Result<Option<EndpointView>, sqlx::Error> {
-    sqlx::query_as(&format!("{VIEW} WHERE e.id = $1 {GROUP}"))
+    sqlx::query_as(&format!("{VIEW} WHERE e.id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await
