@@ -117,6 +117,11 @@ async fn a_recompute_from_zero_equals_what_the_worker_counted_live() {
     let live = tables(&app).await;
     assert_eq!(totals(&app).await, (6, 6 * 2999));
 
+    // A secondary index of the live table, which the recompute builds once after its load.
+    sqlx::query("CREATE INDEX order_stages_by_channel ON analytics.order_stages (channel)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let (_stop, stopped) = watch::channel(false);
     let rebuilt = analytics::rebuild(&app.pool, 7, &stopped, |p| seen.push(p))
@@ -142,14 +147,7 @@ async fn a_recompute_from_zero_equals_what_the_worker_counted_live() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(
-        indexes,
-        [
-            "order_stages_by_channel",
-            "order_stages_by_stage",
-            "order_stages_pkey"
-        ]
-    );
+    assert_eq!(indexes, ["order_stages_by_channel", "order_stages_pkey"]);
     s.cleanup().await;
 }
 
