@@ -42,7 +42,6 @@ pub struct Committed {
     pub position: i64,
 }
 
-/// An aggregate's state with the version (last sequence) it was folded to.
 /// What a command's decision relied on besides its own stream, which the appender checks
 /// under the commit point.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +61,7 @@ impl From<Vec<StreamVersion>> for Facts {
     }
 }
 
+/// An aggregate's state with the version (last sequence) it was folded to.
 #[derive(Debug, Clone)]
 pub struct Versioned<A> {
     pub state: A,
