@@ -18,7 +18,7 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::helpers::{
-    order_body, postgres_base, spawn_app_with, spawn_app_without_process_manager,
+    order_body, postgres_base, spawn_app_with, spawn_app_without_process_manager, Resp, TestApp,
 };
 
 fn probe(id: &str, version: u64, events: usize) -> Append {
@@ -638,30 +638,43 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_back_reads_of_your_
         .unwrap();
 }
 
+/// An order placed, with `payments` payments created for it.
+async fn order_with_payments(app: &TestApp, payments: i64) -> String {
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    join_all((0..payments).map(|_| app.payment(&order, 1))).await;
+    order
+}
+
+/// `POST /v1/payments` for `order`, whatever it answers.
+async fn try_payment(app: &TestApp, order: &str) -> Resp {
+    app.post(
+        Storefront,
+        "/v1/payments",
+        json!({"order_id": order, "amount": 1, "currency": "EUR", "method": "card"}),
+    )
+    .await
+}
+
+/// Payment events in the log: creations alone, where nothing else acts on payments.
+async fn payments_recorded(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM event_store.events WHERE aggregate_type = 'payment'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 /// An order takes a bounded number of payments: shipping and the process manager fold each.
 #[tokio::test]
 async fn an_order_refuses_payments_beyond_its_limit() {
     let app = spawn_app_without_process_manager().await;
-    let customer = app.register_customer().await;
-    let order = app.place_order(&customer).await;
     let limit = ordo_commands::service::MAX_PAYMENTS_PER_ORDER;
-    join_all((0..limit).map(|_| app.payment(&order, 1))).await;
+    let order = order_with_payments(&app, limit).await;
 
-    let refused = app
-        .post(
-            Storefront,
-            "/v1/payments",
-            json!({"order_id": order, "amount": 1, "currency": "EUR", "method": "card"}),
-        )
-        .await;
-    refused.assert_problem(409, "too-many-payments");
-    let count: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM event_store.events WHERE aggregate_type = 'payment'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(count, limit);
+    try_payment(&app, &order)
+        .await
+        .assert_problem(409, "too-many-payments");
+    assert_eq!(payments_recorded(&app).await, limit);
 }
 
 /// Creations for one order in flight at the same time are each decided against a count read
@@ -670,32 +683,17 @@ async fn an_order_refuses_payments_beyond_its_limit() {
 #[tokio::test]
 async fn a_burst_of_payments_for_one_order_stops_at_its_limit() {
     let app = spawn_app_without_process_manager().await;
-    let customer = app.register_customer().await;
-    let order = app.place_order(&customer).await;
     let limit = ordo_commands::service::MAX_PAYMENTS_PER_ORDER;
-    join_all((0..limit - 5).map(|_| app.payment(&order, 1))).await;
+    let order = order_with_payments(&app, limit - 5).await;
 
-    let burst = join_all((0..20).map(|_| {
-        app.post(
-            Storefront,
-            "/v1/payments",
-            json!({"order_id": order, "amount": 1, "currency": "EUR", "method": "card"}),
-        )
-    }))
-    .await;
+    let burst = join_all((0..20).map(|_| try_payment(&app, &order))).await;
 
     let created = burst.iter().filter(|r| r.status == 201).count();
     assert_eq!(created, 5, "the five the limit leaves");
     for refused in burst.iter().filter(|r| r.status != 201) {
         refused.assert_problem(409, "too-many-payments");
     }
-    let count: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM event_store.events WHERE aggregate_type = 'payment'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(count, limit);
+    assert_eq!(payments_recorded(&app).await, limit);
 }
 
 /// A customer takes a bounded number of notes: every command on a customer folds them all.

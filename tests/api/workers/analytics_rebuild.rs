@@ -273,13 +273,10 @@ async fn a_killed_recompute_leaves_the_live_tables_serving_and_the_next_one_resu
     s.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_failed_recompute_leaves_the_live_tables_serving_and_resumes_once_fixed() {
-    let (app, s, _runner) = counted_live(1).await;
-    let live = tables(&app).await;
-
-    // A check the live rows were never held to, which the shadow tables (made like the live
-    // ones) enforce: the second order's sum breaks it half-way through the load.
+/// A recompute in batches of two that fails half-way through its load, on a check the live
+/// rows were never held to, which the shadow tables (made like the live ones) enforce: the
+/// second order's sum breaks it. Returns its error and the batches it had written.
+async fn fail_a_recompute_half_way(app: &TestApp) -> (RebuildError, usize) {
     sqlx::query("ALTER TABLE analytics.sales ADD CONSTRAINT small CHECK (gross < 3000) NOT VALID")
         .execute(&app.pool)
         .await
@@ -289,6 +286,25 @@ async fn a_failed_recompute_leaves_the_live_tables_serving_and_resumes_once_fixe
     let error = analytics::rebuild(&app.pool, 2, &stopped, |_| batches += 1)
         .await
         .unwrap_err();
+    (error, batches)
+}
+
+/// Drop the check [`fail_a_recompute_half_way`] added, from the live and the shadow table.
+async fn drop_the_failing_check(app: &TestApp) {
+    for table in ["analytics", "analytics_rebuild"] {
+        sqlx::query(&format!("ALTER TABLE {table}.sales DROP CONSTRAINT small"))
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_failed_recompute_leaves_the_live_tables_serving_and_resumes_once_fixed() {
+    let (app, s, _runner) = counted_live(1).await;
+    let live = tables(&app).await;
+
+    let (error, batches) = fail_a_recompute_half_way(&app).await;
     assert!(error.to_string().contains("small"), "{error}");
     assert!(batches > 0, "it failed half-way, not at once");
 
@@ -302,12 +318,7 @@ async fn a_failed_recompute_leaves_the_live_tables_serving_and_resumes_once_fixe
     assert_eq!(counted, 0, "nothing was swapped in");
 
     // Fixed, the next recompute resumes where the failed one stopped and ends equal.
-    for table in ["analytics", "analytics_rebuild"] {
-        sqlx::query(&format!("ALTER TABLE {table}.sales DROP CONSTRAINT small"))
-            .execute(&app.pool)
-            .await
-            .unwrap();
-    }
+    drop_the_failing_check(&app).await;
     let rebuilt = recompute(&app, 2).await;
     assert_eq!(Some(rebuilt.resumed_from), position);
     assert!(rebuilt.resumed_from > 0);
@@ -322,26 +333,17 @@ async fn a_failed_recompute_leaves_the_live_tables_serving_and_resumes_once_fixe
 async fn a_recompute_left_without_every_shadow_table_starts_over() {
     let (app, s, _runner) = counted_live(1).await;
     let live = tables(&app).await;
-    sqlx::query("ALTER TABLE analytics.sales ADD CONSTRAINT small CHECK (gross < 3000) NOT VALID")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    let (_stop, stopped) = watch::channel(false);
-    analytics::rebuild(&app.pool, 2, &stopped, |_| {})
-        .await
-        .unwrap_err();
+    fail_a_recompute_half_way(&app).await;
     let position: Option<i64> = sqlx::query_scalar("SELECT position FROM analytics.rebuild")
         .fetch_one(&app.pool)
         .await
         .unwrap();
     assert!(position.is_some_and(|p| p > 0), "interrupted half-way");
-    for statement in [
-        "DROP TABLE analytics_rebuild.funnel",
-        "ALTER TABLE analytics_rebuild.sales DROP CONSTRAINT small",
-        "ALTER TABLE analytics.sales DROP CONSTRAINT small",
-    ] {
-        sqlx::query(statement).execute(&app.pool).await.unwrap();
-    }
+    drop_the_failing_check(&app).await;
+    sqlx::query("DROP TABLE analytics_rebuild.funnel")
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     let rebuilt = recompute(&app, 2).await;
     assert_eq!(rebuilt.resumed_from, 0);

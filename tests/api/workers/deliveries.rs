@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::setup;
-use crate::workers::rows_read;
 use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
+use crate::workers::{rows_read, worker_status};
 
 /// A TCP listener that accepts connections, reads nothing and never answers: the partner
 /// that hangs. Counts the connections it holds.
@@ -665,14 +665,7 @@ async fn webhook_counts_are_kept_as_deliveries_change_and_read_none_of_the_settl
         (&shown.body["pending"], &shown.body["delivered"]),
         (&json!(0), &json!(2))
     );
-    let workers = app.get(Admin, "/v1/workers").await;
-    let outbox = workers.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "integration")
-        .map(|w| w["outbox"].clone())
-        .unwrap();
+    let outbox = worker_status(&app, "integration").await["outbox"].clone();
     assert_eq!(
         (&outbox["pending"], &outbox["done"], &outbox["failed"]),
         (&json!(12), &json!(2977), &json!(3)),

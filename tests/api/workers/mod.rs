@@ -37,3 +37,16 @@ pub(crate) fn rows_read(plan: &serde_json::Value, relation: &str) -> f64 {
         .unwrap_or(0.0);
     here + below
 }
+
+/// One worker's row of `GET /v1/workers` (asked as an admin; a 200 is required).
+pub(crate) async fn worker_status(app: &crate::helpers::TestApp, name: &str) -> serde_json::Value {
+    let status = app.get(ordo_api::Role::Admin, "/v1/workers").await;
+    status.assert_status(200);
+    status.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no worker {name} in {}", status.body))
+        .clone()
+}

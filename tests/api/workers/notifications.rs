@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::{setup, Setup};
+use crate::workers::{rows_read, worker_status};
 
 // ---------------------------------------------------------------- an SMTP sink
 
@@ -635,14 +636,7 @@ async fn an_smtp_outage_delays_the_mail_records_every_attempt_and_ends_when_the_
         .all(|(_, ok, error)| !ok && error.as_deref().is_some_and(|e| e.contains("421"))));
     assert_eq!((attempts[2].0, attempts[2].1), (3, true));
     // The mail sender's queue in the workers' status.
-    let workers = app.get(Admin, "/v1/workers").await;
-    let notification = workers.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "notification")
-        .unwrap()
-        .clone();
+    let notification = worker_status(&app, "notification").await;
     assert_eq!(
         notification["outbox"],
         json!({"pending": 0, "oldest_pending_seconds": 0.0, "done": 1, "failed": 0})
@@ -704,14 +698,7 @@ async fn the_mail_queue_status_counts_sent_mail_without_reading_it() {
           WHERE id = (SELECT id FROM notification.notifications WHERE status = 'sent' ORDER BY id DESC LIMIT 1)")
     .await;
 
-    let workers = app.get(Admin, "/v1/workers").await;
-    let outbox = workers.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "notification")
-        .map(|w| w["outbox"].clone())
-        .unwrap();
+    let outbox = worker_status(&app, "notification").await["outbox"].clone();
     assert_eq!(
         (&outbox["pending"], &outbox["done"], &outbox["failed"]),
         (&json!(5), &json!(4989), &json!(4)),
@@ -727,7 +714,7 @@ async fn the_mail_queue_status_counts_sent_mail_without_reading_it() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    let read = crate::workers::rows_read(&explained[0]["Plan"], "notifications");
+    let read = rows_read(&explained[0]["Plan"], "notifications");
     assert!(
         read <= 9.0,
         "the mail queue's counts read {read} notifications of 5,000, 9 of them pending or failed: {explained}"

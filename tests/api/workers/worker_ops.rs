@@ -9,6 +9,7 @@ use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
 use crate::helpers::spawn_app_with;
+use crate::workers::worker_status;
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -72,15 +73,7 @@ async fn a_dead_letter_is_seen_redriven_after_the_fix_and_handled_once_and_repla
     })
     .await;
 
-    let status = app.get(Admin, "/v1/workers").await;
-    status.assert_status(200);
-    let analytics = status.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "analytics")
-        .unwrap()
-        .clone();
+    let analytics = worker_status(&app, "analytics").await;
     assert_eq!(analytics["dead_letters"], 1);
     assert!(analytics["last_error"]
         .as_str()
