@@ -157,29 +157,27 @@ settle() {
     echo "bench: the read models and workers did not catch up within 120 s (lag $projections, pending $workers)" >&2
 }
 
-echo
-echo "== full rate"
-settle
-full=$(place_order "$@")
-echo "$full"
-rate=$(echo "$full" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
-echo
-echo "== half rate ($((${rate%.*} / 2))/s)"
-settle
-half=$(place_order --rate "$((${rate%.*} / 2))" "$@")
-echo "$half"
-echo
-echo "== full rate, each command with an Idempotency-Key"
-settle
-keyed=$(place_order --idempotency-keys "$@")
-echo "$keyed"
-keyed_rate=$(echo "$keyed" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
-echo
-echo "== full rate again"
-settle
-again=$(place_order "$@")
-echo "$again"
-rate_again=$(echo "$again" | sed -n 's/^throughput: \([0-9.]*\).*/\1/p')
+# One run after the last one's backlog: its heading, then its report, printed and kept in
+# $report. Arguments go to place_order.
+phase() {
+    local title=$1
+    shift
+    echo
+    echo "== $title"
+    settle
+    report=$(place_order "$@")
+    echo "$report"
+}
+
+phase "full rate" "$@"
+full=$report
+rate=$(echo "$full" | field throughput:)
+phase "half rate ($((${rate%.*} / 2))/s)" --rate "$((${rate%.*} / 2))" "$@"
+half=$report
+phase "full rate, each command with an Idempotency-Key" --idempotency-keys "$@"
+keyed_rate=$(echo "$report" | field throughput:)
+phase "full rate again" "$@"
+rate_again=$(echo "$report" | field throughput:)
 
 echo
 echo "== pgbench again"
