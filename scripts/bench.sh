@@ -7,9 +7,9 @@
 #   4. the same as 2 with an Idempotency-Key on every command;
 #   5. the same as 2 again, and
 #   6. pgbench again, since a VM's speed can drift within the run.
-# Prints the machine, each report, then both rates (Ordo's the mean of 2 and 5, pgbench's
-# of 1 and 6), their ratio, how far each pair differs, the latencies, and the keyed rate
-# against the mean of the plain runs on either side of it.
+# Prints the machine, each report and what it left downstream, then both rates (Ordo's the
+# mean of 2 and 5, pgbench's of 1 and 6), their ratio, how far each pair differs, the
+# latencies, and the keyed rate against the mean of the plain runs on either side of it.
 #
 #   scripts/bench.sh                           # 32 clients, 20 s per run
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
@@ -157,8 +157,22 @@ settle() {
     echo "bench: the read models and workers did not catch up within 120 s (lag $projections, pending $workers)" >&2
 }
 
+# What a run left downstream the moment its load stopped: events the read models and the
+# relay had still to take, messages the workers had still to handle. A rate bought by
+# letting them fall behind shows here (and grows with the run's length), not in the rate.
+left_behind() {
+    local projections workers relay
+    projections=$(curl -fsS "$URL/v1/projections" -H "authorization: Bearer $ADMIN" |
+        jq '[.items[].lag_events] | add')
+    workers=$(curl -fsS "$URL/v1/workers" -H "authorization: Bearer $ADMIN" |
+        jq '[.items[] | (.pending // 0) + (.in_flight // 0)] | add')
+    relay=$(curl -fsS "$URL/metrics" | sed -n 's/^ordo_relay_lag_events \([0-9.e+]*\).*/\1/p')
+    echo "left downstream when the load stopped: read models ${projections} events," \
+        "relay ${relay:-?} events, workers ${workers} messages"
+}
+
 # One run after the last one's backlog: its heading, then its report, printed and kept in
-# $report. Arguments go to place_order.
+# $report, then what it left downstream. Arguments go to place_order.
 phase() {
     local title=$1
     shift
@@ -167,6 +181,7 @@ phase() {
     settle
     report=$(place_order "$@")
     echo "$report"
+    left_behind
 }
 
 phase "full rate" "$@"
