@@ -463,9 +463,9 @@ impl DeliveryPool {
     }
 
     /// Analyze the outbox when its statistics are missing or far behind it (see
-    /// [`ordo_commands::db::analyze_if_behind`]): without, the integration worker's write
-    /// (`write.sql`) walked an endpoint's whole backlog once per delivery, and a 500-event
-    /// batch took seconds. Returns whether it analyzed.
+    /// [`ordo_commands::db::analyze_if_behind`]): without, the planner may reach an
+    /// aggregate's pending deliveries through an endpoint's whole backlog (`record.sql`,
+    /// `write.sql`). Returns whether it analyzed.
     pub async fn keep_statistics(&self) -> Result<bool, sqlx::Error> {
         ordo_commands::db::analyze_if_behind(&self.pool, "integration.outbox").await
     }
