@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -108,6 +109,11 @@ const CLAIM: &str = include_str!("claim.sql");
 /// How long a driver whose endpoint's queue is drained waits before it claims again.
 const DRAINED_PAUSE: Duration = Duration::from_millis(20);
 const RECORD: &str = include_str!("record.sql");
+/// How often the pool asks whether the outbox has outgrown its statistics: a backlog
+/// building up at full rate grows it many times over in seconds, and until the analyze the
+/// integration worker's writes and the pool's records may walk an endpoint's backlog. The
+/// question reads one row of `pg_stat_user_tables`.
+const STATISTICS_EVERY: Duration = Duration::from_secs(1);
 
 impl DeliveryPool {
     pub fn new(pool: PgPool, client: WebhookClient, config: DeliveryConfig) -> Arc<Self> {
@@ -128,6 +134,8 @@ impl DeliveryPool {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut drivers: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        let mut statistics = tokio::time::interval(STATISTICS_EVERY);
+        statistics.set_missed_tick_behavior(MissedTickBehavior::Delay);
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             drivers.retain(|_, driver| !driver.is_finished());
             match self.due_endpoints().await {
@@ -144,8 +152,8 @@ impl DeliveryPool {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.poll) => {}
-                _ = gauges.tick() => {
-                    self.export_gauges().await;
+                _ = gauges.tick() => self.export_gauges().await,
+                _ = statistics.tick() => {
                     if let Err(e) = self.keep_statistics().await {
                         tracing::warn!(error = %e, "cannot analyze the webhook outbox");
                     }
