@@ -15,12 +15,12 @@ INSERT INTO integration.outbox
     (id, endpoint_id, event_id, event_type, aggregate_id, position, body, traceparent,
      next_attempt_at)
 SELECT n.*,
-       greatest(now(), (SELECT max(p.next_attempt_at)
+       greatest(now(), (SELECT max(ahead.next_attempt_at)
                           FROM (SELECT p.next_attempt_at FROM integration.outbox p
                                  WHERE p.endpoint_id = n.endpoint_id
                                    AND p.aggregate_id = n.aggregate_id
                                    AND p.status = 'pending'
-                                 ORDER BY p.endpoint_id, p.aggregate_id, p.position) p))
+                                 ORDER BY p.endpoint_id, p.aggregate_id, p.position) ahead))
   FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
               $6::int8[], $7::jsonb[], $8::text[])
        AS n(id, endpoint_id, event_id, event_type, aggregate_id, position, body,
