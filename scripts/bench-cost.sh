@@ -2,7 +2,8 @@
 # Where the CPU goes per place-order command: the release `ordo serve` on a fresh database,
 # 32 clients of `ordo-bench place-order` at full rate, and the CPU time of each process
 # (`ordo`, every PostgreSQL backend, nats-server, the load generator) over a steady window
-# of the run, divided by the orders committed in that window.
+# of the run, divided by the orders committed in that window; and the write-ahead log the
+# whole server wrote in that window per command (records, full-page images, bytes).
 #
 #   scripts/bench-cost.sh                         # every role in the process
 #   ROLES=api scripts/bench-cost.sh               # the write path alone (also api,projector …)
@@ -125,7 +126,8 @@ sleep 4
 snapshot() {
     echo "$(ticks "$SERVER_PID") $(postgres_ticks) $(ticks "$NATS_PID") $(ticks "$bench_pid") $(machine_ticks)" \
         "$(query "select count(*) from event_store.events where event_type = 'order.placed'")" \
-        "$(query "select xact_commit from pg_stat_database where datname = current_database()")"
+        "$(query "select xact_commit from pg_stat_database where datname = current_database()")" \
+        "$(query "select wal_records || ' ' || wal_fpi || ' ' || wal_bytes from pg_stat_wal")"
 }
 statements() { psql_admin -At -v ON_ERROR_STOP=1 "$@"; }
 if [[ "${STATEMENTS:-0}" == 1 ]]; then
@@ -136,9 +138,9 @@ if [[ "${STATEMENTS:-0}" == 1 ]]; then
     statements -c "create extension if not exists pg_stat_statements" \
         -c "select pg_stat_statements_reset(0, (select oid from pg_database where datname = '$DB'), 0)" >/dev/null
 fi
-read -r o0 p0 n0 b0 m0 e0 x0 < <(snapshot)
+read -r o0 p0 n0 b0 m0 e0 x0 r0 f0 w0 < <(snapshot)
 sleep $((duration - 7))
-read -r o1 p1 n1 b1 m1 e1 x1 < <(snapshot)
+read -r o1 p1 n1 b1 m1 e1 x1 r1 f1 w1 < <(snapshot)
 if [[ "${STATEMENTS:-0}" == 1 ]]; then
     statements -F $'\t' -c "
         select round((total_exec_time / $((e1 - e0)))::numeric, 4), round((calls * 1000.0 / $((e1 - e0)))::numeric, 1),
@@ -157,6 +159,8 @@ if [[ -s "/tmp/bench-cost-statements.$$" ]]; then
     awk -F '\t' '{ printf "%10s %10s %8s %5s%%  %s\n", $1, $2, $3, $4, $5 }' "/tmp/bench-cost-statements.$$"
     rm -f "/tmp/bench-cost-statements.$$"
 fi
-awk -v c=$((e1 - e0)) -v o=$((o1 - o0)) -v p=$((p1 - p0)) -v n=$((n1 - n0)) -v b=$((b1 - b0)) -v m=$((m1 - m0)) -v x=$((x1 - x0)) 'BEGIN {
+awk -v c=$((e1 - e0)) -v o=$((o1 - o0)) -v p=$((p1 - p0)) -v n=$((n1 - n0)) -v b=$((b1 - b0)) -v m=$((m1 - m0)) -v x=$((x1 - x0)) \
+    -v r=$((r1 - r0)) -v f=$((f1 - f0)) -v w=$((w1 - w0)) 'BEGIN {
     printf "window: %d orders; ms CPU per command: ordo %.3f  postgres %.3f  nats %.3f  load generator %.3f  machine %.3f; PostgreSQL transactions per command %.2f\n",
-        c, o * 10 / c, p * 10 / c, n * 10 / c, b * 10 / c, m * 10 / c, x / c }'
+        c, o * 10 / c, p * 10 / c, n * 10 / c, b * 10 / c, m * 10 / c, x / c
+    printf "WAL per command (the whole server): %.1f records, %.2f full-page images, %.0f bytes\n", r / c, f / c, w / c }'
