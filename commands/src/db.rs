@@ -187,6 +187,10 @@ pub async fn drop_database(database_url: &str) -> Result<(), sqlx::Error> {
 /// that walk all of it once per row. Afterwards autovacuum keeps up; this catches what it
 /// has not seen yet. A session reports its changes to the statistics a second or so after
 /// it makes them (at most ten), so this lags by as much.
+///
+/// An analyze waits at most [`ANALYZE_LOCK_TIMEOUT`] for the table: while another session
+/// holds it (a vacuum, another process's analyze), this one is skipped and answers `false`;
+/// the next call tries again.
 pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<bool, sqlx::Error> {
     let behind: Option<bool> = sqlx::query_scalar(
         "SELECT s.n_mod_since_analyze >= greatest(1000, 4 * c.reltuples)
@@ -199,11 +203,57 @@ pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<boo
     if behind != Some(true) {
         return Ok(false);
     }
+    let mut tx = begin(pool).await?;
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = {}",
+        ANALYZE_LOCK_TIMEOUT.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await?;
     // `table` is a name in Ordo's code, never input; regclass checked that it exists.
-    sqlx::query(&format!("ANALYZE {table}"))
-        .execute(pool)
-        .await?;
-    Ok(true)
+    match sqlx::query(&format!("ANALYZE {table}"))
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {
+            tx.commit().await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            tracing::debug!(table, "analyze skipped: another session holds the table");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How long [`analyze_if_behind`] waits for a table another session holds.
+pub const ANALYZE_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// `lock_not_available`: a `lock_timeout` ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Keep `table`'s statistics current ([`analyze_if_behind`] every `every`) until `shutdown`
+/// turns true. Run it as a task of its own beside the loop that claims from `table`: an
+/// analyze of a large outbox takes about a second, and that loop must not wait for it.
+pub async fn keep_analyzed(
+    pool: PgPool,
+    table: &'static str,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = analyze_if_behind(&pool, table).await {
+                    tracing::warn!(table, error = %e, "cannot analyze");
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -831,6 +831,62 @@ async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_anal
 }
 
 #[tokio::test]
+async fn the_pool_skips_an_analyze_while_another_session_holds_the_outbox_and_analyzes_it_once_free(
+) {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (stuck, _) = register(&app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
+    let stuck = uuid::Uuid::parse_str(&stuck).unwrap();
+    // 2,000 deliveries the outbox's (missing) statistics do not know of.
+    let mut writer = app.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                position, body, next_attempt_at)
+         SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o' || g, g,
+                '{}'::jsonb, now() + interval '1 hour'
+           FROM generate_series(1, 2000) g",
+    )
+    .bind(stuck)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    for statement in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
+        sqlx::query(statement).execute(&mut *writer).await.unwrap();
+    }
+    drop(writer);
+
+    // Another session holds the outbox as a vacuum, or another process's analyze, does. An
+    // analyze that queued behind it would hold the pool's statistics task and a connection
+    // until it let go.
+    let mut holder = ordo_commands::db::begin(&app.pool).await.unwrap();
+    sqlx::query("LOCK TABLE integration.outbox IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let pool = quick_pool(&app, None, 3);
+    let analyzed = tokio::time::timeout(Duration::from_secs(30), pool.keep_statistics())
+        .await
+        .expect("the analyze waited for the session holding the outbox instead of giving up")
+        .unwrap();
+    assert!(
+        !analyzed,
+        "the analyze is skipped while another session holds the outbox"
+    );
+    let never: Option<i64> = sqlx::query_scalar(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'integration.outbox'::regclass",
+    )
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(never, Some(0), "nothing analyzed the outbox meanwhile");
+
+    holder.rollback().await.unwrap();
+    assert!(
+        pool.keep_statistics().await.unwrap(),
+        "once the outbox is free, the next call analyzes it"
+    );
+}
+
+#[tokio::test]
 async fn a_failing_endpoint_is_probed_one_request_at_a_time_with_nothing_leased_ahead() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     let hanging = Hanging::start().await;

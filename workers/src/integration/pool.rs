@@ -29,7 +29,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -109,10 +108,12 @@ const CLAIM: &str = include_str!("claim.sql");
 /// How long a driver whose endpoint's queue is drained waits before it claims again.
 const DRAINED_PAUSE: Duration = Duration::from_millis(20);
 const RECORD: &str = include_str!("record.sql");
+const OUTBOX: &str = "integration.outbox";
 /// How often the pool asks whether the outbox has outgrown its statistics: a backlog
 /// building up at full rate grows it many times over in seconds, and until the analyze the
 /// integration worker's writes and the pool's records may walk an endpoint's backlog. The
-/// question reads one row of `pg_stat_user_tables`.
+/// question reads one row of `pg_stat_user_tables`; it and the analyze run in a task of
+/// their own, so the pool starts drivers meanwhile.
 const STATISTICS_EVERY: Duration = Duration::from_secs(1);
 
 impl DeliveryPool {
@@ -134,8 +135,12 @@ impl DeliveryPool {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut drivers: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
-        let mut statistics = tokio::time::interval(STATISTICS_EVERY);
-        statistics.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let statistics = tokio::spawn(ordo_commands::db::keep_analyzed(
+            self.pool.clone(),
+            OUTBOX,
+            STATISTICS_EVERY,
+            shutdown.clone(),
+        ));
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             drivers.retain(|_, driver| !driver.is_finished());
             match self.due_endpoints().await {
@@ -153,17 +158,13 @@ impl DeliveryPool {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.poll) => {}
                 _ = gauges.tick() => self.export_gauges().await,
-                _ = statistics.tick() => {
-                    if let Err(e) = self.keep_statistics().await {
-                        tracing::warn!(error = %e, "cannot analyze the webhook outbox");
-                    }
-                }
                 _ = shutdown.changed() => {}
             }
         }
         for (_, driver) in drivers {
             let _ = driver.await;
         }
+        let _ = statistics.await;
     }
 
     /// One endpoint's driver: lease a window of the endpoint's due deliveries, send them
@@ -475,7 +476,7 @@ impl DeliveryPool {
     /// aggregate's pending deliveries through an endpoint's whole backlog (`record.sql`,
     /// `write.sql`). Returns whether it analyzed.
     pub async fn keep_statistics(&self) -> Result<bool, sqlx::Error> {
-        ordo_commands::db::analyze_if_behind(&self.pool, "integration.outbox").await
+        ordo_commands::db::analyze_if_behind(&self.pool, OUTBOX).await
     }
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.

@@ -96,6 +96,14 @@ impl MailSender {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        // The claim takes the oldest due mails by `notifications_pending` in order only when
+        // the planner knows the table's size.
+        let statistics = tokio::spawn(ordo_commands::db::keep_analyzed(
+            self.pool.clone(),
+            "notification.notifications",
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             let claimed = match self.claim().await {
                 Ok(claimed) => claimed,
@@ -120,23 +128,12 @@ impl MailSender {
                 _ = tokio::time::sleep(self.config.poll), if !found => {}
                 Some(_) = tasks.join_next(), if found && !tasks.is_empty() => {}
                 _ = tokio::time::sleep(self.config.poll / 4), if found => {}
-                _ = gauges.tick() => {
-                    self.export_gauges().await;
-                    // The claim takes the oldest due mails by `notifications_pending` in
-                    // order only when the planner knows the table's size.
-                    let analyzed = ordo_commands::db::analyze_if_behind(
-                        &self.pool,
-                        "notification.notifications",
-                    )
-                    .await;
-                    if let Err(e) = analyzed {
-                        tracing::warn!(error = %e, "cannot analyze the mail outbox");
-                    }
-                }
+                _ = gauges.tick() => self.export_gauges().await,
                 _ = shutdown.changed() => {}
             }
         }
         while tasks.join_next().await.is_some() {}
+        let _ = statistics.await;
     }
 
     /// One round, for tests: claim what is due, send and record it all. Returns how many
