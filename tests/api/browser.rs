@@ -185,6 +185,16 @@ impl Browser {
         }
     }
 
+    /// Wait until `script` (run in the page) returns `true`; `what` names the condition
+    /// when it never does.
+    pub async fn wait_until(&self, script: &str, what: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.js(script).await != json!(true) {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Run `script` in the page and return its value.
     pub async fn js(&self, script: &str) -> Value {
         self.client
