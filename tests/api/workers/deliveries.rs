@@ -751,23 +751,22 @@ async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
     }
 }
 
-#[tokio::test]
-async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_analyzes_a_backlog_it_had_never_seen(
-) {
-    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
-    let (stuck, _) = register(&app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
+/// `n` deliveries pending at a new endpoint (due in an hour), written faster than autovacuum
+/// first analyzes the outbox: the planner has no statistics of them at all, and the
+/// statistics' counters already hold them. Returns the endpoint's id.
+async fn unanalyzed_backlog(app: &TestApp, n: i32) -> uuid::Uuid {
+    let (stuck, _) = register(app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
     let stuck = uuid::Uuid::parse_str(&stuck).unwrap();
-    // 10,000 deliveries pending at one endpoint, written faster than autovacuum first
-    // analyzes the outbox: the planner has no statistics of it at all.
     let mut writer = app.pool.acquire().await.unwrap();
     sqlx::query(
         "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
                 position, body, next_attempt_at)
          SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o' || g, g,
                 '{}'::jsonb, now() + interval '1 hour'
-           FROM generate_series(1, 10000) g",
+           FROM generate_series(1, $2) g",
     )
     .bind(stuck)
+    .bind(n)
     .execute(&mut *writer)
     .await
     .unwrap();
@@ -776,7 +775,14 @@ async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_anal
     for statement in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
         sqlx::query(statement).execute(&mut *writer).await.unwrap();
     }
-    drop(writer);
+    stuck
+}
+
+#[tokio::test]
+async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_analyzes_a_backlog_it_had_never_seen(
+) {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let stuck = unanalyzed_backlog(&app, 10_000).await;
 
     // The integration worker's write of 300 new deliveries at that endpoint: one probe of
     // the aggregate's pending deliveries each, not a walk through the endpoint's backlog
@@ -834,25 +840,7 @@ async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_anal
 async fn the_pool_skips_an_analyze_while_another_session_holds_the_outbox_and_analyzes_it_once_free(
 ) {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
-    let (stuck, _) = register(&app, "http://127.0.0.1:9/stuck", json!(["*"])).await;
-    let stuck = uuid::Uuid::parse_str(&stuck).unwrap();
-    // 2,000 deliveries the outbox's (missing) statistics do not know of.
-    let mut writer = app.pool.acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
-                position, body, next_attempt_at)
-         SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o' || g, g,
-                '{}'::jsonb, now() + interval '1 hour'
-           FROM generate_series(1, 2000) g",
-    )
-    .bind(stuck)
-    .execute(&mut *writer)
-    .await
-    .unwrap();
-    for statement in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
-        sqlx::query(statement).execute(&mut *writer).await.unwrap();
-    }
-    drop(writer);
+    unanalyzed_backlog(&app, 2_000).await;
 
     // Another session holds the outbox as a vacuum, or another process's analyze, does. An
     // analyze that queued behind it would hold the pool's statistics task and a connection
