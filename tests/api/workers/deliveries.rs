@@ -751,6 +751,12 @@ async fn a_claim_reads_a_handful_of_rows_whatever_the_backlog_behind_it() {
     }
 }
 
+/// What the delivery pool's statistics task does every tick: analyze the outbox when its
+/// statistics are missing or far behind it.
+async fn analyze_outbox(app: &TestApp) -> Result<bool, sqlx::Error> {
+    ordo_commands::db::analyze_if_behind(&app.pool, "integration.outbox").await
+}
+
 /// `n` deliveries pending at a new endpoint (due in an hour), written faster than autovacuum
 /// first analyzes the outbox: the planner has no statistics of them at all, and the
 /// statistics' counters already hold them. Returns the endpoint's id.
@@ -820,13 +826,12 @@ async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_anal
         "with no statistics, writing 300 deliveries read {read} outbox rows of a 10,000-row backlog: {explained}"
     );
 
-    let pool = quick_pool(&app, None, 3);
     assert!(
-        pool.keep_statistics().await.unwrap(),
-        "the pool analyzes an outbox it has no statistics of"
+        analyze_outbox(&app).await.unwrap(),
+        "an outbox with no statistics is analyzed"
     );
     assert!(
-        !pool.keep_statistics().await.unwrap(),
+        !analyze_outbox(&app).await.unwrap(),
         "and not again while its statistics are current"
     );
     let (read, explained) = rows_read_by_a_write().await;
@@ -837,8 +842,7 @@ async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_anal
 }
 
 #[tokio::test]
-async fn the_pool_skips_an_analyze_while_another_session_holds_the_outbox_and_analyzes_it_once_free(
-) {
+async fn an_analyze_is_skipped_while_another_session_holds_the_outbox_and_runs_once_it_is_free() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     unanalyzed_backlog(&app, 2_000).await;
 
@@ -850,8 +854,7 @@ async fn the_pool_skips_an_analyze_while_another_session_holds_the_outbox_and_an
         .execute(&mut *holder)
         .await
         .unwrap();
-    let pool = quick_pool(&app, None, 3);
-    let analyzed = tokio::time::timeout(Duration::from_secs(30), pool.keep_statistics())
+    let analyzed = tokio::time::timeout(Duration::from_secs(30), analyze_outbox(&app))
         .await
         .expect("the analyze waited for the session holding the outbox instead of giving up")
         .unwrap();
@@ -869,7 +872,7 @@ async fn the_pool_skips_an_analyze_while_another_session_holds_the_outbox_and_an
 
     holder.rollback().await.unwrap();
     assert!(
-        pool.keep_statistics().await.unwrap(),
+        analyze_outbox(&app).await.unwrap(),
         "once the outbox is free, the next call analyzes it"
     );
 }

@@ -74,7 +74,7 @@ impl Endpoints {
             return Ok(());
         }
         // Prepared: its plan depends on the outbox's statistics, which the delivery pool
-        // keeps current (`DeliveryPool::keep_statistics`).
+        // keeps current (`STATISTICS_EVERY` in `pool.rs`).
         sqlx::query(WRITE)
             .bind(rows.ids)
             .bind(rows.endpoints)

@@ -109,9 +109,10 @@ const CLAIM: &str = include_str!("claim.sql");
 const DRAINED_PAUSE: Duration = Duration::from_millis(20);
 const RECORD: &str = include_str!("record.sql");
 const OUTBOX: &str = "integration.outbox";
-/// How often the pool asks whether the outbox has outgrown its statistics: a backlog
-/// building up at full rate grows it many times over in seconds, and until the analyze the
-/// integration worker's writes and the pool's records may walk an endpoint's backlog. The
+/// How often the pool asks whether the outbox has outgrown its statistics
+/// ([`ordo_commands::db::analyze_if_behind`]): a backlog building up at full rate grows it
+/// many times over in seconds, and until the analyze the integration worker's writes
+/// (`write.sql`) and the pool's records (`record.sql`) may walk an endpoint's backlog. The
 /// question reads one row of `pg_stat_user_tables`; it and the analyze run in a task of
 /// their own, so the pool starts drivers meanwhile.
 const STATISTICS_EVERY: Duration = Duration::from_secs(1);
@@ -469,14 +470,6 @@ impl DeliveryPool {
             tracing::warn!(endpoint.id = %d.endpoint_id, "webhook endpoint disabled: failing for too long");
         }
         Ok(())
-    }
-
-    /// Analyze the outbox when its statistics are missing or far behind it (see
-    /// [`ordo_commands::db::analyze_if_behind`]): without, the planner may reach an
-    /// aggregate's pending deliveries through an endpoint's whole backlog (`record.sql`,
-    /// `write.sql`). Returns whether it analyzed.
-    pub async fn keep_statistics(&self) -> Result<bool, sqlx::Error> {
-        ordo_commands::db::analyze_if_behind(&self.pool, OUTBOX).await
     }
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.

@@ -12,7 +12,7 @@
 -- reaches the delivery and the endpoint by primary key; the aggregate's later deliveries
 -- by `outbox_pending` once the outbox has statistics (without any, the planner may walk
 -- the endpoint's backlog through `outbox_due` instead, prepared or not): the pool keeps
--- them (`DeliveryPool::keep_statistics`), and an analyze makes PostgreSQL plan a prepared
+-- them (`STATISTICS_EVERY` in `pool.rs`), and an analyze makes PostgreSQL plan a prepared
 -- statement afresh. Committed asynchronously, like the claim (see there).
 WITH attempt AS (
     INSERT INTO integration.deliveries

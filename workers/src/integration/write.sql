@@ -10,7 +10,7 @@
 -- Asked for in `outbox_pending`'s order, the rows come from that index, which needs no
 -- sort. Statistics taken while the outbox was nearly empty still make the planner expect
 -- one row either way and scan `outbox_due` for the endpoint: the delivery pool analyzes
--- the outbox once it has grown well past them (`DeliveryPool::keep_statistics`).
+-- the outbox once it has grown well past them (`STATISTICS_EVERY` in `pool.rs`).
 INSERT INTO integration.outbox
     (id, endpoint_id, event_id, event_type, aggregate_id, position, body, traceparent,
      next_attempt_at)
