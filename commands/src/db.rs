@@ -240,20 +240,14 @@ pub async fn keep_analyzed(
     pool: PgPool,
     table: &'static str,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = analyze_if_behind(&pool, table).await {
-                    tracing::warn!(table, error = %e, "cannot analyze");
-                }
-            }
-            _ = shutdown.changed() => {}
+    ordo_runtime::process::every(every, shutdown, || async {
+        if let Err(e) = analyze_if_behind(&pool, table).await {
+            tracing::warn!(table, error = %e, "cannot analyze");
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

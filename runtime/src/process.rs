@@ -115,3 +115,85 @@ impl ProcessRoles {
         self.read().states.clone()
     }
 }
+
+/// Run `task` now and then every `period` until `shutdown` turns true (or its sender is
+/// gone): the side task of a loop (a table's statistics, its gauges) that waits on the
+/// database and must not hold the loop meanwhile. Runs never overlap: one that outlasts the
+/// period delays the next rather than queueing runs behind it. A run in flight at shutdown
+/// finishes, so its connection goes back to the pool between statements, not during one.
+pub async fn every<F, Fut>(
+    period: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut task: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+        tokio::select! {
+            _ = tick.tick() => task().await,
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::{mpsc, watch};
+
+    use super::*;
+
+    /// How long a test waits for what must happen before it fails.
+    const BOUND: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn every_runs_its_task_again_and_again_one_run_at_a_time_until_shutdown() {
+        let (stop, shutdown) = watch::channel(false);
+        let (ran, mut runs) = mpsc::unbounded_channel();
+        let running = Arc::new(AtomicUsize::new(0));
+        let overlapped = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let (running, overlapped) = (running.clone(), overlapped.clone());
+            tokio::spawn(every(Duration::from_millis(1), shutdown, move || {
+                let (running, overlapped, ran) = (running.clone(), overlapped.clone(), ran.clone());
+                async move {
+                    if running.fetch_add(1, Ordering::SeqCst) > 0 {
+                        overlapped.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // Each run outlasts the period several times over.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    let _ = ran.send(());
+                }
+            }))
+        };
+        for run in 1..=5 {
+            tokio::time::timeout(BOUND, runs.recv())
+                .await
+                .unwrap_or_else(|_| panic!("run {run} never came"));
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(BOUND, task)
+            .await
+            .expect("every went on after shutdown")
+            .unwrap();
+        assert_eq!(overlapped.load(Ordering::SeqCst), 0, "runs overlapped");
+        assert_eq!(running.load(Ordering::SeqCst), 0, "a run was cut short");
+    }
+
+    #[tokio::test]
+    async fn every_ends_when_the_shutdown_sender_is_gone() {
+        let (stop, shutdown) = watch::channel(false);
+        drop(stop);
+        tokio::time::timeout(
+            BOUND,
+            every(Duration::from_secs(3600), shutdown, || async {}),
+        )
+        .await
+        .expect("every outlived its shutdown sender");
+    }
+}

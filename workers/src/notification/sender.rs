@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use lettre::message::Mailbox;
 use lettre::Address;
 use ordo_commands::privacy::{KeyState, Keyring};
+use ordo_runtime::process::every;
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -95,7 +96,6 @@ impl MailSender {
     /// Send until `shutdown` turns true; then finish the mails in flight.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
-        let mut gauges = tokio::time::interval(Duration::from_secs(5));
         // The claim takes the oldest due mails by `notifications_pending` in order only when
         // the planner knows the table's size.
         let statistics = tokio::spawn(ordo_commands::db::keep_analyzed(
@@ -104,6 +104,15 @@ impl MailSender {
             Duration::from_secs(5),
             shutdown.clone(),
         ));
+        // The gauges count the pending mails, in a task of their own so that the claims go
+        // on while a large backlog is counted.
+        let gauges = tokio::spawn(every(Duration::from_secs(5), shutdown.clone(), {
+            let this = self.clone();
+            move || {
+                let this = this.clone();
+                async move { this.export_gauges().await }
+            }
+        }));
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             let claimed = match self.claim().await {
                 Ok(claimed) => claimed,
@@ -128,12 +137,12 @@ impl MailSender {
                 _ = tokio::time::sleep(self.config.poll), if !found => {}
                 Some(_) = tasks.join_next(), if found && !tasks.is_empty() => {}
                 _ = tokio::time::sleep(self.config.poll / 4), if found => {}
-                _ = gauges.tick() => self.export_gauges().await,
                 _ = shutdown.changed() => {}
             }
         }
         while tasks.join_next().await.is_some() {}
         let _ = statistics.await;
+        let _ = gauges.await;
     }
 
     /// One round, for tests: claim what is due, send and record it all. Returns how many
