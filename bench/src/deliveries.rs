@@ -108,7 +108,6 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-#[allow(clippy::print_stdout)] // the report is this command's output
 pub async fn run(args: DeliveriesBenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -287,14 +286,14 @@ pub async fn run(args: DeliveriesBenchArgs) -> anyhow::Result<()> {
     }
     let reads = reads.lock().unwrap_or_else(|e| e.into_inner());
     if args.without_endpoints {
-        println!(
+        say!(
             "load: {} orders in {} s ({}/s target), no endpoints, {} commands or reads failed",
             orders.len(),
             args.duration,
             args.rate,
             failed.load(Ordering::Relaxed)
         );
-        println!(
+        say!(
             "read-your-writes: p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} reads)",
             ms(&reads, 0.5),
             ms(&reads, 0.99),
@@ -305,14 +304,14 @@ pub async fn run(args: DeliveriesBenchArgs) -> anyhow::Result<()> {
     }
     let healthy_got = has_all(&healthy);
     let flaky_got = has_all(&flaky);
-    println!(
+    say!(
         "load: {} orders in {} s ({}/s target), {} commands or reads failed",
         orders.len(),
         args.duration,
         args.rate,
         failed.load(Ordering::Relaxed)
     );
-    println!(
+    say!(
         "healthy endpoint: {healthy_got} of {} events, {duplicates} delivered more than once; delivery latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms (from the command's send){}",
         orders.len(),
         ms(&latency, 0.5),
@@ -320,12 +319,12 @@ pub async fn run(args: DeliveriesBenchArgs) -> anyhow::Result<()> {
         latency.max() as f64 / 1000.0,
         healthy_done_after.map_or(String::new(), |d| format!("; all in {:.1} s after the load", d.as_secs_f64()))
     );
-    println!(
+    say!(
         "flaky endpoint: {flaky_got} of {} events received after {} requests (the rest wait for their retry)",
         orders.len(),
         flaky.requests.load(Ordering::SeqCst)
     );
-    println!(
+    say!(
         "read-your-writes: p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} reads)",
         ms(&reads, 0.5),
         ms(&reads, 0.99),
@@ -333,7 +332,7 @@ pub async fn run(args: DeliveriesBenchArgs) -> anyhow::Result<()> {
         reads.len()
     );
     let exactly_once = healthy_got == orders.len() && duplicates == 0;
-    println!(
+    say!(
         "verdict: healthy p99 {} 1 s, every event to it exactly once: {}, flaky got every event: {}",
         if ms(&latency, 0.99) < 1000.0 { "<" } else { "≥" },
         if exactly_once { "yes" } else { "no" },

@@ -2,6 +2,14 @@
 //! seeders never ship in the production `ordo` binary. Each subcommand prints its report on
 //! stdout; `scripts/bench.sh` wraps `place-order` around a fresh release server.
 
+/// Print a line of a subcommand's report (`println!`'s arguments) with [`say`], in a
+/// function that returns `anyhow::Result`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say(format_args!($($arg)*))?
+    };
+}
+
 mod deliveries;
 mod pipeline;
 mod place_order;
@@ -50,6 +58,17 @@ async fn drop_streams(args: DropStreamsArgs) -> anyhow::Result<()> {
         let _ = js.delete_stream(stream).await;
     }
     Ok(())
+}
+
+/// Print one line of a report on stdout. A reader that stopped reading (`ordo-bench … |
+/// head`) is not an error: the rest of the report goes nowhere, and the benchmark's own
+/// outcome decides the exit code (`println!` panicked on the closed pipe).
+fn say(line: std::fmt::Arguments) -> std::io::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }
 
 /// mimalloc: rebuilds allocate and free millions of small values per batch, which glibc's

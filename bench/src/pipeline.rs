@@ -275,20 +275,17 @@ pub async fn run_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let _ = js
         .delete_stream(format!("{}_ADVISORIES", relay_config.stream))
         .await;
-    #[allow(clippy::print_stdout)] // the report is this command's output
-    {
-        println!(
-            "relay: {events} events published and acknowledged in {relay_secs:.1} s: {:.0} events/s\n\
-             commit -> analytics handler at {} commands/s for {} s after {} s of warm-up ({sent} sent{}): {total}\n  \
-             of which commit -> published by the relay: {relayed}\n  \
-             and published -> handler: {handled}",
-            events as f64 / relay_secs,
-            args.rate,
-            args.duration,
-            args.warmup,
-            if args.all_roles { ", every role running" } else { "" }
-        );
-    }
+    say!(
+        "relay: {events} events published and acknowledged in {relay_secs:.1} s: {:.0} events/s\n\
+         commit -> analytics handler at {} commands/s for {} s after {} s of warm-up ({sent} sent{}): {total}\n  \
+         of which commit -> published by the relay: {relayed}\n  \
+         and published -> handler: {handled}",
+        events as f64 / relay_secs,
+        args.rate,
+        args.duration,
+        args.warmup,
+        if args.all_roles { ", every role running" } else { "" }
+    );
     Ok(())
 }
 

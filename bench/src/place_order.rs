@@ -246,9 +246,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         lag.value_at_quantile(0.99) as f64 / 1000.0,
         stale,
     );
-    #[allow(clippy::print_stdout)] // the report is this command's output
-    {
-        println!("{report}");
-    }
+    say!("{report}");
     Ok(())
 }

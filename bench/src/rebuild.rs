@@ -438,10 +438,7 @@ pub async fn run_bench(args: RebuildBenchArgs) -> anyhow::Result<()> {
         rebuild.as_secs_f64(),
         events as f64 / rebuild.as_secs_f64()
     );
-    #[allow(clippy::print_stdout)] // the report is this command's output
-    {
-        println!("{report}");
-    }
+    say!("{report}");
     Ok(())
 }
 
@@ -459,14 +456,11 @@ async fn analytics(pool: &PgPool, events: i64, batch: i64) -> anyhow::Result<()>
                 .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
         })
         .unwrap_or_else(|| "unknown".into());
-    #[allow(clippy::print_stdout)] // the report is this command's output
-    {
-        println!(
-            "log: {events} events\nanalytics recomputed from the log: {elapsed:.1} s, {:.0} events/s ({} read, {} not counted); peak RSS {peak}",
-            rebuilt.events as f64 / elapsed,
-            rebuilt.events,
-            rebuilt.skipped
-        );
-    }
+    say!(
+        "log: {events} events\nanalytics recomputed from the log: {elapsed:.1} s, {:.0} events/s ({} read, {} not counted); peak RSS {peak}",
+        rebuilt.events as f64 / elapsed,
+        rebuilt.events,
+        rebuilt.skipped
+    );
     Ok(())
 }
