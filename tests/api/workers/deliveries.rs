@@ -842,6 +842,73 @@ async fn the_outbox_write_reads_a_handful_of_rows_before_and_after_the_pool_anal
 }
 
 #[tokio::test]
+async fn analyzing_the_outboxes_describes_the_columns_queries_filter_on_and_skips_the_wide_ones() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    unanalyzed_backlog(&app, 2_000).await;
+    sqlx::query(
+        "INSERT INTO notification.notifications
+                (id, event_id, kind, order_id, customer_id, recipient, subject, body, status,
+                 error)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'order_placed', gen_random_uuid(),
+                gen_random_uuid(), 'c' || g || '@example.com', 'Your order ' || g,
+                repeat('A line of the order. ', 20), 'pending', 'refused ' || g
+           FROM generate_series(1, 2000) g",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        analyze_outbox(&app).await.unwrap(),
+        "the pool's analyze ran"
+    );
+    sqlx::query("ANALYZE notification.notifications")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The columns the claims, writes, records and gauges filter on keep their statistics.
+    let tables: [(&str, &[&str], &[&str]); 2] = [
+        (
+            "integration.outbox",
+            &[
+                "endpoint_id",
+                "status",
+                "aggregate_id",
+                "position",
+                "next_attempt_at",
+            ],
+            &["body", "traceparent", "last_error"],
+        ),
+        (
+            "notification.notifications",
+            &["status", "order_id", "customer_id", "created_at"],
+            &["body", "subject", "recipient", "error"],
+        ),
+    ];
+    for (table, filtered, wide) in tables {
+        let described: Vec<String> = sqlx::query_scalar(
+            "SELECT attname::text FROM pg_stats WHERE schemaname || '.' || tablename = $1",
+        )
+        .bind(table)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        for column in filtered {
+            assert!(
+                described.iter().any(|c| c == column),
+                "{table}.{column} has statistics: {described:?}"
+            );
+        }
+        for column in wide {
+            assert!(
+                !described.iter().any(|c| c == column),
+                "{table}.{column} has none: {described:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_analyze_is_skipped_while_another_session_holds_the_outbox_and_runs_once_it_is_free() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
     unanalyzed_backlog(&app, 2_000).await;
