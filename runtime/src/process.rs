@@ -1,7 +1,7 @@
 //! The process roles this process runs and the state of each, as `/readyz` reports them.
 //! The composition root (`src/lib.rs`) registers the roles and updates their state; a
 //! process role (what a process does: `api`, `relay`, …) is not an API key's role (who may
-//! call what).
+//! call what). [`every`] runs a role's periodic side tasks beside its loop.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
