@@ -146,12 +146,9 @@ impl DeliveryPool {
             STATISTICS_EVERY,
             shutdown.clone(),
         ));
-        let gauges = tokio::spawn(every(GAUGES_EVERY, shutdown.clone(), {
-            let this = self.clone();
-            move || {
-                let this = this.clone();
-                async move { this.export_gauges().await }
-            }
+        let pool = self.pool.clone();
+        let gauges = tokio::spawn(every(GAUGES_EVERY, shutdown.clone(), move || {
+            Self::export_gauges(pool.clone())
         }));
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             drivers.retain(|_, driver| !driver.is_finished());
@@ -484,7 +481,7 @@ impl DeliveryPool {
     }
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.
-    async fn export_gauges(&self) {
+    async fn export_gauges(pool: PgPool) {
         let rows: Result<Vec<(Uuid, String, i64, f64)>, sqlx::Error> = sqlx::query_as(
             "SELECT e.id,
                     CASE WHEN e.disabled_at IS NOT NULL THEN 'disabled'
@@ -495,7 +492,7 @@ impl DeliveryPool {
                LEFT JOIN integration.outbox o ON o.endpoint_id = e.id AND o.status = 'pending'
               GROUP BY e.id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&pool)
         .await;
         let Ok(rows) = rows else { return };
         let mut states: HashMap<&'static str, f64> = HashMap::new();

@@ -106,12 +106,9 @@ impl MailSender {
         ));
         // The gauges count the pending mails, in a task of their own so that the claims go
         // on while a large backlog is counted.
-        let gauges = tokio::spawn(every(Duration::from_secs(5), shutdown.clone(), {
-            let this = self.clone();
-            move || {
-                let this = this.clone();
-                async move { this.export_gauges().await }
-            }
+        let pool = self.pool.clone();
+        let gauges = tokio::spawn(every(Duration::from_secs(5), shutdown.clone(), move || {
+            Self::export_gauges(pool.clone())
         }));
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             let claimed = match self.claim().await {
@@ -314,12 +311,12 @@ impl MailSender {
     }
 
     /// Notifications pending and the oldest one's age.
-    async fn export_gauges(&self) {
+    async fn export_gauges(pool: PgPool) {
         let row: Result<(i64, f64), sqlx::Error> = sqlx::query_as(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
                FROM notification.notifications WHERE status = 'pending'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&pool)
         .await;
         if let Ok((pending, oldest)) = row {
             metrics::gauge!("ordo_mail_queue_depth").set(pending as f64);
