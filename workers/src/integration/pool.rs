@@ -122,6 +122,22 @@ const STATISTICS_EVERY: Duration = Duration::from_secs(1);
 /// deliveries), and the loop starts drivers meanwhile.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
+/// The pool's look for work, every `poll`: the active endpoints with a delivery due and not
+/// leased. Each endpoint's check is one walk of `outbox_due` from its oldest due delivery,
+/// which stops at the first one not leased: past a window of leases at most, whatever the
+/// backlog. Asked as `EXISTS`, PostgreSQL answered it as a semi-join that read every due
+/// delivery of the outbox and grouped them by endpoint: 20 ms for a backlog of 20,000
+/// behind a webhook endpoint that never answers, five times a second, growing with the
+/// backlog, on the cores the commands use. A lateral `LIMIT 1` cannot be turned into that.
+pub const DUE_ENDPOINTS: &str = "SELECT e.id FROM integration.endpoints e
+  CROSS JOIN LATERAL (SELECT 1 FROM integration.outbox o
+                       WHERE o.endpoint_id = e.id AND o.status = 'pending'
+                         AND o.next_attempt_at <= now()
+                         AND (o.leased_until IS NULL OR o.leased_until <= now())
+                       ORDER BY o.next_attempt_at
+                       LIMIT 1) due
+ WHERE e.disabled_at IS NULL";
+
 impl DeliveryPool {
     pub fn new(pool: PgPool, client: WebhookClient, config: DeliveryConfig) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -307,16 +323,9 @@ impl DeliveryPool {
     /// The active endpoints with a delivery due and not leased (perhaps one that waits for
     /// an earlier delivery of its aggregate: its driver finds out).
     async fn due_endpoints(&self) -> Result<Vec<Uuid>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT e.id FROM integration.endpoints e
-              WHERE e.disabled_at IS NULL
-                AND EXISTS (SELECT 1 FROM integration.outbox o
-                             WHERE o.endpoint_id = e.id AND o.status = 'pending'
-                               AND o.next_attempt_at <= now()
-                               AND (o.leased_until IS NULL OR o.leased_until <= now()))",
-        )
-        .fetch_all(&self.pool)
-        .await
+        sqlx::query_scalar(DUE_ENDPOINTS)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// One round, for tests: claim what is due at every endpoint, send it and record it
