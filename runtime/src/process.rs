@@ -116,11 +116,19 @@ impl ProcessRoles {
     }
 }
 
+/// How many times its own duration a periodic side task waits between runs at least: it
+/// takes a twentieth of a core at most, whatever it reads. A gauge that counts a backlog
+/// (pending webhook deliveries behind an endpoint that never answers: 0.1 s per count at
+/// 200,000, and it grows with the outage) then reports less often instead of taking ever
+/// more of the cores the commands use.
+pub const SIDE_TASK_SPACING: u32 = 20;
+
 /// Run `task` now and then every `period` until `shutdown` turns true (or its sender is
 /// gone): the side task of a loop (a table's statistics, its gauges) that waits on the
-/// database and must not hold the loop meanwhile. Runs never overlap: one that outlasts the
-/// period delays the next rather than queueing runs behind it. A run in flight at shutdown
-/// finishes, so its connection goes back to the pool between statements, not during one.
+/// database and must not hold the loop meanwhile. Runs never overlap, and a run that took
+/// longer than a [`SIDE_TASK_SPACING`]th of the period delays the next to that many times
+/// its duration after its start. A run in flight at shutdown finishes, so its connection
+/// goes back to the pool between statements, not during one.
 pub async fn every<F, Fut>(
     period: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -129,11 +137,12 @@ pub async fn every<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
+        let started = tokio::time::Instant::now();
+        task().await;
+        let next = started + period.max(started.elapsed() * SIDE_TASK_SPACING);
         tokio::select! {
-            _ = tick.tick() => task().await,
+            _ = tokio::time::sleep_until(next) => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -183,6 +192,36 @@ mod tests {
             .unwrap();
         assert_eq!(overlapped.load(Ordering::SeqCst), 0, "runs overlapped");
         assert_eq!(running.load(Ordering::SeqCst), 0, "a run was cut short");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_waits_twenty_times_a_long_run_and_the_period_after_a_short_one() {
+        let (_stop, shutdown) = watch::channel(false);
+        let (started, mut starts) = mpsc::unbounded_channel();
+        let run = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(every(Duration::from_millis(100), shutdown, move || {
+            let (run, started) = (run.clone(), started.clone());
+            async move {
+                let _ = started.send(tokio::time::Instant::now());
+                // Runs of 50 ms (a backlog to count), then of 1 ms.
+                let n = run.fetch_add(1, Ordering::SeqCst);
+                let took = if n < 2 { 50 } else { 1 };
+                tokio::time::sleep(Duration::from_millis(took)).await;
+            }
+        }));
+        let mut at = Vec::new();
+        for _ in 0..4 {
+            at.push(starts.recv().await.expect("every stopped running its task"));
+        }
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            gaps,
+            [
+                Duration::from_millis(1000),
+                Duration::from_millis(1000),
+                Duration::from_millis(100)
+            ]
+        );
     }
 
     #[tokio::test]
