@@ -118,9 +118,8 @@ impl ProcessRoles {
 
 /// How many times its own duration a periodic side task waits between runs at least: it
 /// takes a twentieth of a core at most, whatever it reads. A gauge that counts a backlog
-/// (pending webhook deliveries behind an endpoint that never answers: 0.1 s per count at
-/// 200,000, and it grows with the outage) then reports less often instead of taking ever
-/// more of the cores the commands use.
+/// (mail waiting for an SMTP server that does not answer: it grows with the outage) then
+/// reports less often instead of taking ever more of the cores the commands use.
 pub const SIDE_TASK_SPACING: u32 = 20;
 
 /// Run `task` now and then every `period` until `shutdown` turns true (or its sender is

@@ -76,22 +76,23 @@ pub struct WorkerList {
 
 /// The outbox of `worker`, if it has one.
 ///
-/// Neither reads the history it counts: pending rows are counted through partial indexes,
-/// sent mail and settled webhooks from totals kept as rows change (migrations 0173, 0175;
-/// [`crate::notification::QUEUE`]).
+/// Neither reads the history it counts: pending mail is counted through a partial index,
+/// sent mail and every webhook count from totals kept as rows change (migrations 0173,
+/// 0175, 0178; [`crate::notification::QUEUE`], [`crate::integration::endpoints::VIEW`]).
 async fn outbox(pool: &PgPool, worker: Worker) -> Result<Option<OutboxStatus>, sqlx::Error> {
+    let integration;
     let query = match worker {
         Worker::Notification => crate::notification::QUEUE,
         Worker::Integration => {
-            "SELECT waiting.pending, waiting.oldest_pending_seconds,
-                    coalesce((SELECT sum(n) FROM integration.outbox_totals
-                               WHERE status = 'delivered'), 0)::int8 AS done,
-                    coalesce((SELECT sum(n) FROM integration.outbox_totals
-                               WHERE status = 'failed'), 0)::int8 AS failed
-               FROM (SELECT count(*) AS pending,
-                            coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-                                AS oldest_pending_seconds
-                       FROM integration.outbox WHERE status = 'pending') waiting"
+            integration = format!(
+                "SELECT coalesce(sum(v.pending), 0)::int8 AS pending,
+                    coalesce(max(v.oldest_pending_seconds), 0)::float8 AS oldest_pending_seconds,
+                    coalesce(sum(v.delivered), 0)::int8 AS done,
+                    coalesce(sum(v.failed), 0)::int8 AS failed
+               FROM ({}) v",
+                crate::integration::endpoints::VIEW
+            );
+            &integration
         }
         Worker::Analytics => return Ok(None),
     };

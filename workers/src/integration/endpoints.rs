@@ -64,9 +64,11 @@ pub struct EndpointUpdate {
     pub channel: Option<Option<String>>,
 }
 
-/// An endpoint with its deliveries' counts: the pending ones (the backlog) through the
-/// outbox's pending indexes, the settled ones from the totals kept as deliveries change
-/// (migration 0175), never by reading the deliveries kept for the retention window.
+/// An endpoint with its deliveries' counts, from the totals kept as deliveries change
+/// (migrations 0175, 0178), and the age of its oldest pending delivery, one probe of
+/// `outbox_pending_since`: never by reading the deliveries kept for the retention window,
+/// nor the backlog behind an endpoint that does not answer. The workers' page and the
+/// delivery pool's gauges read it too.
 pub const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.channel,
         CASE WHEN e.disabled_at IS NOT NULL THEN 'disabled'
              WHEN e.failing_since IS NOT NULL THEN 'failing'
@@ -74,18 +76,18 @@ pub const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.chan
         e.failing_since, e.disabled_at, e.disabled_reason,
         CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_until END
             AS previous_secret_until,
-        waiting.pending, waiting.oldest_pending_seconds,
+        coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
+                   WHERE t.endpoint_id = e.id AND t.status = 'pending'), 0)::int8 AS pending,
+        coalesce(extract(epoch FROM now() - (
+            SELECT o.created_at FROM integration.outbox o
+             WHERE o.endpoint_id = e.id AND o.status = 'pending'
+             ORDER BY o.created_at LIMIT 1))::float8, 0) AS oldest_pending_seconds,
         coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
                    WHERE t.endpoint_id = e.id AND t.status = 'delivered'), 0)::int8 AS delivered,
         coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
                    WHERE t.endpoint_id = e.id AND t.status = 'failed'), 0)::int8 AS failed,
         e.created_at, e.updated_at
-   FROM integration.endpoints e
-  CROSS JOIN LATERAL (
-        SELECT count(*) AS pending,
-               coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
-                   AS oldest_pending_seconds
-          FROM integration.outbox o WHERE o.endpoint_id = e.id AND o.status = 'pending') waiting";
+   FROM integration.endpoints e";
 
 /// Register an endpoint for the events of `channel` (`None`: every channel's); returns its
 /// id and its signing secret.

@@ -118,8 +118,7 @@ const OUTBOX: &str = "integration.outbox";
 /// their own, so the pool starts drivers meanwhile.
 const STATISTICS_EVERY: Duration = Duration::from_secs(1);
 /// How often the pool exports its gauges ([`DeliveryPool::export_gauges`]), in a task of
-/// their own: counting a large backlog reads much of the outbox (60 ms for 200,000 pending
-/// deliveries), and the loop starts drivers meanwhile.
+/// their own, so that a slow read of them never holds the loop.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// The pool's look for work, every `poll`: the active endpoints with a delivery due and not
@@ -491,16 +490,10 @@ impl DeliveryPool {
 
     /// Per endpoint: deliveries pending, the oldest one's age, and the state.
     async fn export_gauges(pool: PgPool) {
-        let rows: Result<Vec<(Uuid, String, i64, f64)>, sqlx::Error> = sqlx::query_as(
-            "SELECT e.id,
-                    CASE WHEN e.disabled_at IS NOT NULL THEN 'disabled'
-                         WHEN e.failing_since IS NOT NULL THEN 'failing' ELSE 'active' END,
-                    count(o.id),
-                    coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
-               FROM integration.endpoints e
-               LEFT JOIN integration.outbox o ON o.endpoint_id = e.id AND o.status = 'pending'
-              GROUP BY e.id",
-        )
+        let rows: Result<Vec<(Uuid, String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
+            "SELECT v.id, v.state, v.pending, v.oldest_pending_seconds FROM ({}) v",
+            super::endpoints::VIEW
+        ))
         .fetch_all(&pool)
         .await;
         let Ok(rows) = rows else { return };
