@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::setup;
 use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
-use crate::workers::{rows_read, worker_status};
+use crate::workers::{rows_read, rows_read_by, worker_status};
 
 /// A TCP listener that accepts connections, reads nothing and never answers: the partner
 /// that hangs. Counts the connections it holds.
@@ -691,14 +691,7 @@ async fn webhook_counts_are_kept_as_deliveries_change_and_read_only_the_oldest_p
     );
     // Every endpoint, as the workers' page and the pool's gauges read them: the oldest
     // pending delivery of each, no more.
-    let explained: Value = sqlx::query_scalar(&format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-        integration::endpoints::VIEW
-    ))
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let read = rows_read(&explained[0]["Plan"], "outbox");
+    let (read, explained) = rows_read_by(&app.pool, integration::endpoints::VIEW, "outbox").await;
     assert!(
         read <= 1.0,
         "showing every endpoint read {read} deliveries, 12 of them pending: {explained}"
@@ -799,14 +792,8 @@ async fn looking_for_due_endpoints_reads_a_handful_of_rows_whatever_the_backlog(
             .await
             .unwrap();
         assert_eq!(due, [uuid::Uuid::parse_str(&stuck).unwrap()]);
-        let explained: Value = sqlx::query_scalar(&format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-            integration::pool::DUE_ENDPOINTS
-        ))
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        let read = rows_read(&explained[0]["Plan"], "outbox");
+        let (read, explained) =
+            rows_read_by(&app.pool, integration::pool::DUE_ENDPOINTS, "outbox").await;
         assert!(
             read < 100.0,
             "analyzed: {analyzed}; looking for due endpoints read {read} outbox rows of a 10,000-row backlog: {explained}"

@@ -38,6 +38,21 @@ pub(crate) fn rows_read(plan: &serde_json::Value, relation: &str) -> f64 {
     here + below
 }
 
+/// `sql` (a statement without parameters) run under `EXPLAIN (ANALYZE, FORMAT JSON)`: the
+/// rows of `relation` it read ([`rows_read`]), and the plan, to show when they are too many.
+pub(crate) async fn rows_read_by(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    relation: &str,
+) -> (f64, serde_json::Value) {
+    let explained: serde_json::Value =
+        sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (rows_read(&explained[0]["Plan"], relation), explained)
+}
+
 /// One worker's row of `GET /v1/workers` (asked as an admin; a 200 is required).
 pub(crate) async fn worker_status(app: &crate::helpers::TestApp, name: &str) -> serde_json::Value {
     let status = app.get(ordo_api::Role::Admin, "/v1/workers").await;

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::nats::{setup, Setup};
-use crate::workers::{rows_read, worker_status};
+use crate::workers::{rows_read_by, worker_status};
 
 // ---------------------------------------------------------------- an SMTP sink
 
@@ -707,14 +707,12 @@ async fn the_mail_queue_status_counts_sent_mail_without_reading_it() {
     assert!(outbox["oldest_pending_seconds"].as_f64().unwrap() >= 0.0);
 
     run("ANALYZE notification.notifications").await;
-    let explained: Value = sqlx::query_scalar(&format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-        ordo_workers::notification::QUEUE
-    ))
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let read = rows_read(&explained[0]["Plan"], "notifications");
+    let (read, explained) = rows_read_by(
+        &app.pool,
+        ordo_workers::notification::QUEUE,
+        "notifications",
+    )
+    .await;
     assert!(
         read <= 9.0,
         "the mail queue's counts read {read} notifications of 5,000, 9 of them pending or failed: {explained}"
