@@ -589,9 +589,9 @@ fn new_event<E: DomainEvent>(
 ///
 /// Not from inside the appending transaction: a transaction that sends NOTIFY holds a
 /// database-wide lock through its commit, which would queue every command's commit behind
-/// the previous one. Instead one task sends NOTIFY after commits, one at a time; commits
-/// made while one is in flight share the next. Readers also poll, so a lost wake-up only
-/// delays.
+/// the previous one. Instead one task sends NOTIFY after commits, one at a time and at most
+/// one per [`WAKE_SPACING`]; commits made meanwhile share the next. Readers also poll, so a
+/// lost wake-up only delays.
 pub struct Wake {
     known: KnownHead,
     shared: Option<std::sync::Arc<WakeShared>>,
@@ -601,6 +601,16 @@ struct WakeShared {
     signal: tokio::sync::Notify,
     closed: std::sync::atomic::AtomicBool,
 }
+
+/// The least time from one wake-up of other processes' readers to the next. A NOTIFY is a
+/// transaction of its own, and PostgreSQL signals every backend listening in the database
+/// (a process has up to three: the feed's, read-your-writes' and key revocations'), each of
+/// which reads the queue in a transaction of its own. Under load the appender commits every
+/// millisecond or two, and a wake-up per commit made PostgreSQL run about as many
+/// transactions again as the commands themselves. Readers in this process do not wait for
+/// it (the known head wakes them); a reader in another process learns of a commit at most
+/// this much later, and an idle one at once.
+pub const WAKE_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Wake {
     fn start(pool: &PgPool) -> Self {
@@ -622,6 +632,7 @@ impl Wake {
                 if task.closed.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
+                let sent = tokio::time::Instant::now();
                 if let Err(e) = sqlx::query("SELECT pg_notify('ordo_events', $1)")
                     .bind(head.get().to_string())
                     .execute(&pool)
@@ -629,6 +640,8 @@ impl Wake {
                 {
                     tracing::debug!(error = %e, "could not wake feed readers; they will poll");
                 }
+                // Commits made meanwhile leave one permit, and share the next wake-up.
+                tokio::time::sleep_until(sent + WAKE_SPACING).await;
             }
         });
         Self {

@@ -596,6 +596,55 @@ async fn two_processes_append_while_a_reader_sees_every_event_once_in_order() {
     app.assert_chain_intact().await;
 }
 
+/// Other processes' readers are woken by `NOTIFY ordo_events` at most once per
+/// `WAKE_SPACING`, however often the appender commits, and the last commit is always
+/// announced: commits made while a wake-up is spaced share the next one.
+#[tokio::test]
+async fn wake_ups_of_other_processes_are_spaced_and_the_last_commit_is_always_announced() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener.listen(feed::CHANNEL).await.unwrap();
+    let store = EventStore::new(app.pool.clone());
+    const APPENDS: usize = 200;
+
+    // One append at a time: each commits alone, a millisecond or two apart.
+    let started = std::time::Instant::now();
+    let mut head = 0;
+    for i in 0..APPENDS {
+        match store
+            .appender()
+            .append(probe(&format!("wake-{i}"), 0, 1))
+            .await
+            .unwrap()
+        {
+            Appended::Committed { position, .. } => head = position,
+            other => panic!("append {i}: {other:?}"),
+        }
+    }
+
+    let mut positions = Vec::new();
+    while positions.last() != Some(&head) {
+        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("the last commit announced within 10 s")
+            .unwrap();
+        positions.push(notification.payload().parse::<i64>().unwrap());
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "announced heads only rise: {positions:?}"
+    );
+    let most = (elapsed.as_micros() / ordo_commands::store::WAKE_SPACING.as_micros()) as usize + 1;
+    assert!(
+        positions.len() <= most,
+        "{} wake-ups for {APPENDS} commits in {elapsed:?}: at most {most}",
+        positions.len()
+    );
+}
+
 /// A write transaction left open on the server (in this database and another) does not hold
 /// back the projections: a read of your write answers at once, not after the wait.
 #[tokio::test]
