@@ -633,9 +633,11 @@ async fn wake_ups_of_other_processes_are_spaced_and_the_last_commit_is_always_an
         positions.push(notification.payload().parse::<i64>().unwrap());
     }
     let elapsed = started.elapsed();
+    // Never falling, though two may carry the same head: a wake-up can read a head whose
+    // commit's own signal arrives just after and leaves a permit.
     assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "announced heads only rise: {positions:?}"
+        positions.windows(2).all(|w| w[0] <= w[1]),
+        "announced heads never fall: {positions:?}"
     );
     let most = (elapsed.as_micros() / ordo_commands::store::WAKE_SPACING.as_micros()) as usize + 1;
     assert!(
