@@ -76,18 +76,19 @@ pub const VIEW: &str = "SELECT e.id, e.url, e.event_types, e.description, e.chan
         e.failing_since, e.disabled_at, e.disabled_reason,
         CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_until END
             AS previous_secret_until,
-        coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
-                   WHERE t.endpoint_id = e.id AND t.status = 'pending'), 0)::int8 AS pending,
+        totals.pending,
         coalesce(extract(epoch FROM now() - (
             SELECT o.created_at FROM integration.outbox o
              WHERE o.endpoint_id = e.id AND o.status = 'pending'
              ORDER BY o.created_at LIMIT 1))::float8, 0) AS oldest_pending_seconds,
-        coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
-                   WHERE t.endpoint_id = e.id AND t.status = 'delivered'), 0)::int8 AS delivered,
-        coalesce((SELECT sum(t.n) FROM integration.outbox_totals t
-                   WHERE t.endpoint_id = e.id AND t.status = 'failed'), 0)::int8 AS failed,
+        totals.delivered, totals.failed,
         e.created_at, e.updated_at
-   FROM integration.endpoints e";
+   FROM integration.endpoints e
+  CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.n) FILTER (WHERE t.status = 'pending'), 0)::int8 AS pending,
+               coalesce(sum(t.n) FILTER (WHERE t.status = 'delivered'), 0)::int8 AS delivered,
+               coalesce(sum(t.n) FILTER (WHERE t.status = 'failed'), 0)::int8 AS failed
+          FROM integration.outbox_totals t WHERE t.endpoint_id = e.id) totals";
 
 /// Register an endpoint for the events of `channel` (`None`: every channel's); returns its
 /// id and its signing secret.
