@@ -217,7 +217,7 @@ awk -v o1="$rate" -v o2="$rate_again" -v p1="$pg_before" -v p2="$pg_after" -v k=
 function drift(a, b,   d) {
     d = 100 * (b - a) / a
     return sprintf("%.0f/s and %.0f/s (%+.0f %%)%s", a, b, d,
-        (d > 10 || d < -10) ? "; the machine changed speed during the run: compare with care" : "")
+        (d > 10 || d < -10) ? "; more than 10 % apart: the machine or Ordo changed speed during the run, compare with care" : "")
 }
 BEGIN {
     o = (o1 + o2) / 2
