@@ -18,6 +18,7 @@
 #   BUILD=0 scripts/bench.sh                   # the release binaries as they are, unbuilt
 #   BUILD=0 ORDO=/tmp/ordo-before scripts/bench.sh   # another build of ordo (A/B comparisons)
 #   HANGING_WEBHOOK=1 scripts/bench.sh         # with a webhook endpoint that never answers
+#   ORDO_ROLES=api,projector scripts/bench.sh  # fewer roles in the process (the targets name all)
 #
 # Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, JetStream streams
 # ORDO_BENCH_<pid>*, and ports 18088-18089.
@@ -97,6 +98,12 @@ for i in {1..300}; do
     sleep 0.1
 done
 
+# The roles the server runs, as /readyz lists them (its body says so whether ready or not).
+READY=$(curl -sS "$URL/readyz")
+jq -e '.roles | length > 0' <<<"$READY" >/dev/null 2>&1 || {
+    echo "bench: /readyz lists no roles: $READY" >&2
+    exit 1
+}
 ADMIN=$("$ORDO" keys create --role admin --name bench-admin)
 if [[ -n "$HANG_PID" ]]; then
     curl -fsS -o /dev/null "$URL/v1/webhooks" -H "authorization: Bearer $ADMIN" \
@@ -110,6 +117,7 @@ pg=$(psql_admin -Atc "select current_setting('server_version') || ', fsync ' || 
 echo "machine: ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM"
 echo "postgres: $pg"
 echo "ordo: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)'), release build"
+echo "roles: $(jq -r '.roles | keys | join(", ")' <<<"$READY")"
 
 # PostgreSQL's own rate for the same kind of write: one-row inserts, one commit each, from
 # 32 clients, on the same server in the same run; timed before Ordo's runs and again after
@@ -149,12 +157,22 @@ downstream() {
         jq '[.items[] | (.pending // 0) + (.in_flight // 0)] | add')
 }
 
+# Whether `ordo serve` runs a role whose name starts with $1 (say `relay`, `worker.`): with
+# ORDO_ROLES naming fewer roles, the backlogs of the others only grow.
+runs() {
+    jq -e --arg p "$1" '.roles | keys | any(startswith($p))' <<<"$READY" >/dev/null
+}
+
 # Before each run, wait (at most 120 s) until every read model, the relay and every worker
-# have caught up with the log, so that no run pays for the backlog of the one before.
+# that runs have caught up with the log, so that no run pays for the backlog of the one
+# before.
 settle() {
     local i projections relay workers
     for ((i = 0; i < 1200; i++)); do
         downstream
+        runs projector. || projections=0
+        runs relay || relay=0
+        runs worker. || workers=0
         if [[ "$projections" == 0 && "$relay" =~ ^0(\.0*)?$ && "$workers" == 0 ]]; then
             # The same start for every run: the previous run's garbage vacuumed, statistics
             # fresh, and no checkpoint of its writes falling into the next run.
@@ -176,8 +194,12 @@ settle() {
 left_behind() {
     local projections relay workers
     downstream
-    echo "left downstream when the load stopped: read models $projections events," \
-        "relay $relay events, workers $workers messages"
+    projections="$projections events" relay="$relay events" workers="$workers messages"
+    runs projector. || projections="not running"
+    runs relay || relay="not running"
+    runs worker. || workers="not running"
+    echo "left downstream when the load stopped: read models $projections," \
+        "relay $relay, workers $workers"
 }
 
 # One run after the last one's backlog: its heading, then its report, printed and kept in
