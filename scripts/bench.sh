@@ -145,23 +145,37 @@ place_order() {
 }
 field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -n 1; }
 
-# The backlog downstream of the log, into three variables: events the read models have still
-# to apply, events the relay has still to publish (its gauge on /metrics), messages the
-# workers have still to handle.
-downstream() {
-    projections=$(curl -fsS "$URL/v1/projections" -H "authorization: Bearer $ADMIN" |
-        jq '[.items[].lag_events] | add')
-    relay=$(curl -fsS "$URL/metrics" | sed -n 's/^ordo_relay_lag_events \([0-9.e+]*\).*/\1/p')
-    relay=${relay:-unknown}
-    workers=$(curl -fsS "$URL/v1/workers" -H "authorization: Bearer $ADMIN" |
-        jq '[.items[] | (.pending // 0) + (.in_flight // 0)] | add')
-}
-
-# Whether `ordo serve` runs a role whose name starts with $1 (say `relay`, `worker.`): with
-# ORDO_ROLES naming fewer roles, the backlogs of the others only grow.
+# Which downstream roles the server runs (a role name starting with $1, as /readyz lists
+# them): with ORDO_ROLES naming fewer roles, the backlogs of the others only grow, so they
+# are neither read nor waited for.
 runs() {
     jq -e --arg p "$1" '.roles | keys | any(startswith($p))' <<<"$READY" >/dev/null
 }
+runs projector. && RUNS_PROJECTOR=1 || RUNS_PROJECTOR=0
+runs relay && RUNS_RELAY=1 || RUNS_RELAY=0
+runs worker. && RUNS_WORKERS=1 || RUNS_WORKERS=0
+
+# The backlog downstream of the log, into three variables: events the read models have still
+# to apply, events the relay has still to publish (its gauge on /metrics), messages the
+# workers have still to handle; `none` for a role the server does not run.
+downstream() {
+    projections=none relay=none workers=none
+    if ((RUNS_PROJECTOR)); then
+        projections=$(curl -fsS "$URL/v1/projections" -H "authorization: Bearer $ADMIN" |
+            jq '[.items[].lag_events] | add')
+    fi
+    if ((RUNS_RELAY)); then
+        relay=$(curl -fsS "$URL/metrics" | sed -n 's/^ordo_relay_lag_events \([0-9.e+]*\).*/\1/p')
+        relay=${relay:-unknown}
+    fi
+    if ((RUNS_WORKERS)); then
+        workers=$(curl -fsS "$URL/v1/workers" -H "authorization: Bearer $ADMIN" |
+            jq '[.items[] | (.pending // 0) + (.in_flight // 0)] | add')
+    fi
+}
+
+# Whether a backlog from `downstream` is caught up (empty, or its role does not run).
+caught_up() { [[ "$1" == none || "$1" =~ ^0(\.0*)?$ ]]; }
 
 # Before each run, wait (at most 120 s) until every read model, the relay and every worker
 # that runs have caught up with the log, so that no run pays for the backlog of the one
@@ -170,10 +184,7 @@ settle() {
     local i projections relay workers
     for ((i = 0; i < 1200; i++)); do
         downstream
-        runs projector. || projections=0
-        runs relay || relay=0
-        runs worker. || workers=0
-        if [[ "$projections" == 0 && "$relay" =~ ^0(\.0*)?$ && "$workers" == 0 ]]; then
+        if caught_up "$projections" && caught_up "$relay" && caught_up "$workers"; then
             # The same start for every run: the previous run's garbage vacuumed, statistics
             # fresh, and no checkpoint of its writes falling into the next run.
             psql_admin -d "$DB" -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
@@ -188,18 +199,17 @@ settle() {
     exit 1
 }
 
+# A backlog from `downstream` in words: "$1 $2", or "not running".
+backlog() { if [[ "$1" == none ]]; then echo "not running"; else echo "$1 $2"; fi; }
+
 # What a run left downstream the moment its load stopped. A rate bought by letting the
 # read models, the relay or the workers fall behind shows here (and grows with the run's
 # length), not in the rate.
 left_behind() {
     local projections relay workers
     downstream
-    projections="$projections events" relay="$relay events" workers="$workers messages"
-    runs projector. || projections="not running"
-    runs relay || relay="not running"
-    runs worker. || workers="not running"
-    echo "left downstream when the load stopped: read models $projections," \
-        "relay $relay, workers $workers"
+    echo "left downstream when the load stopped: read models $(backlog "$projections" events)," \
+        "relay $(backlog "$relay" events), workers $(backlog "$workers" messages)"
 }
 
 # One run after the last one's backlog: its heading, then its report, printed and kept in
