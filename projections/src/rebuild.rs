@@ -17,8 +17,8 @@
 //! rolling deploy the newer processes build and swap, the older ones keep serving until the
 //! swap and then stand down.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -38,6 +38,9 @@ pub struct Rebuilder {
     keys: Keyring,
     config: RunnerConfig,
     versions: HashMap<Projection, Version>,
+    /// The read models whose live tables and checkpoint row this rebuilder has made sure
+    /// of: once per process, not every round (see [`Rebuilder::prepare_once`]).
+    prepared: Mutex<HashSet<(Projection, Version)>>,
 }
 
 /// One read model being rebuilt here: its lock and where its shadow tables are.
@@ -62,6 +65,7 @@ impl Rebuilder {
                 .into_iter()
                 .map(|p| (p, p.version()))
                 .collect(),
+            prepared: Mutex::default(),
         }
     }
 
@@ -75,6 +79,26 @@ impl Rebuilder {
     pub fn with_version(mut self, projection: Projection, version: Version) -> Self {
         self.versions.insert(projection, version);
         self
+    }
+
+    /// Create the live tables and the checkpoint row of `projection` if they are missing,
+    /// the first round only. Every round (one a second) it took a SHARE lock on each read
+    /// model table, as `CREATE INDEX IF NOT EXISTS` does even for an index that exists:
+    /// that lock queued behind any VACUUM or ANALYZE of the table, and the read model's
+    /// writes queued behind it, so reads of your writes waited out the vacuum. A swap
+    /// brings its tables with their indexes, so once made sure of, they stay.
+    async fn prepare_once(
+        &self,
+        projection: Projection,
+        version: Version,
+    ) -> Result<(), sqlx::Error> {
+        let prepared = || self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if prepared().contains(&(projection, version)) {
+            return Ok(());
+        }
+        prepare_version(&self.pool, projection, version).await?;
+        prepared().insert((projection, version));
+        Ok(())
     }
 
     fn version(&self, projection: Projection) -> Version {
@@ -112,7 +136,7 @@ impl Rebuilder {
         let mut jobs = Vec::new();
         for projection in Projection::ALL {
             let version = self.version(projection);
-            prepare_version(&self.pool, projection, version).await?;
+            self.prepare_once(projection, version).await?;
             request_if_outdated(&self.pool, projection, version).await?;
             if let Some(job) = self.take(projection, version).await? {
                 jobs.push(job);

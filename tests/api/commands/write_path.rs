@@ -689,6 +689,49 @@ async fn a_transaction_left_open_on_the_server_does_not_hold_back_reads_of_your_
         .unwrap();
 }
 
+/// A `VACUUM` or `ANALYZE` of a read model's table (its lock, SHARE UPDATE EXCLUSIVE, held
+/// open here) does not hold back reads of your writes: nothing Ordo runs while it serves
+/// queues a lock that such a lock holds up. Before, the rebuild role ran every read model's
+/// DDL each second, and its `CREATE INDEX IF NOT EXISTS` (a SHARE lock, even on an index
+/// that exists) waited behind the vacuum, the read model's own writes behind it.
+#[tokio::test]
+async fn a_vacuum_of_a_read_model_table_does_not_hold_back_reads_of_your_writes() {
+    let app = spawn_app_with(|c| c.read_wait_secs = 5).await;
+    let customer = app.register_customer().await;
+    let mut vacuum = ordo_commands::db::begin(&app.pool).await.unwrap();
+    sqlx::query("LOCK TABLE projections.orders IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *vacuum)
+        .await
+        .unwrap();
+
+    // Long enough for several rounds of the rebuild role (one a second).
+    let started = std::time::Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(3) || reads < 5 {
+        let placed = app
+            .post(Storefront, "/v1/orders", order_body(&customer))
+            .await;
+        placed.assert_status(201);
+        let position = placed.body["position"].as_i64().unwrap();
+        app.get(
+            Storefront,
+            &format!("/v1/orders/{}?min_position={position}", placed.id()),
+        )
+        .await
+        .assert_status(200);
+        reads += 1;
+    }
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND database = (
+             SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 0, "no lock waits behind the vacuum's");
+    vacuum.rollback().await.unwrap();
+}
+
 /// An order placed, with `payments` payments created for it.
 async fn order_with_payments(app: &TestApp, payments: i64) -> String {
     let customer = app.register_customer().await;
