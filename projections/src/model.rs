@@ -207,6 +207,25 @@ impl Projection {
         self.template().replace("{schema}", schema)
     }
 
+    /// Every table and index the DDL creates, each as `schema.name`: what is already there
+    /// when none is missing, so the DDL need not run (see `runner::prepare`).
+    pub fn relations(self, schema: &str) -> Vec<String> {
+        self.template()
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start();
+                if let Some(table) = line.strip_prefix("CREATE TABLE IF NOT EXISTS {schema}.") {
+                    let name = table.split([' ', '(']).next()?;
+                    Some(format!("{schema}.{name}"))
+                } else {
+                    let index = line.strip_prefix("CREATE INDEX IF NOT EXISTS ")?;
+                    let name = index.split(' ').next()?;
+                    Some(format!("{schema}.{name}"))
+                }
+            })
+            .collect()
+    }
+
     /// The tables with their primary keys only: a bulk load fills them, then
     /// [`Projection::index_ddl`] adds the secondary indexes in one pass each.
     pub fn table_ddl(self, schema: &str) -> String {
@@ -281,5 +300,31 @@ mod tests {
         assert!(!indexes.contains("order_payments_by_order"));
         assert!(indexes.contains("orders_by_customer") && indexes.contains("orders_by_status"));
         assert!(!tables.contains("orders_by_customer"));
+    }
+
+    #[test]
+    fn relations_name_every_table_and_index_the_ddl_creates() {
+        for projection in Projection::ALL {
+            let ddl = projection.ddl(LIVE);
+            let relations = projection.relations(LIVE);
+            let creates = ddl.matches("CREATE TABLE").count() + ddl.matches("CREATE INDEX").count();
+            assert_eq!(relations.len(), creates, "{projection:?}: {relations:?}");
+            for relation in &relations {
+                let name = relation.strip_prefix("projections.").unwrap();
+                assert!(!name.contains(['.', ' ', '(', '{']), "{relation}");
+                assert!(ddl.contains(&format!(" {name} ")) || ddl.contains(&format!(".{name} ")));
+            }
+        }
+        assert_eq!(
+            Projection::Orders.relations(LIVE),
+            [
+                "projections.orders",
+                "projections.orders_by_customer",
+                "projections.orders_by_status",
+                "projections.orders_by_channel",
+                "projections.order_payments",
+                "projections.order_payments_by_order",
+            ]
+        );
     }
 }

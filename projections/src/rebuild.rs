@@ -82,11 +82,10 @@ impl Rebuilder {
     }
 
     /// Create the live tables and the checkpoint row of `projection` if they are missing,
-    /// the first round only. Every round (one a second) it took a SHARE lock on each read
-    /// model table, as `CREATE INDEX IF NOT EXISTS` does even for an index that exists:
-    /// that lock queued behind any VACUUM or ANALYZE of the table, and the read model's
-    /// writes queued behind it, so reads of your writes waited out the vacuum. A swap
-    /// brings its tables with their indexes, so once made sure of, they stay.
+    /// in the first round only: a swap brings its tables with their indexes, so once made
+    /// sure of, they stay. Each round (one a second) used to run the read models' DDL,
+    /// whose SHARE locks queued behind any VACUUM of their tables, the read models' writes
+    /// behind them (now `prepare_version` runs the DDL only when something is missing).
     async fn prepare_once(
         &self,
         projection: Projection,

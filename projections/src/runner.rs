@@ -69,7 +69,8 @@ pub struct Runner {
 }
 
 /// Create the live tables and the checkpoint row if they are missing (a fresh checkpoint
-/// records `version` as the one building the tables).
+/// records `version` as the one building the tables). Takes no lock on tables that are
+/// there with every index, so it never waits behind a VACUUM.
 pub async fn prepare(pool: &PgPool, projection: Projection) -> Result<(), sqlx::Error> {
     prepare_version(pool, projection, projection.version()).await
 }
@@ -79,7 +80,18 @@ pub(crate) async fn prepare_version(
     projection: Projection,
     version: Version,
 ) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(&projection.ddl(LIVE)).execute(pool).await?;
+    // `CREATE INDEX IF NOT EXISTS` takes a SHARE lock on its table even when the index
+    // exists: it would queue behind any VACUUM or ANALYZE of the table, and the read model's
+    // writes behind it. So the DDL runs only when something it creates is missing.
+    let missing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) AS r (name) WHERE to_regclass(name) IS NULL",
+    )
+    .bind(projection.relations(LIVE))
+    .fetch_one(pool)
+    .await?;
+    if missing > 0 {
+        sqlx::raw_sql(&projection.ddl(LIVE)).execute(pool).await?;
+    }
     sqlx::query(
         "INSERT INTO projections.checkpoints (name, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )

@@ -740,3 +740,38 @@ async fn the_consistency_check_finds_a_tampered_read_model() {
     assert_eq!(mismatches[0].table, "orders");
     assert_eq!(mismatches[0].field, "total");
 }
+
+/// Preparing a read model whose tables and indexes are all there takes no lock on them, so
+/// it never waits behind a VACUUM or ANALYZE (their lock, held open here), nor holds up the
+/// read model's writes that would queue behind it; an index that is missing is created.
+#[tokio::test]
+async fn preparing_a_read_model_waits_for_no_vacuum_and_creates_what_is_missing() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let prepare = || ordo_projections::runner::prepare(&app.pool, Projection::Orders);
+    prepare().await.unwrap();
+
+    let mut vacuum = ordo_commands::db::begin(&app.pool).await.unwrap();
+    sqlx::query(
+        "LOCK TABLE projections.orders, projections.order_payments IN SHARE UPDATE EXCLUSIVE MODE",
+    )
+    .execute(&mut *vacuum)
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), prepare())
+        .await
+        .expect("prepared within 10 s while a vacuum's lock is held")
+        .unwrap();
+    vacuum.rollback().await.unwrap();
+
+    sqlx::query("DROP INDEX projections.orders_by_channel")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    prepare().await.unwrap();
+    let index: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('projections.orders_by_channel')::text")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(index.as_deref(), Some("projections.orders_by_channel"));
+}
