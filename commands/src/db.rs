@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transaction};
 
 /// Pool settings. `acquire_timeout` bounds how long a request waits for PostgreSQL before
 /// it is answered 503.
@@ -204,12 +204,7 @@ pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<boo
         return Ok(false);
     }
     let mut tx = begin(pool).await?;
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = {}",
-        ANALYZE_LOCK_TIMEOUT.as_millis()
-    ))
-    .execute(&mut *tx)
-    .await?;
+    lock_timeout(&mut tx, ANALYZE_LOCK_TIMEOUT).await?;
     // `table` is a name in Ordo's code, never input; regclass checked that it exists.
     match sqlx::query(&format!("ANALYZE {table}"))
         .execute(&mut *tx)
@@ -219,7 +214,7 @@ pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<boo
             tx.commit().await?;
             Ok(true)
         }
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+        Err(e) if is_lock_timeout(&e) => {
             tracing::debug!(table, "analyze skipped: another session holds the table");
             Ok(false)
         }
@@ -230,8 +225,28 @@ pub async fn analyze_if_behind(pool: &PgPool, table: &'static str) -> Result<boo
 /// How long [`analyze_if_behind`] waits for a table another session holds.
 pub const ANALYZE_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// `lock_not_available`: a `lock_timeout` ran out.
-const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// For the rest of the transaction on `conn`, a statement waits at most `timeout` for a
+/// lock, then fails ([`is_lock_timeout`]). For a statement whose lock would hold up others
+/// while it waits: a lock queued on a table holds up every later one that conflicts with
+/// it, so waiting long for an exclusive lock stalls even the table's readers.
+pub async fn lock_timeout(conn: &mut PgConnection, timeout: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SET LOCAL lock_timeout = {}", timeout.as_millis()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How long the swap of rebuilt tables (a read model's, analytics') waits for each live
+/// table. Dropping a table needs its exclusive lock, which waits for every transaction that
+/// read the table, and every later read of it queues behind that wait: an analyst's query of
+/// minutes would stall every read of the table as long. Past this the swap gives up, and is
+/// tried again a moment later.
+pub const SWAP_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Whether `error` is a [`lock_timeout`] that ran out (`lock_not_available`).
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
+}
 
 /// Keep `table`'s statistics current ([`analyze_if_behind`] every `every`) until `shutdown`
 /// turns true. Run it as a task of its own beside the loop that claims from `table`: an

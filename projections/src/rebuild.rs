@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::model::{decode_all, Decoded, Projection, Version, LIVE, SHADOW};
 use crate::runner::{last_checkpoint, prepare_version, record_error, RunnerConfig};
+use ordo_commands::db::{self, SWAP_LOCK_TIMEOUT};
 use ordo_commands::feed::{self, Checkpoint};
 use ordo_commands::leader::{self, Lock};
 use ordo_commands::privacy::Keyring;
@@ -268,7 +269,8 @@ impl Rebuilder {
     }
 
     /// Phases 2 and 3: indexes, catch-up, swap. `Ok(false)` if the rebuild is no longer
-    /// this job's (superseded, or failed on an event).
+    /// this job's (superseded, or failed on an event), or if a reader held the live tables
+    /// longer than [`SWAP_LOCK_TIMEOUT`]: the next round resumes and tries again.
     async fn finish(&self, job: &Job) -> Result<bool, sqlx::Error> {
         sqlx::raw_sql(&job.projection.index_ddl(SHADOW))
             .execute(&self.pool)
@@ -304,7 +306,17 @@ impl Rebuilder {
                 tx.commit().await?;
                 continue;
             }
-            swap(tx.as_mut(), job.projection).await?;
+            match swap(tx.as_mut(), job.projection).await {
+                Ok(()) => {}
+                Err(e) if db::is_lock_timeout(&e) => {
+                    tracing::info!(
+                        projection = job.projection.name(),
+                        "swap deferred: a reader holds the live tables; the next round tries again"
+                    );
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
             tx.commit().await?;
             tracing::info!(
                 projection = job.projection.name(),
@@ -486,8 +498,10 @@ async fn apply_or_record(
 }
 
 /// Replace the live tables with the shadow ones; the live checkpoint and version become the
-/// rebuild's.
+/// rebuild's. Fails with a lock timeout if a reader holds a table longer than
+/// [`SWAP_LOCK_TIMEOUT`].
 async fn swap(tx: &mut sqlx::PgConnection, projection: Projection) -> Result<(), sqlx::Error> {
+    db::lock_timeout(tx, SWAP_LOCK_TIMEOUT).await?;
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {LIVE}.{table}"))
             .execute(&mut *tx)

@@ -159,6 +159,61 @@ async fn a_version_bump_rebuilds_in_the_shadow_while_the_old_version_serves_unti
     }
 }
 
+/// A transaction that read a live table and stays open (an analyst's long query) does not
+/// stall the read model's reads when a rebuild comes to its swap: the swap waits only a
+/// moment for the table, gives up, and swaps in a later round, once the reader is done.
+/// Before, the swap's wait for the table's exclusive lock lasted as long as the reader, and
+/// every read of the table queued behind it.
+#[tokio::test]
+async fn a_long_reader_of_a_live_table_defers_the_swap_and_holds_up_no_read() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (stop, stopped) = watch::channel(false);
+    let tasks = spawn_runners(&app, 1, "v1", &stopped);
+    write_scenario(&app, 2).await;
+    let customer = app.register_customer().await;
+    let order = app.place_order(&customer).await;
+    wait_until_caught_up(&app).await;
+
+    let mut report = ordo_commands::db::begin(&app.pool).await.unwrap();
+    sqlx::query("SELECT count(*) FROM projections.orders")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+    assert!(request_if_outdated(&app.pool, Projection::Orders, 2)
+        .await
+        .unwrap());
+    let rebuilder = Rebuilder::new(app.pool.clone(), fast()).with_version(Projection::Orders, 2);
+    let round = tokio::time::timeout(Duration::from_secs(30), rebuilder.rebuild_once(&stopped))
+        .await
+        .expect("a round ends while the reader holds the table");
+    assert_eq!(
+        round.unwrap(),
+        0,
+        "no swap while the reader holds the table"
+    );
+    // Reads answer from version 1's tables meanwhile.
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.get(Storefront, &format!("/v1/orders/{order}")),
+    )
+    .await
+    .expect("a read answers while the reader holds the table");
+    read.assert_status(200);
+    let s = status::one(&app.pool, Projection::Orders).await.unwrap();
+    assert_eq!(s.version, 1);
+    assert_eq!(s.rebuild.as_ref().and_then(|r| r.version), Some(2));
+
+    report.rollback().await.unwrap();
+    assert_eq!(rebuilder.rebuild_once(&stopped).await.unwrap(), 1);
+    let s = status::one(&app.pool, Projection::Orders).await.unwrap();
+    assert_eq!(s.version, 2, "swapped once the reader was done");
+    assert!(s.rebuild.is_none());
+    stop.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Rebuilders killed at arbitrary moments (mid-load, mid-index, mid-swap) leave a rebuild
 /// that the next one resumes or restarts, ending equal to the fold.
 #[tokio::test]

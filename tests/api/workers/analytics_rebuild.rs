@@ -273,6 +273,60 @@ async fn a_killed_recompute_leaves_the_live_tables_serving_and_the_next_one_resu
     s.cleanup().await;
 }
 
+/// A transaction that read a live table and stays open (an analyst's long report) does not
+/// stall the analytics reads when a recompute comes to its swap: the swap waits only a
+/// moment for the table, gives up, and is tried again until the reader is done. Before, its
+/// wait for the table's exclusive lock lasted as long as the reader, every read behind it.
+#[tokio::test]
+async fn a_long_reader_of_a_live_table_defers_the_swap_and_holds_up_no_read() {
+    let (app, s, _runner) = counted_live(1).await;
+    let live = tables(&app).await;
+    let mut report = ordo_commands::db::begin(&app.pool).await.unwrap();
+    sqlx::query("SELECT count(*) FROM analytics.sales")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+
+    let pool = app.pool.clone();
+    let task = tokio::spawn(async move {
+        let (_stop, stopped) = watch::channel(false);
+        analytics::rebuild(&pool, 7, &stopped, |_| {}).await
+    });
+    // The swap has asked for the table the reader holds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks
+                             WHERE NOT granted AND relation = 'analytics.sales'::regclass)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recompute never came to its swap"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let read = tokio::time::timeout(Duration::from_secs(10), totals(&app))
+        .await
+        .expect("analytics answer while the reader holds the table");
+    assert_eq!(read, (2, 2 * 2999));
+    assert!(
+        !task.is_finished(),
+        "no swap while the reader holds the table"
+    );
+
+    report.rollback().await.unwrap();
+    let rebuilt = task.await.unwrap().unwrap();
+    assert_eq!(rebuilt.events, app.event_count().await);
+    assert_eq!(tables(&app).await, live);
+    s.cleanup().await;
+}
+
 /// A recompute in batches of two that fails half-way through its load, on a check the live
 /// rows were never held to, which the shadow tables (made like the live ones) enforce: the
 /// second order's sum breaks it. Returns its error and the batches it had written.

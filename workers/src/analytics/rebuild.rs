@@ -18,8 +18,9 @@
 //! untouched; the next one resumes from the position committed with its shadow rows.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use ordo_commands::db::{self, SWAP_LOCK_TIMEOUT};
 use ordo_commands::feed::{self, bulk, Checkpoint, FeedEvent, Want};
 use ordo_commands::leader;
 use sqlx::{PgConnection, PgPool};
@@ -204,22 +205,19 @@ async fn run(
             break;
         }
     }
-    let mut tx = ordo_commands::db::begin(pool).await?;
-    sqlx::query("SELECT FROM analytics.rebuild FOR UPDATE")
-        .execute(tx.as_mut())
-        .await?;
-    loop {
-        let batch = read_on(tx.as_mut(), position, batch_size).await?;
-        if batch.read == 0 {
-            break;
+    let skipped = loop {
+        if let Some(last) = last_events_and_swap(pool, position, batch_size).await? {
+            position = last.through;
+            read += last.read;
+            done += last.read;
+            break last.skipped;
         }
-        apply(tx.as_mut(), &batch).await?;
-        position = batch.through;
-        read += batch.read;
-        done += batch.read;
-    }
-    let skipped = swap(tx.as_mut(), position).await?;
-    tx.commit().await?;
+        tracing::info!("analytics swap deferred: a reader holds the live tables; trying again");
+        tokio::time::sleep(SWAP_RETRY).await;
+        if *shutdown.borrow() {
+            return Err(RebuildError::Stopped(position));
+        }
+    };
     report(done);
     tracing::info!(
         counted_through = position,
@@ -353,9 +351,58 @@ async fn apply(tx: &mut PgConnection, batch: &Batch) -> Result<(), RebuildError>
     Ok(())
 }
 
+/// How long a swap that a reader of the live tables held off waits before it is tried again.
+const SWAP_RETRY: Duration = Duration::from_secs(1);
+
+/// What the last transaction of a recompute applied and swapped in.
+struct Swapped {
+    through: i64,
+    read: i64,
+    skipped: i64,
+}
+
+/// The last events after `position` and the swap, with the row locked so that no live batch
+/// commits in between; `None` if a reader held a live table longer than
+/// [`SWAP_LOCK_TIMEOUT`] (then nothing of it was committed).
+async fn last_events_and_swap(
+    pool: &PgPool,
+    mut position: i64,
+    batch_size: i64,
+) -> Result<Option<Swapped>, RebuildError> {
+    let mut tx = ordo_commands::db::begin(pool).await?;
+    sqlx::query("SELECT FROM analytics.rebuild FOR UPDATE")
+        .execute(tx.as_mut())
+        .await?;
+    let mut read = 0;
+    loop {
+        let batch = read_on(tx.as_mut(), position, batch_size).await?;
+        if batch.read == 0 {
+            break;
+        }
+        apply(tx.as_mut(), &batch).await?;
+        position = batch.through;
+        read += batch.read;
+    }
+    match swap(tx.as_mut(), position).await {
+        Ok(skipped) => {
+            tx.commit().await?;
+            Ok(Some(Swapped {
+                through: position,
+                read,
+                skipped,
+            }))
+        }
+        Err(e) if db::is_lock_timeout(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Replace the live tables with the shadow ones and record what they counted; returns
-/// how many events the recompute skipped. In the transaction that holds the row's lock.
+/// how many events the recompute skipped. In the transaction that holds the row's lock;
+/// fails with a lock timeout if a reader holds a live table longer than
+/// [`SWAP_LOCK_TIMEOUT`].
 async fn swap(tx: &mut PgConnection, position: i64) -> Result<i64, sqlx::Error> {
+    db::lock_timeout(tx, SWAP_LOCK_TIMEOUT).await?;
     for table in TABLES {
         sqlx::query(&format!("DROP TABLE {LIVE}.{table}"))
             .execute(&mut *tx)
