@@ -17,8 +17,8 @@
 //! rolling deploy the newer processes build and swap, the older ones keep serving until the
 //! swap and then stand down.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -39,9 +39,6 @@ pub struct Rebuilder {
     keys: Keyring,
     config: RunnerConfig,
     versions: HashMap<Projection, Version>,
-    /// The read models whose live tables and checkpoint row this rebuilder has made sure
-    /// of: once per process, not every round (see [`Rebuilder::prepare_once`]).
-    prepared: Mutex<HashSet<(Projection, Version)>>,
 }
 
 /// One read model being rebuilt here: its lock and where its shadow tables are.
@@ -66,7 +63,6 @@ impl Rebuilder {
                 .into_iter()
                 .map(|p| (p, p.version()))
                 .collect(),
-            prepared: Mutex::default(),
         }
     }
 
@@ -80,25 +76,6 @@ impl Rebuilder {
     pub fn with_version(mut self, projection: Projection, version: Version) -> Self {
         self.versions.insert(projection, version);
         self
-    }
-
-    /// Create the live tables and the checkpoint row of `projection` if they are missing,
-    /// in the first round only: a swap brings its tables with their indexes, so once made
-    /// sure of, they stay. Each round (one a second) used to run the read models' DDL,
-    /// whose SHARE locks queued behind any VACUUM of their tables, the read models' writes
-    /// behind them (now `prepare_version` runs the DDL only when something is missing).
-    async fn prepare_once(
-        &self,
-        projection: Projection,
-        version: Version,
-    ) -> Result<(), sqlx::Error> {
-        let prepared = || self.prepared.lock().unwrap_or_else(|e| e.into_inner());
-        if prepared().contains(&(projection, version)) {
-            return Ok(());
-        }
-        prepare_version(&self.pool, projection, version).await?;
-        prepared().insert((projection, version));
-        Ok(())
     }
 
     fn version(&self, projection: Projection) -> Version {
@@ -136,7 +113,8 @@ impl Rebuilder {
         let mut jobs = Vec::new();
         for projection in Projection::ALL {
             let version = self.version(projection);
-            self.prepare_once(projection, version).await?;
+            // Takes no lock when the live tables are there (see `prepare_version`).
+            prepare_version(&self.pool, projection, version).await?;
             request_if_outdated(&self.pool, projection, version).await?;
             if let Some(job) = self.take(projection, version).await? {
                 jobs.push(job);

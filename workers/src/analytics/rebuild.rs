@@ -369,7 +369,7 @@ async fn last_events_and_swap(
     mut position: i64,
     batch_size: i64,
 ) -> Result<Option<Swapped>, RebuildError> {
-    let mut tx = ordo_commands::db::begin(pool).await?;
+    let mut tx = db::begin(pool).await?;
     sqlx::query("SELECT FROM analytics.rebuild FOR UPDATE")
         .execute(tx.as_mut())
         .await?;
