@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ordo::{Application, Config, ProcessRole};
 use ordo_api::Role;
@@ -15,6 +16,15 @@ use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// Wait until `done` holds, at most `within`; fails the test with `what` past it.
+pub async fn eventually(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_base() -> String {

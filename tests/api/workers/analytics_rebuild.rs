@@ -13,7 +13,7 @@ use ordo_workers::analytics::{self, RebuildError, Rebuilt};
 use ordo_workers::{Worker, WorkerRunner};
 use tokio::sync::watch;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{eventually, spawn_app_with, TestApp};
 use crate::nats::{setup, work_until, Setup};
 
 /// Every row of the three tables, as text, in order.
@@ -293,24 +293,20 @@ async fn a_long_reader_of_a_live_table_defers_the_swap_and_holds_up_no_read() {
         analytics::rebuild(&pool, 7, &stopped, |_| {}).await
     });
     // The swap has asked for the table the reader holds.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_locks
-                             WHERE NOT granted AND relation = 'analytics.sales'::regclass)",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the recompute never came to its swap"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the recompute came to its swap",
+        async || {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT FROM pg_locks
+                                 WHERE NOT granted AND relation = 'analytics.sales'::regclass)",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
     let read = tokio::time::timeout(Duration::from_secs(10), totals(&app))
         .await
         .expect("analytics answer while the reader holds the table");

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{eventually, spawn_app_with, TestApp};
 use crate::nats::setup;
 use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
 use crate::workers::{rows_read, rows_read_by, worker_status};
@@ -76,15 +76,6 @@ impl Switchable {
 
     fn received(&self) -> Vec<(HeaderMap, String)> {
         self.log.lock().unwrap().clone()
-    }
-}
-
-/// Wait until `done` holds, at most `within`.
-async fn eventually(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
