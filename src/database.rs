@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ordo_commands::db::{self, PoolSettings};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 
 use crate::Config;
@@ -12,10 +12,18 @@ use crate::Config;
 /// Every module's migrations, one sequence (each file names the schema it belongs to).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// How long a migration waits for a lock before it gives up and is tried again. A migration
+/// that alters a table waits for every transaction using it, and while it waits, every
+/// later statement on the table queues behind it: one long report would stop the orders
+/// read model for as long as it ran. Bounded, the stall lasts this long at most.
+pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Create the database if it is missing, then apply pending migrations. PostgreSQL that
 /// cannot be reached, or has no connection to spare ("too many clients"), is tried again
 /// with exponential backoff for up to `db_start_timeout_secs`, so processes started
-/// together (or before the database) wait instead of exiting.
+/// together (or before the database) wait instead of exiting. So is a migration that could
+/// not take its locks within [`MIGRATION_LOCK_TIMEOUT`] (another process migrating, or a
+/// long transaction on a table it alters): it rolls back and lets the queue behind it pass.
 pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = db::pool(
         config.database_url.expose(),
@@ -37,29 +45,70 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
             db::ensure_database(config.database_url.expose())
                 .await
                 .context("cannot reach PostgreSQL to create the database")?;
-            MIGRATOR.run(&pool).await.context("migrations failed")
+            let mut conn =
+                PgConnection::connect_with(&db::connect_options(config.database_url.expose())?)
+                    .await
+                    .context("cannot reach PostgreSQL to migrate")?;
+            let migrated = apply(&mut conn).await;
+            let _ = conn.close().await;
+            migrated.context("migrations failed")
         };
         match attempt.await {
             Ok(()) => return Ok(pool),
             Err(e) if retryable(&e) && Instant::now() < deadline => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "PostgreSQL not available yet");
+                if lock_timed_out(&e) {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "a migration waited too long for a lock and rolled back; trying again");
+                } else {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "PostgreSQL not available yet");
+                }
                 tokio::time::sleep(delay).await;
+            }
+            Err(e) if lock_timed_out(&e) => {
+                return Err(e.context(format!(
+                    "no migration attempt in {} s took its locks within {} s: a long \
+                     transaction holds a table it alters (see pg_locks and pg_stat_activity)",
+                    config.db_start_timeout_secs,
+                    MIGRATION_LOCK_TIMEOUT.as_secs()
+                )))
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Whether a start-up failure may pass: the server unreachable, or out of connections.
-/// A bad URL or a failed migration will not.
+/// Pending migrations on `conn`, each statement's lock waits bounded by
+/// [`MIGRATION_LOCK_TIMEOUT`] (sqlx's advisory lock between migrating processes too).
+async fn apply(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "SET lock_timeout = {}",
+        MIGRATION_LOCK_TIMEOUT.as_millis()
+    ))
+    .execute(&mut *conn)
+    .await?;
+    MIGRATOR.run_direct(conn).await?;
+    Ok(())
+}
+
+/// Whether a migration gave up waiting for a lock ([`MIGRATION_LOCK_TIMEOUT`]).
+fn lock_timed_out(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(db::is_lock_timeout)
+    })
+}
+
+/// Whether a start-up failure may pass: the server unreachable, out of connections, or a
+/// migration's lock wait timed out. A bad URL or a failed migration will not.
 fn retryable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         match cause.downcast_ref::<sqlx::Error>() {
             Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
-            // 53300 too_many_connections, 57P03 cannot_connect_now (starting up).
+            // 53300 too_many_connections, 57P03 cannot_connect_now (starting up),
+            // 55P03 lock_not_available (MIGRATION_LOCK_TIMEOUT).
             Some(sqlx::Error::Database(e)) => {
-                matches!(e.code().as_deref(), Some("53300" | "57P03"))
+                matches!(e.code().as_deref(), Some("53300" | "57P03" | "55P03"))
             }
             Some(sqlx::Error::Migrate(m)) => matches!(
                 m.as_ref(),

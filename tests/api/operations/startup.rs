@@ -1,12 +1,13 @@
 //! A process that starts before PostgreSQL can take it waits with backoff instead of
-//! exiting; one pointed at a server that never comes gives up after its timeout.
+//! exiting; one pointed at a server that never comes gives up after its timeout. A
+//! migration that a long transaction holds up steps aside for the statements behind it.
 
 use std::time::{Duration, Instant};
 
 use ordo::{Config, ProcessRole};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::postgres_base;
+use crate::helpers::{eventually, fresh_database_url, postgres_base};
 
 /// A free loopback port (bound, then let go).
 fn free_port() -> u16 {
@@ -80,4 +81,100 @@ async fn a_process_gives_up_on_postgres_after_its_start_timeout() {
         format!("{error:#}").contains("cannot reach PostgreSQL"),
         "{error:#}"
     );
+}
+
+/// An upgrade whose migration alters a table that a long report is reading: the migration
+/// waits for the report, but never longer than `MIGRATION_LOCK_TIMEOUT` at a time, so the
+/// reads queued behind its lock pass; it applies once the report ends, and both processes
+/// that were upgrading start.
+#[tokio::test]
+async fn a_migration_held_up_by_a_long_transaction_lets_the_reads_behind_it_pass() {
+    use sqlx::migrate::Migrator;
+    use sqlx::{Connection, PgConnection};
+
+    let database_url = fresh_database_url();
+    ordo_commands::db::ensure_database(&database_url)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    // 0178 alters integration.outbox_totals, which the workers' page reads.
+    assert!(ordo::MIGRATOR
+        .migrations
+        .iter()
+        .any(|m| m.version == 178 && m.sql.contains("ALTER TABLE integration.outbox_totals")));
+    let before = Migrator {
+        migrations: ordo::MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < 178)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    let applied = async || -> bool {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 178)")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    let mut report = ordo_commands::db::begin(&pool).await.unwrap();
+    sqlx::query("SELECT count(*) FROM integration.outbox_totals")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+
+    let config = Config {
+        database_url: database_url.clone().into(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        roles: vec![ProcessRole::Api],
+        db_start_timeout_secs: 300,
+        ..Config::defaults()
+    };
+    // Two processes upgrading at once: the one that waits for the other's advisory lock is
+    // bounded by the same timeout.
+    let migrating = [config.clone(), config]
+        .map(|config| tokio::spawn(async move { ordo::migrate(&config).await.map(|_| ()) }));
+    eventually(
+        Duration::from_secs(60),
+        "the migration waits for the report's lock",
+        async || {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
+                 WHERE NOT granted AND relation = 'integration.outbox_totals'::regclass)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+
+    // Unbounded, this read would queue behind the migration until the report ends.
+    let mut reader = PgConnection::connect(&database_url).await.unwrap();
+    sqlx::query("SET statement_timeout = '30s'")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let read = sqlx::query("SELECT count(*) FROM integration.outbox_totals")
+        .execute(&mut reader)
+        .await;
+    assert!(
+        read.is_ok(),
+        "the read queued behind the migration: {read:?}"
+    );
+    assert!(!applied().await && !migrating.iter().any(|m| m.is_finished()));
+
+    report.rollback().await.unwrap();
+    for process in migrating {
+        process.await.unwrap().unwrap();
+    }
+    assert!(applied().await);
+    reader.close().await.unwrap();
+    pool.close().await;
+    ordo_commands::db::drop_database(&database_url)
+        .await
+        .unwrap();
 }
