@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ordo_commands::db::{self, PoolSettings};
+use sqlx::migrate::MigrateError;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 
@@ -22,8 +23,10 @@ pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// cannot be reached, or has no connection to spare ("too many clients"), is tried again
 /// with exponential backoff for up to `db_start_timeout_secs`, so processes started
 /// together (or before the database) wait instead of exiting. So is a migration that could
-/// not take its locks within [`MIGRATION_LOCK_TIMEOUT`] (another process migrating, or a
-/// long transaction on a table it alters): it rolls back and lets the queue behind it pass.
+/// not take a table's lock within [`MIGRATION_LOCK_TIMEOUT`] (a long transaction on a table
+/// it alters): it rolls back and lets the queue behind it pass. A process that finds another
+/// one applying the migrations waits for it as long as that takes, since its wait holds up
+/// no one.
 pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = db::pool(
         config.database_url.expose(),
@@ -40,6 +43,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
             .with_jitter()
             .without_max_times(),
     );
+    let mut waited = false;
     loop {
         let attempt = async {
             db::ensure_database(config.database_url.expose())
@@ -55,18 +59,25 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
         };
         match attempt.await {
             Ok(()) => return Ok(pool),
+            // Waiting in slices of MIGRATION_LOCK_TIMEOUT, without a deadline.
+            Err(e) if lock_given_up(&e) == Some(Lock::Migrations) => {
+                if !waited {
+                    tracing::info!("another process is applying the migrations; waiting for it");
+                    waited = true;
+                }
+            }
             Err(e) if retryable(&e) && Instant::now() < deadline => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                if lock_timed_out(&e) {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "a migration waited too long for a lock and rolled back; trying again");
+                if lock_given_up(&e) == Some(Lock::Table) {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "a migration waited too long for a table and rolled back; trying again");
                 } else {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "PostgreSQL not available yet");
                 }
                 tokio::time::sleep(delay).await;
             }
-            Err(e) if lock_timed_out(&e) => {
+            Err(e) if lock_given_up(&e) == Some(Lock::Table) => {
                 return Err(e.context(format!(
-                    "no migration attempt in {} s took its locks within {} s: a long \
+                    "no migration attempt in {} s took its tables' locks within {} s: a long \
                      transaction holds a table it alters (see pg_locks and pg_stat_activity)",
                     config.db_start_timeout_secs,
                     MIGRATION_LOCK_TIMEOUT.as_secs()
@@ -79,6 +90,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
 
 /// Pending migrations on `conn`, each statement's lock waits bounded by
 /// [`MIGRATION_LOCK_TIMEOUT`] (sqlx's advisory lock between migrating processes too).
+/// `run_direct` rather than `run`: the future `run` returns on a connection is not `Send`,
+/// so a caller could not spawn [`migrate`].
 async fn apply(conn: &mut PgConnection) -> anyhow::Result<()> {
     sqlx::query(&format!(
         "SET lock_timeout = {}",
@@ -90,13 +103,24 @@ async fn apply(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a migration gave up waiting for a lock ([`MIGRATION_LOCK_TIMEOUT`]).
-fn lock_timed_out(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<sqlx::Error>()
-            .is_some_and(db::is_lock_timeout)
-    })
+/// A lock a migration attempt gave up waiting for ([`MIGRATION_LOCK_TIMEOUT`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Lock {
+    /// sqlx's advisory lock, which the process applying the migrations holds: sqlx reports
+    /// a failure before the first migration as `Execute`.
+    Migrations,
+    /// A table a migration changes (`ExecuteMigration`).
+    Table,
+}
+
+fn lock_given_up(error: &anyhow::Error) -> Option<Lock> {
+    error
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<MigrateError>()? {
+            MigrateError::Execute(e) if db::is_lock_timeout(e) => Some(Lock::Migrations),
+            MigrateError::ExecuteMigration(e, _) if db::is_lock_timeout(e) => Some(Lock::Table),
+            _ => None,
+        })
 }
 
 /// Whether a start-up failure may pass: the server unreachable, out of connections, or a

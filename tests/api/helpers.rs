@@ -39,6 +39,20 @@ pub async fn spawn_app_without_process_manager() -> TestApp {
     spawn_app_with(|c| c.roles = vec![ProcessRole::Api, ProcessRole::Projector]).await
 }
 
+/// Ordo's migrations before `version`: a database as an older release left it.
+pub fn migrations_before(version: i64) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: ordo::MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
 pub fn fresh_database_url() -> String {
     format!("{}/ordo_test_{}", postgres_base(), Uuid::new_v4().simple())
 }

@@ -1499,23 +1499,13 @@ async fn the_cli_creates_channels_and_keys_scoped_to_them() {
 async fn existing_data_belongs_to_default_after_the_migration() {
     use chrono::{DurationRound, TimeDelta, Utc};
     use ordo_commands::chain;
-    use sqlx::migrate::Migrator;
 
     let database_url = crate::helpers::fresh_database_url();
     ordo_commands::db::ensure_database(&database_url)
         .await
         .unwrap();
     let old = sqlx::PgPool::connect(&database_url).await.unwrap();
-    let before_channels = Migrator {
-        migrations: ordo::MIGRATOR
-            .migrations
-            .iter()
-            .filter(|m| m.version < 110)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..Migrator::DEFAULT
-    };
+    let before_channels = crate::helpers::migrations_before(110);
     assert!(ordo::MIGRATOR
         .migrations
         .iter()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ordo::{Config, ProcessRole};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{eventually, fresh_database_url, postgres_base};
+use crate::helpers::{eventually, fresh_database_url, migrations_before, postgres_base};
 
 /// A free loopback port (bound, then let go).
 fn free_port() -> u16 {
@@ -86,33 +86,13 @@ async fn a_process_gives_up_on_postgres_after_its_start_timeout() {
 /// An upgrade whose migration alters a table that a long report is reading: the migration
 /// waits for the report, but never longer than `MIGRATION_LOCK_TIMEOUT` at a time, so the
 /// reads queued behind its lock pass; it applies once the report ends, and both processes
-/// that were upgrading start.
+/// that were upgrading start. A process that finds another one applying the migrations
+/// waits for it past its start timeout: that wait holds up no one.
 #[tokio::test]
 async fn a_migration_held_up_by_a_long_transaction_lets_the_reads_behind_it_pass() {
-    use sqlx::migrate::Migrator;
     use sqlx::{Connection, PgConnection};
 
-    let database_url = fresh_database_url();
-    ordo_commands::db::ensure_database(&database_url)
-        .await
-        .unwrap();
-    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-    // 0178 alters integration.outbox_totals, which the workers' page reads.
-    assert!(ordo::MIGRATOR
-        .migrations
-        .iter()
-        .any(|m| m.version == 178 && m.sql.contains("ALTER TABLE integration.outbox_totals")));
-    let before = Migrator {
-        migrations: ordo::MIGRATOR
-            .migrations
-            .iter()
-            .filter(|m| m.version < 178)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..Migrator::DEFAULT
-    };
-    before.run(&pool).await.unwrap();
+    let (database_url, pool) = migrated_before_0178().await;
     let applied = async || -> bool {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 178)")
             .fetch_one(&pool)
@@ -120,34 +100,31 @@ async fn a_migration_held_up_by_a_long_transaction_lets_the_reads_behind_it_pass
             .unwrap()
     };
 
-    let mut report = ordo_commands::db::begin(&pool).await.unwrap();
-    sqlx::query("SELECT count(*) FROM integration.outbox_totals")
-        .execute(&mut *report)
-        .await
-        .unwrap();
-
+    let report = long_report(&pool).await;
     let config = Config {
-        database_url: database_url.clone().into(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        roles: vec![ProcessRole::Api],
         db_start_timeout_secs: 300,
-        ..Config::defaults()
+        ..config_for(&database_url)
     };
     // Two processes upgrading at once: the one that waits for the other's advisory lock is
     // bounded by the same timeout.
-    let migrating = [config.clone(), config]
+    let migrating = [config.clone(), config.clone()]
         .map(|config| tokio::spawn(async move { ordo::migrate(&config).await.map(|_| ()) }));
+    // The migrations' advisory lock (sqlx's), held by the migration while it waits.
+    let mut migrations_lock: Option<i64> = None;
     eventually(
         Duration::from_secs(60),
         "the migration waits for the report's lock",
         async || {
-            sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks
-                 WHERE NOT granted AND relation = 'integration.outbox_totals'::regclass)",
+            migrations_lock = sqlx::query_scalar(
+                "SELECT (a.classid::bigint << 32) | a.objid::bigint
+                   FROM pg_locks w
+                   JOIN pg_locks a ON a.pid = w.pid AND a.locktype = 'advisory' AND a.granted
+                  WHERE NOT w.granted AND w.relation = 'integration.outbox_totals'::regclass",
             )
-            .fetch_one(&pool)
+            .fetch_optional(&pool)
             .await
-            .unwrap()
+            .unwrap();
+            migrations_lock.is_some()
         },
     )
     .await;
@@ -172,9 +149,99 @@ async fn a_migration_held_up_by_a_long_transaction_lets_the_reads_behind_it_pass
         process.await.unwrap().unwrap();
     }
     assert!(applied().await);
+
+    // Another process applying the migrations, for longer than the start timeout.
+    let mut other = PgConnection::connect(&database_url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(migrations_lock)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let config = Config {
+        db_start_timeout_secs: 1,
+        ..config
+    };
+    let waiting = tokio::spawn(async move { ordo::migrate(&config).await.map(|_| ()) });
+    let mut attempts = std::collections::HashSet::new();
+    eventually(
+        Duration::from_secs(60),
+        "a second attempt, past the start timeout, waits for the migrations' lock",
+        async || {
+            let waiting: Vec<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_locks
+                  WHERE locktype = 'advisory' AND NOT granted
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            attempts.extend(waiting);
+            attempts.len() >= 2
+        },
+    )
+    .await;
+    assert!(!waiting.is_finished());
+    other.close().await.unwrap();
+    waiting.await.unwrap().unwrap();
     reader.close().await.unwrap();
     pool.close().await;
     ordo_commands::db::drop_database(&database_url)
         .await
         .unwrap();
+}
+
+/// A report that outlasts the start timeout: the process exits and names the cause.
+#[tokio::test]
+async fn a_process_gives_up_on_a_migration_held_up_past_its_start_timeout() {
+    let (database_url, pool) = migrated_before_0178().await;
+    let report = long_report(&pool).await;
+    let config = Config {
+        db_start_timeout_secs: 1,
+        ..config_for(&database_url)
+    };
+    let error = ordo::migrate(&config).await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("a long transaction holds a table it alters"),
+        "{error:#}"
+    );
+    report.rollback().await.unwrap();
+    pool.close().await;
+    ordo_commands::db::drop_database(&database_url)
+        .await
+        .unwrap();
+}
+
+/// A fresh database with every migration before 0178, which alters
+/// integration.outbox_totals (the workers' page reads it), and a pool on it.
+async fn migrated_before_0178() -> (String, sqlx::PgPool) {
+    let database_url = fresh_database_url();
+    ordo_commands::db::ensure_database(&database_url)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    assert!(ordo::MIGRATOR
+        .migrations
+        .iter()
+        .any(|m| m.version == 178 && m.sql.contains("ALTER TABLE integration.outbox_totals")));
+    migrations_before(178).run(&pool).await.unwrap();
+    (database_url, pool)
+}
+
+/// A transaction that has read integration.outbox_totals and stays open.
+async fn long_report(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut report = ordo_commands::db::begin(pool).await.unwrap();
+    sqlx::query("SELECT count(*) FROM integration.outbox_totals")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+    report
+}
+
+fn config_for(database_url: &str) -> Config {
+    Config {
+        database_url: database_url.to_owned().into(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        roles: vec![ProcessRole::Api],
+        ..Config::defaults()
+    }
 }
