@@ -105,8 +105,8 @@ async fn a_migration_held_up_by_a_long_transaction_lets_the_reads_behind_it_pass
         db_start_timeout_secs: 300,
         ..config_for(&database_url)
     };
-    // Two processes upgrading at once: the one that waits for the other's advisory lock is
-    // bounded by the same timeout.
+    // Two processes upgrading at once: whichever finds the other applying the migrations
+    // waits for its advisory lock, in slices of the same timeout.
     let migrating = [config.clone(), config.clone()]
         .map(|config| tokio::spawn(async move { ordo::migrate(&config).await.map(|_| ()) }));
     // The migrations' advisory lock (sqlx's), held by the migration while it waits.
