@@ -49,11 +49,17 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
             db::ensure_database(config.database_url.expose())
                 .await
                 .context("cannot reach PostgreSQL to create the database")?;
-            let mut conn =
-                PgConnection::connect_with(&db::connect_options(config.database_url.expose())?)
-                    .await
-                    .context("cannot reach PostgreSQL to migrate")?;
-            let migrated = apply(&mut conn).await;
+            // Each statement's lock waits bounded, sqlx's advisory lock between migrating
+            // processes too. `run_direct`, not `run`: the future `run` returns on a
+            // connection is not `Send`, so a caller could not spawn `migrate`.
+            let options = db::connect_options(config.database_url.expose())?.options([(
+                "lock_timeout",
+                MIGRATION_LOCK_TIMEOUT.as_millis().to_string(),
+            )]);
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .context("cannot reach PostgreSQL to migrate")?;
+            let migrated = MIGRATOR.run_direct(&mut conn).await;
             let _ = conn.close().await;
             migrated.context("migrations failed")
         };
@@ -88,21 +94,6 @@ pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
     }
 }
 
-/// Pending migrations on `conn`, each statement's lock waits bounded by
-/// [`MIGRATION_LOCK_TIMEOUT`] (sqlx's advisory lock between migrating processes too).
-/// `run_direct` rather than `run`: the future `run` returns on a connection is not `Send`,
-/// so a caller could not spawn [`migrate`].
-async fn apply(conn: &mut PgConnection) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "SET lock_timeout = {}",
-        MIGRATION_LOCK_TIMEOUT.as_millis()
-    ))
-    .execute(&mut *conn)
-    .await?;
-    MIGRATOR.run_direct(conn).await?;
-    Ok(())
-}
-
 /// A lock a migration attempt gave up waiting for ([`MIGRATION_LOCK_TIMEOUT`]).
 #[derive(Debug, PartialEq, Eq)]
 enum Lock {
@@ -124,20 +115,17 @@ fn lock_given_up(error: &anyhow::Error) -> Option<Lock> {
 }
 
 /// Whether a start-up failure may pass: the server unreachable, out of connections, or a
-/// migration's lock wait timed out. A bad URL or a failed migration will not.
+/// migration's lock wait timed out. A bad URL or a failed migration will not. A `MigrateError`
+/// names its cause as its source, so the chain reaches the `sqlx::Error` under it.
 fn retryable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         match cause.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+            Some(sqlx::Error::Io(_) | sqlx::Error::Tls(_)) => true,
             // 53300 too_many_connections, 57P03 cannot_connect_now (starting up),
             // 55P03 lock_not_available (MIGRATION_LOCK_TIMEOUT).
             Some(sqlx::Error::Database(e)) => {
                 matches!(e.code().as_deref(), Some("53300" | "57P03" | "55P03"))
             }
-            Some(sqlx::Error::Migrate(m)) => matches!(
-                m.as_ref(),
-                sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_))
-            ),
             _ => false,
         }
     })
