@@ -23,10 +23,10 @@ pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// cannot be reached, or has no connection to spare ("too many clients"), is tried again
 /// with exponential backoff for up to `db_start_timeout_secs`, so processes started
 /// together (or before the database) wait instead of exiting. So is a migration that could
-/// not take a table's lock within [`MIGRATION_LOCK_TIMEOUT`] (a long transaction on a table
-/// it alters): it rolls back and lets the queue behind it pass. A process that finds another
-/// one applying the migrations waits for it as long as that takes, since its wait holds up
-/// no one.
+/// not take a table's lock within [`MIGRATION_LOCK_TIMEOUT`] (a long transaction on a
+/// table it alters): it rolls back and lets the queue behind it pass. A process that finds
+/// another one applying the migrations waits for it as long as that takes, since its wait
+/// holds up no one.
 pub async fn migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = db::pool(
         config.database_url.expose(),
@@ -115,8 +115,9 @@ fn lock_given_up(error: &anyhow::Error) -> Option<Lock> {
 }
 
 /// Whether a start-up failure may pass: the server unreachable, out of connections, or a
-/// migration's lock wait timed out. A bad URL or a failed migration will not. A `MigrateError`
-/// names its cause as its source, so the chain reaches the `sqlx::Error` under it.
+/// migration's lock wait timed out. A bad URL or a failed migration will not. A
+/// `MigrateError` names its cause as its source, so the chain reaches the `sqlx::Error`
+/// under it.
 fn retryable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         match cause.downcast_ref::<sqlx::Error>() {
