@@ -53,6 +53,22 @@ pub fn migrations_before(version: i64) -> sqlx::migrate::Migrator {
     }
 }
 
+/// Rows that sequential scans of `table` (`schema.name`) have read so far, asked through
+/// `pool`: its connection first hands its own pending statistics to the server (a session
+/// keeps them for up to a second), so through a pool of one connection the count includes
+/// every statement that pool ran.
+pub async fn rows_scanned(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT seq_tup_read FROM pg_stat_user_tables WHERE relid = $1::regclass")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 pub fn fresh_database_url() -> String {
     format!("{}/ordo_test_{}", postgres_base(), Uuid::new_v4().simple())
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use sqlx::Connection;
 use tokio::sync::watch;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{rows_scanned, spawn_app, spawn_app_with, TestApp};
 
 /// Append a bare event of a type no projection reads, inside `tx`.
 async fn append_raw(tx: &mut sqlx::PgConnection, stream: &str, sequence: i64) {
@@ -774,4 +774,52 @@ async fn preparing_a_read_model_waits_for_no_vacuum_and_creates_what_is_missing(
             .await
             .unwrap();
     assert_eq!(index.as_deref(), Some("projections.orders_by_channel"));
+}
+
+/// A read model's look-up by key, first planned while its table held a few rows, still reads
+/// by index once the table has grown. PostgreSQL keeps a statement's cached plan until the
+/// table is analyzed, and where no autovacuum runs nothing analyzes it: without the batch's
+/// `enable_seqscan = off`, the plan made for batches of ten among sixty customers (a
+/// sequential scan, rightly then) read all 20,000 rows again for every batch.
+#[tokio::test]
+async fn a_read_model_that_grew_is_still_read_by_index() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    // One connection, so that the runner's statements are all cached on it.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let runner = Runner::new(one.clone(), Projection::Customers, fast());
+    for _ in 0..60 {
+        app.register_customer().await;
+    }
+    // Six batches: after five, PostgreSQL settles on a plan it caches.
+    for _ in 0..6 {
+        assert_eq!(runner.step(10).await.unwrap(), Step::Applied(10));
+    }
+
+    sqlx::query(
+        "INSERT INTO projections.customers (id, order_count, cancelled_count, open_orders, notes_count)
+         SELECT gen_random_uuid(), 0, 0, 0, 0 FROM generate_series(1, 20000)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        app.register_customer().await;
+    }
+    let before = rows_scanned(&one, "projections.customers").await;
+    assert_eq!(runner.step(10).await.unwrap(), Step::Applied(10));
+    let scanned = rows_scanned(&one, "projections.customers").await - before;
+    assert!(
+        scanned < 20_000,
+        "a batch of ten read {scanned} rows of the customers table by sequential scan"
+    );
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM projections.customers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(customers, 20_070);
+    one.close().await;
 }
