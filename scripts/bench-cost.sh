@@ -121,7 +121,13 @@ serve "${ROLES:-api,projector,process-manager,relay,workers}" 127.0.0.1:18288
 duration=${DURATION:-15}
 "$BENCH" place-order --url "$URL" --key "$KEY" --concurrency "${CONCURRENCY:-32}" --duration "$duration" "$@" >"/tmp/bench-cost.$$" &
 bench_pid=$!
-# The window: from 4 s into the run (customers registered, warm-up over) to 3 s before its end.
+# The window: from 4 s into the orders (the load generator registers its customers first,
+# which takes a while with `--customers 60000`; its warm-up is then over) to 3 s before
+# their end.
+until [[ "$(query "select exists (select from event_store.events where aggregate_type = 'order')")" == t ]]; do
+    kill -0 "$bench_pid" 2>/dev/null || break
+    sleep 0.2
+done
 sleep 4
 snapshot() {
     echo "$(ticks "$SERVER_PID") $(postgres_ticks) $(ticks "$NATS_PID") $(ticks "$bench_pid") $(machine_ticks)" \
