@@ -17,15 +17,6 @@ use ordo_commands::feed::{self, Checkpoint, Wakeup};
 use ordo_commands::leader;
 use ordo_commands::privacy::Keyring;
 
-/// Begins a live step's transaction. The step looks the read model's rows up by key (`id =
-/// ANY($1)`) on a long-lived pooled connection, whose cached plans PostgreSQL makes again
-/// only when the table's statistics change. Where no autovacuum analyzes a table as it
-/// grows, a plan made while it held a few dozen rows (a sequential scan, rightly then)
-/// stays: in a run with 60,000 customers, the customers read model read 130 million rows by
-/// sequential scan, about 29,000 per batch. With `enable_seqscan = off` every plan reads by
-/// index, as the appender's do; a statement with no index to use still scans its table.
-const BEGIN_STEP: &str = "BEGIN; SET LOCAL enable_seqscan = off";
-
 /// How often the leading runner refreshes its position and lag gauges.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
@@ -196,7 +187,7 @@ impl Runner {
 
     /// [`Runner::step`], and the position the read model stands at after it.
     async fn step_reaching(&self, limit: i64) -> Result<(Step, i64), sqlx::Error> {
-        let mut tx = ordo_commands::db::begin_with(&self.pool, BEGIN_STEP).await?;
+        let mut tx = ordo_commands::db::begin_by_index(&self.pool).await?;
         let (checkpoint, built_by) = lock_checkpoint(&mut tx, self.projection).await?;
         let at = checkpoint.global_position;
         if built_by > self.version {

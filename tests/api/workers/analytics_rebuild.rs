@@ -400,3 +400,27 @@ async fn a_recompute_left_without_every_shadow_table_starts_over() {
     assert_eq!(tables(&app).await, live);
     s.cleanup().await;
 }
+
+/// A worker's batch reads by index, and its statements are never compiled with JIT. The
+/// batch prices a sequential scan out (`enable_seqscan = off`), and a statement that has no
+/// index to use, such as the live batch's read of the one `analytics.rebuild` row, then
+/// costs past `jit_above_cost`: PostgreSQL compiled it with LLVM at every batch, about 90 ms
+/// each.
+#[tokio::test]
+async fn a_workers_batch_reads_by_index_and_compiles_nothing() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let mut tx = ordo_commands::db::begin_by_index(&app.pool).await.unwrap();
+    let seqscan: String = sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seqscan, "off");
+    let plan: serde_json::Value = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT counted_through FROM analytics.rebuild FOR KEY SHARE",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(plan[0].get("JIT").is_none(), "compiled with JIT: {plan}");
+    tx.rollback().await.unwrap();
+}

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{rows_scanned, spawn_app_with, TestApp};
 use crate::nats::{setup, Setup};
 use crate::workers::{rows_read_by, worker_status};
 
@@ -1019,5 +1019,82 @@ async fn the_orders_of_many_customers_in_one_batch_are_each_written_to_their_own
         );
         assert_eq!(field(&listed.body, "status"), ["recorded"], "{order}");
     }
+    s.cleanup().await;
+}
+
+/// The worker's look-up of recipients, planned while it knew a few hundred customers, still
+/// reads by index once it knows many. PostgreSQL caches a generic plan for a statement once
+/// that costs no more than planning each run afresh, and keeps it until the table is
+/// analyzed: in a run of orders interleaved with registrations, the plan cached for 400 to
+/// 1,500 recipients (a sequential scan, rightly then) went on reading every recipient for
+/// every batch. Here the connection asks for the generic plan outright, so that the test
+/// does not depend on the planner's costs. Without the batch's `enable_seqscan = off`, a
+/// batch of ten orders read all 20,000 recipients.
+#[tokio::test]
+async fn recipients_are_still_read_by_index_once_there_are_many() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let mut customers = Vec::new();
+    for _ in 0..20 {
+        customers.push(customer(&app).await.0);
+    }
+    for id in &customers {
+        app.place_order(id).await;
+    }
+    let s = setup(&app).await;
+    s.publish_all(&app).await;
+    // One connection, so that the worker's statements are all cached on it.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET plan_cache_mode = force_generic_plan")
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            })
+        })
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let runner = WorkerRunner::connect(
+        one.clone(),
+        Notification::new(false),
+        s.worker_config.clone(),
+    )
+    .await
+    .unwrap();
+    let others = |n: i64| {
+        sqlx::query(
+            "INSERT INTO notification.customers (customer_id, email, name)
+             SELECT gen_random_uuid(), 'someone@example.com', 'Someone' FROM generate_series(1, $1)",
+        )
+        .bind(n)
+        .execute(&app.pool)
+    };
+    // The registrations, then the orders among some 600 recipients: the look-up's plan is
+    // made then.
+    others(600).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(runner.step(10, Duration::from_secs(5)).await.unwrap(), 10);
+    }
+
+    others(20_000).await.unwrap();
+    for id in &customers[..10] {
+        app.place_order(id).await;
+    }
+    s.publish_all(&app).await;
+    let before = rows_scanned(&one, "notification.customers").await;
+    assert_eq!(runner.step(10, Duration::from_secs(5)).await.unwrap(), 10);
+    let scanned = rows_scanned(&one, "notification.customers").await - before;
+    assert!(
+        scanned < 20_000,
+        "a batch of ten orders read {scanned} rows of the recipients by sequential scan"
+    );
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.notifications")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 30);
+    one.close().await;
     s.cleanup().await;
 }

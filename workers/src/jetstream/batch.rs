@@ -91,7 +91,7 @@ impl Runner {
     /// were fresh.
     async fn handle_events(&self, events: &[&Delivered]) -> Result<usize, HandleError> {
         let ids: BTreeSet<Uuid> = events.iter().map(|event| event.event_id).collect();
-        let mut tx = ordo_commands::db::begin(&self.pool).await?;
+        let mut tx = ordo_commands::db::begin_by_index(&self.pool).await?;
         let mut fresh = self.record_processed(&mut tx, ids).await?;
         let fresh: Vec<&Delivered> = events
             .iter()
