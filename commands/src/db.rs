@@ -136,9 +136,9 @@ pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx
 ///
 /// A statement with no index to use still scans its table, but the setting prices that
 /// scan at 10^10, far past `jit_above_cost`: PostgreSQL would compile it with LLVM at every
-/// run (about 90 ms for the analytics worker's one-row read of `analytics.rebuild`, a third
-/// of PostgreSQL's time per command). The batch's short statements never gain from JIT, so
-/// the transaction turns it off too.
+/// run (24 ms per batch on average under load for the analytics worker's one-row read of
+/// `analytics.rebuild`, a third of PostgreSQL's time per command). The batch's short
+/// statements never gain from JIT, so the transaction turns it off too.
 pub async fn begin_by_index(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     begin_with(
         pool,
