@@ -42,17 +42,15 @@ pub async fn relay_all(app: &TestApp, relay: &Relay, stream: &str) {
     }
 }
 
-pub async fn setup(app: &TestApp) -> Setup {
+/// A relay's and a worker's configuration on streams and prefixes of their own, none of
+/// them created yet.
+pub fn fresh_configs() -> (RelayConfig, WorkerConfig) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let relay_config = RelayConfig {
         stream: format!("ORDO_TEST_{id}"),
         subject_prefix: format!("t{id}.events"),
         ..RelayConfig::new(NATS)
     };
-    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
-        .await
-        .unwrap();
-    relay.ensure_stream().await.unwrap();
     let worker_config = WorkerConfig {
         stream: relay_config.stream.clone(),
         subject_prefix: relay_config.subject_prefix.clone(),
@@ -62,6 +60,15 @@ pub async fn setup(app: &TestApp) -> Setup {
         backoff: vec![Duration::from_millis(100)],
         ..WorkerConfig::new(NATS)
     };
+    (relay_config, worker_config)
+}
+
+pub async fn setup(app: &TestApp) -> Setup {
+    let (relay_config, worker_config) = fresh_configs();
+    let relay = Relay::connect(app.pool.clone(), relay_config.clone())
+        .await
+        .unwrap();
+    relay.ensure_stream().await.unwrap();
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     Setup {
         relay,

@@ -243,14 +243,12 @@ impl Relay {
     /// Create the stream, or update it to this configuration (file storage, one subject
     /// tree, the duplicate window).
     pub async fn ensure_stream(&self) -> Result<(), RelayError> {
-        self.js
-            .create_or_update_stream(events_stream(
-                &self.config.stream,
-                &self.config.subject_prefix,
-            ))
-            .await
-            .map_err(nats)?;
-        Ok(())
+        crate::nats::ensure_stream(
+            &self.js,
+            events_stream(&self.config.stream, &self.config.subject_prefix),
+        )
+        .await
+        .map_err(nats)
     }
 
     /// Publish the next batch of events after the stored line, and move the line once

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt, StreamExt};
 use ordo::ProcessRole;
 use ordo_api::Role::{Analyst, Storefront};
-use ordo_workers::{Worker, WorkerConfig, WorkerRunner};
+use ordo_workers::{Relay, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
 use crate::helpers::spawn_app_with;
@@ -431,4 +432,80 @@ async fn streams_and_consumers_are_updated_to_the_configuration_on_start() {
         .duplicate_window;
     assert_eq!(window, Duration::from_secs(120), "the relay's window again");
     nats.cleanup().await;
+}
+
+/// nats-server 2.9.10 crashes when an update of a stream arrives while another connection is
+/// creating it (see `ordo_workers::nats::ensure_stream`). The relay and the three workers of a
+/// process start together, on fresh streams the first time: they create their streams and
+/// send no update, neither then nor when they start again with the same settings.
+#[tokio::test]
+async fn the_relay_and_the_workers_starting_together_create_their_streams_without_an_update() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (relay_config, worker_config) = crate::nats::fresh_configs();
+    let streams = [
+        relay_config.stream.clone(),
+        worker_config.dlq_stream.clone(),
+        worker_config.advisory_stream(),
+    ];
+    // Every JetStream request about a stream, as the server receives it.
+    let spy = async_nats::connect(crate::nats::NATS).await.unwrap();
+    let mut requests = spy.subscribe("$JS.API.STREAM.>").await.unwrap();
+    spy.flush().await.unwrap();
+    let start_all = || async {
+        let relay = Relay::connect(app.pool.clone(), relay_config.clone())
+            .await
+            .unwrap();
+        let workers = Worker::ALL
+            .map(|worker| WorkerRunner::connect(app.pool.clone(), worker, worker_config.clone()));
+        let (relay, workers) =
+            tokio::join!(relay.ensure_stream(), futures::future::join_all(workers));
+        relay.unwrap();
+        for worker in workers {
+            worker.unwrap();
+        }
+    };
+    let seen = |requests: &mut async_nats::Subscriber| {
+        let mut seen = Vec::new();
+        while let Some(Some(request)) = requests.next().now_or_never() {
+            let subject = request.subject.to_string();
+            if streams.iter().any(|s| subject.ends_with(&format!(".{s}"))) {
+                seen.push(subject);
+            }
+        }
+        seen
+    };
+    let kinds = |seen: &[String], kind: &str| {
+        let prefix = format!("$JS.API.STREAM.{kind}.");
+        seen.iter().filter(|s| s.starts_with(&prefix)).count()
+    };
+
+    start_all().await;
+    // The server copied each request to the spy before answering it: once the spy's own round
+    // trip is back, every copy has arrived.
+    spy.flush().await.unwrap();
+    let first = seen(&mut requests);
+    assert_eq!(kinds(&first, "UPDATE"), 0, "{first:?}");
+    assert!(
+        kinds(&first, "CREATE") >= 3,
+        "each stream created: {first:?}"
+    );
+    start_all().await;
+    spy.flush().await.unwrap();
+    let again = seen(&mut requests);
+    assert_eq!(kinds(&again, "UPDATE"), 0, "{again:?}");
+    assert_eq!(kinds(&again, "CREATE"), 0, "{again:?}");
+
+    let js = async_nats::jetstream::new(spy.clone());
+    let events = crate::nats::stream_info(&js, &streams[0]).await.config;
+    assert_eq!(events.duplicate_window, Duration::from_secs(120));
+    let dlq = crate::nats::stream_info(&js, &streams[1]).await.config;
+    assert_eq!(
+        dlq.subjects,
+        vec![format!("{}.>", worker_config.dlq_prefix)]
+    );
+    let advisories = crate::nats::stream_info(&js, &streams[2]).await.config;
+    assert!(advisories.max_age > Duration::ZERO);
+    for stream in &streams {
+        js.delete_stream(stream).await.unwrap();
+    }
 }

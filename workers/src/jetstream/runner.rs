@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::config::WorkerConfig;
 use super::policy::Policy;
+use crate::nats::ensure_stream;
 
 /// The most messages pulled as one batch (a batch that lingered for more may end up to
 /// twice this, with the messages that had arrived meanwhile).
@@ -67,18 +68,21 @@ impl Runner {
             .map_err(nats)?;
         let js = jetstream::new(client);
         // Created or updated: a changed setting (say `max_deliver`) takes effect on start.
-        js.create_or_update_stream(stream::Config {
-            name: config.dlq_stream.clone(),
-            subjects: vec![format!("{}.>", config.dlq_prefix)],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: config.dlq_stream.clone(),
+                subjects: vec![format!("{}.>", config.dlq_prefix)],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(nats)?;
-        js.create_or_update_stream(crate::relay::events_stream(
-            &config.stream,
-            &config.subject_prefix,
-        ))
+        ensure_stream(
+            &js,
+            crate::relay::events_stream(&config.stream, &config.subject_prefix),
+        )
         .await
         .map_err(nats)?;
         let events = js.get_stream(&config.stream).await.map_err(nats)?;
@@ -114,7 +118,7 @@ impl Runner {
                 config.max_deliver
             )));
         }
-        js.create_or_update_stream(config.advisory_stream_config())
+        ensure_stream(&js, config.advisory_stream_config())
             .await
             .map_err(nats)?;
         let advisory_filter = config.max_deliveries_subject(name);
