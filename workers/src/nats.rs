@@ -61,8 +61,8 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> Result<(), async_nats::Error> {
-    let mut lost = None;
-    for _ in 0..3 {
+    let mut lost = 0;
+    loop {
         match js.get_stream(&wanted.name).await {
             Ok(found) => {
                 if chosen(&found.cached_info().config) != chosen(&wanted) {
@@ -72,12 +72,13 @@ pub async fn ensure_stream(
             }
             Err(e) if missing(&e) => match js.create_stream(wanted.clone()).await {
                 Ok(_) => return Ok(()),
-                Err(e) => lost = Some(e),
+                Err(e) if lost == 2 => return Err(e.into()),
+                // Another connection may have just created it: look again.
+                Err(_) => lost += 1,
             },
             Err(e) => return Err(e.into()),
         }
     }
-    Err(lost.map_or_else(|| "stream not created".into(), Into::into))
 }
 
 /// The settings Ordo chooses for a stream. The server reports the others filled in with its
