@@ -47,8 +47,8 @@ impl Default for NatsSettings {
 /// The duplicate window nats-server gives a stream that names none.
 const SERVER_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Make sure the stream `wanted` describes exists with its settings: look it up, create it
-/// when it is missing, and update it only when a setting Ordo chooses differs.
+/// Make sure the stream `wanted` describes exists with its settings, and return it: look it
+/// up, create it when it is missing, and update it only when a setting Ordo chooses differs.
 ///
 /// Not async-nats's `create_or_update_stream`, which sends an update first and a create when
 /// the stream is missing. nats-server 2.9.10 (Debian 12's) crashes, a nil pointer in
@@ -60,18 +60,20 @@ const SERVER_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
-) -> Result<(), async_nats::Error> {
+) -> Result<stream::Stream, async_nats::Error> {
     let mut lost = 0;
     loop {
         match js.get_stream(&wanted.name).await {
-            Ok(found) => {
-                if chosen(&found.cached_info().config) != chosen(&wanted) {
-                    js.update_stream(&wanted).await?;
-                }
-                return Ok(());
+            Ok(found) if chosen(&found.cached_info().config) == chosen(&wanted) => {
+                return Ok(found)
+            }
+            // Looked up again after the update, so that the stream returned shows its settings.
+            Ok(_) => {
+                js.update_stream(&wanted).await?;
+                return Ok(js.get_stream(&wanted.name).await?);
             }
             Err(e) if missing(&e) => match js.create_stream(wanted.clone()).await {
-                Ok(_) => return Ok(()),
+                Ok(created) => return Ok(created),
                 Err(e) if lost == 2 => return Err(e.into()),
                 // Another connection may have just created it: look again.
                 Err(_) => lost += 1,

@@ -248,7 +248,8 @@ impl Relay {
             events_stream(&self.config.stream, &self.config.subject_prefix),
         )
         .await
-        .map_err(nats)
+        .map_err(nats)?;
+        Ok(())
     }
 
     /// Publish the next batch of events after the stored line, and move the line once

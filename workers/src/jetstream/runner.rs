@@ -79,13 +79,12 @@ impl Runner {
         )
         .await
         .map_err(nats)?;
-        ensure_stream(
+        let events = ensure_stream(
             &js,
             crate::relay::events_stream(&config.stream, &config.subject_prefix),
         )
         .await
         .map_err(nats)?;
-        let events = js.get_stream(&config.stream).await.map_err(nats)?;
         let filter = format!("{}.>", config.subject_prefix);
         // Where the consumer starts cannot be updated, and a replay set it: keep it.
         let deliver_policy = match events.get_consumer::<pull::Config>(name).await {
