@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::helpers::{rows_scanned, spawn_app_with, TestApp};
 use crate::nats::{setup, Setup};
-use crate::workers::{rows_read_by, worker_status};
+use crate::workers::{rows_read, rows_read_by, worker_status};
 
 // ---------------------------------------------------------------- an SMTP sink
 
@@ -716,6 +716,80 @@ async fn the_mail_queue_status_counts_sent_mail_without_reading_it() {
     assert!(
         read <= 9.0,
         "the mail queue's counts read {read} notifications of 5,000, 9 of them pending or failed: {explained}"
+    );
+}
+
+#[tokio::test]
+async fn the_list_of_every_channel_is_the_newest_of_all_and_reads_about_a_page_per_channel() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let listed_ids = async || {
+        let listed = app.get(Support, "/v1/notifications").await;
+        listed.assert_status(200);
+        field(&listed.body, "id")
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(listed_ids().await.is_empty(), "no notifications yet");
+
+    // 2,000 notifications in each of three channels; four at a time share their time (a
+    // worker's batch shares its transaction's), and so do the channels, so that the order
+    // between them is the ids'.
+    sqlx::query(
+        "INSERT INTO notification.notifications (id, event_id, kind, channel, status, created_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'order_placed', c, 'recorded',
+                now() - make_interval(secs => g / 4)
+           FROM generate_series(1, 2000) g, unnest(ARRAY['default', 'eu', 'us']) c",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE notification.notifications")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // A global key without a filter: the newest 100 of them all, as a sort of the whole
+    // table orders them.
+    let sorted: Vec<String> = sqlx::query_scalar(
+        "SELECT id::text FROM notification.notifications
+          ORDER BY created_at DESC, id DESC LIMIT 100",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(listed_ids().await, sorted);
+
+    // Read through the channels' index, never by scanning the table ...
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let keys = ordo_commands::privacy::Keyring::new(one.clone(), None);
+    let scanned = rows_scanned(&one, "notification.notifications").await;
+    let listed = ordo_workers::notification::list(&one, &keys, None, None, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 100);
+    assert_eq!(
+        rows_scanned(&one, "notification.notifications").await,
+        scanned,
+        "the list of every channel scanned the table"
+    );
+    // ... about 100 rows per channel, not the 6,000 that the sort of the whole table read.
+    let explained: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        ordo_workers::notification::NEWEST
+    ))
+    .bind(100_i64)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let read = rows_read(&explained[0]["Plan"], "notifications");
+    assert!(
+        read <= 400.0,
+        "the newest 100 of three channels read {read} notifications of 6,000: {explained}"
     );
 }
 
