@@ -197,6 +197,40 @@ pub async fn fold_until<A: cqrs_es::Aggregate>(
     Ok(Versioned { state, version })
 }
 
+/// The ids of the payments created for an order (`$1`), in the order they were created: the
+/// first event of each payment stream names its order, and `events_payments_by_order`
+/// indexes exactly those events, so this reads one index entry per payment, never the log.
+pub const PAYMENTS_OF_ORDER: &str = "SELECT aggregate_id FROM event_store.events
+      WHERE aggregate_type = 'payment' AND sequence = 1 AND payload ->> 'order_id' = $1
+      ORDER BY global_position";
+
+/// See [`PAYMENTS_OF_ORDER`].
+pub async fn payment_ids_of_order(
+    pool: &sqlx::PgPool,
+    order_id: Uuid,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(PAYMENTS_OF_ORDER)
+        .bind(order_id.to_string())
+        .fetch_all(pool)
+        .await
+}
+
+/// Which kind of stream (`order`, `customer` or `payment`) has the id `$1`, if any: its first
+/// event, by the log's primary key (type, id, sequence), one probe per kind. The id alone
+/// is the key's second column, which walked the key from its start.
+pub const STREAM_KIND: &str = "SELECT aggregate_type FROM event_store.events
+      WHERE aggregate_type IN ('order', 'customer', 'payment') AND aggregate_id = $1
+        AND sequence = 1
+      LIMIT 1";
+
+/// See [`STREAM_KIND`].
+pub async fn stream_kind(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(STREAM_KIND)
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await
+}
+
 /// Whether the stream already holds an event caused by `causation_id` (an event id): how
 /// the process manager stays idempotent when it reacts to the same event twice.
 pub async fn caused_by(

@@ -322,15 +322,7 @@ impl Commands {
         &self,
         order_id: Uuid,
     ) -> Result<Vec<(String, Versioned<Payment>)>, CommandError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT aggregate_id FROM event_store.events
-              WHERE aggregate_type = 'payment' AND sequence = 1
-                AND payload ->> 'order_id' = $1
-              ORDER BY global_position",
-        )
-        .bind(order_id.to_string())
-        .fetch_all(self.pool())
-        .await?;
+        let ids = crate::history::payment_ids_of_order(self.pool(), order_id).await?;
         let mut payments = Vec::with_capacity(ids.len());
         for id in ids {
             let payment = self.store.load::<Payment>(&id).await?;

@@ -61,12 +61,7 @@ enum Found {
 async fn find(app: &AppState, session: &Session, q: &str) -> Result<Found, ConsoleError> {
     if let Ok(id) = Uuid::parse_str(q) {
         // The log, not a read model: an id is found even before its projection caught up.
-        let kind: Option<String> = sqlx::query_scalar(
-            "SELECT aggregate_type FROM event_store.events WHERE aggregate_id = $1 LIMIT 1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&app.pool)
-        .await?;
+        let kind = history::stream_kind(&app.pool, id).await?;
         return Ok(match kind.as_deref() {
             Some("order") => Found::Order(id),
             Some("customer") => Found::Customer(id),

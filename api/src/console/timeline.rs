@@ -9,7 +9,6 @@ use ordo_commands::privacy::Keyring;
 use ordo_domain::order::Order;
 use ordo_domain::payment::Payment;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ConsoleError;
@@ -36,24 +35,11 @@ impl Step {
     }
 }
 
-/// The ids of the payments created for `order_id`, from the log.
-pub async fn payment_ids(pool: &PgPool, order_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT aggregate_id FROM event_store.events
-          WHERE aggregate_type = 'payment' AND event_type = 'payment.created'
-            AND payload ->> 'order_id' = $1
-          ORDER BY global_position",
-    )
-    .bind(order_id.to_string())
-    .fetch_all(pool)
-    .await
-}
-
 /// The order's and its payments' events in global order; empty if no such order.
 pub async fn order_timeline(keys: &Keyring, order_id: Uuid) -> Result<Vec<Step>, ConsoleError> {
     let id = order_id.to_string();
     let mut steps = stream_steps(keys, "order", &id).await?;
-    for payment in payment_ids(keys.pool(), order_id).await? {
+    for payment in ordo_commands::history::payment_ids_of_order(keys.pool(), order_id).await? {
         steps.extend(stream_steps(keys, "payment", &payment).await?);
     }
     steps.sort_by_key(|s| s.event.position);

@@ -178,3 +178,81 @@ async fn state_is_folded_at_a_version_or_an_instant() {
         .await;
     assert_eq!(customer_state.body["name"], "Ada Lovelace");
 }
+
+/// The blocks a statement touched, under `EXPLAIN (ANALYZE, BUFFERS)` with `id` bound.
+async fn blocks_touched(pool: &sqlx::PgPool, sql: &str, id: String) -> (i64, serde_json::Value) {
+    let explained: serde_json::Value =
+        sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"))
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let plan = &explained[0]["Plan"];
+    let blocks = ["Shared Hit Blocks", "Shared Read Blocks"]
+        .iter()
+        .map(|k| plan[*k].as_i64().unwrap())
+        .sum();
+    (blocks, explained)
+}
+
+#[tokio::test]
+async fn the_consoles_reads_of_the_log_find_a_stream_and_an_orders_payments_by_index() {
+    let app = crate::helpers::spawn_app_with(|c| c.roles = vec![ordo::ProcessRole::Api]).await;
+    // 10,000 orders and 10,000 payments, two for each of the first 5,000 orders.
+    let uuid = async |name: &str| -> uuid::Uuid {
+        sqlx::query_scalar("SELECT md5($1)::uuid")
+            .bind(name)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    for sql in [
+        "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type,
+                event_version, payload, metadata)
+         SELECT 'order', md5('o' || g)::uuid::text, 1, 'order.placed', '1', '{}', '{}'
+           FROM generate_series(1, 10000) g",
+        "INSERT INTO event_store.events (aggregate_type, aggregate_id, sequence, event_type,
+                event_version, payload, metadata)
+         SELECT 'payment', md5('p' || g)::uuid::text, 1, 'payment.created', '1',
+                jsonb_build_object('order_id', md5('o' || (1 + g % 5000))::uuid::text), '{}'
+           FROM generate_series(1, 10000) g",
+        "ANALYZE event_store.events",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let (order, payment) = (uuid("o7").await, uuid("p6").await);
+    let kind = |id| ordo_commands::history::stream_kind(&app.pool, id);
+    assert_eq!(kind(order).await.unwrap().as_deref(), Some("order"));
+    assert_eq!(kind(payment).await.unwrap().as_deref(), Some("payment"));
+    assert_eq!(kind(uuid::Uuid::now_v7()).await.unwrap(), None);
+    assert_eq!(
+        ordo_commands::history::payment_ids_of_order(&app.pool, order)
+            .await
+            .unwrap(),
+        [payment.to_string(), uuid("p5006").await.to_string()]
+    );
+
+    // An id that is no stream: one probe of the log's key per kind, not a walk of the key
+    // from its start (which touched every one of its pages).
+    let (blocks, explained) = blocks_touched(
+        &app.pool,
+        ordo_commands::history::STREAM_KIND,
+        uuid::Uuid::now_v7().to_string(),
+    )
+    .await;
+    assert!(
+        blocks <= 20,
+        "finding no stream touched {blocks} blocks: {explained}"
+    );
+    // An order's payments: their entries in `events_payments_by_order`, not the log.
+    let (blocks, explained) = blocks_touched(
+        &app.pool,
+        ordo_commands::history::PAYMENTS_OF_ORDER,
+        order.to_string(),
+    )
+    .await;
+    assert!(
+        blocks <= 20,
+        "an order's two payments touched {blocks} blocks: {explained}"
+    );
+}
