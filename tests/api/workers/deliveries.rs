@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::helpers::{eventually, spawn_app_with, TestApp};
+use crate::helpers::{eventually, rows_scanned, spawn_app_with, TestApp};
 use crate::nats::setup;
 use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
 use crate::workers::{rows_read, rows_read_by, worker_status};
@@ -1049,4 +1049,88 @@ async fn a_failing_endpoint_is_probed_one_request_at_a_time_with_nothing_leased_
         "deliveries leased at once at a failing endpoint"
     );
     assert!(hanging.accepted.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test]
+async fn an_endpoints_deliveries_of_every_status_are_its_newest_and_read_about_a_page_per_status() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let (endpoint, _) = register(&app, "http://127.0.0.1:9/history", json!(["*"])).await;
+    let endpoint_id = uuid::Uuid::parse_str(&endpoint).unwrap();
+    // 6,000 deliveries, most of them delivered, a tenth failed and a tenth pending; four at a
+    // time share their time, so that the order between them is the ids'.
+    sqlx::query(
+        "INSERT INTO integration.outbox (id, endpoint_id, event_id, event_type, aggregate_id,
+                position, body, status, next_attempt_at, created_at, delivered_at)
+         SELECT gen_random_uuid(), $1, gen_random_uuid(), 'order.placed', 'o' || g, g, '{}',
+                CASE g % 10 WHEN 0 THEN 'failed' WHEN 1 THEN 'pending' ELSE 'delivered' END,
+                now() + interval '1 hour', now() - make_interval(secs => g / 4),
+                CASE WHEN g % 10 > 1 THEN now() END
+           FROM generate_series(1, 6000) g",
+    )
+    .bind(endpoint_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE integration.outbox")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // Listed as a sort of the endpoint's whole outbox orders them, with a status or without.
+    let sorted = |status: Option<&'static str>| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id::text FROM integration.outbox
+              WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
+              ORDER BY created_at DESC, id DESC LIMIT 50",
+        )
+        .bind(endpoint_id)
+        .bind(status)
+        .fetch_all(&app.pool)
+    };
+    for (query, status) in [("", None), ("?status=failed", Some("failed"))] {
+        let listed = app
+            .get(Admin, &format!("/v1/webhooks/{endpoint}/deliveries{query}"))
+            .await;
+        listed.assert_status(200);
+        let ids: Vec<&str> = listed.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, sorted(status).await.unwrap(), "{query}");
+    }
+
+    // Every status's newest through its own index, never by scanning the outbox ...
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let scanned = rows_scanned(&one, "integration.outbox").await;
+    let listed = integration::outbox::deliveries(&one, endpoint_id, None, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.items.len(), 50);
+    assert_eq!(
+        rows_scanned(&one, "integration.outbox").await,
+        scanned,
+        "the deliveries of every status scanned the outbox"
+    );
+    // ... about 50 rows each, not the 6,000.
+    let explained: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        integration::outbox::EVERY_STATUS.as_str()
+    ))
+    .bind(endpoint_id)
+    .bind(50_i64)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let read = rows_read(&explained[0]["Plan"], "outbox");
+    assert!(
+        read <= 200.0,
+        "the newest 50 deliveries of an endpoint read {read} of its 6,000: {explained}"
+    );
 }

@@ -1,6 +1,8 @@
 //! The webhook outbox (`integration.outbox`): one delivery per (endpoint, event), written by
 //! the integration worker, sent by the delivery pool, listed and retried by operators.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -185,18 +187,46 @@ pub async fn deliveries(
     if !super::endpoints::exists(pool, endpoint_id).await? {
         return Ok(None);
     }
-    let items = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM integration.outbox
-          WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
-          ORDER BY created_at DESC, id DESC LIMIT $3"
-    ))
-    .bind(endpoint_id)
-    .bind(status)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let items = match status {
+        Some(status) => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM integration.outbox
+                  WHERE endpoint_id = $1 AND status = $3
+                  ORDER BY created_at DESC, id DESC LIMIT $2"
+            ))
+            .bind(endpoint_id)
+            .bind(limit)
+            .bind(status)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as(&EVERY_STATUS)
+                .bind(endpoint_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+    };
     Ok(Some(DeliveryList { items }))
 }
+
+/// An endpoint's (`$1`) newest `$2` deliveries, whatever their status: each status's newest
+/// through its own index (`outbox_pending_since`, `outbox_by_status`), merged. Ordering the
+/// endpoint's deliveries in one statement sorted every delivery it ever had.
+pub static EVERY_STATUS: LazyLock<String> = LazyLock::new(|| {
+    let newest = |status: &str| {
+        format!(
+            "(SELECT {COLUMNS} FROM integration.outbox
+               WHERE endpoint_id = $1 AND status = '{status}'
+               ORDER BY created_at DESC, id DESC LIMIT $2)"
+        )
+    };
+    format!(
+        "SELECT * FROM ({}) newest ORDER BY created_at DESC, id DESC LIMIT $2",
+        STATUSES.map(newest).join(" UNION ALL ")
+    )
+});
 
 /// One delivery of an endpoint with its attempts.
 pub async fn delivery(
