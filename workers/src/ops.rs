@@ -127,6 +127,48 @@ pub enum ReplayFrom {
     Time(DateTime<Utc>),
 }
 
+/// Per worker (`$1`, their names): how many of its dead letters wait for a redrive (through
+/// `dead_letters_waiting`) and the error of its newest (one probe of
+/// `dead_letters_by_worker`). Grouping the table read every dead letter ever kept.
+pub const LETTERS_BY_WORKER: &str = "SELECT w.worker,
+        (SELECT count(*) FROM workers.dead_letters d
+          WHERE d.worker = w.worker AND d.redriven_at IS NULL),
+        (SELECT d.error FROM workers.dead_letters d
+          WHERE d.worker = w.worker ORDER BY d.created_at DESC, d.id DESC LIMIT 1)
+   FROM unnest($1::text[]) AS w (worker)";
+
+/// The columns of a [`DeadLetter`], as a literal for `concat!`.
+macro_rules! dead_letter_columns {
+    () => {
+        "id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at"
+    };
+}
+
+/// The newest 500 dead letters of every worker that has any: each worker's newest through
+/// `dead_letters_by_worker`, merged; the workers are found in the same index, one probe
+/// each. Ordering the whole table read every dead letter ever kept.
+pub const NEWEST_DEAD_LETTERS: &str = concat!(
+    "WITH RECURSIVE named (worker) AS (
+         (SELECT worker FROM workers.dead_letters ORDER BY worker LIMIT 1)
+         UNION ALL
+         SELECT (SELECT d.worker FROM workers.dead_letters d
+                  WHERE d.worker > n.worker ORDER BY d.worker LIMIT 1)
+           FROM named n
+          WHERE n.worker IS NOT NULL
+     )
+     SELECT newest.*
+       FROM named n
+      CROSS JOIN LATERAL (
+            SELECT ",
+    dead_letter_columns!(),
+    " FROM workers.dead_letters d
+             WHERE d.worker = n.worker
+             ORDER BY d.created_at DESC, d.id DESC
+             LIMIT 500) newest
+      ORDER BY newest.created_at DESC, newest.id DESC
+      LIMIT 500"
+);
+
 pub struct WorkersAdmin {
     config: WorkerConfig,
     js: OnceCell<jetstream::Context>,
@@ -162,13 +204,10 @@ impl WorkersAdmin {
     }
 
     pub async fn status(&self, pool: &PgPool) -> Result<Vec<WorkerStatus>, OpsError> {
-        let letters: Vec<(String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT worker, count(*) FILTER (WHERE redriven_at IS NULL),
-                    (array_agg(error ORDER BY created_at DESC))[1]
-               FROM workers.dead_letters GROUP BY worker",
-        )
-        .fetch_all(pool)
-        .await?;
+        let letters: Vec<(String, i64, Option<String>)> = sqlx::query_as(LETTERS_BY_WORKER)
+            .bind(Worker::ALL.map(Worker::name))
+            .fetch_all(pool)
+            .await?;
         let letters: HashMap<String, (i64, Option<String>)> =
             letters.into_iter().map(|(w, n, e)| (w, (n, e))).collect();
         let stream = match self.js().await {
@@ -265,14 +304,20 @@ impl WorkersAdmin {
         pool: &PgPool,
         worker: Option<&str>,
     ) -> Result<DeadLetterList, OpsError> {
-        let items = sqlx::query_as(
-            "SELECT id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at
-               FROM workers.dead_letters WHERE ($1::text IS NULL OR worker = $1)
-              ORDER BY created_at DESC LIMIT 500",
-        )
-        .bind(worker)
-        .fetch_all(pool)
-        .await?;
+        let items = match worker {
+            Some(worker) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    dead_letter_columns!(),
+                    " FROM workers.dead_letters WHERE worker = $1
+                      ORDER BY created_at DESC, id DESC LIMIT 500"
+                ))
+                .bind(worker)
+                .fetch_all(pool)
+                .await?
+            }
+            None => sqlx::query_as(NEWEST_DEAD_LETTERS).fetch_all(pool).await?,
+        };
         Ok(DeadLetterList { items })
     }
 

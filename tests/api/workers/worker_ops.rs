@@ -8,8 +8,8 @@ use ordo_api::Role::{Admin, Analyst, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
-use crate::helpers::spawn_app_with;
-use crate::workers::worker_status;
+use crate::helpers::{rows_scanned, spawn_app_with};
+use crate::workers::{rows_read, rows_read_by, worker_status};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -191,4 +191,103 @@ async fn redriving_all_of_a_workers_letters_goes_in_bounded_steps_with_what_rema
         .await
         .assert_problem(422, "validation");
     s.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_workers_status_and_the_dead_letters_read_what_waits_and_the_newest_not_every_letter_kept(
+) {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    // 12,000 dead letters, 4,000 per worker, all redriven long ago but four per worker; the
+    // newest of each alone at its time, then four at a time sharing theirs, so that the
+    // order between those is the ids'.
+    sqlx::query(
+        "INSERT INTO workers.dead_letters (id, worker, event_id, subject, stream_sequence,
+                attempts, error, body, created_at, redriven_at)
+         SELECT gen_random_uuid(), w, gen_random_uuid(), 'ordo.events.order.placed', g, 3,
+                w || ' failed ' || g, '{}', now() - make_interval(secs => (g + 2) / 4),
+                CASE WHEN g % 1000 <> 7 THEN now() END
+           FROM generate_series(1, 4000) g,
+                unnest(ARRAY['notification', 'analytics', 'integration']) w",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE workers.dead_letters")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // Each worker: its four waiting letters, and its newest letter's error.
+    for worker in Worker::ALL.map(Worker::name) {
+        let status = worker_status(&app, worker).await;
+        assert_eq!(status["dead_letters"], 4, "{status}");
+        assert_eq!(
+            status["last_error"],
+            format!("{worker} failed 1"),
+            "{status}"
+        );
+    }
+    // Every worker's letters together: the newest 500, as a sort of the whole table orders
+    // them.
+    let listed = app.get(Admin, "/v1/dead-letters").await;
+    listed.assert_status(200);
+    let ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    let sorted: Vec<String> = sqlx::query_scalar(
+        "SELECT id::text FROM workers.dead_letters ORDER BY created_at DESC, id DESC LIMIT 500",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids, sorted);
+
+    // What they read: never a scan of the table ...
+    let s = crate::nats::setup(&app).await;
+    let admin = ordo_workers::ops::WorkersAdmin::new(s.worker_config.clone());
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let scanned = rows_scanned(&one, "workers.dead_letters").await;
+    assert_eq!(admin.status(&one).await.unwrap().len(), 3);
+    assert_eq!(
+        admin.dead_letters(&one, None).await.unwrap().items.len(),
+        500
+    );
+    assert_eq!(
+        rows_scanned(&one, "workers.dead_letters").await,
+        scanned,
+        "the workers' status or the dead letters scanned the table"
+    );
+    // ... but a few rows per worker for the status and about 500 per worker for the list;
+    // grouping or sorting the whole table read all 12,000.
+    let names = Worker::ALL.map(Worker::name);
+    let status_plan: serde_json::Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        ordo_workers::ops::LETTERS_BY_WORKER
+    ))
+    .bind(names)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let read = rows_read(&status_plan[0]["Plan"], "dead_letters");
+    assert!(
+        read <= 30.0,
+        "the workers' status read {read} dead letters of 12,000: {status_plan}"
+    );
+    let (read, list_plan) = rows_read_by(
+        &app.pool,
+        ordo_workers::ops::NEWEST_DEAD_LETTERS,
+        "dead_letters",
+    )
+    .await;
+    assert!(
+        read <= 1_600.0,
+        "the newest 500 dead letters read {read} of 12,000: {list_plan}"
+    );
 }
