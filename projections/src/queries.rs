@@ -215,8 +215,8 @@ pub async fn customer(
 /// Which customers a lookup by e-mail finds.
 #[derive(Debug, Clone, Copy)]
 pub enum ByEmail<'a> {
-    /// By the read model's clear text, case-insensitive (encryption off; a scan, since no
-    /// index holds e-mail addresses, and rows still sealed by an earlier master key are not
+    /// By the read model's clear text, case-insensitive (encryption off; through
+    /// `customers_by_clear_email`, and rows still sealed by an earlier master key are not
     /// found).
     Clear(&'a str),
     /// The customers the key store's blind index names for the address (encryption on).

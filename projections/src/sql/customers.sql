@@ -14,11 +14,15 @@ CREATE TABLE IF NOT EXISTS {schema}.customers (
     registered_at   timestamptz,
     -- `email` and `name` hold the base64 of their values sealed with the customer's data
     -- key when true (ADR 0020, projections/src/customers.rs), else the clear values
-    -- (encryption off, or a row `ordo privacy migrate` has not sealed yet). No index on
-    -- them: lookups by e-mail go through the blind index (privacy.email_index).
+    -- (encryption off, or a row `ordo privacy migrate` has not sealed yet). Sealed rows
+    -- are found by e-mail through the blind index (privacy.email_index).
     sealed          boolean     NOT NULL DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS customers_by_channel ON {schema}.customers (channel, id);
+-- Lookups by e-mail among the rows in clear (encryption off), case-insensitive. Sealed rows
+-- stay out of it: with encryption on it holds nothing, and an order's update of its
+-- customer changes neither column, so it stays a heap-only update.
+CREATE INDEX IF NOT EXISTS customers_by_clear_email ON {schema}.customers (lower(email)) WHERE NOT sealed;
 
 -- Spending per customer and currency. net and average order value are derived on read:
 -- net = gross - refunded, average = gross / orders (orders not cancelled). Money sums are

@@ -266,3 +266,77 @@ async fn projection_status_shows_position_and_lag() {
         .await
         .assert_problem(403, "forbidden");
 }
+
+/// Rows of `table` read so far, by sequential scans and fetched through indexes, asked
+/// through a pool of one connection (which hands its own statistics over first).
+async fn rows_fetched(pool: &sqlx::PgPool, table: &str) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+           FROM pg_stat_user_tables WHERE relid = $1::regclass",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_customer_is_found_by_a_clear_email_through_its_index_not_by_reading_every_customer() {
+    use ordo_projections::queries::{customers, ByEmail};
+    let app = spawn_app_with(|c| c.roles = vec![ordo::ProcessRole::Api]).await;
+    sqlx::raw_sql(&ordo_projections::Projection::Customers.ddl("projections"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // 20,000 customers in clear (encryption off) and 1,000 sealed ones.
+    sqlx::query(
+        "INSERT INTO projections.customers (id, email, name, order_count, cancelled_count,
+                open_orders, notes_count, sealed)
+         SELECT gen_random_uuid(), CASE WHEN g <= 20000 THEN 'c' || g || '@example.com'
+                                        ELSE encode(sha256(g::text::bytea), 'base64') END,
+                'Customer ' || g, 0, 0, 0, 0, g > 20000
+           FROM generate_series(1, 21000) g",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE projections.customers")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let keys = ordo_commands::privacy::Keyring::new(one.clone(), None);
+    let before = rows_fetched(&one, "projections.customers").await;
+    let found = customers(
+        &one,
+        &keys,
+        None,
+        Some(ByEmail::Clear("C7777@Example.com")),
+        None,
+        20,
+    )
+    .await
+    .unwrap();
+    let fetched = rows_fetched(&one, "projections.customers").await - before;
+    assert_eq!(
+        found
+            .items
+            .iter()
+            .map(|c| c.name.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("Customer 7777")]
+    );
+    assert!(
+        fetched <= 5,
+        "finding one customer by e-mail read {fetched} of 21,000 customers"
+    );
+}
