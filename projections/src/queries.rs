@@ -216,7 +216,7 @@ pub async fn customer(
 #[derive(Debug, Clone, Copy)]
 pub enum ByEmail<'a> {
     /// By the read model's clear text, case-insensitive (encryption off; through
-    /// `customers_by_clear_email`, and rows still sealed by an earlier master key are not
+    /// `customers_by_lower_email`, and rows still sealed by an earlier master key are not
     /// found).
     Clear(&'a str),
     /// The customers the key store's blind index names for the address (encryption on).

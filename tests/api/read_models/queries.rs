@@ -292,14 +292,14 @@ async fn a_customer_is_found_by_a_clear_email_through_its_index_not_by_reading_e
         .execute(&app.pool)
         .await
         .unwrap();
-    // 20,000 customers in clear (encryption off) and 1,000 sealed ones.
+    // 100,000 customers in clear (encryption off) and 1,000 sealed ones.
     sqlx::query(
         "INSERT INTO projections.customers (id, email, name, order_count, cancelled_count,
                 open_orders, notes_count, sealed)
-         SELECT gen_random_uuid(), CASE WHEN g <= 20000 THEN 'c' || g || '@example.com'
+         SELECT gen_random_uuid(), CASE WHEN g <= 100000 THEN 'c' || g || '@example.com'
                                         ELSE encode(sha256(g::text::bytea), 'base64') END,
-                'Customer ' || g, 0, 0, 0, 0, g > 20000
-           FROM generate_series(1, 21000) g",
+                'Customer ' || g, 0, 0, 0, 0, g > 100000
+           FROM generate_series(1, 101000) g",
     )
     .execute(&app.pool)
     .await
@@ -337,6 +337,6 @@ async fn a_customer_is_found_by_a_clear_email_through_its_index_not_by_reading_e
     );
     assert!(
         fetched <= 5,
-        "finding one customer by e-mail read {fetched} of 21,000 customers"
+        "finding one customer by e-mail read {fetched} of 101,000 customers"
     );
 }
