@@ -69,6 +69,16 @@ pub async fn rows_scanned(pool: &PgPool, table: &str) -> i64 {
         .unwrap()
 }
 
+/// A pool of one connection on `app`'s database: statistics asked through it
+/// ([`rows_scanned`]) include every statement it ran.
+pub async fn pool_of_one(app: &TestApp) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.database_url)
+        .await
+        .unwrap()
+}
+
 pub fn fresh_database_url() -> String {
     format!("{}/ordo_test_{}", postgres_base(), Uuid::new_v4().simple())
 }

@@ -14,6 +14,7 @@ pub mod integration;
 pub mod jetstream;
 pub mod mailer;
 pub mod nats;
+mod newest;
 pub mod notification;
 pub mod ops;
 pub mod process_manager;

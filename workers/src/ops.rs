@@ -2,6 +2,7 @@
 //! their redrive. Used by the admin API and the CLI.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -137,37 +138,16 @@ pub const LETTERS_BY_WORKER: &str = "SELECT w.worker,
           WHERE d.worker = w.worker ORDER BY d.created_at DESC, d.id DESC LIMIT 1)
    FROM unnest($1::text[]) AS w (worker)";
 
-/// The columns of a [`DeadLetter`], as a literal for `concat!`.
-macro_rules! dead_letter_columns {
-    () => {
-        "id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at"
-    };
-}
+/// The columns of a [`DeadLetter`].
+const DEAD_LETTER_COLUMNS: &str =
+    "id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at";
 
 /// The newest 500 dead letters of every worker that has any: each worker's newest through
-/// `dead_letters_by_worker`, merged; the workers are found in the same index, one probe
-/// each. Ordering the whole table read every dead letter ever kept.
-pub const NEWEST_DEAD_LETTERS: &str = concat!(
-    "WITH RECURSIVE named (worker) AS (
-         (SELECT worker FROM workers.dead_letters ORDER BY worker LIMIT 1)
-         UNION ALL
-         SELECT (SELECT d.worker FROM workers.dead_letters d
-                  WHERE d.worker > n.worker ORDER BY d.worker LIMIT 1)
-           FROM named n
-          WHERE n.worker IS NOT NULL
-     )
-     SELECT newest.*
-       FROM named n
-      CROSS JOIN LATERAL (
-            SELECT ",
-    dead_letter_columns!(),
-    " FROM workers.dead_letters d
-             WHERE d.worker = n.worker
-             ORDER BY d.created_at DESC, d.id DESC
-             LIMIT 500) newest
-      ORDER BY newest.created_at DESC, newest.id DESC
-      LIMIT 500"
-);
+/// `dead_letters_by_worker`, merged (`newest_of_each`). Ordering the whole
+/// table read every dead letter ever kept.
+pub static NEWEST_DEAD_LETTERS: LazyLock<String> = LazyLock::new(|| {
+    crate::newest::newest_of_each("workers.dead_letters", "worker", DEAD_LETTER_COLUMNS, "500")
+});
 
 pub struct WorkersAdmin {
     config: WorkerConfig,
@@ -306,17 +286,15 @@ impl WorkersAdmin {
     ) -> Result<DeadLetterList, OpsError> {
         let items = match worker {
             Some(worker) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    dead_letter_columns!(),
-                    " FROM workers.dead_letters WHERE worker = $1
+                sqlx::query_as(&format!(
+                    "SELECT {DEAD_LETTER_COLUMNS} FROM workers.dead_letters WHERE worker = $1
                       ORDER BY created_at DESC, id DESC LIMIT 500"
                 ))
                 .bind(worker)
                 .fetch_all(pool)
                 .await?
             }
-            None => sqlx::query_as(NEWEST_DEAD_LETTERS).fetch_all(pool).await?,
+            None => sqlx::query_as(&NEWEST_DEAD_LETTERS).fetch_all(pool).await?,
         };
         Ok(DeadLetterList { items })
     }

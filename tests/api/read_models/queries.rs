@@ -309,11 +309,7 @@ async fn a_customer_is_found_by_a_clear_email_through_its_index_not_by_reading_e
         .await
         .unwrap();
 
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&app.database_url)
-        .await
-        .unwrap();
+    let one = crate::helpers::pool_of_one(&app).await;
     let keys = ordo_commands::privacy::Keyring::new(one.clone(), None);
     let before = rows_fetched(&one, "projections.customers").await;
     let found = customers(

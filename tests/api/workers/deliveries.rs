@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::helpers::{eventually, rows_scanned, spawn_app_with, TestApp};
+use crate::helpers::{eventually, pool_of_one, rows_scanned, spawn_app_with, TestApp};
 use crate::nats::setup;
 use crate::workers::webhooks::{deliveries, placed_event_id, quick_pool, register};
 use crate::workers::{rows_read, rows_read_by, worker_status};
@@ -1102,11 +1102,7 @@ async fn an_endpoints_deliveries_of_every_status_are_its_newest_and_read_about_a
     }
 
     // Every status's newest through its own index, never by scanning the outbox ...
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&app.database_url)
-        .await
-        .unwrap();
+    let one = pool_of_one(&app).await;
     let scanned = rows_scanned(&one, "integration.outbox").await;
     let listed = integration::outbox::deliveries(&one, endpoint_id, None, 50)
         .await

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use crate::helpers::{rows_scanned, spawn_app_with, TestApp};
+use crate::helpers::{pool_of_one, rows_scanned, spawn_app_with, TestApp};
 use crate::nats::{setup, Setup};
 use crate::workers::{rows_read, rows_read_by, worker_status};
 
@@ -761,11 +761,7 @@ async fn the_list_of_every_channel_is_the_newest_of_all_and_reads_about_a_page_p
     assert_eq!(listed_ids().await, sorted);
 
     // Read through the channels' index, never by scanning the table ...
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&app.database_url)
-        .await
-        .unwrap();
+    let one = pool_of_one(&app).await;
     let keys = ordo_commands::privacy::Keyring::new(one.clone(), None);
     let scanned = rows_scanned(&one, "notification.notifications").await;
     let listed = ordo_workers::notification::list(&one, &keys, None, None, None, 100)
@@ -780,7 +776,7 @@ async fn the_list_of_every_channel_is_the_newest_of_all_and_reads_about_a_page_p
     // ... about 100 rows per channel, not the 6,000 that the sort of the whole table read.
     let explained: Value = sqlx::query_scalar(&format!(
         "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-        ordo_workers::notification::NEWEST
+        ordo_workers::notification::NEWEST.as_str()
     ))
     .bind(100_i64)
     .fetch_one(&app.pool)

@@ -8,7 +8,7 @@ use ordo_api::Role::{Admin, Analyst, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
-use crate::helpers::{rows_scanned, spawn_app_with};
+use crate::helpers::{pool_of_one, rows_scanned, spawn_app_with};
 use crate::workers::{rows_read, rows_read_by, worker_status};
 
 const NATS: &str = "nats://127.0.0.1:4222";
@@ -248,11 +248,7 @@ async fn the_workers_status_and_the_dead_letters_read_what_waits_and_the_newest_
     // What they read: never a scan of the table ...
     let s = crate::nats::setup(&app).await;
     let admin = ordo_workers::ops::WorkersAdmin::new(s.worker_config.clone());
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&app.database_url)
-        .await
-        .unwrap();
+    let one = pool_of_one(&app).await;
     let scanned = rows_scanned(&one, "workers.dead_letters").await;
     assert_eq!(admin.status(&one).await.unwrap().len(), 3);
     assert_eq!(
@@ -282,7 +278,7 @@ async fn the_workers_status_and_the_dead_letters_read_what_waits_and_the_newest_
     );
     let (read, list_plan) = rows_read_by(
         &app.pool,
-        ordo_workers::ops::NEWEST_DEAD_LETTERS,
+        ordo_workers::ops::NEWEST_DEAD_LETTERS.as_str(),
         "dead_letters",
     )
     .await;
