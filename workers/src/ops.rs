@@ -143,8 +143,8 @@ const DEAD_LETTER_COLUMNS: &str =
     "id, worker, event_id, subject, stream_sequence, attempts, error, created_at, redriven_at";
 
 /// The newest 500 dead letters of every worker that has any: each worker's newest through
-/// `dead_letters_by_worker`, merged (`newest_of_each`). Ordering the whole
-/// table read every dead letter ever kept.
+/// `dead_letters_by_worker`, merged (`newest_of_each`). Ordering the whole table read every
+/// dead letter ever kept.
 pub static NEWEST_DEAD_LETTERS: LazyLock<String> = LazyLock::new(|| {
     crate::newest::newest_of_each("workers.dead_letters", "worker", DEAD_LETTER_COLUMNS, "500")
 });

@@ -335,8 +335,8 @@ static FILTERED: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The newest `$1` notifications of every channel: each channel's newest through
-/// `notifications_by_channel`, merged (`newest_of_each`); `FILTERED`
-/// without a filter sorted the whole table (0.8 s at two million).
+/// `notifications_by_channel`, merged (`newest_of_each`); `FILTERED` without a filter
+/// sorted the whole table (0.8 s at two million).
 pub static NEWEST: LazyLock<String> = LazyLock::new(|| {
     crate::newest::newest_of_each("notification.notifications", "channel", VIEW_COLUMNS, "$1")
 });
