@@ -286,4 +286,5 @@ async fn the_workers_status_and_the_dead_letters_read_what_waits_and_the_newest_
         read <= 1_600.0,
         "the newest 500 dead letters read {read} of 12,000: {list_plan}"
     );
+    s.cleanup().await;
 }
