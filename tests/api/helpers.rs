@@ -53,30 +53,60 @@ pub fn migrations_before(version: i64) -> sqlx::migrate::Migrator {
     }
 }
 
-/// Rows that sequential scans of `table` (`schema.name`) have read so far, asked through
-/// `pool`: its connection first hands its own pending statistics to the server (a session
-/// keeps them for up to a second), so through a pool of one connection the count includes
-/// every statement that pool ran.
-pub async fn rows_scanned(pool: &PgPool, table: &str) -> i64 {
+/// Rows of a table read so far, from its statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableReads {
+    /// Read by sequential scans.
+    pub scanned: i64,
+    /// Fetched through its indexes.
+    pub fetched: i64,
+}
+
+/// Rows of `table` (`schema.name`) read so far, asked through `pool`: its connection first
+/// hands its own pending statistics to the server (a session keeps them for up to a
+/// second), so through a pool of one connection the count includes every statement that
+/// pool ran.
+pub async fn table_reads(pool: &PgPool, table: &str) -> TableReads {
     sqlx::query("SELECT pg_stat_force_next_flush()")
         .execute(pool)
         .await
         .unwrap();
-    sqlx::query_scalar("SELECT seq_tup_read FROM pg_stat_user_tables WHERE relid = $1::regclass")
-        .bind(table)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    let (scanned, fetched) = sqlx::query_as(
+        "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)
+           FROM pg_stat_user_tables WHERE relid = $1::regclass",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    TableReads { scanned, fetched }
 }
 
-/// A pool of one connection on `app`'s database: statistics asked through it
-/// ([`rows_scanned`]) include every statement it ran.
-pub async fn pool_of_one(app: &TestApp) -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
+/// Rows that sequential scans of `table` have read so far (see [`table_reads`]).
+pub async fn rows_scanned(pool: &PgPool, table: &str) -> i64 {
+    table_reads(pool, table).await.scanned
+}
+
+/// What `read` returns, run on a pool of one connection to `app`'s database, and the rows
+/// of `table` it read.
+pub async fn reads_of<T>(
+    app: &TestApp,
+    table: &str,
+    read: impl AsyncFnOnce(&PgPool) -> T,
+) -> (T, TableReads) {
+    let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&app.database_url)
         .await
-        .unwrap()
+        .unwrap();
+    let before = table_reads(&one, table).await;
+    let value = read(&one).await;
+    let after = table_reads(&one, table).await;
+    let reads = TableReads {
+        scanned: after.scanned - before.scanned,
+        fetched: after.fetched - before.fetched,
+    };
+    (value, reads)
 }
 
 pub fn fresh_database_url() -> String {

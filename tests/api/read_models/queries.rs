@@ -267,23 +267,6 @@ async fn projection_status_shows_position_and_lag() {
         .assert_problem(403, "forbidden");
 }
 
-/// Rows of `table` read so far, by sequential scans and fetched through indexes, asked
-/// through a pool of one connection (which hands its own statistics over first).
-async fn rows_fetched(pool: &sqlx::PgPool, table: &str) -> i64 {
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(pool)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
-           FROM pg_stat_user_tables WHERE relid = $1::regclass",
-    )
-    .bind(table)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_customer_is_found_by_a_clear_email_through_its_index_not_by_reading_every_customer() {
     use ordo_projections::queries::{customers, ByEmail};
@@ -309,20 +292,15 @@ async fn a_customer_is_found_by_a_clear_email_through_its_index_not_by_reading_e
         .await
         .unwrap();
 
-    let one = crate::helpers::pool_of_one(&app).await;
-    let keys = ordo_commands::privacy::Keyring::new(one.clone(), None);
-    let before = rows_fetched(&one, "projections.customers").await;
-    let found = customers(
-        &one,
-        &keys,
-        None,
-        Some(ByEmail::Clear("C7777@Example.com")),
-        None,
-        20,
-    )
-    .await
-    .unwrap();
-    let fetched = rows_fetched(&one, "projections.customers").await - before;
+    let (found, reads) = crate::helpers::reads_of(&app, "projections.customers", async |one| {
+        let keys = ordo_commands::privacy::Keyring::new(one.clone(), None);
+        let email = ByEmail::Clear("C7777@Example.com");
+        customers(one, &keys, None, Some(email), None, 20)
+            .await
+            .unwrap()
+    })
+    .await;
+    let fetched = reads.scanned + reads.fetched;
     assert_eq!(
         found
             .items

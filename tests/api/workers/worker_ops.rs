@@ -8,7 +8,7 @@ use ordo_api::Role::{Admin, Analyst, Storefront};
 use ordo_workers::{Relay, RelayConfig, Worker, WorkerConfig, WorkerRunner};
 use serde_json::json;
 
-use crate::helpers::{pool_of_one, rows_scanned, spawn_app_with};
+use crate::helpers::{reads_of, spawn_app_with};
 use crate::workers::{rows_read, rows_read_by, worker_status};
 
 const NATS: &str = "nats://127.0.0.1:4222";
@@ -248,16 +248,14 @@ async fn the_workers_status_and_the_dead_letters_read_what_waits_and_the_newest_
     // What they read: never a scan of the table ...
     let s = crate::nats::setup(&app).await;
     let admin = ordo_workers::ops::WorkersAdmin::new(s.worker_config.clone());
-    let one = pool_of_one(&app).await;
-    let scanned = rows_scanned(&one, "workers.dead_letters").await;
-    assert_eq!(admin.status(&one).await.unwrap().len(), 3);
+    let ((workers, letters), reads) = reads_of(&app, "workers.dead_letters", async |one| {
+        let workers = admin.status(one).await.unwrap();
+        (workers, admin.dead_letters(one, None).await.unwrap())
+    })
+    .await;
+    assert_eq!((workers.len(), letters.items.len()), (3, 500));
     assert_eq!(
-        admin.dead_letters(&one, None).await.unwrap().items.len(),
-        500
-    );
-    assert_eq!(
-        rows_scanned(&one, "workers.dead_letters").await,
-        scanned,
+        reads.scanned, 0,
         "the workers' status or the dead letters scanned the table"
     );
     // ... but a few rows per worker for the status and about 500 per worker for the list;
