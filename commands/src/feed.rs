@@ -9,9 +9,11 @@
 //! all read through here.
 
 pub mod bulk;
+mod cadence;
 mod known;
 mod listener;
 
+pub use cadence::Cadence;
 pub use known::KnownHead;
 
 use std::time::Duration;
@@ -219,12 +221,13 @@ pub const CHANNEL: &str = "ordo_events";
 /// to the time a command takes to show in a read model.
 pub const LINGER: Duration = Duration::from_millis(10);
 
-/// [`LINGER`] for the readers no client waits on to read its own writes: the relay, the
-/// process manager and (through JetStream) the workers. Each step costs several round trips
-/// and a commit whatever its size, and at a steady command rate the readers' steps, not the
-/// commands, were most of the machine's work; these readers trade a few tens of
-/// milliseconds of delay (a webhook, an e-mail, a payment status) for batches five times
-/// larger.
+/// [`LINGER`] for the readers no client waits on to read its own writes (the relay, the
+/// process manager and, through JetStream, the workers) while the flow is heavy (see
+/// [`Cadence`]). Each step costs several round trips and a commit whatever its size, and at
+/// a steady peak rate the readers' steps, not the commands, were most of the machine's
+/// work; these readers then trade a few tens of milliseconds of delay (a webhook, an
+/// e-mail, a payment status) for batches five times larger. Under a lighter flow they
+/// linger [`LINGER`].
 pub const LINGER_BACKGROUND: Duration = Duration::from_millis(50);
 
 impl Wakeup {

@@ -263,6 +263,7 @@ impl ProcessManager {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         const POLL: Duration = Duration::from_millis(500);
         let mut wakeup = Wakeup::new(&self.pool);
+        let mut cadence = feed::Cadence::default();
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
             // What this step reads up to at least: anything committed later raises the known
@@ -271,9 +272,10 @@ impl ProcessManager {
             match self.step().await {
                 Ok(Step::Handled(read)) => {
                     backoff = Duration::from_millis(200);
+                    let linger = cadence.after(read);
                     if (read as i64) < BATCH {
                         tokio::select! {
-                            _ = wakeup.linger_then_wait(head_at_step, feed::LINGER_BACKGROUND, POLL) => {}
+                            _ = wakeup.linger_then_wait(head_at_step, linger, POLL) => {}
                             _ = shutdown.changed() => {}
                         }
                     }

@@ -414,6 +414,7 @@ impl Relay {
             .execute(&mut *lock)
             .await?;
         let mut wakeup = Wakeup::new(&self.pool);
+        let mut cadence = feed::Cadence::default();
         let mut line = self.stored_line().await?;
         let mut stream_ready = false;
         let mut backoff = Duration::from_millis(200);
@@ -464,13 +465,14 @@ impl Relay {
                 sqlx::query("SELECT 1").execute(&mut *lock).await?;
                 last_beat = Instant::now();
             }
+            let linger = cadence.after(advance.published);
             if advance.full {
                 continue;
             }
             // Wait for the next commit's wake-up rather than read to find out; after a read
-            // that published, linger first.
+            // that published, linger first, as long as the flow calls for.
             let linger = if advance.published > 0 {
-                feed::LINGER_BACKGROUND
+                linger
             } else {
                 Duration::ZERO
             };

@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, Message};
 use futures::{FutureExt, StreamExt};
+use ordo_commands::feed::Cadence;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -19,10 +20,9 @@ use crate::nats::ensure_stream;
 /// twice this, with the messages that had arrived meanwhile).
 const BATCH: usize = 500;
 
-/// How long a batch that is not full waits for more messages before it is handled, while
-/// messages keep coming (the last batch was handled less than [`FLOWING`] ago). The feed's
-/// background readers linger the same way ([`ordo_commands::feed::LINGER_BACKGROUND`]).
-const LINGER: Duration = ordo_commands::feed::LINGER_BACKGROUND;
+/// While messages keep coming (the last batch was handled less than this ago), a batch that
+/// is not full waits for more before it is handled: as long as the feed's background readers
+/// linger for the flow the worker sees ([`Cadence`]).
 const FLOWING: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,7 @@ impl Runner {
             .map_err(nats)?;
         let mut batches = stream.ready_chunks(BATCH);
         let mut last_batch: Option<Instant> = None;
+        let mut cadence = Cadence::default();
         let mut advisories = self
             .advisories
             .stream()
@@ -234,7 +235,7 @@ impl Runner {
             let flowing = last_batch.is_some_and(|at| at.elapsed() < FLOWING);
             // It goes as soon as it is full: a backlog is not held back.
             if flowing && batch.len() < BATCH {
-                let deadline = tokio::time::Instant::now() + LINGER;
+                let deadline = tokio::time::Instant::now() + cadence.linger();
                 while batch.len() < BATCH {
                     tokio::select! {
                         more = batches.next() => match more {
@@ -255,6 +256,7 @@ impl Runner {
                 }
             }
             self.handle_batch(&messages).await?;
+            cadence.after(messages.len());
             last_batch = Some(Instant::now());
             if let Some(e) = failure {
                 return Err(e);
