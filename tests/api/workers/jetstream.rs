@@ -509,3 +509,82 @@ async fn the_relay_and_the_workers_starting_together_create_their_streams_withou
         js.delete_stream(stream).await.unwrap();
     }
 }
+
+/// A worker asked to stop under a steady flow stops, even when the request comes while a
+/// batch lingers for more messages. The linger's wait took the change, and the worker then
+/// waited for another change that never came: `ordo-bench pipeline --all-roles` hung once
+/// at its end. Under 3,000 messages a second a worker lingers 50 ms for most of each batch,
+/// so each of the five stops below most likely lands in a linger; any one of them hung
+/// before the fix.
+#[tokio::test]
+async fn a_worker_stops_when_asked_in_the_middle_of_a_steady_flow() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let s = setup(&app).await;
+    let (stop_flow, flowing) = tokio::sync::watch::channel(false);
+    let flow = tokio::spawn({
+        let js = s.js.clone();
+        // A type no worker acts on: each message is only recorded as handled.
+        let subject = format!("{}.test.flowing", s.relay_config.subject_prefix);
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut sent = 0u64;
+            while !*flowing.borrow() {
+                tick.tick().await;
+                let mut acks = Vec::new();
+                for _ in 0..30 {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("ce-id", uuid::Uuid::new_v4().to_string().as_str());
+                    acks.push(
+                        js.publish_with_headers(subject.clone(), headers, "{}".into())
+                            .await
+                            .unwrap(),
+                    );
+                }
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+                sent += 30;
+            }
+            sent
+        }
+    });
+
+    for round in 1..=5 {
+        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.processed")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let runner =
+            WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
+                .await
+                .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(runner.run(stopped));
+        // Long enough for the worker to judge the flow heavy (a quarter second) and settle
+        // into lingering batches.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stop.send(true).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(
+            ended.is_ok(),
+            "round {round}: the worker did not stop within 10 s of being asked"
+        );
+        ended.unwrap().unwrap();
+        let after: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.processed")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        assert!(
+            after > before,
+            "round {round}: the worker handled nothing of the flow ({before} before, {after} after)"
+        );
+    }
+
+    stop_flow.send(true).unwrap();
+    let sent = flow.await.unwrap();
+    assert!(sent > 0);
+    let _ =
+        s.js.delete_consumer_from_stream("analytics", &s.relay_config.stream)
+            .await;
+    s.cleanup().await;
+}

@@ -213,7 +213,9 @@ impl Runner {
             .messages()
             .await
             .map_err(nats)?;
-        loop {
+        // Ends on the value, not on a change: a change seen while a batch lingered (below) is
+        // not seen again by the select's `changed()`, which would then wait for ever.
+        while !*shutdown.borrow() {
             let batch = tokio::select! {
                 batch = batches.next() => batch,
                 advisory = advisories.next() => {
