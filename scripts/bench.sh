@@ -5,11 +5,15 @@
 #   2. Ordo's place-order over HTTP, 32 connections, as fast as it goes;
 #   3. the same at half that rate (latency when not saturated);
 #   4. the same as 2 with an Idempotency-Key on every command;
-#   5. the same as 2 again, and
-#   6. pgbench again, since a VM's speed can drift within the run.
+#   5. the same as 2 again;
+#   6. pgbench again, since a VM's speed can drift within the run; and, the server stopped,
+#   7. commit -> worker handler at 1,000 events/s with every role running (`ordo-bench
+#      pipeline --all-roles` on a database of its own; it measures the code ordo-bench was
+#      built from, not $ORDO; PIPELINE=0 skips it).
 # Prints the machine, each report and what it left downstream, then both rates (Ordo's the
 # mean of 2 and 5, pgbench's of 1 and 6), their ratio, how far each pair differs, the
-# latencies, and the keyed rate against the mean of the plain runs on either side of it.
+# latencies, the keyed rate against the mean of the plain runs on either side of it, and
+# the commit -> handler latency.
 #
 #   scripts/bench.sh                           # 32 clients, 20 s per run
 #   CONCURRENCY=64 DURATION=60 scripts/bench.sh
@@ -20,13 +24,15 @@
 #   HANGING_WEBHOOK=1 scripts/bench.sh         # with a webhook endpoint that never answers
 #   ORDO_ROLES=api,projector scripts/bench.sh  # fewer roles in the process (the targets name all)
 #
-# Uses (and drops) the databases ordo_bench and ordo_bench_pgbench, JetStream streams
-# ORDO_BENCH_<pid>*, and ports 18088-18089.
+# Uses (and drops) the databases ordo_bench, ordo_bench_pgbench and ordo_bench_pipeline,
+# JetStream streams ORDO_BENCH_<pid>* (and the pipeline's own, which it deletes), and ports
+# 18088-18089.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly DB=ordo_bench
+readonly PIPELINE_DB=ordo_bench_pipeline
 readonly ADDR=127.0.0.1:18088
 readonly URL="http://$ADDR"
 readonly ORDO=${ORDO:-./target/release/ordo}
@@ -57,6 +63,7 @@ cleanup() {
     fi
     [[ -n "$HANG_PID" ]] && kill "$HANG_PID" 2>/dev/null || true
     psql_admin -c "drop database if exists $DB with (force)" || true
+    psql_admin -c "drop database if exists $PIPELINE_DB with (force)" || true
     "$BENCH" drop-streams "$ORDO_NATS_STREAM" "${ORDO_NATS_STREAM}_ADVISORIES" "$ORDO_NATS_DLQ_STREAM" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -241,6 +248,21 @@ settle
 pg_after=$(pgbench_rate)
 echo "pgbench: ${pg_after} one-row inserts/s"
 
+# 7. The workers' latency target, at 1,000 events/s (a rate, not the peak): a lingering
+# reader would show here, not in the rates above.
+pipeline=
+if [[ "${PIPELINE:-1}" != 0 ]]; then
+    echo
+    echo "== commit -> worker handler at 1,000 events/s, every role (ordo-bench pipeline)"
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    psql_admin -c "drop database if exists $PIPELINE_DB with (force)" -c "create database $PIPELINE_DB"
+    pipeline=$(DATABASE_URL="postgres://postgres@127.0.0.1:5432/$PIPELINE_DB" \
+        timeout 300 "$BENCH" pipeline --events 20000 --rate 1000 --duration "${DURATION:-20}" --all-roles |
+        grep 'commit -> analytics handler')
+    echo "$pipeline"
+fi
+
 echo
 echo "== summary"
 awk -v o1="$rate" -v o2="$rate_again" -v p1="$pg_before" -v p2="$pg_after" -v k="$keyed_rate" \
@@ -260,3 +282,7 @@ BEGIN {
     printf "latency at full rate: p50 %s ms  p99 %s ms;  at half rate: p50 %s ms  p99 %s ms\n", p50, p99, h50, h99
     printf "with Idempotency-Key: %.0f/s (%.0f %% of the plain runs before and after it)\n", k, 100 * k / o
 }'
+if [[ -n "$pipeline" ]]; then
+    echo "commit -> worker handler at 1,000 events/s: p50 $(echo "$pipeline" | field p50) ms" \
+        " p99 $(echo "$pipeline" | field p99) ms (target p99 < 50 ms)"
+fi
