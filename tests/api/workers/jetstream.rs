@@ -549,11 +549,14 @@ async fn a_worker_stops_when_asked_in_the_middle_of_a_steady_flow() {
         }
     });
 
-    for round in 1..=5 {
-        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.processed")
+    let handled = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics.processed")
             .fetch_one(&app.pool)
             .await
-            .unwrap();
+            .unwrap()
+    };
+    for round in 1..=5 {
+        let before = handled().await;
         let runner =
             WorkerRunner::connect(app.pool.clone(), Worker::Analytics, s.worker_config.clone())
                 .await
@@ -570,10 +573,7 @@ async fn a_worker_stops_when_asked_in_the_middle_of_a_steady_flow() {
             "round {round}: the worker did not stop within 10 s of being asked"
         );
         ended.unwrap().unwrap();
-        let after: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.processed")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        let after = handled().await;
         assert!(
             after > before,
             "round {round}: the worker handled nothing of the flow ({before} before, {after} after)"
