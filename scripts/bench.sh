@@ -256,6 +256,8 @@ if [[ "${PIPELINE:-1}" != 0 ]]; then
     echo "== commit -> worker handler at 1,000 events/s, every role (ordo-bench pipeline)"
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
+    # Stopped: the clean-up must not signal whatever process gets this pid next.
+    SERVER_PID=
     psql_admin -c "drop database if exists $PIPELINE_DB with (force)" -c "create database $PIPELINE_DB"
     pipeline=$(DATABASE_URL="postgres://postgres@127.0.0.1:5432/$PIPELINE_DB" \
         timeout 300 "$BENCH" pipeline --events 20000 --rate 1000 --duration "${DURATION:-20}" --all-roles |
