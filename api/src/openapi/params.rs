@@ -136,6 +136,26 @@ pub struct Notifications {
     pub customer_id: Option<Uuid>,
 }
 
+// The same names as `ordo_workers::Worker::ALL` (tests::the_closed_sets_are_the_codes).
+/// A worker's name.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum WorkerName {
+    Notification,
+    Analytics,
+    Integration,
+}
+
+// The same as `ordo_workers::integration::outbox::STATUSES` (tests::the_closed_sets_are_the_codes).
+/// A webhook delivery's status.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetters {

@@ -1,6 +1,6 @@
 //! The checked-in document is the generated one, and it says what the contract says.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -216,5 +216,45 @@ fn every_operation_with_a_channel_parameter_documents_its_403() {
             .get("channel")
             .is_some(),
         "a notification shows its channel"
+    );
+}
+
+/// Every operation of the document by its id.
+fn by_operation_id(doc: &Value) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for (method, path) in operations(doc) {
+        let op = doc["paths"][&path][method.to_lowercase()].clone();
+        let id = op["operationId"]
+            .as_str()
+            .expect("every operation has an id");
+        out.insert(id.to_owned(), op);
+    }
+    out
+}
+
+/// Closed sets the server checks are enums in the document, the same as the code's.
+#[test]
+fn the_closed_sets_are_the_codes() {
+    let doc = document();
+    let ops = by_operation_id(&doc);
+    let enum_of = |operation: &str, name: &str| -> Vec<String> {
+        let param = ops[operation]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| parameter(&doc, p))
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{operation} has `{name}`"));
+        serde_json::from_value(param["schema"]["enum"].clone())
+            .unwrap_or_else(|_| panic!("{operation} `{name}` is an enum"))
+    };
+    let workers: Vec<String> = ordo_workers::Worker::ALL
+        .iter()
+        .map(|w| w.name().to_owned())
+        .collect();
+    assert_eq!(enum_of("workers_replay", "name"), workers);
+    assert_eq!(
+        enum_of("webhooks_list_deliveries", "status"),
+        ordo_workers::integration::outbox::STATUSES
     );
 }

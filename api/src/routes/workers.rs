@@ -106,7 +106,7 @@ request_body! {
 /// again from there; without `reprocess` handlers skip what they already did.
 #[utoipa::path(post, path = "/v1/workers/{name}/replay", tag = "workers",
     request_body = Replay,
-    params(("name" = String, Path, description = "`notification`, `analytics` or `integration`")),
+    params(("name" = inline(params::WorkerName), Path, description = "The worker")),
     responses((status = 202, description = "Replaying", body = ReplayAccepted),
         AdminBodyProblems))]
 async fn replay(

@@ -30,7 +30,7 @@ fn no_delivery() -> ApiError {
 /// (admin).
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "list_deliveries",
     params(("id" = Uuid, Path, description = "The endpoint's id"),
-        ("status" = Option<String>, Query, description = "`pending`, `delivered` or `failed`"),
+        ("status" = inline(Option<params::DeliveryStatus>), Query, description = "Only deliveries with this status"),
         params::Limit),
     responses((status = 200, description = "Deliveries", body = DeliveryList),
         RestrictedReadOneProblems))]
