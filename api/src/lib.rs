@@ -19,6 +19,7 @@ pub mod validate;
 pub mod views;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
@@ -28,8 +29,9 @@ use ordo_commands::Commands;
 use sqlx::PgPool;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{OnFailure, TraceLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -155,6 +157,37 @@ impl AppState {
 
 use request_id::REQUEST_ID;
 
+/// How a failed response is logged. A 503 is the documented "retry later": not ready yet, a
+/// read model behind `min_position`, the event store or NATS away (which the handler logs
+/// with its cause). It is a state the client is told to wait out, so a warning; every other
+/// failure (a 500, a panic) is an error.
+#[derive(Debug, Clone, Copy)]
+struct LogFailure;
+
+/// tower-http's own target for these lines, so that `ORDO_LOG` filters keep applying.
+const TRACE_TARGET: &str = "tower_http::trace::on_failure";
+
+impl OnFailure<ServerErrorsFailureClass> for LogFailure {
+    fn on_failure(
+        &mut self,
+        class: ServerErrorsFailureClass,
+        latency: Duration,
+        _: &tracing::Span,
+    ) {
+        let latency = format!("{} ms", latency.as_millis());
+        let retry_later = matches!(
+            class,
+            ServerErrorsFailureClass::StatusCode(status)
+                if status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        if retry_later {
+            tracing::warn!(target: TRACE_TARGET, classification = %class, %latency, "response failed");
+        } else {
+            tracing::error!(target: TRACE_TARGET, classification = %class, %latency, "response failed");
+        }
+    }
+}
+
 /// The span of one request: a child of the caller's `traceparent` when it sent a valid one.
 /// Only the path is recorded, never the query (`?email=` is personal data); the route
 /// template is added once routing has matched.
@@ -199,7 +232,11 @@ pub fn ops_router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn(request_id::check))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_failure(LogFailure),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
 }
@@ -240,7 +277,9 @@ fn api_with_metrics(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenAp
 pub fn router(state: AppState) -> Router {
     ordo_runtime::metrics::install();
     let body_limit = state.config.body_limit;
-    let trace = TraceLayer::new_for_http().make_span_with(request_span);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(request_span)
+        .on_failure(LogFailure);
     api_with_metrics(!state.config.metrics_elsewhere)
         .0
         .merge(console::router(&state))
@@ -267,4 +306,56 @@ pub fn router(state: AppState) -> Router {
                     ApiError::Internal("handler panicked".into()).into_response()
                 })),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The level `LogFailure` logs a failure of this class at.
+    fn level(class: ServerErrorsFailureClass) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .json()
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            LogFailure.on_failure(class, Duration::from_millis(3), &tracing::Span::none());
+        });
+        let line: serde_json::Value = serde_json::from_slice(&buffer.0.lock().unwrap()).unwrap();
+        assert_eq!(line["fields"]["message"], "response failed");
+        line["level"].as_str().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn only_a_503_is_logged_below_error() {
+        let status =
+            |code| ServerErrorsFailureClass::StatusCode(StatusCode::from_u16(code).unwrap());
+        assert_eq!(level(status(503)), "WARN");
+        assert_eq!(level(status(500)), "ERROR");
+        assert_eq!(level(status(504)), "ERROR");
+        let broken = ServerErrorsFailureClass::Error("connection reset".into());
+        assert_eq!(level(broken), "ERROR");
+    }
 }

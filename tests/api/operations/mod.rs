@@ -1,6 +1,7 @@
 //! Running Ordo: readiness, start-up and shutdown, metrics, rate limits, secrets and the
 //! OpenAPI document.
 
+pub mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limits;
