@@ -59,14 +59,17 @@ value_schema!(CountryCode: String, |b| b
     .examples(["DE"]));
 
 value_schema!(Quantity: Integer, |b| b
-    .description(Some("How many units: a whole number from 1 to 1000000."))
+    .description(Some(
+        "How many units: a whole number from 1 to 1000000, written without a decimal point."
+    ))
     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
     .minimum(Some(1))
     .maximum(Some(f64::from(Quantity::MAX))));
 
 value_schema!(Amount: Integer, |b| b
     .description(Some(
-        "An amount in the currency's minor unit (cents for EUR), zero or more, at most 10^15."
+        "An amount in the currency's minor unit (cents for EUR), zero or more, at most 10^15; \
+         written without a decimal point (`2999`, not `2999.0`)."
     ))
     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
     .minimum(Some(0))

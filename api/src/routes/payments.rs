@@ -61,7 +61,7 @@ impl PartialSchema for PositiveAmount {
             .schema_type(Type::Integer)
             .description(Some(
                 "An amount in the currency's minor unit (cents for EUR), above zero and at \
-                 most 10^15.",
+                 most 10^15; written without a decimal point (`2999`, not `2999.0`).",
             ))
             .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
             .minimum(Some(1))

@@ -86,6 +86,40 @@ async fn an_amount_beyond_ten_to_the_fifteen_minor_units_is_refused_with_the_fie
     assert_eq!(fields(&payment.body), ["amount"]);
 }
 
+/// An amount or a quantity is a JSON integer as written. A number with a decimal point
+/// would be read through a floating-point number, which rounds (`2999.0000000000001` would
+/// become 2999), so it is refused with the field named rather than rounded.
+#[tokio::test]
+async fn an_amount_or_a_quantity_written_with_a_decimal_point_is_refused() {
+    let app = spawn_app().await;
+    let customer = app.register_customer().await;
+    let line = |quantity: Value, unit_price: Value| {
+        json!({"customer_id": customer, "currency": "EUR",
+               "lines": [{"sku": "SKU-1", "name": "Gold", "quantity": quantity, "unit_price": unit_price}]})
+    };
+    for (body, field) in [
+        (line(json!(1), json!(2999.0)), "lines[0].unit_price"),
+        (line(json!(2.0), json!(2999)), "lines[0].quantity"),
+    ] {
+        let refused = app.post(Storefront, "/v1/orders", body).await;
+        refused.assert_problem(422, "validation");
+        assert_eq!(fields(&refused.body), [field]);
+    }
+    let placed = app
+        .post(Storefront, "/v1/orders", line(json!(1), json!(2999)))
+        .await;
+    placed.assert_status(201);
+    let payment = app
+        .post(
+            Storefront,
+            "/v1/payments",
+            json!({"order_id": placed.id(), "amount": 2999.0, "currency": "EUR", "method": "card"}),
+        )
+        .await;
+    payment.assert_problem(422, "validation");
+    assert_eq!(fields(&payment.body), ["amount"]);
+}
+
 #[tokio::test]
 async fn sums_of_thousands_of_orders_at_the_cap_pass_two_to_the_sixty_three_exactly() {
     let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api, ProcessRole::Projector]).await;
