@@ -22,7 +22,7 @@ use crate::nats::{setup, Setup};
 use crate::read_models::rebuilds::wait_until_rebuilt;
 use crate::workers::analytics_rebuild;
 use crate::workers::notifications::{quick_sender_with_keys, Notifier, SmtpSink};
-use crate::workers::trace_context::{share_callsite_interest, Capture};
+use crate::workers::trace_context::capture_logs;
 use crate::workers::webhooks::{quick_pool, Receiver};
 
 fn keys(app: &TestApp) -> Keyring {
@@ -115,17 +115,7 @@ async fn work_all(
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_verifies() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "debug,reqwest=info,hyper=info,hyper_util=info",
-        ))
-        .with_writer(move || writer.clone())
-        .json()
-        .finish();
-    share_callsite_interest();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture_logs("debug,reqwest=info,hyper=info,hyper_util=info");
 
     // Arrange: the API, projector and process manager; the relay and workers stepped here.
     let app = spawn_app_with(|c| {
@@ -290,7 +280,7 @@ async fn an_erased_customer_leaves_no_clear_text_anywhere_and_the_chain_still_ve
 
     assert_chain_intact(&app).await;
     s.cleanup().await;
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.contains(&customer), "the capture saw the scenario");
     assert!(leaked(&logs).is_empty(), "{:?} was logged", leaked(&logs));
 }

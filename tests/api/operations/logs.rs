@@ -4,22 +4,14 @@ use ordo_api::Role::Storefront;
 use serde_json::Value;
 
 use crate::helpers::{order_body, spawn_app_with};
-use crate::workers::trace_context::{share_callsite_interest, Capture};
+use crate::workers::trace_context::capture_logs;
 
 /// A 503 tells the client to retry later (here: a read model behind `min_position`): the
 /// log records it as a warning, so that an alert on errors does not fire while a process
 /// starts or a read model catches up.
 #[tokio::test(flavor = "current_thread")]
 async fn a_retry_later_answer_is_a_warning_in_the_log_not_an_error() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_writer(move || writer.clone())
-        .json()
-        .finish();
-    share_callsite_interest();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture_logs("warn");
 
     // No projector runs here, so a committed order is never applied to its read model.
     let app = spawn_app_with(|c| {
@@ -36,7 +28,7 @@ async fn a_retry_later_answer_is_a_warning_in_the_log_not_an_error() {
         .await
         .assert_problem(503, "projection-behind");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     let failed: Vec<Value> = logs
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())

@@ -33,7 +33,7 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 /// dispatcher is registered it asks only the hitting thread's default, so a callsite first hit
 /// on another test's thread would be cached as of no interest to this test's subscriber. An
 /// idle second dispatcher, alive for the whole process, makes it ask every dispatcher.
-pub(crate) fn share_callsite_interest() {
+fn share_callsite_interest() {
     static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
     IDLE.get_or_init(|| {
         tracing::Dispatch::new(
@@ -350,6 +350,27 @@ async fn spans_are_exported_over_otlp_in_the_requests_trace() {
 #[derive(Clone, Default)]
 pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<u8>>>);
 
+impl Capture {
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// This thread's logs as JSON lines, filtered by `filter` (env-filter syntax), until the
+/// guard drops. Use it on a `current_thread` runtime, so that the app's tasks log here too.
+pub(crate) fn capture_logs(filter: &str) -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(move || writer.clone())
+        .json()
+        .finish();
+    share_callsite_interest();
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -363,18 +384,8 @@ impl Write for Capture {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_scenarios_logs_hold_no_email_name_or_address() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        // The test's own HTTP client logs its URLs (with the query) at debug: not the app's.
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "debug,reqwest=info,hyper=info,hyper_util=info",
-        ))
-        .with_writer(move || writer.clone())
-        .json()
-        .finish();
-    share_callsite_interest();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // The test's own HTTP client logs its URLs (with the query) at debug: not the app's.
+    let (capture, _guard) = capture_logs("debug,reqwest=info,hyper=info,hyper_util=info");
 
     let p = Pipeline::start().await;
     let email = format!("grace.{}@example.com", uuid::Uuid::new_v4().simple());
@@ -413,7 +424,7 @@ async fn a_scenarios_logs_hold_no_email_name_or_address() {
     .await;
     p.cleanup().await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     // The capture saw the scenario (the worker's span, the order's id)...
     assert!(logs.contains("worker.handle"), "nothing captured: {logs}");
     assert!(logs.contains(&order), "the order never appears in the logs");
