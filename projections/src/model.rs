@@ -288,6 +288,12 @@ impl Projection {
     pub fn rebuild_lock_key(self) -> i64 {
         self.lock_key() + 0x100
     }
+
+    /// The advisory-lock key that serializes creating this projection's live tables,
+    /// held for the one transaction that creates them.
+    pub fn ddl_lock_key(self) -> i64 {
+        self.lock_key() + 0x200
+    }
 }
 
 #[cfg(test)]

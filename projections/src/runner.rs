@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 use crate::model::{decode_all, ApplyError, Decoded, Projection, Version, LIVE};
@@ -90,7 +90,20 @@ pub(crate) async fn prepare_version(
     .fetch_one(pool)
     .await?;
     if missing > 0 {
-        sqlx::raw_sql(&projection.ddl(LIVE)).execute(pool).await?;
+        // Two preparations of a fresh database at once (two processes starting, or a
+        // runner beside a rebuild) would both run `CREATE TABLE IF NOT EXISTS`, and the
+        // slower would fail on the catalog's unique index. The lock queues the second
+        // behind the first, whose tables it then finds there.
+        let mut tx = ordo_commands::db::begin(pool).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(projection.ddl_lock_key())
+            .execute(&mut *tx)
+            .await?;
+        // Through `Executor::execute`, whose future is boxed: `raw_sql(..).execute(&mut *tx)`
+        // trips rustc's higher-ranked lifetime check where the caller must be `Send`.
+        let ddl = projection.ddl(LIVE);
+        tx.as_mut().execute(sqlx::raw_sql(&ddl)).await?;
+        tx.commit().await?;
     }
     sqlx::query(
         "INSERT INTO projections.checkpoints (name, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -776,6 +776,53 @@ async fn preparing_a_read_model_waits_for_no_vacuum_and_creates_what_is_missing(
     assert_eq!(index.as_deref(), Some("projections.orders_by_channel"));
 }
 
+/// Processes that prepare a fresh database at the same moment (two started together, or a
+/// runner beside a rebuild) all succeed, and the tables are there once: without the lock
+/// around the DDL the slower `CREATE TABLE IF NOT EXISTS` failed on the catalog's unique index.
+#[tokio::test]
+async fn read_models_prepared_at_once_on_a_fresh_database_all_succeed() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Api]).await;
+    let relations: Vec<String> = Projection::ALL
+        .iter()
+        .flat_map(|p| p.relations(ordo_projections::model::LIVE))
+        .collect();
+    for _ in 0..3 {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.oid::regclass::text FROM unnest($1::text[]) AS r (name)
+               JOIN pg_class c ON c.oid = to_regclass(r.name) WHERE c.relkind = 'r'",
+        )
+        .bind(&relations)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert!(!tables.is_empty());
+        sqlx::raw_sql(&format!("DROP TABLE {} CASCADE", tables.join(", ")))
+            .execute(&app.pool)
+            .await
+            .unwrap();
+
+        let preparations = (0..6).flat_map(|_| {
+            Projection::ALL.map(|projection| {
+                let pool = app.pool.clone();
+                tokio::spawn(
+                    async move { ordo_projections::runner::prepare(&pool, projection).await },
+                )
+            })
+        });
+        for result in join_all(preparations).await {
+            result.unwrap().expect("every preparation succeeds");
+        }
+        let missing: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM unnest($1::text[]) AS r (name) WHERE to_regclass(name) IS NULL",
+        )
+        .bind(&relations)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert!(missing.is_empty(), "missing after preparing: {missing:?}");
+    }
+}
+
 /// A read model's look-up by key, first planned while its table held a few rows, still reads
 /// by index once the table has grown. PostgreSQL keeps a statement's cached plan until the
 /// table is analyzed, and where no autovacuum runs nothing analyzes it: without the batch's
