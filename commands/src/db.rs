@@ -178,8 +178,11 @@ pub async fn ensure_database(database_url: &str) -> Result<(), sqlx::Error> {
         let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match sqlx::query(&create).execute(&mut admin).await {
             Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another process created it between our check and our CREATE.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another process created it between our check and our CREATE: it committed
+            // first (42P04 duplicate_database), or both inserted the catalog row at once
+            // and ours lost on its unique index once the other committed (23505).
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e),
         }
     }

@@ -211,6 +211,26 @@ async fn a_process_gives_up_on_a_migration_held_up_past_its_start_timeout() {
         .unwrap();
 }
 
+/// Processes of a new deployment that start at the same moment, before their database
+/// exists, all start: one creates the database and the others find it. Two `CREATE
+/// DATABASE` at once make the slower fail on the catalog's unique index, which a process
+/// took for a fault and exited on.
+#[tokio::test]
+async fn processes_started_at_once_before_their_database_exists_all_start() {
+    for _ in 0..3 {
+        let database_url = fresh_database_url();
+        let config = config_for(&database_url);
+        let starts = (0..4).map(|_| ordo::migrate(&config));
+        for started in futures::future::join_all(starts).await {
+            let pool = started.expect("every process starts");
+            pool.close().await;
+        }
+        ordo_commands::db::drop_database(&database_url)
+            .await
+            .unwrap();
+    }
+}
+
 /// A fresh database with every migration before 0178, which alters
 /// integration.outbox_totals (the workers' page reads it), and a pool on it.
 async fn migrated_before_0178() -> (String, sqlx::PgPool) {
