@@ -65,6 +65,11 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
         }
         ProjectionsCommand::Check { config } => {
             let pool = crate::migrate(&config).await?;
+            // Before any `ordo serve` has run, the read models' tables are not there yet:
+            // empty tables are what the check should compare the log with.
+            for projection in Projection::ALL {
+                ordo_projections::runner::prepare(&pool, projection).await?;
+            }
             let mut progress = Progress::new("checking the read models against the log");
             let mismatches = check::check_with_progress(&pool, |p| {
                 progress.show(p.read, p.total, None);

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{fresh_database_url, spawn_app, spawn_app_with, TestApp};
 use crate::read_models::projector::{fast, wait_until_caught_up, write_scenario};
 
 /// Wait until no rebuild is requested or running.
@@ -244,6 +244,33 @@ async fn a_rebuild_killed_half_way_resumes_and_ends_equal_to_the_fold() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// `ordo projections check` run on a new deployment before any `ordo serve`: the read
+/// models' tables are not there yet, and the check compares the (empty) log with empty read
+/// models instead of failing on a missing table.
+#[tokio::test]
+async fn projections_check_on_the_cli_works_before_any_process_has_served() {
+    let database_url = fresh_database_url();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["projections", "check"])
+        .env("DATABASE_URL", &database_url)
+        .env("ORDO_LOG", "info")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ordo_commands::db::drop_database(&database_url)
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("read models equal the fold of the log"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
