@@ -469,12 +469,17 @@ impl Application {
         };
         let served = match self.listener {
             Some(listener) => {
-                let app = if self.roles.contains(&ProcessRole::Api) {
+                // Without the `api` role the listener serves only the operations routes
+                // (health, readiness, metrics), and readiness does not list an `api` role.
+                let api = self.roles.contains(&ProcessRole::Api);
+                let app = if api {
                     ordo_api::router(self.state)
                 } else {
                     ordo_api::ops_router(self.state)
                 };
-                roles.set("api", ProcessRoleState::Running);
+                if api {
+                    roles.set("api", ProcessRoleState::Running);
+                }
                 let serve = ordo_api::server::serve(listener, app, self.server_limits, shutdown);
                 let served = tokio::select! {
                     () = serve => Ok(()),
@@ -483,7 +488,9 @@ impl Application {
                         Ok(())
                     }
                 };
-                roles.set("api", ProcessRoleState::Stopped);
+                if api {
+                    roles.set("api", ProcessRoleState::Stopped);
+                }
                 served
             }
             None => {

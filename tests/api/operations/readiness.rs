@@ -39,6 +39,24 @@ async fn a_ready_app_reports_postgres_and_every_role_running() {
     );
 }
 
+/// A process without the `api` role serves only the operations routes: its readiness lists
+/// the roles it runs, and no `api` among them.
+#[tokio::test]
+async fn a_process_without_the_api_role_does_not_report_one() {
+    let app = spawn_app_with(|c| c.roles = vec![ProcessRole::Projector]).await;
+    let ready = readyz(&app).await;
+    ready.assert_status(200);
+    assert_eq!(
+        ready.body["roles"],
+        json!({
+            "projector.customers": "running",
+            "projector.orders": "running",
+            "projector.payments": "running",
+            "projector.rebuilds": "running",
+        })
+    );
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
