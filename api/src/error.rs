@@ -60,6 +60,8 @@ pub enum ApiError {
         param: &'static str,
         detail: String,
     },
+    /// A query parameter given more than once (named here).
+    RepeatedQuery(String),
     IdempotencyMismatch,
     /// A read asked for `min_position` and the projection did not get there in time.
     ProjectionBehind {
@@ -214,6 +216,13 @@ impl ApiError {
                 "bad-query",
                 "Bad query parameter".into(),
                 format!("{param}: {detail}"),
+                None,
+            ),
+            Self::RepeatedQuery(param) => (
+                StatusCode::BAD_REQUEST,
+                "bad-query",
+                "Bad query parameter".into(),
+                format!("{param}: given more than once; each parameter takes one value"),
                 None,
             ),
             Self::ProjectionBehind { projection, position } => (

@@ -1,6 +1,8 @@
 //! Extractors for what every command request carries: its body, `If-Match`,
 //! `Idempotency-Key`, request id, `traceparent` and correlation id.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -221,6 +223,27 @@ impl<S: Send + Sync> FromRequest<S> for CommandBody {
             json,
             request_hash: hex::encode(hasher.finalize()),
         })
+    }
+}
+
+/// A read's query parameters, each given at most once. A repeated one is a 400 naming it:
+/// a list filters on one value per parameter, and taking one of two values silently would
+/// answer `?status=placed&status=confirmed` with the confirmed orders only.
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let mut params = HashMap::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if params.contains_key(name.as_ref()) {
+                return Err(ApiError::RepeatedQuery(name.into_owned()));
+            }
+            params.insert(name.into_owned(), value.into_owned());
+        }
+        Ok(Self(params))
     }
 }
 

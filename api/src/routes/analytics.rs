@@ -1,7 +1,7 @@
 //! `/v1/analytics`: sales per hour or day per currency, and the order funnel, from the
 //! analytics worker's tables.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::Params;
 use crate::auth::{self, Allowed};
+use crate::extract::QueryParams;
 use crate::openapi::{params, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
@@ -41,7 +42,7 @@ fn time_param(q: &Params, param: &'static str) -> Result<Option<DateTime<Utc>>, 
 async fn sales(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Analysts>,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let channel = super::channels::read_scope(&caller, &q)?;
     let granularity = q.get("granularity").map_or("day", String::as_str);
@@ -75,7 +76,7 @@ async fn sales(
 async fn funnel(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Analysts>,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let channel = super::channels::read_scope(&caller, &q)?;
     Ok(Json(analytics::funnel(&app.pool, channel.as_deref()).await?).into_response())

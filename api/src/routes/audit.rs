@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::int_param;
 use crate::auth::{self, Allowed};
 use crate::extract::PathId;
+use crate::extract::QueryParams;
 use crate::openapi::{params, RestrictedReadOneProblems};
 use crate::{views, ApiError, AppState};
 
@@ -67,7 +68,7 @@ macro_rules! audit_routes {
             State(app): State<AppState>,
             Allowed(caller, _): Allowed<auth::Auditors>,
             PathId(id): PathId,
-            Query(q): Query<HashMap<String, String>>,
+            QueryParams(q): QueryParams,
         ) -> Result<Json<Page<HistoryItem>>, ApiError> {
             visible(&app, &caller, $kind, &id.to_string()).await?;
             history(app, $kind, id.to_string(), q).await
@@ -83,7 +84,7 @@ macro_rules! audit_routes {
             State(app): State<AppState>,
             Allowed(caller, _): Allowed<auth::Auditors>,
             PathId(id): PathId,
-            Query(q): Query<HashMap<String, String>>,
+            QueryParams(q): QueryParams,
         ) -> Result<Response, ApiError> {
             visible(&app, &caller, $kind, &id.to_string()).await?;
             state(app, $kind, id.to_string(), q).await

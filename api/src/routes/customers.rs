@@ -1,6 +1,6 @@
 //! `/v1/customers`: register, add a support note; read one.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ordo_commands::channels::ChannelId;
@@ -13,8 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{limit_param, page_json, text_param, uuid_param, wait_for_position, Params};
+use super::{limit_param, page_json, text_param, uuid_param, wait_for_position};
 use crate::auth::{self, Allowed, Policy as _};
+use crate::extract::QueryParams;
 use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
 use crate::openapi::RestrictedReadProblems;
 use crate::openapi::{params, Added, Applied, CommandProblems, Created};
@@ -148,7 +149,7 @@ async fn show(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,
     PathId(id): PathId,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Customers, &q).await?;
     let customer = queries::customer(&app.pool, app.commands.keys(), caller.scope(), id)
@@ -166,7 +167,7 @@ async fn show(
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let channel = super::channels::read_scope(&caller, &q)?;
     let email = text_param(&q, "email")?;

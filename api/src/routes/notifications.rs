@@ -1,15 +1,16 @@
 //! `/v1/notifications`: the e-mails the notification worker sent or recorded, from its
 //! tables (through `ordo_workers::notification`).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ordo_workers::notification;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{uuid_param, Params};
+use super::uuid_param;
 use crate::auth::{self, Allowed};
+use crate::extract::QueryParams;
 use crate::openapi::{params, RestrictedReadProblems};
 use crate::{ApiError, AppState};
 
@@ -27,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::NotificationReaders>,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let channel = super::channels::read_scope(&caller, &q)?;
     let order_id = uuid_param(&q, "order_id")?;

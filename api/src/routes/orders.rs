@@ -1,6 +1,6 @@
 //! `/v1/orders`: place, confirm, cancel, ship, deliver; read one.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use chrono::Utc;
 use ordo_commands::channels::ChannelId;
@@ -15,8 +15,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{limit_param, page_json, uuid_param, wait_for_position, Params};
+use super::{limit_param, page_json, uuid_param, wait_for_position};
 use crate::auth::{self, Allowed};
+use crate::extract::QueryParams;
 use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
 use crate::openapi::{params, Applied, CommandProblems, Created};
 use crate::openapi::{CreateProblems, ReadOneProblems, RestrictedReadProblems};
@@ -259,7 +260,7 @@ async fn show(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,
     PathId(id): PathId,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     wait_for_position(&app, Projection::Orders, &q).await?;
     let order = queries::order(&app.pool, caller.scope(), id)
@@ -276,7 +277,7 @@ async fn show(
 async fn list(
     State(app): State<AppState>,
     Allowed(caller, _): Allowed<auth::Readers>,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let channel = super::channels::read_scope(&caller, &q)?;
     wait_for_position(&app, Projection::Orders, &q).await?;

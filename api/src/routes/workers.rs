@@ -1,6 +1,6 @@
 //! `/v1/workers` and `/v1/dead-letters` (admin): worker lag, replay, dead letters, redrive.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,8 +12,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::Params;
 use crate::auth::{self, Global};
+use crate::extract::QueryParams;
 use crate::extract::{CommandBody, PathId};
 use crate::openapi::{params, AdminBodyProblems, RestrictedReadProblems};
 use crate::validate::{request_body, Scalar};
@@ -149,7 +149,7 @@ async fn replay(
 async fn dead_letters(
     State(app): State<AppState>,
     Global(_, _): Global<auth::Admins>,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let list = app
         .workers

@@ -128,6 +128,42 @@ async fn orders_are_listed_by_customer_and_status_with_a_cursor() {
         .assert_problem(400, "bad-query");
 }
 
+/// A query parameter given twice is refused, naming it, on every kind of read: a list
+/// filters on one value per parameter, and before this the last value won in silence, so
+/// `?status=placed&status=confirmed` listed the confirmed orders only.
+#[tokio::test]
+async fn a_query_parameter_given_twice_is_refused_naming_it() {
+    let app = spawn_app().await;
+    let ada = app.register_customer().await;
+    let order = app.place_order(&ada).await;
+    for path in [
+        "/v1/orders?status=placed&status=confirmed".to_owned(),
+        format!("/v1/orders?customer_id={ada}&limit=10&customer_id={ada}"),
+        format!("/v1/orders/{order}?min_position=1&min_position=1"),
+        format!("/v1/payments?order_id={order}&order_id={order}"),
+        format!("/v1/orders/{order}/history?limit=5&limit=5"),
+    ] {
+        let answer = app.get(Support, &path).await;
+        answer.assert_problem(400, "bad-query");
+        let detail = answer.body["detail"].as_str().unwrap();
+        assert!(detail.contains("given more than once"), "{path}: {detail}");
+    }
+    let answer = app
+        .get(Support, "/v1/orders?status=placed&status=confirmed")
+        .await;
+    assert!(answer.body["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("status:"));
+    // Each parameter once still reads.
+    app.get(
+        Support,
+        &format!("/v1/orders?customer_id={ada}&status=placed"),
+    )
+    .await
+    .assert_status(200);
+}
+
 #[tokio::test]
 async fn payments_are_listed_by_order_and_customers_found_by_email() {
     let app = spawn_app().await;

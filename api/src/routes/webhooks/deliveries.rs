@@ -1,6 +1,6 @@
 //! An endpoint's deliveries: list by status, show with attempts, retry now, send a test.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,8 +10,9 @@ use uuid::Uuid;
 use super::endpoints::not_found as endpoints_not_found;
 use crate::auth::{self, Global};
 use crate::extract::PathId;
+use crate::extract::QueryParams;
 use crate::openapi::{params, RestrictedReadOneProblems};
-use crate::routes::{limit_param, text_param, Params};
+use crate::routes::{limit_param, text_param};
 use crate::{ApiError, AppState};
 
 /// `{id}/deliveries/{delivery_id}`: both uuids, else nothing can be found.
@@ -38,7 +39,7 @@ pub(super) async fn list(
     State(app): State<AppState>,
     Global(_, _): Global<auth::WebhookAdmins>,
     PathId(id): PathId,
-    Query(q): Query<Params>,
+    QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = limit_param(&q)?;
     let status = text_param(&q, "status")?;
