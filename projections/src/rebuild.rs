@@ -350,7 +350,11 @@ pub async fn request_if_outdated(
     Ok(done.rows_affected() == 1)
 }
 
-/// Fresh shadow tables (primary keys only) and the rebuild checkpoint at zero.
+/// Fresh shadow tables (primary keys only) and the rebuild checkpoint at zero. The total
+/// to show progress against is the log's head position, one index look-up: an upper bound
+/// of the events to read (positions that rolled-back appends took are never filled), which
+/// the swap sets to the events applied. A count of the log read it whole, once per read
+/// model: three times 0.25 s on a million events, before any was applied.
 async fn start(pool: &PgPool, projection: Projection, version: Version) -> Result<(), sqlx::Error> {
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW}.{table}"))
@@ -366,7 +370,8 @@ async fn start(pool: &PgPool, projection: Projection, version: Version) -> Resul
         "UPDATE projections.checkpoints
             SET rebuild_state = 'running', rebuild_version = $2, rebuild_position = 0,
                 rebuild_done = 0, rebuild_eps = 0, rebuild_started_at = now(),
-                rebuild_total = (SELECT count(*) FROM event_store.events)
+                rebuild_total = coalesce((SELECT global_position FROM event_store.events
+                                           ORDER BY global_position DESC LIMIT 1), 0)
           WHERE name = $1",
     )
     .bind(projection.name())

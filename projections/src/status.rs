@@ -16,6 +16,8 @@ use ordo_commands::feed::{self, Checkpoint};
 pub struct RebuildStatus {
     pub state: String,
     pub done: i64,
+    /// The events to read, at most: the log's head position when the rebuild began (or
+    /// `done`, if more were read since); `done` once swapped in.
     pub total: i64,
     /// `done` of `total`, 0 to 100.
     pub percent: f64,
