@@ -205,6 +205,42 @@ async fn unknown_ids_and_routes_are_404() {
     resp.assert_problem(405, "method-not-allowed");
 }
 
+/// Keys belong to servers, not browsers: a CORS preflight is refused like any other method
+/// the route does not take, and no answer grants a foreign origin access.
+#[tokio::test]
+async fn a_cors_preflight_is_refused_and_no_origin_is_granted_access() {
+    let app = spawn_app().await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/orders"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    let headers = preflight.headers().clone();
+    read(preflight)
+        .await
+        .assert_problem(405, "method-not-allowed");
+    let listed = app
+        .client
+        .get(app.url("/v1/orders"))
+        .bearer_auth(app.key(Storefront))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    for headers in [headers, listed.headers().clone()] {
+        assert!(
+            headers
+                .keys()
+                .all(|name| !name.as_str().starts_with("access-control-")),
+            "{headers:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_an_incoming_one_is_kept() {
     let app = spawn_app().await;
