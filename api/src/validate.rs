@@ -2,7 +2,8 @@
 //!
 //! A request body is declared once with [`request_body!`]: the struct the OpenAPI document
 //! describes (`ToSchema`) and its reader, which reads each field by the field's type
-//! ([`Field`]), so the document and what the handler accepts come from one list.
+//! ([`Field`]), so the document and what the handler accepts come from one list. A field
+//! the list does not name is refused too ([`Validation::known`]).
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -26,6 +27,8 @@ macro_rules! request_body {
     } check |$v:ident, $body:ident| $check:block) => {
         $(#[$meta])*
         #[derive(utoipa::ToSchema)]
+        // For the document only (`additionalProperties: false`): `read` refuses the others.
+        #[serde(deny_unknown_fields)]
         pub struct $name {
             $($(#[$field_meta])* pub $field: $ty),*
         }
@@ -37,6 +40,7 @@ macro_rules! request_body {
                 let Some(_o) = v.object(json, "") else {
                     return v.finish(|| None);
                 };
+                v.known(_o, "", &[$(stringify!($field)),*]);
                 $(let $field =
                     <$ty as $crate::validate::Field>::read(&mut v, _o, "", stringify!($field));)*
                 #[allow(unused_labels)] // a body without fields (`Empty`) never breaks
@@ -98,7 +102,6 @@ impl Scalar for ordo_domain::values::Text {}
 impl Scalar for ordo_domain::values::Email {}
 impl Scalar for ordo_domain::values::Sku {}
 impl Scalar for ordo_domain::values::Quantity {}
-impl Scalar for ordo_domain::values::Address {}
 impl Scalar for ordo_domain::Amount {}
 impl Scalar for ordo_domain::Currency {}
 
@@ -121,7 +124,8 @@ fn message(err: &serde_json::Error) -> String {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+/// `path.key`, or `key` at the top.
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
@@ -149,6 +153,22 @@ impl Validation {
             self.error(field, "must be a JSON object");
         }
         object
+    }
+
+    /// Every key of `object` (at `path`) is one of `fields`; any other is an error of its
+    /// own. Left alone, a misspelt optional field (`shiping_address`) would be dropped in
+    /// silence and the command carried out without it.
+    pub fn known(&mut self, object: &Map<String, Value>, path: &str, fields: &[&str]) {
+        for key in object.keys() {
+            if !fields.contains(&key.as_str()) {
+                let message = if fields.is_empty() {
+                    "is not a field here: this takes no fields".to_owned()
+                } else {
+                    format!("is not a field here; the fields are {}", fields.join(", "))
+                };
+                self.error(join(path, key), message);
+            }
+        }
     }
 
     /// A field that must be present and valid.

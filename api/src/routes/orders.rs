@@ -71,6 +71,7 @@ impl Field for Vec<NewLine> {
     fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
         v.array(o, path, key, |v, item, path| {
             let line = v.object(item, path)?;
+            v.known(line, path, &["sku", "name", "quantity", "unit_price"]);
             let sku = Field::read(v, line, path, "sku");
             let name = Field::read(v, line, path, "name");
             let quantity = Field::read(v, line, path, "quantity");
@@ -93,6 +94,7 @@ impl Field for Option<Vec<ShipmentLine>> {
         }
         let lines = v.array(o, path, key, |v, item, path| {
             let line = v.object(item, path)?;
+            v.known(line, path, &["sku", "quantity"]);
             let sku = Field::read(v, line, path, "sku");
             let quantity = Field::read(v, line, path, "quantity");
             Some(ShipmentLine {
@@ -101,6 +103,18 @@ impl Field for Option<Vec<ShipmentLine>> {
             })
         });
         lines.map(Some)
+    }
+}
+
+/// A shipping address, absent or null for none; a field it does not have is refused, as
+/// everywhere in a body (the event's `Address` itself reads any stored JSON as before).
+impl Field for Option<Address> {
+    fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
+        if let Some(address) = o.get(key).and_then(Value::as_object) {
+            let fields = ["line1", "line2", "city", "postal_code", "country"];
+            v.known(address, &crate::validate::join(path, key), &fields);
+        }
+        Some(v.optional(o, path, key))
     }
 }
 

@@ -53,6 +53,8 @@ pub struct PlaceOrder {
 /// A line of an order being placed, as a request body gives it (the server computes the
 /// line's total).
 #[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
+// For the API's document only (`additionalProperties: false`); the API reads it by hand.
+#[serde(deny_unknown_fields)]
 pub struct NewLine {
     pub sku: Sku,
     pub name: Text,

@@ -144,6 +144,76 @@ async fn invalid_fields_are_all_reported_with_422() {
     .assert_problem(422, "validation");
 }
 
+/// A field the body does not have is refused, at any depth, and named: a misspelt optional
+/// field (`shiping_address`) was dropped in silence and the order placed without it. Nothing
+/// is recorded.
+#[tokio::test]
+async fn a_field_the_body_does_not_have_is_422_naming_it_and_nothing_is_recorded() {
+    let app = spawn_app().await;
+    let customer = app.register_customer().await;
+    let resp = app
+        .post(
+            Storefront,
+            "/v1/orders",
+            json!({
+                "customer_id": customer,
+                "currency": "EUR",
+                "lines": [{"sku": "MUG-1", "name": "Mug", "quantity": 1, "unit_price": 100,
+                           "discount": 10}],
+                "shipping_address": {"line1": "1 Main St", "city": "Paris",
+                                     "postal_code": "75001", "country": "FR", "state": "IDF"},
+                "shiping_address": {"line1": "1 Main St"}
+            }),
+        )
+        .await;
+    resp.assert_problem(422, "validation");
+    let errors = resp.body["errors"].as_array().unwrap();
+    let fields: Vec<&str> = errors
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "shiping_address",
+            "lines[0].discount",
+            "shipping_address.state"
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shipping_address"),
+        "the message lists the fields there are: {errors:#?}"
+    );
+    let orders = app
+        .get_fresh(Storefront, &format!("/v1/orders?customer_id={customer}"))
+        .await;
+    assert_eq!(orders.body["items"], json!([]));
+
+    // A body that takes no fields, and a shipment's lines.
+    let order = app.place_order(&customer).await;
+    app.post(
+        Storefront,
+        &format!("/v1/orders/{order}/confirm"),
+        json!({"note": "rush"}),
+    )
+    .await
+    .assert_problem(422, "validation");
+    let ship = app
+        .post(
+            Storefront,
+            &format!("/v1/orders/{order}/ship"),
+            json!({"carrier": "DHL", "tracking_number": "1",
+                   "lines": [{"sku": "SKU-1", "quantity": 1, "qty": 1}]}),
+        )
+        .await;
+    ship.assert_problem(422, "validation");
+    assert_eq!(ship.body["errors"][0]["field"], "lines[0].qty");
+}
+
 #[tokio::test]
 async fn amounts_whose_total_overflows_are_422_not_a_wrapped_total() {
     let app = spawn_app().await;
