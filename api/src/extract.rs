@@ -1,5 +1,5 @@
-//! Extractors for what every command request carries: its body, `If-Match`,
-//! `Idempotency-Key`, request id, `traceparent` and correlation id.
+//! Extractors for what every command request carries (its body, `If-Match`,
+//! `Idempotency-Key`, request id, `traceparent` and correlation id), and for a read's query.
 
 use std::collections::HashMap;
 

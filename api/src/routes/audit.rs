@@ -21,8 +21,7 @@ use uuid::Uuid;
 
 use super::int_param;
 use crate::auth::{self, Allowed};
-use crate::extract::PathId;
-use crate::extract::QueryParams;
+use crate::extract::{PathId, QueryParams};
 use crate::openapi::{params, RestrictedReadOneProblems};
 use crate::{views, ApiError, AppState};
 

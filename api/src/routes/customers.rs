@@ -15,8 +15,7 @@ use uuid::Uuid;
 
 use super::{limit_param, page_json, text_param, uuid_param, wait_for_position};
 use crate::auth::{self, Allowed, Policy as _};
-use crate::extract::QueryParams;
-use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
+use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId, QueryParams};
 use crate::openapi::RestrictedReadProblems;
 use crate::openapi::{params, Added, Applied, CommandProblems, Created};
 use crate::openapi::{CreateProblems, NotesCapped, ReadOneProblems};

@@ -17,8 +17,7 @@ use uuid::Uuid;
 
 use super::{limit_param, page_json, uuid_param, wait_for_position};
 use crate::auth::{self, Allowed};
-use crate::extract::QueryParams;
-use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId};
+use crate::extract::{CommandBody, CommandHeaders, CreationHeaders, PathId, QueryParams};
 use crate::openapi::{params, Applied, CommandProblems, Created};
 use crate::openapi::{CreateProblems, ReadOneProblems, RestrictedReadProblems};
 use crate::respond::{run_command, Success};

@@ -13,8 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{self, Global};
-use crate::extract::QueryParams;
-use crate::extract::{CommandBody, PathId};
+use crate::extract::{CommandBody, PathId, QueryParams};
 use crate::openapi::{params, AdminBodyProblems, RestrictedReadProblems};
 use crate::validate::{request_body, Scalar};
 use crate::{ApiError, AppState};

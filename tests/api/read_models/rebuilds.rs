@@ -246,15 +246,12 @@ async fn a_rebuild_killed_half_way_resumes_and_ends_equal_to_the_fold() {
     }
 }
 
-/// `ordo projections check` run on a new deployment before any `ordo serve`: the read
-/// models' tables are not there yet, and the check compares the (empty) log with empty read
-/// models instead of failing on a missing table.
-#[tokio::test]
-async fn projections_check_on_the_cli_works_before_any_process_has_served() {
-    let database_url = fresh_database_url();
+/// `ordo projections check` on `database_url`: whether it succeeded, and what it printed
+/// (stdout, then stderr). Not a terminal, so progress comes as plain log lines, not a bar.
+fn projections_check(database_url: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
         .args(["projections", "check"])
-        .env("DATABASE_URL", &database_url)
+        .env("DATABASE_URL", database_url)
         .env("ORDO_LOG", "info")
         .output()
         .unwrap();
@@ -263,10 +260,20 @@ async fn projections_check_on_the_cli_works_before_any_process_has_served() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), log)
+}
+
+/// `ordo projections check` run on a new deployment before any `ordo serve`: the read
+/// models' tables are not there yet, and the check compares the (empty) log with empty read
+/// models instead of failing on a missing table.
+#[tokio::test]
+async fn projections_check_on_the_cli_works_before_any_process_has_served() {
+    let database_url = fresh_database_url();
+    let (checked, log) = projections_check(&database_url);
     ordo_commands::db::drop_database(&database_url)
         .await
         .unwrap();
-    assert!(out.status.success(), "{log}");
+    assert!(checked, "{log}");
     assert!(
         log.contains("read models equal the fold of the log"),
         "{log}"
@@ -283,19 +290,8 @@ async fn projections_check_on_the_cli_reports_its_progress_through_the_log() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    // Not a terminal: plain progress lines instead of a bar.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args(["projections", "check"])
-        .env("DATABASE_URL", &app.database_url)
-        .env("ORDO_LOG", "info")
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{log}");
+    let (checked, log) = projections_check(&app.database_url);
+    assert!(checked, "{log}");
     // Log lines are JSON when stderr is not a terminal.
     let progress: Vec<serde_json::Value> = log
         .lines()

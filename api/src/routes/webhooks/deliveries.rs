@@ -9,8 +9,7 @@ use uuid::Uuid;
 
 use super::endpoints::not_found as endpoints_not_found;
 use crate::auth::{self, Global};
-use crate::extract::PathId;
-use crate::extract::QueryParams;
+use crate::extract::{PathId, QueryParams};
 use crate::openapi::{params, RestrictedReadOneProblems};
 use crate::routes::{limit_param, text_param};
 use crate::{ApiError, AppState};
