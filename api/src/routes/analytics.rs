@@ -44,7 +44,7 @@ async fn sales(
     Allowed(caller, _): Allowed<auth::Analysts>,
     QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
-    let channel = super::channels::read_scope(&caller, &q)?;
+    let channel = super::channels::read_scope(&app, &caller, &q).await?;
     let granularity = q.get("granularity").map_or("day", String::as_str);
     if !["hour", "day"].contains(&granularity) {
         return Err(ApiError::BadQuery {
@@ -78,6 +78,6 @@ async fn funnel(
     Allowed(caller, _): Allowed<auth::Analysts>,
     QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
-    let channel = super::channels::read_scope(&caller, &q)?;
+    let channel = super::channels::read_scope(&app, &caller, &q).await?;
     Ok(Json(analytics::funnel(&app.pool, channel.as_deref()).await?).into_response())
 }

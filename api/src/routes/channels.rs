@@ -107,8 +107,13 @@ pub(crate) async fn creation_channel(
 }
 
 /// The channel a read is confined to: a scoped key's own (a `?channel=` naming another is
-/// 403), or the one a global key's `?channel=` names (`None`: every channel).
-pub(crate) fn read_scope(caller: &Caller, q: &Params) -> Result<Option<String>, ApiError> {
+/// 403), or the one a global key's `?channel=` names (`None`: every channel), which must
+/// exist: a misspelt channel is a 400, not an empty list that looks like no sales.
+pub(crate) async fn read_scope(
+    app: &AppState,
+    caller: &Caller,
+    q: &Params,
+) -> Result<Option<String>, ApiError> {
     let named = super::text_param(q, "channel")?
         .map(|raw| {
             ChannelId::parse(raw).map_err(|detail| ApiError::BadQuery {
@@ -120,7 +125,16 @@ pub(crate) fn read_scope(caller: &Caller, q: &Params) -> Result<Option<String>, 
     match (caller.scope(), named) {
         (Some(scope), Some(named)) if named.as_str() != scope => Err(ApiError::ChannelScoped),
         (Some(scope), _) => Ok(Some(scope.to_owned())),
-        (None, named) => Ok(named.map(|n| n.as_str().to_owned())),
+        (None, Some(named)) => {
+            if !channels::exists(&app.pool, named.as_str()).await? {
+                return Err(ApiError::BadQuery {
+                    param: "channel",
+                    detail: format!("no channel is called `{}`", named.as_str()),
+                });
+            }
+            Ok(Some(named.as_str().to_owned()))
+        }
+        (None, None) => Ok(None),
     }
 }
 

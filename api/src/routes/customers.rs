@@ -168,7 +168,7 @@ async fn list(
     Allowed(caller, _): Allowed<auth::Readers>,
     QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
-    let channel = super::channels::read_scope(&caller, &q)?;
+    let channel = super::channels::read_scope(&app, &caller, &q).await?;
     let email = text_param(&q, "email")?;
     if email.is_none() && !auth::CustomerListers::admits(caller.role) {
         return Err(ApiError::Forbidden {

@@ -30,7 +30,7 @@ async fn list(
     Allowed(caller, _): Allowed<auth::NotificationReaders>,
     QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
-    let channel = super::channels::read_scope(&caller, &q)?;
+    let channel = super::channels::read_scope(&app, &caller, &q).await?;
     let order_id = uuid_param(&q, "order_id")?;
     let customer_id = uuid_param(&q, "customer_id")?;
     let items = notification::list(

@@ -260,7 +260,7 @@ async fn list(
     Allowed(caller, _): Allowed<auth::Readers>,
     QueryParams(q): QueryParams,
 ) -> Result<Response, ApiError> {
-    let channel = super::channels::read_scope(&caller, &q)?;
+    let channel = super::channels::read_scope(&app, &caller, &q).await?;
     wait_for_position(&app, Projection::Payments, &q).await?;
     let page = queries::payments(
         &app.pool,

@@ -513,6 +513,16 @@ async fn every_route_answers_each_key_by_its_channel() {
                                     .unwrap()
                                     .iter()
                                     .all(|i| i["channel"] == US));
+                                // A channel that does not exist (a typo) is not an empty list.
+                                ch.call(
+                                    scope,
+                                    role,
+                                    Method::GET,
+                                    &format!("{url}{sep}channel=eu-typo"),
+                                    None,
+                                )
+                                .await
+                                .assert_problem(400, "bad-query");
                             }
                         }
                     }
@@ -540,6 +550,17 @@ async fn every_route_answers_each_key_by_its_channel() {
                             } else {
                                 named.assert_problem(403, "channel-forbidden");
                             }
+                        }
+                        if scope.channel().is_none() {
+                            ch.call(
+                                scope,
+                                role,
+                                m.clone(),
+                                &format!("{path}?channel=eu-typo"),
+                                None,
+                            )
+                            .await
+                            .assert_problem(400, "bad-query");
                         }
                     }
                     Rule::GlobalOnly => {
