@@ -350,11 +350,10 @@ pub async fn request_if_outdated(
     Ok(done.rows_affected() == 1)
 }
 
-/// Fresh shadow tables (primary keys only) and the rebuild checkpoint at zero. The total
-/// to show progress against is the log's head position, one index look-up: an upper bound
-/// of the events to read (positions that rolled-back appends took are never filled), which
-/// the swap sets to the events applied. A count of the log read it whole, once per read
-/// model: three times 0.25 s on a million events, before any was applied.
+/// Fresh shadow tables (primary keys only) and the rebuild checkpoint at zero. Progress is
+/// shown against the log's head position (one index look-up, not a count of the whole log):
+/// an upper bound of the events to read, since positions that rolled-back appends took are
+/// never filled; the swap sets the total to the events applied.
 async fn start(pool: &PgPool, projection: Projection, version: Version) -> Result<(), sqlx::Error> {
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW}.{table}"))
@@ -366,16 +365,17 @@ async fn start(pool: &PgPool, projection: Projection, version: Version) -> Resul
     sqlx::raw_sql(&projection.table_ddl(SHADOW))
         .execute(pool)
         .await?;
+    let head = feed::head(pool).await?;
     sqlx::query(
         "UPDATE projections.checkpoints
             SET rebuild_state = 'running', rebuild_version = $2, rebuild_position = 0,
                 rebuild_done = 0, rebuild_eps = 0, rebuild_started_at = now(),
-                rebuild_total = coalesce((SELECT global_position FROM event_store.events
-                                           ORDER BY global_position DESC LIMIT 1), 0)
+                rebuild_total = $3
           WHERE name = $1",
     )
     .bind(projection.name())
     .bind(version)
+    .bind(head)
     .execute(pool)
     .await?;
     tracing::info!(projection = projection.name(), version, "rebuild started");
