@@ -1,8 +1,6 @@
 //! Extractors for what every command request carries (its body, `If-Match`,
 //! `Idempotency-Key`, request id, `traceparent` and correlation id), and for a read's query.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -16,6 +14,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::routes::Params;
 
 /// Headers a command uses. The OpenAPI document lists those a client sets for the command
 /// (`If-Match`, `Idempotency-Key`) from here, with their doc comments.
@@ -229,14 +228,14 @@ impl<S: Send + Sync> FromRequest<S> for CommandBody {
 /// A read's query parameters, each given at most once. A repeated one is a 400 naming it:
 /// a list filters on one value per parameter, and taking one of two values silently would
 /// answer `?status=placed&status=confirmed` with the confirmed orders only.
-pub struct QueryParams(pub HashMap<String, String>);
+pub struct QueryParams(pub Params);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let mut params = HashMap::new();
+        let mut params = Params::new();
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             if params.contains_key(name.as_ref()) {
                 return Err(ApiError::RepeatedQuery(name.into_owned()));

@@ -105,13 +105,15 @@ impl Field for Option<Vec<ShipmentLine>> {
     }
 }
 
+/// `Address`'s fields, as its schema names them (`openapi::tests` keeps the two equal).
+pub(crate) const ADDRESS_FIELDS: [&str; 5] = ["line1", "line2", "city", "postal_code", "country"];
+
 /// A shipping address, absent or null for none; a field it does not have is refused, as
 /// everywhere in a body (the event's `Address` itself reads any stored JSON as before).
 impl Field for Option<Address> {
     fn read(v: &mut Validation, o: &Map<String, Value>, path: &str, key: &str) -> Option<Self> {
         if let Some(address) = o.get(key).and_then(Value::as_object) {
-            let fields = ["line1", "line2", "city", "postal_code", "country"];
-            v.known(address, &crate::validate::join(path, key), &fields);
+            v.known(address, &crate::validate::join(path, key), &ADDRESS_FIELDS);
         }
         Some(v.optional(o, path, key))
     }
